@@ -1,0 +1,44 @@
+# Two commands matter: `make demo` and `make test`. Both bootstrap what they need.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_TOOLS := rsync wrk nginx
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: demo test venv tools bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+# System tools (apt) that tests and benchmarks drive as real processes.
+tools:
+	@missing=""; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: venv
+	$(BIN)/factory validate -f models.yaml
+	$(BIN)/factory render -f models.yaml -o build
+	$(BIN)/factory summary -f models.yaml
+
+test: venv tools
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: venv tools
+	$(BIN)/python bench/render.py
+
+clean:
+	rm -rf build .pytest_cache .hypothesis

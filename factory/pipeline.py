@@ -1,0 +1,49 @@
+"""The GitLab CI child pipeline: jobs per model, and the limits GitLab enforces on them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from factory.catalog import ModelSpec
+from factory.errors import RenderError
+
+MAX_NEEDS = 50  # GitLab's default instance limit on one job's `needs`
+JOB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,254}")
+RESERVED_KEYS = {"stages", "variables", "default", "include", "workflow", "image", "services", "cache",
+                 "before_script", "after_script"}
+
+
+@dataclass(frozen=True)
+class ModelJobs:
+    """Names shared by the build, test and deploy jobs of one model."""
+
+    model: str
+    slug: str
+
+
+def model_jobs(models: Iterable[ModelSpec]) -> list[ModelJobs]:
+    return [ModelJobs(model=model.name, slug=model.k8s_name) for model in models]
+
+
+def check_child_pipeline(document: Any) -> None:
+    """Enforce what GitLab's schema does not: job name charset, `needs` size and targets."""
+    if not isinstance(document, dict):
+        raise RenderError("child pipeline: rendered document is not a mapping; check templates/pipeline/")
+    jobs = {name: job for name, job in document.items()
+            if name not in RESERVED_KEYS and not name.startswith(".") and isinstance(job, dict)}
+    problems = []
+    for name, job in sorted(jobs.items()):
+        needs = job.get("needs", [])
+        if not JOB_NAME.fullmatch(name):
+            problems.append(f"job {name!r}: names must be lowercase letters, digits and '-'")
+        if len(needs) > MAX_NEEDS:
+            problems.append(f"job {name!r}: {len(needs)} needs; GitLab allows at most {MAX_NEEDS}")
+        for need in needs:
+            target = need if isinstance(need, str) else need.get("job")
+            if target not in jobs:
+                problems.append(f"job {name!r}: needs {target!r}, which is not a job in this pipeline")
+    if problems:
+        raise RenderError("child pipeline is invalid (fix templates/pipeline/child-pipeline.yml.j2):\n"
+                          + "\n".join(problems))

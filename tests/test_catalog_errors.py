@@ -1,0 +1,255 @@
+"""Every rejection of models.yaml, pinned to its exact text: what, where (file:line:col, YAML path), and the fix."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from factory.errors import CatalogError
+from factory.loader import parse_catalog
+
+VALID_MODEL = """\
+- name: m_a
+  version: 1
+  endpoint: probability
+  parameters: [2, TAXI]
+"""
+
+CASES = [
+    ("duplicate yaml key", """\
+        - name: m_a
+          version: 1
+          version: 2
+          endpoint: p
+        """, ["models.yaml:3:3: models[0].version: duplicate key 'version' (first at line 2) "
+              "(hint: keep only one of them)"]),
+    ("duplicate model name", """\
+        - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+        - {name: m_a, version: 1, endpoint: p, parameters: [b]}
+        """, ["models.yaml:2:10: models[1].name: duplicate model name 'm_a'; first at models[0].name, line 1 "
+              "(hint: give every model its own name)"]),
+    ("names differing only in case collide", """\
+        - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+        - {name: M_A, version: 1, endpoint: p, parameters: [b]}
+        """, ["models.yaml:2:10: models[1].name: model name 'M_A' collides with 'm_a' at models[0].name, line 1: "
+              "service names are lowercase (hint: make the names differ by more than letter case)"]),
+    ("duplicate route", """\
+        - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+        - {name: m_b, version: 1, endpoint: p, parameters: [a]}
+        """, ["models.yaml:2:37: models[1].endpoint: route /p/a is already served by models[0].endpoint, line 1 "
+              "(hint: change endpoint or parameters so every route is unique)"]),
+    ("unknown key with suggestion", """\
+        - name: m_a
+          version: 1
+          endpoint: p
+          batching: {max_batchsize: 4}
+        """, ["models.yaml:4:14: models[0].batching.max_batchsize: unknown key "
+              "(hint: did you mean 'max_batch_size'?)"]),
+    ("unknown top-level key", """\
+        model: []
+        models: [{name: m_a, version: 1, endpoint: p}]
+        """, ["models.yaml:1:1: model: unknown top-level key (hint: did you mean 'models'?)"]),
+    ("zero batch size", """\
+        - name: m_a
+          version: 1
+          endpoint: p
+          batching: {max_batch_size: 0}
+        """, ["models.yaml:4:30: models[0].batching.max_batch_size: must be ≥ 1 (got 0)"]),
+    ("negative latency", """\
+        - {name: m_a, version: 1, endpoint: p, batching: {max_latency_ms: -5}}
+        """, ["models.yaml:1:67: models[0].batching.max_latency_ms: must be ≥ 1 (got -5)"]),
+    ("boolean where a number belongs", """\
+        - {name: m_a, version: 1, endpoint: p, batching: {max_batch_size: true}}
+        """, ["models.yaml:1:67: models[0].batching.max_batch_size: must be a whole number (got true)"]),
+    ("version and alias both set", """\
+        - {name: m_a, version: 1, alias: champion, endpoint: p}
+        """, ["models.yaml:1:3: models[0]: set exactly one of `version` (e.g. 3) or `alias` (e.g. champion)"]),
+    ("neither version nor alias", """\
+        - {name: m_a, endpoint: p}
+        """, ["models.yaml:1:3: models[0]: set exactly one of `version` (e.g. 3) or `alias` (e.g. champion)"]),
+    ("missing endpoint", """\
+        - {name: m_a, version: 1}
+        """, ["models.yaml:1:3: models[0].endpoint: required key is missing (hint: add `endpoint:`)"]),
+    ("gpu_type without gpu", """\
+        - {name: m_a, version: 1, endpoint: p, resources: {gpu_type: nvidia-tesla-t4}}
+        """, ["models.yaml:1:51: models[0].resources: gpu_type is set but gpu is 0; set gpu: 1 (or more) "
+              "or remove gpu_type"]),
+    ("bad cpu quantity", """\
+        - {name: m_a, version: 1, endpoint: p, resources: {cpu: 0}}
+        """, ["models.yaml:1:57: models[0].resources.cpu: must be a positive quantity such as 1, 0.5 or 500m "
+              "(got 0)"]),
+    ("bad memory quantity", """\
+        - {name: m_a, version: 1, endpoint: p, resources: {memory: 12QB}}
+        """, ["models.yaml:1:60: models[0].resources.memory: must be a positive quantity such as 512Mi or 2Gi "
+              "(got '12QB')"]),
+    ("min replicas above max", """\
+        - {name: m_a, version: 1, endpoint: p, scaling: {min_replicas: 5, max_replicas: 2}}
+        """, ["models.yaml:1:49: models[0].scaling: min_replicas (5) is above max_replicas (2)"]),
+    ("YAML boolean as a parameter", """\
+        - {name: m_a, version: 1, endpoint: p, parameters: [NO]}
+        """, ["models.yaml:1:53: models[0].parameters[0]: must be a string (got false) (hint: YAML reads "
+              "unquoted yes/no/on/off as booleans and 1.10 as a number: quote the value, e.g. 'NO')"]),
+    ("weights not summing to 100", """\
+        models:
+          - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+          - {name: m_b, version: 1, endpoint: p, parameters: [b]}
+        experiments:
+          - name: ab
+            endpoint: p
+            variants: [{model: m_a, weight: 60}, {model: m_b, weight: 30}]
+        """, ["models.yaml:7:15: experiments[0].variants: weights sum to 90; they must sum to 100 "
+              "(hint: adjust the weights, e.g. 50/50 or 90/10)"]),
+    ("experiment naming an unknown model", """\
+        models:
+          - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+          - {name: m_b, version: 1, endpoint: p, parameters: [b]}
+        experiments:
+          - name: ab
+            endpoint: p
+            variants: [{model: m_a, weight: 50}, {model: m_c, weight: 50}]
+            shadows: [m_d]
+        """, ["models.yaml:7:50: experiments[0].variants[1].model: unknown model 'm_c' (hint: did you mean 'm_b'?)",
+              "models.yaml:8:15: experiments[0].shadows[0]: unknown model 'm_d' (hint: did you mean 'm_b'?)"]),
+    ("experiment route taken by a model", """\
+        models:
+          - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+          - {name: m_b, version: 1, endpoint: p, parameters: [b]}
+        experiments:
+          - name: ab
+            endpoint: p
+            parameters: [a]
+            variants: [{model: m_a, weight: 50}, {model: m_b, weight: 50}]
+        """, ["models.yaml:6:15: experiments[0].endpoint: route /p/a is already served by models[0].endpoint, "
+              "line 2 (hint: change endpoint or parameters so every route is unique)"]),
+    ("experiment with one variant", """\
+        models: [{name: m_a, version: 1, endpoint: p}]
+        experiments:
+          - {name: ab, endpoint: q, variants: [{model: m_a, weight: 100}]}
+        """, ["models.yaml:3:39: experiments[0].variants: must have at least 2 item(s) (got 1)"]),
+    ("shadow that is also a variant", """\
+        models:
+          - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+          - {name: m_b, version: 1, endpoint: p, parameters: [b]}
+        experiments:
+          - name: ab
+            endpoint: q
+            variants: [{model: m_a, weight: 50}, {model: m_b, weight: 50}]
+            shadows: [m_a]
+        """, ["models.yaml:8:15: experiments[0].shadows[0]: model 'm_a' is already a variant of this experiment "
+              "(hint: a shadow gets copies of traffic; remove it from variants or from shadows)"]),
+    ("sticky key with both header and field", """\
+        models:
+          - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+          - {name: m_b, version: 1, endpoint: p, parameters: [b]}
+        experiments:
+          - name: ab
+            endpoint: q
+            sticky_key: {header: X-User, field: user}
+            variants: [{model: m_a, weight: 50}, {model: m_b, weight: 50}]
+        """, ["models.yaml:7:17: experiments[0].sticky_key: set exactly one of `header` (e.g. X-User-Id) or "
+              "`field` (a JSON body field such as user_id)"]),
+    ("defaults typo", """\
+        defaults: {batchin: {max_batch_size: 2}}
+        models: [{name: m_a, version: 1, endpoint: p}]
+        """, ["models.yaml:1:12: defaults.batchin: unknown key (hint: did you mean 'batching'?)"]),
+    ("invalid value in defaults is reported once, at defaults", """\
+        defaults: {batching: {max_batch_size: 0}}
+        models: [{name: m_a, version: 1, endpoint: p}, {name: m_b, version: 1, endpoint: q}]
+        """, ["models.yaml:1:39: defaults.batching.max_batch_size: must be ≥ 1 (got 0)"]),
+    ("matrix placeholder that is not a variable", """\
+        - matrix: {city: [2, 3]}
+          name: m_{city}
+          version: 1
+          endpoint: p
+          parameters: ["{cty}"]
+        """, ["models.yaml:5:16: models[0].parameters[0]: uses {cty}, which is not a matrix variable "
+              "(hint: did you mean 'city'?)"]),
+    ("matrix variable missing from the name", """\
+        - matrix: {city: [2, 3], segment: [TAXI]}
+          name: m_{city}
+          version: 1
+          endpoint: p
+          parameters: ["{city}", "{segment}"]
+        """, ["models.yaml:2:9: models[0].name: must use matrix variable {segment} so every expanded model "
+              "gets its own name"]),
+    ("matrix value that expands to an unsafe name", """\
+        - matrix: {city: [2, "x y"]}
+          name: m_{city}
+          version: 1
+          endpoint: p
+          parameters: ["{city}"]
+        """, ["models.yaml:2:9: models[0].name: must start with a letter, end with a letter or digit and contain "
+              "only ASCII letters, digits and '_' (at most 63 characters); got 'm_x y' (matrix: city=x y)",
+              "models.yaml:5:16: models[0].parameters[0]: must start with a letter or digit and contain only ASCII "
+              "letters, digits, '.', '_' and '-' (at most 63 characters); got 'x y' (matrix: city=x y)"]),
+    ("empty file", "", ["models.yaml:1:1: expected exactly one YAML document, found 0 (hint: add models to the file)"]),
+    ("YAML syntax error", "- name: [unclosed\n", [
+        "models.yaml:2:1: YAML syntax error: expected ',' or ']', but got '<stream end>' "
+        "(hint: check indentation and quoting around this line)"]),
+    ("python object tag", "- !!python/object:os.system {name: m_a}\n", [
+        "models.yaml:1:3: models[0]: unsupported YAML tag 'tag:yaml.org,2002:python/object:os.system' "
+        "(hint: remove the tag; models.yaml takes plain strings, numbers, lists and mappings)"]),
+    ("custom tag", "- {name: !shell m_a, version: 1, endpoint: p}\n", [
+        "models.yaml:1:10: models[0].name: unsupported YAML tag '!shell' "
+        "(hint: remove the tag; models.yaml takes plain strings, numbers, lists and mappings)"]),
+    ("merge key", "- {<<: {version: 1}, name: m_a, endpoint: p}\n", [
+        "models.yaml:1:4: models[0]: YAML merge keys (<<) are not supported "
+        "(hint: put shared settings under `defaults:` instead)"]),
+]
+
+
+@pytest.mark.parametrize("label, text, expected", CASES, ids=[case[0] for case in CASES])
+def test_rejection_is_reported_exactly(label: str, text: str, expected: list[str]) -> None:
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(textwrap.dedent(text))
+    assert caught.value.lines() == expected
+
+
+def test_several_problems_are_all_reported_in_file_order() -> None:
+    text = textwrap.dedent("""\
+        - {name: m_a, version: 0, endpoint: p}
+        - {name: m_b, version: 1, endpoint: "a b"}
+        """)
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(text)
+    assert [line.split(": ")[0] for line in caught.value.lines()] == ["models.yaml:1:24", "models.yaml:2:37"]
+
+
+def test_seed_format_is_accepted_verbatim() -> None:
+    catalog = parse_catalog(textwrap.dedent("""\
+        - name: match_probability_2_TAXI_trafficunaware
+          version: 1
+          endpoint: probability
+          parameters: [2, TAXI, trafficunaware]
+        """))
+    (model,) = catalog.models
+    assert model.route == "/probability/2/TAXI/trafficunaware"
+    assert model.registered_as == "match_probability_2_TAXI_trafficunaware"
+
+
+def test_defaults_apply_unless_overridden() -> None:
+    catalog = parse_catalog(textwrap.dedent("""\
+        defaults:
+          alias: champion
+          batching: {max_batch_size: 8, max_latency_ms: 50}
+        models:
+          - {name: m_a, endpoint: p}
+          - {name: m_b, version: 4, endpoint: q, batching: {max_batch_size: 2}}
+        """))
+    first, second = catalog.models
+    assert (first.alias, first.version, first.batching.max_batch_size) == ("champion", None, 8)
+    assert (second.alias, second.version, second.batching.max_batch_size) == (None, 4, 2)
+    assert second.batching.max_latency_ms == 50
+
+
+def test_matrix_expands_in_order() -> None:
+    catalog = parse_catalog(textwrap.dedent("""\
+        - matrix: {city: [2, 5], segment: [TAXI, PHV]}
+          name: p_{city}_{segment}
+          version: 1
+          endpoint: probability
+          parameters: ["{city}", "{segment}"]
+        """))
+    assert [m.route for m in catalog.models] == ["/probability/2/TAXI", "/probability/2/PHV",
+                                                  "/probability/5/TAXI", "/probability/5/PHV"]
