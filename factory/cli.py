@@ -67,3 +67,18 @@ def summary(catalog_path: Path) -> None:
     from factory.summary import catalog_summary
 
     click.echo(catalog_summary(catalog_path))
+
+
+@main.command()
+@CATALOG_OPTION
+@click.argument("names", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Build every model in the catalog.")
+def build(catalog_path: Path, names: tuple[str, ...], everything: bool) -> None:
+    """Import models from MLflow and build their Bentos (skipping unchanged ones)."""
+    from factory.build import build_command
+
+    build_command(catalog_path, names, everything, progress=click.echo)
+
+
+if __name__ == "__main__":
+    main()

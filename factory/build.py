@@ -1,0 +1,240 @@
+"""`factory build`: registry version → BentoML model store → Bento (→ image), one record per model.
+
+The record (`<state>/builds/<model>/record.json`) is what test, manifests and deploy read.
+A model whose rendered folder and resolved registry version are unchanged is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from factory import golden
+from factory.catalog import Catalog, ModelSpec
+from factory.errors import BuildError
+from factory.loader import load_catalog
+from factory.registry import Registry, ResolvedModel, tracking_uri
+from factory.render import render_catalog
+from factory.state import StateDir
+
+BENTOML = [sys.executable, "-m", "bentoml"]
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    model: str
+    content_hash: str
+    registry: dict
+    bento_model_tag: str
+    bento_tag: str
+    bento_export: str
+    image: str
+    image_built: bool
+    dockerfile: str
+    golden: str
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Optional["BuildRecord"]:
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    model: str
+    record: BuildRecord
+    skipped: bool
+    seconds: float
+
+
+def build_command(catalog_path: Path, names: Iterable[str], everything: bool, progress: Progress) -> list[BuildOutcome]:
+    catalog = load_catalog(catalog_path)
+    models = select_models(catalog, names, everything)
+    state = StateDir.from_env().activate()
+    builder = Builder(catalog, render_catalog(catalog, source=catalog_path.name),
+                      Registry(catalog, tracking_uri(catalog_path.resolve().parent)), state, progress)
+    outcomes = []
+    for position, model in enumerate(models, start=1):
+        outcome = builder.build(model)
+        outcomes.append(outcome)
+        progress(f"[{position}/{len(models)}] {model.name}: {_describe(outcome)}")
+    if outcomes and not any(o.record.image_built for o in outcomes):
+        progress("no Docker engine reachable: wrote Dockerfiles instead of images (see each record's dockerfile)")
+    return outcomes
+
+
+def _describe(outcome: BuildOutcome) -> str:
+    if outcome.skipped:
+        return f"unchanged, skipped ({outcome.record.bento_tag})"
+    return f"built {outcome.record.bento_tag} in {outcome.seconds:.1f} s"
+
+
+def select_models(catalog: Catalog, names: Iterable[str], everything: bool) -> list[ModelSpec]:
+    names = list(names)
+    if everything == bool(names):
+        raise BuildError("name the models to work on, or pass --all (not both)")
+    if everything:
+        return list(catalog.models)
+    known = {model.name: model for model in catalog.models}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise BuildError(f"not in models.yaml: {', '.join(unknown)}; run `factory summary` to list the models")
+    return [known[name] for name in names]
+
+
+class Builder:
+    def __init__(self, catalog: Catalog, rendered: dict[str, str], registry: Registry, state: StateDir,
+                 progress: Progress):
+        self.catalog = catalog
+        self.rendered = rendered
+        self.registry = registry
+        self.state = state
+        self.progress = progress
+
+    def build(self, model: ModelSpec) -> BuildOutcome:
+        started = time.monotonic()
+        resolved = self.registry.resolve(model)
+        folder = self._rendered_folder(model)
+        content_hash = _content_hash(folder, resolved)
+        previous = BuildRecord.load(self.state.record(model.name))
+        if previous and previous.content_hash == content_hash and _bento_exists(previous.bento_tag):
+            return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
+        bento_model_tag = self._import(model, resolved)
+        source = self._workspace(model, folder, resolved, bento_model_tag)
+        bento_tag = self._bento_build(model, source, content_hash)
+        record = BuildRecord(
+            model=model.name, content_hash=content_hash,
+            registry={"name": resolved.registered_as, "version": resolved.version, "run_id": resolved.run_id,
+                      "ref": model.registry_ref, "uri": self.registry.uri},
+            bento_model_tag=bento_model_tag, bento_tag=bento_tag,
+            bento_export=str(self._export(model, bento_tag)),
+            golden=str(self._golden(model, resolved)),
+            **self._image(model, bento_tag))
+        record.save(self.state.record(model.name))
+        return BuildOutcome(model.name, record, skipped=False, seconds=time.monotonic() - started)
+
+    def _rendered_folder(self, model: ModelSpec) -> dict[str, str]:
+        prefix = f"models/{model.name}/"
+        return {name[len(prefix):]: text for name, text in self.rendered.items() if name.startswith(prefix)}
+
+    def _import(self, model: ModelSpec, resolved: ResolvedModel) -> str:
+        import bentoml
+
+        tag = f"{model.name.lower()}:r{resolved.version}-{resolved.fingerprint[:12]}"
+        if _model_exists(tag):
+            return tag
+        try:
+            bentoml.mlflow.import_model(
+                tag, model_uri=resolved.model_uri, signatures={"predict": {"batchable": True, "batch_dim": 0}},
+                labels={"model-factory/model": model.k8s_name},
+                metadata={"registry_name": resolved.registered_as, "registry_version": resolved.version})
+        except Exception as exc:  # BentoML and MLflow raise many types here; all mean the same to the user
+            raise BuildError(f"{self.catalog.where(model.name)}: importing {resolved.model_uri} into the BentoML "
+                             f"model store failed: {exc}") from exc
+        return tag
+
+    def _workspace(self, model: ModelSpec, folder: dict[str, str], resolved: ResolvedModel,
+                   bento_model_tag: str) -> Path:
+        source = self.state.build_dir(model.name) / "src"
+        shutil.rmtree(source, ignore_errors=True)
+        source.mkdir(parents=True)
+        for name, text in folder.items():
+            (source / name).write_text(text, encoding="utf-8")
+        (source / "resolved.json").write_text(json.dumps({
+            "bento_model_tag": bento_model_tag, "signature": resolved.signature, "flavor": resolved.flavor,
+            "registry": {"name": resolved.registered_as, "version": resolved.version},
+        }, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return source
+
+    def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
+        # BentoML refuses build contexts outside its working directory and under hidden folders.
+        output = _run(BENTOML + ["build", ".", "--version", content_hash[:16], "-o", "tag"],
+                      f"{self.catalog.where(model.name)}: `bentoml build` failed", cwd=source)
+        tags = [line.split("__tag__:", 1)[1].strip() for line in output.splitlines() if "__tag__:" in line]
+        if not tags:
+            raise BuildError(f"{self.catalog.where(model.name)}: `bentoml build` printed no tag:\n{output[-1000:]}")
+        return tags[-1]
+
+    def _export(self, model: ModelSpec, bento_tag: str) -> Path:
+        # CI jobs pass Bentos as artifacts; BentoML needs an absolute output path (FIELD_NOTES).
+        target = (self.state.build_dir(model.name) / f"{model.k8s_name}.bento").resolve()
+        target.unlink(missing_ok=True)
+        _run(BENTOML + ["export", bento_tag, str(target)], f"{self.catalog.where(model.name)}: `bentoml export` failed")
+        return target
+
+    def _golden(self, model: ModelSpec, resolved: ResolvedModel) -> Path:
+        path = self.state.build_dir(model.name) / "golden.json"
+        cases = golden.record_golden(resolved, batch_size=min(8, model.batching.max_batch_size))
+        path.write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    def _image(self, model: ModelSpec, bento_tag: str) -> dict:
+        image = f"{self.catalog.kubernetes.image_registry}/{model.k8s_name}:{bento_tag.split(':', 1)[1]}"
+        dockerfile_dir = self.state.build_dir(model.name) / "docker"
+        if docker_available():
+            _run(BENTOML + ["containerize", bento_tag, "-t", image],
+                 f"{self.catalog.where(model.name)}: `bentoml containerize` failed")
+            return {"image": image, "image_built": True, "dockerfile": ""}
+        import bentoml
+
+        shutil.rmtree(dockerfile_dir, ignore_errors=True)
+        bentoml.container.get_containerfile(bento_tag, output_path=str(dockerfile_dir))
+        return {"image": image, "image_built": False, "dockerfile": str(dockerfile_dir / "Dockerfile")}
+
+
+def docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _content_hash(folder: dict[str, str], resolved: ResolvedModel) -> str:
+    digest = hashlib.sha256(resolved.fingerprint.encode())
+    for name in sorted(folder):
+        digest.update(name.encode() + b"\0" + folder[name].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _model_exists(tag: str) -> bool:
+    import bentoml
+
+    try:
+        bentoml.models.get(tag)
+        return True
+    except bentoml.exceptions.NotFound:
+        return False
+
+
+def _bento_exists(tag: str) -> bool:
+    import bentoml
+
+    try:
+        bentoml.get(tag)
+        return True
+    except bentoml.exceptions.NotFound:
+        return False
+
+
+def _run(command: list[str], failure: str, cwd: Optional[Path] = None) -> str:
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
+    if result.returncode != 0:
+        raise BuildError(f"{failure} (exit {result.returncode}):\n{(result.stderr or result.stdout)[-2000:]}")
+    return result.stdout

@@ -1,0 +1,191 @@
+"""Kubernetes manifests for every model and for the proxy, rendered from templates/k8s.
+
+Templates write the YAML. This module decides the numbers (memory sizing, resource quantities) and
+hands the templates two filters, `q` and `literal_block`, so that every inserted value stays one
+scalar: a catalog name such as `null` or a registry ref such as `@champion` can never change types
+or the document's structure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import posixpath
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from kubernetes.utils import parse_quantity
+
+from factory.catalog import KubernetesSettings, ModelSpec, Resources
+from factory.errors import RenderError
+from factory.k8s_checks import KUSTOMIZATION_FILE, load_documents, validate_manifests
+
+__all__ = ["Sizing", "sizing_for", "model_manifests", "proxy_manifests", "kustomization", "validate_manifests"]
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "k8s"
+MIB = 1024**2
+# Before a model has been measured its manifests still need a request; this one fits the
+# ~0.3-0.5 GiB a served sklearn model was measured at, and sizing replaces it later.
+DEFAULT_MEMORY_REQUEST_BYTES = 512 * MIB
+
+MODEL_MANIFESTS = {"deployment": "model-deployment", "service": "service", "hpa": "model-hpa", "pdb": "model-pdb"}
+PROXY_MANIFESTS = {"deployment": "proxy-deployment", "service": "service", "configmap": "proxy-configmap"}
+PROXY_DIR = "proxy"
+PROXY_NAME = "model-factory-proxy"
+PROXY_PORT = 8000
+ROUTES_DIR = "/etc/model-factory"
+ROUTES_KEY = "routes.yaml"
+
+PART_OF = {"app.kubernetes.io/part-of": "model-factory", "app.kubernetes.io/managed-by": "model-factory"}
+MODEL_LABEL = "model-factory/model"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """Memory for one model's container, as Kubernetes quantities."""
+
+    memory_request: str
+    memory_limit: str
+
+
+def sizing_for(model: ModelSpec, measured_peak_bytes: int | None) -> Sizing:
+    """The catalog's override wins; else the measured peak plus headroom; else a default.
+
+    Exact fractions, not floats: a float product can land a byte under the peak it was meant to cover.
+    """
+    resources = model.resources
+    request = resources.memory or _whole_mebibytes(_request_bytes(resources, measured_peak_bytes))
+    limit_bytes = Fraction(parse_quantity(request)) * _decimal(resources.memory_limit_factor)
+    return Sizing(memory_request=request, memory_limit=_whole_mebibytes(limit_bytes))
+
+
+def _request_bytes(resources: Resources, measured_peak_bytes: int | None) -> Fraction:
+    if measured_peak_bytes is None:
+        return Fraction(DEFAULT_MEMORY_REQUEST_BYTES)
+    if measured_peak_bytes < 1:
+        raise ValueError(f"a measured memory peak must be a positive number of bytes, got {measured_peak_bytes}")
+    return measured_peak_bytes * (1 + _decimal(resources.memory_headroom))
+
+
+def _decimal(value: float) -> Fraction:
+    """The fraction the user wrote (0.2 is 1/5), not the binary float nearest to it."""
+    return Fraction(str(value))
+
+
+def _whole_mebibytes(n_bytes: Fraction) -> str:
+    return f"{math.ceil(n_bytes / MIB)}Mi"
+
+
+def model_manifests(model: ModelSpec, settings: KubernetesSettings, image: str, sizing: Sizing) -> dict[str, str]:
+    """Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget of one model."""
+    name = model.k8s_name
+    labels = {"app.kubernetes.io/name": name, MODEL_LABEL: name, **PART_OF}
+    context = {
+        "name": name,
+        "namespace": settings.namespace,
+        "labels": labels,
+        "selector": {MODEL_LABEL: name},
+        "annotations": {"model-factory/registry-ref": model.registry_ref, "model-factory/route": model.route},
+        "model": model,
+        "image": image,
+        "port": settings.service_port,
+        **_container_resources(model.resources, sizing),
+    }
+    return _render_all(name, MODEL_MANIFESTS, context)
+
+
+def _container_resources(resources: Resources, sizing: Sizing) -> dict[str, dict[str, str]]:
+    # No CPU limit: throttling a model server at its limit only adds latency; the request drives
+    # scheduling and the HPA's utilization figure.
+    gpus = {GPU_RESOURCE: str(resources.gpu)} if resources.gpu else {}
+    return {
+        "requests": {"cpu": resources.cpu, "memory": sizing.memory_request, **gpus},
+        "limits": {"memory": sizing.memory_limit, **gpus},
+    }
+
+
+def proxy_manifests(settings: KubernetesSettings, image: str, routes_yaml: str) -> dict[str, str]:
+    """Deployment, Service and routing-table ConfigMap of the proxy."""
+    context = {
+        "name": PROXY_NAME,
+        "namespace": settings.namespace,
+        "labels": {"app.kubernetes.io/name": PROXY_NAME, "app.kubernetes.io/component": "proxy", **PART_OF},
+        # Model pods never carry component=proxy, so this cannot select one whatever a model is called.
+        "selector": {"app.kubernetes.io/name": PROXY_NAME, "app.kubernetes.io/component": "proxy"},
+        "image": image,
+        "port": PROXY_PORT,
+        "configmap_name": f"{PROXY_NAME}-routes",
+        "routes_dir": ROUTES_DIR,
+        "routes_key": ROUTES_KEY,
+        "routes_path": posixpath.join(ROUTES_DIR, ROUTES_KEY),
+        "routes_yaml": routes_yaml,
+        "routes_checksum": "sha256:" + hashlib.sha256(routes_yaml.encode()).hexdigest(),
+    }
+    return _render_all(PROXY_DIR, PROXY_MANIFESTS, context)
+
+
+def kustomization(settings: KubernetesSettings, files: list[str]) -> str:
+    """kustomization.yaml listing every manifest file once, sorted, in the settings' namespace."""
+    resources = sorted({file for file in files if posixpath.basename(file) != KUSTOMIZATION_FILE})
+    return _render("kustomization", {"namespace": settings.namespace, "files": resources})
+
+
+def _render_all(directory: str, templates: dict[str, str], context: dict[str, Any]) -> dict[str, str]:
+    return {f"{directory}/{file}.yaml": _render(template, context) for file, template in templates.items()}
+
+
+def _render(template: str, context: dict[str, Any]) -> str:
+    """Render one manifest and prove it parses back to a single mapping."""
+    try:
+        text = _environment().get_template(f"{template}.yaml.j2").render(context)
+        documents = load_documents(text)
+    except (jinja2.TemplateError, yaml.YAMLError) as exc:
+        raise RenderError(f"templates/k8s/{template}.yaml.j2: {exc}") from exc
+    if len(documents) != 1 or not isinstance(documents[0], dict):
+        raise RenderError(f"templates/k8s/{template}.yaml.j2: did not render exactly one YAML mapping")
+    return text
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["q"] = _quoted
+    environment.filters["literal_block"] = _literal_block
+    return environment
+
+
+def _quoted(value: str | int) -> str:
+    """A double-quoted YAML scalar that parses back to exactly str(value), whatever it contains."""
+    return yaml.dump(str(value), default_style='"', width=math.inf, allow_unicode=False).rstrip("\n")
+
+
+def _literal_block(text: str, indent: int) -> str:
+    """`text` as a `|` block whose lines start at column `indent`, if it reads back unchanged as one.
+
+    A block keeps a routing table reviewable in diffs. It is only faithful for text with exactly one
+    final newline, a first line that is neither empty nor indented (block indentation is detected
+    from it), no trailing blanks and nothing but printable ASCII; anything else is written quoted.
+    """
+    lines = text.split("\n")[:-1]
+    faithful = (
+        text.endswith("\n")
+        and not text.endswith("\n\n")
+        and not text.startswith((" ", "\n"))
+        and all(line == line.rstrip() and all(" " <= ch <= "~" for ch in line) for line in lines)
+    )
+    if not faithful:
+        return _quoted(text)
+    return "|\n" + "\n".join(" " * indent + line if line else "" for line in lines)

@@ -1,0 +1,34 @@
+"""Serve this Bento as ONE process: the BentoML service app under uvicorn, without the circus arbiter.
+
+`bentoml serve` runs an arbiter (~80 MiB) beside the worker; in a Kubernetes pod the kubelet already
+restarts a failed container, so the arbiter buys nothing there but memory. Adaptive batching lives in
+the service app and keeps working. Copied verbatim into each model's folder by `factory render`.
+
+Usage (from the Bento's src directory): python -m mf_serve [--host 0.0.0.0] [--port 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve this Bento in one process.")
+    parser.add_argument("--host", default=os.environ.get("MF_HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MF_PORT", "3000")))
+    args = parser.parse_args()
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+    import uvicorn
+
+    from service import ModelService
+
+    # to_asgi is private BentoML API: requirements pin bentoml, and tests serve every model this way.
+    app = ModelService.to_asgi(is_main=True)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning",
+                timeout_graceful_shutdown=20)
+
+
+if __name__ == "__main__":
+    main()

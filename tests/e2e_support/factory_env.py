@@ -1,0 +1,47 @@
+"""A real example registry and real builds, made once per test session in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FACTORY = [sys.executable, "-m", "factory.cli"]
+# The two models e2e tests build: one with integer, string, boolean and optional columns; one doubles-only
+# with column names that are not Python identifiers, served through an MLflow alias.
+MIXED_MODEL = "match_probability_2_TAXI_trafficaware"
+ALIAS_MODEL = "eta_minutes_5_PHV"
+
+
+@dataclass(frozen=True)
+class FactoryEnv:
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def state(self) -> Path:
+        return Path(self.env["FACTORY_STATE"])
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        result = subprocess.run([*FACTORY, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"factory {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+
+def make_factory_env(base: Path) -> FactoryEnv:
+    registry = base / "registry"
+    env = {**os.environ,
+           "MLFLOW_TRACKING_URI": f"sqlite:///{registry / 'mlflow.db'}",
+           "FACTORY_STATE": str(base / "state"),
+           "BENTOML_HOME": str(base / "state" / "bentoml"),
+           "BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+           # The lean serving venv is slow to create: share one per machine across test sessions.
+           "FACTORY_RUNTIME_HOME": os.environ.get("FACTORY_RUNTIME_HOME", str(ROOT / "factory-state" / "runtime"))}
+    subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), "--registry", str(registry)],
+                   cwd=base, env=env, check=True, capture_output=True, timeout=300)
+    return FactoryEnv(base, env)
