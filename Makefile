@@ -1,7 +1,7 @@
 # Two commands matter: `make demo` and `make test`. Both bootstrap what they need.
 SHELL := /bin/bash
 PYTHON ?= python3.11
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_TOOLS := rsync wrk nginx
@@ -9,7 +9,10 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test venv tools bench clean
+FACTORY := $(BIN)/factory
+REGISTRY := registry/mlflow.db
+
+.PHONY: demo test venv tools registry bench clean
 
 venv: $(STAMP)
 
@@ -29,16 +32,28 @@ tools:
 	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-demo: venv
-	$(BIN)/factory validate -f models.yaml
-	$(BIN)/factory render -f models.yaml -o build
-	$(BIN)/factory summary -f models.yaml
+# The example MLflow registry (sqlite + artifacts under registry/), trained and registered once.
+registry: $(REGISTRY)
+
+$(REGISTRY): examples/train.py $(STAMP)
+	rm -rf registry
+	$(BIN)/python examples/train.py --registry registry
+
+# The whole factory on the example models.yaml: validate -> render -> build -> test -> manifests.
+demo: venv $(REGISTRY)
+	$(FACTORY) validate
+	$(FACTORY) routes
+	$(FACTORY) render -o build
+	$(FACTORY) build --all
+	$(FACTORY) test --all
+	$(FACTORY) manifests --all --proxy
+	$(FACTORY) summary
 
 test: venv tools
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: venv tools
-	$(BIN)/python bench/render.py
+	$(BIN)/python -m bench.render
 
 clean:
-	rm -rf build .pytest_cache .hypothesis
+	rm -rf build factory-state registry .pytest_cache .hypothesis

@@ -22,7 +22,7 @@ from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError
 from factory.loader import load_catalog
 from factory.registry import Registry, ResolvedModel, tracking_uri
-from factory.render import render_catalog
+from factory.render import RUNTIME_DIR, render_catalog
 from factory.state import StateDir
 
 BENTOML = [sys.executable, "-m", "bentoml"]
@@ -128,8 +128,9 @@ class Builder:
         return BuildOutcome(model.name, record, skipped=False, seconds=time.monotonic() - started)
 
     def _rendered_folder(self, model: ModelSpec) -> dict[str, str]:
-        prefix = f"models/{model.name}/"
-        return {name[len(prefix):]: text for name, text in self.rendered.items() if name.startswith(prefix)}
+        """The model's service and bentofile, plus the runtime files every Bento shares."""
+        folders = (f"models/{model.name}/", f"{RUNTIME_DIR}/")
+        return {name.split("/")[-1]: text for name, text in self.rendered.items() if name.startswith(folders)}
 
     def _import(self, model: ModelSpec, resolved: ResolvedModel) -> str:
         import bentoml
@@ -184,16 +185,25 @@ class Builder:
 
     def _image(self, model: ModelSpec, bento_tag: str) -> dict:
         image = f"{self.catalog.kubernetes.image_registry}/{model.k8s_name}:{bento_tag.split(':', 1)[1]}"
-        dockerfile_dir = self.state.build_dir(model.name) / "docker"
         if docker_available():
             _run(BENTOML + ["containerize", bento_tag, "-t", image],
                  f"{self.catalog.where(model.name)}: `bentoml containerize` failed")
             return {"image": image, "image_built": True, "dockerfile": ""}
         import bentoml
 
-        shutil.rmtree(dockerfile_dir, ignore_errors=True)
-        bentoml.container.get_containerfile(bento_tag, output_path=str(dockerfile_dir))
-        return {"image": image, "image_built": False, "dockerfile": str(dockerfile_dir / "Dockerfile")}
+        dockerfile = self.state.build_dir(model.name) / "Dockerfile"
+        bentoml.container.get_containerfile(bento_tag, output_path=str(dockerfile))
+        return {"image": image, "image_built": False, "dockerfile": str(dockerfile)}
+
+
+def ensure_in_store(record: BuildRecord) -> None:
+    """A CI job downloads the build job's exported Bento as an artifact: import it once into this store."""
+    if _bento_exists(record.bento_tag):
+        return
+    if not Path(record.bento_export).is_file():
+        raise BuildError(f"Bento {record.bento_tag} is neither in the BentoML store nor at {record.bento_export}; "
+                         f"run `factory build {record.model}` again")
+    _run(BENTOML + ["import", record.bento_export], f"importing {record.bento_export} failed")
 
 
 def docker_available() -> bool:

@@ -62,11 +62,20 @@ def render(catalog_path: Path, out_dir: Path, check: bool) -> None:
 
 @main.command()
 @CATALOG_OPTION
-def summary(catalog_path: Path) -> None:
-    """Print the models and routes the catalog serves."""
+def routes(catalog_path: Path) -> None:
+    """Print the routes the catalog serves, with batching and resources."""
     from factory.summary import catalog_summary
 
     click.echo(catalog_summary(catalog_path))
+
+
+@main.command()
+@CATALOG_OPTION
+def summary(catalog_path: Path) -> None:
+    """Print per route and variant: fuzz result, p99, peak memory and memory request (also as markdown)."""
+    from factory.report import summary_command
+
+    click.echo(summary_command(catalog_path))
 
 
 @main.command()
@@ -78,6 +87,45 @@ def build(catalog_path: Path, names: tuple[str, ...], everything: bool) -> None:
     from factory.build import build_command
 
     build_command(catalog_path, names, everything, progress=click.echo)
+
+
+
+@main.command(name="test")
+@CATALOG_OPTION
+@click.argument("names", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Test every model in the catalog.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Fuzzing seed (a failure prints it).")
+@click.option("--examples", type=int, default=60, show_default=True, help="Valid requests to generate; "
+              "twice as many invalid ones.")
+def test_models(catalog_path: Path, names: tuple[str, ...], everything: bool, seed: int, examples: int) -> None:
+    """Serve built models, fuzz them from their signatures, check golden outputs, measure memory."""
+    from factory.qualify import TestSettings, qualify_command
+
+    settings = TestSettings(seed=seed, valid_examples=examples, invalid_examples=2 * examples)
+    qualify_command(catalog_path, names, everything, settings, progress=click.echo)
+
+
+
+@main.command(name="manifests")
+@CATALOG_OPTION
+@click.argument("names", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Size every model in the catalog.")
+@click.option("--proxy", is_flag=True, help="Also write the proxy's Deployment, Service and routes ConfigMap.")
+def manifests_cmd(catalog_path: Path, names: tuple[str, ...], everything: bool, proxy: bool) -> None:
+    """Write Kubernetes manifests sized from measured memory, validated offline."""
+    from factory.deploy import manifests_command
+
+    manifests_command(catalog_path, names, everything, proxy, progress=click.echo)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Server-side dry run: the cluster validates, nothing changes.")
+@click.option("--skip-without-cluster", is_flag=True, help="Exit 0 with a note when no kubeconfig is set (CI).")
+def deploy(dry_run: bool, skip_without_cluster: bool) -> None:
+    """Server-side apply the written manifests to the current kubeconfig's cluster."""
+    from factory.deploy import deploy_command
+
+    deploy_command(dry_run, skip_without_cluster, progress=click.echo)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ from factory.expand import Origin, suggest
 from factory.yamlsource import SourceMap, YamlPath, format_path
 
 
+# The proxy's manifests live in k8s/proxy/ and are named model-factory-proxy.
+RESERVED_NAMES = {"proxy", "model-factory-proxy"}
+
+
 class _Checker:
     def __init__(self, source: SourceMap):
         self.source = source
@@ -42,6 +46,10 @@ def _unique_names(checker: _Checker, models: list[ModelSpec], origins: list[Orig
     for model, origin in zip(models, origins):
         key = model.k8s_name
         path = origin.path + ("name",)
+        if key in RESERVED_NAMES:
+            checker.add(path, f"model name '{model.name}' is reserved for the proxy's own objects",
+                        "choose another name")
+            continue
         if key not in seen:
             seen[key] = (model.name, path)
             continue

@@ -78,14 +78,14 @@ def served(bento_tag: str, log: Path, mode: Mode = "single", runtime_python: Pat
         stop(process)
 
 
-def wait_ready(server: Served, timeout_s: float) -> None:
+def wait_ready(server: Served, timeout_s: float, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise ServeError(f"the model server exited with code {server.process.returncode} before it was "
                              f"ready; its log ({server.log}) ends with:\n{_tail(server.log)}")
         try:
-            with urllib.request.urlopen(server.url + "/readyz", timeout=2) as response:
+            with urllib.request.urlopen(server.url + path, timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -23,8 +23,9 @@ def catalog_table(catalog: Catalog) -> str:
         gpu = f"{model.resources.gpu}x {model.resources.gpu_type or 'any'}" if model.resources.gpu else "-"
         rows.append([model.route, model.name, model.registry_ref, batching, model.resources.cpu, gpu])
     for experiment in catalog.experiments:
-        split = " / ".join(f"{v.model} {v.weight}%" for v in experiment.variants)
-        rows.append([experiment.route, f"experiment {experiment.name}: {split}", "", "", "", ""])
+        rows.append([experiment.route, f"experiment {experiment.name}", "", "", "", ""])
+        rows += [["", f"  {v.weight}% -> {v.model}", "", "", "", ""] for v in experiment.variants]
+        rows += [["", f"  shadow -> {shadow}", "", "", "", ""] for shadow in experiment.shadows]
     header = f"{len(catalog.models)} models, {len(catalog.experiments)} experiments"
     return header + "\n" + table(["route", "model", "version", "batching", "cpu", "gpu"], rows)
 

@@ -95,7 +95,9 @@ class RouteTable(_Strict):
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=True, allow_unicode=False)
+        # libyaml's emitter where available: same output, ~10x faster for thousands of routes.
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        return yaml.dump(self.model_dump(mode="json"), Dumper=dumper, sort_keys=True, allow_unicode=False)
 
 
 def load_route_table(path: Path) -> RouteTable:
@@ -121,10 +123,7 @@ class Target:
     request_target: bytes
     host_header: bytes
     model_version: str
-
-    @property
-    def origin(self) -> tuple[str, str, int]:
-        return (self.scheme, self.host, self.port)
+    origin: tuple[str, str, int]  # the connection-pool key
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +162,7 @@ def _target(name: str, upstream: Upstream) -> Target:
         request_target=(parts.path or "/").encode("ascii"),
         host_header=host_header.encode("ascii"),
         model_version=upstream.model_version,
+        origin=(parts.scheme, parts.hostname or "", port),
     )
 
 

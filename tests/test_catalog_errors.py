@@ -39,6 +39,10 @@ CASES = [
         - {name: m_b, version: 1, endpoint: p, parameters: [a]}
         """, ["models.yaml:2:37: models[1].endpoint: route /p/a is already served by models[0].endpoint, line 1 "
               "(hint: change endpoint or parameters so every route is unique)"]),
+    ("name reserved for the proxy", """\
+        - {name: Proxy, version: 1, endpoint: p}
+        """, ["models.yaml:1:10: models[0].name: model name 'Proxy' is reserved for the proxy's own objects "
+              "(hint: choose another name)"]),
     ("unknown key with suggestion", """\
         - name: m_a
           version: 1

@@ -1,0 +1,400 @@
+"""Attack a served model with requests generated from its own MLflow signature.
+
+Valid requests must get a 200 with one output per row; invalid ones a 4xx naming the bad field, never
+a 5xx and never a hang. Hypothesis draws both from a fixed seed and shrinks a failure to the smallest
+request that still fails (a hang is kept as found), written to a file so curl can replay it.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import itertools
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+from urllib.parse import urlsplit
+
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings, strategies as st
+from hypothesis import seed as fixed_seed
+from hypothesis.errors import Flaky
+
+from factory.errors import ServeError
+from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, golden_problem,
+                                  invalid_problem, minimal_failure, parses, valid_problem)
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+COLUMN_TYPES = ("binary", "boolean", "datetime", "double", "float", "integer", "long", "string")
+_FLOAT_BITS = {"double": 64, "float": 32, "float64": 64, "float32": 32, "float16": 16}
+# JSON integers are accepted for float inputs; beyond these a float of that width rounds them.
+_EXACT_INTEGER = {64: 2**53, 32: 2**24, 16: 2**11}
+_INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1),
+               **{f"int{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
+               **{f"uint{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)}}
+# numpy dtype names are the ones ending in their width; MLflow's own names do not.
+TENSOR_DTYPES = tuple(sorted(["bool", *(name for name in [*_FLOAT_BITS, *_INT_BOUNDS] if name[-1].isdigit())]))
+# Years pandas' datetime64[ns] holds, so a pandas-based service is not blamed for its own range.
+_DATETIMES = st.datetimes(datetime(1900, 1, 1), datetime(2200, 12, 31), timezones=st.none() | st.just(timezone.utc))
+# Types that are neither floats nor integers: (valid values, values of the wrong type).
+_OTHER_TYPES = {
+    "boolean": (st.booleans(), [1, 0, "true"]),
+    "string": (st.text(max_size=16), [1, True, ["text"]]),
+    "datetime": (_DATETIMES.map(datetime.isoformat), ["not a date", "2021-02-30T00:00:00", 1700000000]),
+    "binary": (st.binary(max_size=24).map(lambda raw: base64.b64encode(raw).decode()), ["not base64!", "@@@@", 1]),
+}
+_OTHER_TYPES["bool"] = _OTHER_TYPES["boolean"]  # numpy's name for it
+_NON_FINITE = ("NaN", "Infinity", "-Infinity")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One model input: a named column, or the model's single tensor (whose name may be None)."""
+
+    name: Optional[str]
+    type: str  # an MLflow DataType name, or a numpy dtype name for a tensor
+    required: bool = True
+    shape: Optional[tuple[int, ...]] = None  # a tensor row's shape: the signature's shape minus the batch dim
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.shape is not None
+
+
+def signature_columns(signature: Union[dict, list, None]) -> list[Column]:
+    """Columns of `signature.to_dict()` (inputs as a JSON string or a list) or of a parsed inputs list."""
+    specs = _input_specs(signature)
+    if any(spec.get("type") == "tensor" for spec in specs):
+        if len(specs) > 1:
+            raise ServeError(f"the signature has {len(specs)} inputs including a tensor: "
+                             "only a single tensor input is supported")
+        return [_tensor_column(specs[0])]
+    columns = [_column(index, spec) for index, spec in enumerate(specs)]
+    duplicates = [name for name, count in Counter(column.name for column in columns).items() if count > 1]
+    if duplicates:
+        raise ServeError(f"input column {duplicates[0]!r} appears more than once")
+    return columns
+
+
+def _input_specs(signature: Union[dict, list, None]) -> list[dict]:
+    inputs = signature.get("inputs") if isinstance(signature, dict) else signature
+    if isinstance(inputs, str):
+        try:
+            inputs = json.loads(inputs)
+        except json.JSONDecodeError as exc:
+            raise ServeError(f"the signature's inputs are not valid JSON: {exc}") from exc
+    if not inputs:
+        raise ServeError("the model has no input signature: log it with one (mlflow.models.infer_signature)")
+    if not isinstance(inputs, list) or not all(isinstance(spec, dict) for spec in inputs):
+        raise ServeError("the signature's inputs must be a list of column or tensor specs")
+    return inputs
+
+
+def _column(index: int, spec: dict) -> Column:
+    name, type_name = spec.get("name"), spec.get("type")
+    if not isinstance(name, str) or not name:
+        raise ServeError(f"input column {index} has no name: requests key each row by column name")
+    if type_name not in COLUMN_TYPES:
+        raise ServeError(f"input column {name!r} has unsupported type {type_name!r} "
+                         f"(supported: {', '.join(COLUMN_TYPES)})")
+    return Column(name, type_name, required=spec.get("required", True) is not False)
+
+
+def _tensor_column(spec: dict) -> Column:
+    tensor = spec.get("tensor-spec") if isinstance(spec.get("tensor-spec"), dict) else {}
+    dtype, shape = tensor.get("dtype"), tensor.get("shape")
+    if dtype not in TENSOR_DTYPES:
+        raise ServeError(f"the tensor input has unsupported dtype {dtype!r} (supported: {', '.join(TENSOR_DTYPES)})")
+    if not (isinstance(shape, list) and shape and all(type(d) is int and (d == -1 or d > 0) for d in shape)):
+        raise ServeError(f"the tensor input has invalid shape {shape!r}: need a list of dimensions, each -1 or > 0")
+    return Column(spec.get("name"), dtype, shape=tuple(shape[1:]))
+
+
+def valid_row(columns: list[Column]) -> st.SearchStrategy:
+    return _rows(columns, 1, 1).map(lambda rows: rows[0])
+
+
+def valid_request(columns: list[Column], max_batch_size: int) -> st.SearchStrategy[dict]:
+    """`{"inputs": rows}` with 1..max_batch_size rows, full batches included."""
+    # A full batch cycles a few distinct rows: cheap to draw even when max_batch_size is large.
+    full = _rows(columns, 1, 4).map(lambda few: [few[i % len(few)] for i in range(max_batch_size)])
+    return st.one_of(_rows(columns, 1, max_batch_size), full).map(lambda rows: {"inputs": rows})
+
+
+def invalid_request(columns: list[Column], max_batch_size: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                    ) -> st.SearchStrategy[tuple[str, bytes, Optional[str]]]:
+    return st.one_of(*invalid_requests_by_kind(columns, max_batch_size, max_body_bytes).values())
+
+
+def invalid_requests_by_kind(columns: list[Column], max_batch_size: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                             ) -> dict[str, st.SearchStrategy[tuple[str, bytes, Optional[str]]]]:
+    """Per kind, (kind, body, field) for bodies the service must refuse with a 4xx; field is what the
+    error must name, or None where no single field is at fault."""
+    one_row = valid_row(columns)
+    bodies = {
+        **{kind: _request_with_bad_row(columns, max_batch_size, corrupt)
+           for kind, corrupt in _row_corruptions(columns).items()},
+        "empty_inputs": st.just((_encode({"inputs": []}), "inputs")),
+        "too_many_rows": one_row.map(lambda row: (_encode({"inputs": [row] * (max_batch_size + 1)}), "inputs")),
+        "not_json": st.one_of(valid_request(columns, max_batch_size).map(lambda request: _encode(request)[:-1]),
+                              st.binary(max_size=32).filter(lambda body: not parses(body, json.loads)),
+                              ).map(lambda body: (body, None)),
+        "wrong_top_level": one_row.flatmap(lambda r: st.sampled_from([[r], {"inputs": r}, {"rows": [r]}, {}, None]))
+        .map(lambda document: (_encode(document), None)),
+        # Trailing whitespace keeps it valid JSON: only its size is wrong.
+        "oversized_body": one_row.map(lambda row: (_encode({"inputs": [row]}).ljust(max_body_bytes + 1), None)),
+    }
+    return {kind: strategy.map(lambda body_and_field, kind=kind: (kind, *body_and_field))
+            for kind, strategy in bodies.items()}
+
+
+def _rows(columns: list[Column], min_rows: int, max_rows: int) -> st.SearchStrategy[list]:
+    first = columns[0]
+    if not first.is_tensor:
+        required = {c.name: _valid_values(c.type) for c in columns if c.required}
+        optional = {c.name: st.none() | _valid_values(c.type) for c in columns if not c.required}
+        return st.lists(st.fixed_dictionaries(required, optional=optional), min_size=min_rows, max_size=max_rows)
+    # Each -1 dim gets one length per request, so the rows stack into one rectangular tensor.
+    dims = st.tuples(*(st.integers(1, 4) if d == -1 else st.just(d) for d in first.shape))
+    return dims.flatmap(lambda concrete: st.lists(_tensor(concrete, first.type), min_size=min_rows, max_size=max_rows))
+
+
+def _tensor(dims: tuple[int, ...], dtype: str) -> st.SearchStrategy:
+    # Drawing each element of a large tensor is slow (a 28x28 image is 784 draws): cycle a few instead.
+    return st.lists(_valid_values(dtype), min_size=1, max_size=min(math.prod(dims), 8)).map(
+        lambda leaves: _shaped(dims, itertools.cycle(leaves)))
+
+
+def _shaped(dims: tuple[int, ...], leaves: Iterator) -> Any:
+    return [_shaped(dims[1:], leaves) for _ in range(dims[0])] if dims else next(leaves)
+
+
+def _valid_values(type_name: str) -> st.SearchStrategy:
+    if type_name in _FLOAT_BITS:
+        bits = _FLOAT_BITS[type_name]
+        return (st.floats(width=bits, allow_nan=False, allow_infinity=False)
+                | st.integers(-_EXACT_INTEGER[bits], _EXACT_INTEGER[bits]))
+    if type_name in _INT_BOUNDS:
+        return st.integers(*_INT_BOUNDS[type_name])
+    return _OTHER_TYPES[type_name][0]
+
+
+def _wrong_values(type_name: str) -> st.SearchStrategy:
+    if type_name in _FLOAT_BITS:
+        return st.sampled_from(["1.5", True, [1.0], {"value": 1.0}])
+    if type_name in _INT_BOUNDS:
+        low, high = _INT_BOUNDS[type_name]
+        return st.sampled_from([1.5, True, "3", low - 1, high + 1])
+    return st.sampled_from(_OTHER_TYPES[type_name][1])
+
+
+# A corruption turns one valid row into a strategy of (the field at fault, the corrupted row).
+Corruption = Callable[[Any], st.SearchStrategy[tuple[str, Any]]]
+
+
+@st.composite
+def _request_with_bad_row(draw: Callable, columns: list[Column], max_batch_size: int,
+                          corrupt: Corruption) -> tuple[bytes, str]:
+    rows = draw(_rows(columns, 1, max_batch_size))
+    index = draw(st.integers(0, len(rows) - 1))
+    field, rows[index] = draw(corrupt(rows[index]))
+    return _encode({"inputs": rows}), field
+
+
+def _row_corruptions(columns: list[Column]) -> dict[str, Corruption]:
+    if columns[0].is_tensor:
+        return _tensor_corruptions(columns[0])
+    required = [c for c in columns if c.required]
+    floats = [c for c in columns if c.type in _FLOAT_BITS]
+    names = {c.name for c in columns}
+
+    def setting(row: dict, column: Column, value: Any) -> tuple[str, dict]:
+        return column.name, {**row, column.name: value}
+
+    corruptions: dict[str, Corruption] = {
+        "wrong_type": lambda row: st.sampled_from(columns).flatmap(
+            lambda c: _wrong_values(c.type).map(lambda value: setting(row, c, value))),
+        "extra_field": lambda row: st.text(min_size=1, max_size=12).filter(lambda name: name not in names).map(
+            lambda name: (name, {**row, name: 1})),
+    }
+    if required:
+        corruptions["missing_required"] = lambda row: st.sampled_from(required).map(
+            lambda c: (c.name, {key: value for key, value in row.items() if key != c.name}))
+        corruptions["null_required"] = lambda row: st.sampled_from(required).map(lambda c: setting(row, c, None))
+    if floats:
+        corruptions["non_finite"] = lambda row: st.tuples(st.sampled_from(floats), st.sampled_from(_NON_FINITE)).map(
+            lambda pair: setting(row, pair[0], _RawJson(pair[1])))
+    return corruptions
+
+
+def _tensor_corruptions(tensor: Column) -> dict[str, Corruption]:
+    def first_leaf_set(row: Any, leaf: Any) -> tuple[str, Any]:
+        return "inputs", _replace_first_leaf(row, leaf)
+
+    corruptions: dict[str, Corruption] = {
+        "wrong_type": lambda row: _wrong_values(tensor.type).map(lambda leaf: first_leaf_set(row, leaf)),
+        "null_required": lambda row: st.just(first_leaf_set(row, None)),
+        "wrong_row_shape": lambda row: st.sampled_from(_misshapen(row, tensor.shape)).map(lambda bad: ("inputs", bad)),
+    }
+    if tensor.type in _FLOAT_BITS:
+        corruptions["non_finite"] = lambda row: st.sampled_from(_NON_FINITE).map(
+            lambda token: first_leaf_set(row, _RawJson(token)))
+    return corruptions
+
+
+def _replace_first_leaf(value: Any, leaf: Any) -> Any:
+    return [_replace_first_leaf(value[0], leaf), *value[1:]] if isinstance(value, list) else leaf
+
+
+def _misshapen(row: Any, shape: tuple[int, ...]) -> list[Any]:
+    """The row one nesting level too deep and, for a list row, with a first dim of the wrong length."""
+    return [[row], [] if shape[0] == -1 else [*row, row[0]]] if shape else [[row]]
+
+
+@dataclass(frozen=True)
+class _RawJson:
+    token: str  # NaN, Infinity or -Infinity: json.dumps refuses to write them, a sloppy parser accepts them
+
+
+_RAW_MARK = "\x00raw-json\x00"
+
+
+def _encode(document: Any) -> bytes:
+    text = json.dumps(document, ensure_ascii=False, allow_nan=False, default=lambda raw: _RAW_MARK + raw.token)
+    for token in _NON_FINITE:
+        text = text.replace(json.dumps(_RAW_MARK + token), token)
+    return text.encode("utf-8")
+
+
+def fuzz_service(base_url: str, signature: Union[dict, list], max_batch_size: int, *, seed: int,
+                 valid_examples: int, invalid_examples: int, golden: Optional[list[dict]] = None,
+                 timeout_s: float = 10.0, model: str, report_dir: Union[str, Path],
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FuzzResult:
+    """Fuzz POST <base_url>/predict; minimal failing bodies are written to report_dir for replay."""
+    columns = signature_columns(signature)
+    pairs = _golden_pairs(golden)
+    run = _Run(base_url.rstrip("/"), timeout_s, model, seed, Path(report_dir).resolve())
+    checks = [run.valid(columns, max_batch_size, valid_examples),
+              run.invalid(columns, max_batch_size, max_body_bytes, invalid_examples),
+              run.golden(pairs)]
+    return FuzzResult(model=model, base_url=base_url, seed=seed, checks=checks, records=run.records)
+
+
+class _Failed(AssertionError):
+    def __init__(self, **details: Any):  # minimal_failure's keyword arguments
+        super().__init__(details["reason"])
+        self.details = details
+
+
+class _Run:
+    def __init__(self, base_url: str, timeout_s: float, model: str, seed: int, report_dir: Path):
+        self.base_url, self.timeout_s, self.model, self.seed = base_url, timeout_s, model, seed
+        self.report_dir = report_dir
+        self.records: list[RequestRecord] = []
+        self.down: Optional[_Failed] = None  # the request the service stopped answering at, if it did
+
+    def valid(self, columns: list[Column], max_batch_size: int, examples: int) -> CheckResult:
+        output_kinds: set[str] = set()  # every valid response must keep to the first one's JSON type
+
+        def attempt(request: dict) -> None:
+            self.exchange("valid", _encode(request), None,
+                          lambda response: valid_problem(response, len(request["inputs"]), output_kinds))
+
+        strategy = valid_request(columns, max_batch_size)
+        return self._check("valid requests", examples > 0, lambda: self._search("valid", strategy, examples, attempt))
+
+    def invalid(self, columns: list[Column], max_batch_size: int, max_body_bytes: int, examples: int) -> CheckResult:
+        def attempt(example: tuple[str, bytes, Optional[str]]) -> None:
+            kind, body, field = example
+            self.exchange(kind, body, field, lambda response: invalid_problem(response, body, field))
+
+        # Each kind gets its share of the examples, so that a short run still tries every kind.
+        by_kind = invalid_requests_by_kind(columns, max_batch_size, max_body_bytes)
+        share = max(1, examples // len(by_kind))
+        failures = (self._search("invalid", strategy, share, attempt) for strategy in by_kind.values())
+        return self._check("invalid requests", examples > 0, lambda: next(filter(None, failures), None))
+
+    def golden(self, pairs: Optional[list[tuple[list, list]]]) -> CheckResult:
+        def attempt(pair: tuple[list, list]) -> Optional[Failure]:
+            inputs, outputs = pair
+            try:
+                self.exchange("golden", _encode({"inputs": inputs}), None, lambda r: golden_problem(r, outputs))
+            except _Failed as failed:
+                return self._failure("golden", failed)
+            return None
+
+        return self._check("golden", pairs is not None, lambda: next(filter(None, map(attempt, pairs)), None))
+
+    def exchange(self, kind: str, body: bytes, field: Optional[str],
+                 problem_of: Callable[[Response], Optional[str]]) -> None:
+        if self.down:  # waiting out a timeout per shrink step could take hours: fail at once instead
+            raise _Failed(**self.down.details)
+        response = _post(self.base_url, body, self.timeout_s)
+        problem = problem_of(response)
+        self.records.append(RequestRecord(kind, response.status, round(response.latency_ms, 3), problem is None))
+        if problem:
+            failed = _Failed(kind=kind, field=field, reason=problem, body=body, response=response)
+            if response.status is None:
+                self.down = failed
+            raise failed
+
+    def _check(self, name: str, wanted: bool, find_failure: Callable[[], Optional[Failure]]) -> CheckResult:
+        if not wanted or self.down:
+            return CheckResult(name, 0, skipped="nothing to send" if not wanted else "the service stopped answering")
+        sent_before = len(self.records)
+        failure = find_failure()
+        return CheckResult(name, len(self.records) - sent_before, failure)
+
+    def _search(self, slug: str, strategy: st.SearchStrategy, examples: int,
+                attempt: Callable[[Any], None]) -> Optional[Failure]:
+        failures: list[_Failed] = []
+
+        @fixed_seed(self.seed)
+        @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
+                  phases=(Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck),
+                  report_multiple_bugs=False, print_blob=False, verbosity=Verbosity.quiet)
+        @given(strategy)
+        def contract_holds(example: Any) -> None:
+            try:
+                attempt(example)
+            except _Failed as failed:
+                failures.append(failed)  # hypothesis replays the shrunk example last
+                raise
+
+        try:
+            contract_holds()
+        except (_Failed, Flaky):
+            pass
+        return self._failure(slug, self.down or failures[-1]) if failures else None
+
+    def _failure(self, slug: str, failed: _Failed) -> Failure:
+        return minimal_failure(self.report_dir, self.model, self.seed, self.base_url, slug, **failed.details)
+
+
+def _post(base_url: str, body: bytes, timeout_s: float) -> Response:
+    """One POST on a fresh connection, so one broken exchange cannot leak into the next."""
+    url = urlsplit(base_url)
+    connection_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    connection = connection_type(url.hostname, url.port, timeout=timeout_s)
+    started = time.perf_counter()
+    try:
+        connection.request("POST", f"{url.path}/predict", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return Response(response.status, response.read(), (time.perf_counter() - started) * 1000)
+    except (OSError, http.client.HTTPException) as exc:
+        error = f"no response within {timeout_s} s" if isinstance(exc, TimeoutError) else f"connection failed: {exc!r}"
+        return Response(None, b"", (time.perf_counter() - started) * 1000, error)
+    finally:
+        connection.close()
+
+
+def _golden_pairs(golden: Optional[list[dict]]) -> Optional[list[tuple[list, list]]]:
+    for index, pair in enumerate(golden or []):
+        inputs, outputs = (pair.get("inputs"), pair.get("outputs")) if isinstance(pair, dict) else (None, None)
+        if not (isinstance(inputs, list) and isinstance(outputs, list) and inputs and len(inputs) == len(outputs)):
+            raise ServeError(f"golden example {index} needs non-empty 'inputs' and 'outputs' lists of equal length")
+    return None if golden is None else [(pair["inputs"], pair["outputs"]) for pair in golden]

@@ -1,0 +1,274 @@
+"""What a fuzz run found: the verdict on each response, the records, and the two report files
+(JUnit XML for CI, JSON for people).
+
+Both writers are deterministic for a given result (stable order, sorted keys), so a report can be
+diffed between runs; the XML is built with xml.etree so every user string is escaped for us.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+# XML 1.0 cannot carry these characters even escaped, and generated strings contain them.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    kind: str  # "valid", "golden" or an invalid kind such as "non_finite"
+    status: Optional[int]  # None: no HTTP answer (timeout or connection failure)
+    latency_ms: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The smallest request found that breaks the contract, and how to send it again."""
+
+    kind: str
+    field: Optional[str]
+    reason: str
+    status: Optional[int]
+    request_excerpt: str
+    response_excerpt: str
+    body_file: str
+    replay_curl: str
+    replay_factory: str
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str  # "valid requests", "invalid requests" or "golden"
+    requests: int
+    failure: Optional[Failure] = None
+    skipped: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class FuzzResult:
+    model: str
+    base_url: str
+    seed: int
+    checks: list[CheckResult]
+    records: list[RequestRecord]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def failures(self) -> list[Failure]:
+        return [check.failure for check in self.checks if check.failure]
+
+    @property
+    def requests_fuzzed(self) -> int:
+        return len(self.records)
+
+    @property
+    def failed_requests(self) -> int:
+        return sum(not record.ok for record in self.records)
+
+    def latency_ms(self, percentile: float) -> float:
+        """Nearest-rank percentile over every request sent, shrinking included; 0 when none was sent."""
+        latencies = sorted(record.latency_ms for record in self.records)
+        if not latencies:
+            return 0.0
+        return latencies[max(0, math.ceil(percentile / 100 * len(latencies)) - 1)]
+
+    def summary(self) -> dict:
+        return {
+            "passed": self.passed,
+            "requests_fuzzed": self.requests_fuzzed,
+            "failed_requests": self.failed_requests,
+            "latency_p50_ms": round(self.latency_ms(50), 3),
+            "latency_p99_ms": round(self.latency_ms(99), 3),
+        }
+
+
+# --- verdicts: why one response breaks the service contract (None when it keeps it) -------------
+
+
+@dataclass(frozen=True)
+class Response:
+    status: Optional[int]  # None: no HTTP answer
+    body: bytes
+    latency_ms: float
+    error: str = ""
+
+
+def valid_problem(response: Response, rows: int, output_kinds: set[str]) -> Optional[str]:
+    """Why a valid request's response breaks the contract; output_kinds holds the one JSON type
+    established by earlier responses (empty at first)."""
+    if response.status != 200:
+        return _status_problem(response, "200")
+    try:
+        outputs = strict_json(response.body)
+    except ValueError as exc:
+        return f"200 with a body that is not JSON: {exc}"
+    if not isinstance(outputs, list) or len(outputs) != rows:
+        return f"expected a JSON list of {rows} outputs, got {excerpt(response.body, 200)}"
+    # null stands for a non-finite prediction (JSON has no NaN/inf): allowed beside any one type.
+    kinds = ({_json_kind(output) for output in outputs} | output_kinds) - {"null"}
+    if len(kinds) > 1:
+        return f"outputs are not of one JSON type: {', '.join(sorted(kinds))}"
+    output_kinds.update(kinds)
+    return None
+
+
+def invalid_problem(response: Response, body: bytes, field: Optional[str]) -> Optional[str]:
+    if response.status is None or not 400 <= response.status < 500:
+        return _status_problem(response, "a 4xx")
+    # A 413 refuses the body unread, and a NaN token may fail parsing before any field is looked at.
+    if field is None or response.status == 413 or not parses(body, strict_json):
+        return None
+    try:
+        detail = strict_json(response.body)
+    except ValueError:
+        return f"{response.status} without a JSON body naming {field!r}"
+    if not any(field in text for text in _strings(detail)):
+        return f"{response.status} body does not name the field {field!r}"
+    return None
+
+
+def golden_problem(response: Response, expected: list) -> Optional[str]:
+    problem = valid_problem(response, len(expected), set())
+    if problem:
+        return problem
+    for index, (served, golden) in enumerate(zip(strict_json(response.body), expected)):
+        if not _same(served, golden):
+            return f"output {index} is {json.dumps(served)}, golden {json.dumps(golden)}"
+    return None
+
+
+def _status_problem(response: Response, wanted: str) -> str:
+    return response.error if response.status is None else f"expected {wanted}, got {response.status}"
+
+
+def _same(served: Any, golden: Any) -> bool:
+    kind = _json_kind(golden)
+    if kind != _json_kind(served):
+        return False
+    if kind == "number":
+        return math.isclose(served, golden, rel_tol=1e-6)
+    if kind == "list":
+        return len(served) == len(golden) and all(map(_same, served, golden))
+    if kind == "object":
+        return served.keys() == golden.keys() and all(_same(served[key], golden[key]) for key in golden)
+    return served == golden
+
+
+def _json_kind(value: Any) -> str:
+    kinds = ((bool, "boolean"), ((int, float), "number"), (str, "string"), (list, "list"), (dict, "object"))
+    return next((name for types, name in kinds if isinstance(value, types)), "null")
+
+
+def strict_json(data: bytes) -> Any:
+    def refuse(token: str) -> None:
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+def parses(body: bytes, parse: Callable[[bytes], Any]) -> bool:
+    try:
+        parse(body)
+    except ValueError:
+        return False
+    return True
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def excerpt(data: bytes, limit: int = 2000) -> str:
+    text = data.decode("utf-8", "backslashreplace")
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(data)} bytes in all)"
+
+
+def minimal_failure(report_dir: Path, model: str, seed: int, base_url: str, slug: str, *, kind: str,
+                    field: Optional[str], reason: str, body: bytes, response: Response) -> Failure:
+    """Writes the minimal failing body into report_dir: the replay lines name that file, so no body
+    text ever lands in a shell line."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    body_file = report_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}.{slug}.minimal.json"
+    body_file.write_bytes(body)
+    curl = ["curl", "-sS", "-X", "POST", f"{base_url}/predict", "-H", "Content-Type: application/json",
+            "--data-binary", f"@{body_file}"]
+    return Failure(kind=kind, field=field, reason=reason, status=response.status, request_excerpt=excerpt(body),
+                   response_excerpt=excerpt(response.body), body_file=str(body_file), replay_curl=shlex.join(curl),
+                   replay_factory=shlex.join(["factory", "test", model, "--seed", str(seed)]))
+
+
+# --- report files -------------------------------------------------------------------------------
+
+
+def write_json(result: FuzzResult, path: str | Path) -> None:
+    document = {**asdict(result), **result.summary()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(document, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+
+
+def write_junit(results: list[FuzzResult], path: str | Path) -> None:
+    """One testsuite per model; one testcase per check, failing with the minimal request and its replay."""
+    root = _element(None, "testsuites", name="factory fuzz", tests=sum(len(r.checks) for r in results),
+                    failures=sum(len(r.failures) for r in results))
+    for result in results:
+        suite = _element(root, "testsuite", name=result.model, tests=len(result.checks),
+                         failures=len(result.failures), errors=0,
+                         skipped=sum(check.skipped is not None for check in result.checks))
+        properties = _element(suite, "properties")
+        for name, value in {"base_url": result.base_url, "seed": result.seed, **result.summary()}.items():
+            _element(properties, "property", name=name, value=value)
+        for check in result.checks:
+            case = _element(suite, "testcase", classname=f"fuzz.{result.model}", name=check.name)
+            if check.skipped is not None:
+                _element(case, "skipped", message=check.skipped)
+            elif check.failure:
+                _element(case, "failure", _failure_text(check.failure), message=check.failure.reason,
+                         type=check.failure.kind)
+    ET.indent(root)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _failure_text(failure: Failure) -> str:
+    return "\n".join([
+        f"kind: {failure.kind}",
+        f"field: {failure.field if failure.field is not None else '-'}",
+        f"status: {failure.status if failure.status is not None else 'no response'}",
+        f"minimal request ({failure.body_file}):",
+        failure.request_excerpt,
+        "response:",
+        failure.response_excerpt,
+        "replay:",
+        failure.replay_curl,
+        failure.replay_factory,
+    ])
+
+
+def _element(parent: Optional[ET.Element], tag: str, text: Optional[str] = None, **attributes: object) -> ET.Element:
+    safe = {key: _xml_safe(str(value)) for key, value in attributes.items()}
+    element = ET.Element(tag, safe) if parent is None else ET.SubElement(parent, tag, safe)
+    if text is not None:
+        element.text = _xml_safe(text)
+    return element
+
+
+def _xml_safe(text: str) -> str:
+    return _NOT_XML.sub(lambda match: f"\\u{ord(match.group()):04x}", text)

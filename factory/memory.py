@@ -1,0 +1,112 @@
+"""Peak memory of a served model, per phase (idle, fuzz, load), sampled over its whole process tree.
+
+Kubernetes charges a container for every process in it, so we add up the tree: RSS always, and
+USS/PSS where the kernel exposes them (PSS splits shared pages fairly; RSS double-counts them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import psutil
+
+SAMPLE_INTERVAL_S = 0.05
+MIB = 1 << 20
+
+
+@dataclass
+class PhasePeak:
+    rss: int = 0
+    uss: int = 0
+    pss: int = 0
+    samples: int = 0
+
+    def update(self, sample: "Sample") -> None:
+        self.rss, self.uss, self.pss = max(self.rss, sample.rss), max(self.uss, sample.uss), max(self.pss, sample.pss)
+        self.samples += 1
+
+    def as_mib(self) -> dict:
+        return {"rss_mib": round(self.rss / MIB, 1), "uss_mib": round(self.uss / MIB, 1),
+                "pss_mib": round(self.pss / MIB, 1), "samples": self.samples}
+
+
+@dataclass(frozen=True)
+class Sample:
+    rss: int
+    uss: int
+    pss: int
+
+
+def tree_sample(pid: int) -> Optional[Sample]:
+    """Memory of `pid` and all its descendants now; None when the process is gone."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return None
+    rss = uss = pss = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            info = process.memory_full_info()
+            rss, uss, pss = rss + info.rss, uss + getattr(info, "uss", 0), pss + getattr(info, "pss", 0)
+    return Sample(rss, uss, pss)
+
+
+@dataclass
+class MemoryProfile:
+    """Samples in a background thread; `with profile.phase("load"):` attributes samples to a phase."""
+
+    pid: int
+    phases: dict[str, PhasePeak] = field(default_factory=dict)
+    _current: Optional[str] = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "MemoryProfile":
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[PhasePeak]:
+        peak = self.phases.setdefault(name, PhasePeak())
+        self._current = name
+        self._record()  # at least one sample per phase, however short
+        try:
+            yield peak
+        finally:
+            self._record()
+            self._current = None
+
+    @property
+    def peak_bytes(self) -> int:
+        """What a memory request must cover: the highest tree RSS in any phase.
+
+        RSS, not PSS: a pod's cgroup is charged for the shared pages its processes touch, so RSS is
+        the bound that cannot under-size it (with one process per pod the two differ by ~1 %).
+        """
+        return max((peak.rss for peak in self.phases.values()), default=0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL_S):
+            self._record()
+
+    def _record(self) -> None:
+        name = self._current
+        if name is None:
+            return
+        sample = tree_sample(self.pid)
+        if sample is not None:
+            self.phases[name].update(sample)
+
+    def report(self) -> dict:
+        return {"peak_mib": round(self.peak_bytes / MIB, 1), "sampler": "psutil process tree",
+                "phases": {name: peak.as_mib() for name, peak in self.phases.items()}}

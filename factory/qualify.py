@@ -1,0 +1,122 @@
+"""`factory test`: serve each built model as its pod would, fuzz it, check golden predictions, and
+measure peak memory through idle → fuzz → load. Writes JSON + JUnit reports and a summary table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from factory.build import BuildRecord, ensure_in_store, select_models
+from factory.catalog import Catalog, ModelSpec
+from factory.errors import FactoryError, ServeError
+from factory.fuzz import fuzz_service
+from factory.fuzz_report import write_json, write_junit
+from factory.loader import load_catalog
+from factory.loadgen import golden_bodies, run_load
+from factory.memory import MemoryProfile
+from factory.runtime import runtime_python
+from factory.serve import served
+from factory.state import StateDir
+from factory.summary import table
+
+Progress = Callable[[str], None]
+IDLE_SECONDS = 2.0
+LOAD_SECONDS = 6.0
+MAX_LOAD_CLIENTS = 64
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    seed: int = 0
+    valid_examples: int = 60
+    invalid_examples: int = 120
+    load_seconds: float = LOAD_SECONDS
+
+
+class QualificationFailed(FactoryError):
+    """At least one model broke its contract; the reports say which request."""
+
+
+def qualify_command(catalog_path: Path, names: Iterable[str], everything: bool, settings: TestSettings,
+                 progress: Progress) -> list[dict]:
+    catalog = load_catalog(catalog_path)
+    models = select_models(catalog, names, everything)
+    state = StateDir.from_env().activate()
+    runtime = runtime_python(state.root)
+    reports = []
+    for position, model in enumerate(models, start=1):
+        report = qualify(catalog, model, state, runtime, settings)
+        reports.append(report)
+        verdict = "passed" if report["passed"] else "FAILED"
+        progress(f"[{position}/{len(models)}] {model.name}: {verdict}, {report['fuzz']['requests_fuzzed']} "
+                 f"requests fuzzed, peak {report['memory']['peak_mib']} MiB")
+    progress(summary_table(reports))
+    for report in reports:
+        if report["load"]["shed"]:
+            progress(f"note: {report['model']} shed {report['load']['shed']} of {report['load']['requests']} "
+                     "requests (503) under load; raise batching.max_latency_ms if that is not intended")
+    failed = [report for report in reports if not report["passed"]]
+    if failed:
+        raise QualificationFailed("\n".join(_failure_lines(report) for report in failed))
+    return reports
+
+
+def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, settings: TestSettings) -> dict:
+    record = BuildRecord.load(state.record(model.name))
+    if record is None:
+        raise ServeError(f"{catalog.where(model.name)}: no build record in {state.record(model.name)}; "
+                         f"run `factory build {model.name}` first")
+    ensure_in_store(record)
+    report_dir = state.report_dir(model.name)
+    golden = json.loads(Path(record.golden).read_text(encoding="utf-8"))
+    signature = json.loads((state.build_dir(model.name) / "src" / "resolved.json").read_text())["signature"]
+    with served(record.bento_tag, report_dir / "serve.log", "single", runtime) as server, \
+            MemoryProfile(server.pid) as memory:
+        with memory.phase("idle"):
+            time.sleep(IDLE_SECONDS)
+        with memory.phase("fuzz"):
+            fuzz = fuzz_service(server.url, signature, model.batching.max_batch_size, seed=settings.seed,
+                                valid_examples=settings.valid_examples, invalid_examples=settings.invalid_examples,
+                                golden=golden, model=model.name, report_dir=report_dir)
+        with memory.phase("load"):
+            load = run_load(server.url, _load_bodies(golden, model.batching.max_batch_size),
+                            concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
+                            duration_s=settings.load_seconds)
+    write_junit([fuzz], report_dir / "junit.xml")
+    write_json(fuzz, report_dir / "fuzz.json")
+    report = {"model": model.name, "route": model.route, "bento_tag": record.bento_tag, "seed": settings.seed,
+              "passed": fuzz.passed and load.failures == 0, "fuzz": fuzz.summary(), "load": load.summary(),
+              "memory": memory.report(), "peak_bytes": memory.peak_bytes,
+              "failures": [failure.__dict__ for failure in fuzz.failures]}
+    (report_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return report
+
+
+def _load_bodies(golden: list[dict], max_batch_size: int) -> list[bytes]:
+    """Golden requests plus one full batch: the largest input the service accepts, for the memory peak."""
+    rows = [row for case in golden for row in case["inputs"]]
+    full = {"inputs": [rows[index % len(rows)] for index in range(max_batch_size)]}
+    return golden_bodies(golden) + [json.dumps(full).encode()]
+
+
+def summary_table(reports: list[dict]) -> str:
+    rows = [[r["model"], r["route"], "pass" if r["passed"] else "FAIL", str(r["fuzz"]["requests_fuzzed"]),
+             str(r["fuzz"]["failed_requests"]), f"{r['fuzz']['latency_p50_ms']:.1f}/{r['fuzz']['latency_p99_ms']:.1f}",
+             *(f"{r['memory']['phases'].get(phase, {}).get('rss_mib', 0):.0f}" for phase in ("idle", "fuzz", "load"))]
+            for r in reports]
+    return table(["model", "route", "result", "fuzzed", "failed", "p50/p99 ms", "idle MiB", "fuzz MiB", "load MiB"],
+                 rows)
+
+
+def _failure_lines(report: dict) -> str:
+    lines = [f"{report['model']}: failed"]
+    for failure in report["failures"]:
+        lines += [f"  {failure['kind']}: {failure['reason']}", f"  request: {failure['request_excerpt'][:300]}",
+                  f"  replay: {failure['replay_curl']}", f"  rerun:  {failure['replay_factory']}"]
+    if report["load"]["failures"]:
+        lines.append(f"  load phase: {report['load']['failures']} failed requests {report['load']['statuses']}")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""`factory render`: deterministic, atomic, and every output valid for the tool that reads it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from factory.cli import main
+from factory.loader import parse_catalog
+from factory.manifests import validate_manifests
+from factory.render import render_catalog, write_tree
+from proxy.routing import RouteTable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+names = st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True)
+segments = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,8}", fullmatch=True)
+
+
+@st.composite
+def catalogs(draw) -> str:
+    """A valid models.yaml in the full form: matrix entries, overrides, GPU models and an experiment."""
+    count = draw(st.integers(1, 5))
+    model_names = draw(st.lists(names, min_size=count, max_size=count, unique=True))
+    models = []
+    for index, name in enumerate(model_names):
+        model = {"name": f"m_{name}", "endpoint": "p", "parameters": [str(index), draw(segments)],
+                 **draw(st.sampled_from([{"version": draw(st.integers(1, 99))}, {"alias": "champion"}]))}
+        if draw(st.booleans()):
+            model["batching"] = {"enabled": draw(st.booleans()), "max_batch_size": draw(st.integers(1, 512)),
+                                 "max_latency_ms": draw(st.integers(1, 10_000))}
+        if draw(st.booleans()):
+            gpu = draw(st.integers(0, 4))
+            model["resources"] = {"cpu": draw(st.sampled_from(["250m", "1", "2", 0.5])), "gpu": gpu,
+                                  **({"gpu_type": "nvidia-tesla-t4"} if gpu and draw(st.booleans()) else {})}
+        models.append(model)
+    if draw(st.booleans()):
+        models.append({"matrix": {"city": [2, 5], "segment": ["TAXI", "PHV"]}, "name": "mx_{city}_{segment}",
+                       "version": 1, "endpoint": "q", "parameters": ["{city}", "{segment}"]})
+    document = {"defaults": {"scaling": {"min_replicas": 1, "max_replicas": draw(st.integers(1, 9))}},
+                "models": models}
+    if len(model_names) >= 2:
+        weight = draw(st.integers(0, 100))
+        document["experiments"] = [{"name": "ab", "endpoint": "x", "sticky_key": {"header": "X-User-Id"},
+                                    "variants": [{"model": f"m_{model_names[0]}", "weight": weight},
+                                                 {"model": f"m_{model_names[1]}", "weight": 100 - weight}]}]
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(catalogs())
+def test_any_valid_catalog_renders_to_valid_outputs(text: str) -> None:
+    catalog = parse_catalog(text)
+    files = render_catalog(catalog)
+    assert render_catalog(parse_catalog(text)) == files  # byte-identical re-render
+    for name, content in files.items():
+        if name.endswith((".yaml", ".yml")):
+            list(yaml.safe_load_all(content))
+        elif name.endswith(".py"):
+            compile(content, name, "exec")
+    RouteTable.model_validate(yaml.safe_load(files["routes.yaml"]))
+    validate_manifests({name[len("k8s/"):]: text for name, text in files.items() if name.startswith("k8s/")})
+
+
+def test_rendered_pipelines_pass_gitlab_schema(tmp_path: Path) -> None:
+    write_tree(render_catalog(parse_catalog((ROOT / "models.yaml").read_text())), tmp_path / "build")
+    for pipeline in (tmp_path / "build" / "child-pipeline.yml", ROOT / ".gitlab-ci.yml"):
+        result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.gitlab-ci",
+                                 str(pipeline)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_child_pipeline_has_build_test_deploy_per_model_and_small_needs() -> None:
+    files = render_catalog(parse_catalog((ROOT / "models.yaml").read_text()))
+    pipeline = yaml.safe_load(files["child-pipeline.yml"])
+    assert pipeline["test-eta-minutes-5-phv"]["needs"] == ["build-eta-minutes-5-phv"]
+    assert pipeline["deploy-eta-minutes-5-phv"]["needs"] == ["build-eta-minutes-5-phv", "test-eta-minutes-5-phv"]
+    assert "needs" not in pipeline["proxy-deploy"]
+    assert max(len(job.get("needs", [])) for job in pipeline.values() if isinstance(job, dict)) <= 50
+
+
+def test_gpu_model_gets_gpu_in_bento_and_manifest() -> None:
+    files = render_catalog(parse_catalog((ROOT / "models.yaml").read_text()))
+    assert '"gpu": 1, "gpu_type": "nvidia-tesla-t4"' in files["models/fare_estimate_2_TAXI_gpu/service.py"]
+    deployment = yaml.safe_load(files["k8s/fare-estimate-2-taxi-gpu/deployment.yaml"])
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+BROKEN = textwrap.dedent("""\
+    - {name: m_a, version: 1, endpoint: p, batching: {max_batch_size: 0}}
+    """)
+
+
+def test_render_cli_writes_then_reports_unchanged_then_checks(tmp_path: Path) -> None:
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text((ROOT / "models.yaml").read_text())
+    out = tmp_path / "build"
+    runner = CliRunner()
+    first = runner.invoke(main, ["render", "-f", str(catalog), "-o", str(out)])
+    assert first.exit_code == 0 and "files written" in first.output
+    assert "files unchanged" in runner.invoke(main, ["render", "-f", str(catalog), "-o", str(out)]).output
+    assert runner.invoke(main, ["render", "-f", str(catalog), "-o", str(out), "--check"]).exit_code == 0
+    (out / "routes.yaml").write_text("stale\n")
+    stale = runner.invoke(main, ["render", "-f", str(catalog), "-o", str(out), "--check"])
+    assert stale.exit_code == 1 and "routes.yaml" in stale.output
+
+
+def test_failed_render_changes_nothing_under_out(tmp_path: Path) -> None:
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text((ROOT / "models.yaml").read_text())
+    out = tmp_path / "build"
+    runner = CliRunner()
+    runner.invoke(main, ["render", "-f", str(catalog), "-o", str(out)])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    catalog.write_text(BROKEN)
+    result = runner.invoke(main, ["render", "-f", str(catalog), "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"{catalog}:1:67: models[0].batching.max_batch_size: must be ≥ 1 (got 0)")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "models.yaml"]  # no staging left behind
+
+
+def test_validate_cli_reports_problems_without_traceback(tmp_path: Path) -> None:
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(BROKEN)
+    result = CliRunner().invoke(main, ["validate", "-f", str(catalog)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_validate_cli_accepts_the_example() -> None:
+    result = CliRunner().invoke(main, ["validate", "-f", str(ROOT / "models.yaml")])
+    assert result.exit_code == 0
+    assert "ok (7 models, 1 experiments)" in result.output
+
+
+def test_missing_file_is_one_clear_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", "-f", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1
+    assert result.output == (f"{tmp_path / 'nope.yaml'}: file not found (hint: run from the repository root or "
+                             "pass -f PATH/TO/models.yaml)\n")
