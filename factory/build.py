@@ -179,7 +179,11 @@ class Builder:
 
     def _golden(self, model: ModelSpec, resolved: ResolvedModel) -> Path:
         path = self.state.build_dir(model.name) / "golden.json"
-        cases = golden.record_golden(resolved, batch_size=min(8, model.batching.max_batch_size))
+        cases, errors = golden.record_golden(resolved, batch_size=min(8, model.batching.max_batch_size))
+        if errors:
+            self.progress(f"warning: {model.name}: the registry's own model raised on {len(errors)} of "
+                          f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "
+                          "find the smallest such input")
         path.write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         return path
 

@@ -34,17 +34,23 @@ def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0)
     return drawn[:count]
 
 
-def record_golden(resolved: ResolvedModel, batch_size: int, count: int = 12) -> list[dict]:
+def record_golden(resolved: ResolvedModel, batch_size: int, count: int = 12) -> tuple[list[dict], list[str]]:
+    """(cases, errors): requests the registry's model raised on are left out and described instead;
+    they are model bugs that `factory test` will pin down to a minimal input."""
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(resolved.model_uri)
     inputs = resolved.signature["inputs"]
-    cases = []
+    cases, errors = [], []
     for request in sample_requests(resolved.signature, count, batch_size):
         rows = request["inputs"]
-        outputs = model.predict(_frame(rows, inputs))
+        try:
+            outputs = model.predict(_frame(rows, inputs))
+        except Exception as exc:  # the registry model's own failure, whatever its type
+            errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+            continue
         cases.append({"inputs": rows, "outputs": [_plain(value) for value in _as_list(outputs)]})
-    return cases
+    return cases, errors
 
 
 def _frame(rows: list[Any], inputs: list[dict]) -> Any:

@@ -7,7 +7,6 @@ batches and measuring memory under concurrency, not for throughput figures (benc
 from __future__ import annotations
 
 import http.client
-import json
 import math
 import threading
 import time
@@ -88,6 +87,3 @@ def _send(connection: http.client.HTTPConnection, body: bytes) -> tuple[str, flo
         status = type(exc).__name__
     return status, (time.perf_counter() - started) * 1000
 
-
-def golden_bodies(golden: list[dict]) -> list[bytes]:
-    return [json.dumps({"inputs": case["inputs"]}).encode() for case in golden]

@@ -16,7 +16,8 @@ from factory.errors import FactoryError, ServeError
 from factory.fuzz import fuzz_service
 from factory.fuzz_report import write_json, write_junit
 from factory.loader import load_catalog
-from factory.loadgen import golden_bodies, run_load
+from factory.golden import sample_requests
+from factory.loadgen import run_load
 from factory.memory import MemoryProfile
 from factory.runtime import runtime_python
 from factory.serve import served
@@ -83,7 +84,7 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
                                 valid_examples=settings.valid_examples, invalid_examples=settings.invalid_examples,
                                 golden=golden, model=model.name, report_dir=report_dir)
         with memory.phase("load"):
-            load = run_load(server.url, _load_bodies(golden, model.batching.max_batch_size),
+            load = run_load(server.url, _load_bodies(signature, model.batching.max_batch_size),
                             concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
                             duration_s=settings.load_seconds)
     write_junit([fuzz], report_dir / "junit.xml")
@@ -96,11 +97,12 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
     return report
 
 
-def _load_bodies(golden: list[dict], max_batch_size: int) -> list[bytes]:
-    """Golden requests plus one full batch: the largest input the service accepts, for the memory peak."""
-    rows = [row for case in golden for row in case["inputs"]]
+def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:
+    """Valid requests from the signature plus one full batch: the largest input accepted, for the memory peak."""
+    requests = sample_requests(signature, count=16, batch_size=min(4, max_batch_size), seed=1)
+    rows = [row for request in requests for row in request["inputs"]]
     full = {"inputs": [rows[index % len(rows)] for index in range(max_batch_size)]}
-    return golden_bodies(golden) + [json.dumps(full).encode()]
+    return [json.dumps(request).encode() for request in requests + [full]]
 
 
 def summary_table(reports: list[dict]) -> str:
