@@ -48,11 +48,13 @@ def validate(catalog_path: Path) -> None:
 @CATALOG_OPTION
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("build"), show_default=True)
 @click.option("--check", is_flag=True, help="Exit 1 if the files under --out are not what a render gives.")
-def render(catalog_path: Path, out_dir: Path, check: bool) -> None:
+@click.option("--changed-since", "changed_since", metavar="REF",
+              help="Child pipeline jobs only for models changed since this git ref (e.g. origin/main).")
+def render(catalog_path: Path, out_dir: Path, check: bool, changed_since: str | None) -> None:
     """Render Bento folders, the child pipeline, routes.yaml and base manifests."""
     from factory.render import render_file
 
-    summary = render_file(catalog_path, out_dir, check=check)
+    summary = render_file(catalog_path, out_dir, check=check, changed_since_ref=changed_since)
     if check:
         click.echo(f"{out_dir}: up to date ({summary.files} files)")
     else:

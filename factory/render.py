@@ -11,12 +11,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import jinja2
 import yaml
 
 from factory import manifests
 from factory.catalog import Catalog, ModelSpec
+from factory.changes import ChangeSet, changed_since
 from factory.errors import OutOfDateError, RenderError
 from factory.loader import load_catalog
 from factory.pipeline import check_child_pipeline, model_jobs
@@ -37,10 +39,18 @@ class RenderSummary:
     changed: bool
 
 
-def render_file(catalog_path: Path, out_dir: Path, check: bool = False) -> RenderSummary:
-    """Load models.yaml and write (or, with `check`, compare) the whole rendered tree."""
+def render_file(catalog_path: Path, out_dir: Path, check: bool = False,
+                changed_since_ref: Optional[str] = None) -> RenderSummary:
+    """Load models.yaml and write (or, with `check`, compare) the whole rendered tree.
+
+    With `changed_since_ref`, the child pipeline holds jobs only for models changed since that ref.
+    """
     catalog = load_catalog(catalog_path)
-    files = render_catalog(catalog, source=catalog_path.name)
+    changes = None
+    if changed_since_ref:
+        changes = changed_since(catalog, catalog_path, changed_since_ref,
+                                lambda c, templates: render_catalog(c, catalog_path.name, templates or TEMPLATES))
+    files = render_catalog(catalog, source=catalog_path.name, changes=changes)
     if check:
         check_tree(files, out_dir)
         return RenderSummary(out_dir.resolve(), len(files), changed=False)
@@ -53,14 +63,18 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
                               lstrip_blocks=True)
 
 
-def render_catalog(catalog: Catalog, source: str = "models.yaml", templates: Path = TEMPLATES) -> dict[str, str]:
+def render_catalog(catalog: Catalog, source: str = "models.yaml", templates: Path = TEMPLATES,
+                   changes: Optional[ChangeSet] = None) -> dict[str, str]:
     env = environment(templates)
     # The runtime files are the same for every model: written once, copied into each Bento by build.
     files: dict[str, str] = {f"{RUNTIME_DIR}/{name}": _static(templates, f"bento/{name}") for name in RUNTIME_FILES}
     for model in catalog.models:
         files.update(_bento_folder(env, model, source))
-    files["child-pipeline.yml"] = _template(env, "pipeline/child-pipeline.yml.j2", catalog_file=source,
-                                            jobs=model_jobs(catalog.models))
+    selected = [m for m in catalog.models if changes is None or m.name in changes.models]
+    files["child-pipeline.yml"] = _template(
+        env, "pipeline/child-pipeline.yml.j2", catalog_file=source, jobs=model_jobs(selected),
+        proxy=changes is None or changes.proxy,
+        scope=changes.reason if changes else f"all {len(catalog.models)} models")
     routes_yaml = GENERATED_HEADER.format(source=source) + "\n" + route_table(catalog).to_yaml()
     files["routes.yaml"] = routes_yaml
     files.update(_base_manifests(catalog, routes_yaml))

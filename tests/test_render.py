@@ -83,7 +83,7 @@ def test_child_pipeline_has_build_test_deploy_per_model_and_small_needs() -> Non
     pipeline = yaml.safe_load(files["child-pipeline.yml"])
     assert pipeline["test-eta-minutes-5-phv"]["needs"] == ["build-eta-minutes-5-phv"]
     assert pipeline["deploy-eta-minutes-5-phv"]["needs"] == ["build-eta-minutes-5-phv", "test-eta-minutes-5-phv"]
-    assert "needs" not in pipeline["proxy-deploy"]
+    assert "needs" not in pipeline["apply"]
     assert max(len(job.get("needs", [])) for job in pipeline.values() if isinstance(job, dict)) <= 50
 
 

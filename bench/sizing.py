@@ -1,0 +1,74 @@
+"""Is the memory request right? Size from `factory test`, then drive a heavier held-back load and compare.
+
+Usage: python -m bench.sizing [MODEL ...] [--seconds 15]   (default: the two e2e example models)
+Needs the example registry (`make registry`); builds and tests the models first when needed.
+For each model: the peak `factory test` measured, the memory request sized from it, the peak under a
+held-back load (twice the clients, full batches only, longer), and the ratio request / actual peak.
+Goal: actual peak ≤ request ≤ 1.3 × actual peak for every model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kubernetes.utils import parse_quantity
+
+from factory.build import BuildRecord
+from factory.golden import sample_requests
+from factory.loader import load_catalog
+from factory.loadgen import run_load
+from factory.manifests import sizing_for
+from factory.memory import MIB, MemoryProfile
+from factory.runtime import runtime_python
+from factory.serve import served
+from factory.state import StateDir
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS = ["match_probability_2_TAXI_trafficaware", "eta_minutes_5_PHV"]
+
+
+def held_back_peak(record: BuildRecord, signature: dict, max_batch_size: int, seconds: float,
+                   state: StateDir) -> tuple[float, dict]:
+    """Peak RSS under a load `factory test` never sent: 2x the clients, every request a full batch."""
+    rows = [row for request in sample_requests(signature, 24, max_batch_size, seed=99) for row in request["inputs"]]
+    bodies = [json.dumps({"inputs": [rows[(start + i) % len(rows)] for i in range(max_batch_size)]}).encode()
+              for start in range(0, len(rows), 7)]
+    with served(record.bento_tag, state.root / "bench-sizing.log", "single", runtime_python(state.root)) as server, \
+            MemoryProfile(server.pid) as memory:
+        with memory.phase("held-back load"):
+            load = run_load(server.url, bodies, concurrency=min(2 * max_batch_size, 128), duration_s=seconds)
+    return memory.peak_bytes / MIB, load.summary()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=DEFAULT_MODELS)
+    parser.add_argument("--seconds", type=float, default=15)
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'registry' / 'mlflow.db'}")
+    state = StateDir.from_env().activate()
+    catalog = load_catalog(ROOT / "models.yaml")
+    for command in ("build", "test"):
+        subprocess.run([sys.executable, "-m", "factory.cli", command, *args.models], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+    print(f"{'model':<40} {'test peak':>9} {'request':>8} {'held-back peak':>14} {'request/peak':>12}  ok  load")
+    for name in args.models:
+        model = next(m for m in catalog.models if m.name == name)
+        report = json.loads((state.report_dir(name) / "report.json").read_text())
+        request_mib = parse_quantity(sizing_for(model, report["peak_bytes"]).memory_request) / MIB
+        signature = json.loads((state.build_dir(name) / "src" / "resolved.json").read_text())["signature"]
+        actual, load = held_back_peak(BuildRecord.load(state.record(name)), signature,
+                                      model.batching.max_batch_size, args.seconds, state)
+        ratio = float(request_mib) / actual
+        ok = "yes" if 1.0 <= ratio <= 1.3 else "NO"
+        print(f"{name:<40} {report['memory']['peak_mib']:>8.0f}M {float(request_mib):>7.0f}M {actual:>13.0f}M "
+              f"{ratio:>12.2f}  {ok:<3} {load['requests']} req, {load['shed']} shed, {load['failures']} failed")
+
+
+if __name__ == "__main__":
+    main()
