@@ -1,0 +1,270 @@
+"""Benchmark the proxy against nginx, both in front of the same fast upstream.
+
+    .venv/bin/python bench/proxy.py [--duration 5] [--runs 3] [--connections 4 16] [--asgi]
+
+wrk runs pinned to CPU 0; the upstream (nginx `return 200`), the reference proxy (nginx with
+`split_clients` and a keepalive upstream) and our proxy run pinned to CPU 1. Each round measures
+direct → upstream, nginx → upstream and proxy → upstream (and, with --asgi, the proxy on
+uvicorn's own ASGI protocol); rounds are interleaved so drift on a shared machine hits all
+alike, and the table reports medians over rounds.
+Both proxies do the same work: a 90/10 split keyed on the X-User header (100 users) and a
+variant response header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+BODY = '{"user_id": "u1", "rows": [{"sepal_length": 5.1, "sepal_width": 3.5}]}'
+ROUTE = "/models/bench"
+LOAD_CPU, SERVER_CPU = "0", "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def nginx_conf(work: Path) -> str:
+    return textwrap.dedent(f"""\
+        worker_processes 1;
+        daemon off;
+        pid {work}/nginx-%(name)s.pid;
+        error_log {work}/nginx-%(name)s.err warn;
+        events {{ worker_connections 4096; }}
+        http {{
+          access_log off;
+          client_body_temp_path {work}/%(name)s-body;
+          proxy_temp_path {work}/%(name)s-proxy;
+          fastcgi_temp_path {work}/%(name)s-f; uwsgi_temp_path {work}/%(name)s-u; scgi_temp_path {work}/%(name)s-s;
+          keepalive_requests 1000000;
+          %(http)s
+        }}
+        """)
+
+
+def upstream_http(port: int) -> str:
+    return (f"server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json; "
+            f"return 200 '{{\"prediction\": [0]}}'; }} }}")
+
+
+def reference_proxy_http(port: int, upstream_port: int) -> str:
+    return textwrap.dedent(f"""\
+        upstream variant_a {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+        upstream variant_b {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+        split_clients "{ROUTE}${{http_x_user}}" $variant {{ 90% a; * b; }}
+        server {{
+          listen 127.0.0.1:{port};
+          location = {ROUTE} {{
+            proxy_pass http://variant_$variant/predict;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            add_header X-Model-Variant $variant;
+          }}
+        }}""")
+
+
+def routes_yaml(upstream_port: int) -> str:
+    return textwrap.dedent(f"""\
+        format_version: 1
+        upstreams:
+          a: {{url: "http://127.0.0.1:{upstream_port}/predict", model_version: "1"}}
+          b: {{url: "http://127.0.0.1:{upstream_port}/predict", model_version: "2"}}
+        routes:
+          - path: {ROUTE}
+            experiment: bench
+            sticky_key: {{source: header, name: X-User}}
+            variants: [{{name: a, upstream: a, weight: 90}}, {{name: b, upstream: b, weight: 10}}]
+        """)
+
+
+WRK_SCRIPT = textwrap.dedent("""\
+    local requests = {}
+    local i = 0
+    init = function(args)
+      for u = 1, 100 do
+        requests[u] = wrk.format("POST", nil,
+          {["Content-Type"] = "application/json", ["X-User"] = "user-" .. u}, [[BODY]])
+      end
+    end
+    request = function()
+      i = i % 100 + 1
+      return requests[i]
+    end
+    """).replace("BODY", BODY)
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_us_per_req: float
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _latency_ms(text: str, percentile: str) -> float:
+    match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: float, cpu_of: list[psutil.Process]) -> Sample:
+    before = sum(sum(p.cpu_times()[:2]) for p in cpu_of)
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
+                          "--latency", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    cpu = sum(sum(p.cpu_times()[:2]) for p in cpu_of) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return Sample(rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+                  p50_ms=_latency_ms(out, "50"), p99_ms=_latency_ms(out, "99"), errors=errors,
+                  cpu_us_per_req=1e6 * cpu / max(requests, 1))
+
+
+class Servers:
+    """Start everything pinned to the server CPU; stop it all by process group on exit."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str]) -> psutil.Process:
+        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *args], cwd=REPO, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=open(self.work / "servers.log", "ab"))
+        self.procs.append(proc)
+        return psutil.Process(proc.pid)
+
+    def nginx(self, name: str, http: str) -> psutil.Process:
+        conf = self.work / f"{name}.conf"
+        conf.write_text(nginx_conf(self.work) % {"name": name, "http": http})
+        return self.start(["nginx", "-c", str(conf), "-p", str(self.work)])
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[tuple[str, int], list[Sample]]:
+    servers = Servers(work)
+    try:
+        up_port, ref_port = free_port(), free_port()
+        upstream = servers.nginx("upstream", upstream_http(up_port))
+        reference = servers.nginx("reference", reference_proxy_http(ref_port, up_port))
+        routes = work / "routes.yaml"
+        routes.write_text(routes_yaml(up_port))
+        targets = {"direct": (f"http://127.0.0.1:{up_port}/predict", [upstream]),
+                   "nginx": (f"http://127.0.0.1:{ref_port}{ROUTE}", [reference])}
+        for name, fast_path in [("proxy", "true"), ("proxy-asgi", "false")][:2 if args.asgi else 1]:
+            port = free_port()
+            proxy = servers.start([sys.executable, "-m", "proxy", "--routes", str(routes), "--port", str(port),
+                                   "--log-level", "warning", "--fast-path", fast_path])
+            targets[name] = (f"http://127.0.0.1:{port}{ROUTE}", [proxy])
+        for url, _ in targets.values():
+            wait_port(int(url.split(":")[2].split("/")[0]))
+        script = work / "post.lua"
+        script.write_text(WRK_SCRIPT)
+
+        def with_children(procs: list[psutil.Process]) -> list[psutil.Process]:
+            return [q for p in procs for q in [p, *p.children(recursive=True)]]
+
+        for url, procs in targets.values():  # warm-up: connection pools, caches, CPU frequency
+            run_wrk(url, script, max(args.connections), 1.0, with_children(procs))
+        samples: dict[tuple[str, int], list[Sample]] = {}
+        for round_ in range(args.runs):
+            for connections in args.connections:
+                for name, (url, procs) in targets.items():
+                    sample = run_wrk(url, script, connections, args.duration, with_children(procs))
+                    samples.setdefault((name, connections), []).append(sample)
+                    print(f"round {round_ + 1} c={connections:<3} {name:<6} {sample.rps:>9.0f} req/s "
+                          f"p50 {sample.p50_ms:.3f} ms p99 {sample.p99_ms:.3f} ms errors {sample.errors}",
+                          file=sys.stderr)
+        return samples
+    finally:
+        servers.stop()
+
+
+def median(samples: list[Sample], attr: str) -> float:
+    return statistics.median(getattr(s, attr) for s in samples)
+
+
+def report(samples: dict[tuple[str, int], list[Sample]], connections: list[int], names: list[str]) -> str:
+    lines = ["| conns | path | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU µs/req | "
+             "req/s vs nginx | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in connections:
+        direct, nginx = samples[("direct", c)], samples[("nginx", c)]
+        for name in names:
+            s = samples[(name, c)]
+            added = "— | —" if name == "direct" else (
+                f"{median(s, 'p50_ms') - median(direct, 'p50_ms'):+.3f} | "
+                f"{median(s, 'p99_ms') - median(direct, 'p99_ms'):+.3f}")
+            ratio = "—" if name == "direct" else f"{median(s, 'rps') / median(nginx, 'rps'):.2f}"
+            lines.append(f"| {c} | {name} | {median(s, 'rps'):,.0f} | {median(s, 'p50_ms'):.3f} | "
+                         f"{median(s, 'p99_ms'):.3f} | {added} | {median(s, 'cpu_us_per_req'):.0f} | {ratio} | "
+                         f"{sum(x.errors for x in s)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved rounds; the table shows medians")
+    parser.add_argument("--connections", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--asgi", action="store_true", help="also measure the proxy with --fast-path false")
+    args = parser.parse_args()
+    missing = [tool for tool in ("wrk", "nginx", "taskset") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench/proxy.py needs {', '.join(missing)} (apt-get install wrk nginx util-linux)", file=sys.stderr)
+        return 2
+    if len(os.sched_getaffinity(0)) < 2:
+        print("bench/proxy.py needs 2 CPUs: wrk on one, the servers on the other", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="proxy-bench-") as work:
+        samples = measure(args, Path(work))
+    print(f"\nmedians of {args.runs} runs x {args.duration:g} s, wrk -t1 on CPU {LOAD_CPU}, "
+          f"servers on CPU {SERVER_CPU}\n")
+    names = list(dict.fromkeys(name for name, _ in samples))
+    print(report(samples, args.connections, names))
+    proxy = [median(samples[("proxy", c)], "rps") / median(samples[("nginx", c)], "rps") for c in args.connections]
+    added = [median(samples[("proxy", c)], "p99_ms") - median(samples[("direct", c)], "p99_ms")
+             for c in args.connections]
+    print(f"\ngoals: proxy/nginx throughput >= 0.50: {min(proxy):.2f} ({'met' if min(proxy) >= 0.5 else 'NOT met'}); "
+          f"added p99 <= 2 ms: {max(added):.2f} ms ({'met' if max(added) <= 2 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`create_app(settings)`: the proxy as one ASGI application.
+
+The returned callable is the data plane (plain ASGI, see dataplane.py); it hands lifespan
+events and the control endpoints below to a small FastAPI app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from proxy.dataplane import DataPlane
+from proxy.errors import error_body, not_ready
+from proxy.forward import UpstreamClient
+from proxy.metrics import ProxyMetrics
+from proxy.reload import RouteStore
+from proxy.settings import ProxySettings
+from proxy.shadow import ShadowSender
+
+CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
+                           "/openapi.json"})
+
+
+def create_app(settings: ProxySettings) -> DataPlane:
+    metrics = ProxyMetrics()
+    client = UpstreamClient(settings.max_connections_per_upstream, settings.connect_timeout_s)
+    store = RouteStore(settings.routes, metrics, CONTROL_PATHS, on_swap=lambda t: client.retain_only(t.origins))
+    shadows = ShadowSender(client, metrics, settings.max_shadow_in_flight, settings.shadow_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        store.reload("startup")
+        store.listen_for_sighup(loop)
+        watcher = loop.create_task(store.watch(settings.reload_interval_s)) if settings.reload_interval_s else None
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            store.stop_listening(loop)
+            await shadows.close()
+            client.close()
+
+    control = FastAPI(title="Model Factory proxy", summary="Control endpoints; model routes are POST <route path>",
+                      lifespan=lifespan)
+    _add_control_routes(control, store, metrics)
+    return DataPlane(settings, store, client, shadows, metrics, control, CONTROL_PATHS)
+
+
+def create_app_from_env() -> DataPlane:
+    """Factory for uvicorn worker processes, which get their settings through the environment."""
+    return create_app(ProxySettings.from_env())
+
+
+def _add_control_routes(control: FastAPI, store: RouteStore, metrics: ProxyMetrics) -> None:
+    @control.get("/healthz")
+    async def healthz() -> dict:
+        """The process is up and serving (says nothing about routes)."""
+        return {"status": "ok"}
+
+    @control.get("/readyz")
+    async def readyz() -> Response:
+        """200 once a routing table is loaded; 503 before."""
+        table = store.table
+        if table is None:
+            error = not_ready()
+            return Response(error.body(), status_code=error.status, media_type="application/json")
+        return JSONResponse({"status": "ready", "routes": len(table.routes)})
+
+    @control.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @control.exception_handler(StarletteHTTPException)
+    async def http_error(_, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return Response(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                        media_type="application/json", headers=exc.headers)

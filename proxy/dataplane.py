@@ -1,0 +1,195 @@
+"""The data path: what happens to a request for a model route, independent of the HTTP server.
+
+`DataPlane` is also the ASGI application uvicorn runs. Model routes never touch FastAPI: its
+routing, Request and Response objects cost 100-250 µs per request (FIELD_NOTES), several times
+what forwarding costs. Control paths (/healthz, /readyz, /metrics, docs) and lifespan events
+go to the FastAPI control app. `proxy.server` calls the same methods without ASGI at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, MutableMapping, Optional, Union
+
+from proxy import errors
+from proxy.errors import ProxyError
+from proxy.forward import (UpstreamClient, UpstreamError, UpstreamResponse, request_header_block, resolve,
+                           response_headers)
+from proxy.metrics import NO_VARIANT, UNKNOWN_ROUTE, ProxyMetrics
+from proxy.reload import RouteStore
+from proxy.routing import CompiledRoute, CompiledVariant
+from proxy.settings import ProxySettings
+from proxy.shadow import ShadowSender
+from proxy.split import bucket_for_key, random_bucket
+
+Scope = MutableMapping[str, object]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+CLIENT_CLOSED = 499  # nginx's convention: the client went away before its response
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: Headers  # without content-length: whoever writes the reply frames it
+    body: bytes
+
+
+def error_reply(error: ProxyError) -> Reply:
+    return Reply(error.status, [(b"content-type", b"application/json"), *error.headers], error.body())
+
+
+def sticky_key(route: CompiledRoute, headers: dict[bytes, bytes], body: bytes) -> Optional[str]:
+    """The configured assignment key of this request, or None (then the split is random)."""
+    sticky = route.sticky
+    if sticky is None:
+        return None
+    if route.sticky_header is not None:
+        value = headers.get(route.sticky_header)
+        return value.decode("latin-1") if value else None
+    try:
+        document = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
+        raise errors.invalid_json(route.path, sticky.name, str(exc)) from None
+    value = document.get(sticky.name) if isinstance(document, dict) else None
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+class DataPlane:
+    def __init__(self, settings: ProxySettings, store: RouteStore, client: UpstreamClient,
+                 shadows: ShadowSender, metrics: ProxyMetrics, control: ASGIApp, control_paths: frozenset[str]):
+        self.control = control
+        self.control_paths = control_paths
+        self.store = store
+        self.max_body = settings.max_body_bytes
+        self._client = client
+        self._shadows = shadows
+        self._metrics = metrics
+        self._timeout = settings.upstream_timeout_s
+        self._force_name = settings.force_variant_header
+        self._force_header = self._force_name.lower().encode("ascii") if self._force_name else None
+        self._rng = random.Random()
+
+    # --- the transport-independent steps -------------------------------------------------
+
+    def lookup(self, method: str, path: str) -> tuple[Optional[CompiledRoute], Optional[ProxyError]]:
+        """The route of a non-control path, and the 503/404/405 error that answers it, if any."""
+        table = self.store.table
+        if table is None:
+            return None, errors.not_ready()
+        route = table.routes.get(path)
+        if route is None:
+            return None, errors.not_a_route(method, path)
+        if method != "POST":
+            return route, errors.method_not_allowed(method, route.path)
+        return route, None
+
+    def reject(self, route: Optional[CompiledRoute], error: ProxyError, started: float) -> Reply:
+        self._metrics.observe(route.path if route else UNKNOWN_ROUTE, NO_VARIANT, error.status,
+                              time.perf_counter() - started)
+        return error_reply(error)
+
+    def disconnected(self, route: CompiledRoute, started: float) -> None:
+        self._metrics.observe(route.path, NO_VARIANT, CLIENT_CLOSED, time.perf_counter() - started)
+
+    def forward_soon(self, route: CompiledRoute, headers: Headers, header_map: dict[bytes, bytes], body: bytes,
+                     started: float, on_reply: Callable[[Reply], None]) -> None:
+        """Pick the variant and send; `on_reply` gets the reply once the upstream has answered.
+
+        Callback style so the fast-path server needs no task or coroutine per request.
+        `header_map` is `dict(headers)`, which the caller has already built."""
+        try:
+            chosen = self._choose(route, header_map, body)
+        except ProxyError as error:
+            on_reply(self.reject(route, error, started))
+            return
+        header_block = request_header_block(headers, header_map.get(b"connection"))
+        self._client.send(chosen.target, header_block, body, self._timeout, lambda result: on_reply(
+            self._finish(route, chosen, header_block, body, started, result)))
+
+    async def forward(self, route: CompiledRoute, headers: Headers, body: bytes, started: float) -> Reply:
+        future = asyncio.get_running_loop().create_future()
+        self.forward_soon(route, headers, dict(headers), body, started, functools.partial(resolve, future))
+        return await future
+
+    def _finish(self, route: CompiledRoute, chosen: CompiledVariant, header_block: bytes, body: bytes,
+                started: float, result: Union[UpstreamResponse, UpstreamError]) -> Reply:
+        """Count the outcome and build the reply; shadows go out after the caller writes it."""
+        if isinstance(result, UpstreamError):
+            self._metrics.upstream_failure(route.path, chosen.name, result.kind)
+            error = errors.upstream_failed(result.kind, route.path, chosen.name, self._timeout)
+            self._metrics.observe(route.path, chosen.name, error.status, time.perf_counter() - started)
+            return error_reply(error)
+        if result.status >= 500:
+            self._metrics.upstream_failure(route.path, chosen.name, "5xx")
+        if route.shadows:
+            # Shadow tasks first run when the loop next gets control: after the reply is written.
+            self._shadows.submit(route.path, route.shadows, header_block, body)
+        self._metrics.observe(route.path, chosen.name, result.status, time.perf_counter() - started)
+        reply_headers = response_headers(result)
+        reply_headers.extend(chosen.response_headers)
+        return Reply(result.status, reply_headers, result.body)
+
+    def _choose(self, route: CompiledRoute, headers: dict[bytes, bytes], body: bytes) -> CompiledVariant:
+        if self._force_header is not None and self._force_header in headers:
+            name = headers[self._force_header].decode("latin-1")
+            forced = route.variants.get(name)
+            if forced is None:
+                raise errors.unknown_variant(self._force_name, name, route.path, route.variants)
+            return forced
+        key = sticky_key(route, headers, body)
+        bucket = bucket_for_key(route.path, key) if key is not None else random_bucket(self._rng)
+        return route.variants[route.split.pick(bucket)]
+
+    # --- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.control_paths:
+            return await self.control(scope, receive, send)
+        started = time.perf_counter()
+        route, error = self.lookup(scope["method"], scope["path"])
+        try:
+            if error is not None:
+                raise error
+            body = await self._read_body(scope["headers"], receive)
+        except ProxyError as problem:
+            reply = self.reject(route, problem, started)
+        except ClientDisconnected:
+            return self.disconnected(route, started)
+        else:
+            reply = await self.forward(route, scope["headers"], body, started)
+        reply.headers.append((b"content-length", str(len(reply.body)).encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    async def _read_body(self, headers: Headers, receive: Receive) -> bytes:
+        """The whole body, refused early on Content-Length and again on the bytes counted."""
+        declared = dict(headers).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise errors.body_too_large(self.max_body)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:  # chunked uploads carry no Content-Length to check up front
+                raise errors.body_too_large(self.max_body)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)

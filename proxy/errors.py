@@ -1,0 +1,87 @@
+"""Every response the proxy writes itself is an error with this shape:
+
+    {"error": {"code": "<stable machine code>", "message": "<what happened and what to do>"}}
+
+Messages are written for the developer calling the proxy: they say what was wrong with the
+request and what to change. They never name upstream hosts, ports or other routes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+ROUTES_HINT = "check the route list in models.yaml (each model is served at POST /<its route path>)"
+
+
+class ProxyError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+    def body(self) -> bytes:
+        return error_body(self.code, self.message)
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode("utf-8")
+
+
+def _shown(path: str) -> str:
+    """Echo at most a readable prefix of a client-supplied path."""
+    return path if len(path) <= 120 else path[:120] + "..."
+
+
+def not_a_route(method: str, path: str) -> ProxyError:
+    return ProxyError(404, "not_a_model_route", f"{method} {_shown(path)} is not a model route; {ROUTES_HINT}")
+
+
+def method_not_allowed(method: str, path: str) -> ProxyError:
+    return ProxyError(
+        405, "method_not_allowed",
+        f"{path} accepts POST only, not {method}; send the JSON request body with POST",
+        headers=((b"allow", b"POST"),),
+    )
+
+
+def body_too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        413, "body_too_large",
+        f"request body is larger than the proxy's limit of {limit} bytes; "
+        "send fewer rows per request (the operator can raise PROXY_MAX_BODY_BYTES)",
+    )
+
+
+def invalid_json(path: str, field: str, detail: str) -> ProxyError:
+    return ProxyError(
+        400, "invalid_json",
+        f"request body is not valid JSON ({detail}); {path} reads the experiment key "
+        f"from the JSON field {field!r}, so the body must be a JSON object",
+    )
+
+
+def unknown_variant(header: str, name: str, path: str, known: Iterable[str]) -> ProxyError:
+    return ProxyError(
+        400, "unknown_variant",
+        f"header {header} names variant {name!r}, which {path} does not have; "
+        f"use one of: {', '.join(sorted(known))}",
+    )
+
+
+def not_ready() -> ProxyError:
+    return ProxyError(503, "not_ready", "the proxy has not loaded a routing table yet; retry in a few seconds")
+
+
+def upstream_failed(kind: str, path: str, variant: str, timeout: float) -> ProxyError:
+    service = f"the model service behind {path} (variant {variant})"
+    if kind == "connect":
+        return ProxyError(503, "upstream_unavailable",
+                          f"{service} is not accepting connections; retry later")
+    if kind == "timeout":
+        return ProxyError(504, "upstream_timeout",
+                          f"{service} did not answer within {timeout:g} s; retry later or send fewer rows")
+    return ProxyError(502, "upstream_error",
+                      f"{service} closed the connection without a complete response; retry the request")

@@ -1,0 +1,49 @@
+"""Proxy settings: defaults < environment (PROXY_<FIELD>) < command-line flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from proxy.routing import HeaderName
+
+ENV_PREFIX = "PROXY_"
+
+
+class ProxySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    routes: Path = Field(description="routes.yaml written by `factory render`")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    upstream_timeout_s: float = Field(10.0, gt=0, description="whole upstream exchange; over it → 504")
+    connect_timeout_s: float = Field(1.0, gt=0, description="opening one upstream connection; over it → 503")
+    max_body_bytes: int = Field(1_048_576, ge=0, description="larger request bodies → 413")
+    max_connections_per_upstream: int = Field(256, ge=1)
+    shadow_timeout_s: float = Field(5.0, gt=0)
+    max_shadow_in_flight: int = Field(64, ge=0, description="shadow copies over this are dropped and counted")
+    force_variant_header: Optional[HeaderName] = Field(
+        None, description="header that lets QA force a variant; unset (off) in production")
+    fast_path: bool = Field(True, description="serve model routes with proxy.server's protocol instead of "
+                            "uvicorn's ASGI one (same behaviour, a fraction of the CPU)")
+    reload_interval_s: float = Field(1.0, ge=0, description="routes file mtime poll; 0 = reload on SIGHUP only")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **flags: object) -> "ProxySettings":
+        """Flags given as None fall back to the environment, then to the defaults."""
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = environ.get(ENV_PREFIX + name.upper(), "")
+            if raw != "":
+                values[name] = raw
+        values.update({name: value for name, value in flags.items() if value is not None})
+        return cls.model_validate(values)
+
+    def to_env(self) -> dict[str, str]:
+        """The same settings as environment variables, for worker processes started by uvicorn."""
+        return {ENV_PREFIX + name.upper(): str(value) for name, value in self.model_dump().items() if value is not None}

@@ -1,0 +1,95 @@
+"""Faults under load: a dying upstream, reloads while traffic flows, broken routing files."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import signal
+import time
+from collections import Counter
+
+from tests.proxy_support.fixtures import make_proxy, make_upstream, upstreams  # noqa: F401 (pytest fixtures)
+from tests.proxy_support.harness import experiment_route, plain_route, wait_until, write_routes
+from tests.proxy_support.load import CLIENT_FAILED, Load
+
+TIMEOUT = 2.0
+
+
+def test_killed_upstream_gives_503s_quickly_and_recovers(tmp_path, make_proxy, make_upstream):  # noqa: F811
+    victim = make_upstream("victim")
+    routes = write_routes(tmp_path / "routes.yaml", {"victim": (victim.url, "1")}, [plain_route("/m", "victim")])
+    proxy = make_proxy(routes, upstream_timeout_s=TIMEOUT, connect_timeout_s=0.5)
+
+    async def scenario():
+        async with Load(f"http://127.0.0.1:{proxy.port}/m") as load:
+            await load.until(lambda: len(load.results) >= 100, 10, "traffic through the proxy")
+            killed_at = time.monotonic()
+            victim.process.kill()
+            await load.until(lambda: any(r.status == 503 for r in load.since(killed_at)), 5, "503s after the kill")
+            first_503 = min(r.started + r.elapsed for r in load.since(killed_at) if r.status == 503)
+            await asyncio.to_thread(victim.start)
+            back_at = time.monotonic()
+            await load.until(lambda: sum(r.status == 200 for r in load.since(back_at)) >= 50, 10, "recovery")
+        return load.results, killed_at, first_503
+
+    results, killed_at, first_503 = asyncio.run(scenario())
+    statuses = Counter(r.status for r in results)
+    assert set(statuses) <= {200, 502, 503}, statuses
+    assert CLIENT_FAILED not in statuses
+    assert first_503 - killed_at < 1.0
+    assert max(r.elapsed for r in results) < TIMEOUT + 0.5
+    assert proxy.metric("proxy_upstream_failures_total", route="/m", kind="connect") >= 1
+
+
+def test_reload_under_load_drops_nothing(tmp_path, make_proxy, upstreams):  # noqa: F811
+    path = tmp_path / "routes.yaml"
+    ups = {name: (u.url, name) for name, u in upstreams.items()}
+    write_routes(path, ups, [plain_route("/m", "a")])
+    proxy = make_proxy(path, reload_interval_s=0.02)
+
+    async def scenario():
+        async with Load(f"http://127.0.0.1:{proxy.port}/m") as load:
+            for target in ["b", "a", "b", "a", "b", "a"]:
+                changed_at = time.monotonic()
+                write_routes(path, ups, [plain_route("/m", target), plain_route(f"/extra-{target}", target)])
+                await load.until(lambda t=target, c=changed_at: sum(r.upstream == t for r in load.since(c)) >= 20,
+                                 5, f"traffic moving to {target}")
+        return load.results
+
+    results = asyncio.run(scenario())
+    assert Counter(r.status for r in results) == {200: len(results)}
+    assert proxy.metric("proxy_route_reloads_total", result="error") == 0
+    assert proxy.metric("proxy_route_reloads_total", result="ok") >= 7
+
+
+def test_sighup_reload_and_an_invalid_file_keeps_the_old_table(tmp_path, make_proxy, upstreams):  # noqa: F811
+    path = tmp_path / "routes.yaml"
+    ups = {name: (u.url, name) for name, u in upstreams.items()}
+    write_routes(path, ups, [plain_route("/m", "a")])
+    proxy = make_proxy(path, reload_interval_s=0)  # SIGHUP only
+
+    write_routes(path, ups, [plain_route("/m", "a"), experiment_route("/exp", {"a": 70, "b": 20})])  # sums to 90
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: proxy.metric("proxy_route_reloads_total", result="error") == 1, 5, "the failed reload")
+    assert proxy.post("/m").status == 200
+    assert proxy.post("/exp").status == 404
+    errors = [line for line in proxy.process.log().splitlines() if "routes reload (SIGHUP) failed" in line]
+    assert len(errors) == 1 and "keeping the previous table" in errors[0] and "sum to 90" in errors[0]
+
+    write_routes(path, ups, [plain_route("/m", "b")])
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: proxy.post("/m").json()["upstream"] == "b", 5, "the SIGHUP reload")
+    assert proxy.metric("proxy_routes_loaded") == 1
+
+
+def test_sigterm_lets_the_request_in_flight_finish(tmp_path, make_proxy, upstreams):  # noqa: F811
+    path = write_routes(tmp_path / "routes.yaml", {"a": (upstreams["a"].url, "1")}, [plain_route("/m", "a")])
+    proxy = make_proxy(path)
+    before = upstreams["a"].posts()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(proxy.post, "/m", b"{}", {"x-test-behaviour": "sleep:0.5"})
+        wait_until(lambda: upstreams["a"].posts() > before, 5, "the request to reach the upstream")
+        proxy.process.send_signal(signal.SIGTERM)
+        reply = in_flight.result(timeout=5)
+    assert reply.status == 200 and reply.headers["connection"] == "close"
+    assert proxy.process.popen.wait(timeout=5) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal

@@ -1,0 +1,243 @@
+"""In-process tests of the proxy's parts: table compilation, settings, headers, reloads and the
+upstream client against in-process asyncio servers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.dataplane import sticky_key
+from proxy.errors import ProxyError
+from proxy.forward import UpstreamClient, UpstreamError, UpstreamResponse, request_header_block, response_headers
+from proxy.metrics import ProxyMetrics
+from proxy.reload import RouteStore
+from proxy.routing import RouteTable, compile_table
+from proxy.settings import ProxySettings
+from tests.proxy_support.harness import REPO, experiment_route, plain_route, write_routes
+
+UPSTREAMS = {"a": ("http://127.0.0.1:9001/predict", "1"), "b": ("https://models.internal/v2/predict", "7")}
+
+
+def _table(routes: list[dict]) -> RouteTable:
+    return RouteTable.model_validate({
+        "upstreams": {n: {"url": u, "model_version": v} for n, (u, v) in UPSTREAMS.items()}, "routes": routes})
+
+
+def test_compile_resolves_addresses_once():
+    table = compile_table(_table([experiment_route("/m", {"a": 90, "b": 10}, {"source": "header", "name": "X-User"},
+                                                   shadows=("b",))]))
+    route = table.routes["/m"]
+    a, b = route.variants["a"].target, route.variants["b"].target
+    assert (a.host, a.port, a.request_target, a.host_header) == ("127.0.0.1", 9001, b"/predict", b"127.0.0.1:9001")
+    assert (b.scheme, b.port, b.host_header, b.request_target) == ("https", 443, b"models.internal", b"/v2/predict")
+    assert route.sticky_header == b"x-user"
+    assert route.variants["b"].response_headers == ((b"x-model-variant", b"b"), (b"x-model-version", b"7"))
+    assert table.origins == {("http", "127.0.0.1", 9001), ("https", "models.internal", 443)}
+
+
+def test_compile_rejects_a_route_over_a_proxy_endpoint():
+    with pytest.raises(ValueError, match="collides"):
+        compile_table(_table([plain_route("/metrics", "a")]), frozenset({"/metrics"}))
+
+
+def test_settings_flags_override_environment_which_overrides_defaults():
+    env = {"PROXY_ROUTES": "/env.yaml", "PROXY_PORT": "9000", "PROXY_MAX_BODY_BYTES": "10", "PROXY_HOST": ""}
+    settings = ProxySettings.from_env(env, port=9100, host=None)
+    assert (settings.routes, settings.port, settings.max_body_bytes, settings.host) == (
+        Path("/env.yaml"), 9100, 10, "127.0.0.1")
+    assert settings.force_variant_header is None
+    assert ProxySettings.from_env(settings.to_env()) == settings
+
+
+def test_request_headers_drop_hop_by_hop_and_connection_listed():
+    headers = [(b"connection", b"close, X-Private"), (b"x-private", b"1"), (b"host", b"evil"),
+               (b"content-length", b"3"), (b"te", b"trailers"), (b"x-user", b"u")]
+    block = request_header_block(headers, dict(headers).get(b"connection"))
+    assert block == b"x-user: u\r\n"
+
+
+def test_response_headers_drop_hop_by_hop_and_spoofed_variant():
+    kept = response_headers(UpstreamResponse(200, [
+        (b"transfer-encoding", b"chunked"), (b"x-model-variant", b"x"), (b"content-type", b"application/json"),
+        (b"content-length", b"2"), (b"connection", b"x-hop"), (b"x-hop", b"1")], b"", b"x-hop"))
+    assert kept == [(b"content-type", b"application/json")]
+
+
+@pytest.mark.parametrize("body, expected", [
+    (b'{"user_id": "u1"}', "u1"), (b'{"user_id": 7}', "7"), (b'{"user_id": null}', None),
+    (b'{"other": 1}', None), (b"[1, 2]", None), (b'{"user_id": {"b": 1, "a": 2}}', '{"a":2,"b":1}'),
+])
+def test_sticky_field_key(body, expected):
+    route = compile_table(_table([experiment_route("/m", {"a": 50, "b": 50},
+                                                   {"source": "field", "name": "user_id"})])).routes["/m"]
+    assert sticky_key(route, {}, body) == expected
+
+
+def test_sticky_field_rejects_bad_json():
+    route = compile_table(_table([experiment_route("/m", {"a": 50, "b": 50},
+                                                   {"source": "field", "name": "user_id"})])).routes["/m"]
+    with pytest.raises(ProxyError) as caught:
+        sticky_key(route, {}, b"\xff")
+    assert caught.value.status == 400
+
+
+def test_invalid_reload_keeps_the_old_table_logs_once_and_counts(tmp_path, caplog):
+    path = write_routes(tmp_path / "routes.yaml", UPSTREAMS, [plain_route("/m", "a")])
+    metrics = ProxyMetrics()
+    store = RouteStore(path, metrics, frozenset())
+    assert store.reload("test")
+    good = store.table
+    path.write_text("routes: [unterminated")
+    with caplog.at_level(logging.ERROR, logger="proxy.routes"):
+        assert not store.reload("test")
+    assert store.table is good
+    assert len(caplog.records) == 1 and "keeping the previous table" in caplog.records[0].getMessage()
+    write_routes(path, UPSTREAMS, [plain_route("/m", "a"), experiment_route("/n", {"a": 60, "b": 50})])
+    assert not store.reload("test")  # weights sum to 110: also rejected
+    assert "/n" not in store.table.routes
+    text = metrics.render().decode()
+    assert 'proxy_route_reloads_total{result="error"} 2.0' in text
+    assert 'proxy_route_reloads_total{result="ok"} 1.0' in text
+
+
+def test_cli_refuses_to_start_on_a_bad_routes_file(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "proxy", "--routes", str(tmp_path / "missing.yaml")],
+                            cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "proxy: cannot start:" in result.stderr and "missing.yaml" in result.stderr
+
+
+# --- the upstream client against in-process servers --------------------------------------------
+
+RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+async def _serve(handler) -> tuple[asyncio.AbstractServer, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def _target(port: int):
+    table = compile_table(RouteTable.model_validate({
+        "upstreams": {"u": {"url": f"http://127.0.0.1:{port}/p", "model_version": "1"}},
+        "routes": [plain_route("/m", "u")]}))
+    return table.routes["/m"].variants["main"].target
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head + await reader.readexactly(length)
+
+
+def test_a_request_dropped_unanswered_on_a_reused_connection_is_retried_once():
+    async def scenario():
+        seen = []
+
+        async def answer_once_then_drop(reader, writer):
+            seen.append(await _read_request(reader))
+            writer.write(RESPONSE)
+            await writer.drain()
+            seen.append(await _read_request(reader))
+            writer.close()  # the keep-alive race: the server gave up on the connection as the request came
+
+        server, port = await _serve(answer_once_then_drop)
+        client = UpstreamClient(4, 1.0)
+        first = await client.post(_target(port), b"", b"{}", 2.0)
+        second = await client.post(_target(port), b"x-a: 1\r\n", b"{}", 2.0)
+        client.close()
+        server.close()
+        return first, second, seen
+
+    first, second, seen = asyncio.run(scenario())
+    assert (first.status, first.body, second.status) == (200, b"ok", 200)
+    assert len(seen) == 3  # answered, dropped unanswered, retried on a new connection
+    assert seen[0].startswith(b"POST /p HTTP/1.1\r\nhost: 127.0.0.1:")
+    assert seen[2].endswith(b"x-a: 1\r\n\r\n{}")
+
+
+def test_pool_limit_queues_requests_and_the_deadline_applies():
+    async def scenario():
+        gate = asyncio.Event()
+
+        async def slow(reader, writer):
+            while True:
+                await _read_request(reader)
+                await gate.wait()
+                writer.write(RESPONSE)
+                await writer.drain()
+
+        server, port = await _serve(slow)
+        client = UpstreamClient(1, 1.0)
+        target = _target(port)
+        first = asyncio.ensure_future(client.post(target, b"", b"{}", 5.0))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UpstreamError) as caught:
+            await client.post(target, b"", b"{}", 0.1)  # waits for the single connection, then times out
+        gate.set()
+        results = [await first, await client.post(target, b"", b"{}", 5.0)]
+        client.close()
+        server.close()
+        return caught.value.kind, [r.status for r in results]
+
+    assert asyncio.run(scenario()) == ("timeout", [200, 200])
+
+
+def test_chunked_and_close_delimited_responses_are_read_whole():
+    async def scenario(response: bytes):
+        async def reply(reader, writer):
+            await _read_request(reader)
+            writer.write(response)
+            await writer.drain()
+            writer.close()
+
+        server, port = await _serve(reply)
+        client = UpstreamClient(1, 1.0)
+        result = await client.post(_target(port), b"", b"{}", 2.0)
+        client.close()
+        server.close()
+        return result.status, result.body
+
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    assert asyncio.run(scenario(chunked)) == (200, b"{}")
+    assert asyncio.run(scenario(b"HTTP/1.1 201 Created\r\nconnection: close\r\n\r\n[1]")) == (201, b"[1]")
+
+
+def test_not_ready_until_a_table_loads(tmp_path):
+    """In process: an app whose routes file is missing serves 503 on /readyz and model routes."""
+    from proxy.app import create_app
+
+    async def call(app, method: str, path: str) -> tuple[int, bytes]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "headers": [],
+                 "query_string": b"", "http_version": "1.1", "scheme": "http", "root_path": "",
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        await app(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    async def scenario():
+        path = tmp_path / "routes.yaml"
+        app = create_app(ProxySettings(routes=path, reload_interval_s=0))
+        async with app.control.router.lifespan_context(app.control):
+            before = [await call(app, "GET", "/readyz"), await call(app, "POST", "/m")]
+            write_routes(path, UPSTREAMS, [plain_route("/m", "a")])
+            app_store_reloaded = app.store.reload("test")
+            after = await call(app, "GET", "/readyz")
+        return before, app_store_reloaded, after
+
+    before, reloaded, after = asyncio.run(scenario())
+    assert [status for status, _ in before] == [503, 503]
+    assert b'"not_ready"' in before[0][1] and b'"not_ready"' in before[1][1]
+    assert reloaded and after == (200, b'{"status":"ready","routes":1}')
