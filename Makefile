@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_TOOLS := rsync wrk nginx
+GITLAB_CI_LOCAL := .tools/node_modules/.bin/gitlab-ci-local
+# Pinned: 4.74+ crash on Node 20 (FIELD_NOTES).
+GITLAB_CI_LOCAL_VERSION := 4.73.0
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
@@ -31,6 +34,8 @@ tools:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@test "$$($(GITLAB_CI_LOCAL) --version 2>/dev/null)" = "$(GITLAB_CI_LOCAL_VERSION)" || \
+	  (mkdir -p .tools && cd .tools && npm install --silent --no-audit --no-fund gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION))
 
 # The example MLflow registry (sqlite + artifacts under registry/), trained and registered once.
 registry: $(REGISTRY)

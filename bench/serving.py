@@ -16,16 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from bench.wrk import WrkResult, run_wrk
 from factory.build import BuildRecord
 from factory.memory import MIB, MemoryProfile
 from factory.runtime import runtime_python
-from factory.serve import Served, free_port, served, stop, wait_ready
+from factory.serve import Served, free_port, process_served, served
 from factory.state import StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,20 +69,12 @@ def _pin(pid: int, core: str) -> None:
         process.cpu_affinity([int(core)])
 
 
-@contextmanager
-def mlflow_served(model_uri: str, log: Path) -> Iterator[Served]:
+def mlflow_served(model_uri: str, log: Path):
     port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # mlflow runs its own CLI
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "-h", "127.0.0.1",
                "-p", str(port), "--env-manager", "local", "-w", "1"]
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = Served(f"http://127.0.0.1:{port}", process, log)
-    try:
-        wait_ready(server, 120, path="/ping")
-        yield server
-    finally:
-        stop(process)
+    return process_served(command, Path.cwd(), log, port, "/ping")
 
 
 def main() -> None:

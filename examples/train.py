@@ -75,12 +75,12 @@ def _traffic_aware_model():
     return make_pipeline(encode, LogisticRegression(max_iter=500))
 
 
-def _logistic():
+def _logistic(regularisation: float = 1.0):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=regularisation, max_iter=500))
 
 
 def _eta_data(rng: np.random.Generator):
@@ -116,6 +116,9 @@ def examples() -> list[Example]:
         for segment in ("TAXI", "PHV"):
             found.append(Example(f"match_probability_{city}_{segment}_trafficunaware",
                                  _match_data(city, segment, False), _logistic, "predict_proba"))
+    # Version 2 of one model, retrained with stronger regularisation: the A/B experiment's challenger.
+    found.append(Example("match_probability_2_TAXI_trafficunaware", _match_data(2, "TAXI", False),
+                         lambda: _logistic(regularisation=0.05), "predict_proba"))
     found.append(Example("match_probability_2_TAXI_trafficaware", _match_data(2, "TAXI", True),
                          _traffic_aware_model, "predict_proba", optional_columns=("surge multiplier",)))
     found.append(Example("eta_minutes_5_PHV", _eta_data, _ridge, alias="champion"))

@@ -72,9 +72,27 @@ def build_command(catalog_path: Path, names: Iterable[str], everything: bool, pr
         outcome = builder.build(model)
         outcomes.append(outcome)
         progress(f"[{position}/{len(models)}] {model.name}: {_describe(outcome)}")
-    if outcomes and not any(o.record.image_built for o in outcomes):
+    if any(not o.skipped and not o.record.image_built for o in outcomes):
         progress("no Docker engine reachable: wrote Dockerfiles instead of images (see each record's dockerfile)")
+    check_experiment_inputs(catalog, state)
     return outcomes
+
+
+def check_experiment_inputs(catalog: Catalog, state: StateDir) -> None:
+    """Variants of one experiment share a route: a request valid for one must be valid for all."""
+    for experiment in catalog.experiments:
+        signatures = {}
+        for variant in experiment.variants:
+            resolved = state.build_dir(variant.model) / "src" / "resolved.json"
+            if resolved.is_file():
+                signatures[variant.model] = json.loads(resolved.read_text(encoding="utf-8"))["signature"]["inputs"]
+        first, *others = list(signatures.items()) or [(None, None)]
+        for name, inputs in others:
+            if inputs != first[1]:
+                raise BuildError(f"{catalog.where(name)}: experiment '{experiment.name}' splits one route between "
+                                 f"'{first[0]}' and '{name}', whose MLflow signatures take different inputs; "
+                                 "a request valid for one would be refused by the other. Make the variants "
+                                 "take the same columns, or serve them on separate routes")
 
 
 def _describe(outcome: BuildOutcome) -> str:

@@ -97,13 +97,17 @@ def build(catalog_path: Path, names: tuple[str, ...], everything: bool) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Test every model in the catalog.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Fuzzing seed (a failure prints it).")
-@click.option("--examples", type=int, default=60, show_default=True, help="Valid requests to generate; "
-              "twice as many invalid ones.")
-def test_models(catalog_path: Path, names: tuple[str, ...], everything: bool, seed: int, examples: int) -> None:
+@click.option("--examples", type=int, default=60, show_default=True, envvar="FACTORY_FUZZ_EXAMPLES",
+              help="Valid requests to generate; twice as many invalid ones. [env FACTORY_FUZZ_EXAMPLES]")
+@click.option("--load-seconds", type=float, default=6.0, show_default=True, envvar="FACTORY_LOAD_SECONDS",
+              help="Length of the concurrent load phase. [env FACTORY_LOAD_SECONDS]")
+def test_models(catalog_path: Path, names: tuple[str, ...], everything: bool, seed: int, examples: int,
+                load_seconds: float) -> None:
     """Serve built models, fuzz them from their signatures, check golden outputs, measure memory."""
     from factory.qualify import TestSettings, qualify_command
 
-    settings = TestSettings(seed=seed, valid_examples=examples, invalid_examples=2 * examples)
+    settings = TestSettings(seed=seed, valid_examples=examples, invalid_examples=2 * examples,
+                            load_seconds=load_seconds)
     qualify_command(catalog_path, names, everything, settings, progress=click.echo)
 
 
@@ -128,6 +132,16 @@ def deploy(dry_run: bool, skip_without_cluster: bool) -> None:
     from factory.deploy import deploy_command
 
     deploy_command(dry_run, skip_without_cluster, progress=click.echo)
+
+
+
+@main.command()
+@CATALOG_OPTION
+def up(catalog_path: Path) -> None:
+    """Serve every built model and the proxy on 127.0.0.1 until Ctrl-C; print curl examples."""
+    from factory.up import up_command
+
+    up_command(catalog_path, progress=click.echo)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def _template(env: jinja2.Environment, name: str, **context) -> str:
     try:
         return env.get_template(name).render(**context)
     except jinja2.TemplateError as exc:
-        where = f"{exc.filename or name}:{getattr(exc, 'lineno', '?')}"
+        where = f"{getattr(exc, 'filename', None) or name}:{getattr(exc, 'lineno', '?')}"
         raise RenderError(f"template {where}: {exc.message}; fix the template under templates/") from exc
 
 

@@ -65,6 +65,14 @@ def served(bento_tag: str, log: Path, mode: Mode = "single", runtime_python: Pat
     """Start the Bento, wait for /readyz, yield it; stop the whole process group on exit, whatever happens."""
     port = free_port()
     command, cwd = serve_command(bento_tag, port, mode, runtime_python or Path(sys.executable))
+    with process_served(command, cwd, log, port, "/readyz", ready_timeout_s) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def process_served(command: list[str], cwd: Path, log: Path, port: int, ready_path: str,
+                   ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[Served]:
+    """Any HTTP server process on 127.0.0.1:`port`, in its own process group, stopped on exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PYTHONDONTWRITEBYTECODE": "1"}
     with open(log, "wb") as sink:
@@ -72,7 +80,7 @@ def served(bento_tag: str, log: Path, mode: Mode = "single", runtime_python: Pat
                                    start_new_session=True)
     server = Served(f"http://127.0.0.1:{port}", process, log)
     try:
-        wait_ready(server, ready_timeout_s)
+        wait_ready(server, ready_timeout_s, ready_path)
         yield server
     finally:
         stop(process)

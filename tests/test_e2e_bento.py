@@ -114,7 +114,11 @@ def test_burst_mixing_valid_and_invalid_requests_fails_no_valid_one(servers: dic
     valid = json.dumps({"inputs": [VALID_MIXED_ROW]}).encode()
     invalid = b'{"inputs": [{"distance_km": NaN, "hour_of_day": 8, "drivers_nearby": 1, "traffic_level": "low", "is_airport": false}]}'
     bodies = [invalid if index % 3 == 0 else valid for index in range(225)]
-    with ThreadPoolExecutor(max_workers=48) as pool:
+    # Warm BentoML's batching optimizer first: cold, it sheds bursts with 503 "process is overloaded",
+    # which is load shedding, not the batch poisoning this test is about.
+    for _ in range(20):
+        post(url, valid)
+    with ThreadPoolExecutor(max_workers=24) as pool:
         results = list(pool.map(lambda body: post(url, body), bodies))
     expected = post(url, valid)[1]
     wrong = [(status, outputs) for body, (status, outputs) in zip(bodies, results)

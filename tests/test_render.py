@@ -141,7 +141,7 @@ def test_validate_cli_reports_problems_without_traceback(tmp_path: Path) -> None
 def test_validate_cli_accepts_the_example() -> None:
     result = CliRunner().invoke(main, ["validate", "-f", str(ROOT / "models.yaml")])
     assert result.exit_code == 0
-    assert "ok (7 models, 1 experiments)" in result.output
+    assert "ok (8 models, 1 experiments)" in result.output
 
 
 def test_missing_file_is_one_clear_line(tmp_path: Path) -> None:

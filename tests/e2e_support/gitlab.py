@@ -1,0 +1,66 @@
+"""Run a pipeline with gitlab-ci-local in a scratch copy of the repository, and judge it for real.
+
+gitlab-ci-local exits 0 when a job of a dynamic child pipeline fails (FIELD_NOTES): the verdict
+here also reads its per-job summary lines, so a failed child job fails the run.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GITLAB_CI_LOCAL = ROOT / ".tools" / "node_modules" / ".bin" / "gitlab-ci-local"
+# The summary: " PASS  render", " FAIL  planted-failure", " PASS  [child] -> good-job".
+JOB_LINE = re.compile(r"^\s*(PASS|FAIL)\s+(?:\[[^\]]*\]\s*->\s*)?(\S+)", re.M)
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    exit_code: int
+    output: str
+
+    @property
+    def jobs(self) -> dict[str, str]:
+        """Job name → PASS / FAIL, from the summary gitlab-ci-local prints at the end."""
+        return {name: verdict for verdict, name in JOB_LINE.findall(_plain(self.output))}
+
+    @property
+    def failed_jobs(self) -> list[str]:
+        return sorted(name for name, verdict in self.jobs.items() if verdict == "FAIL")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.failed_jobs and bool(self.jobs)
+
+
+def scratch_repository(target: Path, files: dict[str, str] | None = None) -> Path:
+    """The committed files of this repository (or `files`), in a fresh git repository at `target`."""
+    target.mkdir(parents=True)
+    names = files or {name: None for name in
+                      subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+                      .stdout.splitlines()}
+    for name, text in names.items():
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if text is None:
+            shutil.copy2(ROOT / name, destination)
+        else:
+            destination.write_text(text)
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "scratch"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=target, check=True,
+                       capture_output=True)
+    return target
+
+
+def run_pipeline(repository: Path, env: dict[str, str], *extra: str, timeout: float = 900) -> PipelineRun:
+    result = subprocess.run([str(GITLAB_CI_LOCAL), "--concurrency", "2", *extra], cwd=repository, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    return PipelineRun(result.returncode, result.stdout + result.stderr)
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
