@@ -62,26 +62,27 @@ def source_of(origin: Origin, path: YamlPath, defaults: dict) -> YamlPath:
     return origin.path + path
 
 
-def raw_value(mapping: Any, path: YamlPath) -> Any:
+_MISSING = object()
+
+
+def _lookup(mapping: Any, path: YamlPath) -> Any:
     for part in path:
         if isinstance(mapping, dict) and part in mapping:
             mapping = mapping[part]
         elif isinstance(mapping, list) and isinstance(part, int) and 0 <= part < len(mapping):
             mapping = mapping[part]
         else:
-            return None
+            return _MISSING
     return mapping
 
 
+def raw_value(mapping: Any, path: YamlPath) -> Any:
+    value = _lookup(mapping, path)
+    return None if value is _MISSING else value
+
+
 def _has_path(mapping: Any, path: YamlPath) -> bool:
-    for part in path:
-        if isinstance(mapping, dict) and part in mapping:
-            mapping = mapping[part]
-        elif isinstance(mapping, list) and isinstance(part, int) and 0 <= part < len(mapping):
-            mapping = mapping[part]
-        else:
-            return False
-    return True
+    return _lookup(mapping, path) is not _MISSING
 
 
 def apply_defaults(entry: dict, defaults: dict) -> dict:
