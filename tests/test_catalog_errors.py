@@ -5,7 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from click.testing import CliRunner
 
+from factory.cli import main
 from factory.errors import CatalogError
 from factory.loader import parse_catalog
 
@@ -257,3 +259,13 @@ def test_matrix_expands_in_order() -> None:
         """))
     assert [m.route for m in catalog.models] == ["/probability/2/TAXI", "/probability/2/PHV",
                                                   "/probability/5/TAXI", "/probability/5/PHV"]
+
+
+@pytest.mark.parametrize("label, text, expected", CASES, ids=[case[0] for case in CASES])
+def test_render_cli_prints_exactly_these_lines_and_writes_nothing(label: str, text: str, expected: list[str],
+                                                                  tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models.yaml").write_text(textwrap.dedent(text))
+    result = CliRunner().invoke(main, ["render", "-f", "models.yaml", "-o", "build"])  # click 8.2+: stderr apart
+    assert (result.exit_code, result.stderr.splitlines(), result.stdout) == (1, expected, "")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["models.yaml"]

@@ -21,6 +21,21 @@ from proxy.routing import RouteTable
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def _gitlab_schema():
+    """The schema `check-jsonschema --builtin-schema vendor.gitlab-ci` uses, loaded once, in-process."""
+    import json
+
+    import check_jsonschema
+    import jsonschema
+
+    path = Path(check_jsonschema.__file__).parent / "builtin_schemas" / "vendor" / "gitlab-ci.json"
+    schema = json.loads(path.read_text())
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+GITLAB_SCHEMA = _gitlab_schema()
+
 names = st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True)
 segments = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,8}", fullmatch=True)
 
@@ -67,6 +82,8 @@ def test_any_valid_catalog_renders_to_valid_outputs(text: str) -> None:
         elif name.endswith(".py"):
             compile(content, name, "exec")
     RouteTable.model_validate(yaml.safe_load(files["routes.yaml"]))
+    errors = sorted(GITLAB_SCHEMA.iter_errors(yaml.safe_load(files["child-pipeline.yml"])), key=str)
+    assert errors == []
     validate_manifests({name[len("k8s/"):]: text for name, text in files.items() if name.startswith("k8s/")})
 
 

@@ -1,0 +1,88 @@
+"""Registry problems name the models.yaml entry and say what to do (real sqlite MLflow registry)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from e2e_support.factory_env import FactoryEnv
+from factory.errors import RegistryError
+from factory.loader import parse_catalog
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bento")]
+
+
+@pytest.fixture()
+def registry(factory_env: FactoryEnv):
+    from factory.registry import Registry
+
+    def resolve(entry: str):
+        catalog = parse_catalog(f"- {entry}\n")
+        return Registry(catalog, factory_env.env["MLFLOW_TRACKING_URI"]).resolve(catalog.models[0])
+
+    return resolve
+
+
+def test_alias_resolves_to_its_version_with_signature_and_native_loader(registry) -> None:
+    resolved = registry("{name: eta_minutes_5_PHV, alias: champion, endpoint: eta}")
+    assert resolved.version == 1
+    assert [column["name"] for column in resolved.signature["inputs"]] == ["trip distance km", "mean speed kmh"]
+    assert resolved.flavor["loader"] == "skops"
+
+
+CASES = [
+    ("{name: eta_minutes_5_PHV, version: 9, endpoint: eta}",
+     "models.yaml:1: model 'eta_minutes_5_PHV': 'eta_minutes_5_PHV' has no version 9; versions: 1; aliases: "
+     "champion. Fix models.yaml or register that version"),
+    ("{name: eta_minutes_5_PHV, alias: canary, endpoint: eta}",
+     "models.yaml:1: model 'eta_minutes_5_PHV': 'eta_minutes_5_PHV' has no alias 'canary'; versions: 1; aliases: "
+     "champion. Fix models.yaml or register that version"),
+    ("{name: no_such_model, version: 1, endpoint: eta}",
+     "models.yaml:1: model 'no_such_model': no registered model named 'no_such_model' in "),
+]
+
+
+@pytest.mark.parametrize("entry, message", CASES, ids=["version", "alias", "model"])
+def test_missing_things_are_named_with_the_fix(registry, entry: str, message: str) -> None:
+    with pytest.raises(RegistryError) as caught:
+        registry(entry)
+    assert str(caught.value).startswith(message)
+
+
+def test_model_without_signature_is_refused(factory_env: FactoryEnv, registry) -> None:
+    import mlflow
+    from sklearn.linear_model import LinearRegression
+
+    mlflow.set_tracking_uri(factory_env.env["MLFLOW_TRACKING_URI"])
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]), name="model",
+                                 registered_model_name="unsigned_model", pip_requirements=["scikit-learn"])
+    with pytest.raises(RegistryError) as caught:
+        registry("{name: unsigned_model, version: 1, endpoint: u}")
+    assert str(caught.value) == ("models.yaml:1: model 'unsigned_model': unsigned_model version 1 has no input "
+                                 "signature; log it with `signature=infer_signature(X, y)` and register a new version")
+
+
+def test_no_registry_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from factory.registry import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(RegistryError) as caught:
+        tracking_uri(tmp_path)
+    assert str(caught.value) == (f"no MLflow registry at {tmp_path / 'registry' / 'mlflow.db'}: run `make registry` "
+                                 "to create the example registry, or set MLFLOW_TRACKING_URI to your tracking server")
+
+
+def test_unreachable_tracking_server_names_the_entry(registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from factory.registry import Registry
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    catalog = parse_catalog("- {name: eta_minutes_5_PHV, version: 1, endpoint: eta}\n")
+    with pytest.raises(RegistryError) as caught:
+        Registry(catalog, "http://127.0.0.1:9").resolve(catalog.models[0])
+    assert str(caught.value).startswith("models.yaml:1: model 'eta_minutes_5_PHV': the registry at "
+                                        "http://127.0.0.1:9 failed:")
+    assert "check MLFLOW_TRACKING_URI and that the server is up" in str(caught.value)
