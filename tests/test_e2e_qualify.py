@@ -56,6 +56,7 @@ def test_manifests_request_at_least_the_measured_peak(tested: FactoryEnv) -> Non
 
 
 def test_deploy_without_a_cluster_is_one_clear_error(tested: FactoryEnv) -> None:
+    tested.run("manifests", MIXED_MODEL, "--proxy")
     env = {**tested.env, "KUBECONFIG": str(tested.root / "missing-kubeconfig")}
     result = subprocess.run([sys.executable, "-m", "factory.cli", "deploy"], cwd=ROOT, env=env,
                             capture_output=True, text=True)
