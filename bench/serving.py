@@ -52,7 +52,7 @@ class Measured:
 
 def measure(name: str, server: Served, path: str, body: str, args: argparse.Namespace) -> Measured:
     _pin(server.pid, "1")
-    with MemoryProfile(server.pid) as memory:
+    with MemoryProfile.of_process(server.pid) as memory:
         with memory.phase("idle"):
             time.sleep(2)
         with memory.phase("load"):

@@ -39,7 +39,7 @@ def held_back_peak(record: BuildRecord, signature: dict, max_batch_size: int, se
     bodies = [json.dumps({"inputs": [rows[(start + i) % len(rows)] for i in range(max_batch_size)]}).encode()
               for start in range(0, len(rows), 7)]
     with served(record.bento_tag, state.root / "bench-sizing.log", "single", runtime_python(state.root)) as server, \
-            MemoryProfile(server.pid) as memory:
+            MemoryProfile.of_process(server.pid) as memory:
         with memory.phase("held-back load"):
             load = run_load(server.url, bodies, concurrency=min(2 * max_batch_size, 128), duration_s=seconds)
     return memory.peak_bytes / MIB, load.summary()

@@ -7,6 +7,7 @@ so this is what proves the lean loader equals MLflow's).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -45,7 +46,10 @@ def record_golden(resolved: ResolvedModel, batch_size: int, count: int = 12) -> 
     for request in sample_requests(resolved.signature, count, batch_size):
         rows = request["inputs"]
         try:
-            outputs = model.predict(_frame(rows, inputs))
+            with warnings.catch_warnings():
+                # pyfunc hands sklearn a DataFrame; a model fit on plain arrays warns about names, harmlessly.
+                warnings.filterwarnings("ignore", message="X has feature names")
+                outputs = model.predict(_frame(rows, inputs))
         except Exception as exc:  # the registry model's own failure, whatever its type
             errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import psutil
 
@@ -55,15 +55,47 @@ def tree_sample(pid: int) -> Optional[Sample]:
     return Sample(rss, uss, pss)
 
 
+def docker_sample(container) -> Optional[Sample]:
+    """The container's memory as its cgroup counts it (what Kubernetes limits), from the Docker API."""
+    try:
+        stats = container.stats(stream=False)
+    except Exception:  # the docker SDK raises several types for a container that just stopped
+        return None
+    return sample_from_docker_stats(stats)
+
+
+def sample_from_docker_stats(stats: dict) -> Optional[Sample]:
+    memory = stats.get("memory_stats") or {}
+    if "usage" not in memory:
+        return None
+    # `docker stats` shows usage minus page cache; cgroup v2 calls the cache inactive_file.
+    details = memory.get("stats") or {}
+    cache = details.get("inactive_file", details.get("total_inactive_file", 0))
+    working_set = memory["usage"] - cache
+    return Sample(rss=working_set, uss=details.get("anon", 0), pss=0)
+
+
 @dataclass
 class MemoryProfile:
-    """Samples in a background thread; `with profile.phase("load"):` attributes samples to a phase."""
+    """Samples in a background thread; `with profile.phase("load"):` attributes samples to a phase.
 
-    pid: int
+    `sample` reads the memory of what is measured now: a process tree (psutil) or a container.
+    """
+
+    sample: Callable[[], Optional[Sample]]
+    sampler: str = "psutil process tree"
     phases: dict[str, PhasePeak] = field(default_factory=dict)
     _current: Optional[str] = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: Optional[threading.Thread] = None
+
+    @classmethod
+    def of_process(cls, pid: int) -> "MemoryProfile":
+        return cls(lambda: tree_sample(pid))
+
+    @classmethod
+    def of_container(cls, container) -> "MemoryProfile":
+        return cls(lambda: docker_sample(container), sampler="docker stats (container cgroup)")
 
     def __enter__(self) -> "MemoryProfile":
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
@@ -103,10 +135,10 @@ class MemoryProfile:
         name = self._current
         if name is None:
             return
-        sample = tree_sample(self.pid)
+        sample = self.sample()
         if sample is not None:
             self.phases[name].update(sample)
 
     def report(self) -> dict:
-        return {"peak_mib": round(self.peak_bytes / MIB, 1), "sampler": "psutil process tree",
+        return {"peak_mib": round(self.peak_bytes / MIB, 1), "sampler": self.sampler,
                 "phases": {name: peak.as_mib() for name, peak in self.phases.items()}}

@@ -4,13 +4,14 @@ measure peak memory through idle → fuzz → load. Writes JSON + JUnit reports 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
-from factory.build import BuildRecord, ensure_in_store, select_models
+from factory.build import BuildRecord, docker_available, ensure_in_store, select_models
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, ServeError
 from factory.fuzz import fuzz_service
@@ -20,7 +21,7 @@ from factory.golden import sample_requests
 from factory.loadgen import run_load
 from factory.memory import MemoryProfile
 from factory.runtime import runtime_python
-from factory.serve import served
+from factory.serve import container_served, served
 from factory.state import StateDir
 from factory.summary import table
 
@@ -75,16 +76,15 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
     report_dir = state.report_dir(model.name)
     golden = json.loads(Path(record.golden).read_text(encoding="utf-8"))
     signature = json.loads((state.build_dir(model.name) / "src" / "resolved.json").read_text())["signature"]
-    with served(record.bento_tag, report_dir / "serve.log", "single", runtime) as server, \
-            MemoryProfile(server.pid) as memory:
+    with measured_server(record, report_dir / "serve.log", runtime, catalog.kubernetes.service_port) as (url, memory):
         with memory.phase("idle"):
             time.sleep(IDLE_SECONDS)
         with memory.phase("fuzz"):
-            fuzz = fuzz_service(server.url, signature, model.batching.max_batch_size, seed=settings.seed,
+            fuzz = fuzz_service(url, signature, model.batching.max_batch_size, seed=settings.seed,
                                 valid_examples=settings.valid_examples, invalid_examples=settings.invalid_examples,
                                 golden=golden, model=model.name, report_dir=report_dir)
         with memory.phase("load"):
-            load = run_load(server.url, _load_bodies(signature, model.batching.max_batch_size),
+            load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
                             concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
                             duration_s=settings.load_seconds)
     write_junit([fuzz], report_dir / "junit.xml")
@@ -95,6 +95,19 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
               "failures": [failure.__dict__ for failure in fuzz.failures]}
     (report_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return report
+
+
+@contextlib.contextmanager
+def measured_server(record: BuildRecord, log: Path, runtime: Path, port_in_image: int) -> Iterator[tuple[str, MemoryProfile]]:
+    """The container when its image exists and Docker is reachable (memory as its cgroup counts it);
+    else the Bento in the lean runtime venv, one process, as the pod runs it (memory of the process tree)."""
+    if record.image_built and docker_available():
+        with container_served(record.image, port_in_image, log) as (url, container), \
+                MemoryProfile.of_container(container) as memory:
+            yield url, memory
+        return
+    with served(record.bento_tag, log, "single", runtime) as server, MemoryProfile.of_process(server.pid) as memory:
+        yield server.url, memory
 
 
 def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:

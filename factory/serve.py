@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 from factory.errors import ServeError
 
@@ -87,20 +87,52 @@ def process_served(command: list[str], cwd: Path, log: Path, port: int, ready_pa
 
 
 def wait_ready(server: Served, timeout_s: float, path: str = "/readyz") -> None:
+    wait_until_ready(server.url + path, timeout_s, lambda: server.process.poll() is None, server.log)
+
+
+def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log: Path) -> None:
+    """Poll `url` until it answers 200; fail early, with the log's tail, if the server dies."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise ServeError(f"the model server exited with code {server.process.returncode} before it was "
-                             f"ready; its log ({server.log}) ends with:\n{_tail(server.log)}")
+        if not alive():
+            raise ServeError(f"the model server exited before it was ready; its log ({log}) ends with:\n{_tail(log)}")
         try:
-            with urllib.request.urlopen(server.url + path, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
-    raise ServeError(f"the model server at {server.url} was not ready after {timeout_s:.0f} s; "
-                     f"its log ({server.log}) ends with:\n{_tail(server.log)}")
+    raise ServeError(f"{url} was not ready after {timeout_s:.0f} s; the server's log ({log}) ends with:\n{_tail(log)}")
+
+
+@contextlib.contextmanager
+def container_served(image: str, port_in_image: int, log: Path,
+                     ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[tuple[str, object]]:
+    """The built image, run as the Deployment runs it (one process), on a free 127.0.0.1 port."""
+    import docker
+
+    client = docker.from_env()
+    port = free_port()
+    container = client.containers.run(
+        image, command=["python", "-m", "mf_serve", "--host", "0.0.0.0", "--port", str(port_in_image)],
+        working_dir="/home/bentoml/bento/src", detach=True,
+        environment={"BENTOML_HOME": "/home/bentoml/bento", "BENTOML_DO_NOT_TRACK": "true"},
+        ports={f"{port_in_image}/tcp": ("127.0.0.1", port)})
+
+    def alive() -> bool:
+        container.reload()
+        if container.status != "running":
+            log.write_bytes(container.logs())
+        return container.status in ("created", "running")
+
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz", ready_timeout_s, alive, log)
+        yield f"http://127.0.0.1:{port}", container
+    finally:
+        with contextlib.suppress(Exception):
+            log.write_bytes(container.logs())
+        container.remove(force=True)
 
 
 def stop(process: subprocess.Popen) -> None:
