@@ -57,8 +57,12 @@ demo: venv $(REGISTRY)
 test: venv tools
 	$(BIN)/python -m pytest -n 2 -q
 
-bench: venv tools
+# Every benchmark, each printing its side-by-side comparison (see BENCHMARKS.md); ~10 minutes.
+bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.render
+	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.sizing
+	$(BIN)/python -m bench.proxy --duration 3 --runs 7 --asgi
 
 clean:
 	rm -rf build factory-state registry .pytest_cache .hypothesis
