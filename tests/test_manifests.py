@@ -110,7 +110,7 @@ def test_proxy_manifests_mount_routes_and_roll_on_change() -> None:
     files = proxy_manifests(SETTINGS, "registry.example.com/model-factory/proxy:1", "version: 1\nroutes: []\n")
     deployment = parsed(files["proxy/deployment.yaml"])
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["python", "-m", "proxy", "--routes", "/etc/model-factory/routes.yaml",
+    assert container["command"] == ["python", "-m", "proxy", "--routes", "/etc/model-factory/routes.yaml",
                                  "--host", "0.0.0.0", "--port", "8000"]
     assert container["volumeMounts"][0]["mountPath"] == "/etc/model-factory"
     assert parsed(files["proxy/configmap.yaml"])["data"] == {"routes.yaml": "version: 1\nroutes: []\n"}
