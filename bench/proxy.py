@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import socket
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from bench.wrk import parse
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = '{"user_id": "u1", "rows": [{"sepal_length": 5.1, "sepal_width": 3.5}]}'
@@ -130,25 +131,14 @@ class Sample:
     cpu_us_per_req: float
 
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _latency_ms(text: str, percentile: str) -> float:
-    match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
 def run_wrk(url: str, script: Path, connections: int, duration: float, cpu_of: list[psutil.Process]) -> Sample:
     before = sum(sum(p.cpu_times()[:2]) for p in cpu_of)
     out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
                           "--latency", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     cpu = sum(sum(p.cpu_times()[:2]) for p in cpu_of) - before
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return Sample(rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-                  p50_ms=_latency_ms(out, "50"), p99_ms=_latency_ms(out, "99"), errors=errors,
-                  cpu_us_per_req=1e6 * cpu / max(requests, 1))
+    result = parse(out)
+    return Sample(rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms, errors=result.errors,
+                  cpu_us_per_req=1e6 * cpu / max(result.requests, 1))
 
 
 class Servers:

@@ -147,9 +147,10 @@ def register(example: Example, registry: Path, seed: int) -> int:
     rng = np.random.default_rng(seed)
     frame, target = example.make_data(rng)
     model = example.make_model()
-    model.fit(frame.to_numpy(dtype=object) if example.optional_columns else frame.to_numpy(), target)
-    output = getattr(model, example.predict_fn)(frame.head(5).to_numpy(dtype=object)
-                                                  if example.optional_columns else frame.head(5).to_numpy())
+    # Mixed columns stay objects so strings and NaN survive; all-numeric ones become one float array.
+    features = frame.to_numpy(dtype=object) if example.optional_columns else frame.to_numpy()
+    model.fit(features, target)
+    output = getattr(model, example.predict_fn)(features[:5])
     experiment = mlflow.get_experiment_by_name("model-factory-examples")
     experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(
         "model-factory-examples", artifact_location=(registry / "artifacts").resolve().as_uri())

@@ -247,18 +247,20 @@ def _content_hash(folder: dict[str, str], resolved: ResolvedModel) -> str:
 def _model_exists(tag: str) -> bool:
     import bentoml
 
-    try:
-        bentoml.models.get(tag)
-        return True
-    except bentoml.exceptions.NotFound:
-        return False
+    return _in_store(bentoml.models.get, tag)
 
 
 def _bento_exists(tag: str) -> bool:
     import bentoml
 
+    return _in_store(bentoml.get, tag)
+
+
+def _in_store(get, tag: str) -> bool:
+    import bentoml
+
     try:
-        bentoml.get(tag)
+        get(tag)
         return True
     except bentoml.exceptions.NotFound:
         return False

@@ -17,8 +17,7 @@ from factory.build import BuildRecord, select_models
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import DeployError, ManifestError
 from factory.loader import load_catalog
-from factory.render import GENERATED_HEADER
-from factory.routes import route_table
+from factory.routes import routes_yaml
 from factory.state import StateDir
 from factory.summary import table
 
@@ -87,9 +86,8 @@ def _measured_peak(state: StateDir, model: ModelSpec) -> Optional[int]:
 
 
 def _proxy_files(catalog: Catalog, source: str) -> dict[str, str]:
-    routes_yaml = GENERATED_HEADER.format(source=source) + "\n" + route_table(catalog).to_yaml()
     image = os.environ.get(PROXY_IMAGE_ENV, f"{catalog.kubernetes.image_registry}/proxy:0.1.0")
-    return manifests.proxy_manifests(catalog.kubernetes, image, routes_yaml)
+    return manifests.proxy_manifests(catalog.kubernetes, image, routes_yaml(catalog, source))
 
 
 def sizing_table(sized: list[SizedModel]) -> str:

@@ -76,11 +76,8 @@ class FuzzResult:
         return sum(not record.ok for record in self.records)
 
     def latency_ms(self, percentile: float) -> float:
-        """Nearest-rank percentile over every request sent, shrinking included; 0 when none was sent."""
-        latencies = sorted(record.latency_ms for record in self.records)
-        if not latencies:
-            return 0.0
-        return latencies[max(0, math.ceil(percentile / 100 * len(latencies)) - 1)]
+        """Over every request sent, shrinking included."""
+        return nearest_rank([record.latency_ms for record in self.records], percentile)
 
     def summary(self) -> dict:
         return {
@@ -199,6 +196,12 @@ def _strings(value: Any) -> Iterator[str]:
 def excerpt(data: bytes, limit: int = 2000) -> str:
     text = data.decode("utf-8", "backslashreplace")
     return text if len(text) <= limit else f"{text[:limit]}... ({len(data)} bytes in all)"
+
+
+def nearest_rank(values: list[float], percentile: float) -> float:
+    """The nearest-rank percentile of `values`; 0 when there are none."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(percentile / 100 * len(ordered)) - 1)] if ordered else 0.0
 
 
 def minimal_failure(report_dir: Path, model: str, seed: int, base_url: str, slug: str, *, kind: str,

@@ -7,11 +7,12 @@ batches and measuring memory under concurrency, not for throughput figures (benc
 from __future__ import annotations
 
 import http.client
-import math
 import threading
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from factory.fuzz_report import nearest_rank
 
 
 @dataclass
@@ -34,8 +35,7 @@ class LoadResult:
         return sum(count for status, count in self.statuses.items() if status not in ("200", "503"))
 
     def percentile(self, percent: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)] if ordered else 0.0
+        return nearest_rank(self.latencies_ms, percent)
 
     def summary(self) -> dict:
         return {"requests": self.requests, "failures": self.failures, "shed": self.shed, "statuses": dict(sorted(self.statuses.items())),

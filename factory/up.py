@@ -14,8 +14,7 @@ from factory.build import BuildRecord, ensure_in_store
 from factory.catalog import Catalog
 from factory.errors import ServeError
 from factory.loader import load_catalog
-from factory.render import GENERATED_HEADER
-from factory.routes import route_table
+from factory.routes import routes_yaml
 from factory.runtime import runtime_python
 from factory.serve import Served, free_port, process_served, served
 from factory.state import StateDir
@@ -42,8 +41,8 @@ def running(catalog_path: Path, progress: Progress) -> Iterator[tuple[Catalog, S
             urls[model.name] = server.url
             progress(f"[{position}/{len(catalog.models)}] {model.name} at {server.url}")
         routes = logs / "routes.yaml"
-        table = route_table(catalog, lambda model: f"{urls[model.name]}/predict")
-        routes.write_text(GENERATED_HEADER.format(source=catalog_path.name) + "\n" + table.to_yaml(), encoding="utf-8")
+        routes.write_text(routes_yaml(catalog, catalog_path.name, lambda model: f"{urls[model.name]}/predict"),
+                          encoding="utf-8")
         port = free_port()
         command = [sys.executable, "-m", "proxy", "--routes", str(routes), "--host", "127.0.0.1", "--port", str(port)]
         proxy = stack.enter_context(process_served(command, ROOT, logs / "proxy.log", port, "/readyz"))

@@ -41,21 +41,14 @@ def record(env: FactoryEnv, model: str) -> dict:
 @pytest.fixture(scope="module", params=["bentoml", "single"])
 def servers(request: pytest.FixtureRequest, built: FactoryEnv):
     """Both example models served for real: by `bentoml serve`, and as the pod runs them (one process)."""
-    import os
-
     from factory.runtime import runtime_python
     from factory.serve import served
 
-    previous = dict(os.environ)
-    os.environ.update(built.env)
-    try:
+    with built.activated():
         runtime = runtime_python(built.state)
         with served(record(built, MIXED_MODEL)["bento_tag"], built.state / "mixed.log", request.param, runtime) as mixed, \
                 served(record(built, ALIAS_MODEL)["bento_tag"], built.state / "alias.log", request.param, runtime) as alias:
             yield {MIXED_MODEL: mixed.url, ALIAS_MODEL: alias.url}
-    finally:
-        os.environ.clear()
-        os.environ.update(previous)
 
 
 @pytest.mark.parametrize("model", [MIXED_MODEL, ALIAS_MODEL])

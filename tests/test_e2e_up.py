@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,9 +43,7 @@ def test_up_serves_models_through_the_proxy_and_stops_everything(built: FactoryE
 
     catalog = tmp_path / "models.yaml"
     catalog.write_text(CATALOG)
-    previous = dict(os.environ)
-    os.environ.update(built.env)
-    try:
+    with built.activated():
         with running(catalog, progress=lambda line: None) as (parsed, proxy):
             children = psutil.Process().children(recursive=True)
             golden = json.loads((built.state / "builds" / ALIAS_MODEL / "golden.json").read_text())
@@ -58,8 +55,5 @@ def test_up_serves_models_through_the_proxy_and_stops_everything(built: FactoryE
             assert variants == {MIXED_MODEL, ALIAS_MODEL}  # both variants reached, by user
             commands = example_commands(parsed, proxy.url, StateDir(built.state))
             assert any("X-User-Id: user-42" in line for line in commands)
-    finally:
-        os.environ.clear()
-        os.environ.update(previous)
     assert len(children) >= 3 and not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
                                            for child in children)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 FACTORY = [sys.executable, "-m", "factory.cli"]
@@ -24,6 +26,17 @@ class FactoryEnv:
     @property
     def state(self) -> Path:
         return Path(self.env["FACTORY_STATE"])
+
+    @contextlib.contextmanager
+    def activated(self) -> Iterator[None]:
+        """This environment in the test process itself (for in-process factory calls), restored after."""
+        previous = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(previous)
 
     def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         result = subprocess.run([*FACTORY, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
