@@ -26,6 +26,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import psutil
 
@@ -122,6 +123,20 @@ WRK_SCRIPT = textwrap.dedent("""\
     """).replace("BODY", BODY)
 
 
+GRANIAN = [str(Path(sys.executable).with_name("granian")), "--factory", "--no-ws", "--http", "1", "--loop", "uvloop",
+           "--log-level", "warning"]
+# The proxy's ASGI app under each candidate server; settings reach it as PROXY_* variables.
+SERVERS: dict[str, Callable[[int], list[str]]] = {
+    "granian-asgi": lambda port: [*GRANIAN, "--interface", "asgi", "--port", str(port), "proxy.app:create_app_from_env"],
+    "granian-asgi-st": lambda port: [*GRANIAN, "--runtime-mode", "st", "--interface", "asgi", "--port", str(port), "proxy.app:create_app_from_env"],
+    "granian-rsgi": lambda port: [*GRANIAN, "--interface", "rsgi", "--port", str(port), "proxy.app:create_app_from_env"],
+    "uvicorn": lambda port: [sys.executable, "-m", "uvicorn", "--factory", "--http", "httptools", "--loop", "uvloop",
+                             "--no-access-log", "--log-level", "warning", "--port", str(port),
+                             "proxy.app:create_app_from_env"],
+    "fast-path": lambda port: [sys.executable, "-m", "proxy", "--port", str(port)],
+}
+
+
 @dataclass
 class Sample:
     rps: float
@@ -148,8 +163,8 @@ class Servers:
         self.work = work
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, args: list[str]) -> psutil.Process:
-        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *args], cwd=REPO, start_new_session=True,
+    def start(self, args: list[str], env: Optional[dict[str, str]] = None) -> psutil.Process:
+        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *args], cwd=REPO, start_new_session=True, env=env,
                                 stdout=subprocess.DEVNULL, stderr=open(self.work / "servers.log", "ab"))
         self.procs.append(proc)
         return psutil.Process(proc.pid)
@@ -178,10 +193,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[tuple[str, int], list[
         routes.write_text(routes_yaml(up_port))
         targets = {"direct": (f"http://127.0.0.1:{up_port}/predict", [upstream]),
                    "nginx": (f"http://127.0.0.1:{ref_port}{ROUTE}", [reference])}
-        for name, fast_path in [("proxy", "true"), ("proxy-asgi", "false")][:2 if args.asgi else 1]:
+        env = {**os.environ, "PROXY_ROUTES": str(routes), "PROXY_LOG_LEVEL": "warning"}
+        for name in args.servers:
             port = free_port()
-            proxy = servers.start([sys.executable, "-m", "proxy", "--routes", str(routes), "--port", str(port),
-                                   "--log-level", "warning", "--fast-path", fast_path])
+            proxy = servers.start(SERVERS[name](port), env)
             targets[name] = (f"http://127.0.0.1:{port}{ROUTE}", [proxy])
         for url, _ in targets.values():
             wait_port(int(url.split(":")[2].split("/")[0]))
@@ -233,7 +248,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--runs", type=int, default=3, help="interleaved rounds; the table shows medians")
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 16])
-    parser.add_argument("--asgi", action="store_true", help="also measure the proxy with --fast-path false")
+    parser.add_argument("--servers", nargs="+", choices=sorted(SERVERS), default=["granian-asgi"])
     args = parser.parse_args()
     missing = [tool for tool in ("wrk", "nginx", "taskset") if shutil.which(tool) is None]
     if missing:
@@ -248,8 +263,9 @@ def main() -> int:
           f"servers on CPU {SERVER_CPU}\n")
     names = list(dict.fromkeys(name for name, _ in samples))
     print(report(samples, args.connections, names))
-    proxy = [median(samples[("proxy", c)], "rps") / median(samples[("nginx", c)], "rps") for c in args.connections]
-    added = [median(samples[("proxy", c)], "p99_ms") - median(samples[("direct", c)], "p99_ms")
+    first = args.servers[0]
+    proxy = [median(samples[(first, c)], "rps") / median(samples[("nginx", c)], "rps") for c in args.connections]
+    added = [median(samples[(first, c)], "p99_ms") - median(samples[("direct", c)], "p99_ms")
              for c in args.connections]
     print(f"\ngoals: proxy/nginx throughput >= 0.50: {min(proxy):.2f} ({'met' if min(proxy) >= 0.5 else 'NOT met'}); "
           f"added p99 <= 2 ms: {max(added):.2f} ms ({'met' if max(added) <= 2 else 'NOT met'})")
