@@ -62,7 +62,7 @@ bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.sizing
-	$(BIN)/python -m bench.proxy --duration 3 --runs 7 --asgi
+	$(BIN)/python -m bench.proxy --duration 3 --runs 7
 
 clean:
 	rm -rf build factory-state registry .pytest_cache .hypothesis
