@@ -111,7 +111,10 @@ def test_proxy_manifests_mount_routes_and_roll_on_change() -> None:
     deployment = parsed(files["proxy/deployment.yaml"])
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "proxy", "--routes", "/etc/model-factory/routes.yaml",
-                                 "--host", "0.0.0.0", "--port", "8000"]
+                                 "--host", "0.0.0.0", "--port", "8000", "--drain-timeout-s", "20"]
+    # The kubelet's SIGKILL must come after the preStop sleep and the proxy's whole drain time.
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > pre_stop + 20
     assert container["volumeMounts"][0]["mountPath"] == "/etc/model-factory"
     assert parsed(files["proxy/configmap.yaml"])["data"] == {"routes.yaml": "version: 1\nroutes: []\n"}
     other = proxy_manifests(SETTINGS, "registry.example.com/model-factory/proxy:1", "version: 1\nroutes: [x]\n")
