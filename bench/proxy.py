@@ -252,10 +252,16 @@ def report(samples: dict[tuple[str, int], list[Sample]], connections: list[int],
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def round_arguments(description: str) -> argparse.ArgumentParser:
+    """--duration and --runs, shared by the proxy benchmarks."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    parser.add_argument("--runs", type=int, default=3, help="interleaved rounds; the table shows medians")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved rounds; the tables show medians")
+    return parser
+
+
+def main() -> int:
+    parser = round_arguments(__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--servers", nargs="+", choices=sorted(SERVERS), default=["proxy", "uvicorn"])
     args = parser.parse_args()

@@ -55,7 +55,7 @@ def create_app(settings: ProxySettings) -> DataPlane:
 
 
 def create_app_from_env() -> DataPlane:
-    """Factory for uvicorn worker processes, which get their settings through the environment."""
+    """Factory for a server started by name (bench/proxy.py runs the app on uvicorn too); settings come from PROXY_*."""
     return create_app(ProxySettings.from_env())
 
 

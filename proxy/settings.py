@@ -51,5 +51,5 @@ class ProxySettings(BaseModel):
         return cls.model_validate(values)
 
     def to_env(self) -> dict[str, str]:
-        """The same settings as environment variables, for worker processes started by uvicorn."""
+        """The same settings as PROXY_* environment variables, for `create_app_from_env` in another process."""
         return {ENV_PREFIX + name.upper(): str(value) for name, value in self.model_dump().items() if value is not None}
