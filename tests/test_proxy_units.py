@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from proxy.dataplane import sticky_key
 from proxy.errors import ProxyError
 from proxy.forward import UpstreamClient, UpstreamError, UpstreamResponse, request_header_block, response_headers
 from proxy.metrics import ProxyMetrics
-from proxy.reload import RouteStore
+from proxy.reload import RouteStore, describe_error
 from proxy.routing import RouteTable, compile_table
 from proxy.settings import ProxySettings
 from tests.proxy_support.harness import REPO, experiment_route, plain_route, write_routes
@@ -275,3 +276,16 @@ def test_not_ready_until_a_table_loads(tmp_path):
     assert [status for status, _ in before] == [503, 503]
     assert b'"not_ready"' in before[0][1] and b'"not_ready"' in before[1][1]
     assert reloaded and after == (200, b'{"status":"ready","routes":1}')
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("max_header_bytes", "4096", "max_header_bytes: Input should be greater than or equal to 8192"),
+    ("header_timeout_s", "61", "header_timeout_s: Input should be less than or equal to 60"),
+    ("body_timeout_s", "0", "body_timeout_s: Input should be greater than 0"),
+    ("max_response_bytes", "-1", "max_response_bytes: Input should be greater than or equal to 0"),
+    ("drain_timeout_s", "0", "drain_timeout_s: Input should be greater than or equal to 1"),
+])
+def test_edge_settings_out_of_range_are_refused_by_name(flag, value, message):
+    with pytest.raises(ValidationError) as caught:
+        ProxySettings.from_env({"PROXY_ROUTES": "r.yaml", "PROXY_" + flag.upper(): value})
+    assert describe_error(caught.value) == message
