@@ -19,6 +19,7 @@ YamlPath = tuple[PathPart, ...]
 
 MAX_NODES = 2_000_000  # aliases can make a small file expand exponentially ("billion laughs")
 MAX_BYTES = 20 * 1024 * 1024
+MAX_DEPTH = 64  # the catalog's schema needs 6; Python's recursion limit is hit near 300
 PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 TAG_HINT = "remove the tag; models.yaml takes plain strings, numbers, lists and mappings"
 
@@ -129,6 +130,27 @@ class _TooLarge(Exception):
     pass
 
 
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark):
+        super().__init__()
+        self.line, self.column = mark.line + 1, mark.column + 1
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML composes recursively: stop at MAX_DEPTH, long before Python's recursion limit would."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def load_located(text: str, file: str) -> tuple[Any, SourceMap, list[Problem], bool]:
     """Parse YAML into plain values, a SourceMap, problems found on the way, and whether they are fatal.
 
@@ -140,7 +162,10 @@ def load_located(text: str, file: str) -> tuple[Any, SourceMap, list[Problem], b
         raise CatalogError([Problem(file, 0, 0, "", f"file is larger than {MAX_BYTES // 2**20} MiB",
                                     "split the catalog or generate it with matrix entries")])
     try:
-        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        documents = list(yaml.compose_all(text, Loader=_DepthLimitedLoader))
+    except _TooDeep as exc:
+        raise CatalogError([Problem(file, exc.line, exc.column, "", f"nested deeper than {MAX_DEPTH} levels",
+                                    "models.yaml needs a handful of levels: flatten the nesting")]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
