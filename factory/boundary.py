@@ -45,6 +45,8 @@ def translate(exc: BaseException) -> FactoryError:
                                "flatten the nesting of the file being read")
     if isinstance(exc, MemoryError):
         return UnexpectedError("out of memory; close other programs or work on fewer models at once")
+    if isinstance(exc, UnicodeDecodeError):
+        return UnexpectedError(f"a file is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8")
     if isinstance(exc, json.JSONDecodeError):
         return UnexpectedError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")
     if isinstance(exc, OSError):

@@ -88,6 +88,9 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
             load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
                             concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
                             duration_s=settings.load_seconds)
+    if memory.peak_bytes <= 0:
+        raise ServeError(f"{catalog.where(model.name)}: no memory sample of the served model was taken "
+                         f"({memory.report()['sampler']}); its process ended early? See {report_dir / 'serve.log'}")
     write_junit([fuzz], report_dir / "junit.xml")
     write_json(fuzz, report_dir / "fuzz.json")
     report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
