@@ -98,10 +98,10 @@ def test_sigterm_stops_accepting_and_exits_after_the_drain_time(tmp_path, make_p
     proxy = make_proxy(path, drain_timeout_s=1)
     before = upstreams["a"].posts()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        stuck = pool.submit(proxy.post, "/m", b"{}", {"x-test-behaviour": "sleep:30"}, 40)
+        stuck = pool.submit(proxy.post, "/m", b"{}", {"x-test-behaviour": "sleep:60"}, 70)
         wait_until(lambda: upstreams["a"].posts() > before, 5, "the request to reach the upstream")
         proxy.process.send_signal(signal.SIGTERM)
-        assert proxy.process.popen.wait(timeout=15) in (0, 1, -signal.SIGTERM)  # not the upstream's 30 s
+        assert proxy.process.popen.wait(timeout=30) in (0, 1)  # a bound far below the upstream's 60 s
         try:
             outcome = stuck.result(timeout=5).status
         except OSError as exc:  # cut off after the drain time: a reset or a closed connection
