@@ -42,7 +42,7 @@ def build_command(catalog_path: Path, names: Iterable[str], everything: bool, pr
     models = select_models(catalog, names, everything)
     state = StateDir.from_env().activate()
     builder = Builder(catalog, render_catalog(catalog, source=catalog_path.name),
-                      Registry(catalog, tracking_uri(catalog_path.resolve().parent)), state, progress)
+                      Registry(catalog, tracking_uri(Path.cwd())), state, progress)
     outcomes = []
     for position, model in enumerate(models, start=1):
         outcome = builder.build(model)

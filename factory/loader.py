@@ -23,7 +23,8 @@ DEFAULT_SECTIONS: dict[str, type[BaseModel]] = {"batching": Batching, "resources
 
 
 def load_catalog(path: Path) -> Catalog:
-    display = str(path)
+    # A symlinked catalog is named with its target, so every line says which file was really read.
+    display = f"{path} -> {path.resolve()}" if path.is_symlink() else str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -63,6 +64,14 @@ def parse_catalog(text: str, file: str = "models.yaml") -> Catalog:
     return validator.catalog(data)
 
 
+def _kind(data: Any) -> str:
+    if data is None:
+        return "an empty document"
+    if isinstance(data, str):
+        return f"a plain string of {len(data)} characters"
+    return f"a {type(data).__name__}"
+
+
 def _prefixed(problem: Problem) -> Problem:
     return dataclasses.replace(problem, path="models" + problem.path if problem.path.startswith("[") else problem.path)
 
@@ -74,7 +83,9 @@ class _Validator:
 
     def catalog(self, data: Any) -> Catalog:
         if not isinstance(data, dict):
-            self._fail((), f"must be a list of models or a mapping with {', '.join(TOP_KEYS)} (got {shown(data)})")
+            # The kind only, never the text: a mistyped -f or symlink may point at a file that is not ours.
+            self._fail((), f"must be a list of models or a mapping with {', '.join(TOP_KEYS)} "
+                           f"(got {_kind(data)})", "is this the right file? `factory validate -f PATH/TO/models.yaml`")
         for key in data:
             if key not in TOP_KEYS:
                 self.problems.append(self.source.problem((key,), "unknown top-level key",

@@ -305,3 +305,15 @@ def test_every_independent_problem_in_one_pass() -> None:
         "models.yaml:20:17: experiments[0].variants[1].model: unknown model 'nope' (hint: name a model listed "
         "under models:)",
     ]
+
+
+def test_symlinked_catalog_is_named_and_its_text_not_echoed(tmp_path) -> None:
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU\n")
+    link = tmp_path / "models.yaml"
+    link.symlink_to(secret)
+    result = CliRunner().invoke(main, ["validate", "-f", str(link)])
+    assert (result.exit_code, result.stderr) == (1, (
+        f"{link} -> {secret}:1:1: must be a list of models or a mapping with kubernetes, defaults, models, "
+        "experiments (got a plain string of 67 characters) (hint: is this the right file? "
+        "`factory validate -f PATH/TO/models.yaml`)\n"))
