@@ -35,12 +35,14 @@ class SizedModel:
 
 
 def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool, proxy: bool,
-                      progress: Progress) -> list[SizedModel]:
+                      progress: Progress, allow_failed: bool = False) -> list[SizedModel]:
     catalog = load_catalog(catalog_path)
     state = StateDir.from_env()
     models = select_models(catalog, names, everything) if (names or everything) else []
     if not models and not proxy:
         raise ManifestError("name the models to size, pass --all, or pass --proxy")
+    if not allow_failed:
+        _refuse_untested(models, state)
     files, sized = {}, []
     for model in models:
         model_files, sizing = _sized_model(catalog, model, state)
@@ -78,11 +80,38 @@ def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[d
     return files, SizedModel(model.name, model.route, peak_mib, sizing)
 
 
-def _measured_peak(state: StateDir, model: ModelSpec) -> Optional[int]:
-    report = state.report_dir(model.name) / "report.json"
-    if not report.is_file():
+def _refuse_untested(models: list[ModelSpec], state: StateDir) -> None:
+    """Manifests only for models whose last `factory test` passed: a failed one must not be deployed."""
+    verdicts = {model.name: _last_test(state, model) for model in models}
+    refused = {name: verdict for name, verdict in verdicts.items() if verdict != "passed"}
+    if refused:
+        listed = ", ".join(f"{name} ({verdict})" for name, verdict in sorted(refused.items()))
+        raise ManifestError(f"refusing to write manifests for models whose last test did not pass: {listed}; run "
+                            f"`factory test {' '.join(sorted(refused))}` and fix them, or pass --allow-failed")
+
+
+def _last_test(state: StateDir, model: ModelSpec) -> str:
+    report = _report(state, model)
+    if report is None:
+        return "not tested"
+    return "passed" if report.get("passed") is True else "failed"
+
+
+def _report(state: StateDir, model: ModelSpec) -> Optional[dict]:
+    path = state.report_dir(model.name) / "report.json"
+    if not path.is_file():
         return None
-    return int(json.loads(report.read_text(encoding="utf-8"))["peak_bytes"])
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ManifestError(f"{path}: unreadable test report ({exc}); run `factory test {model.name}` again") from exc
+
+
+def _measured_peak(state: StateDir, model: ModelSpec) -> Optional[int]:
+    report = _report(state, model)
+    if report is None or not report.get("peak_bytes"):
+        return None
+    return int(report["peak_bytes"])
 
 
 def _proxy_files(catalog: Catalog, source: str) -> dict[str, str]:
