@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
@@ -58,8 +58,8 @@ def test_requirements_file_skips_options_and_locates_bad_lines() -> None:
     text = "# comment\n-r other.txt\nnumpy>=1  # inline\n\nlightgbm==4.7.0; python_version < '3'\n"
     assert [str(r) for r in model_requirements(text, "req.txt")] == ["numpy>=1", 'lightgbm==4.7.0; python_version < "3"']
     assert "lightgbm" not in " ".join(_resolve(["lightgbm==4.7.0; python_version < '3'"]))
-    with pytest.raises(BuildError, match=r"^req.txt:2: not a requirement: 'numpy ==='"):
-        model_requirements("numpy\nnumpy ===\n", "req.txt")
+    with pytest.raises(BuildError, match=r"^req.txt:2: not a requirement: 'numpy =='"):
+        model_requirements("numpy\nnumpy ==\n", "req.txt")
 
 
 def _predictor(predict, allow_non_finite=False) -> mf_runtime.Predictor:
@@ -92,6 +92,7 @@ def _raising_on_negative(batch):
     return batch[:, 0] * 2
 
 
+@settings(deadline=None, max_examples=40)
 @given(st.lists(st.sampled_from([-1.0, 1.0, 2.0, 3.0]), min_size=1, max_size=32))
 def test_only_the_rows_that_raise_fail(values: list[float]) -> None:
     outputs = _predictor(_raising_on_negative).predict(_rows(values))
