@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support.factory_env import ROOT, FactoryEnv
-from e2e_support.flavors import (COLUMNS_MODEL, CUSTOM_MODEL, NAN_MODEL, NO_START_MODEL, RAISING_KIND,
-                                 RAISING_MODEL, WORKING_MODELS)
+from e2e_support.factory_env import ROOT, FactoryEnv, example_module
+
+FLAVORS = example_module("flavors")
+COLUMNS_MODEL, CUSTOM_MODEL, NAN_MODEL = FLAVORS.COLUMNS_MODEL, FLAVORS.CUSTOM_MODEL, FLAVORS.NAN_MODEL
+NO_START_MODEL, RAISING_MODEL, RAISING_KIND = FLAVORS.NO_START_MODEL, FLAVORS.RAISING_MODEL, FLAVORS.RAISING_KIND
+WORKING_MODELS = FLAVORS.WORKING_MODELS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bento")]
 ALL_MODELS = (*WORKING_MODELS, RAISING_MODEL, NAN_MODEL, NO_START_MODEL)
@@ -30,7 +33,7 @@ def _catalog(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def flavors(factory_env: FactoryEnv, tmp_path_factory: pytest.TempPathFactory) -> tuple[FactoryEnv, Path]:
-    subprocess.run([sys.executable, str(ROOT / "tests" / "e2e_support" / "flavors.py"), str(factory_env.root / "registry")],
+    subprocess.run([sys.executable, str(ROOT / "examples" / "flavors.py"), str(factory_env.root / "registry")],
                    env=factory_env.env, check=True, capture_output=True, timeout=600)
     catalog = _catalog(tmp_path_factory.mktemp("flavors") / "models.yaml")
     built = factory_env.run("build", "-f", str(catalog), "--all", timeout=900)

@@ -1,7 +1,8 @@
-"""Register models of every flavor a data scientist may hand the factory, as their frameworks save them.
+"""Register models of every flavor a data scientist may hand the factory, as their frameworks save them,
+plus planted faults: the end-to-end tests and `python -m bench.flavors` serve them.
 
-Run as a script: python flavors.py REGISTRY_DIR. Native-loaded models share one pip requirement list
-and pyfunc models another, so the whole set costs two serving venvs (cached by requirement hash).
+Usage: python examples/flavors.py REGISTRY_DIR. Natively loaded models share one pip requirement
+list and pyfunc models another, so the whole set costs two serving venvs (cached by requirement hash).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ CUSTOM_MODEL = "flavor_custom_pyfunc"        # PythonModel needing a package the
 RAISING_MODEL = "planted_raises"             # PythonModel raising on one input class
 NAN_MODEL = "planted_nan"                    # PythonModel answering NaN for some valid inputs
 NO_START_MODEL = "planted_no_start"          # PythonModel whose load_context fails where it is served
-RAISING_KIND = "unknown"                     # the input class RAISING_MODEL raises on
+RAISING_KIND = "BUS"                         # an input class RAISING_MODEL raises on: any unseen segment
 WORKING_MODELS = (COLUMNS_MODEL, LIGHTGBM_MODEL, XGBOOST_MODEL, TENSOR_MODEL, CUSTOM_MODEL)
 
 
@@ -78,8 +79,9 @@ def _python_model(kind: str):
                 raise FileNotFoundError("weights volume /mnt/weights is not mounted")
 
         def predict(self, context, model_input: pd.DataFrame, params=None):
-            if kind == "raises" and (model_input["segment"] == RAISING_KIND).any():
-                raise ValueError(f"segment {RAISING_KIND!r} was never seen in training")
+            unseen = sorted(set(model_input["segment"]) - {"TAXI", "PHV"})
+            if kind == "raises" and unseen:
+                raise ValueError(f"segments {unseen} were never seen in training")
             if kind == "nan":
                 return np.log(model_input["distance km"].to_numpy() - 1.0)  # NaN below 1 km: a real bug
             return np.asarray(SortedRank([1.0, 2.5, 4.0, 8.0, 15.0]).rank(model_input["distance km"]))
