@@ -9,6 +9,7 @@ Two ways, both real servers:
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import signal
@@ -41,9 +42,13 @@ class Served:
         return self.process.pid
 
 
-def free_port() -> int:
+def free_port(wanted: int = 0) -> int:
+    """`wanted` if it is free on 127.0.0.1 (else a ServeError), or any free port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
+        try:
+            probe.bind(("127.0.0.1", wanted))
+        except OSError as exc:
+            raise ServeError(f"port {wanted} on 127.0.0.1 is in use ({exc.strerror}); pick another --port") from exc
         return probe.getsockname()[1]
 
 
@@ -65,7 +70,7 @@ def serve_command(bento_tag: str, port: int, mode: Mode, runtime_python: Path) -
 def served(bento_tag: str, log: Path, mode: Mode = "single", runtime_python: Path | None = None,
            ready_timeout_s: float = READY_TIMEOUT_S, port: int | None = None) -> Iterator[Served]:
     """Start the Bento, wait for /readyz, yield it; stop the whole process group on exit, whatever happens."""
-    port = port or free_port()
+    port = free_port(port or 0)
     command, cwd = serve_command(bento_tag, port, mode, runtime_python or Path(sys.executable))
     with process_served(command, cwd, log, port, "/readyz", ready_timeout_s) as server:
         yield server
@@ -103,7 +108,7 @@ def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
     raise ServeError(f"{url} was not ready after {timeout_s:.0f} s: {last_error(log)}\nfull serve log: {log}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import signal
 import sys
@@ -69,19 +70,30 @@ def serve_command(catalog_path: Path, name: str, port: int | None, progress: Pro
     if name not in {model.name for model in catalog.models}:
         raise ServeError(f"not in {catalog_path}: {name}; run `factory routes` to list the models")
     state = StateDir.from_env().activate()
+    _stop_on_sigterm()
     with _model_served(catalog, name, state, state.root / "serve", port) as server:
-        progress(f"{name} at {server.url}/predict (serve log: {server.log}); Ctrl-C stops it")
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        progress(f"{name} at {server.url}/predict (serve log: {server.log}); Ctrl-C or `kill {os.getpid()}` stops it")
+        _wait_for_stop()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (how a background `&` job is stopped: it ignores Ctrl-C) unwinds like Ctrl-C, so every
+    server started here is stopped too, even while it is still starting."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+def _wait_for_stop() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.pause()
 
 
 def up_command(catalog_path: Path, progress: Progress) -> None:
+    _stop_on_sigterm()
     with running(catalog_path, progress) as (catalog, proxy):
         progress(f"proxy at {proxy.url} (metrics: {proxy.url}/metrics)\n")
         progress("\n".join(example_commands(catalog, proxy.url, StateDir.from_env())))
         progress("\nCtrl-C stops every process started here.")
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        _wait_for_stop()
 
 
 def example_commands(catalog: Catalog, proxy_url: str, state: StateDir) -> list[str]:
