@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 from bench.serving import Measured, measure, mlflow_served
-from factory.build import BuildRecord
 from factory.runtime import bento_python
 from factory.serve import served
 from factory.state import StateDir
@@ -44,8 +43,8 @@ def prepare(work: Path) -> Path:
 
 
 def bench_model(model: str, state: StateDir, args: argparse.Namespace, logs: Path) -> tuple[Measured, Measured]:
-    record = BuildRecord.load(state.record(model))
-    golden = json.loads(Path(record.golden).read_text())
+    record = state.build_record(model)
+    golden = state.golden(model, Path(record.golden))
     row = golden[0]["inputs"][0]
     with served(record.bento_tag, logs / f"{model}.log", "single", bento_python(state, model)) as server:
         ours = measure(f"{model} (factory)", server, "/predict", json.dumps({"inputs": [row]}), args)
@@ -70,7 +69,7 @@ def main() -> None:
           f"{'errors':>7}")
     for model in MODELS:
         ours, theirs = bench_model(model, state, args, logs)
-        loader = json.loads((state.build_dir(model) / "src" / "resolved.json").read_text())["flavor"]["loader"]
+        loader = state.resolved(model).flavor["loader"]
         errors = sum(run.errors for run in ours.runs + theirs.runs)
         print(f"{model:<24} {loader:<12} {ours.idle_mib:>9.0f} {theirs.idle_mib:>7.0f} {ours.rps:>7.0f} "
               f"{theirs.rps:>7.0f} {ours.rps / theirs.rps:>6.2f} {errors:>7}", flush=True)

@@ -13,8 +13,6 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
-import json
-import os
 import subprocess
 import sys
 import venv
@@ -25,6 +23,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from factory.errors import BuildError, ServeError
+from factory.settings import Settings
 from factory.state import StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,21 +120,16 @@ def requirements_digest(requirements: Iterable[str]) -> str:
 
 def bento_python(state: StateDir, model: str) -> Path:
     """The serving venv of a built model: the requirement set its build resolved."""
-    resolved = state.build_dir(model) / "src" / "resolved.json"
-    try:
-        requirements = json.loads(resolved.read_text(encoding="utf-8"))["requirements"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ServeError(f"{resolved}: no resolved requirements ({exc}); run `factory build {model}` again") from exc
-    return runtime_python(state.root, tuple(requirements))
+    return runtime_python(state.root, tuple(state.resolved(model).requirements))
 
 
 def runtime_python(state_dir: Path, requirements: tuple[str, ...]) -> Path:
     """A venv holding exactly `requirements`, created once per distinct set (~1 minute each)."""
-    override = os.environ.get("FACTORY_RUNTIME_PYTHON")
-    if override:
-        return Path(override)
+    settings = Settings.from_env()
+    if settings.runtime_python:
+        return settings.runtime_python
     digest = requirements_digest(requirements)
-    base = Path(os.environ.get("FACTORY_RUNTIME_HOME") or state_dir / "runtime")
+    base = settings.runtime_home or state_dir / "runtime"
     home = (base / digest).resolve()
     home.parent.mkdir(parents=True, exist_ok=True)
     # Parallel jobs (pytest-xdist, several `factory test`s) must not build the same venv at once.

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from factory.build import BuildRecord, ensure_in_store
+from factory.build import ensure_in_store
 from factory.catalog import Catalog
 from factory.errors import FactoryError, ServeError
 from factory.loader import load_catalog
@@ -29,7 +29,8 @@ def running(catalog_path: Path, progress: Progress) -> Iterator[tuple[Catalog, S
     """Serve every model (as its pod would) and a proxy routing to them; stop all of it on exit."""
     catalog = load_catalog(catalog_path)
     state = StateDir.from_env().activate()
-    logs = state.root / "up"
+    logs = state.up_dir()
+    logs.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         urls, failed = {}, {}
         for position, model in enumerate(catalog.models, start=1):
@@ -57,7 +58,7 @@ def running(catalog_path: Path, progress: Progress) -> Iterator[tuple[Catalog, S
 
 def _model_served(catalog: Catalog, name: str, state: StateDir, logs: Path,
                   port: int | None = None) -> contextlib.AbstractContextManager:
-    record = BuildRecord.load(state.record(name))
+    record = state.build_record(name)
     if record is None:
         raise ServeError(f"{catalog.where(name)}: not built; run `factory build {name}` first")
     ensure_in_store(record)
@@ -71,7 +72,7 @@ def serve_command(catalog_path: Path, name: str, port: int | None, progress: Pro
         raise ServeError(f"not in {catalog_path}: {name}; run `factory routes` to list the models")
     state = StateDir.from_env().activate()
     _stop_on_sigterm()
-    with _model_served(catalog, name, state, state.root / "serve", port) as server:
+    with _model_served(catalog, name, state, state.serve_dir(), port) as server:
         progress(f"{name} at {server.url}/predict (serve log: {server.log}); Ctrl-C or `kill {os.getpid()}` stops it")
         _wait_for_stop()
 
@@ -114,7 +115,7 @@ def example_commands(catalog: Catalog, proxy_url: str, state: StateDir) -> list[
 
 
 def _example_body(state: StateDir, model: str) -> dict:
-    golden = json.loads((state.build_dir(model) / "golden.json").read_text(encoding="utf-8"))
+    golden = state.golden(model)
     rows = [row for case in golden for row in case["inputs"] if None not in row.values()]
     return {"inputs": [min(rows, key=lambda row: len(json.dumps(row)))]}
 

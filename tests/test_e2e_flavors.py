@@ -90,7 +90,6 @@ def test_manifests_refuse_failed_models_unless_allowed(tested_all) -> None:
 
 
 def test_a_raising_row_fails_alone_in_a_burst(flavors) -> None:
-    from factory.build import BuildRecord
     from factory.runtime import bento_python
     from factory.serve import served
     from factory.state import StateDir
@@ -98,7 +97,7 @@ def test_a_raising_row_fails_alone_in_a_burst(flavors) -> None:
     env, _ = flavors
     with env.activated():
         state = StateDir.from_env()
-        record = BuildRecord.load(state.record(RAISING_MODEL))
+        record = state.build_record(RAISING_MODEL)
         with served(record.bento_tag, env.root / "burst.log", "single", bento_python(state, RAISING_MODEL)) as server:
             bodies = [{"inputs": [{"distance km": 0.5 + index % 17, "hour": index % 24,
                                    "segment": RAISING_KIND if index % 10 == 0 else "TAXI"}]} for index in range(200)]

@@ -13,19 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from factory.build import BuildRecord, docker_available, ensure_in_store, select_models
+from factory.build import docker_available, ensure_in_store
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, ServeError
 from factory.fuzz import fuzz_service
 from factory.fuzz_report import write_json, write_junit
-from factory.loader import load_catalog
+from factory.loader import load_catalog, select_models
 from factory.golden import sample_requests
 from factory.loadgen import run_load
 from factory.memory import MemoryProfile
 from factory.runtime import bento_python
 from factory.serve import container_served, served
-from factory.state import StateDir
-from factory.summary import table
+from factory.state import BuildRecord, StateDir, TestReport
+from factory.tables import table
 
 Progress = Callable[[str], None]
 IDLE_SECONDS = 2.0
@@ -45,8 +45,8 @@ class QualificationFailed(FactoryError):
     """At least one model broke its contract; the reports say which request."""
 
 
-def qualify_command(catalog_path: Path, names: Iterable[str], everything: bool, settings: TestSettings,
-                 progress: Progress) -> list[dict]:
+def test_command(catalog_path: Path, names: Iterable[str], everything: bool, settings: TestSettings,
+                 progress: Progress) -> list[TestReport]:
     catalog = load_catalog(catalog_path)
     models = select_models(catalog, names, everything)
     state = StateDir.from_env().activate()
@@ -56,44 +56,39 @@ def qualify_command(catalog_path: Path, names: Iterable[str], everything: bool, 
         try:
             report = qualify(catalog, catalog_path, model, state, settings)
         except FactoryError as exc:
-            report = _not_started(model, state, exc)
+            report = TestReport(model=model.name, route=model.route, passed=False, error=str(exc))
+            report.save(state.report_path(model.name))
         reports.append(report)
         progress(f"[{position}/{len(models)}] {model.name}: {_verdict(report)}")
     progress(summary_table(reports))
     for report in reports:
-        if report.get("load", {}).get("shed"):
-            progress(f"note: {report['model']} shed {report['load']['shed']} of {report['load']['requests']} "
+        if report.load and report.load.shed:
+            progress(f"note: {report.model} shed {report.load.shed} of {report.load.requests} "
                      "requests (503) under load; raise batching.max_latency_ms if that is not intended")
-    failed = [report for report in reports if not report["passed"]]
+    failed = [report for report in reports if not report.passed]
     if failed:
         raise QualificationFailed("\n".join(_failure_lines(report) for report in failed))
     return reports
 
 
-def _not_started(model: ModelSpec, state: StateDir, error: FactoryError) -> dict:
-    report = {"model": model.name, "route": model.route, "passed": False, "error": str(error)}
-    (state.report_dir(model.name) / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n",
-                                                               encoding="utf-8")
-    return report
+def _verdict(report: TestReport) -> str:
+    if report.error is not None:
+        return "FAILED, " + report.error.replace("\n", "\n  ")
+    return (f"{'passed' if report.passed else 'FAILED'}, {report.fuzz.requests_fuzzed} requests fuzzed, "
+            f"peak {report.memory.peak_mib} MiB")
 
 
-def _verdict(report: dict) -> str:
-    if "error" in report:
-        return "FAILED, " + report["error"].replace("\n", "\n  ")
-    verdict = "passed" if report["passed"] else "FAILED"
-    return (f"{verdict}, {report['fuzz']['requests_fuzzed']} requests fuzzed, "
-            f"peak {report['memory']['peak_mib']} MiB")
-
-
-def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: StateDir, settings: TestSettings) -> dict:
-    record = BuildRecord.load(state.record(model.name))
+def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: StateDir,
+            settings: TestSettings) -> TestReport:
+    record = state.build_record(model.name)
     if record is None:
-        raise ServeError(f"{catalog.where(model.name)}: no build record in {state.record(model.name)}; "
+        raise ServeError(f"{catalog.where(model.name)}: no build record in {state.record_path(model.name)}; "
                          f"run `factory build {model.name}` first")
     ensure_in_store(record)
     report_dir = state.report_dir(model.name)
-    golden = json.loads(Path(record.golden).read_text(encoding="utf-8"))
-    signature = json.loads((state.build_dir(model.name) / "src" / "resolved.json").read_text())["signature"]
+    report_dir.mkdir(parents=True, exist_ok=True)
+    golden = state.golden(model.name, Path(record.golden))
+    signature = state.resolved(model.name).signature
     runtime = bento_python(state, model.name)
     with measured_server(record, report_dir / "serve.log", runtime, catalog.kubernetes.service_port) as (url, memory):
         with memory.phase("idle"):
@@ -108,12 +103,11 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
                             duration_s=settings.load_seconds)
     write_junit([fuzz], report_dir / "junit.xml")
     write_json(fuzz, report_dir / "fuzz.json")
-    report = {"model": model.name, "route": model.route, "bento_tag": record.bento_tag, "seed": settings.seed,
-              "url": url, "serve_log": str(report_dir / "serve.log"), "catalog": str(catalog_path),
-              "passed": fuzz.passed and load.failures == 0, "fuzz": fuzz.summary(), "load": load.summary(),
-              "memory": memory.report(), "peak_bytes": memory.peak_bytes,
-              "failures": [failure.__dict__ for failure in fuzz.failures]}
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
+                        url=url, serve_log=str(report_dir / "serve.log"), catalog=str(catalog_path), passed=fuzz.passed and load.failures == 0, fuzz=fuzz.summary(), load=load.summary(),
+                        memory=memory.report(), peak_bytes=memory.peak_bytes,
+                        failures=[failure.__dict__ for failure in fuzz.failures])
+    report.save(state.report_path(model.name))
     return report
 
 
@@ -138,34 +132,34 @@ def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:
     return [json.dumps(request).encode() for request in requests + [full]]
 
 
-def summary_table(reports: list[dict]) -> str:
+def summary_table(reports: list[TestReport]) -> str:
     rows = [_summary_row(r) for r in reports]
     return table(["model", "route", "result", "fuzzed", "failed", "p50/p99 ms", "idle MiB", "fuzz MiB", "load MiB"],
                  rows)
 
 
-def _serve_again(report: dict) -> str:
+def _summary_row(r: TestReport) -> list[str]:
+    if r.error is not None:
+        return [r.model, r.route, "FAIL", "-", "-", "-", "-", "-", "-"]
+    return [r.model, r.route, "pass" if r.passed else "FAIL", str(r.fuzz.requests_fuzzed),
+            str(r.fuzz.failed_requests), f"{r.fuzz.latency_p50_ms:.1f}/{r.fuzz.latency_p99_ms:.1f}",
+            *(f"{r.memory.phases.get(phase, {}).get('rss_mib', 0):.0f}" for phase in ("idle", "fuzz", "load"))]
+
+
+def _serve_again(report: TestReport) -> str:
     """`factory serve` on the port the failing run used, so the printed curl reaches it as is."""
-    port = urllib.parse.urlsplit(report["url"]).port
-    return shlex.join(["factory", "serve", "-f", report["catalog"], report["model"], "--port", str(port)])
+    port = urllib.parse.urlsplit(report.url).port
+    return shlex.join(["factory", "serve", "-f", report.catalog, report.model, "--port", str(port)])
 
 
-def _summary_row(r: dict) -> list[str]:
-    if "error" in r:
-        return [r["model"], r["route"], "FAIL", "-", "-", "-", "-", "-", "-"]
-    return [r["model"], r["route"], "pass" if r["passed"] else "FAIL", str(r["fuzz"]["requests_fuzzed"]),
-            str(r["fuzz"]["failed_requests"]), f"{r['fuzz']['latency_p50_ms']:.1f}/{r['fuzz']['latency_p99_ms']:.1f}",
-            *(f"{r['memory']['phases'].get(phase, {}).get('rss_mib', 0):.0f}" for phase in ("idle", "fuzz", "load"))]
-
-
-def _failure_lines(report: dict) -> str:
-    if "error" in report:
-        return f"{report['model']}: failed: {report['error']}"
-    lines = [f"{report['model']}: failed (serve log: {report['serve_log']})"]
-    for failure in report["failures"]:
-        lines += [f"  {failure['kind']}: {failure['reason']}", f"  request: {failure['request_excerpt'][:300]}",
-                  f"  replay: {_serve_again(report)} &  # stays up until Ctrl-C; it prints its serve log",
-                  f"          {failure['replay_curl']}", f"  rerun:  {failure['replay_factory']}"]
-    if report["load"]["failures"]:
-        lines.append(f"  load phase: {report['load']['failures']} failed requests {report['load']['statuses']}")
+def _failure_lines(report: TestReport) -> str:
+    if report.error is not None:
+        return f"{report.model}: failed: {report.error}"
+    lines = [f"{report.model}: failed (serve log: {report.serve_log})"]
+    for failure in report.failures:
+        lines += [f"  {failure.kind}: {failure.reason}", f"  request: {failure.request_excerpt[:300]}",
+                  f"  replay: {_serve_again(report)} &  # stays up until stopped; it prints its serve log",
+                  f"          {failure.replay_curl}", f"  rerun:  {failure.replay_factory}"]
+    if report.load.failures:
+        lines.append(f"  load phase: {report.load.failures} failed requests {report.load.statuses}")
     return "\n".join(lines)
