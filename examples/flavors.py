@@ -97,8 +97,9 @@ def register_flavors(registry: Path) -> None:
     from sklearn.linear_model import LinearRegression
 
     mlflow.set_tracking_uri(f"sqlite:///{registry.resolve() / 'mlflow.db'}")
+    artifacts = (registry / "artifacts").resolve().as_uri()
     experiment = mlflow.get_experiment_by_name("model-factory-flavors") or mlflow.get_experiment(
-        mlflow.create_experiment("model-factory-flavors", artifact_location=(registry / "artifacts").resolve().as_uri()))
+        mlflow.create_experiment("model-factory-flavors", artifact_location=artifacts))
     rng = np.random.default_rng(11)
     frame = _frame(rng)
     target = _target(frame)

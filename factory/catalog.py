@@ -23,7 +23,8 @@ HEADER_PATTERN = r"[A-Za-z0-9][A-Za-z0-9-]{0,63}"
 FIELD_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 NAMESPACE_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _SPECIFIER = r"(?:==|>=|<=|~=|!=|<|>)[A-Za-z0-9.*+!_-]+"
-REQUIREMENT_PATTERN = rf"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:\[[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*\])?(?:{_SPECIFIER}(?:,{_SPECIFIER})*)?"
+_EXTRAS = r"\[[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*\]"
+REQUIREMENT_PATTERN = rf"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:{_EXTRAS})?(?:{_SPECIFIER}(?:,{_SPECIFIER})*)?"
 IMAGE_REGISTRY_PATTERN = r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?(?:/[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?)*"
 
 

@@ -161,7 +161,8 @@ def stop(process: subprocess.Popen) -> None:
 def last_error(log: Path) -> str:
     """The last line of the log that names an exception (else its last line): the cause, in one line."""
     try:
-        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        text = log.read_text(encoding="utf-8", errors="replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
     except OSError:
         return "(no serve log)"
     errors = [line for line in lines if EXCEPTION_LINE.match(line)]

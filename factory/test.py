@@ -104,7 +104,8 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
     write_junit([fuzz], report_dir / "junit.xml")
     write_json(fuzz, report_dir / "fuzz.json")
     report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
-                        url=url, serve_log=str(report_dir / "serve.log"), catalog=str(catalog_path), passed=fuzz.passed and load.failures == 0, fuzz=fuzz.summary(), load=load.summary(),
+                        url=url, serve_log=str(report_dir / "serve.log"), catalog=str(catalog_path),
+                        passed=fuzz.passed and load.failures == 0, fuzz=fuzz.summary(), load=load.summary(),
                         memory=memory.report(), peak_bytes=memory.peak_bytes,
                         failures=[failure.__dict__ for failure in fuzz.failures])
     report.save(state.report_path(model.name))

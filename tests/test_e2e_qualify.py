@@ -80,7 +80,8 @@ def test_planted_crash_is_found_and_printed_with_a_replay(built: FactoryEnv, tmp
     serve_line = next(line for line in result.stderr.splitlines() if "replay: factory serve" in line)
     curl_line = result.stderr.splitlines()[result.stderr.splitlines().index(serve_line) + 1]
     assert json.loads(Path(curl_line.split("@", 1)[1].strip("' ")).read_text())["inputs"]
-    _replay_after_the_run(built, shlex.split(serve_line.split("replay:", 1)[1].split("&", 1)[0]), shlex.split(curl_line))
+    serve = shlex.split(serve_line.split("replay:", 1)[1].split("&", 1)[0])
+    _replay_after_the_run(built, serve, shlex.split(curl_line))
 
 
 def _replay_after_the_run(env: FactoryEnv, serve: list[str], curl: list[str]) -> None:

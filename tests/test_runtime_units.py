@@ -56,7 +56,8 @@ def test_catalog_packages_override_by_name() -> None:
 
 def test_requirements_file_skips_options_and_locates_bad_lines() -> None:
     text = "# comment\n-r other.txt\nnumpy>=1  # inline\n\nlightgbm==4.7.0; python_version < '3'\n"
-    assert [str(r) for r in model_requirements(text, "req.txt")] == ["numpy>=1", 'lightgbm==4.7.0; python_version < "3"']
+    parsed = [str(r) for r in model_requirements(text, "req.txt")]
+    assert parsed == ["numpy>=1", 'lightgbm==4.7.0; python_version < "3"']
     assert "lightgbm" not in " ".join(_resolve(["lightgbm==4.7.0; python_version < '3'"]))
     with pytest.raises(BuildError, match=r"^req.txt:2: not a requirement: 'numpy =='"):
         model_requirements("numpy\nnumpy ==\n", "req.txt")
