@@ -104,9 +104,9 @@ def test_a_raising_row_fails_alone_in_a_burst(flavors) -> None:
             bodies = [{"inputs": [{"distance km": 0.5 + index % 17, "hour": index % 24,
                                    "segment": RAISING_KIND if index % 10 == 0 else "TAXI"}]} for index in range(200)]
             for body in bodies[1:21]:  # BentoML's batching optimizer learns latency from these before the burst
-                _post(server.url, body)
+                _post(f"{server.url}/predict", body)
             with ThreadPoolExecutor(max_workers=50) as pool:
-                answers = list(pool.map(lambda body: _post(server.url, body), bodies))
+                answers = list(pool.map(lambda body: _post(f"{server.url}/predict", body), bodies))
     for body, (status, answer) in zip(bodies, answers):
         row = body["inputs"][0]
         if row["segment"] == RAISING_KIND:
@@ -124,7 +124,7 @@ def _post(url: str, body: dict, attempts: int = 5) -> tuple[int, object]:
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{url}/predict", data=json.dumps(body).encode(),
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -135,3 +135,20 @@ def _post(url: str, body: dict, attempts: int = 5) -> tuple[int, object]:
             time.sleep(float(error.headers["Retry-After"]))
             return _post(url, body, attempts - 1)
         return error.code, answer
+
+
+def test_up_serves_what_starts_and_lists_what_did_not(flavors, tmp_path: Path) -> None:
+    from factory.up import running
+
+    env, _ = flavors
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text("models:\n" + "".join(f"  - {{name: {name}, version: 1, endpoint: {name.replace('_', '-')}}}\n"
+                                             for name in (FLAVORS.LIGHTGBM_MODEL, NO_START_MODEL)))
+    lines: list[str] = []
+    with env.activated(), running(catalog, progress=lines.append) as (_, proxy):
+        status, answer = _post(f"{proxy.url}/{FLAVORS.LIGHTGBM_MODEL.replace('_', '-')}",
+                               {"inputs": [{"distance km": 3.0, "hour": 8}]})
+    assert status == 200 and len(answer) == 1
+    assert any(f"{NO_START_MODEL} did not start: the model server exited before it was ready" in line
+               for line in lines), lines
+    assert f"not serving (1): {NO_START_MODEL}" in lines
