@@ -39,12 +39,13 @@ class ResolvedModel:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
 
-def tracking_uri(catalog_dir: Path) -> str:
-    """MLFLOW_TRACKING_URI when set (a tracking server), else the embedded sqlite registry beside models.yaml."""
+def tracking_uri(project_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI when set (a tracking server), else the project's embedded sqlite registry,
+    `registry/mlflow.db` in the directory `factory` runs from (as `make` does), wherever -f points."""
     configured = Settings.from_env().tracking_uri
     if configured:
         return configured
-    database = (catalog_dir / REGISTRY_DIR / "mlflow.db").resolve()
+    database = (project_dir / REGISTRY_DIR / "mlflow.db").resolve()
     if not database.is_file():
         raise RegistryError(f"no MLflow registry at {database}: run `make registry` to create the example "
                             "registry, or set MLFLOW_TRACKING_URI to your tracking server")
@@ -60,9 +61,16 @@ class Registry:
         self.uri = uri
         # get_model_info and artifact downloads read the global URIs; unset, MLflow 3 would quietly
         # create an empty sqlite registry in the working directory.
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        except MlflowException as exc:
+            raise RegistryError(f"MLflow cannot use the registry at {uri}: {exc.message.split(';')[0]}; set "
+                                "MLFLOW_TRACKING_URI to a tracking server, or unset it to use the project's "
+                                "registry/mlflow.db") from exc
 
     def resolve(self, model: ModelSpec) -> ResolvedModel:
         from mlflow.exceptions import MlflowException

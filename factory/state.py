@@ -25,6 +25,7 @@ from typing import Any, Optional, TypeVar
 import pydantic
 
 from factory.errors import StateError
+from factory.fuzz_report import Failure
 from factory.settings import Settings
 
 RecordT = TypeVar("RecordT", bound="Record")
@@ -46,8 +47,9 @@ class Record(pydantic.BaseModel):
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise StateError(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s)); "
-                             f"the file is not what this factory writes: {fix}") from exc
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise StateError(f"{path}: {where}: {first['msg']}{more}; the file is not what this factory "
+                             f"writes: {fix}") from exc
 
 
 class BuildRecord(Record):
@@ -96,18 +98,6 @@ class MemoryReport(Record):
     phases: dict[str, dict[str, float]]
 
 
-class Failure(Record):
-    kind: str
-    field: Optional[str]
-    reason: str
-    status: Optional[int]
-    request_excerpt: str
-    response_excerpt: str
-    body_file: str
-    replay_curl: str
-    replay_factory: str
-
-
 class TestReport(Record):
     __test__ = False  # not a pytest class, despite the name
 
@@ -124,7 +114,8 @@ class TestReport(Record):
     fuzz: Optional[FuzzSummary] = None
     load: Optional[LoadSummary] = None
     memory: Optional[MemoryReport] = None
-    peak_bytes: int = pydantic.Field(0, ge=0)
+    # sizing divides by it; a sampler that saw nothing is an error (None: nothing was measured)
+    peak_bytes: Optional[int] = pydantic.Field(None, gt=0)
     failures: list[Failure] = []
 
 

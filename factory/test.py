@@ -101,13 +101,16 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
             load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
                             concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
                             duration_s=settings.load_seconds)
+    if memory.peak_bytes <= 0:
+        raise ServeError(f"{catalog.where(model.name)}: no memory sample of the served model was taken "
+                         f"({memory.report()['sampler']}); its process ended early? See {report_dir / 'serve.log'}")
     write_junit([fuzz], report_dir / "junit.xml")
     write_json(fuzz, report_dir / "fuzz.json")
     report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
                         url=url, serve_log=str(report_dir / "serve.log"), catalog=str(catalog_path),
                         passed=fuzz.passed and load.failures == 0, fuzz=fuzz.summary(), load=load.summary(),
                         memory=memory.report(), peak_bytes=memory.peak_bytes,
-                        failures=[failure.__dict__ for failure in fuzz.failures])
+                        failures=list(fuzz.failures))
     report.save(state.report_path(model.name))
     return report
 
