@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.wrk import WrkResult, run_wrk
 from factory.memory import MIB, MemoryProfile
-from factory.runtime import runtime_python
+from factory.runtime import bento_python
 from factory.serve import Served, free_port, process_served, served
 from factory.state import StateDir
 
@@ -95,7 +95,7 @@ def main() -> None:
               key=lambda r: sum(abs(v) for v in r.values() if not isinstance(v, str)))
     logs = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     results = []
-    with served(record.bento_tag, logs / "bento.log", "single", runtime_python(state.root)) as server:
+    with served(record.bento_tag, logs / "bento.log", "single", bento_python(state, record.model)) as server:
         results.append(measure("bento (one process, lean)", server, "/predict", json.dumps({"inputs": [row]}), args))
     with served(record.bento_tag, logs / "bentoml-serve.log", "bentoml") as server:
         results.append(measure("bentoml serve (factory venv)", server, "/predict", json.dumps({"inputs": [row]}), args))

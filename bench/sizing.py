@@ -25,7 +25,7 @@ from factory.golden import sample_requests
 from factory.loader import load_catalog
 from factory.manifests import sizing_for
 from factory.memory import MIB, MemoryProfile
-from factory.runtime import runtime_python
+from factory.runtime import bento_python
 from factory.serve import served
 from factory.state import BuildRecord, StateDir
 
@@ -42,7 +42,8 @@ def held_back_peak(record: BuildRecord, signature: dict, max_batch_size: int, se
     server of CPU) from core 0, every request a full batch."""
     rows = [row for request in sample_requests(signature, 24, max_batch_size, seed=99) for row in request["inputs"]]
     body = json.dumps({"inputs": [rows[i % len(rows)] for i in range(max_batch_size)]})
-    with served(record.bento_tag, state.root / "bench-sizing.log", "single", runtime_python(state.root)) as server, \
+    runtime = bento_python(state, record.model)
+    with served(record.bento_tag, state.root / "bench-sizing.log", "single", runtime) as server, \
             MemoryProfile.of_process(server.pid) as memory:
         psutil.Process(server.pid).cpu_affinity([1])
         with memory.phase("held-back load"):

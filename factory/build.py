@@ -24,6 +24,7 @@ from factory.errors import BuildError, StateError
 from factory.loader import load_catalog, select_models
 from factory.registry import Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
+from factory.runtime import bento_module, model_requirements, resolve_requirements
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
@@ -90,7 +91,7 @@ class Builder:
         started = time.monotonic()
         resolved = self.registry.resolve(model)
         folder = self._rendered_folder(model)
-        content_hash = _content_hash(folder, resolved)
+        content_hash = _content_hash(folder, resolved, model.serving.model_dump_json())
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _bento_exists(previous.bento_tag):
             return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
@@ -143,10 +144,35 @@ class Builder:
         source.mkdir(parents=True)
         for name, text in folder.items():
             (source / name).write_text(text, encoding="utf-8")
-        ResolvedRecord(bento_model_tag=bento_model_tag, signature=resolved.signature, flavor=resolved.flavor,
+        flavor, requirements = self._dependencies(model, resolved, bento_model_tag)
+        write_atomic(source / "requirements.txt", "".join(f"{line}\n" for line in requirements))
+        ResolvedRecord(bento_model_tag=bento_model_tag, signature=resolved.signature, flavor=flavor,
                        registry={"name": resolved.registered_as, "version": resolved.version},
-                       ).save(self.state.resolved_path(model.name))
+                       requirements=list(requirements)).save(self.state.resolved_path(model.name))
         return source
+
+    def _dependencies(self, model: ModelSpec, resolved: ResolvedModel, bento_model_tag: str) -> tuple[dict, tuple]:
+        """The loader the Bento will use, and its packages: the model's requirements merged with the runtime's."""
+        import bentoml
+
+        model_dir = Path(bentoml.models.get(bento_model_tag).path_of("mlflow_model"))
+        flavor = dict(resolved.flavor)
+        packages = list(flavor.pop("packages"))
+        if flavor["loader"] != "pyfunc":
+            try:
+                wants = bento_module("mf_flavors").load(model_dir, flavor).wants
+            except Exception as exc:  # a library missing here or a format it cannot read: pyfunc always can
+                self.progress(f"note: {model.name}: native {flavor['loader']} loading failed ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); serving it through mlflow.pyfunc")
+                flavor, packages, wants = {**flavor, "loader": "pyfunc"}, ["mlflow", "pandas"], "frame"
+            if wants == "frame":
+                packages.append("pandas")  # fit on a DataFrame: it selects columns by name
+        requirements_file = model_dir / "requirements.txt"
+        recorded = requirements_file.read_text(encoding="utf-8") if requirements_file.is_file() else ""
+        requirements = resolve_requirements(model_requirements(recorded, str(requirements_file)), packages,
+                                            model.serving.packages, flavor["loader"] != "pyfunc",
+                                            self.catalog.where(model.name))
+        return flavor, requirements
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.
@@ -177,7 +203,11 @@ class Builder:
 
     def _golden(self, model: ModelSpec, resolved: ResolvedModel) -> Path:
         path = self.state.golden_path(model.name)
-        cases, errors = golden.record_golden(resolved, batch_size=min(8, model.batching.max_batch_size))
+        cases, errors, non_finite = golden.record_golden(resolved, batch_size=min(8, model.batching.max_batch_size))
+        if non_finite and not model.serving.allow_non_finite:
+            self.progress(f"warning: {model.name}: the registry's own model answered NaN or infinity for "
+                          f"{len(non_finite)} sampled rows, e.g. {json.dumps(non_finite[0])[:300]}; `factory test` "
+                          "will fail it (set serving.allow_non_finite: true in models.yaml to serve them as null)")
         if errors:
             self.progress(f"warning: {model.name}: the registry's own model raised on {len(errors)} of "
                           f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "
@@ -217,8 +247,8 @@ def docker_available() -> bool:
         return False
 
 
-def _content_hash(folder: dict[str, str], resolved: ResolvedModel) -> str:
-    digest = hashlib.sha256(resolved.fingerprint.encode())
+def _content_hash(folder: dict[str, str], resolved: ResolvedModel, serving: str) -> str:
+    digest = hashlib.sha256((resolved.fingerprint + serving).encode())
     for name in sorted(folder):
         digest.update(name.encode() + b"\0" + folder[name].encode() + b"\0")
     return digest.hexdigest()

@@ -22,6 +22,9 @@ GPU_TYPE_PATTERN = r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?"
 HEADER_PATTERN = r"[A-Za-z0-9][A-Za-z0-9-]{0,63}"
 FIELD_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 NAMESPACE_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_SPECIFIER = r"(?:==|>=|<=|~=|!=|<|>)[A-Za-z0-9.*+!_-]+"
+_EXTRAS = r"\[[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*\]"
+REQUIREMENT_PATTERN = rf"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:{_EXTRAS})?(?:{_SPECIFIER}(?:,{_SPECIFIER})*)?"
 IMAGE_REGISTRY_PATTERN = r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?(?:/[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?)*"
 
 
@@ -68,6 +71,9 @@ GpuType = Annotated[str, _checked(GPU_TYPE_PATTERN, "must be a lowercase node la
                                                     "'nvidia-tesla-t4' (letters, digits, '.', '-')")]
 Namespace = Annotated[str, _checked(NAMESPACE_PATTERN, "must be a DNS-1123 label: lowercase letters, digits "
                                                        "and '-', at most 63 characters")]
+Requirement = Annotated[str, _checked(REQUIREMENT_PATTERN, "must be a package requirement such as "
+                                                            "'lightgbm==4.7.0' or 'tabulate>=0.9' (no spaces, URLs or "
+                                                            "markers)")]
 ImageRegistry = Annotated[str, _checked(IMAGE_REGISTRY_PATTERN, "must be an image repository prefix such as "
                                                                 "'registry.example.com/team' (lowercase)")]
 
@@ -136,6 +142,13 @@ class Scaling(_Strict):
         return self
 
 
+class Serving(_Strict):
+    # Added to (or overriding, by package name) the model's own recorded requirements in its Bento.
+    packages: list[Requirement] = Field(default_factory=list, max_length=100)
+    # A NaN/inf output is a model defect: its request fails, unless this serves it as null.
+    allow_non_finite: StrictBool = False
+
+
 class _Routed(_Strict):
     endpoint: Segment
     parameters: list[Segment] = Field(default_factory=list, max_length=16)
@@ -155,6 +168,7 @@ class ModelSpec(_Routed):
     batching: Batching = Batching()
     resources: Resources = Resources()
     scaling: Scaling = Scaling()
+    serving: Serving = Serving()
 
     @model_validator(mode="after")
     def _version_or_alias(self) -> "ModelSpec":

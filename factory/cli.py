@@ -123,11 +123,13 @@ def test_models(catalog_path: Path, names: tuple[str, ...], everything: bool, se
 @click.argument("names", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Size every model in the catalog.")
 @click.option("--proxy", is_flag=True, help="Also write the proxy's Deployment, Service and routes ConfigMap.")
-def manifests_cmd(catalog_path: Path, names: tuple[str, ...], everything: bool, proxy: bool) -> None:
+@click.option("--allow-failed", is_flag=True, help="Also size models whose last `factory test` failed or is missing.")
+def manifests_cmd(catalog_path: Path, names: tuple[str, ...], everything: bool, proxy: bool,
+                  allow_failed: bool) -> None:
     """Write Kubernetes manifests sized from measured memory, validated offline."""
     from factory.manifests import manifests_command
 
-    manifests_command(catalog_path, names, everything, proxy, progress=click.echo)
+    manifests_command(catalog_path, names, everything, proxy, progress=click.echo, allow_failed=allow_failed)
 
 
 @main.command()
@@ -138,6 +140,17 @@ def deploy(dry_run: bool, skip_without_cluster: bool) -> None:
     from factory.deploy import deploy_command
 
     deploy_command(dry_run, skip_without_cluster, progress=click.echo)
+
+
+@main.command()
+@CATALOG_OPTION
+@click.argument("name")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1 (default: a free one).")
+def serve(catalog_path: Path, name: str, port: int | None) -> None:
+    """Serve one built model on 127.0.0.1 as its pod would, until Ctrl-C (replays `factory test` failures)."""
+    from factory.up import serve_command
+
+    serve_command(catalog_path, name, port, progress=click.echo)
 
 
 @main.command()

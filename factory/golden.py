@@ -6,7 +6,6 @@ so this is what proves the lean loader equals MLflow's).
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -15,8 +14,7 @@ from hypothesis import seed as fixed_seed
 
 from factory import fuzz
 from factory.registry import ResolvedModel
-
-NUMERIC = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
+from factory.runtime import bento_module
 
 
 def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0) -> list[dict]:
@@ -35,14 +33,16 @@ def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0)
     return drawn[:count]
 
 
-def record_golden(resolved: ResolvedModel, batch_size: int, count: int = 12) -> tuple[list[dict], list[str]]:
-    """(cases, errors): requests the registry's model raised on are left out and described instead;
-    they are model bugs that `factory test` will pin down to a minimal input."""
+def record_golden(resolved: ResolvedModel, batch_size: int, count: int = 12) -> tuple[list[dict], list[str], list]:
+    """(cases, errors, non-finite rows): requests the registry's model raised on are left out and described
+    instead, rows it answered NaN or infinity for are listed (recorded as null); both are model bugs that
+    `factory test` will pin down to a minimal input."""
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(resolved.model_uri)
     inputs = resolved.signature["inputs"]
-    cases, errors = [], []
+    values = bento_module("mf_inputs")
+    cases, errors, non_finite = [], [], []
     for request in sample_requests(resolved.signature, count, batch_size):
         rows = request["inputs"]
         try:
@@ -53,34 +53,18 @@ def record_golden(resolved: ResolvedModel, batch_size: int, count: int = 12) -> 
         except Exception as exc:  # the registry model's own failure, whatever its type
             errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
             continue
-        cases.append({"inputs": rows, "outputs": [_plain(value) for value in _as_list(outputs)]})
-    return cases, errors
+        outputs = _as_list(outputs)
+        non_finite += [row for row, output in zip(rows, outputs) if not values.all_finite(output)]
+        cases.append({"inputs": rows, "outputs": values.nulled(outputs)})
+    return cases, errors, non_finite
 
 
 def _frame(rows: list[Any], inputs: list[dict]) -> Any:
-    import numpy as np
-    import pandas as pd
-
-    if inputs and inputs[0].get("type") == "tensor":
-        return np.asarray(rows, dtype=inputs[0]["tensor-spec"]["dtype"])
-    names = [spec["name"] for spec in inputs]
-    frame = pd.DataFrame([{name: row.get(name) for name in names} for row in rows], columns=names)
-    for spec in inputs:
-        kind = spec["type"]
-        if kind in ("double", "float"):
-            frame[spec["name"]] = frame[spec["name"]].astype(NUMERIC[kind])
-        elif kind in NUMERIC and frame[spec["name"]].notna().all():
-            frame[spec["name"]] = frame[spec["name"]].astype(NUMERIC[kind])
-    return frame
+    inputs_module = bento_module("mf_inputs")  # the very frame the served model builds
+    return inputs_module.tensor(rows, inputs) if inputs_module.is_tensor(inputs) else inputs_module.frame(rows, inputs)
 
 
 def _as_list(outputs: Any) -> list:
     import numpy as np
 
     return np.asarray(outputs).tolist()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

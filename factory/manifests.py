@@ -218,12 +218,14 @@ class SizedModel:
 
 
 def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool, proxy: bool,
-                      progress: Progress) -> list[SizedModel]:
+                      progress: Progress, allow_failed: bool = False) -> list[SizedModel]:
     catalog = load_catalog(catalog_path)
     state = StateDir.from_env()
     models = select_models(catalog, names, everything) if (names or everything) else []
     if not models and not proxy:
         raise ManifestError("name the models to size, pass --all, or pass --proxy")
+    if not allow_failed:
+        _refuse_untested(models, state)
     files, sized = {}, []
     for model in models:
         model_files, sizing = _sized_model(catalog, model, state)
@@ -273,9 +275,26 @@ def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[d
     return files, SizedModel(model.name, model.route, peak_mib, sizing)
 
 
+def _refuse_untested(models: list[ModelSpec], state: StateDir) -> None:
+    """Manifests only for models whose last `factory test` passed: a failed one must not be deployed."""
+    verdicts = {model.name: _last_test(state, model.name) for model in models}
+    refused = sorted(name for name, verdict in verdicts.items() if verdict != "passed")
+    if refused:
+        listed = ", ".join(f"{name} ({verdicts[name]})" for name in refused)
+        raise ManifestError(f"refusing to write manifests for models whose last test did not pass: {listed}; run "
+                            f"`factory test {' '.join(refused)}` and fix them, or pass --allow-failed")
+
+
+def _last_test(state: StateDir, model: str) -> str:
+    report = state.test_report(model)
+    if report is None:
+        return "not tested"
+    return "passed" if report.passed else "failed"
+
+
 def _measured_peak(state: StateDir, model: ModelSpec) -> Optional[int]:
     report = state.test_report(model.name)
-    return report.peak_bytes if report else None
+    return report.peak_bytes if report and report.peak_bytes else None
 
 
 def _proxy_files(catalog: Catalog, source: str) -> dict[str, str]:

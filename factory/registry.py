@@ -17,7 +17,9 @@ from factory.errors import RegistryError
 from factory.settings import Settings
 
 REGISTRY_DIR = "registry"
-SKOPS_FORMAT = "skops"
+SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")
+LIGHTGBM_BOOSTER = "lightgbm.basic.Booster"
+_SERIALIZER_PACKAGES = {"skops": ["skops"], "cloudpickle": ["cloudpickle"], "pickle": []}
 
 
 @dataclass(frozen=True)
@@ -126,11 +128,27 @@ def _signature(signature: Any) -> dict:
 
 
 def _flavor(flavors: dict) -> dict:
-    """How the served model loads: skops directly when the model is a skops-serialized sklearn model."""
+    """How the served model loads: natively where its flavor allows (no mlflow import), else pyfunc.
+
+    `packages` are what the runtime adds for that loader; the model's own requirements come on top."""
     pyfunc = flavors.get("python_function", {})
-    sklearn = flavors.get("sklearn", {})
-    flavor = {"predict_fn": pyfunc.get("predict_fn", "predict")}
-    if sklearn.get("serialization_format") == SKOPS_FORMAT:
-        return {**flavor, "loader": "skops", "model_file": sklearn["pickled_model"],
-                "trusted_types": sorted(sklearn.get("skops_trusted_types") or [])}
-    return {**flavor, "loader": "pyfunc"}
+    loader_module = pyfunc.get("loader_module")
+    base = {"predict_fn": pyfunc.get("predict_fn", "predict")}
+    sklearn, lgb, xgb = flavors.get("sklearn", {}), flavors.get("lightgbm", {}), flavors.get("xgboost", {})
+    if loader_module == "mlflow.sklearn" and sklearn.get("serialization_format") in SKLEARN_FORMATS:
+        serialization = sklearn["serialization_format"]
+        return {**base, "loader": serialization, "model_file": sklearn["pickled_model"],
+                "trusted_types": sorted(sklearn.get("skops_trusted_types") or []),
+                "packages": ["scikit-learn", *_SERIALIZER_PACKAGES[serialization]]}
+    if loader_module == "mlflow.lightgbm" and lgb.get("data"):
+        model_class = lgb.get("model_class", LIGHTGBM_BOOSTER)
+        serialization = lgb.get("serialization_format", "cloudpickle")
+        extra = [] if model_class == LIGHTGBM_BOOSTER else ["scikit-learn", *_SERIALIZER_PACKAGES[serialization]]
+        return {**base, "loader": "lightgbm", "model_file": lgb["data"], "model_class": model_class,
+                "serialization": serialization, "trusted_types": sorted(lgb.get("skops_trusted_types") or []),
+                "packages": ["lightgbm", *extra]}
+    if loader_module == "mlflow.xgboost" and xgb.get("data"):
+        # The xgboost distribution (xgboost or xgboost-cpu) comes from the model's own requirements.
+        return {**base, "loader": "xgboost", "model_file": xgb["data"],
+                "model_class": xgb.get("model_class", "xgboost.core.Booster"), "packages": []}
+    return {**base, "loader": "pyfunc", "packages": ["mlflow", "pandas"]}

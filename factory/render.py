@@ -23,11 +23,10 @@ from factory.errors import OutOfDateError, RenderError
 from factory.loader import load_catalog
 from factory.pipeline import check_child_pipeline, model_jobs
 from factory.routes import routes_shards, routes_yaml
-from factory.runtime import runtime_requirements
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 RUNTIME_DIR = "bento-runtime"
-RUNTIME_FILES = ("mf_runtime.py", "mf_serve.py")
+RUNTIME_FILES = ("mf_runtime.py", "mf_serve.py", "mf_flavors.py", "mf_inputs.py", "mf_http.py")
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -82,7 +81,7 @@ def render_catalog(catalog: Catalog, source: str = "models.yaml", templates: Pat
 
 def _bento_folder(env: jinja2.Environment, model: ModelSpec, source: str) -> dict[str, str]:
     folder = f"models/{model.name}"
-    context = {"model": model, "source": source, "runtime_requirements": runtime_requirements()}
+    context = {"model": model, "source": source}
     return {
         f"{folder}/service.py": _template(env, "bento/service.py.j2", **context),
         f"{folder}/bentofile.yaml": _template(env, "bento/bentofile.yaml.j2", **context),

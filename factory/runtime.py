@@ -1,8 +1,10 @@
-"""The serving runtime: the packages a Bento's image installs, and a local venv with exactly those.
+"""The serving runtime: the packages a Bento installs, and a local venv with exactly those.
 
-Memory measured on the factory's own venv would be wrong: it holds mlflow and pandas, and sklearn
-imports pandas whenever it is installed (+70 MiB). Models are tested and measured in a lean venv
-built from the same pinned packages the Bento's container gets.
+A Bento's packages are the model's own recorded requirements (its MLflow requirements.txt) merged
+with the runtime's pins from requirements.lock and the catalog's `serving.packages`. Memory measured
+on the factory's own venv would be wrong (it holds mlflow and pandas; sklearn imports pandas whenever
+it is installed, +70 MiB), so models are tested in a venv built from the same requirement set as the
+Bento's image: one venv per distinct set, cached by its hash.
 """
 
 from __future__ import annotations
@@ -10,45 +12,123 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import importlib.util
 import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import Iterable
 
-from factory.errors import ServeError
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from factory.errors import BuildError, ServeError
 from factory.settings import Settings
+from factory.state import StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_FILE = ROOT / "requirements.lock"
-RUNTIME_PACKAGES = ("bentoml", "numpy", "pydantic", "scikit-learn", "skops", "uvicorn")
+BENTO_TEMPLATES = ROOT / "templates" / "bento"
+# What every Bento's service imports, whatever the model.
+BASE_PACKAGES = ("bentoml", "numpy", "pydantic", "uvicorn")
+# A natively loaded model needs its library, not mlflow (FIELD_NOTES: mlflow costs ~110 MiB per process).
+NOT_NEEDED_NATIVE = frozenset({"mlflow", "mlflow-skinny"})
 
 
-def _pins() -> dict[str, str]:
+@functools.cache
+def bento_module(name: str):
+    """A runtime module of the Bento (templates/bento/NAME.py), for the factory's own use of the same code."""
+    spec = importlib.util.spec_from_file_location(name, BENTO_TEMPLATES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def lock_pins() -> dict[str, str]:
     pins = {}
     for line in LOCK_FILE.read_text(encoding="utf-8").splitlines():
         name, sep, version = line.strip().partition("==")
         if sep:
-            pins[name.lower()] = version
+            pins[canonicalize_name(name)] = version
     return pins
 
 
-@functools.cache
-def runtime_requirements() -> tuple[str, ...]:
-    """Pinned requirement lines for a served Bento, in a stable order."""
-    pins = _pins()
-    missing = [name for name in RUNTIME_PACKAGES if name not in pins]
+def _pinned(names: Iterable[str]) -> dict[str, Requirement]:
+    pins = lock_pins()
+    missing = sorted(name for name in names if canonicalize_name(name) not in pins)
     if missing:
         raise ServeError(f"{LOCK_FILE}: no pin for {', '.join(missing)}; regenerate requirements.lock")
-    return tuple(f"{name}=={pins[name]}" for name in RUNTIME_PACKAGES)
+    return {canonicalize_name(name): Requirement(f"{name}=={pins[canonicalize_name(name)]}") for name in names}
 
 
-def runtime_python(state_dir: Path) -> Path:
-    """A venv holding only the runtime packages (created once per pin set, ~1 minute)."""
+def model_requirements(text: str, source: str) -> list[Requirement]:
+    """The requirement lines of a model's requirements.txt; pip options and comments are skipped."""
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        try:
+            found.append(Requirement(line))
+        except InvalidRequirement as exc:
+            raise BuildError(f"{source}:{number}: not a requirement: {line!r} ({exc}); re-log the model with "
+                             "valid pip_requirements") from exc
+    return found
+
+
+def resolve_requirements(model: list[Requirement], runtime_packages: Iterable[str], packages: Iterable[str],
+                         native: bool, where: str) -> tuple[str, ...]:
+    """Runtime pins ∪ the model's requirements ∪ models.yaml `serving.packages` (which win by name).
+
+    A model requirement the runtime's pin does not satisfy is a conflict; one the lock pins
+    compatibly is pinned to the lock's version, so every serving venv resolves the same way."""
+    overrides = {canonicalize_name(Requirement(line).name): Requirement(line) for line in packages}
+    merged = _pinned([*BASE_PACKAGES, *runtime_packages])
+    pins = lock_pins()
+    for requirement in model:
+        name = canonicalize_name(requirement.name)
+        if name in overrides or (native and name in NOT_NEEDED_NATIVE) or not _applies(requirement):
+            continue
+        if name in merged:
+            pinned = merged[name]
+            if not requirement.specifier.contains(_version(pinned), prereleases=True):
+                raise BuildError(
+                    f"{where}: the model requires {requirement} (its MLflow requirements.txt) but the serving "
+                    f"runtime pins {pinned} (requirements.lock); set `serving.packages: [\"{requirement}\"]` in "
+                    "models.yaml to serve with the model's version, or re-log the model with the runtime's")
+        elif name in pins and requirement.specifier.contains(pins[name], prereleases=True):
+            merged[name] = Requirement(f"{requirement.name}=={pins[name]}")
+        else:
+            merged[name] = requirement
+    merged.update(overrides)
+    return tuple(str(merged[name]) for name in sorted(merged))
+
+
+def _applies(requirement: Requirement) -> bool:
+    return requirement.marker is None or requirement.marker.evaluate()
+
+
+def _version(requirement: Requirement) -> str:
+    return next(iter(requirement.specifier)).version
+
+
+def requirements_digest(requirements: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:12]
+
+
+def bento_python(state: StateDir, model: str) -> Path:
+    """The serving venv of a built model: the requirement set its build resolved."""
+    return runtime_python(state.root, tuple(state.resolved(model).requirements))
+
+
+def runtime_python(state_dir: Path, requirements: tuple[str, ...]) -> Path:
+    """A venv holding exactly `requirements`, created once per distinct set (~1 minute each)."""
     settings = Settings.from_env()
     if settings.runtime_python:
         return settings.runtime_python
-    requirements = runtime_requirements()
-    digest = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12]
+    digest = requirements_digest(requirements)
     base = settings.runtime_home or state_dir / "runtime"
     home = (base / digest).resolve()
     home.parent.mkdir(parents=True, exist_ok=True)
@@ -62,11 +142,16 @@ def runtime_python(state_dir: Path) -> Path:
 
 def _create(home: Path, requirements: tuple[str, ...]) -> None:
     python = home / "bin" / "python"
-    print(f"creating the serving runtime venv {home} ({len(requirements)} pinned packages)", file=sys.stderr)
+    print(f"creating the serving venv {home} ({len(requirements)} requirements)", file=sys.stderr)
     venv.EnvBuilder(with_pip=True, clear=True).create(home)
+    # The lock constrains what the requirements pull in, except packages the set itself names.
+    named = {canonicalize_name(Requirement(line).name) for line in requirements}
+    constraints = home / "constraints.txt"
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(lock_pins().items())
+                                   if name not in named), encoding="utf-8")
     command = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "-c", str(LOCK_FILE), *requirements]
+               "-c", str(constraints), *requirements]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise ServeError(f"could not create the serving runtime in {home}:\n{result.stderr[-2000:]}")
+        raise ServeError(f"could not create the serving venv in {home}:\n{result.stderr[-2000:]}")
     (home / ".complete").write_text("\n".join(requirements) + "\n", encoding="utf-8")

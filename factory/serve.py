@@ -9,7 +9,9 @@ Two ways, both real servers:
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from factory.errors import ServeError
 
 Mode = Literal["single", "bentoml"]
 READY_TIMEOUT_S = 120.0
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b:?")
 STOP_TIMEOUT_S = 15.0
 
 
@@ -39,9 +42,13 @@ class Served:
         return self.process.pid
 
 
-def free_port() -> int:
+def free_port(wanted: int = 0) -> int:
+    """`wanted` if it is free on 127.0.0.1 (else a ServeError), or any free port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
+        try:
+            probe.bind(("127.0.0.1", wanted))
+        except OSError as exc:
+            raise ServeError(f"port {wanted} on 127.0.0.1 is in use ({exc.strerror}); pick another --port") from exc
         return probe.getsockname()[1]
 
 
@@ -61,9 +68,9 @@ def serve_command(bento_tag: str, port: int, mode: Mode, runtime_python: Path) -
 
 @contextlib.contextmanager
 def served(bento_tag: str, log: Path, mode: Mode = "single", runtime_python: Path | None = None,
-           ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[Served]:
+           ready_timeout_s: float = READY_TIMEOUT_S, port: int | None = None) -> Iterator[Served]:
     """Start the Bento, wait for /readyz, yield it; stop the whole process group on exit, whatever happens."""
-    port = free_port()
+    port = free_port(port or 0)
     command, cwd = serve_command(bento_tag, port, mode, runtime_python or Path(sys.executable))
     with process_served(command, cwd, log, port, "/readyz", ready_timeout_s) as server:
         yield server
@@ -95,15 +102,16 @@ def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not alive():
-            raise ServeError(f"the model server exited before it was ready; its log ({log}) ends with:\n{_tail(log)}")
+            raise ServeError(f"the model server exited before it was ready: {last_error(log)}\n"
+                             f"full serve log: {log}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
-    raise ServeError(f"{url} was not ready after {timeout_s:.0f} s; the server's log ({log}) ends with:\n{_tail(log)}")
+    raise ServeError(f"{url} was not ready after {timeout_s:.0f} s: {last_error(log)}\nfull serve log: {log}")
 
 
 @contextlib.contextmanager
@@ -150,8 +158,12 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def _tail(log: Path, lines: int = 15) -> str:
+def last_error(log: Path) -> str:
+    """The last line of the log that names an exception (else its last line): the cause, in one line."""
     try:
-        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        text = log.read_text(encoding="utf-8", errors="replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
     except OSError:
-        return "(no log)"
+        return "(no serve log)"
+    errors = [line for line in lines if EXCEPTION_LINE.match(line)]
+    return (errors or lines or ["(empty serve log)"])[-1][:300]

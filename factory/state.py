@@ -70,6 +70,8 @@ class ResolvedRecord(Record):
     signature: dict[str, Any]
     flavor: dict[str, Any]
     registry: dict[str, Any]
+    # The Bento's packages (also its requirements.txt): the model's own merged with the runtime's pins.
+    requirements: list[str]
 
 
 class FuzzSummary(Record):
@@ -101,14 +103,20 @@ class TestReport(Record):
 
     model: str
     route: str
-    bento_tag: str
-    seed: int
     passed: bool
-    fuzz: FuzzSummary
-    load: LoadSummary
-    memory: MemoryReport
-    peak_bytes: int = pydantic.Field(gt=0)  # sizing divides by it; a sampler that saw nothing is an error
-    failures: list[Failure]
+    # Set when the model never answered (not built, did not start): then nothing was measured.
+    error: Optional[str] = None
+    bento_tag: str = ""
+    seed: int = 0
+    url: str = ""
+    serve_log: str = ""
+    catalog: str = "models.yaml"
+    fuzz: Optional[FuzzSummary] = None
+    load: Optional[LoadSummary] = None
+    memory: Optional[MemoryReport] = None
+    # sizing divides by it; a sampler that saw nothing is an error (None: nothing was measured)
+    peak_bytes: Optional[int] = pydantic.Field(None, gt=0)
+    failures: list[Failure] = []
 
 
 class SummaryRow(Record):
@@ -181,6 +189,9 @@ class StateDir:
 
     def up_dir(self) -> Path:
         return self.root / "up"
+
+    def serve_dir(self) -> Path:
+        return self.root / "serve"
 
     # --- records: None when never written, StateError when written but unreadable ----------------
     def build_record(self, model: str) -> Optional[BuildRecord]:

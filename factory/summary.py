@@ -43,8 +43,8 @@ def summary_rows(catalog: Catalog, state: StateDir) -> list[SummaryRow]:
 
 def _row(route: str, variant: str, model: ModelSpec, state: StateDir) -> SummaryRow:
     report = state.test_report(model.name)
-    if report is None:
-        cells = ["not tested", "", "", "", *_sizing(model, None)]
+    if report is None or report.fuzz is None:
+        cells = ["not tested" if report is None else "FAIL", "", "", "", *_sizing(model, None)]
     else:
         cells = ["pass" if report.passed else "FAIL", str(report.fuzz.requests_fuzzed),
                  f"{report.fuzz.latency_p99_ms:.1f}", f"{report.memory.peak_mib:.0f}",

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -20,7 +22,7 @@ from factory.loader import load_catalog, select_models
 from factory.golden import sample_requests
 from factory.loadgen import run_load
 from factory.memory import MemoryProfile
-from factory.runtime import runtime_python
+from factory.runtime import bento_python
 from factory.serve import container_served, served
 from factory.state import BuildRecord, StateDir, TestReport
 from factory.tables import table
@@ -48,17 +50,19 @@ def test_command(catalog_path: Path, names: Iterable[str], everything: bool, set
     catalog = load_catalog(catalog_path)
     models = select_models(catalog, names, everything)
     state = StateDir.from_env().activate()
-    runtime = runtime_python(state.root)
     reports = []
     for position, model in enumerate(models, start=1):
-        report = qualify(catalog, model, state, runtime, settings)
+        # One model that does not build, start or answer must not stop the others.
+        try:
+            report = qualify(catalog, catalog_path, model, state, settings)
+        except FactoryError as exc:
+            report = TestReport(model=model.name, route=model.route, passed=False, error=str(exc))
+            report.save(state.report_path(model.name))
         reports.append(report)
-        verdict = "passed" if report.passed else "FAILED"
-        progress(f"[{position}/{len(models)}] {model.name}: {verdict}, {report.fuzz.requests_fuzzed} "
-                 f"requests fuzzed, peak {report.memory.peak_mib} MiB")
+        progress(f"[{position}/{len(models)}] {model.name}: {_verdict(report)}")
     progress(summary_table(reports))
     for report in reports:
-        if report.load.shed:
+        if report.load and report.load.shed:
             progress(f"note: {report.model} shed {report.load.shed} of {report.load.requests} "
                      "requests (503) under load; raise batching.max_latency_ms if that is not intended")
     failed = [report for report in reports if not report.passed]
@@ -67,7 +71,15 @@ def test_command(catalog_path: Path, names: Iterable[str], everything: bool, set
     return reports
 
 
-def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, settings: TestSettings) -> TestReport:
+def _verdict(report: TestReport) -> str:
+    if report.error is not None:
+        return "FAILED, " + report.error.replace("\n", "\n  ")
+    return (f"{'passed' if report.passed else 'FAILED'}, {report.fuzz.requests_fuzzed} requests fuzzed, "
+            f"peak {report.memory.peak_mib} MiB")
+
+
+def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: StateDir,
+            settings: TestSettings) -> TestReport:
     record = state.build_record(model.name)
     if record is None:
         raise ServeError(f"{catalog.where(model.name)}: no build record in {state.record_path(model.name)}; "
@@ -77,6 +89,7 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
     report_dir.mkdir(parents=True, exist_ok=True)
     golden = state.golden(model.name, Path(record.golden))
     signature = state.resolved(model.name).signature
+    runtime = bento_python(state, model.name)
     with measured_server(record, report_dir / "serve.log", runtime, catalog.kubernetes.service_port) as (url, memory):
         with memory.phase("idle"):
             time.sleep(IDLE_SECONDS)
@@ -94,6 +107,7 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
     write_junit([fuzz], report_dir / "junit.xml")
     write_json(fuzz, report_dir / "fuzz.json")
     report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
+                        url=url, serve_log=str(report_dir / "serve.log"), catalog=str(catalog_path),
                         passed=fuzz.passed and load.failures == 0, fuzz=fuzz.summary(), load=load.summary(),
                         memory=memory.report(), peak_bytes=memory.peak_bytes,
                         failures=list(fuzz.failures))
@@ -123,19 +137,33 @@ def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:
 
 
 def summary_table(reports: list[TestReport]) -> str:
-    rows = [[r.model, r.route, "pass" if r.passed else "FAIL", str(r.fuzz.requests_fuzzed),
-             str(r.fuzz.failed_requests), f"{r.fuzz.latency_p50_ms:.1f}/{r.fuzz.latency_p99_ms:.1f}",
-             *(f"{r.memory.phases.get(phase, {}).get('rss_mib', 0):.0f}" for phase in ("idle", "fuzz", "load"))]
-            for r in reports]
+    rows = [_summary_row(r) for r in reports]
     return table(["model", "route", "result", "fuzzed", "failed", "p50/p99 ms", "idle MiB", "fuzz MiB", "load MiB"],
                  rows)
 
 
+def _summary_row(r: TestReport) -> list[str]:
+    if r.error is not None:
+        return [r.model, r.route, "FAIL", "-", "-", "-", "-", "-", "-"]
+    return [r.model, r.route, "pass" if r.passed else "FAIL", str(r.fuzz.requests_fuzzed),
+            str(r.fuzz.failed_requests), f"{r.fuzz.latency_p50_ms:.1f}/{r.fuzz.latency_p99_ms:.1f}",
+            *(f"{r.memory.phases.get(phase, {}).get('rss_mib', 0):.0f}" for phase in ("idle", "fuzz", "load"))]
+
+
+def _serve_again(report: TestReport) -> str:
+    """`factory serve` on the port the failing run used, so the printed curl reaches it as is."""
+    port = urllib.parse.urlsplit(report.url).port
+    return shlex.join(["factory", "serve", "-f", report.catalog, report.model, "--port", str(port)])
+
+
 def _failure_lines(report: TestReport) -> str:
-    lines = [f"{report.model}: failed"]
+    if report.error is not None:
+        return f"{report.model}: failed: {report.error}"
+    lines = [f"{report.model}: failed (serve log: {report.serve_log})"]
     for failure in report.failures:
         lines += [f"  {failure.kind}: {failure.reason}", f"  request: {failure.request_excerpt[:300]}",
-                  f"  replay: {failure.replay_curl}", f"  rerun:  {failure.replay_factory}"]
+                  f"  replay: {_serve_again(report)} &  # stays up until stopped; it prints its serve log",
+                  f"          {failure.replay_curl}", f"  rerun:  {failure.replay_factory}"]
     if report.load.failures:
         lines.append(f"  load phase: {report.load.failures} failed requests {report.load.statuses}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import signal
 import sys
@@ -12,10 +13,10 @@ from typing import Callable, Iterator
 
 from factory.build import ensure_in_store
 from factory.catalog import Catalog
-from factory.errors import ServeError
+from factory.errors import FactoryError, ServeError
 from factory.loader import load_catalog
 from factory.routes import routes_yaml
-from factory.runtime import runtime_python
+from factory.runtime import bento_python
 from factory.serve import Served, free_port, process_served, served
 from factory.state import StateDir
 
@@ -28,35 +29,72 @@ def running(catalog_path: Path, progress: Progress) -> Iterator[tuple[Catalog, S
     """Serve every model (as its pod would) and a proxy routing to them; stop all of it on exit."""
     catalog = load_catalog(catalog_path)
     state = StateDir.from_env().activate()
-    runtime = runtime_python(state.root)
     logs = state.up_dir()
     logs.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        urls = {}
+        urls, failed = {}, {}
         for position, model in enumerate(catalog.models, start=1):
-            record = state.build_record(model.name)
-            if record is None:
-                raise ServeError(f"{catalog.where(model.name)}: not built; run `factory build --all` first")
-            ensure_in_store(record)
-            server = stack.enter_context(served(record.bento_tag, logs / f"{model.name}.log", "single", runtime))
-            urls[model.name] = server.url
-            progress(f"[{position}/{len(catalog.models)}] {model.name} at {server.url}")
+            # A model that does not start is listed; the others are served all the same.
+            try:
+                urls[model.name] = stack.enter_context(_model_served(catalog, model.name, state, logs)).url
+                progress(f"[{position}/{len(catalog.models)}] {model.name} at {urls[model.name]}")
+            except FactoryError as exc:
+                failed[model.name] = str(exc)
+                progress(f"[{position}/{len(catalog.models)}] {model.name} did not start: {exc}")
+        if not urls:
+            raise ServeError("no model started; see the causes above")
         routes = logs / "routes.yaml"
-        routes.write_text(routes_yaml(catalog, catalog_path.name, lambda model: f"{urls[model.name]}/predict"),
+        # A route of a model that did not start points at a closed port: the proxy answers 503 there.
+        routes.write_text(routes_yaml(catalog, catalog_path.name,
+                                      lambda model: f"{urls.get(model.name, 'http://127.0.0.1:9')}/predict"),
                           encoding="utf-8")
+        if failed:
+            progress(f"not serving ({len(failed)}): {', '.join(sorted(failed))}")
         port = free_port()
         command = [sys.executable, "-m", "proxy", "--routes", str(routes), "--host", "127.0.0.1", "--port", str(port)]
         proxy = stack.enter_context(process_served(command, ROOT, logs / "proxy.log", port, "/readyz"))
         yield catalog, proxy
 
 
+def _model_served(catalog: Catalog, name: str, state: StateDir, logs: Path,
+                  port: int | None = None) -> contextlib.AbstractContextManager:
+    record = state.build_record(name)
+    if record is None:
+        raise ServeError(f"{catalog.where(name)}: not built; run `factory build {name}` first")
+    ensure_in_store(record)
+    return served(record.bento_tag, logs / f"{name}.log", "single", bento_python(state, name), port=port)
+
+
+def serve_command(catalog_path: Path, name: str, port: int | None, progress: Progress) -> None:
+    """One built model, as its pod runs it, until Ctrl-C: where a failure printed by `factory test` replays."""
+    catalog = load_catalog(catalog_path)
+    if name not in {model.name for model in catalog.models}:
+        raise ServeError(f"not in {catalog_path}: {name}; run `factory routes` to list the models")
+    state = StateDir.from_env().activate()
+    _stop_on_sigterm()
+    with _model_served(catalog, name, state, state.serve_dir(), port) as server:
+        progress(f"{name} at {server.url}/predict (serve log: {server.log}); Ctrl-C or `kill {os.getpid()}` stops it")
+        _wait_for_stop()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (how a background `&` job is stopped: it ignores Ctrl-C) unwinds like Ctrl-C, so every
+    server started here is stopped too, even while it is still starting."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+def _wait_for_stop() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.pause()
+
+
 def up_command(catalog_path: Path, progress: Progress) -> None:
+    _stop_on_sigterm()
     with running(catalog_path, progress) as (catalog, proxy):
         progress(f"proxy at {proxy.url} (metrics: {proxy.url}/metrics)\n")
         progress("\n".join(example_commands(catalog, proxy.url, StateDir.from_env())))
         progress("\nCtrl-C stops every process started here.")
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        _wait_for_stop()
 
 
 def example_commands(catalog: Catalog, proxy_url: str, state: StateDir) -> list[str]:

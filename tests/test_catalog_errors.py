@@ -77,6 +77,16 @@ CASES = [
     ("missing endpoint", """\
         - {name: m_a, version: 1}
         """, ["models.yaml:1:3: models[0].endpoint: required key is missing (hint: add `endpoint:`)"]),
+    ("package requirement with a URL", """\
+        - {name: m_a, version: 1, endpoint: p, serving: {packages: ["x @ https://example.com/x.whl"]}}
+        """, ["models.yaml:1:61: models[0].serving.packages[0]: must be a package requirement such as "
+              "'lightgbm==4.7.0' or 'tabulate>=0.9' (no spaces, URLs or markers); got 'x @ https://example.com/x.whl'"]),
+    ("non-finite switch is a boolean", """\
+        defaults:
+          serving: {allow_non_finite: "yes"}
+        models:
+          - {name: m_a, version: 1, endpoint: p}
+        """, ["models.yaml:2:31: defaults.serving.allow_non_finite: must be true or false (got 'yes')"]),
     ("gpu_type without gpu", """\
         - {name: m_a, version: 1, endpoint: p, resources: {gpu_type: nvidia-tesla-t4}}
         """, ["models.yaml:1:51: models[0].resources: gpu_type is set but gpu is 0; set gpu: 1 (or more) "

@@ -41,13 +41,17 @@ def record(env: FactoryEnv, model: str) -> dict:
 @pytest.fixture(scope="module", params=["bentoml", "single"])
 def servers(request: pytest.FixtureRequest, built: FactoryEnv):
     """Both example models served for real: by `bentoml serve`, and as the pod runs them (one process)."""
-    from factory.runtime import runtime_python
+    from factory.runtime import bento_python
     from factory.serve import served
+    from factory.state import StateDir
 
     with built.activated():
-        runtime = runtime_python(built.state)
-        with served(record(built, MIXED_MODEL)["bento_tag"], built.state / "mixed.log", request.param, runtime) as mixed, \
-                served(record(built, ALIAS_MODEL)["bento_tag"], built.state / "alias.log", request.param, runtime) as alias:
+        state = StateDir.from_env()
+        runtimes = {model: bento_python(state, model) for model in (MIXED_MODEL, ALIAS_MODEL)}
+        with served(record(built, MIXED_MODEL)["bento_tag"], built.state / "mixed.log", request.param,
+                    runtimes[MIXED_MODEL]) as mixed, \
+                served(record(built, ALIAS_MODEL)["bento_tag"], built.state / "alias.log", request.param,
+                       runtimes[ALIAS_MODEL]) as alias:
             yield {MIXED_MODEL: mixed.url, ALIAS_MODEL: alias.url}
 
 
@@ -77,7 +81,9 @@ BAD_MIXED = [
 @pytest.mark.parametrize("label, row, status, field", BAD_MIXED, ids=[case[0] for case in BAD_MIXED])
 def test_bad_row_gets_4xx_naming_the_field(servers: dict, label: str, row: dict, status: int, field: str) -> None:
     code, body = post(servers[MIXED_MODEL], json.dumps({"inputs": [row]}).encode())
-    assert (code, field in str(body)) == (status, True), body
+    error = json.loads(body)["error"]  # one error shape, as the proxy's
+    assert (code, error["code"]) == (status, "invalid_input"), body
+    assert error["field"] in (f"inputs[0].{field}", "inputs[0]") and field in error["message"], body
 
 
 RAW_BAD_BODIES = [
@@ -93,7 +99,9 @@ RAW_BAD_BODIES = [
 
 @pytest.mark.parametrize("label, body, status", RAW_BAD_BODIES, ids=[case[0] for case in RAW_BAD_BODIES])
 def test_malformed_body_gets_4xx(servers: dict, label: str, body: bytes, status: int) -> None:
-    assert post(servers[ALIAS_MODEL], body)[0] == status
+    code, answer = post(servers[ALIAS_MODEL], body)
+    assert code == status
+    assert set(json.loads(answer)["error"]) == {"code", "message", "field"}, answer
 
 
 def test_integers_are_accepted_for_double_columns(servers: dict) -> None:

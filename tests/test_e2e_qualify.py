@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -75,7 +76,26 @@ def test_planted_crash_is_found_and_printed_with_a_replay(built: FactoryEnv, tmp
     assert f"{PLANTED_MODEL}: failed" in result.stderr
     assert "expected 200, got 500" in result.stderr
     assert '"traffic_level"' in result.stderr  # the minimal failing request is printed
-    replay = next(line for line in result.stderr.splitlines() if "replay: curl" in line)
-    body_file = Path(replay.split("@", 1)[1].strip("' "))
-    assert json.loads(body_file.read_text())["inputs"]
     assert f"factory test {PLANTED_MODEL} --seed 0" in result.stderr
+    serve_line = next(line for line in result.stderr.splitlines() if "replay: factory serve" in line)
+    curl_line = result.stderr.splitlines()[result.stderr.splitlines().index(serve_line) + 1]
+    assert json.loads(Path(curl_line.split("@", 1)[1].strip("' ")).read_text())["inputs"]
+    serve = shlex.split(serve_line.split("replay:", 1)[1].split("&", 1)[0])
+    _replay_after_the_run(built, serve, shlex.split(curl_line))
+
+
+def _replay_after_the_run(env: FactoryEnv, serve: list[str], curl: list[str]) -> None:
+    """The printed reproduction works as printed: `factory serve` stays up, the curl gets the same 500."""
+    assert serve[:2] == ["factory", "serve"] and curl[0] == "curl"
+    server = subprocess.Popen([sys.executable, "-m", "factory.cli", *serve[1:]], cwd=ROOT,
+                              env={**env.env, "PYTHONUNBUFFERED": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        announced = server.stdout.readline()  # printed once the model answers /readyz
+        assert "serve log:" in announced, announced
+        replayed = subprocess.run([*curl, "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=30)
+        body, status = replayed.stdout.rsplit("\n", 1)
+        assert status == "500" and json.loads(body)["error"]["code"] == "model_error", replayed.stdout
+    finally:
+        server.terminate()  # SIGTERM, as `kill` stops the background job: its server goes with it
+        assert server.wait(timeout=60) == 0

@@ -63,7 +63,7 @@ def write_state(root: Path) -> StateDir:
                     bento_model_tag=f"{model}:r1", bento_tag=f"{model}:0", bento_export=str(root / "gone.bento"),
                     image=f"registry.example.com/mf/{model}:0", image_built=False, dockerfile="",
                     golden=str(state.golden_path(model))).save(state.record_path(model))
-        ResolvedRecord(bento_model_tag=f"{model}:r1", signature=SIGNATURE, flavor={}, registry={}
+        ResolvedRecord(bento_model_tag=f"{model}:r1", signature=SIGNATURE, flavor={}, registry={}, requirements=[]
                        ).save(state.resolved_path(model))
         state.golden_path(model).write_text(json.dumps([{"inputs": [{"x": 1.0}], "outputs": [0.5]}]))
         TestReport(model=model, route=f"/{model}", bento_tag=f"{model}:0", seed=0, passed=True,
@@ -205,7 +205,7 @@ def test_truncated_report(tmp_path: Path, command: str) -> None:
     report.write_text(report.read_text()[:100])
     result = run(tmp_path, command)
     assert (result.exit_code, result.stderr) == (1, (
-        f"{report}: not valid JSON at line 6 column 5 (Unterminated string starting at), probably cut short by "
+        f"{report}: not valid JSON at line 6 column 11 (Expecting value), probably cut short by "
         "an interrupted run; run `factory test beta` again\n"))
 
 

@@ -1,4 +1,4 @@
-"""Runtime shared by every generated Bento: request rows from the MLflow signature, and a lean predictor.
+"""Runtime shared by every generated Bento: request rows from the MLflow signature, and the predictor.
 
 Copied verbatim into each model's folder by `factory render`. It must import nothing heavy at module
 level: BentoML's arbiter process imports the service file too, and every MiB there is paid per model.
@@ -6,10 +6,10 @@ level: BentoML's arbiter process imports the service file too, and every MiB the
 
 from __future__ import annotations
 
-import base64
 import datetime
 import json
 import keyword
+import logging
 import math
 import re
 from pathlib import Path
@@ -17,6 +17,10 @@ from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+import mf_inputs
+from mf_http import FAILURE_MARK
+
+LOG = logging.getLogger("mf_runtime")
 RESOLVED_FILE = "resolved.json"
 INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
 
@@ -79,98 +83,61 @@ def _tensor_row(spec: dict) -> Any:
     return row
 
 
-def column_order(inputs: list[dict]) -> list[tuple[str, str]]:
-    """(field name, MLflow type) in signature order, as the model expects its columns."""
-    if inputs and inputs[0].get("type") == "tensor":
-        return []
-    return [(_field_name(i, spec.get("name", f"c{i}")), spec["type"]) for i, spec in enumerate(inputs)]
-
-
 class Predictor:
-    """Loads the model natively (no mlflow import: ~110 MiB less per process) where the flavor allows."""
+    """Runs the model on a merged adaptive batch; a row the model fails on fails alone.
 
-    def __init__(self, mlflow_model_dir: str, resolved: dict):
-        self.columns = column_order(resolved["signature"]["inputs"])
-        self.numeric = all(kind in ("double", "float", "long", "integer", "boolean") for _, kind in self.columns)
-        self.method = resolved["flavor"].get("predict_fn", "predict")
-        self.model = _load(Path(mlflow_model_dir), resolved["flavor"])
+    BentoML hands one exception to every request of a batch (FIELD_NOTES). Here a batch that raises
+    is bisected until the rows that raise are alone: they get a failure marker, every other row its
+    prediction, and `mf_http.ErrorShape` turns a request holding a marker into its own 500. When
+    nothing raises, the batch runs once, as before.
+    """
+
+    def __init__(self, mlflow_model_dir: str, resolved: dict, allow_non_finite: bool = False):
+        import mf_flavors
+
+        self.inputs = resolved["signature"]["inputs"]
+        self.tensor = mf_inputs.is_tensor(self.inputs)
+        self.allow_non_finite = allow_non_finite
+        self.model = mf_flavors.load(Path(mlflow_model_dir), resolved["flavor"])
 
     def predict(self, rows: list[Any]) -> list[Any]:
+        records = rows if self.tensor else [row.model_dump(by_alias=True) for row in rows]
+        return self._isolated(records)
+
+    def _isolated(self, records: list[Any]) -> list[Any]:
+        try:
+            outputs = self._run(records)
+        except Exception as exc:  # the model's own failure, whatever its type
+            if len(records) == 1:
+                LOG.warning("the model raised on one row", exc_info=True)
+                return [failure("model_error", f"the model raised {type(exc).__name__}: {str(exc)[:300]}")]
+            middle = len(records) // 2
+            return self._isolated(records[:middle]) + self._isolated(records[middle:])
+        return [self._finite(output) for output in outputs]
+
+    def _run(self, records: list[Any]) -> list[Any]:
         import numpy as np
 
-        if not self.columns:
-            batch = np.asarray(rows)
+        if self.tensor:
+            batch = mf_inputs.tensor(records, self.inputs)
+        elif self.model.wants == "frame":
+            batch = mf_inputs.frame(records, self.inputs)
         else:
-            batch = np.array([[_cell(getattr(row, name), kind) for name, kind in self.columns] for row in rows],
-                             dtype=np.float64 if self.numeric else object)
-        output = getattr(self.model, self.method)(batch)
-        return [_plain(value) for value in np.asarray(output).tolist()]
+            batch = mf_inputs.array(records, self.inputs)
+        outputs = np.asarray(self.model.predict(batch)).tolist()
+        if not isinstance(outputs, list) or len(outputs) != len(records):
+            raise ValueError(f"the model returned {np.shape(outputs)} outputs for {len(records)} rows")
+        return outputs
+
+    def _finite(self, output: Any) -> Any:
+        if mf_inputs.all_finite(output):
+            return output
+        if self.allow_non_finite:
+            return mf_inputs.nulled(output)
+        return failure("non_finite_output", "the model returned NaN or infinity for this row; fix the model, or "
+                                            "set serving.allow_non_finite: true in models.yaml to serve it as null")
 
 
-def _cell(value: Any, kind: str) -> Any:
-    if value is None:
-        return math.nan if kind in ("double", "float", "long", "integer") else None
-    if kind == "binary":
-        return base64.b64decode(value)
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _load(model_dir: Path, flavor: dict) -> Any:
-    if flavor.get("loader") == "skops":
-        import skops.io
-
-        return skops.io.load(model_dir / flavor["model_file"], trusted=flavor.get("trusted_types", []))
-    import mlflow.pyfunc  # other flavors: MLflow's own loader, at its memory cost
-
-    return mlflow.pyfunc.load_model(str(model_dir))
-
-
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over `max_bytes` with a JSON 413 before they are parsed."""
-
-    def __init__(self, app: Any, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
-            return
-        seen = 0
-        refused = False
-
-        async def counting_receive() -> dict:
-            nonlocal seen, refused
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                refused = True
-                raise _BodyTooLarge()
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            if refused:
-                await self._refuse(send)
-
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"error": f"request body is larger than {self.max_bytes} bytes; send fewer rows "
-                                    "per request"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
+def failure(code: str, message: str) -> dict:
+    """The marker a failed row carries out of the batch; never a valid model output."""
+    return {FAILURE_MARK.decode(): {"code": code, "message": message}}

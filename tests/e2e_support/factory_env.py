@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -44,6 +45,15 @@ class FactoryEnv:
         if check and result.returncode != 0:
             raise AssertionError(f"factory {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
+
+
+def example_module(name: str):
+    """examples/NAME.py as a module (examples/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_factory_env(base: Path) -> FactoryEnv:

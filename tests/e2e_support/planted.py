@@ -6,20 +6,11 @@ Run as a script: python planted.py REGISTRY_DIR
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANTED_MODEL = "crashy_match_probability"
-
-
-def _train_module():
-    spec = importlib.util.spec_from_file_location("example_train", ROOT / "examples" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def _strict_encoder_model():
@@ -39,8 +30,9 @@ def _strict_encoder_model():
 
 def register_planted(registry: Path) -> None:
     import mlflow
+    from factory_env import example_module  # run as a script from this folder
 
-    train = _train_module()
+    train = example_module("train")
     mlflow.set_tracking_uri(train.tracking_uri(registry))
     example = train.Example(PLANTED_MODEL, train._match_data(2, "TAXI", True), _strict_encoder_model,
                             "predict_proba", optional_columns=("surge multiplier",))

@@ -1,0 +1,98 @@
+"""Model-kind dispatch: load a registered MLflow model the leanest way its flavor allows.
+
+Native loaders (sklearn from skops/pickle/cloudpickle, LightGBM, XGBoost) skip `import mlflow` and,
+for models fit on arrays, pandas (~110 MiB per process, FIELD_NOTES). Everything else, custom
+`PythonModel`s and models-from-code included, loads through `mlflow.pyfunc` inside the Bento.
+Each loader must answer exactly what `mlflow.pyfunc.load_model(uri).predict` answers: golden
+predictions recorded with pyfunc at build time check it for every model.
+
+Copied verbatim into each model's folder by `factory render`; `factory build` decides the loader
+(`flavor` in resolved.json) from the model's MLmodel file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """`predict` takes what `wants` names: "frame" (pandas, signature columns) or "array" (numpy)."""
+
+    predict: Callable[[Any], Any]
+    wants: str
+    feature_names: tuple[str, ...] = ()
+
+
+def load(model_dir: Path, flavor: dict) -> LoadedModel:
+    loader = flavor.get("loader", "pyfunc")
+    if loader in SKLEARN_FORMATS:
+        return _sklearn(model_dir, flavor)
+    if loader == "lightgbm":
+        return _lightgbm(model_dir, flavor)
+    if loader == "xgboost":
+        return _xgboost(model_dir, flavor)
+    import mlflow.pyfunc  # the general case, at mlflow's memory cost
+
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    return LoadedModel(model.predict, "frame")
+
+
+def _unpickle(path: Path, serialization: str, trusted: list[str]) -> Any:
+    if serialization == "skops":
+        import skops.io
+
+        return skops.io.load(path, trusted=trusted)
+    with open(path, "rb") as handle:
+        if serialization == "cloudpickle":
+            import cloudpickle
+
+            return cloudpickle.load(handle)
+        return pickle.load(handle)
+
+
+def _sklearn(model_dir: Path, flavor: dict) -> LoadedModel:
+    model = _unpickle(model_dir / flavor["model_file"], flavor["loader"], flavor.get("trusted_types", []))
+    return _by_fit_input(model, getattr(model, flavor.get("predict_fn", "predict")))
+
+
+def _by_fit_input(model: Any, predict: Callable[[Any], Any]) -> LoadedModel:
+    # A model fit on a DataFrame may select columns by name (ColumnTransformer): it gets one, as under
+    # pyfunc. One fit on an array gets an array and never imports pandas.
+    if hasattr(model, "feature_names_in_"):
+        return LoadedModel(predict, "frame")
+    return LoadedModel(predict, "array")
+
+
+def _lightgbm(model_dir: Path, flavor: dict) -> LoadedModel:
+    path = model_dir / flavor["model_file"]
+    if flavor.get("model_class", "lightgbm.basic.Booster") == "lightgbm.basic.Booster":
+        import lightgbm
+
+        booster = lightgbm.Booster(model_file=str(path))
+        return LoadedModel(booster.predict, "array")
+    model = _unpickle(path, flavor.get("serialization", "cloudpickle"), flavor.get("trusted_types", []))
+    return _by_fit_input(model, model.predict)
+
+
+def _xgboost(model_dir: Path, flavor: dict) -> LoadedModel:
+    import xgboost
+
+    module, _, name = flavor["model_class"].rpartition(".")
+    model = getattr(importlib.import_module(module), name)()
+    model.load_model(str(model_dir / flavor["model_file"]))
+    booster = model if isinstance(model, xgboost.Booster) else model.get_booster()
+    names = tuple(booster.feature_names or ())
+    if isinstance(model, xgboost.Booster):
+        # pyfunc wraps the frame in a DMatrix; the column names carried here keep feature validation on.
+        def predict(batch: Any) -> Any:
+            return model.predict(xgboost.DMatrix(batch, feature_names=list(names) or None), validate_features=True)
+
+        return LoadedModel(predict, "array", names)
+    return LoadedModel(model.predict, "frame" if names else "array", names)

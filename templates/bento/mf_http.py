@@ -1,0 +1,152 @@
+"""ASGI middleware giving every error of a model service one shape, as the proxy's:
+`{"error": {"code": ..., "message": ..., "field": ...}}`.
+
+- bodies over `max_bytes` → 413 before they are parsed;
+- BentoML's validation errors (400) → the JSON path of the first bad field in `field`;
+- BentoML's "process is overloaded" (503) → `overloaded` with `Retry-After`;
+- a 200 whose outputs hold a row failure marker (`mf_runtime.failure`) → 500 for that request alone.
+Copied verbatim into each model's folder by `factory render`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Optional
+
+FAILURE_MARK = b"__model_factory_failure__"
+RETRY_AFTER_S = "1"
+CODES = {400: "invalid_input", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
+         415: "unsupported_media_type", 422: "invalid_input", 500: "internal", 503: "overloaded"}
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def error_body(code: str, message: str, field: Optional[str] = None) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message, "field": field}}).encode()
+
+
+def json_path(loc: list) -> str:
+    """pydantic's loc as a JSON path: inputs[3]["surge multiplier"], inputs[0].distance_km."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif IDENTIFIER.fullmatch(str(part)):
+            path += f".{part}" if path else str(part)
+        else:
+            path += f"[{json.dumps(str(part), ensure_ascii=False)}]"
+    return path or "$"
+
+
+class ErrorShape:
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._send(send, 413, self._too_large())
+            return
+        seen = 0
+        response = _Response(send)
+
+        async def counting_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, counting_receive, response.send)
+        except _BodyTooLarge:
+            if not response.started:
+                await self._send(send, 413, self._too_large())
+
+    def _too_large(self) -> bytes:
+        return error_body("body_too_large", f"request body is larger than {self.max_bytes} bytes; send fewer rows "
+                                            "per request")
+
+    @staticmethod
+    async def _send(send: Any, status: int, body: bytes, headers: Optional[list] = None) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *(headers or [])]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _Response:
+    """Holds a response's start until its body is known, so status and body can be rewritten together."""
+
+    def __init__(self, send: Any):
+        self.downstream = send
+        self.start: Optional[dict] = None
+        self.chunks: list[bytes] = []
+        self.started = False
+
+    async def send(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            await self.downstream(message)
+            return
+        self.chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        self.started = True
+        status, body = self.start["status"], b"".join(self.chunks)
+        rewritten = _rewrite(status, body)
+        if rewritten is None:
+            await self.downstream(self.start)
+            await self.downstream({"type": "http.response.body", "body": body})
+            return
+        status, body, headers = rewritten
+        await ErrorShape._send(self.downstream, status, body, headers)
+
+
+def _rewrite(status: int, body: bytes) -> Optional[tuple[int, bytes, list]]:
+    if status < 400:
+        return _row_failure(body) if FAILURE_MARK in body else None
+    try:
+        detail = json.loads(body)
+    except ValueError:
+        detail = None
+    if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
+        return None  # already in shape
+    if status == 503:
+        return status, error_body("overloaded", "the model server is overloaded; retry after "
+                                                f"{RETRY_AFTER_S} s"), [(b"retry-after", RETRY_AFTER_S.encode())]
+    if status == 400 and isinstance(detail, dict) and detail.get("detail"):
+        return status, _validation(detail["detail"]), []
+    message = detail.get("error") if isinstance(detail, dict) and isinstance(detail.get("error"), str) else None
+    return status, error_body(CODES.get(status, f"http_{status}"), message or body.decode("utf-8", "replace")[:300]
+                              or f"HTTP {status}"), []
+
+
+def _validation(errors: list) -> bytes:
+    first = errors[0] if isinstance(errors[0], dict) else {}
+    loc = list(first.get("loc") or [])
+    where = ".".join(str(part) for part in loc)
+    message = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request body"))
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problems)"
+    return error_body("invalid_input", message, json_path(loc) if loc else None)
+
+
+def _row_failure(body: bytes) -> Optional[tuple[int, bytes, list]]:
+    outputs = json.loads(body)
+    for index, output in enumerate(outputs if isinstance(outputs, list) else []):
+        if isinstance(output, dict) and FAILURE_MARK.decode() in output:
+            failed = output[FAILURE_MARK.decode()]
+            return 500, error_body(failed["code"], failed["message"], f"inputs[{index}]"), []
+    return None
+
+
+class _BodyTooLarge(Exception):
+    pass

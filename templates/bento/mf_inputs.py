@@ -1,0 +1,79 @@
+"""Request rows → the batch a model expects: a pandas DataFrame with the signature's names and dtypes,
+a numpy array in signature order, or a tensor of the declared dtype.
+
+Shared by the served Bento and by `factory build`, which records golden predictions with
+`mlflow.pyfunc` on exactly the frame built here. Copied verbatim into each model's folder.
+Rows are dicts keyed by the MLflow column names; optional columns may be None. Also: how outputs
+with NaN/infinity are found and nulled, alike in both places.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+FRAME_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
+NUMERIC = {"double", "float", "long", "integer", "boolean"}
+
+
+def is_tensor(inputs: list[dict]) -> bool:
+    return bool(inputs) and inputs[0].get("type") == "tensor"
+
+
+def column_names(inputs: list[dict]) -> list[str]:
+    return [spec.get("name", f"c{index}") for index, spec in enumerate(inputs)]
+
+
+def tensor(rows: list[Any], inputs: list[dict]) -> Any:
+    import numpy as np
+
+    return np.asarray(rows, dtype=inputs[0]["tensor-spec"]["dtype"])
+
+
+def frame(rows: list[dict], inputs: list[dict]) -> Any:
+    """Columns in signature order with the signature's dtypes; a missing optional value is NaN/None."""
+    import pandas as pd
+
+    names = column_names(inputs)
+    data = pd.DataFrame([[_cell(row.get(name), spec["type"]) for name, spec in zip(names, inputs)] for row in rows],
+                        columns=names)
+    for name, spec in zip(names, inputs):
+        kind = spec["type"]
+        # An integer column with a missing value stays float/object, as MLflow's own schema enforcement keeps it.
+        if kind in ("double", "float") or (kind in FRAME_DTYPES and data[name].notna().all()):
+            data[name] = data[name].astype(FRAME_DTYPES[kind])
+    return data
+
+
+def array(rows: list[dict], inputs: list[dict]) -> Any:
+    """Signature order; float64 when every column is numeric (missing → NaN), else an object array."""
+    import numpy as np
+
+    names = column_names(inputs)
+    numeric = all(spec["type"] in NUMERIC for spec in inputs)
+    cells = [[_cell(row.get(name), spec["type"]) for name, spec in zip(names, inputs)] for row in rows]
+    return np.array(cells, dtype=np.float64 if numeric else object)
+
+
+def _cell(value: Any, kind: str) -> Any:
+    if value is None:
+        return math.nan if kind in ("double", "float", "long", "integer") else None
+    if kind == "binary":
+        return base64.b64decode(value)
+    return value
+
+
+def all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(map(all_finite, value))
+    return True
+
+
+def nulled(value: Any) -> Any:
+    """NaN and infinities as None (JSON has neither), at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return [nulled(item) for item in value] if isinstance(value, list) else value

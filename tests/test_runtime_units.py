@@ -1,0 +1,143 @@
+"""The Bento runtime in process: dependency merging, batch bisection, non-finite outputs, one error shape."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packaging.requirements import Requirement
+
+from factory.errors import BuildError
+from factory.runtime import BENTO_TEMPLATES, lock_pins, model_requirements, resolve_requirements
+
+sys.path.insert(0, str(BENTO_TEMPLATES))
+import mf_flavors  # noqa: E402
+import mf_http  # noqa: E402
+import mf_runtime  # noqa: E402
+
+WHERE = "models.yaml:3: model 'm'"
+PINS = lock_pins()
+
+
+def _resolve(model: list[str], runtime=("scikit-learn",), packages=(), native=True) -> tuple[str, ...]:
+    return resolve_requirements([Requirement(line) for line in model], runtime, packages, native, WHERE)
+
+
+def test_model_requirements_merge_with_runtime_pins() -> None:
+    resolved = _resolve([f"scikit-learn=={PINS['scikit-learn']}", "mlflow==3.17.2", "sortedcontainers>=2",
+                         "tabulate==0.9.0"])
+    assert f"scikit-learn=={PINS['scikit-learn']}" in resolved and f"bentoml=={PINS['bentoml']}" in resolved
+    assert f"sortedcontainers=={PINS['sortedcontainers']}" in resolved  # compatible: the lock's version
+    assert "tabulate==0.9.0" in resolved  # not in the lock: the model's own pin
+    assert not any(line.startswith("mlflow") for line in resolved)  # native loader: no mlflow
+    assert any(line.startswith("mlflow==") for line in _resolve(["mlflow==3.17.2"], ("mlflow",), native=False))
+    assert resolved == tuple(sorted(resolved))
+
+
+def test_conflict_names_both_pins_and_the_entry() -> None:
+    with pytest.raises(BuildError) as error:
+        _resolve(["scikit-learn==1.0.2"])
+    assert str(error.value) == (
+        f"{WHERE}: the model requires scikit-learn==1.0.2 (its MLflow requirements.txt) but the serving runtime "
+        f"pins scikit-learn=={PINS['scikit-learn']} (requirements.lock); set `serving.packages: "
+        "[\"scikit-learn==1.0.2\"]` in models.yaml to serve with the model's version, or re-log the model with "
+        "the runtime's")
+
+
+def test_catalog_packages_override_by_name() -> None:
+    resolved = _resolve(["scikit-learn==1.0.2"], packages=["scikit-learn==1.0.2", "tabulate>=0.9"])
+    assert "scikit-learn==1.0.2" in resolved and "tabulate>=0.9" in resolved
+
+
+def test_requirements_file_skips_options_and_locates_bad_lines() -> None:
+    text = "# comment\n-r other.txt\nnumpy>=1  # inline\n\nlightgbm==4.7.0; python_version < '3'\n"
+    parsed = [str(r) for r in model_requirements(text, "req.txt")]
+    assert parsed == ["numpy>=1", 'lightgbm==4.7.0; python_version < "3"']
+    assert "lightgbm" not in " ".join(_resolve(["lightgbm==4.7.0; python_version < '3'"]))
+    with pytest.raises(BuildError, match=r"^req.txt:2: not a requirement: 'numpy =='"):
+        model_requirements("numpy\nnumpy ==\n", "req.txt")
+
+
+def _predictor(predict, allow_non_finite=False) -> mf_runtime.Predictor:
+    predictor = mf_runtime.Predictor.__new__(mf_runtime.Predictor)
+    predictor.inputs = [{"type": "double", "name": "x", "required": True}]
+    predictor.tensor = False
+    predictor.allow_non_finite = allow_non_finite
+    predictor.model = mf_flavors.LoadedModel(predict, "array")
+    return predictor
+
+
+class _Calls:
+    def __init__(self, answer):
+        self.batches: list[int] = []
+        self.answer = answer
+
+    def __call__(self, batch):
+        self.batches.append(len(batch))
+        return self.answer(batch)
+
+
+def _rows(values: list[float]) -> list:
+    row = mf_runtime.row_model([{"type": "double", "name": "x", "required": True}])
+    return [row(x=value) for value in values]
+
+
+def _raising_on_negative(batch):
+    if (batch[:, 0] < 0).any():
+        raise ValueError("negative")
+    return batch[:, 0] * 2
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.lists(st.sampled_from([-1.0, 1.0, 2.0, 3.0]), min_size=1, max_size=32))
+def test_only_the_rows_that_raise_fail(values: list[float]) -> None:
+    outputs = _predictor(_raising_on_negative).predict(_rows(values))
+    for value, output in zip(values, outputs):
+        if value < 0:
+            assert output[mf_http.FAILURE_MARK.decode()]["code"] == "model_error"
+        else:
+            assert output == value * 2
+
+
+def test_a_batch_that_does_not_raise_runs_once() -> None:
+    calls = _Calls(_raising_on_negative)
+    assert _predictor(calls).predict(_rows([1.0] * 32)) == [2.0] * 32
+    assert calls.batches == [32]
+
+
+def test_non_finite_outputs_fail_their_row_unless_allowed() -> None:
+    def log(batch):
+        return [math.log(x) if x > 0 else math.nan for x in batch[:, 0]]
+
+    outputs = _predictor(log).predict(_rows([1.0, -1.0]))
+    assert outputs[0] == 0.0 and outputs[1][mf_http.FAILURE_MARK.decode()]["code"] == "non_finite_output"
+    assert _predictor(log, allow_non_finite=True).predict(_rows([1.0, -1.0])) == [0.0, None]
+
+
+@pytest.mark.parametrize("loc, path", [
+    (["inputs", 0, "distance_km"], "inputs[0].distance_km"),
+    (["inputs", 3, "surge multiplier"], 'inputs[3]["surge multiplier"]'),
+    (["inputs"], "inputs"),
+    ([], "$"),
+])
+def test_json_paths(loc: list, path: str) -> None:
+    assert mf_http.json_path(loc) == path
+
+
+def test_bentoml_errors_are_rewritten_into_one_shape() -> None:
+    validation = json.dumps({"error": "1 validation error", "detail": [
+        {"type": "missing", "loc": ["inputs", 2, "surge multiplier"], "msg": "Field required"}]}).encode()
+    status, body, headers = mf_http._rewrite(400, validation)
+    assert (status, json.loads(body), headers) == (400, {"error": {
+        "code": "invalid_input", "message": "inputs.2.surge multiplier: Field required",
+        "field": 'inputs[2]["surge multiplier"]'}}, [])
+    status, body, headers = mf_http._rewrite(503, b'{"error": "An unexpected error has occurred"}')
+    assert status == 503 and json.loads(body)["error"]["code"] == "overloaded" and headers == [(b"retry-after", b"1")]
+    failed = json.dumps([1.0, mf_runtime.failure("model_error", "boom")]).encode()
+    assert mf_http._rewrite(200, failed)[:2] == (500, mf_http.error_body("model_error", "boom", "inputs[1]"))
+    assert mf_http._rewrite(200, b"[1.0, 2.0]") is None
