@@ -9,14 +9,14 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from factory.catalog import (Batching, Catalog, ExperimentSpec, KubernetesSettings, ModelSpec, Resources,
-                             Scaling, shown)
+from factory.catalog import (Batching, Catalog, ExperimentSpec, KubernetesSettings, ModelSpec, PipelineSettings,
+                             Resources, Scaling, shown)
 from factory.crosscheck import cross_check
 from factory.errors import CatalogError, Problem
 from factory.expand import DEFAULT_KEYS, Expansion, Origin, expand_models, raw_value, source_of, suggest
 from factory.yamlsource import SourceMap, YamlPath, load_located
 
-TOP_KEYS = ("kubernetes", "defaults", "models", "experiments")
+TOP_KEYS = ("kubernetes", "pipeline", "defaults", "models", "experiments")
 QUOTE_HINT = "YAML reads unquoted yes/no/on/off as booleans and 1.10 as a number: quote the value, e.g. 'NO'"
 DEFAULT_SECTIONS: dict[str, type[BaseModel]] = {"batching": Batching, "resources": Resources,
                                                 "scaling": Scaling}
@@ -67,6 +67,7 @@ class _Validator:
                                                          suggest(key, list(TOP_KEYS)) or
                                                          f"allowed: {', '.join(TOP_KEYS)}", prefer_key=True))
         kubernetes = self._section(data, "kubernetes", KubernetesSettings)
+        pipeline = self._section(data, "pipeline", PipelineSettings)
         defaults = self._defaults(data.get("defaults", {}))
         entries = data.get("models")
         if not isinstance(entries, list) or not entries:
@@ -83,7 +84,8 @@ class _Validator:
             raise CatalogError(self.problems)
         origins = {model.name: f"{self.source.file}:{self.source.locate(origin.path)[0]}"
                    for model, (_, origin) in zip(models, expansion.models)}
-        return Catalog(kubernetes=kubernetes or KubernetesSettings(), models=tuple(models),
+        return Catalog(kubernetes=kubernetes or KubernetesSettings(), pipeline=pipeline or PipelineSettings(),
+                       models=tuple(models),
                        experiments=tuple(experiments), origins=origins)
 
     def _fail(self, path: YamlPath, message: str, hint: Optional[str] = None) -> None:

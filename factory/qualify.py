@@ -74,7 +74,8 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
                          f"run `factory build {model.name}` first")
     ensure_in_store(record)
     report_dir = state.report_dir(model.name)
-    golden = json.loads(Path(record.golden).read_text(encoding="utf-8"))
+    # Beside the record, not at the path recorded: a CI job's workspace is not the build job's.
+    golden = json.loads((state.build_dir(model.name) / Path(record.golden).name).read_text(encoding="utf-8"))
     signature = json.loads((state.build_dir(model.name) / "src" / "resolved.json").read_text())["signature"]
     with measured_server(record, report_dir / "serve.log", runtime, catalog.kubernetes.service_port) as (url, memory):
         with memory.phase("idle"):
