@@ -84,6 +84,7 @@ def test_a_child_without_deploy_has_no_apply_and_passes_the_schema(tmp_path: Pat
     assert len(_jobs(text)) == 3 * 20
 
 
+@pytest.mark.e2e
 def test_a_failing_child_job_fails_the_run_although_gitlab_ci_local_exits_0(tmp_path: Path) -> None:
     repository = scratch_repository(tmp_path / "repo", {".gitlab-ci.yml": PLANTED_PARENT})
     run = run_pipeline(repository, {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
