@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 GITLAB_CI_LOCAL = ROOT / ".tools" / "node_modules" / ".bin" / "gitlab-ci-local"
 # The summary: " PASS  render", " FAIL  planted-failure", " PASS  [child] -> good-job".
+STATE_DIR = "gitlab-ci-local-state"
 JOB_LINE = re.compile(r"^\s*(PASS|FAIL)\s+(?:\[[^\]]*\]\s*->\s*)?(\S+)", re.M)
 
 
@@ -51,6 +52,7 @@ def scratch_repository(target: Path, files: dict[str, str] | None = None) -> Pat
         else:
             destination.write_text(text)
     git(target, "init", "-q", "-b", "main")
+    (target / ".git" / "info" / "exclude").write_text(f"/{STATE_DIR}/\n")
     commit(target, "scratch")
     return target
 
@@ -67,15 +69,19 @@ def commit(repository: Path, message: str) -> str:
 
 
 def run_pipeline(repository: Path, env: dict[str, str], *extra: str, timeout: float = 900) -> PipelineRun:
-    """Every job in a fresh copy of the repository, in the shell (GitLab would use each job's image)."""
+    """Every job in a fresh copy of the repository, in the shell (GitLab would use each job's image).
+
+    The copies live under a state directory that is not hidden: BentoML refuses to build under one.
+    """
     result = subprocess.run([str(GITLAB_CI_LOCAL), "--concurrency", "2", "--shell-isolation", "--force-shell-executor",
-                             *extra], cwd=repository, env=env, capture_output=True, text=True, timeout=timeout)
+                             "--state-dir", STATE_DIR, *extra], cwd=repository, env=env, capture_output=True, text=True,
+                            timeout=timeout)
     return PipelineRun(result.returncode, result.stdout + result.stderr)
 
 
 def artifact(repository: Path, job: str, path: str) -> Path:
     """Where gitlab-ci-local keeps a job's artifact file."""
-    return repository / ".gitlab-ci-local" / "artifacts" / job / path
+    return repository / STATE_DIR / "artifacts" / job / path
 
 
 def _plain(text: str) -> str:
