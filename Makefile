@@ -15,7 +15,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 FACTORY := $(BIN)/factory
 REGISTRY := registry/mlflow.db
 
-.PHONY: demo test venv tools registry bench clean
+.PHONY: demo test venv tools apt-tools registry bench clean
 
 venv: $(STAMP)
 
@@ -26,16 +26,20 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-# System tools (apt) that tests and benchmarks drive as real processes.
-tools:
+# System tools (apt) that tests and benchmarks drive as real processes; each package provides the
+# command of the same name. As root apt-get runs directly, otherwise through sudo (tests/test_makefile.py).
+tools: apt-tools
+	@test "$$($(GITLAB_CI_LOCAL) --version 2>/dev/null)" = "$(GITLAB_CI_LOCAL_VERSION)" || \
+	  (mkdir -p .tools && cd .tools && npm install --silent --no-audit --no-fund gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION))
+
+apt-tools:
 	@missing=""; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq $$missing >/dev/null; \
 	fi
-	@test "$$($(GITLAB_CI_LOCAL) --version 2>/dev/null)" = "$(GITLAB_CI_LOCAL_VERSION)" || \
-	  (mkdir -p .tools && cd .tools && npm install --silent --no-audit --no-fund gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION))
 
 # The example MLflow registry (sqlite + artifacts under registry/), trained and registered once.
 registry: $(REGISTRY)

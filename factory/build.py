@@ -13,44 +13,20 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from factory import golden
 from factory.catalog import Catalog, ModelSpec
-from factory.errors import BuildError
-from factory.loader import load_catalog
+from factory.errors import BuildError, StateError
+from factory.loader import load_catalog, select_models
 from factory.registry import Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
-from factory.state import StateDir
+from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BuildRecord:
-    model: str
-    content_hash: str
-    registry: dict
-    bento_model_tag: str
-    bento_tag: str
-    bento_export: str
-    image: str
-    image_built: bool
-    dockerfile: str
-    golden: str
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: Path) -> Optional["BuildRecord"]:
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
-            return None
 
 
 @dataclass(frozen=True)
@@ -83,9 +59,8 @@ def check_experiment_inputs(catalog: Catalog, state: StateDir) -> None:
     for experiment in catalog.experiments:
         signatures = {}
         for variant in experiment.variants:
-            resolved = state.build_dir(variant.model) / "src" / "resolved.json"
-            if resolved.is_file():
-                signatures[variant.model] = json.loads(resolved.read_text(encoding="utf-8"))["signature"]["inputs"]
+            if state.resolved_path(variant.model).is_file():
+                signatures[variant.model] = state.resolved(variant.model).signature["inputs"]
         first, *others = list(signatures.items()) or [(None, None)]
         for name, inputs in others:
             if inputs != first[1]:
@@ -99,19 +74,6 @@ def _describe(outcome: BuildOutcome) -> str:
     if outcome.skipped:
         return f"unchanged, skipped ({outcome.record.bento_tag})"
     return f"built {outcome.record.bento_tag} in {outcome.seconds:.1f} s"
-
-
-def select_models(catalog: Catalog, names: Iterable[str], everything: bool) -> list[ModelSpec]:
-    names = list(names)
-    if everything == bool(names):
-        raise BuildError("name the models to work on, or pass --all (not both)")
-    if everything:
-        return list(catalog.models)
-    known = {model.name: model for model in catalog.models}
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise BuildError(f"not in models.yaml: {', '.join(unknown)}; run `factory summary` to list the models")
-    return [known[name] for name in names]
 
 
 class Builder:
@@ -128,7 +90,7 @@ class Builder:
         resolved = self.registry.resolve(model)
         folder = self._rendered_folder(model)
         content_hash = _content_hash(folder, resolved)
-        previous = BuildRecord.load(self.state.record(model.name))
+        previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
             return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
         bento_model_tag = self._import(model, resolved)
@@ -142,8 +104,15 @@ class Builder:
             bento_export=str(self._export(model, bento_tag)),
             golden=str(self._golden(model, resolved)),
             **self._image(model, bento_tag))
-        record.save(self.state.record(model.name))
+        record.save(self.state.record_path(model.name))
         return BuildOutcome(model.name, record, skipped=False, seconds=time.monotonic() - started)
+
+    def _previous(self, model: ModelSpec) -> Optional[BuildRecord]:
+        """An unreadable record from an interrupted build only means: build again (and overwrite it)."""
+        try:
+            return self.state.build_record(model.name)
+        except StateError:
+            return None
 
     def _rendered_folder(self, model: ModelSpec) -> dict[str, str]:
         """The model's service and bentofile, plus the runtime files every Bento shares."""
@@ -168,15 +137,14 @@ class Builder:
 
     def _workspace(self, model: ModelSpec, folder: dict[str, str], resolved: ResolvedModel,
                    bento_model_tag: str) -> Path:
-        source = self.state.build_dir(model.name) / "src"
+        source = self.state.source_dir(model.name)
         shutil.rmtree(source, ignore_errors=True)
         source.mkdir(parents=True)
         for name, text in folder.items():
             (source / name).write_text(text, encoding="utf-8")
-        (source / "resolved.json").write_text(json.dumps({
-            "bento_model_tag": bento_model_tag, "signature": resolved.signature, "flavor": resolved.flavor,
-            "registry": {"name": resolved.registered_as, "version": resolved.version},
-        }, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        ResolvedRecord(bento_model_tag=bento_model_tag, signature=resolved.signature, flavor=resolved.flavor,
+                       registry={"name": resolved.registered_as, "version": resolved.version},
+                       ).save(self.state.resolved_path(model.name))
         return source
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
@@ -196,13 +164,13 @@ class Builder:
         return target
 
     def _golden(self, model: ModelSpec, resolved: ResolvedModel) -> Path:
-        path = self.state.build_dir(model.name) / "golden.json"
+        path = self.state.golden_path(model.name)
         cases, errors = golden.record_golden(resolved, batch_size=min(8, model.batching.max_batch_size))
         if errors:
             self.progress(f"warning: {model.name}: the registry's own model raised on {len(errors)} of "
                           f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "
                           "find the smallest such input")
-        path.write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        write_atomic(path, json.dumps(cases, indent=1, sort_keys=True) + "\n")
         return path
 
     def _image(self, model: ModelSpec, bento_tag: str) -> dict:
@@ -232,7 +200,7 @@ def ensure_in_store(record: BuildRecord) -> None:
 def _export_file(record: BuildRecord) -> Optional[Path]:
     """The exported Bento: where the build wrote it, or beside the record (a CI job's workspace moves)."""
     for candidate in (Path(record.bento_export),
-                      StateDir.from_env().root / "builds" / record.model / Path(record.bento_export).name):
+                      StateDir.from_env().build_dir(record.model) / Path(record.bento_export).name):
         if candidate.is_file():
             return candidate
     return None

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from factory.build import BuildRecord
 from factory.catalog import Catalog
 from factory.errors import DeployError
 from factory.loader import load_catalog
-from factory.state import StateDir
+from factory.state import StateDir, write_atomic
 
 COMMIT = re.compile(r"[0-9a-f]{7,64}")
 KEPT_ENTRY = re.compile(r"([A-Za-z][A-Za-z0-9_]{0,62})=([1-9][0-9]{0,9})")
@@ -47,9 +46,8 @@ class DeployRecord:
         return cls(commit, dict(versions))
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"commit": self.commit, "versions": self.versions}, indent=2, sort_keys=True)
-                        + "\n", encoding="utf-8")
+        write_atomic(path, json.dumps({"commit": self.commit, "versions": self.versions}, indent=2, sort_keys=True)
+                     + "\n")
 
 
 def parse_kept_versions(text: str, catalog: Catalog) -> dict[str, int]:
@@ -74,8 +72,8 @@ def record_deploy(catalog_path: Path, commit: str, kept_text: str, out: Path,
     state = StateDir.from_env()
     versions = parse_kept_versions(kept_text, catalog)
     for model in catalog.models:
-        record = BuildRecord.load(state.root / "builds" / model.name / "record.json")
-        if model.alias is not None and record is not None:
+        record = state.build_record(model.name) if model.alias is not None else None
+        if record is not None:
             versions[model.name] = int(record.registry["version"])
     missing = sorted(m.name for m in catalog.models if m.alias is not None and m.name not in versions)
     if missing:

@@ -14,6 +14,7 @@ from typing import Any
 
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import RegistryError
+from factory.settings import Settings
 
 REGISTRY_DIR = "registry"
 SKOPS_FORMAT = "skops"
@@ -38,7 +39,7 @@ class ResolvedModel:
 
 def tracking_uri(catalog_dir: Path) -> str:
     """MLFLOW_TRACKING_URI when set (a tracking server), else the embedded sqlite registry beside models.yaml."""
-    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    configured = Settings.from_env().tracking_uri
     if configured:
         return configured
     database = (catalog_dir / REGISTRY_DIR / "mlflow.db").resolve()
@@ -57,9 +58,16 @@ class Registry:
         self.uri = uri
         # get_model_info and artifact downloads read the global URIs; unset, MLflow 3 would quietly
         # create an empty sqlite registry in the working directory.
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        except MlflowException as exc:
+            raise RegistryError(f"MLflow cannot use the registry at {uri}: {exc.message.split(';')[0]}; set "
+                                "MLFLOW_TRACKING_URI to a tracking server, or unset it to use the project's "
+                                "registry/mlflow.db") from exc
 
     def resolve(self, model: ModelSpec) -> ResolvedModel:
         from mlflow.exceptions import MlflowException

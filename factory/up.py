@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from factory.build import BuildRecord, ensure_in_store
+from factory.build import ensure_in_store
 from factory.catalog import Catalog
 from factory.errors import ServeError
 from factory.loader import load_catalog
@@ -29,11 +29,12 @@ def running(catalog_path: Path, progress: Progress) -> Iterator[tuple[Catalog, S
     catalog = load_catalog(catalog_path)
     state = StateDir.from_env().activate()
     runtime = runtime_python(state.root)
-    logs = state.root / "up"
+    logs = state.up_dir()
+    logs.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         urls = {}
         for position, model in enumerate(catalog.models, start=1):
-            record = BuildRecord.load(state.record(model.name))
+            record = state.build_record(model.name)
             if record is None:
                 raise ServeError(f"{catalog.where(model.name)}: not built; run `factory build --all` first")
             ensure_in_store(record)
@@ -76,7 +77,7 @@ def example_commands(catalog: Catalog, proxy_url: str, state: StateDir) -> list[
 
 
 def _example_body(state: StateDir, model: str) -> dict:
-    golden = json.loads((state.build_dir(model) / "golden.json").read_text(encoding="utf-8"))
+    golden = state.golden(model)
     rows = [row for case in golden for row in case["inputs"] if None not in row.values()]
     return {"inputs": [min(rows, key=lambda row: len(json.dumps(row)))]}
 
