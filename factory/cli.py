@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from factory.boundary import translate
-from factory.settings import FUZZ_EXAMPLES_ENV, LOAD_SECONDS_ENV
+from factory.settings import FUZZ_EXAMPLES_ENV, KEPT_VERSIONS_ENV, LOAD_SECONDS_ENV
 
 CATALOG_OPTION = click.option("-f", "--file", "catalog_path", type=click.Path(path_type=Path),
                               default=Path("models.yaml"), show_default=True, help="The catalog to read.")
@@ -151,8 +151,8 @@ def deploy(dry_run: bool, skip_without_cluster: bool) -> None:
 @main.command(name="record-deploy")
 @CATALOG_OPTION
 @click.option("--commit", required=True, help="The deployed commit (in CI: \"$CI_COMMIT_SHA\").")
-@click.option("--kept", envvar="FACTORY_KEPT_VERSIONS", default="", show_default=False,
-              help="Alias models deployed earlier and kept, as name=version ... [env FACTORY_KEPT_VERSIONS]")
+@click.option("--kept", envvar=KEPT_VERSIONS_ENV, default="",
+              help=f"Alias models deployed earlier and kept, as name=version ... [env {KEPT_VERSIONS_ENV}]")
 @click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True)
 def record_deploy(catalog_path: Path, commit: str, kept: str, out: Path) -> None:
     """Record what this pipeline deployed: the commit and every alias model's registry version."""
