@@ -231,6 +231,8 @@ class PipelineSettings(_Strict):
     image: CiImage = "python:3.11-bookworm"
     gpu_runner_tags: list[RunnerTag] = Field(default_factory=lambda: ["gpu"], min_length=1, max_length=16)
     environment: EnvironmentSpec = EnvironmentSpec()
+    # A Docker-in-Docker service image (e.g. docker:27-dind) for build jobs that build and push model images.
+    docker_service: Optional[CiImage] = None
 
 
 class Catalog(_Strict):

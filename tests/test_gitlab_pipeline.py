@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, ROOT, FactoryEnv
 from e2e_support.gitlab import artifact, commit, git, run_pipeline, scratch_repository
 from factory.catalog import Catalog
+from factory.errors import CatalogError
 from factory.loader import parse_catalog
 from factory.pipeline import MAX_CHILD_YAML_BYTES, MAX_NEEDS
 from factory.render import child_pipeline
@@ -52,7 +53,8 @@ def _large_catalog(count: int) -> Catalog:
     models = [{"name": f"model_{i}", "endpoint": "m", "parameters": [str(i)],
                **({"alias": "champion"} if i % 10 == 0 else {"version": 1 + i % 3}),
                **({"resources": {"gpu": 1}} if i % 100 == 1 else {})} for i in range(count)]
-    return parse_catalog(yaml.safe_dump({"pipeline": {"environment": {"name": "prod", "protected": True}},
+    return parse_catalog(yaml.safe_dump({"pipeline": {"environment": {"name": "prod", "protected": True},
+                                                      "docker_service": "docker:27-dind"},
                                          "models": models}), "models.yaml")
 
 
@@ -71,9 +73,27 @@ def test_parent_and_a_1000_model_child_pass_gitlabs_schema_and_limits(tmp_path: 
     assert len([name for name in jobs if name.startswith(MODEL_STAGES)]) == 3000
     assert [job["tags"] for name, job in jobs.items() if "tags" in job] == [["gpu"]] * 30
     assert yaml.safe_load(text)["default"]["image"] == "python:3.11-bookworm"
+    assert jobs["build-model-7"]["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
+    assert "services" not in jobs["test-model-7"]
     apply = jobs["apply"]
     assert [len(apply["needs"]), apply["resource_group"], apply["environment"]["name"], apply["interruptible"],
             apply["rules"][0]["when"]] == [20, "prod", "prod", False, "manual"]
+
+
+@pytest.mark.parametrize("pipeline, message", [
+    ('{gpu_runner_tags: ["gpu; rm -rf /"]}', "models.yaml:1:30: pipeline.gpu_runner_tags[0]: must be a runner tag such "
+                                            "as 'gpu' (letters, digits, '.', '_', '-'); got 'gpu; rm -rf /'"),
+    ("{environment: {name: Prod_1}}", "models.yaml:1:32: pipeline.environment.name: must be a DNS-1123 label: "
+                                      "lowercase letters, digits and '-', at most 63 characters; got 'Prod_1'"),
+    ('{image: "Python:3.11 && x"}', "models.yaml:1:19: pipeline.image: must be an image reference such as "
+                                    "'python:3.11-bookworm' (lowercase); got 'Python:3.11 && x'"),
+    ("{tags: [gpu]}", "models.yaml:1:12: pipeline.tags: unknown key (hint: allowed keys: image, gpu_runner_tags, "
+                      "environment, docker_service)"),
+])
+def test_pipeline_settings_never_reach_the_yaml_unchecked(pipeline: str, message: str) -> None:
+    with pytest.raises(CatalogError) as error:
+        parse_catalog(f"pipeline: {pipeline}\nmodels: [{{name: m, version: 1, endpoint: p}}]\n", "models.yaml")
+    assert str(error.value) == message
 
 
 def test_a_child_without_deploy_has_no_apply_and_passes_the_schema(tmp_path: Path) -> None:
@@ -96,7 +116,7 @@ def test_a_failing_child_job_fails_the_run_although_gitlab_ci_local_exits_0(tmp_
 
 def _env(factory_env: FactoryEnv, tmp_path: Path) -> dict[str, str]:
     env = {**factory_env.env, "FACTORY_VENV": str(ROOT / ".venv"), "HOME": str(tmp_path),
-           "FACTORY_FUZZ_EXAMPLES": "15", "FACTORY_LOAD_SECONDS": "1"}
+           "FACTORY_FUZZ_EXAMPLES": "8", "FACTORY_LOAD_SECONDS": "1"}
     for name in ("FACTORY_STATE", "BENTOML_HOME", "KUBECONFIG"):
         env.pop(name, None)  # the pipeline keeps its state in each job's project directory, as in GitLab
     return env
