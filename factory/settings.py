@@ -21,15 +21,17 @@ def _env(name: str, help: str):
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path = _env("FACTORY_STATE", "where build records, reports and sized manifests go "
-                                            "(default ./factory-state)")
+                                            "(default `./factory-state`)")
     tracking_uri: Optional[str] = _env("MLFLOW_TRACKING_URI", "an MLflow tracking server; unset, the project's "
-                                                              "embedded registry/mlflow.db")
+                                                              "embedded `registry/mlflow.db` in the working "
+                                                              "directory (`make registry` creates it), "
+                                                              "wherever `-f` points")
     runtime_python: Optional[Path] = _env("FACTORY_RUNTIME_PYTHON", "serve Bentos with this interpreter "
                                                                     "instead of the managed runtime venv")
     runtime_home: Optional[Path] = _env("FACTORY_RUNTIME_HOME", "where the managed runtime venvs live "
-                                                                "(default <state>/runtime)")
+                                                                "(default `<state>/runtime`)")
     proxy_image: Optional[str] = _env("FACTORY_PROXY_IMAGE", "the proxy's image in its Deployment "
-                                                             "(default <image_registry>/proxy:0.1.0)")
+                                                             "(default `<image_registry>/proxy:0.1.0`)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":

@@ -25,6 +25,7 @@ from typing import Any, Optional, TypeVar
 import pydantic
 
 from factory.errors import StateError
+from factory.fuzz_report import Failure
 from factory.settings import Settings
 
 RecordT = TypeVar("RecordT", bound="Record")
@@ -93,18 +94,6 @@ class MemoryReport(Record):
     peak_mib: float = pydantic.Field(ge=0)
     sampler: str
     phases: dict[str, dict[str, float]]
-
-
-class Failure(Record):
-    kind: str
-    field: Optional[str]
-    reason: str
-    status: Optional[int]
-    request_excerpt: str
-    response_excerpt: str
-    body_file: str
-    replay_curl: str
-    replay_factory: str
 
 
 class TestReport(Record):
