@@ -76,7 +76,7 @@ def test_parent_and_a_1000_model_child_pass_gitlabs_schema_and_limits(tmp_path: 
     assert jobs["build-model-7"]["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
     assert "services" not in jobs["test-model-7"]
     apply = jobs["apply"]
-    assert [len(apply["needs"]), apply["resource_group"], apply["environment"]["name"], apply["interruptible"],
+    assert [len(apply["dependencies"]), apply["resource_group"], apply["environment"]["name"], apply["interruptible"],
             apply["rules"][0]["when"]] == [20, "prod", "prod", False, "manual"]
 
 
@@ -224,4 +224,4 @@ def test_the_default_branch_applies_what_changed_since_the_last_deploy_and_recor
     assert sorted(run.jobs) == ["apply", "models", "render", "validate"]  # routes only: the proxy, no model
     assert json.loads(artifact(repository, "apply", "factory-state/deployed.json").read_text()) == {
         "commit": head, "versions": {ALIAS_MODEL: version}}
-    assert artifact(repository, "apply", "factory-state/k8s/proxy/configmap.yaml").is_file()
+    assert sorted(artifact(repository, "apply", "factory-state/k8s/proxy").glob("*.yaml"))

@@ -100,7 +100,7 @@ def test_child_pipeline_has_build_test_deploy_per_model_and_small_needs() -> Non
     pipeline = yaml.safe_load(files["child-pipeline.yml"])
     assert pipeline["test-eta-minutes-5-phv"]["needs"] == [{"job": "build-eta-minutes-5-phv", "artifacts": True}]
     assert pipeline["deploy-eta-minutes-5-phv"]["needs"] == [{"job": "test-eta-minutes-5-phv", "artifacts": True}]
-    assert pipeline["apply"]["needs"] == [{"job": "collect-1", "artifacts": True}]
+    assert pipeline["apply"]["dependencies"] == ["collect-1"]
     assert len(pipeline["collect-1"]["needs"]) == 8
     assert [name for name, job in pipeline.items() if isinstance(job, dict) and "tags" in job] == [
         "build-fare-estimate-2-taxi-gpu", "test-fare-estimate-2-taxi-gpu", "deploy-fare-estimate-2-taxi-gpu"]
