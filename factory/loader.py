@@ -24,7 +24,7 @@ DEFAULT_SECTIONS: dict[str, type[BaseModel]] = {"batching": Batching, "resources
 
 def load_catalog(path: Path) -> Catalog:
     # A symlinked catalog is named with its target, so every line says which file was really read.
-    display = f"{path} -> {path.resolve()}" if path.is_symlink() else str(path)
+    display = f"{path} -> {_target(path)}" if path.is_symlink() else str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -62,6 +62,13 @@ def parse_catalog(text: str, file: str = "models.yaml") -> Catalog:
     validator = _Validator(source)
     validator.problems.extend(problems)
     return validator.catalog(data)
+
+
+def _target(link: Path) -> str:
+    try:
+        return str(link.resolve())
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError on a symlink loop
+        return "(a symlink loop)"
 
 
 def _kind(data: Any) -> str:

@@ -317,3 +317,11 @@ def test_symlinked_catalog_is_named_and_its_text_not_echoed(tmp_path) -> None:
         f"{link} -> {secret}:1:1: must be a list of models or a mapping with kubernetes, pipeline, defaults, "
         "models, experiments (got a plain string of 67 characters) (hint: is this the right file? "
         "`factory validate -f PATH/TO/models.yaml`)\n"))
+
+
+def test_symlink_loop_is_one_line(tmp_path) -> None:
+    link = tmp_path / "models.yaml"
+    link.symlink_to(link.name)
+    result = CliRunner().invoke(main, ["validate", "-f", str(link)])
+    assert (result.exit_code, result.stderr) == (1, f"{link} -> (a symlink loop): cannot read: Too many levels of "
+                                                    "symbolic links\n")
