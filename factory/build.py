@@ -93,7 +93,7 @@ class Builder:
         folder = self._rendered_folder(model)
         content_hash = _content_hash(folder, resolved, model.serving.model_dump_json())
         previous = self._previous(model)
-        if previous and previous.content_hash == content_hash and _bento_exists(previous.bento_tag):
+        if previous and previous.content_hash == content_hash and _restored(previous):
             return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
         bento_model_tag = self._import(model, resolved)
         source = self._workspace(model, folder, resolved, bento_model_tag)
@@ -232,10 +232,29 @@ def ensure_in_store(record: BuildRecord) -> None:
     """A CI job downloads the build job's exported Bento as an artifact: import it once into this store."""
     if _bento_exists(record.bento_tag):
         return
-    if not Path(record.bento_export).is_file():
+    export = _export_file(record)
+    if export is None:
         raise BuildError(f"Bento {record.bento_tag} is neither in the BentoML store nor at {record.bento_export}; "
                          f"run `factory build {record.model}` again")
-    _run(BENTOML + ["import", record.bento_export], f"importing {record.bento_export} failed")
+    _run(BENTOML + ["import", str(export)], f"importing {export} failed")
+
+
+def _export_file(record: BuildRecord) -> Optional[Path]:
+    """The exported Bento: where the build wrote it, or beside the record (a CI job's workspace moves)."""
+    for candidate in (Path(record.bento_export),
+                      StateDir.from_env().build_dir(record.model) / Path(record.bento_export).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _restored(record: BuildRecord) -> bool:
+    """Whether the recorded Bento is in the store, imported from its export if need be."""
+    try:
+        ensure_in_store(record)
+    except BuildError:
+        return False
+    return True
 
 
 def docker_available() -> bool:

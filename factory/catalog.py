@@ -25,6 +25,8 @@ NAMESPACE_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _SPECIFIER = r"(?:==|>=|<=|~=|!=|<|>)[A-Za-z0-9.*+!_-]+"
 _EXTRAS = r"\[[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*\]"
 REQUIREMENT_PATTERN = rf"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:{_EXTRAS})?(?:{_SPECIFIER}(?:,{_SPECIFIER})*)?"
+RUNNER_TAG_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62})"
+CI_IMAGE_PATTERN = r"[a-z0-9](?:[a-z0-9._/:-]{0,254})(?:@sha256:[0-9a-f]{64})?"
 IMAGE_REGISTRY_PATTERN = r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?(?:/[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?)*"
 
 
@@ -228,10 +230,32 @@ class KubernetesSettings(_Strict):
     service_port: StrictInt = Field(3000, ge=1, le=65_535)
 
 
+RunnerTag = Annotated[str, _checked(RUNNER_TAG_PATTERN, "must be a runner tag such as 'gpu' (letters, digits, "
+                                                       "'.', '_', '-')")]
+CiImage = Annotated[str, _checked(CI_IMAGE_PATTERN, "must be an image reference such as 'python:3.11-bookworm' "
+                                                    "(lowercase)")]
+
+
+class EnvironmentSpec(_Strict):
+    name: Namespace = "production"
+    protected: StrictBool = False
+
+
+class PipelineSettings(_Strict):
+    """How the generated GitLab child pipeline runs: image, runner tags, the deploy environment, shards."""
+
+    image: CiImage = "python:3.11-bookworm"
+    gpu_runner_tags: list[RunnerTag] = Field(default_factory=lambda: ["gpu"], min_length=1, max_length=16)
+    environment: EnvironmentSpec = EnvironmentSpec()
+    # A Docker-in-Docker service image (e.g. docker:27-dind) for build jobs that build and push model images.
+    docker_service: Optional[CiImage] = None
+
+
 class Catalog(_Strict):
     """The whole of models.yaml, validated and expanded. Order is the file's order."""
 
     kubernetes: KubernetesSettings = KubernetesSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     models: tuple[ModelSpec, ...]
     experiments: tuple[ExperimentSpec, ...] = ()
     # "models.yaml:12" per model name, so later steps (registry, build) can point at the entry.

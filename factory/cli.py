@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from factory.boundary import translate
-from factory.settings import FUZZ_EXAMPLES_ENV, LOAD_SECONDS_ENV
+from factory.settings import FUZZ_EXAMPLES_ENV, KEPT_VERSIONS_ENV, LOAD_SECONDS_ENV
 
 CATALOG_OPTION = click.option("-f", "--file", "catalog_path", type=click.Path(path_type=Path),
                               default=Path("models.yaml"), show_default=True, help="The catalog to read.")
@@ -57,12 +57,19 @@ def validate(catalog_path: Path) -> None:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("build"), show_default=True)
 @click.option("--check", is_flag=True, help="Exit 1 if the files under --out are not what a render gives.")
 @click.option("--changed-since", "changed_since", metavar="REF",
-              help="Child pipeline jobs only for models changed since this git ref (e.g. origin/main).")
-def render(catalog_path: Path, out_dir: Path, check: bool, changed_since: str | None) -> None:
+              help="Child pipeline jobs only for models changed since this git ref (e.g. a merge base).")
+@click.option("--last-deploy", type=click.Path(path_type=Path), metavar="FILE",
+              help="The last deploy's record: alias versions it deployed; without --changed-since, its commit "
+                   "is the ref (a missing file means every model).")
+@click.option("--deploy/--no-deploy", default=True, show_default=True,
+              help="Whether the child pipeline applies to the cluster (no for merge requests and tags).")
+def render(catalog_path: Path, out_dir: Path, check: bool, changed_since: str | None, last_deploy: Path | None,
+           deploy: bool) -> None:
     """Render Bento folders, the child pipeline, routes.yaml and base manifests."""
     from factory.render import render_file
 
-    summary = render_file(catalog_path, out_dir, check=check, changed_since_ref=changed_since)
+    summary = render_file(catalog_path, out_dir, check=check, changed_since_ref=changed_since,
+                          last_deploy=last_deploy, deploy=deploy)
     if check:
         click.echo(f"{out_dir}: up to date ({summary.files} files)")
     else:
@@ -140,6 +147,20 @@ def deploy(dry_run: bool, skip_without_cluster: bool) -> None:
     from factory.deploy import deploy_command
 
     deploy_command(dry_run, skip_without_cluster, progress=click.echo)
+
+
+
+@main.command(name="record-deploy")
+@CATALOG_OPTION
+@click.option("--commit", required=True, help="The deployed commit (in CI: \"$CI_COMMIT_SHA\").")
+@click.option("--kept", envvar=KEPT_VERSIONS_ENV, default="",
+              help=f"Alias models deployed earlier and kept, as name=version ... [env {KEPT_VERSIONS_ENV}]")
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True)
+def record_deploy(catalog_path: Path, commit: str, kept: str, out: Path) -> None:
+    """Record what this pipeline deployed: the commit and every alias model's registry version."""
+    from factory.deploy_record import record_deploy as write_record
+
+    write_record(catalog_path, commit, kept, out, progress=click.echo)
 
 
 @main.command()

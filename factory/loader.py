@@ -10,13 +10,14 @@ from typing import Any, Iterable, Optional
 from pydantic import BaseModel, ValidationError
 
 from factory.catalog import (VERSION_OR_ALIAS, VERSION_OR_ALIAS_MESSAGE, Batching, Catalog, ExperimentSpec,
-                             KubernetesSettings, ModelSpec, Resources, Scaling, Serving, shown)
+                             KubernetesSettings, ModelSpec, PipelineSettings, Resources, Scaling, Serving,
+                             shown)
 from factory.crosscheck import cross_check
 from factory.errors import CatalogError, Problem, UsageError
 from factory.expand import DEFAULT_KEYS, Expansion, Origin, expand_models, raw_value, source_of, suggest
 from factory.yamlsource import SourceMap, YamlPath, load_located
 
-TOP_KEYS = ("kubernetes", "defaults", "models", "experiments")
+TOP_KEYS = ("kubernetes", "pipeline", "defaults", "models", "experiments")
 QUOTE_HINT = "YAML reads unquoted yes/no/on/off as booleans and 1.10 as a number: quote the value, e.g. 'NO'"
 DEFAULT_SECTIONS: dict[str, type[BaseModel]] = {"batching": Batching, "resources": Resources,
                                                 "scaling": Scaling, "serving": Serving}
@@ -99,6 +100,7 @@ class _Validator:
                                                          suggest(key, list(TOP_KEYS)) or
                                                          f"allowed: {', '.join(TOP_KEYS)}", prefer_key=True))
         kubernetes = self._section(data, "kubernetes", KubernetesSettings)
+        pipeline = self._section(data, "pipeline", PipelineSettings)
         defaults = self._defaults(data.get("defaults", {}))
         entries = data.get("models")
         if not isinstance(entries, list) or not entries:
@@ -118,7 +120,8 @@ class _Validator:
         models = [model for model, _ in validated]
         origins = {model.name: f"{self.source.file}:{self.source.locate(origin.path)[0]}"
                    for model, origin in validated}
-        return Catalog(kubernetes=kubernetes or KubernetesSettings(), models=tuple(models),
+        return Catalog(kubernetes=kubernetes or KubernetesSettings(), pipeline=pipeline or PipelineSettings(),
+                       models=tuple(models),
                        experiments=tuple(experiments), origins=origins)
 
     def _fail(self, path: YamlPath, message: str, hint: Optional[str] = None) -> None:

@@ -10,6 +10,7 @@ from factory.catalog import ModelSpec
 from factory.errors import RenderError
 
 MAX_NEEDS = 50  # GitLab's default instance limit on one job's `needs`
+MAX_CHILD_YAML_BYTES = 5 * 1024 * 1024  # GitLab refuses a larger generated child pipeline
 JOB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,254}")
 RESERVED_KEYS = {"stages", "variables", "default", "include", "workflow", "image", "services", "cache",
                  "before_script", "after_script"}
@@ -21,10 +22,31 @@ class ModelJobs:
 
     model: str
     slug: str
+    gpu: bool
+
+
+@dataclass(frozen=True)
+class Collector:
+    """One fan-in job: the deploy jobs of at most MAX_NEEDS models; `apply` takes only the collectors' artifacts."""
+
+    number: int
+    slugs: tuple[str, ...]
 
 
 def model_jobs(models: Iterable[ModelSpec]) -> list[ModelJobs]:
-    return [ModelJobs(model=model.name, slug=model.k8s_name) for model in models]
+    return [ModelJobs(model=model.name, slug=model.k8s_name, gpu=model.resources.gpu > 0) for model in models]
+
+
+def collectors(jobs: list[ModelJobs]) -> list[Collector]:
+    groups = [tuple(job.slug for job in jobs[start:start + MAX_NEEDS]) for start in range(0, len(jobs), MAX_NEEDS)]
+    return [Collector(number, slugs) for number, slugs in enumerate(groups, start=1)]
+
+
+def check_size(text: str) -> None:
+    size = len(text.encode())
+    if size > MAX_CHILD_YAML_BYTES:
+        raise RenderError(f"child-pipeline.yml is {size:,} bytes; GitLab refuses generated pipelines above "
+                          f"{MAX_CHILD_YAML_BYTES:,} bytes; split models.yaml")
 
 
 def check_child_pipeline(document: Any) -> None:

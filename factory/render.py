@@ -18,10 +18,10 @@ import yaml
 
 from factory import manifests
 from factory.catalog import Catalog, ModelSpec
-from factory.changes import ChangeSet, changed_since
+from factory.changes import ChangeSet, changed_since, everything, kept_versions_text
 from factory.errors import OutOfDateError, RenderError
 from factory.loader import load_catalog
-from factory.pipeline import check_child_pipeline, model_jobs
+from factory.pipeline import MAX_NEEDS, check_child_pipeline, check_size, collectors, model_jobs
 from factory.routes import routes_shards, routes_yaml
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -38,21 +38,52 @@ class RenderSummary:
 
 
 def render_file(catalog_path: Path, out_dir: Path, check: bool = False,
-                changed_since_ref: Optional[str] = None) -> RenderSummary:
+                changed_since_ref: Optional[str] = None, last_deploy: Optional[Path] = None,
+                deploy: bool = True) -> RenderSummary:
     """Load models.yaml and write (or, with `check`, compare) the whole rendered tree.
 
-    With `changed_since_ref`, the child pipeline holds jobs only for models changed since that ref.
+    With `changed_since_ref`, or with a `last_deploy` record (whose commit is then the ref), the child
+    pipeline holds jobs only for models changed since; without a record file, for every model.
+    Without `deploy`, it builds and tests but holds no apply job (merge requests, tags).
     """
     catalog = load_catalog(catalog_path)
-    changes = None
-    if changed_since_ref:
-        changes = changed_since(catalog, catalog_path, changed_since_ref,
-                                lambda c, templates: render_catalog(c, catalog_path.name, templates or TEMPLATES))
-    files = render_catalog(catalog, source=catalog_path.name, changes=changes)
+    changes = _changes(catalog, catalog_path, changed_since_ref, last_deploy)
+    files = render_catalog(catalog, source=catalog_path.name, changes=changes, deploy=deploy)
+    check_size(files["child-pipeline.yml"])  # what GitLab would refuse is never written
     if check:
         check_tree(files, out_dir)
         return RenderSummary(out_dir.resolve(), len(files), changed=False)
     return write_tree(files, out_dir)
+
+
+def _changes(catalog: Catalog, catalog_path: Path, ref: Optional[str],
+             last_deploy: Optional[Path]) -> Optional[ChangeSet]:
+    from factory.deploy_record import DeployRecord
+
+    previous = DeployRecord.load(last_deploy) if last_deploy else None
+    if ref is None and last_deploy is not None:
+        if previous is None:
+            return everything(catalog, f"no record of a previous deploy at {last_deploy.name}")
+        ref = previous.commit
+    if ref is None:
+        return None
+    return changed_since(catalog, catalog_path, ref,
+                         lambda c, templates: render_catalog(c, catalog_path.name, templates or TEMPLATES),
+                         previous, _resolver(catalog, catalog_path))
+
+
+def _resolver(catalog: Catalog, catalog_path: Path):
+    """Registry versions of alias models, looked up (importing MLflow) only when first asked."""
+    registry = []
+
+    def resolve(model: ModelSpec) -> int:
+        if not registry:
+            from factory.registry import Registry, tracking_uri
+
+            registry.append(Registry(catalog, tracking_uri(catalog_path.resolve().parent)))
+        return registry[0].resolve(model).version
+
+    return resolve
 
 
 def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
@@ -62,21 +93,29 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
 
 
 def render_catalog(catalog: Catalog, source: str = "models.yaml", templates: Path = TEMPLATES,
-                   changes: Optional[ChangeSet] = None) -> dict[str, str]:
+                   changes: Optional[ChangeSet] = None, deploy: bool = True) -> dict[str, str]:
     env = environment(templates)
     # The runtime files are the same for every model: written once, copied into each Bento by build.
     files: dict[str, str] = {f"{RUNTIME_DIR}/{name}": _static(templates, f"bento/{name}") for name in RUNTIME_FILES}
     for model in catalog.models:
         files.update(_bento_folder(env, model, source))
-    selected = [m for m in catalog.models if changes is None or m.name in changes.models]
-    files["child-pipeline.yml"] = _template(
-        env, "pipeline/child-pipeline.yml.j2", catalog_file=source, jobs=model_jobs(selected),
-        proxy=changes is None or changes.proxy,
-        scope=changes.reason if changes else f"all {len(catalog.models)} models")
+    files["child-pipeline.yml"] = child_pipeline(catalog, source, changes, deploy, env)
     files["routes.yaml"] = routes_yaml(catalog, source)
     files.update(_base_manifests(catalog, routes_shards(catalog, source)))
-    _check_outputs(files)
     return files
+
+
+def child_pipeline(catalog: Catalog, source: str = "models.yaml", changes: Optional[ChangeSet] = None,
+                   deploy: bool = True, env: Optional[jinja2.Environment] = None) -> str:
+    """The child pipeline alone, checked against GitLab's limits."""
+    jobs = model_jobs(m for m in catalog.models if changes is None or m.name in changes.models)
+    text = _template(env or environment(), "pipeline/child-pipeline.yml.j2", catalog_file=source, jobs=jobs,
+                     deploy=deploy, collectors=collectors(jobs), max_needs=MAX_NEEDS, settings=catalog.pipeline,
+                     proxy=changes is None or changes.proxy,
+                     kept_versions=kept_versions_text(changes.kept_versions if changes else {}),
+                     scope=changes.reason if changes else f"all {len(catalog.models)} models")
+    _check_child_pipeline(text)
+    return text
 
 
 def _bento_folder(env: jinja2.Environment, model: ModelSpec, source: str) -> dict[str, str]:
@@ -114,7 +153,7 @@ def _static(templates: Path, name: str) -> str:
     return (templates / name).read_text(encoding="utf-8")
 
 
-def _check_outputs(files: dict[str, str]) -> None:
+def _check_child_pipeline(text: str) -> None:
     """The child pipeline must parse and respect GitLab's limits.
 
     Other YAML is not parsed back here (it would double render time at thousands of models):
@@ -122,7 +161,7 @@ def _check_outputs(files: dict[str, str]) -> None:
     `factory manifests` validates every manifest before writing.
     """
     try:
-        pipeline = yaml.load(files["child-pipeline.yml"], Loader=YAML_LOADER)
+        pipeline = yaml.load(text, Loader=YAML_LOADER)
     except yaml.YAMLError as exc:
         raise RenderError(f"rendered child-pipeline.yml is not valid YAML ({exc}); fix its template") from exc
     check_child_pipeline(pipeline)

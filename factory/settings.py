@@ -46,8 +46,11 @@ class Settings:
 # Read by click as option defaults (cli.py uses these names), listed here so one module names every variable.
 FUZZ_EXAMPLES_ENV = "FACTORY_FUZZ_EXAMPLES"
 LOAD_SECONDS_ENV = "FACTORY_LOAD_SECONDS"
+KEPT_VERSIONS_ENV = "FACTORY_KEPT_VERSIONS"
 CLI_VARIABLES = {FUZZ_EXAMPLES_ENV: "`factory test --examples`: valid requests to generate per model",
-                 LOAD_SECONDS_ENV: "`factory test --load-seconds`: length of the concurrent load phase"}
+                 LOAD_SECONDS_ENV: "`factory test --load-seconds`: length of the concurrent load phase",
+                 KEPT_VERSIONS_ENV: "`factory record-deploy --kept`: alias models a pipeline kept (set by the "
+                                    "generated child pipeline)"}
 
 
 def documentation() -> dict[str, str]:

@@ -87,7 +87,8 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
     ensure_in_store(record)
     report_dir = state.report_dir(model.name)
     report_dir.mkdir(parents=True, exist_ok=True)
-    golden = state.golden(model.name, Path(record.golden))
+    # Beside the record, not at the path recorded: a CI job's workspace is not the build job's.
+    golden = state.golden(model.name)
     signature = state.resolved(model.name).signature
     runtime = bento_python(state, model.name)
     with measured_server(record, report_dir / "serve.log", runtime, catalog.kubernetes.service_port) as (url, memory):

@@ -324,8 +324,8 @@ def test_symlinked_catalog_is_named_and_its_text_not_echoed(tmp_path) -> None:
     link.symlink_to(secret)
     result = CliRunner().invoke(main, ["validate", "-f", str(link)])
     assert (result.exit_code, result.stderr) == (1, (
-        f"{link} -> {secret}:1:1: must be a list of models or a mapping with kubernetes, defaults, models, "
-        "experiments (got a plain string of 67 characters) (hint: is this the right file? "
+        f"{link} -> {secret}:1:1: must be a list of models or a mapping with kubernetes, pipeline, defaults, "
+        "models, experiments (got a plain string of 67 characters) (hint: is this the right file? "
         "`factory validate -f PATH/TO/models.yaml`)\n"))
 
 

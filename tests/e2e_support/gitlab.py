@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 GITLAB_CI_LOCAL = ROOT / ".tools" / "node_modules" / ".bin" / "gitlab-ci-local"
 # The summary: " PASS  render", " FAIL  planted-failure", " PASS  [child] -> good-job".
+STATE_DIR = "gitlab-ci-local-state"
 JOB_LINE = re.compile(r"^\s*(PASS|FAIL)\s+(?:\[[^\]]*\]\s*->\s*)?(\S+)", re.M)
 
 
@@ -50,16 +51,37 @@ def scratch_repository(target: Path, files: dict[str, str] | None = None) -> Pat
             shutil.copy2(ROOT / name, destination)
         else:
             destination.write_text(text)
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "scratch"]):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=target, check=True,
-                       capture_output=True)
+    git(target, "init", "-q", "-b", "main")
+    (target / ".git" / "info" / "exclude").write_text(f"/{STATE_DIR}/\n")
+    commit(target, "scratch")
     return target
 
 
+def git(repository: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repository, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def commit(repository: Path, message: str) -> str:
+    git(repository, "add", "-A")
+    git(repository, "commit", "-qm", message)
+    return git(repository, "rev-parse", "HEAD")
+
+
 def run_pipeline(repository: Path, env: dict[str, str], *extra: str, timeout: float = 900) -> PipelineRun:
-    result = subprocess.run([str(GITLAB_CI_LOCAL), "--concurrency", "2", *extra], cwd=repository, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+    """Every job in a fresh copy of the repository, in the shell (GitLab would use each job's image).
+
+    The copies live under a state directory that is not hidden: BentoML refuses to build under one.
+    """
+    result = subprocess.run([str(GITLAB_CI_LOCAL), "--concurrency", "2", "--shell-isolation", "--force-shell-executor",
+                             "--state-dir", STATE_DIR, *extra], cwd=repository, env=env, capture_output=True, text=True,
+                            timeout=timeout)
     return PipelineRun(result.returncode, result.stdout + result.stderr)
+
+
+def artifact(repository: Path, job: str, path: str) -> Path:
+    """Where gitlab-ci-local keeps a job's artifact file."""
+    return repository / STATE_DIR / "artifacts" / job / path
 
 
 def _plain(text: str) -> str:
