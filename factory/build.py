@@ -13,13 +13,14 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from factory import golden
 from factory.catalog import Catalog, ModelSpec
-from factory.errors import BuildError
+from factory.errors import BuildError, FactoryError
+from factory.images import ImageStep
 from factory.loader import load_catalog
 from factory.registry import Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
@@ -38,9 +39,15 @@ class BuildRecord:
     bento_tag: str
     bento_export: str
     image: str
-    image_built: bool
+    image_ref: str  # repository@sha256:… as pushed; "" when no image was built
+    image_size_bytes: int
+    image_build_seconds: float
     dockerfile: str
     golden: str
+
+    @property
+    def image_built(self) -> bool:
+        return bool(self.image_ref)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -59,22 +66,29 @@ class BuildOutcome:
     record: BuildRecord
     skipped: bool
     seconds: float
+    image_error: str = ""
 
 
-def build_command(catalog_path: Path, names: Iterable[str], everything: bool, progress: Progress) -> list[BuildOutcome]:
+def build_command(catalog_path: Path, names: Iterable[str], everything: bool, progress: Progress,
+                  images: bool = True, proxy: bool = False) -> list[BuildOutcome]:
     catalog = load_catalog(catalog_path)
-    models = select_models(catalog, names, everything)
+    models = select_models(catalog, names, everything, allow_none=proxy)
     state = StateDir.from_env().activate()
+    image_step = ImageStep(catalog, state, images)
+    if image_step.skipped:
+        progress(f"images skipped: {image_step.skipped}; wrote Dockerfiles instead (see each build record)")
     builder = Builder(catalog, render_catalog(catalog, source=catalog_path.name),
-                      Registry(catalog, tracking_uri(catalog_path.resolve().parent)), state, progress)
+                      Registry(catalog, tracking_uri(catalog_path.resolve().parent)), state, progress, image_step)
     outcomes = []
     for position, model in enumerate(models, start=1):
         outcome = builder.build(model)
         outcomes.append(outcome)
         progress(f"[{position}/{len(models)}] {model.name}: {_describe(outcome)}")
-    if any(not o.skipped and not o.record.image_built for o in outcomes):
-        progress("no Docker engine reachable: wrote Dockerfiles instead of images (see each record's dockerfile)")
+    proxy_error = image_step.proxy(progress) if proxy else ""
     check_experiment_inputs(catalog, state)
+    failures = [outcome.image_error for outcome in outcomes if outcome.image_error] + [proxy_error] * bool(proxy_error)
+    if failures:
+        raise BuildError(f"{len(failures)} image(s) failed (the other builds are recorded):\n" + "\n".join(failures))
     return outcomes
 
 
@@ -96,13 +110,20 @@ def check_experiment_inputs(catalog: Catalog, state: StateDir) -> None:
 
 
 def _describe(outcome: BuildOutcome) -> str:
-    if outcome.skipped:
-        return f"unchanged, skipped ({outcome.record.bento_tag})"
-    return f"built {outcome.record.bento_tag} in {outcome.seconds:.1f} s"
+    record = outcome.record
+    text = (f"unchanged, skipped ({record.bento_tag})" if outcome.skipped
+            else f"built {record.bento_tag} in {outcome.seconds:.1f} s")
+    if outcome.image_error:
+        return f"{text}; image FAILED (below)"
+    if record.image_built:
+        return f"{text}; image {record.image_ref} ({record.image_size_bytes / 2**20:.0f} MiB)"
+    return text
 
 
-def select_models(catalog: Catalog, names: Iterable[str], everything: bool) -> list[ModelSpec]:
+def select_models(catalog: Catalog, names: Iterable[str], everything: bool, allow_none: bool = False) -> list[ModelSpec]:
     names = list(names)
+    if allow_none and not everything and not names:
+        return []
     if everything == bool(names):
         raise BuildError("name the models to work on, or pass --all (not both)")
     if everything:
@@ -116,12 +137,13 @@ def select_models(catalog: Catalog, names: Iterable[str], everything: bool) -> l
 
 class Builder:
     def __init__(self, catalog: Catalog, rendered: dict[str, str], registry: Registry, state: StateDir,
-                 progress: Progress):
+                 progress: Progress, image_step: "ImageStep"):
         self.catalog = catalog
         self.rendered = rendered
         self.registry = registry
         self.state = state
         self.progress = progress
+        self.image_step = image_step
 
     def build(self, model: ModelSpec) -> BuildOutcome:
         started = time.monotonic()
@@ -130,7 +152,9 @@ class Builder:
         content_hash = _content_hash(folder, resolved)
         previous = BuildRecord.load(self.state.record(model.name))
         if previous and previous.content_hash == content_hash and _bento_exists(previous.bento_tag):
-            return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
+            if previous.image_built or self.image_step.skipped:
+                return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
+            return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
         source = self._workspace(model, folder, resolved, bento_model_tag)
         bento_tag = self._bento_build(model, source, content_hash)
@@ -141,9 +165,20 @@ class Builder:
             bento_model_tag=bento_model_tag, bento_tag=bento_tag,
             bento_export=str(self._export(model, bento_tag)),
             golden=str(self._golden(model, resolved)),
-            **self._image(model, bento_tag))
+            **self.image_step.unbuilt(model, bento_tag))
         record.save(self.state.record(model.name))
-        return BuildOutcome(model.name, record, skipped=False, seconds=time.monotonic() - started)
+        if self.image_step.skipped:
+            return BuildOutcome(model.name, record, skipped=False, seconds=time.monotonic() - started)
+        return self._with_image(model, record, started, skipped=False)
+
+    def _with_image(self, model: ModelSpec, record: BuildRecord, started: float, skipped: bool) -> BuildOutcome:
+        """Build and push the image; a failure is this model's alone (the Bento stays recorded)."""
+        try:
+            record = replace(record, **self.image_step.build(model, record))
+        except FactoryError as exc:
+            return BuildOutcome(model.name, record, skipped, time.monotonic() - started, image_error=str(exc))
+        record.save(self.state.record(model.name))
+        return BuildOutcome(model.name, record, skipped, time.monotonic() - started)
 
     def _rendered_folder(self, model: ModelSpec) -> dict[str, str]:
         """The model's service and bentofile, plus the runtime files every Bento shares."""
@@ -205,18 +240,6 @@ class Builder:
         path.write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         return path
 
-    def _image(self, model: ModelSpec, bento_tag: str) -> dict:
-        image = f"{self.catalog.kubernetes.image_registry}/{model.k8s_name}:{bento_tag.split(':', 1)[1]}"
-        if docker_available():
-            _run(BENTOML + ["containerize", bento_tag, "-t", image],
-                 f"{self.catalog.where(model.name)}: `bentoml containerize` failed")
-            return {"image": image, "image_built": True, "dockerfile": ""}
-        import bentoml
-
-        dockerfile = self.state.build_dir(model.name) / "Dockerfile"
-        bentoml.container.get_containerfile(bento_tag, output_path=str(dockerfile))
-        return {"image": image, "image_built": False, "dockerfile": str(dockerfile)}
-
 
 def ensure_in_store(record: BuildRecord) -> None:
     """A CI job downloads the build job's exported Bento as an artifact: import it once into this store."""
@@ -226,15 +249,6 @@ def ensure_in_store(record: BuildRecord) -> None:
         raise BuildError(f"Bento {record.bento_tag} is neither in the BentoML store nor at {record.bento_export}; "
                          f"run `factory build {record.model}` again")
     _run(BENTOML + ["import", record.bento_export], f"importing {record.bento_export} failed")
-
-
-def docker_available() -> bool:
-    if not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 def _content_hash(folder: dict[str, str], resolved: ResolvedModel) -> str:

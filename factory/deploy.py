@@ -16,6 +16,7 @@ from factory import manifests
 from factory.build import BuildRecord, select_models
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import DeployError, ManifestError
+from factory.images import image_registry, proxy_image_ref, proxy_tag
 from factory.loader import load_catalog
 from factory.routes import routes_yaml
 from factory.state import StateDir
@@ -47,7 +48,7 @@ def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool
         files.update(model_files)
         sized.append(sizing)
     if proxy:
-        files.update(_proxy_files(catalog, source=catalog_path.name))
+        files.update(_proxy_files(catalog, catalog_path.name, state))
     out = state.manifests_dir()
     existing = {p.relative_to(out).as_posix(): p.read_text(encoding="utf-8") for p in out.rglob("*.yaml")}
     merged = {**existing, **files}
@@ -73,7 +74,8 @@ def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[d
         raise ManifestError(f"{catalog.where(model.name)}: memory not measured yet; run `factory test "
                             f"{model.name}` (or set resources.memory in models.yaml)")
     sizing = manifests.sizing_for(model, peak)
-    files = manifests.model_manifests(model, catalog.kubernetes, record.image, sizing)
+    # By digest once pushed: the pod runs exactly the image that was tested; the tag only before that.
+    files = manifests.model_manifests(model, catalog.kubernetes, record.image_ref or record.image, sizing)
     peak_mib = round(peak / manifests.MIB, 1) if peak else None
     return files, SizedModel(model.name, model.route, peak_mib, sizing)
 
@@ -85,8 +87,9 @@ def _measured_peak(state: StateDir, model: ModelSpec) -> Optional[int]:
     return int(json.loads(report.read_text(encoding="utf-8"))["peak_bytes"])
 
 
-def _proxy_files(catalog: Catalog, source: str) -> dict[str, str]:
-    image = os.environ.get(PROXY_IMAGE_ENV, f"{catalog.kubernetes.image_registry}/proxy:0.1.0")
+def _proxy_files(catalog: Catalog, source: str, state: StateDir) -> dict[str, str]:
+    image = (os.environ.get(PROXY_IMAGE_ENV) or proxy_image_ref(state)
+             or proxy_tag(image_registry(catalog.kubernetes.image_registry)))
     return manifests.proxy_manifests(catalog.kubernetes, image, routes_yaml(catalog, source))
 
 

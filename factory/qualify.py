@@ -9,9 +9,11 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
-from factory.build import BuildRecord, docker_available, ensure_in_store, select_models
+from factory import manifests
+from factory.build import BuildRecord, ensure_in_store, select_models
+from factory.engine import engine_answers
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, ServeError
 from factory.fuzz import fuzz_service
@@ -76,38 +78,72 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
     report_dir = state.report_dir(model.name)
     golden = json.loads(Path(record.golden).read_text(encoding="utf-8"))
     signature = json.loads((state.build_dir(model.name) / "src" / "resolved.json").read_text())["signature"]
-    with measured_server(record, report_dir / "serve.log", runtime, catalog.kubernetes.service_port) as (url, memory):
-        with memory.phase("idle"):
-            time.sleep(IDLE_SECONDS)
-        with memory.phase("fuzz"):
-            fuzz = fuzz_service(url, signature, model.batching.max_batch_size, seed=settings.seed,
-                                valid_examples=settings.valid_examples, invalid_examples=settings.invalid_examples,
-                                golden=golden, model=model.name, report_dir=report_dir)
-        with memory.phase("load"):
-            load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
-                            concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
-                            duration_s=settings.load_seconds)
+    limit = manifests.sizing_for(model, _previous_peak(report_dir)).memory_limit
+    with measured_server(record, report_dir / "serve.log", runtime, limit) as (url, memory, oom):
+        try:
+            with memory.phase("idle"):
+                time.sleep(IDLE_SECONDS)
+            with memory.phase("fuzz"):
+                fuzz = fuzz_service(url, signature, model.batching.max_batch_size, seed=settings.seed,
+                                    valid_examples=settings.valid_examples,
+                                    invalid_examples=settings.invalid_examples,
+                                    golden=golden, model=model.name, report_dir=report_dir)
+            with memory.phase("load"):
+                load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
+                                concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
+                                duration_s=settings.load_seconds)
+        except Exception as exc:  # a container killed mid-test surfaces as any client error: name the cause
+            if oom():
+                raise ServeError(_oom_message(catalog, model, limit, report_dir)) from exc
+            raise
+    if oom():
+        raise ServeError(_oom_message(catalog, model, limit, report_dir))
     write_junit([fuzz], report_dir / "junit.xml")
     write_json(fuzz, report_dir / "fuzz.json")
     report = {"model": model.name, "route": model.route, "bento_tag": record.bento_tag, "seed": settings.seed,
               "passed": fuzz.passed and load.failures == 0, "fuzz": fuzz.summary(), "load": load.summary(),
-              "memory": memory.report(), "peak_bytes": memory.peak_bytes,
+              "memory": {**memory.report(), "memory_limit": limit if record.image_built else None},
+              "peak_bytes": memory.peak_bytes,
               "failures": [failure.__dict__ for failure in fuzz.failures]}
     (report_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return report
 
 
 @contextlib.contextmanager
-def measured_server(record: BuildRecord, log: Path, runtime: Path, port_in_image: int) -> Iterator[tuple[str, MemoryProfile]]:
-    """The container when its image exists and Docker is reachable (memory as its cgroup counts it);
-    else the Bento in the lean runtime venv, one process, as the pod runs it (memory of the process tree)."""
-    if record.image_built and docker_available():
-        with container_served(record.image, port_in_image, log) as (url, container), \
-                MemoryProfile.of_container(container) as memory:
-            yield url, memory
+def measured_server(record: BuildRecord, log: Path, runtime: Path,
+                    memory_limit: str) -> Iterator[tuple[str, MemoryProfile, Callable[[], bool]]]:
+    """The pushed image as a container under the manifest's memory limit, measured as its cgroup counts it
+    (what the kubelet enforces); without an engine, the Bento in the lean runtime venv, one process, as the
+    pod runs it (memory of the process tree). The report's `memory.sampler` says which."""
+    if record.image_built and engine_answers():
+        with container_served(record.image_ref, log, memory_limit) as served, \
+                MemoryProfile.of_container(served.container) as memory:
+            yield served.url, memory, lambda: served.oom_killed or _oom_now(served.container)
         return
     with served(record.bento_tag, log, "single", runtime) as server, MemoryProfile.of_process(server.pid) as memory:
-        yield server.url, memory
+        yield server.url, memory, lambda: False
+
+
+def _oom_now(container) -> bool:
+    try:
+        container.reload()
+        return bool(container.attrs["State"].get("OOMKilled"))
+    except Exception:  # the docker SDK raises several types for a container that is gone
+        return False
+
+
+def _previous_peak(report_dir: Path) -> Optional[int]:
+    """The last measured peak: the manifest written from it carries the limit this run is held to."""
+    try:
+        return int(json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["peak_bytes"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _oom_message(catalog: Catalog, model: ModelSpec, limit: str, report_dir: Path) -> str:
+    return (f"{catalog.where(model.name)}: {model.name} was OOM-killed in its container at the memory limit "
+            f"{limit} its manifest carries; raise resources.memory (or memory_limit_factor) in models.yaml. "
+            f"Container log: {report_dir / 'serve.log'}")
 
 
 def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:

@@ -106,19 +106,29 @@ def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log:
     raise ServeError(f"{url} was not ready after {timeout_s:.0f} s; the server's log ({log}) ends with:\n{_tail(log)}")
 
 
+@dataclass
+class ServedContainer:
+    url: str
+    container: object
+    memory_limit: str
+    oom_killed: bool = False
+
+
 @contextlib.contextmanager
-def container_served(image: str, port_in_image: int, log: Path,
-                     ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[tuple[str, object]]:
-    """The built image, run as the Deployment runs it (one process), on a free 127.0.0.1 port."""
+def container_served(image: str, log: Path, memory_limit: str,
+                     ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[ServedContainer]:
+    """The built image, run as the Deployment runs it (one process, its memory limit), on host networking
+    bound to 127.0.0.1 only; `oom_killed` tells, after the block, whether the kernel killed it at the limit."""
     import docker
+    from kubernetes.utils import parse_quantity
 
     client = docker.from_env()
     port = free_port()
+    limit_bytes = int(parse_quantity(memory_limit))
     container = client.containers.run(
-        image, command=["python", "-m", "mf_serve", "--host", "0.0.0.0", "--port", str(port_in_image)],
-        working_dir="/home/bentoml/bento/src", detach=True,
-        environment={"BENTOML_HOME": "/home/bentoml/bento", "BENTOML_DO_NOT_TRACK": "true"},
-        ports={f"{port_in_image}/tcp": ("127.0.0.1", port)})
+        image, command=["python", "-m", "mf_serve", "--host", "127.0.0.1", "--port", str(port)],
+        detach=True, network_mode="host", mem_limit=limit_bytes, memswap_limit=limit_bytes)
+    served = ServedContainer(f"http://127.0.0.1:{port}", container, memory_limit)
 
     def alive() -> bool:
         container.reload()
@@ -127,11 +137,13 @@ def container_served(image: str, port_in_image: int, log: Path,
         return container.status in ("created", "running")
 
     try:
-        wait_until_ready(f"http://127.0.0.1:{port}/readyz", ready_timeout_s, alive, log)
-        yield f"http://127.0.0.1:{port}", container
+        wait_until_ready(f"{served.url}/readyz", ready_timeout_s, alive, log)
+        yield served
     finally:
         with contextlib.suppress(Exception):
             log.write_bytes(container.logs())
+            container.reload()
+            served.oom_killed = bool(container.attrs["State"].get("OOMKilled"))
         container.remove(force=True)
 
 
