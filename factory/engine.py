@@ -202,6 +202,23 @@ def down(progress=print) -> None:
             progress(f"stopped {daemon.name}")
 
 
+def hold() -> None:
+    """Mark this process as using the engine (a test session), so another session's release keeps it up."""
+    holders = RUN_DIR / "holders"
+    holders.mkdir(parents=True, exist_ok=True)
+    (holders / str(os.getpid())).touch()
+
+
+def release(progress=print) -> None:
+    """This process is done with the engine: stop the project's daemons unless another live holder remains."""
+    holders = RUN_DIR / "holders"
+    with _locked():
+        (holders / str(os.getpid())).unlink(missing_ok=True)
+        others = [path for path in holders.glob("*") if path.name.isdigit() and _alive(int(path.name))]
+        if not others:
+            down(progress)
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "status"
     if command == "up":

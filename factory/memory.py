@@ -58,7 +58,8 @@ def tree_sample(pid: int) -> Optional[Sample]:
 def docker_sample(container) -> Optional[Sample]:
     """The container's memory as its cgroup counts it (what Kubernetes limits), from the Docker API."""
     try:
-        stats = container.stats(stream=False)
+        # one_shot: the current figures now, not two reads a second apart (which would starve the sampler).
+        stats = container.stats(stream=False, one_shot=True)
     except Exception:  # the docker SDK raises several types for a container that just stopped
         return None
     return sample_from_docker_stats(stats)
@@ -72,7 +73,8 @@ def sample_from_docker_stats(stats: dict) -> Optional[Sample]:
     details = memory.get("stats") or {}
     cache = details.get("inactive_file", details.get("total_inactive_file", 0))
     working_set = memory["usage"] - cache
-    return Sample(rss=working_set, uss=details.get("anon", 0), pss=0)
+    # Anonymous memory: `anon` on cgroup v2, `total_rss` on v1.
+    return Sample(rss=working_set, uss=details.get("anon", details.get("total_rss", 0)), pss=0)
 
 
 @dataclass

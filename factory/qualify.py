@@ -23,7 +23,7 @@ from factory.golden import sample_requests
 from factory.loadgen import run_load
 from factory.memory import MemoryProfile
 from factory.runtime import runtime_python
-from factory.serve import container_served, served
+from factory.serve import OOMKilled, container_served, served
 from factory.state import StateDir
 from factory.summary import table
 
@@ -79,8 +79,8 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
     golden = json.loads(Path(record.golden).read_text(encoding="utf-8"))
     signature = json.loads((state.build_dir(model.name) / "src" / "resolved.json").read_text())["signature"]
     limit = manifests.sizing_for(model, _previous_peak(report_dir)).memory_limit
-    with measured_server(record, report_dir / "serve.log", runtime, limit) as (url, memory, oom):
-        try:
+    try:
+        with measured_server(record, report_dir / "serve.log", runtime, limit) as (url, memory):
             with memory.phase("idle"):
                 time.sleep(IDLE_SECONDS)
             with memory.phase("fuzz"):
@@ -92,12 +92,10 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
                 load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
                                 concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
                                 duration_s=settings.load_seconds)
-        except Exception as exc:  # a container killed mid-test surfaces as any client error: name the cause
-            if oom():
-                raise ServeError(_oom_message(catalog, model, limit, report_dir)) from exc
-            raise
-    if oom():
-        raise ServeError(_oom_message(catalog, model, limit, report_dir))
+    except OOMKilled as exc:
+        raise ServeError(f"{catalog.where(model.name)}: {model.name} was OOM-killed at the memory limit {limit} "
+                         "its manifest carries; raise resources.memory (or memory_limit_factor) in models.yaml. "
+                         f"Container log: {report_dir / 'serve.log'}") from exc
     write_junit([fuzz], report_dir / "junit.xml")
     write_json(fuzz, report_dir / "fuzz.json")
     report = {"model": model.name, "route": model.route, "bento_tag": record.bento_tag, "seed": settings.seed,
@@ -111,25 +109,17 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
 
 @contextlib.contextmanager
 def measured_server(record: BuildRecord, log: Path, runtime: Path,
-                    memory_limit: str) -> Iterator[tuple[str, MemoryProfile, Callable[[], bool]]]:
+                    memory_limit: str) -> Iterator[tuple[str, MemoryProfile]]:
     """The pushed image as a container under the manifest's memory limit, measured as its cgroup counts it
     (what the kubelet enforces); without an engine, the Bento in the lean runtime venv, one process, as the
     pod runs it (memory of the process tree). The report's `memory.sampler` says which."""
     if record.image_built and engine_answers():
         with container_served(record.image_ref, log, memory_limit) as served, \
                 MemoryProfile.of_container(served.container) as memory:
-            yield served.url, memory, lambda: served.oom_killed or _oom_now(served.container)
+            yield served.url, memory
         return
     with served(record.bento_tag, log, "single", runtime) as server, MemoryProfile.of_process(server.pid) as memory:
-        yield server.url, memory, lambda: False
-
-
-def _oom_now(container) -> bool:
-    try:
-        container.reload()
-        return bool(container.attrs["State"].get("OOMKilled"))
-    except Exception:  # the docker SDK raises several types for a container that is gone
-        return False
+        yield server.url, memory
 
 
 def _previous_peak(report_dir: Path) -> Optional[int]:
@@ -138,12 +128,6 @@ def _previous_peak(report_dir: Path) -> Optional[int]:
         return int(json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["peak_bytes"])
     except (OSError, ValueError, KeyError):
         return None
-
-
-def _oom_message(catalog: Catalog, model: ModelSpec, limit: str, report_dir: Path) -> str:
-    return (f"{catalog.where(model.name)}: {model.name} was OOM-killed in its container at the memory limit "
-            f"{limit} its manifest carries; raise resources.memory (or memory_limit_factor) in models.yaml. "
-            f"Container log: {report_dir / 'serve.log'}")
 
 
 def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:

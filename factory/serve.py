@@ -106,19 +106,21 @@ def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log:
     raise ServeError(f"{url} was not ready after {timeout_s:.0f} s; the server's log ({log}) ends with:\n{_tail(log)}")
 
 
-@dataclass
+class OOMKilled(ServeError):
+    """The kernel killed the container at its memory limit."""
+
+
+@dataclass(frozen=True)
 class ServedContainer:
     url: str
     container: object
-    memory_limit: str
-    oom_killed: bool = False
 
 
 @contextlib.contextmanager
 def container_served(image: str, log: Path, memory_limit: str,
                      ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[ServedContainer]:
     """The built image, run as the Deployment runs it (one process, its memory limit), on host networking
-    bound to 127.0.0.1 only; `oom_killed` tells, after the block, whether the kernel killed it at the limit."""
+    bound to 127.0.0.1 only. An OOM kill at the limit, while starting or inside the block, raises OOMKilled."""
     import docker
     from kubernetes.utils import parse_quantity
 
@@ -128,23 +130,29 @@ def container_served(image: str, log: Path, memory_limit: str,
     container = client.containers.run(
         image, command=["python", "-m", "mf_serve", "--host", "127.0.0.1", "--port", str(port)],
         detach=True, network_mode="host", mem_limit=limit_bytes, memswap_limit=limit_bytes)
-    served = ServedContainer(f"http://127.0.0.1:{port}", container, memory_limit)
+    served = ServedContainer(f"http://127.0.0.1:{port}", container)
+    killed = OOMKilled(f"the container of {image} was OOM-killed at its memory limit {memory_limit}; its log: {log}")
 
     def alive() -> bool:
         container.reload()
         if container.status != "running":
             log.write_bytes(container.logs())
+            if container.attrs["State"].get("OOMKilled"):
+                raise killed
         return container.status in ("created", "running")
 
     try:
         wait_until_ready(f"{served.url}/readyz", ready_timeout_s, alive, log)
         yield served
     finally:
-        with contextlib.suppress(Exception):
+        oom = False
+        with contextlib.suppress(Exception):  # the docker SDK raises several types for a container that is gone
             log.write_bytes(container.logs())
             container.reload()
-            served.oom_killed = bool(container.attrs["State"].get("OOMKilled"))
+            oom = bool(container.attrs["State"].get("OOMKilled"))
         container.remove(force=True)
+        if oom:
+            raise killed  # the root cause of whatever the block saw (refused connections, resets)
 
 
 def stop(process: subprocess.Popen) -> None:
