@@ -139,11 +139,12 @@ def deploy(dry_run: bool, skip_without_cluster: bool) -> None:
 
 @main.command()
 @CATALOG_OPTION
-def up(catalog_path: Path) -> None:
-    """Serve every built model and the proxy on 127.0.0.1 until Ctrl-C; print curl examples."""
+@click.option("--containers", is_flag=True, help="Run the pushed images (models and proxy) in containers.")
+def up(catalog_path: Path, containers: bool) -> None:
+    """Serve every built model and the proxy on 127.0.0.1 until Ctrl-C or SIGTERM; print curl examples."""
     from factory.up import up_command
 
-    up_command(catalog_path, progress=click.echo)
+    up_command(catalog_path, progress=click.echo, containers=containers)
 
 
 if __name__ == "__main__":

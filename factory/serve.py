@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Optional
 
 from factory.errors import ServeError
 
@@ -106,6 +106,11 @@ def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log:
     raise ServeError(f"{url} was not ready after {timeout_s:.0f} s; the server's log ({log}) ends with:\n{_tail(log)}")
 
 
+def model_command(port: int) -> list[str]:
+    """What a model container runs (as its Deployment does), bound to loopback on host networking."""
+    return ["python", "-m", "mf_serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
 class OOMKilled(ServeError):
     """The kernel killed the container at its memory limit."""
 
@@ -117,7 +122,8 @@ class ServedContainer:
 
 
 @contextlib.contextmanager
-def container_served(image: str, log: Path, memory_limit: str,
+def container_served(image: str, log: Path, memory_limit: str, command: Callable[[int], list[str]] = model_command,
+                     volumes: Optional[dict] = None,
                      ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[ServedContainer]:
     """The built image, run as the Deployment runs it (one process, its memory limit), on host networking
     bound to 127.0.0.1 only. An OOM kill at the limit, while starting or inside the block, raises OOMKilled."""
@@ -127,9 +133,8 @@ def container_served(image: str, log: Path, memory_limit: str,
     client = docker.from_env()
     port = free_port()
     limit_bytes = int(parse_quantity(memory_limit))
-    container = client.containers.run(
-        image, command=["python", "-m", "mf_serve", "--host", "127.0.0.1", "--port", str(port)],
-        detach=True, network_mode="host", mem_limit=limit_bytes, memswap_limit=limit_bytes)
+    container = client.containers.run(image, command=command(port), detach=True, network_mode="host",
+                                      mem_limit=limit_bytes, memswap_limit=limit_bytes, volumes=volumes or {})
     served = ServedContainer(f"http://127.0.0.1:{port}", container)
     killed = OOMKilled(f"the container of {image} was OOM-killed at its memory limit {memory_limit}; its log: {log}")
 

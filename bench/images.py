@@ -1,0 +1,108 @@
+"""Images: size per model and for the fleet, build time cold vs warm, container vs host-process memory.
+
+Usage: python -m bench.images [MODEL ...] [--seconds 6]   (default: the two e2e example models)
+Needs `make engine` (Docker engine + registry on 127.0.0.1:5000) and models built with images
+(`make demo`, or `factory build ...` with FACTORY_IMAGE_REGISTRY=127.0.0.1:5000/model-factory).
+For each model, in one run: its image rebuilt cold (`--no-cache`, requirements installed from the index)
+and warm (layer cache: what a second model with the same requirements costs); idle and peak memory of the
+same load served in its container (cgroup working set, `docker stats`) and as a host process tree (RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from factory.build import BuildRecord
+from factory.engine import ENGINE_HOME
+from factory.golden import sample_requests
+from factory.images import build_and_push, model_context, model_dockerfile
+from factory.baseimage import ensure_base_image
+from factory.loadgen import run_load
+from factory.memory import MIB, MemoryProfile
+from factory.runtime import runtime_python
+from factory.serve import container_served, served
+from factory.state import StateDir
+from factory.summary import table
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS = ["match_probability_2_TAXI_trafficaware", "eta_minutes_5_PHV"]
+IDLE_SECONDS = 3.0
+
+
+def build_times(record: BuildRecord, state: StateDir, base: str) -> tuple[float, float]:
+    """(cold, warm) seconds of `docker build` for this model's image."""
+    folder = state.root / "bench-images" / record.model
+    context = model_context(Path(record.bento_export), folder / "context", model_dockerfile(record.model, base, 3000))
+    log = folder / "build.log"
+    cold_tag, warm_tag = f"{record.image}-bench-cold", f"{record.image}-bench-warm"
+    started = time.monotonic()
+    _docker(["build", "--no-cache", "--network", "host", "-t", cold_tag, str(context)])
+    cold = time.monotonic() - started
+    warm = build_and_push(context, context / "Dockerfile", warm_tag, log, "bench").build_seconds
+    _docker(["image", "rm", cold_tag, warm_tag])
+    return cold, warm
+
+
+def memory_figures(record: BuildRecord, state: StateDir, limit: str, seconds: float) -> dict[str, float]:
+    signature = json.loads((state.build_dir(record.model) / "src" / "resolved.json").read_text())["signature"]
+    bodies = [json.dumps(request).encode() for request in sample_requests(signature, 16, 8, seed=3)]
+    figures = {}
+    log = state.root / "bench-images" / f"{record.model}.log"
+    with container_served(record.image_ref, log, limit) as server, MemoryProfile.of_container(server.container) as memory:
+        figures.update(_phases("container", server.url, memory, bodies, seconds))
+    with served(record.bento_tag, log, "single", runtime_python(state.root)) as server, \
+            MemoryProfile.of_process(server.pid) as memory:
+        figures.update(_phases("process", server.url, memory, bodies, seconds))
+    return figures
+
+
+def _phases(label: str, url: str, memory: MemoryProfile, bodies: list[bytes], seconds: float) -> dict[str, float]:
+    with memory.phase("idle") as idle:
+        time.sleep(IDLE_SECONDS)
+    with memory.phase("load"):
+        run_load(url, bodies, concurrency=16, duration_s=seconds)
+    return {f"{label} idle": idle.rss / MIB, f"{label} peak": memory.peak_bytes / MIB}
+
+
+def registry_bytes() -> int:
+    """Everything the local registry stores (blobs are shared between images, so counted once)."""
+    result = subprocess.run(["du", "-sb", str(ENGINE_HOME / "registry")], capture_output=True, text=True)
+    return int(result.stdout.split()[0]) if result.returncode == 0 else 0
+
+
+def _docker(args: list[str]) -> None:
+    subprocess.run(["docker", *args], check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=DEFAULT_MODELS)
+    parser.add_argument("--seconds", type=float, default=6)
+    args = parser.parse_args()
+    state = StateDir.from_env().activate()
+    records = {path.parent.name: BuildRecord.load(path) for path in sorted(state.root.glob("builds/*/record.json"))}
+    built = {name: record for name, record in records.items() if record and record.image_built}
+    print(table(["model", "image MiB"], [[name, f"{r.image_size_bytes / MIB:.0f}"] for name, r in built.items()]))
+    print(f"\nfleet: {len(built)} images; local registry stores {registry_bytes() / MIB:.0f} MiB in all "
+          f"(shared layers stored once; naive sum {sum(r.image_size_bytes for r in built.values()) / MIB:.0f} MiB)\n")
+    base = ensure_base_image()
+    rows = []
+    for name in args.models:
+        record = built[name]
+        cold, warm = build_times(record, state, base)
+        figures = memory_figures(record, state, "768Mi", args.seconds)
+        rows.append([name, f"{cold:.0f}", f"{warm:.1f}", f"{cold / warm:.0f}x",
+                     *(f"{figures[key]:.0f}" for key in ("container idle", "container peak", "process idle",
+                                                         "process peak")),
+                     f"{figures['container peak'] / figures['process peak']:.2f}"])
+    print(table(["model", "build cold s", "warm s", "cold/warm", "container idle MiB", "container peak MiB",
+                 "process idle MiB", "process peak MiB", "container/process"], rows))
+
+
+if __name__ == "__main__":
+    main()
