@@ -69,7 +69,7 @@ def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[d
     record = BuildRecord.load(state.record(model.name))
     if record is None:
         raise ManifestError(f"{catalog.where(model.name)}: not built yet; run `factory build {model.name}`")
-    peak = _measured_peak(state, model)
+    peak = measured_peak(state, model.name)
     if peak is None and model.resources.memory is None:
         raise ManifestError(f"{catalog.where(model.name)}: memory not measured yet; run `factory test "
                             f"{model.name}` (or set resources.memory in models.yaml)")
@@ -80,8 +80,9 @@ def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[d
     return files, SizedModel(model.name, model.route, peak_mib, sizing)
 
 
-def _measured_peak(state: StateDir, model: ModelSpec) -> Optional[int]:
-    report = state.report_dir(model.name) / "report.json"
+def measured_peak(state: StateDir, model: str) -> Optional[int]:
+    """The peak `factory test` last measured (what sizing, and so the manifest's limit, come from)."""
+    report = state.report_dir(model) / "report.json"
     if not report.is_file():
         return None
     return int(json.loads(report.read_text(encoding="utf-8"))["peak_bytes"])

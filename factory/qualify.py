@@ -9,10 +9,11 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator
 
 from factory import manifests
 from factory.build import BuildRecord, ensure_in_store, select_models
+from factory.deploy import measured_peak
 from factory.engine import engine_answers
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, ServeError
@@ -78,7 +79,7 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
     report_dir = state.report_dir(model.name)
     golden = json.loads(Path(record.golden).read_text(encoding="utf-8"))
     signature = json.loads((state.build_dir(model.name) / "src" / "resolved.json").read_text())["signature"]
-    limit = manifests.sizing_for(model, _previous_peak(report_dir)).memory_limit
+    limit = manifests.sizing_for(model, measured_peak(state, model.name)).memory_limit
     try:
         with measured_server(record, report_dir / "serve.log", runtime, limit) as (url, memory):
             with memory.phase("idle"):
@@ -114,20 +115,12 @@ def measured_server(record: BuildRecord, log: Path, runtime: Path,
     (what the kubelet enforces); without an engine, the Bento in the lean runtime venv, one process, as the
     pod runs it (memory of the process tree). The report's `memory.sampler` says which."""
     if record.image_built and engine_answers():
-        with container_served(record.image_ref, log, memory_limit) as served, \
-                MemoryProfile.of_container(served.container) as memory:
-            yield served.url, memory
+        with container_served(record.image_ref, log, memory_limit) as container, \
+                MemoryProfile.of_container(container.container) as memory:
+            yield container.url, memory
         return
     with served(record.bento_tag, log, "single", runtime) as server, MemoryProfile.of_process(server.pid) as memory:
         yield server.url, memory
-
-
-def _previous_peak(report_dir: Path) -> Optional[int]:
-    """The last measured peak: the manifest written from it carries the limit this run is held to."""
-    try:
-        return int(json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["peak_bytes"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:

@@ -8,11 +8,12 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 from factory import manifests
 from factory.build import BuildRecord, ensure_in_store
 from factory.catalog import Catalog, ModelSpec
+from factory.deploy import measured_peak
 from factory.errors import ServeError
 from factory.loader import load_catalog
 from factory.routes import routes_yaml
@@ -71,7 +72,7 @@ def _container_model(state: StateDir):
         if not record.image_built:
             raise ServeError(f"{catalog.where(model.name)}: no pushed image for {model.name}; run "
                              f"`factory build {model.name}` where a Docker engine answers")
-        limit = manifests.sizing_for(model, _measured_peak(state, model.name)).memory_limit
+        limit = manifests.sizing_for(model, measured_peak(state, model.name)).memory_limit
         with container_served(record.image_ref, log, limit) as server:
             yield server.url
     return serve
@@ -97,11 +98,6 @@ def _proxy_container(state: StateDir, routes: Path, logs: Path) -> Iterator[str]
     volumes = {str(routes.parent): {"bind": "/etc/model-factory", "mode": "ro"}}
     with container_served(image, logs / "proxy.log", PROXY_MEMORY_LIMIT, command, volumes) as proxy:
         yield proxy.url
-
-
-def _measured_peak(state: StateDir, model: str) -> Optional[int]:
-    report = state.report_dir(model) / "report.json"
-    return int(json.loads(report.read_text(encoding="utf-8"))["peak_bytes"]) if report.is_file() else None
 
 
 def up_command(catalog_path: Path, progress: Progress, containers: bool = False) -> None:

@@ -70,12 +70,13 @@ def test_proxy_manifest_references_the_pushed_proxy_image(imaged: FactoryEnv) ->
 @pytest.mark.parametrize("model", MODELS)
 def test_reports_say_memory_was_measured_in_the_container(imaged: FactoryEnv, model: str) -> None:
     memory = json.loads((imaged.state / "reports" / model / "report.json").read_text())["memory"]
-    assert memory["sampler"] == "docker stats (container cgroup)"
+    assert memory["sampler"].startswith("container cgroup")
     assert parse_quantity(memory["memory_limit"]) > 0
     assert set(memory["phases"]) == {"idle", "fuzz", "load"}
 
 
 def _heavier_load_bodies(signature: dict, batch: int) -> list[bytes]:
+    """Full batches only, from inputs the sizing run never drew (another seed)."""
     requests = sample_requests(signature, count=32, batch_size=batch, seed=7)
     return [json.dumps(request).encode() for request in requests]
 
@@ -91,7 +92,8 @@ def test_held_back_heavier_load_stays_within_the_sized_request(imaged: FactoryEn
                                                resources["limits"]["memory"]) as served, \
             MemoryProfile.of_container(served.container) as memory:
         with memory.phase("load"):
-            load = run_load(served.url, _heavier_load_bodies(signature, 32), concurrency=48, duration_s=8)
+            # More clients only make BentoML shed the excess with 503s (bench/sizing.py): full batches instead.
+            load = run_load(served.url, _heavier_load_bodies(signature, 32), concurrency=8, duration_s=10)
     assert load.requests > 0
     peak = memory.peak_bytes
     request = parse_quantity(resources["requests"]["memory"])

@@ -28,7 +28,8 @@ def test_failing_builder_gives_one_clear_error_per_model(factory_env: FactoryEnv
     docker.write_text(FAKE_DOCKER)
     docker.chmod(docker.stat().st_mode | stat.S_IXUSR)
     state = tmp_path / "state"
-    env = {**factory_env.env, "PATH": f"{fake_bin}:{factory_env.env['PATH']}", "FACTORY_STATE": str(state)}
+    env = {**factory_env.env, "PATH": f"{fake_bin}:{factory_env.env['PATH']}", "FACTORY_STATE": str(state),
+           "BENTOML_HOME": str(state / "bentoml")}
     result = FactoryEnv(factory_env.root, env).run("build", MIXED_MODEL, ALIAS_MODEL, "--proxy", check=False)
 
     assert result.returncode == 1, result.stdout + result.stderr
