@@ -17,7 +17,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from factory.build import BuildRecord
 from factory.engine import ENGINE_HOME
 from factory.golden import sample_requests
 from factory.images import build_and_push, model_context, model_dockerfile
@@ -26,8 +25,8 @@ from factory.loadgen import run_load
 from factory.memory import MIB, MemoryProfile
 from factory.runtime import runtime_python
 from factory.serve import container_served, served
-from factory.state import StateDir
-from factory.summary import table
+from factory.state import BuildRecord, StateDir
+from factory.tables import table
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ["match_probability_2_TAXI_trafficaware", "eta_minutes_5_PHV"]
@@ -49,7 +48,7 @@ def build_times(record: BuildRecord, state: StateDir, base: str) -> tuple[float,
 
 
 def memory_figures(record: BuildRecord, state: StateDir, limit: str, seconds: float) -> dict[str, float]:
-    signature = json.loads((state.build_dir(record.model) / "src" / "resolved.json").read_text())["signature"]
+    signature = state.resolved(record.model).signature
     bodies = [json.dumps(request).encode() for request in sample_requests(signature, 16, 8, seed=3)]
     figures = {}
     log = state.root / "bench-images" / f"{record.model}.log"
@@ -85,7 +84,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6)
     args = parser.parse_args()
     state = StateDir.from_env().activate()
-    records = {path.parent.name: BuildRecord.load(path) for path in sorted(state.root.glob("builds/*/record.json"))}
+    records = {path.parent.name: state.build_record(path.parent.name)
+               for path in sorted(state.root.glob("builds/*/record.json"))}
     built = {name: record for name, record in records.items() if record and record.image_built}
     print(table(["model", "image MiB"], [[name, f"{r.image_size_bytes / MIB:.0f}"] for name, r in built.items()]))
     print(f"\nfleet: {len(built)} images; local registry stores {registry_bytes() / MIB:.0f} MiB in all "

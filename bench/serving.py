@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.wrk import WrkResult, run_wrk
-from factory.build import BuildRecord
 from factory.memory import MIB, MemoryProfile
 from factory.runtime import runtime_python
 from factory.serve import Served, free_port, process_served, served
@@ -87,8 +86,8 @@ def main() -> None:
     state = StateDir.from_env().activate()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'registry' / 'mlflow.db'}")
     subprocess.run([sys.executable, "-m", "factory.cli", "build", args.model], cwd=ROOT, check=True)
-    record = BuildRecord.load(state.record(args.model))
-    golden = json.loads(Path(record.golden).read_text())
+    record = state.build_record(args.model)
+    golden = state.golden(args.model, Path(record.golden))
     # A complete row: `mlflow models serve` drops absent optional columns and the model then fails.
     rows = [r for case in golden for r in case["inputs"] if None not in r.values()]
     widest = max(len(r) for r in rows)

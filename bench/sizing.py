@@ -21,14 +21,13 @@ from kubernetes.utils import parse_quantity
 
 from bench.wrk import run_wrk
 
-from factory.build import BuildRecord
 from factory.golden import sample_requests
 from factory.loader import load_catalog
 from factory.manifests import sizing_for
 from factory.memory import MIB, MemoryProfile
 from factory.runtime import runtime_python
 from factory.serve import served
-from factory.state import StateDir
+from factory.state import BuildRecord, StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
 # Full batches from 8 clients keep 8 x max_batch_size rows in flight (the test's load phase mostly sent
@@ -65,14 +64,14 @@ def main() -> None:
     print(f"{'model':<40} {'test peak':>9} {'request':>8} {'held-back peak':>14} {'request/peak':>12}  ok  load")
     for name in args.models:
         model = next(m for m in catalog.models if m.name == name)
-        report = json.loads((state.report_dir(name) / "report.json").read_text())
-        request_mib = parse_quantity(sizing_for(model, report["peak_bytes"]).memory_request) / MIB
-        signature = json.loads((state.build_dir(name) / "src" / "resolved.json").read_text())["signature"]
-        actual, load = held_back_peak(BuildRecord.load(state.record(name)), signature,
+        report = state.test_report(name)
+        request_mib = parse_quantity(sizing_for(model, report.peak_bytes).memory_request) / MIB
+        signature = state.resolved(name).signature
+        actual, load = held_back_peak(state.build_record(name), signature,
                                       model.batching.max_batch_size, args.seconds, state)
         ratio = float(request_mib) / actual
         ok = "yes" if 1.0 <= ratio <= 1.3 else "NO"
-        print(f"{name:<40} {report['memory']['peak_mib']:>8.0f}M {float(request_mib):>7.0f}M {actual:>13.0f}M "
+        print(f"{name:<40} {report.memory.peak_mib:>8.0f}M {float(request_mib):>7.0f}M {actual:>13.0f}M "
               f"{ratio:>12.2f}  {ok:<3} {load['requests']} requests x {model.batching.max_batch_size} rows, "
               f"{load['rps']:.0f}/s, {load['non_2xx']} non-2xx (shed)")
 

@@ -17,7 +17,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from factory.engine import ENGINE_HOME, EngineError
+from factory.engine import ENGINE_HOME
+from factory.errors import EngineError
 from factory.render import environment
 
 SUITE = "bookworm"

@@ -13,51 +13,21 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from factory import golden
 from factory.catalog import Catalog, ModelSpec
-from factory.errors import BuildError, FactoryError
+from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
-from factory.loader import load_catalog
+from factory.loader import load_catalog, select_models
 from factory.registry import Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
-from factory.state import StateDir
+from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BuildRecord:
-    model: str
-    content_hash: str
-    registry: dict
-    bento_model_tag: str
-    bento_tag: str
-    bento_export: str
-    image: str
-    image_ref: str  # repository@sha256:… as pushed; "" when no image was built
-    image_size_bytes: int
-    image_build_seconds: float
-    dockerfile: str
-    golden: str
-
-    @property
-    def image_built(self) -> bool:
-        return bool(self.image_ref)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: Path) -> Optional["BuildRecord"]:
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
-            return None
 
 
 @dataclass(frozen=True)
@@ -72,7 +42,8 @@ class BuildOutcome:
 def build_command(catalog_path: Path, names: Iterable[str], everything: bool, progress: Progress,
                   images: bool = True, proxy: bool = False) -> list[BuildOutcome]:
     catalog = load_catalog(catalog_path)
-    models = select_models(catalog, names, everything, allow_none=proxy)
+    names = list(names)
+    models = [] if proxy and not names and not everything else select_models(catalog, names, everything)
     state = StateDir.from_env().activate()
     image_step = ImageStep(catalog, state, images)
     if image_step.skipped:
@@ -97,9 +68,8 @@ def check_experiment_inputs(catalog: Catalog, state: StateDir) -> None:
     for experiment in catalog.experiments:
         signatures = {}
         for variant in experiment.variants:
-            resolved = state.build_dir(variant.model) / "src" / "resolved.json"
-            if resolved.is_file():
-                signatures[variant.model] = json.loads(resolved.read_text(encoding="utf-8"))["signature"]["inputs"]
+            if state.resolved_path(variant.model).is_file():
+                signatures[variant.model] = state.resolved(variant.model).signature["inputs"]
         first, *others = list(signatures.items()) or [(None, None)]
         for name, inputs in others:
             if inputs != first[1]:
@@ -120,24 +90,9 @@ def _describe(outcome: BuildOutcome) -> str:
     return text
 
 
-def select_models(catalog: Catalog, names: Iterable[str], everything: bool, allow_none: bool = False) -> list[ModelSpec]:
-    names = list(names)
-    if allow_none and not everything and not names:
-        return []
-    if everything == bool(names):
-        raise BuildError("name the models to work on, or pass --all (not both)")
-    if everything:
-        return list(catalog.models)
-    known = {model.name: model for model in catalog.models}
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise BuildError(f"not in models.yaml: {', '.join(unknown)}; run `factory summary` to list the models")
-    return [known[name] for name in names]
-
-
 class Builder:
     def __init__(self, catalog: Catalog, rendered: dict[str, str], registry: Registry, state: StateDir,
-                 progress: Progress, image_step: "ImageStep"):
+                 progress: Progress, image_step: ImageStep):
         self.catalog = catalog
         self.rendered = rendered
         self.registry = registry
@@ -150,7 +105,7 @@ class Builder:
         resolved = self.registry.resolve(model)
         folder = self._rendered_folder(model)
         content_hash = _content_hash(folder, resolved)
-        previous = BuildRecord.load(self.state.record(model.name))
+        previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _bento_exists(previous.bento_tag):
             if previous.image_built or self.image_step.skipped:
                 return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
@@ -166,7 +121,7 @@ class Builder:
             bento_export=str(self._export(model, bento_tag)),
             golden=str(self._golden(model, resolved)),
             **self.image_step.unbuilt(model, bento_tag))
-        record.save(self.state.record(model.name))
+        record.save(self.state.record_path(model.name))
         if self.image_step.skipped:
             return BuildOutcome(model.name, record, skipped=False, seconds=time.monotonic() - started)
         return self._with_image(model, record, started, skipped=False)
@@ -174,11 +129,18 @@ class Builder:
     def _with_image(self, model: ModelSpec, record: BuildRecord, started: float, skipped: bool) -> BuildOutcome:
         """Build and push the image; a failure is this model's alone (the Bento stays recorded)."""
         try:
-            record = replace(record, **self.image_step.build(model, record))
+            record = record.model_copy(update=self.image_step.build(model, record))
         except FactoryError as exc:
             return BuildOutcome(model.name, record, skipped, time.monotonic() - started, image_error=str(exc))
-        record.save(self.state.record(model.name))
+        record.save(self.state.record_path(model.name))
         return BuildOutcome(model.name, record, skipped, time.monotonic() - started)
+
+    def _previous(self, model: ModelSpec) -> Optional[BuildRecord]:
+        """An unreadable record from an interrupted build only means: build again (and overwrite it)."""
+        try:
+            return self.state.build_record(model.name)
+        except StateError:
+            return None
 
     def _rendered_folder(self, model: ModelSpec) -> dict[str, str]:
         """The model's service and bentofile, plus the runtime files every Bento shares."""
@@ -203,15 +165,14 @@ class Builder:
 
     def _workspace(self, model: ModelSpec, folder: dict[str, str], resolved: ResolvedModel,
                    bento_model_tag: str) -> Path:
-        source = self.state.build_dir(model.name) / "src"
+        source = self.state.source_dir(model.name)
         shutil.rmtree(source, ignore_errors=True)
         source.mkdir(parents=True)
         for name, text in folder.items():
             (source / name).write_text(text, encoding="utf-8")
-        (source / "resolved.json").write_text(json.dumps({
-            "bento_model_tag": bento_model_tag, "signature": resolved.signature, "flavor": resolved.flavor,
-            "registry": {"name": resolved.registered_as, "version": resolved.version},
-        }, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        ResolvedRecord(bento_model_tag=bento_model_tag, signature=resolved.signature, flavor=resolved.flavor,
+                       registry={"name": resolved.registered_as, "version": resolved.version},
+                       ).save(self.state.resolved_path(model.name))
         return source
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
@@ -231,13 +192,13 @@ class Builder:
         return target
 
     def _golden(self, model: ModelSpec, resolved: ResolvedModel) -> Path:
-        path = self.state.build_dir(model.name) / "golden.json"
+        path = self.state.golden_path(model.name)
         cases, errors = golden.record_golden(resolved, batch_size=min(8, model.batching.max_batch_size))
         if errors:
             self.progress(f"warning: {model.name}: the registry's own model raised on {len(errors)} of "
                           f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "
                           "find the smallest such input")
-        path.write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        write_atomic(path, json.dumps(cases, indent=1, sort_keys=True) + "\n")
         return path
 
 

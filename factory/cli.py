@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from factory.errors import FactoryError
+from factory.settings import FUZZ_EXAMPLES_ENV, LOAD_SECONDS_ENV
 
 CATALOG_OPTION = click.option("-f", "--file", "catalog_path", type=click.Path(path_type=Path),
                               default=Path("models.yaml"), show_default=True, help="The catalog to read.")
@@ -31,7 +32,11 @@ class FactoryGroup(click.Group):
 # Commands import their modules lazily: `factory validate` must not pay for importing mlflow or bentoml.
 @click.group(cls=FactoryGroup)
 def main() -> None:
-    """Model Factory: one models.yaml to BentoML services, a GitLab pipeline, a proxy and Kubernetes."""
+    """Model Factory: one models.yaml to BentoML services, a GitLab pipeline, a proxy and Kubernetes.
+
+    Each command lives in factory/<command>.py (validate: factory/loader.py). Environment variables:
+    factory/settings.py and README.
+    """
 
 
 @main.command()
@@ -66,16 +71,16 @@ def render(catalog_path: Path, out_dir: Path, check: bool, changed_since: str | 
 @CATALOG_OPTION
 def routes(catalog_path: Path) -> None:
     """Print the routes the catalog serves, with batching and resources."""
-    from factory.summary import catalog_summary
+    from factory.routes import routes_command
 
-    click.echo(catalog_summary(catalog_path))
+    click.echo(routes_command(catalog_path))
 
 
 @main.command()
 @CATALOG_OPTION
 def summary(catalog_path: Path) -> None:
     """Print per route and variant: fuzz result, p99, peak memory and memory request (also as markdown)."""
-    from factory.report import summary_command
+    from factory.summary import summary_command
 
     click.echo(summary_command(catalog_path))
 
@@ -93,25 +98,23 @@ def build(catalog_path: Path, names: tuple[str, ...], everything: bool, no_image
     build_command(catalog_path, names, everything, progress=click.echo, images=not no_image, proxy=proxy)
 
 
-
 @main.command(name="test")
 @CATALOG_OPTION
 @click.argument("names", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Test every model in the catalog.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Fuzzing seed (a failure prints it).")
-@click.option("--examples", type=int, default=60, show_default=True, envvar="FACTORY_FUZZ_EXAMPLES",
-              help="Valid requests to generate; twice as many invalid ones. [env FACTORY_FUZZ_EXAMPLES]")
-@click.option("--load-seconds", type=float, default=6.0, show_default=True, envvar="FACTORY_LOAD_SECONDS",
-              help="Length of the concurrent load phase. [env FACTORY_LOAD_SECONDS]")
+@click.option("--examples", type=int, default=60, show_default=True, envvar=FUZZ_EXAMPLES_ENV,
+              help=f"Valid requests to generate; twice as many invalid ones. [env {FUZZ_EXAMPLES_ENV}]")
+@click.option("--load-seconds", type=float, default=6.0, show_default=True, envvar=LOAD_SECONDS_ENV,
+              help=f"Length of the concurrent load phase. [env {LOAD_SECONDS_ENV}]")
 def test_models(catalog_path: Path, names: tuple[str, ...], everything: bool, seed: int, examples: int,
                 load_seconds: float) -> None:
     """Serve built models, fuzz them from their signatures, check golden outputs, measure memory."""
-    from factory.qualify import TestSettings, qualify_command
+    from factory.test import TestSettings, test_command
 
     settings = TestSettings(seed=seed, valid_examples=examples, invalid_examples=2 * examples,
                             load_seconds=load_seconds)
-    qualify_command(catalog_path, names, everything, settings, progress=click.echo)
-
+    test_command(catalog_path, names, everything, settings, progress=click.echo)
 
 
 @main.command(name="manifests")
@@ -121,7 +124,7 @@ def test_models(catalog_path: Path, names: tuple[str, ...], everything: bool, se
 @click.option("--proxy", is_flag=True, help="Also write the proxy's Deployment, Service and routes ConfigMap.")
 def manifests_cmd(catalog_path: Path, names: tuple[str, ...], everything: bool, proxy: bool) -> None:
     """Write Kubernetes manifests sized from measured memory, validated offline."""
-    from factory.deploy import manifests_command
+    from factory.manifests import manifests_command
 
     manifests_command(catalog_path, names, everything, proxy, progress=click.echo)
 
@@ -134,7 +137,6 @@ def deploy(dry_run: bool, skip_without_cluster: bool) -> None:
     from factory.deploy import deploy_command
 
     deploy_command(dry_run, skip_without_cluster, progress=click.echo)
-
 
 
 @main.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,17 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from factory.errors import FactoryError
+from factory.errors import EngineError
+from factory.settings import Settings
 
-RUN_DIR = Path(os.environ.get("FACTORY_ENGINE_RUN", "/run/model-factory"))
-ENGINE_HOME = Path(os.environ.get("FACTORY_ENGINE_HOME", "/var/lib/model-factory"))
+RUN_DIR = Path("/run/model-factory")
+ENGINE_HOME = Path("/var/lib/model-factory")
 PROJECT_HOST = f"unix://{RUN_DIR / 'docker.sock'}"
 REGISTRY = "127.0.0.1:5000"
 READY_TIMEOUT_S = 60.0
-
-
-class EngineError(FactoryError):
-    """The Docker engine or the local registry could not be started or reached."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,7 @@ http: {{addr: "{addr}"}}
 
 
 def docker_host() -> Optional[str]:
-    return os.environ.get("DOCKER_HOST") or None
+    return Settings.from_env().docker_host
 
 
 def engine_answers(timeout_s: float = 10.0) -> bool:
@@ -140,7 +138,7 @@ def why_no_engine() -> Optional[str]:
 
 
 def _which(tool: str) -> bool:
-    return any(Path(folder, tool).is_file() for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/sbin"])
+    return bool(shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin"))
 
 
 @contextlib.contextmanager

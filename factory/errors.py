@@ -73,3 +73,19 @@ class ManifestError(FactoryError):
 
 class DeployError(FactoryError):
     """Applying manifests to a cluster failed (or no cluster is configured)."""
+
+
+class StateError(FactoryError):
+    """A file in the state directory is missing, truncated or not what the factory writes."""
+
+
+class UsageError(FactoryError):
+    """The command line asks for something that cannot be done (e.g. names a model the catalog lacks)."""
+
+
+class EngineError(FactoryError):
+    """The Docker engine, the local registry or the base image could not be started, reached or built."""
+
+
+class ImageError(FactoryError):
+    """Building or pushing an image failed."""

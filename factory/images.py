@@ -8,44 +8,30 @@ a failure names the step, shows the last lines and the log path, and never carri
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import tarfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from factory.errors import FactoryError
-from factory.render import environment
+from factory.errors import EngineError, FactoryError, ImageError
+from factory.settings import Settings
+from factory.state import PushedImage, StateDir
 
-IMAGE_REGISTRY_ENV = "FACTORY_IMAGE_REGISTRY"
 TAIL_LINES = 12
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class ImageError(FactoryError):
-    """Building or pushing an image failed."""
-
-
-@dataclass(frozen=True)
-class PushedImage:
-    tag: str
-    reference: str  # repository@sha256:…, what manifests deploy
-    size_bytes: int
-    build_seconds: float
-    push_seconds: float
-    log: str
-
-
 def image_registry(catalog_registry: str) -> str:
     """Where images go: $FACTORY_IMAGE_REGISTRY (CI sets it to $CI_REGISTRY_IMAGE) or models.yaml's registry."""
-    return os.environ.get(IMAGE_REGISTRY_ENV) or catalog_registry
+    return Settings.from_env().image_registry or catalog_registry
 
 
 def model_dockerfile(model: str, base: str, port: int) -> str:
+    from factory.render import environment  # render imports manifests, which imports this module
+
     return environment().get_template("images/model.Dockerfile.j2").render(model=model, base=base, port=port)
 
 
@@ -71,7 +57,8 @@ def build_and_push(context: Path, dockerfile: Path, tag: str, log: Path, what: s
     pushed = time.monotonic()
     reference = digest_reference(tag, log, what)
     size = int(_step(["image", "inspect", "--format", "{{.Size}}", tag], log, what).strip() or 0)
-    return PushedImage(tag, reference, size, round(built - started, 1), round(pushed - built, 1), str(log))
+    return PushedImage(tag=tag, reference=reference, size_bytes=size, build_seconds=round(built - started, 1),
+                       push_seconds=round(pushed - built, 1), log=str(log))
 
 
 def repository(tag: str) -> str:
@@ -141,7 +128,6 @@ class ImageStep:
 
     def base(self) -> str:
         from factory.baseimage import ensure_base_image
-        from factory.engine import EngineError
 
         if not self._base:
             try:
@@ -154,18 +140,19 @@ class ImageStep:
         """The record's image fields before any image exists, with the Dockerfile CI would build."""
         from factory.baseimage import recipe_tags
 
-        dockerfile = self.state.build_dir(model.name) / "Dockerfile"
+        dockerfile = self.state.dockerfile_path(model.name)
+        dockerfile.parent.mkdir(parents=True, exist_ok=True)
         dockerfile.write_text(model_dockerfile(model.name, recipe_tags()[1], self.port), encoding="utf-8")
         return {"image": f"{self.registry}/{model.k8s_name}:{bento_tag.split(':', 1)[1]}", "image_ref": "",
                 "image_size_bytes": 0, "image_build_seconds": 0.0, "dockerfile": str(dockerfile)}
 
     def build(self, model, record) -> dict:
         what = f"{self.catalog.where(model.name)}: image {record.image}"
-        folder = self.state.build_dir(model.name)
-        context = model_context(Path(record.bento_export), folder / "image-context",
+        context = model_context(Path(record.bento_export), self.state.image_context(model.name),
                                 model_dockerfile(model.name, self.base(), self.port))
         try:
-            pushed = build_and_push(context, context / "Dockerfile", record.image, folder / "image.log", what)
+            pushed = build_and_push(context, context / "Dockerfile", record.image, self.state.image_log(model.name),
+                                    what)
         finally:
             shutil.rmtree(context, ignore_errors=True)
         return {"image_ref": pushed.reference, "image_size_bytes": pushed.size_bytes,
@@ -175,18 +162,16 @@ class ImageStep:
         """Build and push the proxy image; "" on success (or when images are skipped), else the error."""
         if self.skipped:
             return ""
-        folder = self.state.build_dir("proxy")
         try:
-            pushed = build_proxy_image(self.registry, self.base(), folder / "image.log")
+            pushed = build_proxy_image(self.registry, self.base(), self.state.image_log("proxy"))
         except FactoryError as exc:
             return str(exc)
-        (folder / "image.json").write_text(json.dumps(asdict(pushed), indent=2, sort_keys=True) + "\n",
-                                           encoding="utf-8")
+        pushed.save(self.state.proxy_image_path())
         progress(f"proxy: image {pushed.reference} ({pushed.size_bytes / 2**20:.0f} MiB)")
         return ""
 
 
-def proxy_image_ref(state) -> str:
+def proxy_image_ref(state: StateDir) -> str:
     """The pushed proxy image by digest, or "" when `factory build --proxy` has not pushed one."""
-    path = state.root / "builds" / "proxy" / "image.json"
-    return json.loads(path.read_text(encoding="utf-8"))["reference"] if path.is_file() else ""
+    pushed = state.proxy_image()
+    return pushed.reference if pushed else ""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from pydantic import BaseModel, ValidationError
 
 from factory.catalog import (Batching, Catalog, ExperimentSpec, KubernetesSettings, ModelSpec, Resources,
                              Scaling, shown)
 from factory.crosscheck import cross_check
-from factory.errors import CatalogError, Problem
+from factory.errors import CatalogError, Problem, UsageError
 from factory.expand import DEFAULT_KEYS, Expansion, Origin, expand_models, raw_value, source_of, suggest
 from factory.yamlsource import SourceMap, YamlPath, load_located
 
@@ -35,6 +35,20 @@ def load_catalog(path: Path) -> Catalog:
     except OSError as exc:
         raise CatalogError([Problem(display, 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
     return parse_catalog(text, display)
+
+
+def select_models(catalog: Catalog, names: Iterable[str], everything: bool) -> list[ModelSpec]:
+    """The models a build/test/manifests command line names (or all of them with --all)."""
+    names = list(names)
+    if everything == bool(names):
+        raise UsageError("name the models to work on, or pass --all (not both)")
+    if everything:
+        return list(catalog.models)
+    known = {model.name: model for model in catalog.models}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"not in models.yaml: {', '.join(unknown)}; run `factory routes` to list the models")
+    return [known[name] for name in names]
 
 
 def parse_catalog(text: str, file: str = "models.yaml") -> Catalog:

@@ -1,4 +1,8 @@
-"""Kubernetes manifests for every model and for the proxy, rendered from templates/k8s.
+"""`factory manifests` (size from measured memory, validate, write to `<state>/k8s/`), and the
+Kubernetes manifests for every model and for the proxy, rendered from templates/k8s.
+
+Sized manifests: one folder per model, `proxy/`, and a kustomization.yaml over all of them, so users
+can overlay per environment with kustomize.
 
 Templates write the YAML. This module decides the numbers (memory sizing, resource quantities) and
 hands the templates two filters, `q` and `literal_block`, so that every inserted value stays one
@@ -16,17 +20,24 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Optional
 
 import jinja2
 import yaml
 from kubernetes.utils import parse_quantity
 
-from factory.catalog import KubernetesSettings, ModelSpec, Resources
-from factory.errors import RenderError
+from factory.catalog import Catalog, KubernetesSettings, ModelSpec, Resources
+from factory.errors import ManifestError, RenderError
+from factory.images import image_registry, proxy_image_ref, proxy_tag
 from factory.k8s_checks import KUSTOMIZATION_FILE, validate_manifests
+from factory.loader import load_catalog, select_models
+from factory.routes import routes_yaml
+from factory.settings import Settings
+from factory.state import StateDir
+from factory.tables import table
 
-__all__ = ["Sizing", "sizing_for", "model_manifests", "proxy_manifests", "kustomization", "validate_manifests"]
+__all__ = ["Sizing", "sizing_for", "model_manifests", "proxy_manifests", "kustomization", "validate_manifests",
+           "manifests_command"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "k8s"
 MIB = 1024**2
@@ -42,6 +53,7 @@ PROXY_PORT = 8000
 ROUTES_DIR = "/etc/model-factory"
 ROUTES_KEY = "routes.yaml"
 
+Progress = Callable[[str], None]
 PART_OF = {"app.kubernetes.io/part-of": "model-factory", "app.kubernetes.io/managed-by": "model-factory"}
 MODEL_LABEL = "model-factory/model"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -190,3 +202,77 @@ def _literal_block(text: str, indent: int) -> str:
     if not faithful:
         return _quoted(text)
     return "|\n" + "\n".join(" " * indent + line if line else "" for line in lines)
+
+
+# --- `factory manifests`: size from measured memory, validate everything, then write ---------------
+
+
+@dataclass(frozen=True)
+class SizedModel:
+    model: str
+    route: str
+    peak_mib: Optional[float]
+    sizing: Sizing
+
+
+def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool, proxy: bool,
+                      progress: Progress) -> list[SizedModel]:
+    catalog = load_catalog(catalog_path)
+    state = StateDir.from_env()
+    models = select_models(catalog, names, everything) if (names or everything) else []
+    if not models and not proxy:
+        raise ManifestError("name the models to size, pass --all, or pass --proxy")
+    files, sized = {}, []
+    for model in models:
+        model_files, sizing = _sized_model(catalog, model, state)
+        files.update(model_files)
+        sized.append(sizing)
+    if proxy:
+        files.update(_proxy_files(catalog, catalog_path.name, state))
+    out = state.manifests_dir()
+    existing = {p.relative_to(out).as_posix(): p.read_text(encoding="utf-8") for p in sorted(out.rglob("*.yaml"))}
+    merged = {**existing, **files}
+    merged.pop(KUSTOMIZATION_FILE, None)
+    merged[KUSTOMIZATION_FILE] = kustomization(catalog.kubernetes, sorted(merged))
+    validate_manifests(merged)  # all of it, before anything is written
+    for name, text in sorted({**files, KUSTOMIZATION_FILE: merged[KUSTOMIZATION_FILE]}.items()):
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    if sized:
+        progress(sizing_table(sized))
+    progress(f"{len(files)} manifests validated (Kubernetes 1.33, strict) and written to {out}")
+    return sized
+
+
+def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[dict[str, str], SizedModel]:
+    record = state.build_record(model.name)
+    if record is None:
+        raise ManifestError(f"{catalog.where(model.name)}: not built yet; run `factory build {model.name}`")
+    peak = measured_peak(state, model.name)
+    if peak is None and model.resources.memory is None:
+        raise ManifestError(f"{catalog.where(model.name)}: memory not measured yet; run `factory test "
+                            f"{model.name}` (or set resources.memory in models.yaml)")
+    sizing = sizing_for(model, peak)
+    # By digest once pushed: the pod runs exactly the image that was tested; the tag only before that.
+    files = model_manifests(model, catalog.kubernetes, record.image_ref or record.image, sizing)
+    peak_mib = round(peak / MIB, 1) if peak else None
+    return files, SizedModel(model.name, model.route, peak_mib, sizing)
+
+
+def measured_peak(state: StateDir, model: str) -> Optional[int]:
+    """The peak `factory test` last measured (what sizing, and so the manifest's limit, come from)."""
+    report = state.test_report(model)
+    return report.peak_bytes if report else None
+
+
+def _proxy_files(catalog: Catalog, source: str, state: StateDir) -> dict[str, str]:
+    settings = Settings.from_env()
+    image = settings.proxy_image or proxy_image_ref(state) or proxy_tag(image_registry(catalog.kubernetes.image_registry))
+    return proxy_manifests(catalog.kubernetes, image, routes_yaml(catalog, source))
+
+
+def sizing_table(sized: list[SizedModel]) -> str:
+    rows = [[s.model, s.route, f"{s.peak_mib:.0f}" if s.peak_mib else "override", s.sizing.memory_request,
+             s.sizing.memory_limit] for s in sized]
+    return table(["model", "route", "peak MiB", "memory request", "memory limit"], rows)

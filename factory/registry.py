@@ -14,6 +14,7 @@ from typing import Any
 
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import RegistryError
+from factory.settings import Settings
 
 REGISTRY_DIR = "registry"
 SKOPS_FORMAT = "skops"
@@ -38,7 +39,7 @@ class ResolvedModel:
 
 def tracking_uri(catalog_dir: Path) -> str:
     """MLFLOW_TRACKING_URI when set (a tracking server), else the embedded sqlite registry beside models.yaml."""
-    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    configured = Settings.from_env().tracking_uri
     if configured:
         return configured
     database = (catalog_dir / REGISTRY_DIR / "mlflow.db").resolve()

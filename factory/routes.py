@@ -1,10 +1,13 @@
-"""The proxy's routing table, derived from the catalog."""
+"""`factory routes` (what the catalog serves, as a table) and the proxy's routing table derived from it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from factory.catalog import Catalog, ExperimentSpec, ModelSpec
+from factory.loader import load_catalog
+from factory.tables import table
 from proxy.routing import Route, RouteTable, StickyKey, Upstream, Variant
 
 UpstreamUrl = Callable[[ModelSpec], str]
@@ -52,3 +55,22 @@ def _experiment_route(experiment: ExperimentSpec) -> Route:
         variants=tuple(Variant(name=v.model, upstream=v.model, weight=v.weight) for v in experiment.variants),
         shadows=tuple(experiment.shadows),
     )
+
+
+def catalog_table(catalog: Catalog) -> str:
+    rows = []
+    for model in catalog.models:
+        batching = (f"{model.batching.max_batch_size}/{model.batching.max_latency_ms}ms"
+                    if model.batching.enabled else "off")
+        gpu = f"{model.resources.gpu}x {model.resources.gpu_type or 'any'}" if model.resources.gpu else "-"
+        rows.append([model.route, model.name, model.registry_ref, batching, model.resources.cpu, gpu])
+    for experiment in catalog.experiments:
+        rows.append([experiment.route, f"experiment {experiment.name}", "", "", "", ""])
+        rows += [["", f"  {v.weight}% -> {v.model}", "", "", "", ""] for v in experiment.variants]
+        rows += [["", f"  shadow -> {shadow}", "", "", "", ""] for shadow in experiment.shadows]
+    header = f"{len(catalog.models)} models, {len(catalog.experiments)} experiments"
+    return header + "\n" + table(["route", "model", "version", "batching", "cpu", "gpu"], rows)
+
+
+def routes_command(catalog_path: Path) -> str:
+    return catalog_table(load_catalog(catalog_path))

@@ -10,13 +10,13 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
-import os
 import subprocess
 import sys
 import venv
 from pathlib import Path
 
 from factory.errors import ServeError
+from factory.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_FILE = ROOT / "requirements.lock"
@@ -44,12 +44,12 @@ def runtime_requirements() -> tuple[str, ...]:
 
 def runtime_python(state_dir: Path) -> Path:
     """A venv holding only the runtime packages (created once per pin set, ~1 minute)."""
-    override = os.environ.get("FACTORY_RUNTIME_PYTHON")
-    if override:
-        return Path(override)
+    settings = Settings.from_env()
+    if settings.runtime_python:
+        return settings.runtime_python
     requirements = runtime_requirements()
     digest = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12]
-    base = Path(os.environ.get("FACTORY_RUNTIME_HOME") or state_dir / "runtime")
+    base = settings.runtime_home or state_dir / "runtime"
     home = (base / digest).resolve()
     home.parent.mkdir(parents=True, exist_ok=True)
     # Parallel jobs (pytest-xdist, several `factory test`s) must not build the same venv at once.

@@ -1,15 +1,158 @@
-"""Where the factory keeps what it produces after render: build records, reports, sized manifests.
+"""The state directory: everything the factory produces after render, and the one place its paths come from.
 
-One directory (default `factory-state/`, or $FACTORY_STATE) so CI can pass it between jobs as an artifact.
+One directory (default `factory-state/`, or $FACTORY_STATE) so CI can pass it between jobs as an artifact:
+
+    builds/<model>/record.json        BuildRecord: what `factory build` made (read by test, manifests, up)
+    builds/<model>/src/resolved.json  ResolvedRecord: the registry version, signature and flavor built from
+    builds/<model>/golden.json        the registry model's own predictions on sampled requests
+    reports/<model>/report.json       TestReport: what `factory test` measured (read by manifests, summary)
+    summary.json, summary.md          Summary: per route and variant, for people and merge requests
+    k8s/                              sized manifests and their kustomization
+    bentoml/                          BentoML's model and Bento stores (unless BENTOML_HOME says otherwise)
+
+Records are typed; loading one that is unreadable, truncated or of the wrong shape raises a StateError
+naming the file and the command that writes it again. Commands create the folders they write to.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional, TypeVar
 
-DEFAULT_STATE = Path("factory-state")  # not hidden: BentoML refuses to build from hidden paths
+import pydantic
+
+from factory.errors import StateError
+from factory.settings import Settings
+
+RecordT = TypeVar("RecordT", bound="Record")
+
+
+class Record(pydantic.BaseModel):
+    """A JSON file in the state directory, written whole (never half) and validated when read."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_from(cls: type[RecordT], path: Path, fix: str) -> RecordT:
+        document = read_json(path, fix)
+        try:
+            return cls.model_validate(document)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise StateError(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s)); "
+                             f"the file is not what this factory writes: {fix}") from exc
+
+
+class BuildRecord(Record):
+    model: str
+    content_hash: str
+    registry: dict[str, Any]
+    bento_model_tag: str
+    bento_tag: str
+    bento_export: str
+    image: str  # the tag it is (or would be) pushed as
+    image_ref: str = ""  # repository@sha256:… as pushed; "" when no image was built
+    image_size_bytes: int = pydantic.Field(default=0, ge=0)
+    image_build_seconds: float = pydantic.Field(default=0.0, ge=0)
+    dockerfile: str
+    golden: str
+
+    @property
+    def image_built(self) -> bool:
+        return bool(self.image_ref)
+
+
+class PushedImage(Record):
+    """An image as the registry holds it (the proxy's: builds/proxy/image.json)."""
+
+    tag: str
+    reference: str  # repository@sha256:…, what manifests deploy
+    size_bytes: int = pydantic.Field(ge=0)
+    build_seconds: float = pydantic.Field(ge=0)
+    push_seconds: float = pydantic.Field(ge=0)
+    log: str
+
+
+class ResolvedRecord(Record):
+    bento_model_tag: str
+    signature: dict[str, Any]
+    flavor: dict[str, Any]
+    registry: dict[str, Any]
+
+
+class FuzzSummary(Record):
+    passed: bool
+    requests_fuzzed: int = pydantic.Field(ge=0)
+    failed_requests: int = pydantic.Field(ge=0)
+    latency_p50_ms: float = pydantic.Field(ge=0)
+    latency_p99_ms: float = pydantic.Field(ge=0)
+
+
+class LoadSummary(Record):
+    requests: int = pydantic.Field(ge=0)
+    failures: int = pydantic.Field(ge=0)
+    shed: int = pydantic.Field(ge=0)
+    statuses: dict[str, int]
+    rps: float = pydantic.Field(ge=0)
+    latency_p50_ms: float = pydantic.Field(ge=0)
+    latency_p99_ms: float = pydantic.Field(ge=0)
+
+
+class MemoryReport(Record):
+    peak_mib: float = pydantic.Field(ge=0)
+    sampler: str
+    memory_limit: Optional[str] = None  # the container's limit; None when measured as a host process
+    phases: dict[str, dict[str, float]]
+
+
+class Failure(Record):
+    kind: str
+    field: Optional[str]
+    reason: str
+    status: Optional[int]
+    request_excerpt: str
+    response_excerpt: str
+    body_file: str
+    replay_curl: str
+    replay_factory: str
+
+
+class TestReport(Record):
+    __test__ = False  # not a pytest class, despite the name
+
+    model: str
+    route: str
+    bento_tag: str
+    seed: int
+    passed: bool
+    fuzz: FuzzSummary
+    load: LoadSummary
+    memory: MemoryReport
+    peak_bytes: int = pydantic.Field(ge=0)
+    failures: list[Failure]
+
+
+class SummaryRow(Record):
+    route: str
+    variant: str
+    model: str
+    fuzz: str
+    requests: str
+    p99_ms: str
+    peak_mib: str
+    memory_request: str
+    limit: str
+
+
+class Summary(Record):
+    rows: list[SummaryRow]
 
 
 @dataclass(frozen=True)
@@ -17,8 +160,8 @@ class StateDir:
     root: Path
 
     @classmethod
-    def from_env(cls, default: Path = DEFAULT_STATE) -> "StateDir":
-        return cls(Path(os.environ.get("FACTORY_STATE", default)).resolve())
+    def from_env(cls) -> "StateDir":
+        return cls(Settings.from_env().state_dir)
 
     def activate(self) -> "StateDir":
         """Keep BentoML's model and Bento stores inside the state directory unless BENTOML_HOME says otherwise."""
@@ -27,19 +170,111 @@ class StateDir:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         return self
 
-    def _dir(self, *parts: str) -> Path:
-        path = self.root.joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
+    # --- paths: the only place they are spelled ----------------------------------------------------
     def build_dir(self, model: str) -> Path:
-        return self._dir("builds", model)
+        return self.root / "builds" / model
 
-    def record(self, model: str) -> Path:
+    def source_dir(self, model: str) -> Path:
+        return self.build_dir(model) / "src"
+
+    def record_path(self, model: str) -> Path:
         return self.build_dir(model) / "record.json"
 
+    def resolved_path(self, model: str) -> Path:
+        return self.source_dir(model) / "resolved.json"
+
+    def dockerfile_path(self, model: str) -> Path:
+        return self.build_dir(model) / "Dockerfile"
+
+    def image_log(self, name: str) -> Path:
+        """`docker build`/`push` output for a model's image, or the proxy's (`proxy` is no model name)."""
+        return self.build_dir(name) / "image.log"
+
+    def image_context(self, model: str) -> Path:
+        return self.build_dir(model) / "image-context"
+
+    def proxy_image_path(self) -> Path:
+        return self.build_dir("proxy") / "image.json"
+
+    def golden_path(self, model: str) -> Path:
+        return self.build_dir(model) / "golden.json"
+
     def report_dir(self, model: str) -> Path:
-        return self._dir("reports", model)
+        return self.root / "reports" / model
+
+    def reports_root(self) -> Path:
+        return self.root / "reports"
+
+    def report_path(self, model: str) -> Path:
+        return self.report_dir(model) / "report.json"
+
+    def summary_json(self) -> Path:
+        return self.root / "summary.json"
+
+    def summary_markdown(self) -> Path:
+        return self.root / "summary.md"
 
     def manifests_dir(self) -> Path:
-        return self._dir("k8s")
+        return self.root / "k8s"
+
+    def runtime_dir(self) -> Path:
+        return self.root / "runtime"
+
+    def up_dir(self) -> Path:
+        return self.root / "up"
+
+    # --- records: None when never written, StateError when written but unreadable ----------------
+    def build_record(self, model: str) -> Optional[BuildRecord]:
+        path = self.record_path(model)
+        return BuildRecord.load_from(path, f"run `factory build {model}` again") if path.exists() else None
+
+    def resolved(self, model: str) -> ResolvedRecord:
+        return ResolvedRecord.load_from(self.resolved_path(model), f"run `factory build {model}` again")
+
+    def golden(self, model: str, path: Optional[Path] = None) -> list[dict]:
+        cases = read_json(path or self.golden_path(model), f"run `factory build {model}` again")
+        if not isinstance(cases, list) or not all(isinstance(c, dict) and "inputs" in c for c in cases):
+            raise StateError(f"{path or self.golden_path(model)}: expected a list of {{inputs, outputs}} cases; "
+                             f"run `factory build {model}` again")
+        return cases
+
+    def proxy_image(self) -> Optional[PushedImage]:
+        path = self.proxy_image_path()
+        return PushedImage.load_from(path, "run `factory build --proxy` again") if path.exists() else None
+
+    def test_report(self, model: str) -> Optional[TestReport]:
+        path = self.report_path(model)
+        return TestReport.load_from(path, f"run `factory test {model}` again") if path.exists() else None
+
+
+def read_json(path: Path, fix: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise StateError(f"{path}: missing; {fix}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: unreadable ({_reason(exc)}); {fix}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        state = "empty" if not text.strip() else f"not valid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})"
+        raise StateError(f"{path}: {state}, probably cut short by an interrupted run; {fix}") from exc
+    except RecursionError as exc:
+        raise StateError(f"{path}: nested too deeply to read; {fix}") from exc
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers never see half a file: write beside it, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise StateError(f"{path}: could not write ({_reason(exc)}); check the state directory's permissions "
+                         "and free space (or point FACTORY_STATE elsewhere)") from exc
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__

@@ -1,34 +1,59 @@
-"""Plain-text tables for people: what the catalog serves, and where."""
+"""`factory summary`: per route and variant, what was fuzzed, how fast, and how it was sized.
+
+Printed for people and saved as a Summary record (`summary.json`, plus `summary.md` for the merge request).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
-from factory.catalog import Catalog
+from factory import manifests
+from factory.catalog import Catalog, ModelSpec
 from factory.loader import load_catalog
+from factory.state import StateDir, Summary, SummaryRow, write_atomic
+from factory.tables import markdown_table, table
+
+HEADERS = ["route", "variant", "model", "fuzz", "requests", "p99 ms", "peak MiB", "memory request", "limit"]
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in [headers, ["-" * width for width in widths], *rows]]
-    return "\n".join(lines)
+def summary_command(catalog_path: Path) -> str:
+    catalog = load_catalog(catalog_path)
+    state = StateDir.from_env()
+    summary = Summary(rows=summary_rows(catalog, state))
+    rows = [list(row.model_dump().values()) for row in summary.rows]
+    summary.save(state.summary_json())
+    markdown = state.summary_markdown()
+    write_atomic(markdown, "## Model Factory summary\n\n" + markdown_table(HEADERS, rows) + "\n")
+    return "\n".join([table(HEADERS, rows), "", f"reports:   {state.reports_root()}/<model>/ (JSON, JUnit)",
+                      f"manifests: {state.manifests_dir()} (kustomization.yaml)", f"summary:   {markdown}"])
 
 
-def catalog_table(catalog: Catalog) -> str:
-    rows = []
+def summary_rows(catalog: Catalog, state: StateDir) -> list[SummaryRow]:
+    rows, by_name = [], {model.name: model for model in catalog.models}
     for model in catalog.models:
-        batching = (f"{model.batching.max_batch_size}/{model.batching.max_latency_ms}ms"
-                    if model.batching.enabled else "off")
-        gpu = f"{model.resources.gpu}x {model.resources.gpu_type or 'any'}" if model.resources.gpu else "-"
-        rows.append([model.route, model.name, model.registry_ref, batching, model.resources.cpu, gpu])
+        rows.append(_row(model.route, "-", model, state))
     for experiment in catalog.experiments:
-        rows.append([experiment.route, f"experiment {experiment.name}", "", "", "", ""])
-        rows += [["", f"  {v.weight}% -> {v.model}", "", "", "", ""] for v in experiment.variants]
-        rows += [["", f"  shadow -> {shadow}", "", "", "", ""] for shadow in experiment.shadows]
-    header = f"{len(catalog.models)} models, {len(catalog.experiments)} experiments"
-    return header + "\n" + table(["route", "model", "version", "batching", "cpu", "gpu"], rows)
+        for variant in experiment.variants:
+            rows.append(_row(experiment.route, f"{variant.weight}%", by_name[variant.model], state))
+        for shadow in experiment.shadows:
+            rows.append(_row(experiment.route, "shadow", by_name[shadow], state))
+    return rows
 
 
-def catalog_summary(catalog_path: Path) -> str:
-    return catalog_table(load_catalog(catalog_path))
+def _row(route: str, variant: str, model: ModelSpec, state: StateDir) -> SummaryRow:
+    report = state.test_report(model.name)
+    if report is None:
+        cells = ["not tested", "", "", "", *_sizing(model, None)]
+    else:
+        cells = ["pass" if report.passed else "FAIL", str(report.fuzz.requests_fuzzed),
+                 f"{report.fuzz.latency_p99_ms:.1f}", f"{report.memory.peak_mib:.0f}",
+                 *_sizing(model, report.peak_bytes)]
+    return SummaryRow(**dict(zip(SummaryRow.model_fields, [route, variant, model.name, *cells])))
+
+
+def _sizing(model: ModelSpec, peak: Optional[int]) -> list[str]:
+    if peak is None and model.resources.memory is None:
+        return ["(unmeasured)", ""]
+    sizing = manifests.sizing_for(model, peak)
+    return [sizing.memory_request, sizing.memory_limit]

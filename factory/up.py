@@ -11,16 +11,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from factory import manifests
-from factory.build import BuildRecord, ensure_in_store
+from factory.build import ensure_in_store
 from factory.catalog import Catalog, ModelSpec
-from factory.deploy import measured_peak
 from factory.errors import ServeError
 from factory.loader import load_catalog
 from factory.routes import routes_yaml
 from factory.runtime import runtime_python
 from factory.images import proxy_image_ref
 from factory.serve import container_served, free_port, process_served, served
-from factory.state import StateDir
+from factory.state import BuildRecord, StateDir
 
 Progress = Callable[[str], None]
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,13 +36,13 @@ def running(catalog_path: Path, progress: Progress, containers: bool = False) ->
     """
     catalog = load_catalog(catalog_path)
     state = StateDir.from_env().activate()
-    logs = state.root / "up"
+    logs = state.up_dir()
     logs.mkdir(parents=True, exist_ok=True)
     serve_model = _container_model(state) if containers else _process_model(state)
     with contextlib.ExitStack() as stack:
         urls = {}
         for position, model in enumerate(catalog.models, start=1):
-            record = BuildRecord.load(state.record(model.name))
+            record = state.build_record(model.name)
             if record is None:
                 raise ServeError(f"{catalog.where(model.name)}: not built; run `factory build --all` first")
             urls[model.name] = stack.enter_context(serve_model(catalog, model, record, logs / f"{model.name}.log"))
@@ -72,7 +71,7 @@ def _container_model(state: StateDir):
         if not record.image_built:
             raise ServeError(f"{catalog.where(model.name)}: no pushed image for {model.name}; run "
                              f"`factory build {model.name}` where a Docker engine answers")
-        limit = manifests.sizing_for(model, measured_peak(state, model.name)).memory_limit
+        limit = manifests.sizing_for(model, manifests.measured_peak(state, model.name)).memory_limit
         with container_served(record.image_ref, log, limit) as server:
             yield server.url
     return serve
@@ -133,7 +132,7 @@ def example_commands(catalog: Catalog, proxy_url: str, state: StateDir) -> list[
 
 
 def _example_body(state: StateDir, model: str) -> dict:
-    golden = json.loads((state.build_dir(model) / "golden.json").read_text(encoding="utf-8"))
+    golden = state.golden(model)
     rows = [row for case in golden for row in case["inputs"] if None not in row.values()]
     return {"inputs": [min(rows, key=lambda row: len(json.dumps(row)))]}
 

@@ -12,21 +12,20 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from factory import manifests
-from factory.build import BuildRecord, ensure_in_store, select_models
-from factory.deploy import measured_peak
+from factory.build import ensure_in_store
 from factory.engine import engine_answers
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, ServeError
 from factory.fuzz import fuzz_service
 from factory.fuzz_report import write_json, write_junit
-from factory.loader import load_catalog
+from factory.loader import load_catalog, select_models
 from factory.golden import sample_requests
 from factory.loadgen import run_load
 from factory.memory import MemoryProfile
 from factory.runtime import runtime_python
 from factory.serve import OOMKilled, container_served, served
-from factory.state import StateDir
-from factory.summary import table
+from factory.state import BuildRecord, StateDir, TestReport
+from factory.tables import table
 
 Progress = Callable[[str], None]
 IDLE_SECONDS = 2.0
@@ -46,8 +45,8 @@ class QualificationFailed(FactoryError):
     """At least one model broke its contract; the reports say which request."""
 
 
-def qualify_command(catalog_path: Path, names: Iterable[str], everything: bool, settings: TestSettings,
-                 progress: Progress) -> list[dict]:
+def test_command(catalog_path: Path, names: Iterable[str], everything: bool, settings: TestSettings,
+                 progress: Progress) -> list[TestReport]:
     catalog = load_catalog(catalog_path)
     models = select_models(catalog, names, everything)
     state = StateDir.from_env().activate()
@@ -56,30 +55,31 @@ def qualify_command(catalog_path: Path, names: Iterable[str], everything: bool, 
     for position, model in enumerate(models, start=1):
         report = qualify(catalog, model, state, runtime, settings)
         reports.append(report)
-        verdict = "passed" if report["passed"] else "FAILED"
-        progress(f"[{position}/{len(models)}] {model.name}: {verdict}, {report['fuzz']['requests_fuzzed']} "
-                 f"requests fuzzed, peak {report['memory']['peak_mib']} MiB")
+        verdict = "passed" if report.passed else "FAILED"
+        progress(f"[{position}/{len(models)}] {model.name}: {verdict}, {report.fuzz.requests_fuzzed} "
+                 f"requests fuzzed, peak {report.memory.peak_mib} MiB")
     progress(summary_table(reports))
     for report in reports:
-        if report["load"]["shed"]:
-            progress(f"note: {report['model']} shed {report['load']['shed']} of {report['load']['requests']} "
+        if report.load.shed:
+            progress(f"note: {report.model} shed {report.load.shed} of {report.load.requests} "
                      "requests (503) under load; raise batching.max_latency_ms if that is not intended")
-    failed = [report for report in reports if not report["passed"]]
+    failed = [report for report in reports if not report.passed]
     if failed:
         raise QualificationFailed("\n".join(_failure_lines(report) for report in failed))
     return reports
 
 
-def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, settings: TestSettings) -> dict:
-    record = BuildRecord.load(state.record(model.name))
+def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, settings: TestSettings) -> TestReport:
+    record = state.build_record(model.name)
     if record is None:
-        raise ServeError(f"{catalog.where(model.name)}: no build record in {state.record(model.name)}; "
+        raise ServeError(f"{catalog.where(model.name)}: no build record in {state.record_path(model.name)}; "
                          f"run `factory build {model.name}` first")
     ensure_in_store(record)
     report_dir = state.report_dir(model.name)
-    golden = json.loads(Path(record.golden).read_text(encoding="utf-8"))
-    signature = json.loads((state.build_dir(model.name) / "src" / "resolved.json").read_text())["signature"]
-    limit = manifests.sizing_for(model, measured_peak(state, model.name)).memory_limit
+    report_dir.mkdir(parents=True, exist_ok=True)
+    golden = state.golden(model.name, Path(record.golden))
+    signature = state.resolved(model.name).signature
+    limit = manifests.sizing_for(model, manifests.measured_peak(state, model.name)).memory_limit
     try:
         with measured_server(record, report_dir / "serve.log", runtime, limit) as (url, memory):
             with memory.phase("idle"):
@@ -99,12 +99,12 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
                          f"Container log: {report_dir / 'serve.log'}") from exc
     write_junit([fuzz], report_dir / "junit.xml")
     write_json(fuzz, report_dir / "fuzz.json")
-    report = {"model": model.name, "route": model.route, "bento_tag": record.bento_tag, "seed": settings.seed,
-              "passed": fuzz.passed and load.failures == 0, "fuzz": fuzz.summary(), "load": load.summary(),
-              "memory": {**memory.report(), "memory_limit": limit if record.image_built else None},
-              "peak_bytes": memory.peak_bytes,
-              "failures": [failure.__dict__ for failure in fuzz.failures]}
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
+                        passed=fuzz.passed and load.failures == 0, fuzz=fuzz.summary(), load=load.summary(),
+                        memory={**memory.report(), "memory_limit": limit if record.image_built else None},
+                        peak_bytes=memory.peak_bytes,
+                        failures=[failure.__dict__ for failure in fuzz.failures])
+    report.save(state.report_path(model.name))
     return report
 
 
@@ -131,20 +131,20 @@ def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:
     return [json.dumps(request).encode() for request in requests + [full]]
 
 
-def summary_table(reports: list[dict]) -> str:
-    rows = [[r["model"], r["route"], "pass" if r["passed"] else "FAIL", str(r["fuzz"]["requests_fuzzed"]),
-             str(r["fuzz"]["failed_requests"]), f"{r['fuzz']['latency_p50_ms']:.1f}/{r['fuzz']['latency_p99_ms']:.1f}",
-             *(f"{r['memory']['phases'].get(phase, {}).get('rss_mib', 0):.0f}" for phase in ("idle", "fuzz", "load"))]
+def summary_table(reports: list[TestReport]) -> str:
+    rows = [[r.model, r.route, "pass" if r.passed else "FAIL", str(r.fuzz.requests_fuzzed),
+             str(r.fuzz.failed_requests), f"{r.fuzz.latency_p50_ms:.1f}/{r.fuzz.latency_p99_ms:.1f}",
+             *(f"{r.memory.phases.get(phase, {}).get('rss_mib', 0):.0f}" for phase in ("idle", "fuzz", "load"))]
             for r in reports]
     return table(["model", "route", "result", "fuzzed", "failed", "p50/p99 ms", "idle MiB", "fuzz MiB", "load MiB"],
                  rows)
 
 
-def _failure_lines(report: dict) -> str:
-    lines = [f"{report['model']}: failed"]
-    for failure in report["failures"]:
-        lines += [f"  {failure['kind']}: {failure['reason']}", f"  request: {failure['request_excerpt'][:300]}",
-                  f"  replay: {failure['replay_curl']}", f"  rerun:  {failure['replay_factory']}"]
-    if report["load"]["failures"]:
-        lines.append(f"  load phase: {report['load']['failures']} failed requests {report['load']['statuses']}")
+def _failure_lines(report: TestReport) -> str:
+    lines = [f"{report.model}: failed"]
+    for failure in report.failures:
+        lines += [f"  {failure.kind}: {failure.reason}", f"  request: {failure.request_excerpt[:300]}",
+                  f"  replay: {failure.replay_curl}", f"  rerun:  {failure.replay_factory}"]
+    if report.load.failures:
+        lines.append(f"  load phase: {report.load.failures} failed requests {report.load.statuses}")
     return "\n".join(lines)

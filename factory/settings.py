@@ -1,0 +1,59 @@
+"""Every environment variable the factory reads, in one typed object (README, "Environment variables").
+
+Modules take their configuration from `Settings.from_env()` rather than reading `os.environ` themselves,
+so the full list of knobs lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping, Optional
+
+STATE_DEFAULT = "factory-state"  # not hidden: BentoML refuses to build from hidden paths
+
+
+def _env(name: str, help: str):
+    return field(metadata={"env": name, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path = _env("FACTORY_STATE", "where build records, reports and sized manifests go "
+                                            "(default ./factory-state)")
+    tracking_uri: Optional[str] = _env("MLFLOW_TRACKING_URI", "an MLflow tracking server; unset, the project's "
+                                                              "embedded registry/mlflow.db")
+    runtime_python: Optional[Path] = _env("FACTORY_RUNTIME_PYTHON", "serve Bentos with this interpreter "
+                                                                    "instead of the managed runtime venv")
+    runtime_home: Optional[Path] = _env("FACTORY_RUNTIME_HOME", "where the managed runtime venvs live "
+                                                                "(default <state>/runtime)")
+    proxy_image: Optional[str] = _env("FACTORY_PROXY_IMAGE", "the proxy's image in its Deployment (default: "
+                                                             "the one `factory build --proxy` pushed, by digest)")
+    image_registry: Optional[str] = _env("FACTORY_IMAGE_REGISTRY", "where images are pushed, instead of models.yaml's "
+                                                                   "kubernetes.image_registry (CI: $CI_REGISTRY_IMAGE)")
+    docker_host: Optional[str] = _env("DOCKER_HOST", "the Docker engine images are built and run with (the "
+                                                     "Makefile sets it: the default socket, else the project's)")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        values = {f.name: environ.get(f.metadata["env"]) or None for f in fields(cls)}
+        return cls(state_dir=Path(values["state_dir"] or STATE_DEFAULT).resolve(),
+                   tracking_uri=values["tracking_uri"],
+                   runtime_python=Path(values["runtime_python"]) if values["runtime_python"] else None,
+                   runtime_home=Path(values["runtime_home"]) if values["runtime_home"] else None,
+                   proxy_image=values["proxy_image"], image_registry=values["image_registry"],
+                   docker_host=values["docker_host"])
+
+
+# Read by click as option defaults (cli.py uses these names), listed here so one module names every variable.
+FUZZ_EXAMPLES_ENV = "FACTORY_FUZZ_EXAMPLES"
+LOAD_SECONDS_ENV = "FACTORY_LOAD_SECONDS"
+CLI_VARIABLES = {FUZZ_EXAMPLES_ENV: "`factory test --examples`: valid requests to generate per model",
+                 LOAD_SECONDS_ENV: "`factory test --load-seconds`: length of the concurrent load phase"}
+
+
+def documentation() -> dict[str, str]:
+    """Variable name → what it does: the README's table is checked against this."""
+    documented = {f.metadata["env"]: f.metadata["help"] for f in fields(Settings)}
+    return dict(sorted({**documented, **CLI_VARIABLES}.items()))

@@ -1,0 +1,85 @@
+"""The state directory contract: typed records, exact errors for unreadable files, one settings object."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from factory.errors import StateError
+from factory.settings import Settings, documentation
+from factory.state import BuildRecord, StateDir, TestReport
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BUILD = {"model": "m", "content_hash": "h", "registry": {"name": "m", "version": 1}, "bento_model_tag": "m:1",
+         "bento_tag": "m:1", "bento_export": "/x.bento", "image": "r/m:1", "image_built": False,
+         "dockerfile": "/Dockerfile", "golden": "/golden.json"}
+REPORT = {"model": "m", "route": "/m", "bento_tag": "m:1", "seed": 0, "passed": True,
+          "fuzz": {"passed": True, "requests_fuzzed": 3, "failed_requests": 0, "latency_p50_ms": 1.0,
+                   "latency_p99_ms": 2.0},
+          "load": {"requests": 5, "failures": 0, "shed": 0, "statuses": {"200": 5}, "rps": 1.0,
+                   "latency_p50_ms": 1.0, "latency_p99_ms": 2.0},
+          "memory": {"peak_mib": 190.0, "sampler": "process tree", "phases": {"idle": {"rss_mib": 180.0}}},
+          "peak_bytes": 199229440, "failures": []}
+
+
+def test_records_round_trip(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    BuildRecord(**BUILD).save(state.record_path("m"))
+    TestReport(**REPORT).save(state.report_path("m"))
+    assert state.build_record("m") == BuildRecord(**BUILD)
+    assert state.test_report("m").peak_bytes == REPORT["peak_bytes"]
+    assert state.build_record("other") is None and state.test_report("other") is None
+    assert not list(tmp_path.rglob(".*.partial"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "{path}: empty, probably cut short by an interrupted run; run `factory test m` again"),
+    (b'{"model": "m", "route"', "{path}: not valid JSON at line 1 column 23 (Expecting ':' delimiter), probably "
+                                "cut short by an interrupted run; run `factory test m` again"),
+    (b"\xff\xfe", "{path}: unreadable (UnicodeDecodeError); run `factory test m` again"),
+    (b"[]", "{path}: (top level): Input should be a valid dictionary or instance of TestReport (1 problem(s)); "
+            "the file is not what this factory writes: run `factory test m` again"),
+], ids=["empty", "truncated", "binary", "wrong shape"])
+def test_unreadable_report_names_file_and_fix(tmp_path: Path, content: bytes, message: str) -> None:
+    state = StateDir(tmp_path)
+    path = state.report_path("m")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(StateError) as caught:
+        state.test_report("m")
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_wrong_field_is_named(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.report_path("m").parent.mkdir(parents=True)
+    state.report_path("m").write_text(__import__("json").dumps({**REPORT, "peak_bytes": "lots"}))
+    with pytest.raises(StateError, match=r"report\.json: peak_bytes: Input should be a valid integer"):
+        state.test_report("m")
+
+
+def test_settings_read_every_variable() -> None:
+    settings = Settings.from_env({"FACTORY_STATE": "/s", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+                                  "FACTORY_RUNTIME_PYTHON": "/py", "FACTORY_RUNTIME_HOME": "/rt",
+                                  "FACTORY_PROXY_IMAGE": "r/proxy:1", "FACTORY_IMAGE_REGISTRY": "ci/r",
+                                  "DOCKER_HOST": "tcp://docker:2375"})
+    assert settings == Settings(Path("/s"), "http://mlflow:5000", Path("/py"), Path("/rt"), "r/proxy:1", "ci/r",
+                                "tcp://docker:2375")
+    empty = Settings.from_env({})
+    assert empty.state_dir == (Path.cwd() / "factory-state") and empty.tracking_uri is None
+
+
+def test_readme_documents_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = dict(re.findall(r"^\| `([A-Z_]+)` \| (.+) \|$", readme, flags=re.MULTILINE))
+    assert table == documentation()
+
+
+def test_no_module_reads_the_environment_itself() -> None:
+    """Settings is the one reader of the factory's variables (state.activate only sets BentoML defaults)."""
+    readers = sorted(path.name for path in (ROOT / "factory").glob("*.py")
+                     if re.search(r"os\.environ\.get|os\.getenv|environ\[", path.read_text(encoding="utf-8")))
+    assert readers == []
