@@ -14,7 +14,8 @@ from factory.state import BuildRecord, StateDir, TestReport
 ROOT = Path(__file__).resolve().parent.parent
 
 BUILD = {"model": "m", "content_hash": "h", "registry": {"name": "m", "version": 1}, "bento_model_tag": "m:1",
-         "bento_tag": "m:1", "bento_export": "/x.bento", "image": "r/m:1", "image_built": False,
+         "bento_tag": "m:1", "bento_export": "/x.bento", "image": "r/m:1", "image_ref": "r/m@sha256:0123",
+         "image_size_bytes": 5, "image_build_seconds": 1.5,
          "dockerfile": "/Dockerfile", "golden": "/golden.json"}
 REPORT = {"model": "m", "route": "/m", "bento_tag": "m:1", "seed": 0, "passed": True,
           "fuzz": {"passed": True, "requests_fuzzed": 3, "failed_requests": 0, "latency_p50_ms": 1.0,
