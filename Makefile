@@ -55,7 +55,7 @@ engine: venv
 	  env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(ENGINE_APT) >/dev/null; \
 	fi
-	$(BIN)/python -m factory.engine up
+	$(BIN)/python -m factory.engine up $$PPID
 
 # The example MLflow registry (sqlite + artifacts under registry/), trained and registered once.
 registry: $(REGISTRY)

@@ -200,21 +200,35 @@ def down(progress=print) -> None:
             progress(f"stopped {daemon.name}")
 
 
-def hold() -> None:
-    """Mark this process as using the engine (a test session), so another session's release keeps it up."""
+def hold(pid: Optional[int] = None) -> None:
+    """Mark a process (a test session, a `make demo`) as using the engine, so another's release keeps it up."""
     holders = RUN_DIR / "holders"
     holders.mkdir(parents=True, exist_ok=True)
-    (holders / str(os.getpid())).touch()
+    (holders / str(pid or os.getpid())).touch()
 
 
 def release(progress=print) -> None:
-    """This process is done with the engine: stop the project's daemons unless another live holder remains."""
+    """This process is done with the engine: stop the project's daemons unless some other live process,
+    not one of ours (the `make test` that started this session), still holds it."""
     holders = RUN_DIR / "holders"
     with _locked():
         (holders / str(os.getpid())).unlink(missing_ok=True)
-        others = [path for path in holders.glob("*") if path.name.isdigit() and _alive(int(path.name))]
+        ours = _ancestors()
+        others = [path for path in holders.glob("*")
+                  if path.name.isdigit() and int(path.name) not in ours and _alive(int(path.name))]
         if not others:
             down(progress)
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
 
 
 def main(argv: list[str]) -> int:
@@ -222,6 +236,8 @@ def main(argv: list[str]) -> int:
     if command == "up":
         try:
             reason = up()
+            if not reason and len(argv) > 1:
+                hold(int(argv[1]))  # `make`: the engine stays up while this make runs
         except EngineError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -238,7 +254,7 @@ def main(argv: list[str]) -> int:
         print(f"engine: {'answers' if engine_answers() else 'none'} ({docker_host() or 'default socket'}); "
               f"registry {REGISTRY}: {'answers' if registry_answers() else 'none'}")
     else:
-        print("usage: python -m factory.engine up|down|status", file=sys.stderr)
+        print("usage: python -m factory.engine up [HOLDER_PID]|down|status", file=sys.stderr)
         return 2
     return 0
 

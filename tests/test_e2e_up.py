@@ -64,19 +64,17 @@ def test_up_serves_models_through_the_proxy_and_stops_everything(built: FactoryE
                                            for child in children)
 
 
-def _containers_of(env: FactoryEnv, images: list[str]) -> list[str]:
-    listed = subprocess.run(["docker", "ps", "-a", "--format", "{{.ID}} {{.Image}}"], env=env.env,
-                            capture_output=True, text=True, check=True).stdout.splitlines()
-    return [line for line in listed if line.split(" ", 1)[1] in images]
+def _containers(env: FactoryEnv) -> set[str]:
+    listed = subprocess.run(["docker", "ps", "-aq", "--no-trunc"], env=env.env, capture_output=True, text=True,
+                            check=True)
+    return set(listed.stdout.split())
 
 
 def test_up_containers_serves_the_images_and_stops_them_on_sigterm(built: FactoryEnv, docker_engine: str,
                                                                     tmp_path: Path) -> None:
     catalog = tmp_path / "models.yaml"
     catalog.write_text(CATALOG)
-    images = [json.loads((built.state / "builds" / model / "record.json").read_text())["image_ref"]
-              for model in (MIXED_MODEL, ALIAS_MODEL)]
-    images.append(json.loads((built.state / "builds" / "proxy" / "image.json").read_text())["reference"])
+    before = _containers(built)
     up = subprocess.Popen([sys.executable, "-m", "factory.cli", "up", "-f", str(catalog), "--containers"], cwd=ROOT,
                           env={**built.env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -88,7 +86,8 @@ def test_up_containers_serves_the_images_and_stops_them_on_sigterm(built: Factor
             assert line, "".join(lines)
             lines.append(line)
         proxy = re.search(r"proxy at (http://127\.0\.0\.1:\d+)", "".join(lines)).group(1)
-        assert len(_containers_of(built, images)) == 3
+        started = _containers(built) - before
+        assert len(started) == 3  # two models and the proxy
         golden = json.loads((built.state / "builds" / ALIAS_MODEL / "golden.json").read_text())
         status, headers, outputs = post(proxy + "/eta/5/PHV", {"inputs": golden[0]["inputs"]})
         assert status == 200 and len(outputs) == len(golden[0]["outputs"])
@@ -96,4 +95,4 @@ def test_up_containers_serves_the_images_and_stops_them_on_sigterm(built: Factor
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=120)
-    assert _containers_of(built, images) == []
+    assert not started & _containers(built)
