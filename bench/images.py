@@ -15,10 +15,10 @@ import json
 import os
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 from factory import engine
-from factory.engine import ENGINE_HOME
 from factory.golden import sample_requests
 from factory.images import model_context, model_dockerfile
 from factory.baseimage import ensure_base_image
@@ -72,10 +72,22 @@ def _phases(label: str, url: str, memory: MemoryProfile, bodies: list[bytes], se
     return {f"{label} idle": idle.rss / MIB, f"{label} peak": memory.peak_bytes / MIB}
 
 
-def registry_bytes() -> int:
-    """Everything the local registry stores (blobs are shared between images, so counted once)."""
-    result = subprocess.run(["du", "-sb", str(ENGINE_HOME / "registry")], capture_output=True, text=True)
-    return int(result.stdout.split()[0]) if result.returncode == 0 else 0
+def registry_bytes(references: list[str]) -> tuple[int, int]:
+    """(stored once, naive sum): compressed blob bytes the registry holds for these images, from their
+    manifests; layers shared between images are stored once."""
+    blobs: dict[str, int] = {}
+    naive = 0
+    for reference in references:
+        host_repo, digest = reference.split("@")
+        host, repo = host_repo.split("/", 1)
+        request = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{digest}",
+                                         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            manifest = json.loads(response.read())
+        for blob in [manifest["config"], *manifest["layers"]]:
+            blobs[blob["digest"]] = blob["size"]
+            naive += blob["size"]
+    return sum(blobs.values()), naive
 
 
 def _docker(args: list[str]) -> None:
@@ -93,8 +105,10 @@ def main() -> None:
                for path in sorted(state.root.glob("builds/*/record.json"))}
     built = {name: record for name, record in records.items() if record and record.image_built}
     print(table(["model", "image MiB"], [[name, f"{r.image_size_bytes / MIB:.0f}"] for name, r in built.items()]))
-    print(f"\nfleet: {len(built)} images; local registry stores {registry_bytes() / MIB:.0f} MiB in all "
-          f"(shared layers stored once; naive sum {sum(r.image_size_bytes for r in built.values()) / MIB:.0f} MiB)\n")
+    stored, naive = registry_bytes([record.image_ref for record in built.values()])
+    print(f"\nfleet: {len(built)} images, {sum(r.image_size_bytes for r in built.values()) / MIB:.0f} MiB unpacked in "
+          f"all; the registry stores {stored / MIB:.0f} MiB compressed (layers shared, stored once) vs "
+          f"{naive / MIB:.0f} MiB without sharing\n")
     base = ensure_base_image()
     rows = []
     for name in args.models:
