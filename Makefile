@@ -25,7 +25,7 @@ LOCAL_IMAGE_REGISTRY := 127.0.0.1:5000/model-factory
 FACTORY := $(BIN)/factory
 REGISTRY := registry/mlflow.db
 
-.PHONY: demo test venv tools engine registry bench clean
+.PHONY: demo test venv tools apt-tools engine registry bench clean
 
 venv: $(STAMP)
 
@@ -36,24 +36,29 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-# System tools (apt) that tests and benchmarks drive as real processes.
-tools:
+# System tools (apt) that tests and benchmarks drive as real processes; each package provides the
+# command of the same name. As root apt-get runs directly, otherwise through sudo (tests/test_makefile.py).
+tools: apt-tools
+	@test "$$($(GITLAB_CI_LOCAL) --version 2>/dev/null)" = "$(GITLAB_CI_LOCAL_VERSION)" || \
+	  (mkdir -p .tools && cd .tools && npm install --silent --no-audit --no-fund gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION))
+
+apt-tools:
 	@missing=""; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq $$missing >/dev/null; \
 	fi
-	@test "$$($(GITLAB_CI_LOCAL) --version 2>/dev/null)" = "$(GITLAB_CI_LOCAL_VERSION)" || \
-	  (mkdir -p .tools && cd .tools && npm install --silent --no-audit --no-fund gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION))
 
 # Engine, registry and base image (built once from Debian packages, reused while its recipe is unchanged).
 engine: venv
 	@if [ "$$(id -u)" = 0 ] && [ "$(DOCKER_HOST)" = "unix://$(ENGINE_SOCKET)" ] && \
 	    ! { command -v dockerd && command -v docker-registry && command -v debootstrap; } >/dev/null; then \
 	  echo "installing: $(ENGINE_APT)"; \
-	  env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(ENGINE_APT) >/dev/null; \
+	  env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq && \
+	  env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
+	    $(ENGINE_APT) >/dev/null; \
 	fi
 	$(BIN)/python -m factory.engine up $$PPID
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from factory.errors import FactoryError
+from factory.boundary import translate
 from factory.settings import FUZZ_EXAMPLES_ENV, LOAD_SECONDS_ENV
 
 CATALOG_OPTION = click.option("-f", "--file", "catalog_path", type=click.Path(path_type=Path),
@@ -15,18 +15,21 @@ CATALOG_OPTION = click.option("-f", "--file", "catalog_path", type=click.Path(pa
 
 
 class FactoryGroup(click.Group):
-    """Prints a FactoryError as its lines on stderr and exits 1: users never see a traceback for bad input."""
+    """Prints any error as its lines on stderr and exits 1: users never see a traceback (factory/boundary.py)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except FactoryError as exc:
-            for line in exc.lines():
-                click.echo(line, err=True)
-            sys.exit(exc.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors and --help: click prints those itself
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as exc:  # the boundary: every library's errors become one FactoryError
+            error = translate(exc)
+            for line in error.lines():
+                click.echo(line, err=True)
+            sys.exit(error.exit_code)
 
 
 # Commands import their modules lazily: `factory validate` must not pay for importing mlflow or bentoml.

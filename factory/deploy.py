@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from factory.errors import DeployError
+import yaml
+
+from factory.errors import DeployError, StateError
 from factory.k8s_checks import KUSTOMIZATION_FILE
 from factory.state import StateDir
 
@@ -29,12 +31,21 @@ def deploy_command(dry_run: bool, skip_without_cluster: bool, progress: Progress
 
 
 def _documents(out: Path) -> list[dict]:
-    from factory.k8s_checks import load_documents
+    from factory.yamlsource import load_documents
 
     documents = []
     for path in sorted(out.rglob("*.yaml")):
         if path.name != KUSTOMIZATION_FILE:
-            documents += [doc for doc in load_documents(path.read_text(encoding="utf-8")) if doc]
+            try:
+                loaded = load_documents(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                raise StateError(f"{path}: unreadable ({' '.join(str(exc).split())[:300]}); "
+                                 "run `factory manifests` again") from exc
+            if not all(isinstance(doc, dict) and isinstance(doc.get("metadata"), dict) and "kind" in doc
+                       and "apiVersion" in doc for doc in loaded if doc):
+                raise StateError(f"{path}: not a Kubernetes manifest (every document needs apiVersion, kind "
+                                 "and metadata); run `factory manifests` again")
+            documents += [doc for doc in loaded if doc]
     return documents
 
 

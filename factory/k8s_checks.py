@@ -1,8 +1,6 @@
 """Offline validation of Kubernetes manifests: strict schemas, then what schemas cannot see.
 
-The schemas are the strict ones bundled with kubernetes-validate. Its own `validate()` reloads a
-1.4 MB definitions file on every call; here one validator per (schema set, kind, apiVersion) is
-built once and reused: under a millisecond a manifest instead of tens.
+The schemas are the strict ones bundled with kubernetes-validate (factory/k8s_schemas.py).
 
 The semantic checks only look at documents that passed the schema, so they can rely on its shapes
 (though the schemas allow `null` almost everywhere, hence the `or {}`).
@@ -10,26 +8,21 @@ The semantic checks only look at documents that passed the schema, so they can r
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-import jsonschema
-import kubernetes_validate
 import yaml
 from kubernetes.utils import parse_quantity
-from referencing import Registry, Resource
 
 from factory.errors import ManifestError
+from factory.k8s_schemas import schema_dir, schema_findings
+from factory.yamlsource import load_documents
 
 KUSTOMIZATION_FILE = "kustomization.yaml"
 KUSTOMIZE_API_VERSION = "kustomize.config.k8s.io/v1beta1"
-SCHEMA_ROOT = Path(kubernetes_validate.__file__).resolve().parent / "kubernetes-json-schema"
 
 JsonPath = tuple[Any, ...]
 Finding = tuple[JsonPath, str]
@@ -97,14 +90,14 @@ class Manifest:
 
 def validate_manifests(files: dict[str, str], k8s_version: str = "1.33") -> None:
     """Raise ManifestError listing every problem in `files` (path → YAML text), one per line, sorted."""
-    schema_dir = _schema_dir(k8s_version)
+    schemas = schema_dir(k8s_version)
     documents, problems = _parse(files)
     manifests = [doc for doc in documents if not _is_kustomization(doc.file)]
     for kustomization in (doc for doc in documents if _is_kustomization(doc.file)):
         problems += (kustomization.problem(*found) for found in _kustomization_findings(kustomization, files))
     schema_valid = []
     for manifest in manifests:
-        findings = list(_schema_findings(manifest.body, schema_dir))
+        findings = list(schema_findings(manifest.body, schemas))
         if not findings:
             schema_valid.append(manifest)
             findings = [found for check in OBJECT_CHECKS for found in check(manifest.body)]
@@ -141,79 +134,6 @@ def _json_path(path: JsonPath) -> str:
     return "".join(parts)
 
 
-class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe loading of JSON-shaped YAML: string keys only, and no duplicates (PyYAML would silently
-    keep the last one; kubectl refuses the file). The checks below can then treat every key as text."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            problem = "duplicate key" if key in seen else None if isinstance(key, str) else "non-string key"
-            if problem:
-                raise yaml.constructor.ConstructorError(None, None, f"{problem} {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                                 _UniqueKeyLoader.construct_mapping)
-
-
-def load_documents(text: str) -> list[Any]:
-    return list(yaml.load_all(text, Loader=_UniqueKeyLoader))
-
-
-# --- schemas -------------------------------------------------------------------------------------
-
-def _schema_dir(k8s_version: str) -> Path:
-    wanted = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", k8s_version)
-    found = sorted(SCHEMA_ROOT.glob(f"v{wanted[1]}.{wanted[2]}.*-local-strict")) if wanted else []
-    if not found:
-        bundled = sorted(path.name for path in SCHEMA_ROOT.glob("v*-local-strict"))
-        raise ManifestError(f"no strict schemas for Kubernetes {k8s_version!r} in kubernetes-validate "
-                            f"{kubernetes_validate.__version__} (bundled: {', '.join(bundled)})")
-    return found[-1]
-
-
-def _schema_findings(body: Any, schema_dir: Path) -> Iterator[Finding]:
-    if not isinstance(body, dict):
-        yield (), "is not a mapping"
-        return
-    kind, api_version = body.get("kind"), body.get("apiVersion")
-    known = isinstance(kind, str) and isinstance(api_version, str)
-    validator = _validator(schema_dir, kind, api_version) if known else None
-    if validator is None:
-        yield (), f"no schema for kind {kind!r} with apiVersion {api_version!r} in {schema_dir.name}"
-        return
-    for error in validator.iter_errors(body):
-        yield tuple(error.absolute_path), error.message
-
-
-@lru_cache(maxsize=None)
-def _validator(schema_dir: Path, kind: str, api_version: str) -> Optional[jsonschema.protocols.Validator]:
-    # Both become part of a file name: only plain kind and group/version spellings get that far.
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", kind) or not re.fullmatch(r"(?:[a-z0-9.-]+/)?v[a-z0-9]+", api_version):
-        return None
-    group, _, version = api_version.rpartition("/")
-    # File naming of the bundle: `rbac.authorization.k8s.io/v1` is `rbac-v1`, `v1` stays `v1`.
-    suffix = f"{group.split('.')[0]}-{version}" if group else version
-    path = schema_dir / f"{kind.lower()}-{suffix}.json"
-    if not path.is_file():
-        return None
-    schema = json.loads(path.read_text())
-    # Sub-schemas (container-v1.json, …) are files too, and the file name drops the group's domain.
-    declared = schema.get("x-kubernetes-group-version-kind", [])
-    if {"group": group, "kind": kind, "version": version} not in declared:
-        return None
-    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return validator_class(schema, registry=_definitions(schema_dir))
-
-
-@lru_cache(maxsize=None)
-def _definitions(schema_dir: Path) -> Registry:
-    """Every kind's schema refers into this one file by its `$id`."""
-    return Resource.from_contents(json.loads((schema_dir / "_definitions.json").read_text())) @ Registry()
 
 
 # --- checks of one object ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import yaml
 from kubernetes.utils import parse_quantity
 
 from factory.catalog import Catalog, KubernetesSettings, ModelSpec, Resources
-from factory.errors import ManifestError, RenderError
+from factory.errors import ManifestError, RenderError, StateError
 from factory.images import image_registry, proxy_image_ref, proxy_tag
 from factory.k8s_checks import KUSTOMIZATION_FILE, validate_manifests
 from factory.loader import load_catalog, select_models
@@ -230,7 +230,7 @@ def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool
     if proxy:
         files.update(_proxy_files(catalog, catalog_path.name, state))
     out = state.manifests_dir()
-    existing = {p.relative_to(out).as_posix(): p.read_text(encoding="utf-8") for p in sorted(out.rglob("*.yaml"))}
+    existing = {p.relative_to(out).as_posix(): _written(p) for p in sorted(out.rglob("*.yaml")) if p.is_file()}
     merged = {**existing, **files}
     merged.pop(KUSTOMIZATION_FILE, None)
     merged[KUSTOMIZATION_FILE] = kustomization(catalog.kubernetes, sorted(merged))
@@ -243,6 +243,14 @@ def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool
         progress(sizing_table(sized))
     progress(f"{len(files)} manifests validated (Kubernetes 1.33, strict) and written to {out}")
     return sized
+
+
+def _written(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: unreadable ({type(exc).__name__}); delete it and run `factory manifests` "
+                         "again") from exc
 
 
 def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[dict[str, str], SizedModel]:

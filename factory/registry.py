@@ -58,9 +58,16 @@ class Registry:
         self.uri = uri
         # get_model_info and artifact downloads read the global URIs; unset, MLflow 3 would quietly
         # create an empty sqlite registry in the working directory.
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        except MlflowException as exc:
+            raise RegistryError(f"MLflow cannot use the registry at {uri}: {exc.message.split(';')[0]}; set "
+                                "MLFLOW_TRACKING_URI to a tracking server, or unset it to use the project's "
+                                "registry/mlflow.db") from exc
 
     def resolve(self, model: ModelSpec) -> ResolvedModel:
         from mlflow.exceptions import MlflowException

@@ -46,8 +46,9 @@ class Record(pydantic.BaseModel):
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise StateError(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s)); "
-                             f"the file is not what this factory writes: {fix}") from exc
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise StateError(f"{path}: {where}: {first['msg']}{more}; the file is not what this factory "
+                             f"writes: {fix}") from exc
 
 
 class BuildRecord(Record):
@@ -135,7 +136,7 @@ class TestReport(Record):
     fuzz: FuzzSummary
     load: LoadSummary
     memory: MemoryReport
-    peak_bytes: int = pydantic.Field(ge=0)
+    peak_bytes: int = pydantic.Field(gt=0)  # sizing divides by it; a sampler that saw nothing is an error
     failures: list[Failure]
 
 

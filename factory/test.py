@@ -98,6 +98,9 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
         raise ServeError(f"{catalog.where(model.name)}: {model.name} was OOM-killed at the memory limit {limit} "
                          "its manifest carries; raise resources.memory (or memory_limit_factor) in models.yaml. "
                          f"Container log: {report_dir / 'serve.log'}") from exc
+    if memory.peak_bytes <= 0:
+        raise ServeError(f"{catalog.where(model.name)}: no memory sample of the served model was taken "
+                         f"({memory.report()['sampler']}); its process ended early? See {report_dir / 'serve.log'}")
     write_junit([fuzz], report_dir / "junit.xml")
     write_json(fuzz, report_dir / "fuzz.json")
     report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,

@@ -107,17 +107,16 @@ def test_burst_mixing_valid_and_invalid_requests_fails_no_valid_one(servers: dic
     valid = json.dumps({"inputs": [VALID_MIXED_ROW]}).encode()
     invalid = b'{"inputs": [{"distance_km": NaN, "hour_of_day": 8, "drivers_nearby": 1, "traffic_level": "low", "is_airport": false}]}'
     bodies = [invalid if index % 3 == 0 else valid for index in range(225)]
-    # Warm BentoML's batching optimizer first: cold, it sheds bursts with 503 "process is overloaded",
-    # which is load shedding, not the batch poisoning this test is about.
-    for _ in range(20):
-        post(url, valid)
     with ThreadPoolExecutor(max_workers=24) as pool:
         results = list(pool.map(lambda body: post(url, body), bodies))
     expected = post(url, valid)[1]
-    wrong = [(status, outputs) for body, (status, outputs) in zip(bodies, results)
-             if (status, body is valid) != (200, True) and (status, body is valid) != (400, False)
-             or (body is valid and not _close(outputs, expected))]
+    # 503 "process is overloaded" is BentoML shedding load on a busy machine, by design and for any
+    # request: it says nothing about poisoning, which shows as a 500 (or a wrong answer) for a valid row.
+    answered = [(body is valid, status, outputs) for body, (status, outputs) in zip(bodies, results) if status != 503]
+    wrong = [(status, outputs) for is_valid, status, outputs in answered
+             if (status != 200 or not _close(outputs, expected) if is_valid else status != 400)]
     assert wrong == []
+    assert any(is_valid for is_valid, _, _ in answered), "every valid request was shed: nothing was checked"
 
 
 def test_second_build_skips_unchanged_models(built: FactoryEnv) -> None:

@@ -41,7 +41,7 @@ def test_records_round_trip(tmp_path: Path) -> None:
     (b'{"model": "m", "route"', "{path}: not valid JSON at line 1 column 23 (Expecting ':' delimiter), probably "
                                 "cut short by an interrupted run; run `factory test m` again"),
     (b"\xff\xfe", "{path}: unreadable (UnicodeDecodeError); run `factory test m` again"),
-    (b"[]", "{path}: (top level): Input should be a valid dictionary or instance of TestReport (1 problem(s)); "
+    (b"[]", "{path}: (top level): Input should be a valid dictionary or instance of TestReport; "
             "the file is not what this factory writes: run `factory test m` again"),
 ], ids=["empty", "truncated", "binary", "wrong shape"])
 def test_unreadable_report_names_file_and_fix(tmp_path: Path, content: bytes, message: str) -> None:

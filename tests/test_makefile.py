@@ -1,0 +1,60 @@
+"""The Makefile's install path, run for real: `make apt-tools` with a package whose command is not on PATH.
+
+`sl` is tiny and installs its command in /usr/games, which these tests leave off PATH: the recipe
+always finds it missing and always runs apt-get update + install (a no-op install once it is there),
+so every run exercises the path a fresh machine takes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "sl"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # no /usr/games
+
+pytestmark = [pytest.mark.xdist_group("apt"),  # one apt-get at a time
+              pytest.mark.skipif(os.geteuid() != 0, reason="installs a package: CI runs as root")]
+
+
+def _shim(folder: Path, name: str, script: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + script, encoding="utf-8")
+    path.chmod(0o755)
+
+
+def _apt_tools(path: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", "--no-print-directory", "apt-tools", f"APT_TOOLS={PACKAGE}"], cwd=ROOT,
+                          env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=300)
+
+
+def _installed() -> bool:
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", PACKAGE], capture_output=True, text=True)
+    return status.stdout == "install ok installed"
+
+
+def test_install_as_root_without_sudo(tmp_path: Path) -> None:
+    """As root the recipe calls apt-get directly: a `sudo` that fails if called proves it is not used."""
+    _shim(tmp_path, "sudo", 'echo "sudo called: $*" >&2; exit 99\n')
+    result = _apt_tools(f"{tmp_path}:{SYSTEM_PATH}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"installing: {PACKAGE}"]
+    assert "sudo called" not in result.stderr
+    assert _installed()
+
+
+def test_install_as_user_with_sudo(tmp_path: Path) -> None:
+    """As a user the recipe prefixes sudo: `id -u` answers 1000, and a sudo shim logs then runs the command."""
+    log = tmp_path / "sudo.log"
+    _shim(tmp_path, "id", '[ "$1" = -u ] && echo 1000 || exec /usr/bin/id "$@"\n')
+    _shim(tmp_path, "sudo", f'echo "$*" >> {log}\nexec "$@"\n')
+    result = _apt_tools(f"{tmp_path}:{SYSTEM_PATH}")
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text(encoding="utf-8").splitlines()
+    assert calls == ["env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq",
+                     f"env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq {PACKAGE}"]
+    assert _installed()
