@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def build_command(catalog_path: Path, names: Iterable[str], everything: bool, pr
     if image_step.skipped:
         progress(f"images skipped: {image_step.skipped}; wrote Dockerfiles instead (see each build record)")
     builder = Builder(catalog, render_catalog(catalog, source=catalog_path.name),
-                      Registry(catalog, tracking_uri(catalog_path.resolve().parent)), state, progress, image_step)
+                      Registry(catalog, tracking_uri(Path.cwd())), state, progress, image_step)
     outcomes = []
     for position, model in enumerate(models, start=1):
         outcome = builder.build(model)
@@ -177,8 +178,19 @@ class Builder:
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.
-        output = _run(BENTOML + ["build", ".", "--version", content_hash[:16], "-o", "tag"],
-                      f"{self.catalog.where(model.name)}: `bentoml build` failed", cwd=source)
+        command = BENTOML + ["build", ".", "--version", content_hash[:16], "-o", "tag"]
+        failure = f"{self.catalog.where(model.name)}: `bentoml build` failed"
+        try:
+            output = _run(command, failure, cwd=source)
+        except BuildError as exc:
+            # Same version = same content hash: a Bento an interrupted build left without a record.
+            leftover = re.search(r"Item '([^']+)' already exists in the store", str(exc))
+            if not leftover:
+                raise
+            self.progress(f"{model.name}: removing Bento {leftover[1]}, left in the store by an earlier failed build")
+            _run(BENTOML + ["delete", "-y", leftover[1]], f"`bentoml delete -y {leftover[1]}` failed (delete it "
+                                                         "yourself, with the same BENTOML_HOME, and build again)")
+            output = _run(command, failure, cwd=source)
         tags = [line.split("__tag__:", 1)[1].strip() for line in output.splitlines() if "__tag__:" in line]
         if not tags:
             raise BuildError(f"{self.catalog.where(model.name)}: `bentoml build` printed no tag:\n{output[-1000:]}")

@@ -39,6 +39,9 @@ def shown(value: Any) -> str:
     return str(value)
 
 
+VERSION_OR_ALIAS = "version_or_alias"
+VERSION_OR_ALIAS_MESSAGE = "set exactly one of `version` (e.g. 3) or `alias` (e.g. champion)"
+
 def _checked(pattern: str, what: str, kind: str = "unsafe_value"):
     compiled = re.compile(pattern)
 
@@ -156,8 +159,7 @@ class ModelSpec(_Routed):
     @model_validator(mode="after")
     def _version_or_alias(self) -> "ModelSpec":
         if (self.version is None) == (self.alias is None):
-            raise PydanticCustomError("version_or_alias",
-                                      "set exactly one of `version` (e.g. 3) or `alias` (e.g. champion)")
+            raise PydanticCustomError(VERSION_OR_ALIAS, VERSION_OR_ALIAS_MESSAGE)
         return self
 
     @property

@@ -28,11 +28,12 @@ class _Checker:
 
 
 def cross_check(models: list[ModelSpec], origins: list[Origin], experiments: list[ExperimentSpec],
-                source: SourceMap) -> list[Problem]:
+                source: SourceMap, declared_names: set[str]) -> list[Problem]:
+    """`models` are the entries that validated; experiments may name any entry written (`declared_names`)."""
     checker = _Checker(source)
     _unique_names(checker, models, origins)
     _unique_routes(checker, models, origins, experiments)
-    _experiments_resolve(checker, {model.name for model in models}, experiments)
+    _experiments_resolve(checker, declared_names, experiments)
     return checker.problems
 
 

@@ -8,17 +8,14 @@ request that still fails (a hang is kept as found), written to a file so curl ca
 from __future__ import annotations
 
 import base64
-import http.client
 import itertools
 import json
 import math
-import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
-from urllib.parse import urlsplit
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings, strategies as st
 from hypothesis import seed as fixed_seed
@@ -26,7 +23,7 @@ from hypothesis.errors import Flaky
 
 from factory.errors import ServeError
 from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, golden_problem,
-                                  invalid_problem, minimal_failure, parses, valid_problem)
+                                  invalid_problem, minimal_failure, parses, post_predict, valid_problem)
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 COLUMN_TYPES = ("binary", "boolean", "datetime", "double", "float", "integer", "long", "string")
@@ -338,7 +335,7 @@ class _Run:
                  problem_of: Callable[[Response], Optional[str]]) -> None:
         if self.down:  # waiting out a timeout per shrink step could take hours: fail at once instead
             raise _Failed(**self.down.details)
-        response = _post(self.base_url, body, self.timeout_s)
+        response = post_predict(self.base_url, body, self.timeout_s)
         problem = problem_of(response)
         self.records.append(RequestRecord(kind, response.status, round(response.latency_ms, 3), problem is None))
         if problem:
@@ -378,23 +375,6 @@ class _Run:
 
     def _failure(self, slug: str, failed: _Failed) -> Failure:
         return minimal_failure(self.report_dir, self.model, self.seed, self.base_url, slug, **failed.details)
-
-
-def _post(base_url: str, body: bytes, timeout_s: float) -> Response:
-    """One POST on a fresh connection, so one broken exchange cannot leak into the next."""
-    url = urlsplit(base_url)
-    connection_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    connection = connection_type(url.hostname, url.port, timeout=timeout_s)
-    started = time.perf_counter()
-    try:
-        connection.request("POST", f"{url.path}/predict", body, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return Response(response.status, response.read(), (time.perf_counter() - started) * 1000)
-    except (OSError, http.client.HTTPException) as exc:
-        error = f"no response within {timeout_s} s" if isinstance(exc, TimeoutError) else f"connection failed: {exc!r}"
-        return Response(None, b"", (time.perf_counter() - started) * 1000, error)
-    finally:
-        connection.close()
 
 
 def _golden_pairs(golden: Optional[list[dict]]) -> Optional[list[tuple[list, list]]]:

@@ -7,14 +7,17 @@ diffed between runs; the XML is built with xml.etree so every user string is esc
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import re
 import shlex
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
+from urllib.parse import urlsplit
 
 # XML 1.0 cannot carry these characters even escaped, and generated strings contain them.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -275,3 +278,20 @@ def _element(parent: Optional[ET.Element], tag: str, text: Optional[str] = None,
 
 def _xml_safe(text: str) -> str:
     return _NOT_XML.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def post_predict(base_url: str, body: bytes, timeout_s: float) -> Response:
+    """One POST on a fresh connection, so one broken exchange cannot leak into the next."""
+    url = urlsplit(base_url)
+    connection_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    connection = connection_type(url.hostname, url.port, timeout=timeout_s)
+    started = time.perf_counter()
+    try:
+        connection.request("POST", f"{url.path}/predict", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return Response(response.status, response.read(), (time.perf_counter() - started) * 1000)
+    except (OSError, http.client.HTTPException) as exc:
+        error = f"no response within {timeout_s} s" if isinstance(exc, TimeoutError) else f"connection failed: {exc!r}"
+        return Response(None, b"", (time.perf_counter() - started) * 1000, error)
+    finally:
+        connection.close()

@@ -9,8 +9,8 @@ from typing import Any, Iterable, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from factory.catalog import (Batching, Catalog, ExperimentSpec, KubernetesSettings, ModelSpec, Resources,
-                             Scaling, shown)
+from factory.catalog import (VERSION_OR_ALIAS, VERSION_OR_ALIAS_MESSAGE, Batching, Catalog, ExperimentSpec,
+                             KubernetesSettings, ModelSpec, Resources, Scaling, shown)
 from factory.crosscheck import cross_check
 from factory.errors import CatalogError, Problem, UsageError
 from factory.expand import DEFAULT_KEYS, Expansion, Origin, expand_models, raw_value, source_of, suggest
@@ -23,7 +23,8 @@ DEFAULT_SECTIONS: dict[str, type[BaseModel]] = {"batching": Batching, "resources
 
 
 def load_catalog(path: Path) -> Catalog:
-    display = str(path)
+    # A symlinked catalog is named with its target, so every line says which file was really read.
+    display = f"{path} -> {path.resolve()}" if path.is_symlink() else str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -63,6 +64,14 @@ def parse_catalog(text: str, file: str = "models.yaml") -> Catalog:
     return validator.catalog(data)
 
 
+def _kind(data: Any) -> str:
+    if data is None:
+        return "an empty document"
+    if isinstance(data, str):
+        return f"a plain string of {len(data)} characters"
+    return f"a {type(data).__name__}"
+
+
 def _prefixed(problem: Problem) -> Problem:
     return dataclasses.replace(problem, path="models" + problem.path if problem.path.startswith("[") else problem.path)
 
@@ -74,7 +83,9 @@ class _Validator:
 
     def catalog(self, data: Any) -> Catalog:
         if not isinstance(data, dict):
-            self._fail((), f"must be a list of models or a mapping with {', '.join(TOP_KEYS)} (got {shown(data)})")
+            # The kind only, never the text: a mistyped -f or symlink may point at a file that is not ours.
+            self._fail((), f"must be a list of models or a mapping with {', '.join(TOP_KEYS)} "
+                           f"(got {_kind(data)})", "is this the right file? `factory validate -f PATH/TO/models.yaml`")
         for key in data:
             if key not in TOP_KEYS:
                 self.problems.append(self.source.problem((key,), "unknown top-level key",
@@ -88,15 +99,18 @@ class _Validator:
                        "see README: models.yaml reference")
         expansion = expand_models(entries, defaults, self.source)
         self.problems.extend(expansion.problems)
-        models = self._models(expansion, defaults)
+        validated = self._models(expansion, defaults)
         experiments = self._experiments(data.get("experiments", []))
+        # Every independent problem in one pass: cross-entry checks run over the entries that did
+        # validate, against every name written, so no finding waits for another one to be fixed.
+        declared = {merged["name"] for merged, _ in expansion.models if isinstance(merged.get("name"), str)}
+        self.problems.extend(cross_check([m for m, _ in validated], [o for _, o in validated], experiments,
+                                         self.source, declared))
         if self.problems:
             raise CatalogError(self.problems)
-        self._cross_check(models, experiments, expansion)
-        if self.problems:
-            raise CatalogError(self.problems)
+        models = [model for model, _ in validated]
         origins = {model.name: f"{self.source.file}:{self.source.locate(origin.path)[0]}"
-                   for model, (_, origin) in zip(models, expansion.models)}
+                   for model, origin in validated}
         return Catalog(kubernetes=kubernetes or KubernetesSettings(), models=tuple(models),
                        experiments=tuple(experiments), origins=origins)
 
@@ -121,13 +135,18 @@ class _Validator:
                     f"defaults may set: {', '.join(DEFAULT_KEYS)}", prefer_key=True))
         return defaults
 
-    def _models(self, expansion: Expansion, defaults: dict) -> list[ModelSpec]:
+    def _models(self, expansion: Expansion, defaults: dict) -> list[tuple[ModelSpec, Origin]]:
         models = []
         for merged, origin in expansion.models:
             try:
-                models.append(ModelSpec.model_validate(merged))
+                models.append((ModelSpec.model_validate(merged), origin))
             except ValidationError as exc:
-                for error in exc.errors():
+                errors = exc.errors()
+                # pydantic runs the version/alias rule only once every field is valid: check it anyway.
+                if (merged.get("version") is None) == (merged.get("alias") is None):
+                    errors.append({"type": VERSION_OR_ALIAS, "loc": (), "msg": VERSION_OR_ALIAS_MESSAGE,
+                                   "input": merged})
+                for error in errors:
                     self.problems.append(self._model_problem(error, origin, defaults))
         return models
 
@@ -156,12 +175,6 @@ class _Validator:
                 message, hint, at_key = describe(error, model)
                 self.problems.append(self.source.problem(path + loc, message, hint, prefer_key=at_key))
             return None
-
-    def _cross_check(self, models: list[ModelSpec], experiments: list[ExperimentSpec],
-                     expansion: Expansion) -> None:
-        origins = [origin for _, origin in expansion.models]
-        self.problems.extend(cross_check(models, origins, experiments, self.source))
-
 
 def describe(error: dict, model: type[BaseModel]) -> tuple[str, Optional[str], bool]:
     """Our wording for a pydantic error: (message, hint, whether to point at the key rather than the value)."""

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import posixpath
+import shutil
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -31,7 +32,7 @@ from factory.errors import ManifestError, RenderError, StateError
 from factory.images import image_registry, proxy_image_ref, proxy_tag
 from factory.k8s_checks import KUSTOMIZATION_FILE, validate_manifests
 from factory.loader import load_catalog, select_models
-from factory.routes import routes_yaml
+from factory.routes import routes_shards
 from factory.settings import Settings
 from factory.state import StateDir
 from factory.tables import table
@@ -46,12 +47,11 @@ MIB = 1024**2
 DEFAULT_MEMORY_REQUEST_BYTES = 512 * MIB
 
 MODEL_MANIFESTS = {"deployment": "model-deployment", "service": "service", "hpa": "model-hpa", "pdb": "model-pdb"}
-PROXY_MANIFESTS = {"deployment": "proxy-deployment", "service": "service", "configmap": "proxy-configmap"}
+PROXY_MANIFESTS = {"deployment": "proxy-deployment", "service": "service"}  # + routes-NNN.yaml ConfigMaps
 PROXY_DIR = "proxy"
 PROXY_NAME = "model-factory-proxy"
 PROXY_PORT = 8000
 ROUTES_DIR = "/etc/model-factory"
-ROUTES_KEY = "routes.yaml"
 
 Progress = Callable[[str], None]
 PART_OF = {"app.kubernetes.io/part-of": "model-factory", "app.kubernetes.io/managed-by": "model-factory"}
@@ -123,8 +123,9 @@ def _container_resources(resources: Resources, sizing: Sizing) -> dict[str, dict
     }
 
 
-def proxy_manifests(settings: KubernetesSettings, image: str, routes_yaml: str) -> dict[str, str]:
-    """Deployment, Service and routing-table ConfigMap of the proxy."""
+def proxy_manifests(settings: KubernetesSettings, image: str, routes_shards: list[str]) -> dict[str, str]:
+    """Deployment, Service and one routing-table ConfigMap per shard (factory.routes.routes_shards)."""
+    shards = {f"{PROXY_NAME}-routes-{index:03d}": text for index, text in enumerate(routes_shards)}
     context = {
         "name": PROXY_NAME,
         "namespace": settings.namespace,
@@ -133,14 +134,16 @@ def proxy_manifests(settings: KubernetesSettings, image: str, routes_yaml: str) 
         "selector": {"app.kubernetes.io/name": PROXY_NAME, "app.kubernetes.io/component": "proxy"},
         "image": image,
         "port": PROXY_PORT,
-        "configmap_name": f"{PROXY_NAME}-routes",
+        "configmaps": {name: f"{name.removeprefix(PROXY_NAME + '-')}.yaml" for name in shards},
         "routes_dir": ROUTES_DIR,
-        "routes_key": ROUTES_KEY,
-        "routes_path": posixpath.join(ROUTES_DIR, ROUTES_KEY),
-        "routes_yaml": routes_yaml,
-        "routes_checksum": "sha256:" + hashlib.sha256(routes_yaml.encode()).hexdigest(),
+        "routes_checksum": "sha256:" + hashlib.sha256("\0".join(routes_shards).encode()).hexdigest(),
     }
-    return _render_all(PROXY_DIR, PROXY_MANIFESTS, context)
+    files = _render_all(PROXY_DIR, PROXY_MANIFESTS, context)
+    for name, text in shards.items():
+        files[f"{PROXY_DIR}/{context['configmaps'][name]}"] = _render(
+            "proxy-configmap", {**context, "configmap_name": name, "routes_key": context["configmaps"][name],
+                                "routes_yaml": text})
+    return files
 
 
 def kustomization(settings: KubernetesSettings, files: list[str]) -> str:
@@ -231,10 +234,14 @@ def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool
         files.update(_proxy_files(catalog, catalog_path.name, state))
     out = state.manifests_dir()
     existing = {p.relative_to(out).as_posix(): _written(p) for p in sorted(out.rglob("*.yaml")) if p.is_file()}
+    if proxy:  # written whole: fewer shards than last time must not leave stale ConfigMaps behind
+        existing = {name: text for name, text in existing.items() if not name.startswith(f"{PROXY_DIR}/")}
     merged = {**existing, **files}
     merged.pop(KUSTOMIZATION_FILE, None)
     merged[KUSTOMIZATION_FILE] = kustomization(catalog.kubernetes, sorted(merged))
     validate_manifests(merged)  # all of it, before anything is written
+    if proxy and (out / PROXY_DIR).is_dir():
+        shutil.rmtree(out / PROXY_DIR)
     for name, text in sorted({**files, KUSTOMIZATION_FILE: merged[KUSTOMIZATION_FILE]}.items()):
         target = out / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +284,7 @@ def measured_peak(state: StateDir, model: str) -> Optional[int]:
 def _proxy_files(catalog: Catalog, source: str, state: StateDir) -> dict[str, str]:
     settings = Settings.from_env()
     image = settings.proxy_image or proxy_image_ref(state) or proxy_tag(image_registry(catalog.kubernetes.image_registry))
-    return proxy_manifests(catalog.kubernetes, image, routes_yaml(catalog, source))
+    return proxy_manifests(catalog.kubernetes, image, routes_shards(catalog, source))
 
 
 def sizing_table(sized: list[SizedModel]) -> str:

@@ -37,12 +37,13 @@ class ResolvedModel:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
 
-def tracking_uri(catalog_dir: Path) -> str:
-    """MLFLOW_TRACKING_URI when set (a tracking server), else the embedded sqlite registry beside models.yaml."""
+def tracking_uri(project_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI when set (a tracking server), else the project's embedded sqlite registry,
+    `registry/mlflow.db` in the directory `factory` runs from (as `make` does), wherever -f points."""
     configured = Settings.from_env().tracking_uri
     if configured:
         return configured
-    database = (catalog_dir / REGISTRY_DIR / "mlflow.db").resolve()
+    database = (project_dir / REGISTRY_DIR / "mlflow.db").resolve()
     if not database.is_file():
         raise RegistryError(f"no MLflow registry at {database}: run `make registry` to create the example "
                             "registry, or set MLFLOW_TRACKING_URI to your tracking server")

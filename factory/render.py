@@ -22,7 +22,7 @@ from factory.changes import ChangeSet, changed_since
 from factory.errors import OutOfDateError, RenderError
 from factory.loader import load_catalog
 from factory.pipeline import check_child_pipeline, model_jobs
-from factory.routes import routes_yaml
+from factory.routes import routes_shards, routes_yaml
 from factory.runtime import runtime_requirements
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -75,7 +75,7 @@ def render_catalog(catalog: Catalog, source: str = "models.yaml", templates: Pat
         proxy=changes is None or changes.proxy,
         scope=changes.reason if changes else f"all {len(catalog.models)} models")
     files["routes.yaml"] = routes_yaml(catalog, source)
-    files.update(_base_manifests(catalog, files["routes.yaml"]))
+    files.update(_base_manifests(catalog, routes_shards(catalog, source)))
     _check_outputs(files)
     return files
 
@@ -89,13 +89,15 @@ def _bento_folder(env: jinja2.Environment, model: ModelSpec, source: str) -> dic
     }
 
 
-def _base_manifests(catalog: Catalog, routes_yaml: str) -> dict[str, str]:
+def _base_manifests(catalog: Catalog, shards: list[str]) -> dict[str, str]:
     settings = catalog.kubernetes
     files: dict[str, str] = {}
     for model in catalog.models:
         image = f"{settings.image_registry}/{model.k8s_name}:unbuilt"
         files.update(manifests.model_manifests(model, settings, image, manifests.sizing_for(model, None)))
-    files.update(manifests.proxy_manifests(settings, f"{settings.image_registry}/proxy:latest", routes_yaml))
+    proxy = manifests.proxy_manifests(settings, f"{settings.image_registry}/proxy:latest", shards)
+    manifests.validate_manifests(proxy)  # the routing table's size limits live here; model manifests are templates
+    files.update(proxy)
     names = sorted(files)
     files["kustomization.yaml"] = manifests.kustomization(settings, names)
     return {f"k8s/{name}": text for name, text in files.items()}

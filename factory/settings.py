@@ -21,13 +21,15 @@ def _env(name: str, help: str):
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path = _env("FACTORY_STATE", "where build records, reports and sized manifests go "
-                                            "(default ./factory-state)")
+                                            "(default `./factory-state`)")
     tracking_uri: Optional[str] = _env("MLFLOW_TRACKING_URI", "an MLflow tracking server; unset, the project's "
-                                                              "embedded registry/mlflow.db")
+                                                              "embedded `registry/mlflow.db` in the working "
+                                                              "directory (`make registry` creates it), "
+                                                              "wherever `-f` points")
     runtime_python: Optional[Path] = _env("FACTORY_RUNTIME_PYTHON", "serve Bentos with this interpreter "
                                                                     "instead of the managed runtime venv")
     runtime_home: Optional[Path] = _env("FACTORY_RUNTIME_HOME", "where the managed runtime venvs live "
-                                                                "(default <state>/runtime)")
+                                                                "(default `<state>/runtime`)")
     proxy_image: Optional[str] = _env("FACTORY_PROXY_IMAGE", "the proxy's image in its Deployment (default: "
                                                              "the one `factory build --proxy` pushed, by digest)")
     image_registry: Optional[str] = _env("FACTORY_IMAGE_REGISTRY", "where images are pushed, instead of models.yaml's "

@@ -25,6 +25,7 @@ from typing import Any, Optional, TypeVar
 import pydantic
 
 from factory.errors import StateError
+from factory.fuzz_report import Failure
 from factory.settings import Settings
 
 RecordT = TypeVar("RecordT", bound="Record")
@@ -111,18 +112,6 @@ class MemoryReport(Record):
     sampler: str
     memory_limit: Optional[str] = None  # the container's limit; None when measured as a host process
     phases: dict[str, dict[str, float]]
-
-
-class Failure(Record):
-    kind: str
-    field: Optional[str]
-    reason: str
-    status: Optional[int]
-    request_excerpt: str
-    response_excerpt: str
-    body_file: str
-    replay_curl: str
-    replay_factory: str
 
 
 class TestReport(Record):

@@ -106,8 +106,7 @@ def qualify(catalog: Catalog, model: ModelSpec, state: StateDir, runtime: Path, 
     report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
                         passed=fuzz.passed and load.failures == 0, fuzz=fuzz.summary(), load=load.summary(),
                         memory={**memory.report(), "memory_limit": limit if record.image_built else None},
-                        peak_bytes=memory.peak_bytes,
-                        failures=[failure.__dict__ for failure in fuzz.failures])
+                        peak_bytes=memory.peak_bytes, failures=list(fuzz.failures))
     report.save(state.report_path(model.name))
     return report
 

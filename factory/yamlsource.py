@@ -175,8 +175,12 @@ def load_located(text: str, file: str) -> tuple[Any, SourceMap, list[Problem], b
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         raise CatalogError([Problem(file, line, column, "", f"YAML syntax error: {exc.problem}",
                                     "check indentation and quoting around this line")]) from exc
+    except yaml.reader.ReaderError as exc:
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise CatalogError([Problem(file, 0, 0, "", f"not a text file: character #x{code:04x} at byte "
+                                    f"{exc.position} is not allowed in YAML", "is this the right file?")]) from exc
     except yaml.YAMLError as exc:
-        raise CatalogError([Problem(file, 0, 0, "", f"YAML syntax error: {exc}")]) from exc
+        raise CatalogError([Problem(file, 0, 0, "", "YAML syntax error: " + " ".join(str(exc).split()))]) from exc
     if len(documents) != 1:
         raise CatalogError([Problem(file, 1, 1, "", f"expected exactly one YAML document, found {len(documents)}",
                                     "remove extra `---` separators" if documents else "add models to the file")])

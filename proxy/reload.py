@@ -22,15 +22,16 @@ from proxy.routing import CompiledTable, compile_table, load_route_table
 
 log = logging.getLogger("proxy.routes")
 
-Signature = Optional[tuple[int, int, int]]
+Signature = Optional[tuple[tuple[int, int, int], ...]]
 
 
 def _signature(path: Path) -> Signature:
+    """Changes whenever the table does: for a directory of shards, whenever any shard does."""
     try:
-        stat = os.stat(path)
+        stats = [os.stat(path)] + ([os.stat(shard) for shard in sorted(path.glob("*.yaml"))] if path.is_dir() else [])
     except OSError:
         return None
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    return tuple((stat.st_mtime_ns, stat.st_size, stat.st_ino) for stat in stats)
 
 
 def describe_error(exc: BaseException) -> str:

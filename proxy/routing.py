@@ -101,9 +101,28 @@ class RouteTable(_Strict):
 
 
 def load_route_table(path: Path) -> RouteTable:
-    """Read and validate a routing table; raises ValueError/OSError with the file named."""
+    """Read and validate a routing table: one file, or a directory of shards (every `*.yaml` in it, as
+    Kubernetes mounts several ConfigMaps); raises ValueError/OSError with the file named."""
+    if not path.is_dir():
+        return _load_shard(path)
+    shards = sorted(path.glob("*.yaml"))
+    if not shards:
+        raise ValueError(f"{path}: no *.yaml routing table shards in this directory")
+    upstreams: dict[str, Upstream] = {}
+    routes: list[Route] = []
+    for shard_path in shards:
+        shard = _load_shard(shard_path)
+        for name, upstream in shard.upstreams.items():
+            if upstreams.setdefault(name, upstream) != upstream:
+                raise ValueError(f"{shard_path}: upstream {name!r} differs from the one in an earlier shard")
+        routes += shard.routes
+    return RouteTable(upstreams=upstreams, routes=tuple(sorted(routes, key=lambda route: route.path)))
+
+
+def _load_shard(path: Path) -> RouteTable:
     with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
+        # libyaml's parser where available: thousands of routes load ~10x faster.
+        data = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return RouteTable.model_validate(data)
 
 

@@ -269,3 +269,51 @@ def test_render_cli_prints_exactly_these_lines_and_writes_nothing(label: str, te
     result = CliRunner().invoke(main, ["render", "-f", "models.yaml", "-o", "build"])  # click 8.2+: stderr apart
     assert (result.exit_code, result.stderr.splitlines(), result.stdout) == (1, expected, "")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["models.yaml"]
+
+
+def test_every_independent_problem_in_one_pass() -> None:
+    """A type error no longer hides a missing version, a duplicate route or an unknown variant."""
+    text = textwrap.dedent("""\
+        models:
+          - name: a
+            endpoint: probability
+            parameters: [x]
+            batching: {max_batch_size: lots}
+          - name: b
+            version: 1
+            endpoint: probability
+            parameters: [y]
+          - name: c
+            version: 1
+            endpoint: probability
+            parameters: [y]
+        experiments:
+          - name: e
+            endpoint: e
+            parameters: [z]
+            variants:
+              - {model: a, weight: 50}
+              - {model: nope, weight: 50}
+        """)
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(text)
+    assert caught.value.lines() == [
+        "models.yaml:2:5: models[0]: set exactly one of `version` (e.g. 3) or `alias` (e.g. champion)",
+        "models.yaml:5:32: models[0].batching.max_batch_size: must be a whole number (got 'lots')",
+        "models.yaml:12:15: models[2].endpoint: route /probability/y is already served by models[1].endpoint, "
+        "line 8 (hint: change endpoint or parameters so every route is unique)",
+        "models.yaml:20:17: experiments[0].variants[1].model: unknown model 'nope' (hint: name a model listed "
+        "under models:)",
+    ]
+
+
+def test_symlinked_catalog_is_named_and_its_text_not_echoed(tmp_path) -> None:
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU\n")
+    link = tmp_path / "models.yaml"
+    link.symlink_to(secret)
+    result = CliRunner().invoke(main, ["validate", "-f", str(link)])
+    assert (result.exit_code, result.stderr) == (1, (
+        f"{link} -> {secret}:1:1: must be a list of models or a mapping with kubernetes, defaults, models, "
+        "experiments (got a plain string of 67 characters) (hint: is this the right file? "
+        "`factory validate -f PATH/TO/models.yaml`)\n"))

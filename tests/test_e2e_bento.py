@@ -124,6 +124,15 @@ def test_second_build_skips_unchanged_models(built: FactoryEnv) -> None:
     assert f"[1/1] {MIXED_MODEL}: unchanged, skipped" in result.stdout
 
 
+def test_a_failed_builds_leftover_bento_is_replaced(built: FactoryEnv) -> None:
+    """A build that stopped after `bentoml build` (no record) used to fail ever after: 'already exists'."""
+    (built.state / "builds" / ALIAS_MODEL / "record.json").unlink()
+    result = built.run("build", ALIAS_MODEL)
+    assert f"{ALIAS_MODEL}: removing Bento " in result.stdout and "left in the store by an earlier failed build" \
+        in result.stdout
+    assert f"[1/1] {ALIAS_MODEL}: built " in result.stdout
+
+
 def _close(served: object, golden: object) -> bool:
     if isinstance(served, list) and isinstance(golden, list):
         return len(served) == len(golden) and all(_close(a, b) for a, b in zip(served, golden))

@@ -43,7 +43,7 @@ def test_manifests_request_at_least_the_measured_peak(tested: FactoryEnv) -> Non
         assert peak <= request <= peak * 1.2 + 2**20  # headroom 0.2, rounded up to whole MiB
         assert parse_quantity(resources["limits"]["memory"]) >= request
     kustomization = yaml.safe_load((tested.state / "k8s" / "kustomization.yaml").read_text())
-    assert "proxy/configmap.yaml" in kustomization["resources"]
+    assert "proxy/routes-000.yaml" in kustomization["resources"]
     summary = tested.run("summary").stdout
     assert "/probability/2/TAXI/trafficaware" in summary and "pass" in summary
 

@@ -106,15 +106,20 @@ def test_min_replicas_zero_parks_the_model() -> None:
     validate_manifests(files)
 
 
-def test_proxy_manifests_mount_routes_and_roll_on_change() -> None:
-    files = proxy_manifests(SETTINGS, "registry.example.com/model-factory/proxy:1", "version: 1\nroutes: []\n")
+def test_proxy_manifests_mount_every_shard_and_roll_on_change() -> None:
+    shards = ["version: 1\nroutes: []\n", "version: 1\nroutes: [b]\n"]
+    files = proxy_manifests(SETTINGS, "registry.example.com/model-factory/proxy:1", shards)
     deployment = parsed(files["proxy/deployment.yaml"])
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "proxy", "--routes", "/etc/model-factory/routes.yaml",
+    assert container["command"] == ["python", "-m", "proxy", "--routes", "/etc/model-factory",
                                  "--host", "0.0.0.0", "--port", "8000"]
     assert container["volumeMounts"][0]["mountPath"] == "/etc/model-factory"
-    assert parsed(files["proxy/configmap.yaml"])["data"] == {"routes.yaml": "version: 1\nroutes: []\n"}
-    other = proxy_manifests(SETTINGS, "registry.example.com/model-factory/proxy:1", "version: 1\nroutes: [x]\n")
+    assert [source["configMap"] for source in deployment["spec"]["template"]["spec"]["volumes"][0]["projected"]
+            ["sources"]] == [{"name": f"model-factory-proxy-routes-00{i}", "items": [
+                {"key": f"routes-00{i}.yaml", "path": f"routes-00{i}.yaml"}]} for i in (0, 1)]
+    assert parsed(files["proxy/routes-000.yaml"])["data"] == {"routes-000.yaml": shards[0]}
+    assert parsed(files["proxy/routes-001.yaml"])["data"] == {"routes-001.yaml": shards[1]}
+    other = proxy_manifests(SETTINGS, "registry.example.com/model-factory/proxy:1", [shards[0], "routes: [x]\n"])
     checksum = "model-factory/routes-checksum"
     assert (parsed(other["proxy/deployment.yaml"])["spec"]["template"]["metadata"]["annotations"][checksum]
             != deployment["spec"]["template"]["metadata"]["annotations"][checksum])
@@ -129,12 +134,12 @@ routes_texts = st.one_of(st.text(), st.builds(str.__add__, yamlish_lines, st.sam
 @settings(max_examples=300, deadline=None)
 @given(routes_texts)
 def test_routes_text_reads_back_unchanged(routes: str) -> None:
-    files = proxy_manifests(SETTINGS, "proxy:1", routes)
-    assert parsed(files["proxy/configmap.yaml"])["data"]["routes.yaml"] == routes
+    files = proxy_manifests(SETTINGS, "proxy:1", [routes])
+    assert parsed(files["proxy/routes-000.yaml"])["data"]["routes-000.yaml"] == routes
 
 
 def test_kustomization_lists_every_file_once_sorted() -> None:
-    files = {**rendered(spec()), **proxy_manifests(SETTINGS, "proxy:1", "routes: []\n")}
+    files = {**rendered(spec()), **proxy_manifests(SETTINGS, "proxy:1", ["routes: []\n"])}
     text = kustomization(SETTINGS, [*reversed(list(files)), DEPLOYMENT, "kustomization.yaml"])
     body = parsed(text)
     assert body["namespace"] == "model-factory"
@@ -153,7 +158,7 @@ def test_render_is_byte_identical_under_another_hash_seed() -> None:
 
 def full_set() -> dict[str, str]:
     files = {**rendered(spec(resources={"gpu": 2, "gpu_type": "nvidia-tesla-t4"})),
-             **proxy_manifests(SETTINGS, "proxy:1", "routes: []\n")}
+             **proxy_manifests(SETTINGS, "proxy:1", ["routes: []\n"])}
     return {**files, "kustomization.yaml": kustomization(SETTINGS, list(files))}
 
 
@@ -252,9 +257,9 @@ PLANTED = {
 
 
 def test_oversized_routing_table() -> None:
-    files = proxy_manifests(SETTINGS, "proxy:1", "x" * 1024 * 1024 + "\n")
-    assert problems(files) == ["proxy/configmap.yaml: ConfigMap/model-factory-proxy-routes: $.data: "
-                               "holds 1048588 bytes; a ConfigMap holds at most 1048576"]
+    files = proxy_manifests(SETTINGS, "proxy:1", ["x" * 1024 * 1024 + "\n"])
+    assert problems(files) == ["proxy/routes-000.yaml: ConfigMap/model-factory-proxy-routes-000: $.data: "
+                               "holds 1048592 bytes; a ConfigMap holds at most 1048576"]
 
 
 @pytest.mark.parametrize("mutate, expected", PLANTED.values(), ids=PLANTED.keys())

@@ -238,3 +238,17 @@ def test_failed_build_leftovers_get_a_hint() -> None:
         "bentoml: BentoMLException: Item 'alpha:0123' already exists in the store <osfs '/s/bentos'> (hint: if "
         "BentoML names an item that already exists in the store, a failed build left it behind: `bentoml delete -y "
         "TAG` (with the same BENTOML_HOME) and run the command again)")
+
+
+def test_default_registry_is_the_projects_not_the_catalogs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog, project = tmp_path / "elsewhere", tmp_path / "project"
+    catalog.mkdir()
+    project.mkdir()
+    _catalog(catalog)
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["build", "--all", "-f", str(catalog / "models.yaml")],
+                                env={"FACTORY_STATE": str(tmp_path / "state"), "MLFLOW_TRACKING_URI": "",
+                                     "BENTOML_HOME": str(tmp_path / "bentoml")})
+    assert (result.exit_code, result.stderr) == (1, (
+        f"no MLflow registry at {project / 'registry' / 'mlflow.db'}: run `make registry` to create the example "
+        "registry, or set MLFLOW_TRACKING_URI to your tracking server\n"))
