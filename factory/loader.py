@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -24,7 +25,7 @@ DEFAULT_SECTIONS: dict[str, type[BaseModel]] = {"batching": Batching, "resources
 
 def load_catalog(path: Path) -> Catalog:
     # A symlinked catalog is named with its target, so every line says which file was really read.
-    display = f"{path} -> {path.resolve()}" if path.is_symlink() else str(path)
+    display = f"{path} -> {os.path.realpath(path)}" if path.is_symlink() else str(path)  # no raise on a loop
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
