@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 import os
+import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
