@@ -56,11 +56,19 @@ class Daemon:
             return None
 
     def start(self) -> None:
+        """Started from a short-lived intermediate process, so the daemon is nobody's child here: a test
+        session or `make` that started it can end (or count its own children) without it."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as sink:
-            process = subprocess.Popen(self.command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True, cwd=RUN_DIR)
-        self.pid_file.write_text(f"{process.pid}\n")
+        intermediate = os.fork()
+        if intermediate == 0:
+            try:
+                with open(self.log, "ab") as sink:
+                    process = subprocess.Popen(self.command, stdout=sink, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, start_new_session=True, cwd=RUN_DIR)
+                self.pid_file.write_text(f"{process.pid}\n")
+            finally:
+                os._exit(0)
+        os.waitpid(intermediate, 0)
 
     def stop(self, timeout_s: float = 20.0) -> bool:
         pid = self.pid()
