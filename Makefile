@@ -89,7 +89,8 @@ bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.sizing
-	$(BIN)/python -m bench.proxy --duration 3 --runs 7 --asgi
+	$(BIN)/python -m bench.proxy --duration 3 --runs 7
+	$(BIN)/python -m bench.slowloris --duration 3 --runs 3
 
 clean:
 	-test -x $(BIN)/python && $(BIN)/python -m factory.engine down

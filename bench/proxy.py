@@ -1,14 +1,15 @@
 """Benchmark the proxy against nginx, both in front of the same fast upstream.
 
-    .venv/bin/python bench/proxy.py [--duration 5] [--runs 3] [--connections 4 16] [--asgi]
+    .venv/bin/python -m bench.proxy [--duration 5] [--runs 3] [--connections 4 16] [--servers proxy uvicorn]
 
 wrk runs pinned to CPU 0; the upstream (nginx `return 200`), the reference proxy (nginx with
 `split_clients` and a keepalive upstream) and our proxy run pinned to CPU 1. Each round measures
-direct → upstream, nginx → upstream and proxy → upstream (and, with --asgi, the proxy on
-uvicorn's own ASGI protocol); rounds are interleaved so drift on a shared machine hits all
+direct → upstream, nginx → upstream, the proxy (`python -m proxy`, granian) → upstream and the
+same app on uvicorn + httptools; rounds are interleaved so drift on a shared machine hits all
 alike, and the table reports medians over rounds.
-Both proxies do the same work: a 90/10 split keyed on the X-User header (100 users) and a
-variant response header.
+Both proxies do the same work: a 90/10 split keyed on the X-User header (100 users), a copy of
+every request to a shadow upstream (nginx: `mirror`) and a variant response header; the proxy
+also counts every request in /metrics.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import psutil
 
 from bench.wrk import parse
+from proxy.settings import ProxySettings
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = '{"user_id": "u1", "rows": [{"sepal_length": 5.1, "sepal_width": 3.5}]}'
@@ -80,14 +83,22 @@ def reference_proxy_http(port: int, upstream_port: int) -> str:
     return textwrap.dedent(f"""\
         upstream variant_a {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
         upstream variant_b {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+        upstream shadow {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
         split_clients "{ROUTE}${{http_x_user}}" $variant {{ 90% a; * b; }}
         server {{
           listen 127.0.0.1:{port};
           location = {ROUTE} {{
+            mirror /_shadow;
             proxy_pass http://variant_$variant/predict;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             add_header X-Model-Variant $variant;
+          }}
+          location = /_shadow {{
+            internal;
+            proxy_pass http://shadow/predict;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
           }}
         }}""")
 
@@ -98,11 +109,13 @@ def routes_yaml(upstream_port: int) -> str:
         upstreams:
           a: {{url: "http://127.0.0.1:{upstream_port}/predict", model_version: "1"}}
           b: {{url: "http://127.0.0.1:{upstream_port}/predict", model_version: "2"}}
+          shadow: {{url: "http://127.0.0.1:{upstream_port}/predict", model_version: "3"}}
         routes:
           - path: {ROUTE}
             experiment: bench
             sticky_key: {{source: header, name: X-User}}
             variants: [{{name: a, upstream: a, weight: 90}}, {{name: b, upstream: b, weight: 10}}]
+            shadows: [shadow]
         """)
 
 
@@ -120,6 +133,17 @@ WRK_SCRIPT = textwrap.dedent("""\
       return requests[i]
     end
     """).replace("BODY", BODY)
+
+
+# `proxy` is the real thing (granian, proxy.serve); `uvicorn` runs the same ASGI app on uvicorn's
+# httptools protocol, the floor any maintained server should beat (it cannot enforce 431 or a
+# header read timeout, which is why it is not the proxy's server).
+SERVERS: dict[str, Callable[[int], list[str]]] = {
+    "proxy": lambda port: [sys.executable, "-m", "proxy", "--port", str(port)],
+    "uvicorn": lambda port: [sys.executable, "-m", "uvicorn", "--factory", "--http", "httptools", "--loop", "uvloop",
+                             "--no-access-log", "--log-level", "warning", "--port", str(port),
+                             "proxy.app:create_app_from_env"],
+}
 
 
 @dataclass
@@ -148,8 +172,8 @@ class Servers:
         self.work = work
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, args: list[str]) -> psutil.Process:
-        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *args], cwd=REPO, start_new_session=True,
+    def start(self, args: list[str], env: Optional[dict[str, str]] = None) -> psutil.Process:
+        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *args], cwd=REPO, start_new_session=True, env=env,
                                 stdout=subprocess.DEVNULL, stderr=open(self.work / "servers.log", "ab"))
         self.procs.append(proc)
         return psutil.Process(proc.pid)
@@ -178,10 +202,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[tuple[str, int], list[
         routes.write_text(routes_yaml(up_port))
         targets = {"direct": (f"http://127.0.0.1:{up_port}/predict", [upstream]),
                    "nginx": (f"http://127.0.0.1:{ref_port}{ROUTE}", [reference])}
-        for name, fast_path in [("proxy", "true"), ("proxy-asgi", "false")][:2 if args.asgi else 1]:
+        env = {**os.environ, **ProxySettings(routes=routes, log_level="warning").to_env()}
+        for name in args.servers:
             port = free_port()
-            proxy = servers.start([sys.executable, "-m", "proxy", "--routes", str(routes), "--port", str(port),
-                                   "--log-level", "warning", "--fast-path", fast_path])
+            proxy = servers.start(SERVERS[name](port), env)
             targets[name] = (f"http://127.0.0.1:{port}{ROUTE}", [proxy])
         for url, _ in targets.values():
             wait_port(int(url.split(":")[2].split("/")[0]))
@@ -228,12 +252,18 @@ def report(samples: dict[tuple[str, int], list[Sample]], connections: list[int],
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def round_arguments(description: str) -> argparse.ArgumentParser:
+    """--duration and --runs, shared by the proxy benchmarks."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    parser.add_argument("--runs", type=int, default=3, help="interleaved rounds; the table shows medians")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved rounds; the tables show medians")
+    return parser
+
+
+def main() -> int:
+    parser = round_arguments(__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 16])
-    parser.add_argument("--asgi", action="store_true", help="also measure the proxy with --fast-path false")
+    parser.add_argument("--servers", nargs="+", choices=sorted(SERVERS), default=["proxy", "uvicorn"])
     args = parser.parse_args()
     missing = [tool for tool in ("wrk", "nginx", "taskset") if shutil.which(tool) is None]
     if missing:
@@ -248,11 +278,12 @@ def main() -> int:
           f"servers on CPU {SERVER_CPU}\n")
     names = list(dict.fromkeys(name for name, _ in samples))
     print(report(samples, args.connections, names))
-    proxy = [median(samples[("proxy", c)], "rps") / median(samples[("nginx", c)], "rps") for c in args.connections]
-    added = [median(samples[("proxy", c)], "p99_ms") - median(samples[("direct", c)], "p99_ms")
-             for c in args.connections]
-    print(f"\ngoals: proxy/nginx throughput >= 0.50: {min(proxy):.2f} ({'met' if min(proxy) >= 0.5 else 'NOT met'}); "
-          f"added p99 <= 2 ms: {max(added):.2f} ms ({'met' if max(added) <= 2 else 'NOT met'})")
+    first = args.servers[0]
+    ratios = [median(samples[(first, c)], "rps") / median(samples[("nginx", c)], "rps") for c in args.connections]
+    print(f"\ngoal: {first}/nginx throughput >= 0.50: {min(ratios):.2f} ({'met' if min(ratios) >= 0.5 else 'NOT met'})")
+    if 16 in args.connections:
+        added = median(samples[(first, 16)], "p99_ms") - median(samples[("direct", 16)], "p99_ms")
+        print(f"goal: added p99 <= 1 ms at 16 connections: {added:.2f} ms ({'met' if added <= 1 else 'NOT met'})")
     return 0
 
 

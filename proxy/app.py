@@ -28,7 +28,8 @@ CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oa
 
 def create_app(settings: ProxySettings) -> DataPlane:
     metrics = ProxyMetrics()
-    client = UpstreamClient(settings.max_connections_per_upstream, settings.connect_timeout_s)
+    client = UpstreamClient(settings.max_connections_per_upstream, settings.connect_timeout_s,
+                            settings.max_response_bytes)
     store = RouteStore(settings.routes, metrics, CONTROL_PATHS, on_swap=lambda t: client.retain_only(t.origins))
     shadows = ShadowSender(client, metrics, settings.max_shadow_in_flight, settings.shadow_timeout_s)
 
@@ -54,7 +55,7 @@ def create_app(settings: ProxySettings) -> DataPlane:
 
 
 def create_app_from_env() -> DataPlane:
-    """Factory for uvicorn worker processes, which get their settings through the environment."""
+    """Factory for a server started by name (bench/proxy.py runs the app on uvicorn too); settings come from PROXY_*."""
     return create_app(ProxySettings.from_env())
 
 

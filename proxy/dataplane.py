@@ -1,9 +1,11 @@
 """The data path: what happens to a request for a model route, independent of the HTTP server.
 
-`DataPlane` is also the ASGI application uvicorn runs. Model routes never touch FastAPI: its
-routing, Request and Response objects cost 100-250 µs per request (FIELD_NOTES), several times
-what forwarding costs. Control paths (/healthz, /readyz, /metrics, docs) and lifespan events
-go to the FastAPI control app. `proxy.server` calls the same methods without ASGI at all.
+`DataPlane` is also the ASGI application granian runs (proxy.serve). Model routes never touch
+FastAPI: its routing, Request and Response objects cost 100-250 µs per request (FIELD_NOTES),
+several times what forwarding costs. Control paths (/healthz, /readyz, /metrics, docs) and
+lifespan events go to the FastAPI control app. Edges the server does not enforce are here:
+the body limit (413 before reading a declared length), the body read timeout (408, then the
+connection is closed), the forwarding headers.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class DataPlane:
         self._shadows = shadows
         self._metrics = metrics
         self._timeout = settings.upstream_timeout_s
+        self._body_timeout = settings.body_timeout_s
         self._force_name = settings.force_variant_header
         self._force_header = self._force_name.lower().encode("ascii") if self._force_name else None
         self._rng = random.Random()
@@ -106,32 +109,29 @@ class DataPlane:
     def disconnected(self, route: CompiledRoute, started: float) -> None:
         self._metrics.observe(route.path, NO_VARIANT, CLIENT_CLOSED, time.perf_counter() - started)
 
-    def forward_soon(self, route: CompiledRoute, headers: Headers, header_map: dict[bytes, bytes], body: bytes,
-                     started: float, on_reply: Callable[[Reply], None]) -> None:
-        """Pick the variant and send; `on_reply` gets the reply once the upstream has answered.
-
-        Callback style so the fast-path server needs no task or coroutine per request.
-        `header_map` is `dict(headers)`, which the caller has already built."""
+    async def forward(self, route: CompiledRoute, scope: Scope, body: bytes, started: float) -> Reply:
+        """Pick the variant, send, and wait for the upstream; every failure becomes a reply."""
+        headers = scope["headers"]
+        header_map = dict(headers)
         try:
             chosen = self._choose(route, header_map, body)
         except ProxyError as error:
-            on_reply(self.reject(route, error, started))
-            return
-        header_block = request_header_block(headers, header_map.get(b"connection"))
-        self._client.send(chosen.target, header_block, body, self._timeout, lambda result: on_reply(
-            self._finish(route, chosen, header_block, body, started, result)))
-
-    async def forward(self, route: CompiledRoute, headers: Headers, body: bytes, started: float) -> Reply:
+            return self.reject(route, error, started)
+        client = scope.get("client")
+        header_block = request_header_block(headers, header_map.get(b"connection"),
+                                            client[0].encode("latin-1") if client else None,
+                                            scope["scheme"].encode("latin-1"))
         future = asyncio.get_running_loop().create_future()
-        self.forward_soon(route, headers, dict(headers), body, started, functools.partial(resolve, future))
-        return await future
+        self._client.send(chosen.target, header_block, body, self._timeout, functools.partial(resolve, future))
+        return self._finish(route, chosen, header_block, body, started, await future)
 
     def _finish(self, route: CompiledRoute, chosen: CompiledVariant, header_block: bytes, body: bytes,
                 started: float, result: Union[UpstreamResponse, UpstreamError]) -> Reply:
         """Count the outcome and build the reply; shadows go out after the caller writes it."""
         if isinstance(result, UpstreamError):
             self._metrics.upstream_failure(route.path, chosen.name, result.kind)
-            error = errors.upstream_failed(result.kind, route.path, chosen.name, self._timeout)
+            error = errors.upstream_failed(result.kind, route.path, chosen.name, self._timeout,
+                                           self._client.max_response)
             self._metrics.observe(route.path, chosen.name, error.status, time.perf_counter() - started)
             return error_reply(error)
         if result.status >= 500:
@@ -171,16 +171,25 @@ class DataPlane:
         except ClientDisconnected:
             return self.disconnected(route, started)
         else:
-            reply = await self.forward(route, scope["headers"], body, started)
+            reply = await self.forward(route, scope, body, started)
         reply.headers.append((b"content-length", str(len(reply.body)).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body})
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes:
-        """The whole body, refused early on Content-Length and again on the bytes counted."""
+        """The whole body within the body timeout, refused early on Content-Length and again on
+        the bytes counted. Nothing is read before the Content-Length check, so a client sending
+        `Expect: 100-continue` gets the 413 instead of a 100."""
         declared = dict(headers).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise errors.body_too_large(self.max_body)
+        try:
+            async with asyncio.timeout(self._body_timeout):  # one timer per request, no task per chunk
+                return await self._receive_all(receive)
+        except TimeoutError:
+            raise errors.body_timeout(self._body_timeout) from None
+
+    async def _receive_all(self, receive: Receive) -> bytes:
         chunks, size = [], 0
         while True:
             message = await receive()

@@ -55,6 +55,15 @@ def body_too_large(limit: int) -> ProxyError:
     )
 
 
+def body_timeout(seconds: float) -> ProxyError:
+    return ProxyError(
+        408, "body_timeout",
+        f"the request body did not arrive within {seconds:g} s; send the whole body at once "
+        "(the operator can raise PROXY_BODY_TIMEOUT_S)",
+        headers=((b"connection", b"close"),),
+    )
+
+
 def invalid_json(path: str, field: str, detail: str) -> ProxyError:
     return ProxyError(
         400, "invalid_json",
@@ -75,7 +84,7 @@ def not_ready() -> ProxyError:
     return ProxyError(503, "not_ready", "the proxy has not loaded a routing table yet; retry in a few seconds")
 
 
-def upstream_failed(kind: str, path: str, variant: str, timeout: float) -> ProxyError:
+def upstream_failed(kind: str, path: str, variant: str, timeout: float, limit: int) -> ProxyError:
     service = f"the model service behind {path} (variant {variant})"
     if kind == "connect":
         return ProxyError(503, "upstream_unavailable",
@@ -83,5 +92,9 @@ def upstream_failed(kind: str, path: str, variant: str, timeout: float) -> Proxy
     if kind == "timeout":
         return ProxyError(504, "upstream_timeout",
                           f"{service} did not answer within {timeout:g} s; retry later or send fewer rows")
+    if kind == "too_large":
+        return ProxyError(502, "upstream_response_too_large",
+                          f"{service} answered with more than the proxy's limit of {limit} bytes; "
+                          "send fewer rows per request (the operator can raise PROXY_MAX_RESPONSE_BYTES)")
     return ProxyError(502, "upstream_error",
                       f"{service} closed the connection without a complete response; retry the request")

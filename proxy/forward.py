@@ -27,14 +27,16 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
      b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
-# The proxy sets framing and addressing itself; `expect` is dropped because the body is sent whole.
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+# The proxy sets framing, addressing and forwarding headers itself; `expect` is dropped because the
+# body is sent whole; a client-supplied X-Forwarded-Host is dropped, never passed on as if it were ours.
+_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+                              b"x-forwarded-host"}
 # Variant headers are the proxy's to set: an upstream must not be able to spoof them.
 _RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-model-variant", b"x-model-version"}
 
 
 class UpstreamError(Exception):
-    """A failed exchange. kind: connect | timeout | reset | protocol (used as a metric label)."""
+    """A failed exchange. kind: connect | timeout | reset | protocol | too_large (a metric label)."""
 
     def __init__(self, kind: str, detail: str, *, before_response: bool = False):
         super().__init__(f"{kind}: {detail}")
@@ -58,10 +60,20 @@ def _drop_set(connection: Optional[bytes], base: frozenset[bytes]) -> frozenset[
     return base | {token.strip().lower() for token in connection.split(b",")}
 
 
-def request_header_block(headers: list[tuple[bytes, bytes]], connection: Optional[bytes]) -> bytes:
-    """Client headers to pass on, already serialised; names arrive lower-cased from the server."""
+def request_header_block(headers: list[tuple[bytes, bytes]], connection: Optional[bytes],
+                         client_ip: Optional[bytes], scheme: bytes) -> bytes:
+    """Client headers to pass on, already serialised, plus the forwarding headers: the client's
+    address appended to any X-Forwarded-For it sent, X-Forwarded-Proto set to the scheme it used.
+    Names arrive lower-cased from the server."""
     drop = _drop_set(connection, _REQUEST_DROP)
-    return b"".join([name + b": " + value + b"\r\n" for name, value in headers if name not in drop])
+    lines = [name + b": " + value + b"\r\n" for name, value in headers if name not in drop]
+    chain = [value for name, value in headers if name == b"x-forwarded-for"]
+    if client_ip is not None:
+        chain.append(client_ip)
+    if chain:
+        lines.append(b"x-forwarded-for: " + b", ".join(chain) + b"\r\n")
+    lines.append(b"x-forwarded-proto: " + scheme + b"\r\n")
+    return b"".join(lines)
 
 
 def response_headers(response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
@@ -97,6 +109,7 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._connection_header: Optional[bytes] = None
         self._body: list[bytes] = []
+        self._size = 0
         self._received = False
         self._headers_done = False
         self._framed = False
@@ -104,7 +117,7 @@ class _Connection(asyncio.Protocol):
 
     def start(self, data: bytes, on_result: OnResult, deadline: float) -> None:
         self._on_result = on_result
-        self._headers, self._body = [], []
+        self._headers, self._body, self._size = [], [], 0
         self._connection_header = None
         self._received = self._headers_done = self._framed = False
         self._deadline = deadline
@@ -177,7 +190,16 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self._pool.max_response:
+            self._too_large()
+            return
         self._body.append(body)
+
+    def _too_large(self) -> None:
+        """Stop reading at once: the rest of the response is never buffered."""
+        self.close()
+        self._finish(UpstreamError("too_large", f"response over {self._pool.max_response} bytes"))
 
     def on_message_complete(self) -> None:
         self._headers_done = False
@@ -204,7 +226,8 @@ def _expire(waiter: asyncio.Future, detail: str) -> None:
 class _Pool:
     """Connections to one origin: LIFO idle reuse, a cap on open connections, FIFO waiters."""
 
-    def __init__(self, target: Target, limit: int, connect_timeout: float):
+    def __init__(self, target: Target, limit: int, connect_timeout: float, max_response: int):
+        self.max_response = max_response
         # Kept: asyncio.get_running_loop() makes a getpid() system call on every use.
         self.loop = asyncio.get_running_loop()
         self._target = target
@@ -352,7 +375,8 @@ class _Pool:
 class UpstreamClient:
     """Pools keyed by origin; every address comes from a compiled routing-table Target."""
 
-    def __init__(self, limit_per_upstream: int, connect_timeout: float):
+    def __init__(self, limit_per_upstream: int, connect_timeout: float, max_response: int):
+        self.max_response = max_response
         self._limit = limit_per_upstream
         self._connect_timeout = connect_timeout
         self._pools: dict[tuple[str, str, int], _Pool] = {}
@@ -361,7 +385,8 @@ class UpstreamClient:
         """POST to `target`; `on_result` gets the UpstreamResponse or UpstreamError, once."""
         pool = self._pools.get(target.origin)
         if pool is None:
-            pool = self._pools[target.origin] = _Pool(target, self._limit, self._connect_timeout)
+            pool = self._pools[target.origin] = _Pool(target, self._limit, self._connect_timeout,
+                                                                  self.max_response)
         head = b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n" % (
             target.request_target, target.host_header, len(body))
         deadline = pool.loop.time() + timeout

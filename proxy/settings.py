@@ -29,8 +29,14 @@ class ProxySettings(BaseModel):
     max_shadow_in_flight: int = Field(64, ge=0, description="shadow copies over this are dropped and counted")
     force_variant_header: Optional[HeaderName] = Field(
         None, description="header that lets QA force a variant; unset (off) in production")
-    fast_path: bool = Field(True, description="serve model routes with proxy.server's protocol instead of "
-                            "uvicorn's ASGI one (same behaviour, a fraction of the CPU)")
+    max_header_bytes: int = Field(16_384, ge=8_192, description="request line plus header section (at most 100 "
+                                  "header fields, fixed by the server); larger → 431")
+    header_timeout_s: float = Field(10.0, ge=0.001, le=60, description="reading a request's header section, also "
+                                    "on an idle keep-alive connection; over it the connection is closed")
+    body_timeout_s: float = Field(10.0, gt=0, description="reading a whole request body; over it → 408 and close")
+    max_response_bytes: int = Field(16_777_216, ge=0, description="larger upstream responses → 502")
+    drain_timeout_s: int = Field(20, ge=1, le=1800, description="on SIGTERM, time in-flight requests get to finish "
+                                 "before the proxy exits (the Deployment's grace period covers it)")
     reload_interval_s: float = Field(1.0, ge=0, description="routes file mtime poll; 0 = reload on SIGHUP only")
 
     @classmethod
@@ -45,5 +51,5 @@ class ProxySettings(BaseModel):
         return cls.model_validate(values)
 
     def to_env(self) -> dict[str, str]:
-        """The same settings as environment variables, for worker processes started by uvicorn."""
+        """The same settings as PROXY_* environment variables, for `create_app_from_env` in another process."""
         return {ENV_PREFIX + name.upper(): str(value) for name, value in self.model_dump().items() if value is not None}

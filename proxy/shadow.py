@@ -24,7 +24,6 @@ class ShadowSender:
         self._limit = limit
         self._timeout = timeout
         self._tasks: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
-        metrics.shadows_in_flight.set_function(lambda: len(self._tasks))
 
     def submit(self, route: str, targets: tuple[Target, ...], header_block: bytes, body: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -34,7 +33,12 @@ class ShadowSender:
                 continue
             task = loop.create_task(self._send(route, target, header_block, body))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._metrics.shadows_in_flight.inc()  # inc/dec, not set_function: works across worker processes
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._metrics.shadows_in_flight.dec()
 
     async def _send(self, route: str, target: Target, header_block: bytes, body: bytes) -> None:
         try:

@@ -112,7 +112,10 @@ def test_proxy_manifests_mount_every_shard_and_roll_on_change() -> None:
     deployment = parsed(files["proxy/deployment.yaml"])
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "proxy", "--routes", "/etc/model-factory",
-                                 "--host", "0.0.0.0", "--port", "8000"]
+                                 "--host", "0.0.0.0", "--port", "8000", "--drain-timeout-s", "20"]
+    # The kubelet's SIGKILL must come after the preStop sleep and the proxy's whole drain time.
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > pre_stop + 20
     assert container["volumeMounts"][0]["mountPath"] == "/etc/model-factory"
     assert [source["configMap"] for source in deployment["spec"]["template"]["spec"]["volumes"][0]["projected"]
             ["sources"]] == [{"name": f"model-factory-proxy-routes-00{i}", "items": [

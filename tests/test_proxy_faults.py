@@ -90,4 +90,40 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path, make_proxy, upstrea
         proxy.process.send_signal(signal.SIGTERM)
         reply = in_flight.result(timeout=5)
     assert reply.status == 200 and reply.headers["connection"] == "close"
-    assert proxy.process.popen.wait(timeout=5) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    assert proxy.process.popen.wait(timeout=5) == 0
+
+
+def test_sigterm_stops_accepting_and_exits_after_the_drain_time(tmp_path, make_proxy, upstreams):  # noqa: F811
+    path = write_routes(tmp_path / "routes.yaml", {"a": (upstreams["a"].url, "1")}, [plain_route("/m", "a")])
+    proxy = make_proxy(path, drain_timeout_s=1)
+    before = upstreams["a"].posts()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(proxy.post, "/m", b"{}", {"x-test-behaviour": "sleep:60"}, 70)
+        wait_until(lambda: upstreams["a"].posts() > before, 5, "the request to reach the upstream")
+        proxy.process.send_signal(signal.SIGTERM)
+        assert proxy.process.popen.wait(timeout=30) in (0, 1)  # a bound far below the upstream's 60 s
+        try:
+            outcome = stuck.result(timeout=5).status
+        except OSError as exc:  # cut off after the drain time: a reset or a closed connection
+            outcome = type(exc).__name__
+    assert outcome != 200
+    try:
+        proxy.post("/m", timeout=2)
+        accepted = True
+    except OSError:
+        accepted = False
+    assert not accepted
+
+
+def test_metrics_add_up_every_worker(tmp_path, make_proxy, upstreams):  # noqa: F811
+    import psutil
+
+    path = write_routes(tmp_path / "routes.yaml", {"a": (upstreams["a"].url, "1")}, [plain_route("/m", "a")])
+    proxy = make_proxy(path, workers=2)
+    workers = psutil.Process(proxy.process.popen.pid).children()
+    assert len(workers) == 2
+    for _ in range(40):
+        assert proxy.post("/m").status == 200  # a fresh connection each: either worker may take it
+    # Every scrape, whichever worker answers it, sees all 40.
+    assert {proxy.metric("proxy_requests_total", route="/m", status="200") for _ in range(10)} == {40}
+    assert {proxy.metric("proxy_request_duration_seconds_count", route="/m") for _ in range(5)} == {40}

@@ -33,11 +33,10 @@ def routes_file(upstreams, tmp_path_factory) -> Path:  # noqa: F811
     ])
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["fast-path", "asgi-path"])
-def proxy(request, routes_file) -> Proxy:
-    """Every test runs against both servers: the fast-path protocol and uvicorn's ASGI one."""
+@pytest.fixture(scope="module")
+def proxy(routes_file) -> Proxy:
     started = start_proxy(routes_file, force_variant_header=FORCE, max_body_bytes=MAX_BODY,
-                          upstream_timeout_s=TIMEOUT, connect_timeout_s=0.5, fast_path=request.param)
+                          upstream_timeout_s=TIMEOUT, connect_timeout_s=0.5)
     yield started
     started.process.stop()
 

@@ -24,7 +24,7 @@ def test_image_pins_match_requirements_lock() -> None:
 
 def test_image_pins_cover_every_third_party_import_of_the_proxy() -> None:
     distributions = {"fastapi": "fastapi", "starlette": "fastapi", "httptools": "httptools", "yaml": "pyyaml",
-                     "prometheus_client": "prometheus-client", "pydantic": "pydantic", "uvicorn": "uvicorn",
+                     "prometheus_client": "prometheus-client", "pydantic": "pydantic", "granian": "granian",
                      "uvloop": "uvloop"}
     imported = set()
     for source in (ROOT / "proxy").glob("*.py"):

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from proxy.dataplane import sticky_key
 from proxy.errors import ProxyError
 from proxy.forward import UpstreamClient, UpstreamError, UpstreamResponse, request_header_block, response_headers
 from proxy.metrics import ProxyMetrics
-from proxy.reload import RouteStore
+from proxy.reload import RouteStore, describe_error
 from proxy.routing import RouteTable, compile_table
 from proxy.settings import ProxySettings
 from tests.proxy_support.harness import REPO, experiment_route, plain_route, write_routes
@@ -57,8 +58,20 @@ def test_settings_flags_override_environment_which_overrides_defaults():
 def test_request_headers_drop_hop_by_hop_and_connection_listed():
     headers = [(b"connection", b"close, X-Private"), (b"x-private", b"1"), (b"host", b"evil"),
                (b"content-length", b"3"), (b"te", b"trailers"), (b"x-user", b"u")]
-    block = request_header_block(headers, dict(headers).get(b"connection"))
-    assert block == b"x-user: u\r\n"
+    block = request_header_block(headers, dict(headers).get(b"connection"), None, b"http")
+    assert block == b"x-user: u\r\nx-forwarded-proto: http\r\n"
+
+
+@pytest.mark.parametrize("sent, expected_for", [
+    ([], b"10.0.0.9"),
+    ([(b"x-forwarded-for", b"1.1.1.1")], b"1.1.1.1, 10.0.0.9"),
+    ([(b"x-forwarded-for", b"1.1.1.1, 2.2.2.2"), (b"x-forwarded-for", b"3.3.3.3")],
+     b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"),
+])
+def test_forwarding_headers_append_the_client_and_replace_proto_and_host(sent, expected_for):
+    headers = [*sent, (b"x-forwarded-host", b"evil.example"), (b"x-forwarded-proto", b"https"), (b"x-user", b"u")]
+    block = request_header_block(headers, None, b"10.0.0.9", b"http")
+    assert block == b"x-user: u\r\nx-forwarded-for: " + expected_for + b"\r\nx-forwarded-proto: http\r\n"
 
 
 def test_response_headers_drop_hop_by_hop_and_spoofed_variant():
@@ -147,7 +160,7 @@ def test_a_request_dropped_unanswered_on_a_reused_connection_is_retried_once():
             writer.close()  # the keep-alive race: the server gave up on the connection as the request came
 
         server, port = await _serve(answer_once_then_drop)
-        client = UpstreamClient(4, 1.0)
+        client = UpstreamClient(4, 1.0, 1024)
         first = await client.post(_target(port), b"", b"{}", 2.0)
         second = await client.post(_target(port), b"x-a: 1\r\n", b"{}", 2.0)
         client.close()
@@ -173,7 +186,7 @@ def test_pool_limit_queues_requests_and_the_deadline_applies():
                 await writer.drain()
 
         server, port = await _serve(slow)
-        client = UpstreamClient(1, 1.0)
+        client = UpstreamClient(1, 1.0, 1024)
         target = _target(port)
         first = asyncio.ensure_future(client.post(target, b"", b"{}", 5.0))
         await asyncio.sleep(0.05)
@@ -197,7 +210,7 @@ def test_chunked_and_close_delimited_responses_are_read_whole():
             writer.close()
 
         server, port = await _serve(reply)
-        client = UpstreamClient(1, 1.0)
+        client = UpstreamClient(1, 1.0, 1024)
         result = await client.post(_target(port), b"", b"{}", 2.0)
         client.close()
         server.close()
@@ -206,6 +219,28 @@ def test_chunked_and_close_delimited_responses_are_read_whole():
     chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
     assert asyncio.run(scenario(chunked)) == (200, b"{}")
     assert asyncio.run(scenario(b"HTTP/1.1 201 Created\r\nconnection: close\r\n\r\n[1]")) == (201, b"[1]")
+
+
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n" + b"x" * 2000,
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"400\r\n" + b"x" * 1024 + b"\r\n" * 2,
+], ids=["content-length", "chunked"])
+def test_a_response_over_the_limit_is_an_error_and_the_connection_is_dropped(response):
+    async def scenario():
+        async def reply(reader, writer):
+            await _read_request(reader)
+            writer.write(response)
+            await writer.drain()
+
+        server, port = await _serve(reply)
+        client = UpstreamClient(1, 1.0, 1000)
+        with pytest.raises(UpstreamError) as caught:
+            await client.post(_target(port), b"", b"{}", 2.0)
+        client.close()
+        server.close()
+        return caught.value.kind
+
+    assert asyncio.run(scenario()) == "too_large"
 
 
 def test_not_ready_until_a_table_loads(tmp_path):
@@ -241,3 +276,16 @@ def test_not_ready_until_a_table_loads(tmp_path):
     assert [status for status, _ in before] == [503, 503]
     assert b'"not_ready"' in before[0][1] and b'"not_ready"' in before[1][1]
     assert reloaded and after == (200, b'{"status":"ready","routes":1}')
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("max_header_bytes", "4096", "max_header_bytes: Input should be greater than or equal to 8192"),
+    ("header_timeout_s", "61", "header_timeout_s: Input should be less than or equal to 60"),
+    ("body_timeout_s", "0", "body_timeout_s: Input should be greater than 0"),
+    ("max_response_bytes", "-1", "max_response_bytes: Input should be greater than or equal to 0"),
+    ("drain_timeout_s", "0", "drain_timeout_s: Input should be greater than or equal to 1"),
+])
+def test_edge_settings_out_of_range_are_refused_by_name(flag, value, message):
+    with pytest.raises(ValidationError) as caught:
+        ProxySettings.from_env({"PROXY_ROUTES": "r.yaml", "PROXY_" + flag.upper(): value})
+    assert describe_error(caught.value) == message

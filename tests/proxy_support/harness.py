@@ -89,7 +89,8 @@ class Process:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def send_signal(self, sig: int) -> None:
-        os.killpg(self.popen.pid, sig)
+        """To the main process only, as Kubernetes and `kill` do (teardown signals the group)."""
+        os.kill(self.popen.pid, sig)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.popen is None or self.popen.poll() is not None:

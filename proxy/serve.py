@@ -1,0 +1,56 @@
+"""Run the proxy's ASGI app on granian, with the HTTP edges enforced by the server itself.
+
+granian (hyper underneath) answers these before the app sees a request: header sections over
+`max_header_bytes` or with more than 100 fields → 431; a header section not complete within
+`header_timeout_s` (also an idle keep-alive connection) → connection closed; HEAD responses
+without a body; `Expect: 100-continue` answered only when the app reads the body (so an early
+413 or 404 never sends 100); pipelined requests answered in order; Content-Length together with
+Transfer-Encoding framed by the chunked body and the connection closed after the answer.
+Body read timeouts, body and upstream response limits are the app's (proxy.dataplane).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from granian.constants import HTTPModes, Interfaces, Loops
+from granian.http import HTTP1Settings
+from granian.log import LogLevels
+from granian.server import MPServer
+
+from proxy.app import create_app
+from proxy.metrics import prepare_multiprocess
+from proxy.settings import ProxySettings
+
+
+class _Server(MPServer):
+    def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
+        """SIGHUP re-reads the routes file in every worker, keeping each one's table if the file
+        is bad; granian's own SIGHUP would respawn the workers, which then start without a table."""
+        for worker in self.wrks:
+            if worker.inner.pid is not None:
+                os.kill(worker.inner.pid, signal.SIGHUP)
+
+
+def _log_config(level: str) -> dict:
+    return {"loggers": {"_granian": {"handlers": ["console"], "level": "INFO", "propagate": False},
+                        "proxy": {"handlers": ["console"], "level": level.upper(), "propagate": False}}}
+
+
+def serve(settings: ProxySettings, metrics_dir: Path) -> None:
+    """Blocks until SIGTERM/SIGINT and the drain that follows; workers fork from this process."""
+    prepare_multiprocess(metrics_dir if settings.workers > 1 else None)
+    server = _Server(
+        "proxy", address=settings.host, port=settings.port, interface=Interfaces.ASGI, workers=settings.workers,
+        loop=Loops.uvloop, http=HTTPModes.http1, websockets=False,
+        http1_settings=HTTP1Settings(header_read_timeout=max(1, round(settings.header_timeout_s * 1000)),
+                                     max_buffer_size=settings.max_header_bytes),
+        log_level=LogLevels(settings.log_level), log_dictconfig=_log_config(settings.log_level),
+        log_access=False,  # /metrics counts every request; an access log costs more CPU than forwarding
+        workers_kill_timeout=settings.drain_timeout_s,
+    )
+    server.serve(target_loader=functools.partial(create_app, settings), wrap_loader=False)

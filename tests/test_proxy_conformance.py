@@ -1,0 +1,215 @@
+"""HTTP/1.1 edges, tried as a hostile client would: exact bytes over raw sockets to a real
+`python -m proxy` (granian) in front of a real upstream process.
+
+Which layer answers each edge is in proxy/serve.py's docstring: the server (431, header
+timeout, HEAD, 100-continue, pipelining, framing) or the app (413, 408 on the body, 502 on a
+large upstream response, forwarding headers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.proxy_support.fixtures import upstreams  # noqa: F401 (pytest fixture)
+from tests.proxy_support.harness import Proxy, plain_route, start_proxy, write_routes
+from tests.proxy_support.rawhttp import EOF_MARK, TIMEOUT_MARK, connect, exchange, post, read_until_quiet
+
+MAX_BODY = 4096
+MAX_RESPONSE = 2048
+GOOD = post("/m", b'{"n": 1}')
+
+
+@pytest.fixture(scope="module")
+def proxy(upstreams, tmp_path_factory) -> Proxy:  # noqa: F811
+    routes = write_routes(tmp_path_factory.mktemp("routes") / "routes.yaml",
+                          {"a": (upstreams["a"].url, "1")}, [plain_route("/m", "a")])
+    started = start_proxy(routes, max_body_bytes=MAX_BODY, max_response_bytes=MAX_RESPONSE,
+                          header_timeout_s=1, body_timeout_s=1)
+    yield started
+    started.process.stop()
+
+
+@pytest.fixture
+def posts(upstreams):  # noqa: F811
+    """How many POSTs the upstream received since the test started."""
+    before = upstreams["a"].posts()
+    return lambda: upstreams["a"].posts() - before
+
+
+def test_head_never_carries_a_body_and_keeps_the_connection_framed(proxy):
+    raw = b"HEAD /m HTTP/1.1\r\nHost: proxy.test\r\n\r\n" + GOOD
+    head, after = exchange(proxy.port, raw).responses(head_only=frozenset({0}))
+    assert (head.status, head.headers["allow"], head.body) == (405, "POST", b"")
+    assert int(head.headers["content-length"]) > 0  # the length a GET would have had, no bytes
+    assert after.status == 200 and after.json()["body"] == '{"n": 1}'
+
+
+@pytest.mark.parametrize("expect", [(), ("Expect: 100-continue",)], ids=["plain", "expect-100"])
+def test_declared_body_over_the_limit_is_413_before_it_is_read(proxy, posts, expect):
+    head = post("/m", b"", *expect).replace(b"Content-Length: 0", b"Content-Length: 1073741824")
+    result = exchange(proxy.port, head)  # the body is never sent
+    [reply] = result.responses()
+    assert reply.status == 413 and reply.json()["error"]["code"] == "body_too_large"
+    assert b"100 Continue" not in result.raw
+    assert result.ended_by == EOF_MARK and posts() == 0
+
+
+def test_expect_100_on_an_unknown_route_is_404_without_100(proxy):
+    result = exchange(proxy.port, post("/nope", b"", "Expect: 100-continue").replace(
+        b"Content-Length: 0", b"Content-Length: 10"))
+    assert b"100 Continue" not in result.raw
+    assert [r.status for r in result.responses()] == [404]
+
+
+def test_expect_100_within_the_limit_gets_100_then_the_answer(proxy):
+    body = b'{"e": 1}'
+    with connect(proxy.port) as sock:
+        sock.sendall(post("/m", body, "Expect: 100-continue")[:-len(body)])
+        interim = read_until_quiet(sock, 1.0, expect=1)
+        assert interim.raw.startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(body)
+        [reply] = read_until_quiet(sock, 1.0, expect=1).responses()
+    assert reply.status == 200 and reply.json()["body"] == body.decode()
+
+
+def test_100_continue_is_not_written_before_earlier_pipelined_answers(proxy):
+    second = post("/m", b"{}", "Expect: 100-continue")[:-2]
+    raw = exchange(proxy.port, GOOD + second).raw
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.index(b"200 OK") < raw.index(b"100 Continue")
+
+
+@pytest.mark.parametrize("size, forwarded", [(15_000, True), (17_000, False)])
+def test_header_section_over_16_kib_is_431(proxy, posts, size, forwarded):
+    pads = [f"X-Pad-{i}: " + "p" * (size // 4) for i in range(4)]  # each field under the upstream's own limit
+    [reply] = exchange(proxy.port, post("/m", b"{}", *pads), expect=1).responses()
+    # Forwarded, the echo of those headers is over MAX_RESPONSE: 502 shows it reached the upstream.
+    assert reply.status == (502 if forwarded else 431)
+    assert posts() == forwarded
+
+
+@pytest.mark.parametrize("count, status", [(90, 200), (101, 431)])
+def test_more_than_100_header_fields_is_431(proxy, posts, count, status):
+    fields = [f"X-F{i}: v" for i in range(count - 2)]  # plus Host and Content-Length
+    result = exchange(proxy.port, post("/m", b"{}", *fields), expect=1)
+    assert [r.status for r in result.responses()] == [status]
+    assert posts() == (status == 200)
+
+
+def test_a_header_section_that_never_finishes_is_closed(proxy, posts):
+    with connect(proxy.port) as sock:
+        sock.sendall(b"POST /m HTTP/1.1\r\nHost: proxy.test\r\n")
+        result = read_until_quiet(sock, quiet=5.0)
+    assert result.ended_by == EOF_MARK and posts() == 0
+
+
+def test_an_idle_keep_alive_connection_is_closed(proxy):
+    with connect(proxy.port) as sock:
+        sock.sendall(GOOD)
+        assert read_until_quiet(sock, 5.0, expect=1).responses()[0].status == 200
+        assert read_until_quiet(sock, quiet=5.0).ended_by == EOF_MARK
+
+
+def test_a_body_that_stops_arriving_is_408_and_closed(proxy, posts):
+    result = exchange(proxy.port, post("/m", b"").replace(b"Content-Length: 0", b"Content-Length: 50") + b'{"a"',
+                      quiet=5.0)
+    [reply] = result.responses()
+    assert (reply.status, reply.headers["connection"]) == (408, "close")
+    assert reply.json() == {"error": {"code": "body_timeout", "message":
+                            "the request body did not arrive within 1 s; send the whole body at once "
+                            "(the operator can raise PROXY_BODY_TIMEOUT_S)"}}
+    assert result.ended_by == EOF_MARK and posts() == 0
+
+
+def test_upstream_response_over_the_limit_is_502_json(proxy):
+    [reply] = exchange(proxy.port, post("/m", b"x" * MAX_RESPONSE), expect=1).responses()
+    assert reply.status == 502
+    assert reply.json() == {"error": {"code": "upstream_response_too_large", "message":
+                            f"the model service behind /m (variant main) answered with more than the proxy's "
+                            f"limit of {MAX_RESPONSE} bytes; send fewer rows per request (the operator can "
+                            "raise PROXY_MAX_RESPONSE_BYTES)"}}
+    assert proxy.metric("proxy_upstream_failures_total", route="/m", kind="too_large") >= 1
+
+
+def test_garbage_after_a_good_request_does_not_lose_its_answer(proxy, posts):
+    result = exchange(proxy.port, GOOD + b"\x00\x01 NOT HTTP AT ALL\r\n\r\n")
+    good, bad = result.responses()
+    assert good.status == 200 and good.json()["body"] == '{"n": 1}'
+    assert bad.status == 400 and result.ended_by == EOF_MARK
+    assert posts() == 1
+
+
+def test_chunked_body_is_forwarded_whole(proxy):
+    raw = (b"POST /m HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\n{\"c\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+    [reply] = exchange(proxy.port, raw, expect=1).responses()
+    assert reply.status == 200 and reply.json()["body"] == '{"c": 1}'
+    assert reply.json()["headers"]["Content-Length"] == "8"
+
+
+def test_chunked_body_over_the_limit_is_413(proxy, posts):
+    chunk = b"%x\r\n" % 3000 + b"y" * 3000 + b"\r\n"
+    raw = b"POST /m HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2 + b"0\r\n\r\n"
+    [reply] = exchange(proxy.port, raw, expect=1).responses()
+    assert reply.status == 413 and posts() == 0
+
+
+def test_pipelined_requests_are_answered_in_order(proxy):
+    raw = (post("/m", b'{"i": 1}') + b"GET /healthz HTTP/1.1\r\nHost: proxy.test\r\n\r\n" + post("/m", b'{"i": 3}')
+           + post("/nope", b"{}"))
+    replies = exchange(proxy.port, raw, expect=4).responses()
+    assert [r.status for r in replies] == [200, 200, 200, 404]
+    assert [replies[0].json()["body"], replies[1].json(), replies[2].json()["body"]] == [
+        '{"i": 1}', {"status": "ok"}, '{"i": 3}']
+
+
+def test_http_1_0_gets_an_answer_and_a_close(proxy):
+    result = exchange(proxy.port, b"POST /m HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}")
+    [reply] = result.responses()
+    assert (reply.version, reply.status) == ("HTTP/1.0", 200) and result.ended_by == EOF_MARK
+
+
+def test_content_length_with_transfer_encoding_is_framed_by_chunks_and_closed(proxy, posts):
+    """RFC 9112 §6.3: Transfer-Encoding wins, and the connection closes after the answer, so
+    what Content-Length would have framed as a second request is never run (no smuggling)."""
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: proxy.test\r\n\r\n"
+    raw = (b"POST /m HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"2\r\n{}\r\n0\r\n\r\n" + smuggled)
+    result = exchange(proxy.port, raw)
+    [reply] = result.responses()
+    assert reply.status == 200 and reply.json()["body"] == "{}"
+    assert result.ended_by == EOF_MARK and posts() == 1
+
+
+def test_conflicting_content_lengths_are_400(proxy, posts):
+    result = exchange(proxy.port, post("/m", b"{}x", "Content-Length: 2"))
+    assert [r.status for r in result.responses()] == [400]
+    assert result.ended_by == EOF_MARK and posts() == 0
+
+
+def test_absolute_form_target_routes_by_path_and_never_picks_the_host(proxy, upstreams):  # noqa: F811
+    raw = post("http://evil.example:9/m", b"{}")
+    [reply] = exchange(proxy.port, raw, expect=1).responses()
+    assert reply.status == 200
+    assert reply.json()["upstream"] == "a" and reply.json()["headers"]["Host"] == f"127.0.0.1:{upstreams['a'].port}"
+
+
+def test_forwarding_headers(proxy):
+    raw = post("/m", b"{}", "X-Forwarded-For: 203.0.113.7", "X-Forwarded-Host: evil.example",
+               "X-Forwarded-Proto: https")
+    [reply] = exchange(proxy.port, raw, expect=1).responses()
+    sent = reply.json()["headers"]
+    assert sent["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
+    assert sent["X-Forwarded-Proto"] == "http"
+    assert "X-Forwarded-Host" not in sent
+
+
+def test_the_connection_stays_usable_after_each_answer(proxy):
+    """Keep-alive: the same socket carries requests one after another, each answered whole."""
+    with connect(proxy.port) as sock:
+        for i in range(5):
+            sock.sendall(post("/m", b'{"k": %d}' % i))
+            [reply] = read_until_quiet(sock, 5.0, expect=1).responses()
+            assert reply.json()["body"] == '{"k": %d}' % i
+        assert read_until_quiet(sock, 0.2).ended_by == TIMEOUT_MARK
