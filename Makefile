@@ -12,10 +12,20 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
+# Docker: an engine already on the default socket (a laptop's) is used as it is; otherwise the project runs
+# its own on a socket of its own (never the default one, which other tools probe), with a registry on
+# 127.0.0.1:5000. `make engine` installs and starts them as root; elsewhere image tests skip, saying why.
+ENGINE_SOCKET := /run/model-factory/docker.sock
+DOCKER_HOST ?= $(shell [ -S /var/run/docker.sock ] && echo unix:///var/run/docker.sock || echo unix://$(ENGINE_SOCKET))
+export DOCKER_HOST
+ENGINE_APT := docker.io docker-registry debootstrap
+# Where demo and tests push (models.yaml names the production registry).
+LOCAL_IMAGE_REGISTRY := 127.0.0.1:5000/model-factory
+
 FACTORY := $(BIN)/factory
 REGISTRY := registry/mlflow.db
 
-.PHONY: demo test venv tools apt-tools registry bench clean
+.PHONY: demo test venv tools apt-tools engine registry bench clean
 
 venv: $(STAMP)
 
@@ -41,6 +51,17 @@ apt-tools:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq $$missing >/dev/null; \
 	fi
 
+# Engine, registry and base image (built once from Debian packages, reused while its recipe is unchanged).
+engine: venv
+	@if [ "$$(id -u)" = 0 ] && [ "$(DOCKER_HOST)" = "unix://$(ENGINE_SOCKET)" ] && \
+	    ! { command -v dockerd && command -v docker-registry && command -v debootstrap; } >/dev/null; then \
+	  echo "installing: $(ENGINE_APT)"; \
+	  env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq && \
+	  env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
+	    $(ENGINE_APT) >/dev/null; \
+	fi
+	$(BIN)/python -m factory.engine up $$PPID
+
 # The example MLflow registry (sqlite + artifacts under registry/), trained and registered once.
 registry: $(REGISTRY)
 
@@ -49,17 +70,19 @@ $(REGISTRY): examples/train.py $(STAMP)
 	$(BIN)/python examples/train.py --registry registry
 
 # The whole factory on the example models.yaml: validate -> render -> build -> test -> manifests.
-demo: venv $(REGISTRY)
+demo: export FACTORY_IMAGE_REGISTRY ?= $(LOCAL_IMAGE_REGISTRY)
+demo: venv engine $(REGISTRY)
 	$(FACTORY) validate
 	$(FACTORY) routes
 	$(FACTORY) render -o build
-	$(FACTORY) build --all
+	$(FACTORY) build --all --proxy
 	$(FACTORY) test --all
 	$(FACTORY) manifests --all --proxy
 	$(FACTORY) summary
 
-test: venv tools
-	$(BIN)/python -m pytest -n 2 -q
+# As root (CI) image tests must run: an engine that cannot start fails them instead of skipping.
+test: venv tools engine
+	FACTORY_REQUIRE_ENGINE=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(BIN)/python -m pytest -n 2 -q
 
 # Every benchmark, each printing its side-by-side comparison (see BENCHMARKS.md); ~10 minutes.
 bench: venv tools $(REGISTRY)
@@ -72,4 +95,5 @@ bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.slowloris --duration 3 --runs 3
 
 clean:
+	-test -x $(BIN)/python && $(BIN)/python -m factory.engine down
 	rm -rf build factory-state registry .pytest_cache .hypothesis

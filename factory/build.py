@@ -20,7 +20,8 @@ from typing import Callable, Iterable, Optional
 
 from factory import golden
 from factory.catalog import Catalog, ModelSpec
-from factory.errors import BuildError, StateError
+from factory.errors import BuildError, FactoryError, StateError
+from factory.images import ImageStep
 from factory.loader import load_catalog, select_models
 from factory.registry import Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
@@ -37,22 +38,30 @@ class BuildOutcome:
     record: BuildRecord
     skipped: bool
     seconds: float
+    image_error: str = ""
 
 
-def build_command(catalog_path: Path, names: Iterable[str], everything: bool, progress: Progress) -> list[BuildOutcome]:
+def build_command(catalog_path: Path, names: Iterable[str], everything: bool, progress: Progress,
+                  images: bool = True, proxy: bool = False) -> list[BuildOutcome]:
     catalog = load_catalog(catalog_path)
-    models = select_models(catalog, names, everything)
+    names = list(names)
+    models = [] if proxy and not names and not everything else select_models(catalog, names, everything)
     state = StateDir.from_env().activate()
+    image_step = ImageStep(catalog, state, images)
+    if image_step.skipped:
+        progress(f"images skipped: {image_step.skipped}; wrote Dockerfiles instead (see each build record)")
     builder = Builder(catalog, render_catalog(catalog, source=catalog_path.name),
-                      Registry(catalog, tracking_uri(Path.cwd())), state, progress)
+                      Registry(catalog, tracking_uri(Path.cwd())), state, progress, image_step)
     outcomes = []
     for position, model in enumerate(models, start=1):
         outcome = builder.build(model)
         outcomes.append(outcome)
         progress(f"[{position}/{len(models)}] {model.name}: {_describe(outcome)}")
-    if any(not o.skipped and not o.record.image_built for o in outcomes):
-        progress("no Docker engine reachable: wrote Dockerfiles instead of images (see each record's dockerfile)")
+    proxy_error = image_step.proxy(progress) if proxy else ""
     check_experiment_inputs(catalog, state)
+    failures = [outcome.image_error for outcome in outcomes if outcome.image_error] + [proxy_error] * bool(proxy_error)
+    if failures:
+        raise BuildError(f"{len(failures)} image(s) failed (the other builds are recorded):\n" + "\n".join(failures))
     return outcomes
 
 
@@ -73,19 +82,25 @@ def check_experiment_inputs(catalog: Catalog, state: StateDir) -> None:
 
 
 def _describe(outcome: BuildOutcome) -> str:
-    if outcome.skipped:
-        return f"unchanged, skipped ({outcome.record.bento_tag})"
-    return f"built {outcome.record.bento_tag} in {outcome.seconds:.1f} s"
+    record = outcome.record
+    text = (f"unchanged, skipped ({record.bento_tag})" if outcome.skipped
+            else f"built {record.bento_tag} in {outcome.seconds:.1f} s")
+    if outcome.image_error:
+        return f"{text}; image FAILED (below)"
+    if record.image_built:
+        return f"{text}; image {record.image_ref} ({record.image_size_bytes / 2**20:.0f} MiB)"
+    return text
 
 
 class Builder:
     def __init__(self, catalog: Catalog, rendered: dict[str, str], registry: Registry, state: StateDir,
-                 progress: Progress):
+                 progress: Progress, image_step: ImageStep):
         self.catalog = catalog
         self.rendered = rendered
         self.registry = registry
         self.state = state
         self.progress = progress
+        self.image_step = image_step
 
     def build(self, model: ModelSpec) -> BuildOutcome:
         started = time.monotonic()
@@ -94,7 +109,9 @@ class Builder:
         content_hash = _content_hash(folder, resolved, model.serving.model_dump_json())
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
-            return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
+            if previous.image_built or self.image_step.skipped:
+                return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
+            return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
         source = self._workspace(model, folder, resolved, bento_model_tag)
         bento_tag = self._bento_build(model, source, content_hash)
@@ -105,9 +122,20 @@ class Builder:
             bento_model_tag=bento_model_tag, bento_tag=bento_tag,
             bento_export=str(self._export(model, bento_tag)),
             golden=str(self._golden(model, resolved)),
-            **self._image(model, bento_tag))
+            **self.image_step.unbuilt(model, bento_tag))
         record.save(self.state.record_path(model.name))
-        return BuildOutcome(model.name, record, skipped=False, seconds=time.monotonic() - started)
+        if self.image_step.skipped:
+            return BuildOutcome(model.name, record, skipped=False, seconds=time.monotonic() - started)
+        return self._with_image(model, record, started, skipped=False)
+
+    def _with_image(self, model: ModelSpec, record: BuildRecord, started: float, skipped: bool) -> BuildOutcome:
+        """Build and push the image; a failure is this model's alone (the Bento stays recorded)."""
+        try:
+            record = record.model_copy(update=self.image_step.build(model, record))
+        except FactoryError as exc:
+            return BuildOutcome(model.name, record, skipped, time.monotonic() - started, image_error=str(exc))
+        record.save(self.state.record_path(model.name))
+        return BuildOutcome(model.name, record, skipped, time.monotonic() - started)
 
     def _previous(self, model: ModelSpec) -> Optional[BuildRecord]:
         """An unreadable record from an interrupted build only means: build again (and overwrite it)."""
@@ -215,18 +243,6 @@ class Builder:
         write_atomic(path, json.dumps(cases, indent=1, sort_keys=True) + "\n")
         return path
 
-    def _image(self, model: ModelSpec, bento_tag: str) -> dict:
-        image = f"{self.catalog.kubernetes.image_registry}/{model.k8s_name}:{bento_tag.split(':', 1)[1]}"
-        if docker_available():
-            _run(BENTOML + ["containerize", bento_tag, "-t", image],
-                 f"{self.catalog.where(model.name)}: `bentoml containerize` failed")
-            return {"image": image, "image_built": True, "dockerfile": ""}
-        import bentoml
-
-        dockerfile = self.state.build_dir(model.name) / "Dockerfile"
-        bentoml.container.get_containerfile(bento_tag, output_path=str(dockerfile))
-        return {"image": image, "image_built": False, "dockerfile": str(dockerfile)}
-
 
 def ensure_in_store(record: BuildRecord) -> None:
     """A CI job downloads the build job's exported Bento as an artifact: import it once into this store."""
@@ -255,15 +271,6 @@ def _restored(record: BuildRecord) -> bool:
     except BuildError:
         return False
     return True
-
-
-def docker_available() -> bool:
-    if not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 def _content_hash(folder: dict[str, str], resolved: ResolvedModel, serving: str) -> str:

@@ -99,11 +99,13 @@ def summary(catalog_path: Path) -> None:
 @CATALOG_OPTION
 @click.argument("names", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Build every model in the catalog.")
-def build(catalog_path: Path, names: tuple[str, ...], everything: bool) -> None:
-    """Import models from MLflow and build their Bentos (skipping unchanged ones)."""
+@click.option("--no-image", is_flag=True, help="Bentos only: write each Dockerfile, build no image.")
+@click.option("--proxy", is_flag=True, help="Also build and push the proxy image.")
+def build(catalog_path: Path, names: tuple[str, ...], everything: bool, no_image: bool, proxy: bool) -> None:
+    """Import models from MLflow, build their Bentos, build and push their images (skipping unchanged ones)."""
     from factory.build import build_command
 
-    build_command(catalog_path, names, everything, progress=click.echo)
+    build_command(catalog_path, names, everything, progress=click.echo, images=not no_image, proxy=proxy)
 
 
 @main.command(name="test")
@@ -176,11 +178,12 @@ def serve(catalog_path: Path, name: str, port: int | None) -> None:
 
 @main.command()
 @CATALOG_OPTION
-def up(catalog_path: Path) -> None:
-    """Serve every built model and the proxy on 127.0.0.1 until Ctrl-C; print curl examples."""
+@click.option("--containers", is_flag=True, help="Run the pushed images (models and proxy) in containers.")
+def up(catalog_path: Path, containers: bool) -> None:
+    """Serve every built model and the proxy on 127.0.0.1 until Ctrl-C or SIGTERM; print curl examples."""
     from factory.up import up_command
 
-    up_command(catalog_path, progress=click.echo)
+    up_command(catalog_path, progress=click.echo, containers=containers)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,11 @@ class StateError(FactoryError):
 
 class UsageError(FactoryError):
     """The command line asks for something that cannot be done (e.g. names a model the catalog lacks)."""
+
+
+class EngineError(FactoryError):
+    """The Docker engine, the local registry or the base image could not be started, reached or built."""
+
+
+class ImageError(FactoryError):
+    """Building or pushing an image failed."""

@@ -29,6 +29,7 @@ from kubernetes.utils import parse_quantity
 
 from factory.catalog import Catalog, KubernetesSettings, ModelSpec, Resources
 from factory.errors import ManifestError, RenderError, StateError
+from factory.images import image_registry, proxy_image_ref, proxy_tag
 from factory.k8s_checks import KUSTOMIZATION_FILE, validate_manifests
 from factory.loader import load_catalog, select_models
 from factory.routes import routes_shards
@@ -232,7 +233,7 @@ def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool
         files.update(model_files)
         sized.append(sizing)
     if proxy:
-        files.update(_proxy_files(catalog, source=catalog_path.name))
+        files.update(_proxy_files(catalog, catalog_path.name, state))
     out = state.manifests_dir()
     existing = {p.relative_to(out).as_posix(): _written(p) for p in sorted(out.rglob("*.yaml")) if p.is_file()}
     if proxy:  # written whole: fewer shards than last time must not leave stale ConfigMaps behind
@@ -265,12 +266,13 @@ def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[d
     record = state.build_record(model.name)
     if record is None:
         raise ManifestError(f"{catalog.where(model.name)}: not built yet; run `factory build {model.name}`")
-    peak = _measured_peak(state, model)
+    peak = measured_peak(state, model.name)
     if peak is None and model.resources.memory is None:
         raise ManifestError(f"{catalog.where(model.name)}: memory not measured yet; run `factory test "
                             f"{model.name}` (or set resources.memory in models.yaml)")
     sizing = sizing_for(model, peak)
-    files = model_manifests(model, catalog.kubernetes, record.image, sizing)
+    # By digest once pushed: the pod runs exactly the image that was tested; the tag only before that.
+    files = model_manifests(model, catalog.kubernetes, record.image_ref or record.image, sizing)
     peak_mib = round(peak / MIB, 1) if peak else None
     return files, SizedModel(model.name, model.route, peak_mib, sizing)
 
@@ -292,13 +294,15 @@ def _last_test(state: StateDir, model: str) -> str:
     return "passed" if report.passed else "failed"
 
 
-def _measured_peak(state: StateDir, model: ModelSpec) -> Optional[int]:
-    report = state.test_report(model.name)
+def measured_peak(state: StateDir, model: str) -> Optional[int]:
+    """The peak `factory test` last measured (what sizing, and so the manifest's limit, come from)."""
+    report = state.test_report(model)
     return report.peak_bytes if report and report.peak_bytes else None
 
 
-def _proxy_files(catalog: Catalog, source: str) -> dict[str, str]:
-    image = Settings.from_env().proxy_image or f"{catalog.kubernetes.image_registry}/proxy:0.1.0"
+def _proxy_files(catalog: Catalog, source: str, state: StateDir) -> dict[str, str]:
+    settings = Settings.from_env()
+    image = settings.proxy_image or proxy_image_ref(state) or proxy_tag(image_registry(catalog.kubernetes.image_registry))
     return proxy_manifests(catalog.kubernetes, image, routes_shards(catalog, source))
 
 

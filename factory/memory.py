@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -55,10 +56,36 @@ def tree_sample(pid: int) -> Optional[Sample]:
     return Sample(rss, uss, pss)
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_dir(container_id: str, root: Path = CGROUP_ROOT) -> Optional[Path]:
+    """The container's memory cgroup on this host (cgroupfs or systemd driver, v1 or v2), if visible here."""
+    for candidate in (root / "memory" / "docker" / container_id, root / "docker" / container_id,
+                      root / "system.slice" / f"docker-{container_id}.scope",
+                      root / "memory" / "system.slice" / f"docker-{container_id}.scope"):
+        if (candidate / "memory.stat").is_file():
+            return candidate
+    return None
+
+
+def cgroup_sample(folder: Path) -> Optional[Sample]:
+    """What `docker stats` computes from the same files, read directly: ~50 µs instead of an API call."""
+    try:
+        stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+        usage_file = folder / ("memory.current" if (folder / "memory.current").is_file() else "memory.usage_in_bytes")
+        usage = int(usage_file.read_text())
+    except (OSError, ValueError):
+        return None
+    cache = int(stat.get("inactive_file", stat.get("total_inactive_file", 0)))
+    return Sample(rss=usage - cache, uss=int(stat.get("anon", stat.get("total_rss", 0))), pss=0)
+
+
 def docker_sample(container) -> Optional[Sample]:
     """The container's memory as its cgroup counts it (what Kubernetes limits), from the Docker API."""
     try:
-        stats = container.stats(stream=False)
+        # one_shot: the current figures now, not two reads a second apart (which would starve the sampler).
+        stats = container.stats(stream=False, one_shot=True)
     except Exception:  # the docker SDK raises several types for a container that just stopped
         return None
     return sample_from_docker_stats(stats)
@@ -72,7 +99,8 @@ def sample_from_docker_stats(stats: dict) -> Optional[Sample]:
     details = memory.get("stats") or {}
     cache = details.get("inactive_file", details.get("total_inactive_file", 0))
     working_set = memory["usage"] - cache
-    return Sample(rss=working_set, uss=details.get("anon", 0), pss=0)
+    # Anonymous memory: `anon` on cgroup v2, `total_rss` on v1.
+    return Sample(rss=working_set, uss=details.get("anon", details.get("total_rss", 0)), pss=0)
 
 
 @dataclass
@@ -95,7 +123,12 @@ class MemoryProfile:
 
     @classmethod
     def of_container(cls, container) -> "MemoryProfile":
-        return cls(lambda: docker_sample(container), sampler="docker stats (container cgroup)")
+        """From the cgroup files when the engine runs on this host (fast enough for a 50 ms sampler);
+        else from the Docker API (a remote engine), both as `docker stats` counts it."""
+        folder = cgroup_dir(container.id)
+        if folder is not None:
+            return cls(lambda: cgroup_sample(folder), sampler="container cgroup (memory.stat, as docker stats)")
+        return cls(lambda: docker_sample(container), sampler="container cgroup (docker stats API)")
 
     def __enter__(self) -> "MemoryProfile":
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Optional
 
 from factory.errors import ServeError
 
@@ -114,33 +114,58 @@ def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log:
     raise ServeError(f"{url} was not ready after {timeout_s:.0f} s: {last_error(log)}\nfull serve log: {log}")
 
 
+def model_command(port: int) -> list[str]:
+    """What a model container runs (as its Deployment does), bound to loopback on host networking."""
+    return ["python", "-m", "mf_serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
+class OOMKilled(ServeError):
+    """The kernel killed the container at its memory limit."""
+
+
+@dataclass(frozen=True)
+class ServedContainer:
+    url: str
+    container: object
+
+
 @contextlib.contextmanager
-def container_served(image: str, port_in_image: int, log: Path,
-                     ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[tuple[str, object]]:
-    """The built image, run as the Deployment runs it (one process), on a free 127.0.0.1 port."""
+def container_served(image: str, log: Path, memory_limit: str, command: Callable[[int], list[str]] = model_command,
+                     volumes: Optional[dict] = None,
+                     ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[ServedContainer]:
+    """The built image, run as the Deployment runs it (one process, its memory limit), on host networking
+    bound to 127.0.0.1 only. An OOM kill at the limit, while starting or inside the block, raises OOMKilled."""
     import docker
+    from kubernetes.utils import parse_quantity
 
     client = docker.from_env()
     port = free_port()
-    container = client.containers.run(
-        image, command=["python", "-m", "mf_serve", "--host", "0.0.0.0", "--port", str(port_in_image)],
-        working_dir="/home/bentoml/bento/src", detach=True,
-        environment={"BENTOML_HOME": "/home/bentoml/bento", "BENTOML_DO_NOT_TRACK": "true"},
-        ports={f"{port_in_image}/tcp": ("127.0.0.1", port)})
+    limit_bytes = int(parse_quantity(memory_limit))
+    container = client.containers.run(image, command=command(port), detach=True, network_mode="host",
+                                      mem_limit=limit_bytes, memswap_limit=limit_bytes, volumes=volumes or {})
+    served = ServedContainer(f"http://127.0.0.1:{port}", container)
+    killed = OOMKilled(f"the container of {image} was OOM-killed at its memory limit {memory_limit}; its log: {log}")
 
     def alive() -> bool:
         container.reload()
         if container.status != "running":
             log.write_bytes(container.logs())
+            if container.attrs["State"].get("OOMKilled"):
+                raise killed
         return container.status in ("created", "running")
 
     try:
-        wait_until_ready(f"http://127.0.0.1:{port}/readyz", ready_timeout_s, alive, log)
-        yield f"http://127.0.0.1:{port}", container
+        wait_until_ready(f"{served.url}/readyz", ready_timeout_s, alive, log)
+        yield served
     finally:
-        with contextlib.suppress(Exception):
+        oom = False
+        with contextlib.suppress(Exception):  # the docker SDK raises several types for a container that is gone
             log.write_bytes(container.logs())
+            container.reload()
+            oom = bool(container.attrs["State"].get("OOMKilled"))
         container.remove(force=True)
+        if oom:
+            raise killed  # the root cause of whatever the block saw (refused connections, resets)
 
 
 def stop(process: subprocess.Popen) -> None:

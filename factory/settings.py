@@ -30,8 +30,12 @@ class Settings:
                                                                     "instead of the managed runtime venv")
     runtime_home: Optional[Path] = _env("FACTORY_RUNTIME_HOME", "where the managed runtime venvs live "
                                                                 "(default `<state>/runtime`)")
-    proxy_image: Optional[str] = _env("FACTORY_PROXY_IMAGE", "the proxy's image in its Deployment "
-                                                             "(default `<image_registry>/proxy:0.1.0`)")
+    proxy_image: Optional[str] = _env("FACTORY_PROXY_IMAGE", "the proxy's image in its Deployment (default: "
+                                                             "the one `factory build --proxy` pushed, by digest)")
+    image_registry: Optional[str] = _env("FACTORY_IMAGE_REGISTRY", "where images are pushed, instead of models.yaml's "
+                                                                   "kubernetes.image_registry (CI: $CI_REGISTRY_IMAGE)")
+    docker_host: Optional[str] = _env("DOCKER_HOST", "the Docker engine images are built and run with (the "
+                                                     "Makefile sets it: the default socket, else the project's)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -40,7 +44,8 @@ class Settings:
                    tracking_uri=values["tracking_uri"],
                    runtime_python=Path(values["runtime_python"]) if values["runtime_python"] else None,
                    runtime_home=Path(values["runtime_home"]) if values["runtime_home"] else None,
-                   proxy_image=values["proxy_image"])
+                   proxy_image=values["proxy_image"], image_registry=values["image_registry"],
+                   docker_host=values["docker_host"])
 
 
 # Read by click as option defaults (cli.py uses these names), listed here so one module names every variable.

@@ -59,10 +59,27 @@ class BuildRecord(Record):
     bento_model_tag: str
     bento_tag: str
     bento_export: str
-    image: str
-    image_built: bool
+    image: str  # the tag it is (or would be) pushed as
+    image_ref: str = ""  # repository@sha256:… as pushed; "" when no image was built
+    image_size_bytes: int = pydantic.Field(default=0, ge=0)
+    image_build_seconds: float = pydantic.Field(default=0.0, ge=0)
     dockerfile: str
     golden: str
+
+    @property
+    def image_built(self) -> bool:
+        return bool(self.image_ref)
+
+
+class PushedImage(Record):
+    """An image as the registry holds it (the proxy's: builds/proxy/image.json)."""
+
+    tag: str
+    reference: str  # repository@sha256:…, what manifests deploy
+    size_bytes: int = pydantic.Field(ge=0)
+    build_seconds: float = pydantic.Field(ge=0)
+    push_seconds: float = pydantic.Field(ge=0)
+    log: str
 
 
 class ResolvedRecord(Record):
@@ -95,6 +112,7 @@ class LoadSummary(Record):
 class MemoryReport(Record):
     peak_mib: float = pydantic.Field(ge=0)
     sampler: str
+    memory_limit: Optional[str] = None  # the container's limit; None when measured as a host process
     phases: dict[str, dict[str, float]]
 
 
@@ -163,6 +181,19 @@ class StateDir:
     def resolved_path(self, model: str) -> Path:
         return self.source_dir(model) / "resolved.json"
 
+    def dockerfile_path(self, model: str) -> Path:
+        return self.build_dir(model) / "Dockerfile"
+
+    def image_log(self, name: str) -> Path:
+        """`docker build`/`push` output for a model's image, or the proxy's (`proxy` is no model name)."""
+        return self.build_dir(name) / "image.log"
+
+    def image_context(self, model: str) -> Path:
+        return self.build_dir(model) / "image-context"
+
+    def proxy_image_path(self) -> Path:
+        return self.build_dir("proxy") / "image.json"
+
     def golden_path(self, model: str) -> Path:
         return self.build_dir(model) / "golden.json"
 
@@ -207,6 +238,10 @@ class StateDir:
             raise StateError(f"{path or self.golden_path(model)}: expected a list of {{inputs, outputs}} cases; "
                              f"run `factory build {model}` again")
         return cases
+
+    def proxy_image(self) -> Optional[PushedImage]:
+        path = self.proxy_image_path()
+        return PushedImage.load_from(path, "run `factory build --proxy` again") if path.exists() else None
 
     def test_report(self, model: str) -> Optional[TestReport]:
         path = self.report_path(model)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from factory.build import docker_available, ensure_in_store
+from factory import manifests
+from factory.build import ensure_in_store
+from factory.engine import engine_answers
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, ServeError
 from factory.fuzz import fuzz_service
@@ -23,12 +25,13 @@ from factory.golden import sample_requests
 from factory.loadgen import run_load
 from factory.memory import MemoryProfile
 from factory.runtime import bento_python
-from factory.serve import container_served, served
+from factory.serve import OOMKilled, container_served, served
 from factory.state import BuildRecord, StateDir, TestReport
 from factory.tables import table
 
 Progress = Callable[[str], None]
 IDLE_SECONDS = 2.0
+WARM_UP_LIMIT = "2Gi"
 LOAD_SECONDS = 6.0
 MAX_LOAD_CLIENTS = 64
 
@@ -91,17 +94,24 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
     golden = state.golden(model.name)
     signature = state.resolved(model.name).signature
     runtime = bento_python(state, model.name)
-    with measured_server(record, report_dir / "serve.log", runtime, catalog.kubernetes.service_port) as (url, memory):
-        with memory.phase("idle"):
-            time.sleep(IDLE_SECONDS)
-        with memory.phase("fuzz"):
-            fuzz = fuzz_service(url, signature, model.batching.max_batch_size, seed=settings.seed,
-                                valid_examples=settings.valid_examples, invalid_examples=settings.invalid_examples,
-                                golden=golden, model=model.name, report_dir=report_dir)
-        with memory.phase("load"):
-            load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
-                            concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
-                            duration_s=settings.load_seconds)
+    limit = manifests.sizing_for(model, manifests.measured_peak(state, model.name)).memory_limit
+    try:
+        with measured_server(record, report_dir / "serve.log", runtime, limit) as (url, memory):
+            with memory.phase("idle"):
+                time.sleep(IDLE_SECONDS)
+            with memory.phase("fuzz"):
+                fuzz = fuzz_service(url, signature, model.batching.max_batch_size, seed=settings.seed,
+                                    valid_examples=settings.valid_examples,
+                                    invalid_examples=settings.invalid_examples,
+                                    golden=golden, model=model.name, report_dir=report_dir)
+            with memory.phase("load"):
+                load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
+                                concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
+                                duration_s=settings.load_seconds)
+    except OOMKilled as exc:
+        raise ServeError(f"{catalog.where(model.name)}: {model.name} was OOM-killed at the memory limit {limit} "
+                         "its manifest carries; raise resources.memory (or memory_limit_factor) in models.yaml. "
+                         f"Container log: {report_dir / 'serve.log'}") from exc
     if memory.peak_bytes <= 0:
         raise ServeError(f"{catalog.where(model.name)}: no memory sample of the served model was taken "
                          f"({memory.report()['sampler']}); its process ended early? See {report_dir / 'serve.log'}")
@@ -110,20 +120,26 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
     report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
                         url=url, serve_log=str(report_dir / "serve.log"), catalog=str(catalog_path),
                         passed=fuzz.passed and load.failures == 0, fuzz=fuzz.summary(), load=load.summary(),
-                        memory=memory.report(), peak_bytes=memory.peak_bytes,
-                        failures=list(fuzz.failures))
+                        memory={**memory.report(), "memory_limit": limit if record.image_built else None},
+                        peak_bytes=memory.peak_bytes, failures=list(fuzz.failures))
     report.save(state.report_path(model.name))
     return report
 
 
 @contextlib.contextmanager
-def measured_server(record: BuildRecord, log: Path, runtime: Path, port_in_image: int) -> Iterator[tuple[str, MemoryProfile]]:
-    """The container when its image exists and Docker is reachable (memory as its cgroup counts it);
-    else the Bento in the lean runtime venv, one process, as the pod runs it (memory of the process tree)."""
-    if record.image_built and docker_available():
-        with container_served(record.image, port_in_image, log) as (url, container), \
-                MemoryProfile.of_container(container) as memory:
-            yield url, memory
+def measured_server(record: BuildRecord, log: Path, runtime: Path,
+                    memory_limit: str) -> Iterator[tuple[str, MemoryProfile]]:
+    """The pushed image as a container under the manifest's memory limit, measured as its cgroup counts it
+    (what the kubelet enforces); without an engine, the Bento in the lean runtime venv, one process, as the
+    pod runs it (memory of the process tree). The report's `memory.sampler` says which."""
+    if record.image_built and engine_answers():
+        # The page cache of the image's files is charged to the first container that reads them: on a node
+        # that has run the image before (every replica but the first) a pod is not. Warm it, then measure.
+        with container_served(record.image_ref, log, WARM_UP_LIMIT):
+            pass
+        with container_served(record.image_ref, log, memory_limit) as container, \
+                MemoryProfile.of_container(container.container) as memory:
+            yield container.url, memory
         return
     with served(record.bento_tag, log, "single", runtime) as server, MemoryProfile.of_process(server.pid) as memory:
         yield server.url, memory

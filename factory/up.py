@@ -11,32 +11,42 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
+from factory import manifests
 from factory.build import ensure_in_store
 from factory.catalog import Catalog
 from factory.errors import FactoryError, ServeError
+from factory.images import proxy_image_ref
 from factory.loader import load_catalog
 from factory.routes import routes_yaml
 from factory.runtime import bento_python
-from factory.serve import Served, free_port, process_served, served
+from factory.serve import container_served, free_port, process_served, served
 from factory.state import StateDir
 
 Progress = Callable[[str], None]
 ROOT = Path(__file__).resolve().parent.parent
+# The proxy's own Deployment limit (templates/k8s/proxy-deployment.yaml.j2).
+PROXY_MEMORY_LIMIT = "256Mi"
 
 
 @contextlib.contextmanager
-def running(catalog_path: Path, progress: Progress) -> Iterator[tuple[Catalog, Served]]:
-    """Serve every model (as its pod would) and a proxy routing to them; stop all of it on exit."""
+def running(catalog_path: Path, progress: Progress, containers: bool = False) -> Iterator[tuple[Catalog, str]]:
+    """Serve every model (as its pod would) and a proxy routing to them; stop all of it on exit.
+
+    `containers`: each model's pushed image and the proxy image, under their manifests' memory limits
+    (the seeds' docker-compose); otherwise processes in each model's lean runtime venv. Either way on
+    127.0.0.1 only.
+    """
     catalog = load_catalog(catalog_path)
     state = StateDir.from_env().activate()
     logs = state.up_dir()
     logs.mkdir(parents=True, exist_ok=True)
+    serve_model = _model_container if containers else _model_process
     with contextlib.ExitStack() as stack:
         urls, failed = {}, {}
         for position, model in enumerate(catalog.models, start=1):
             # A model that does not start is listed; the others are served all the same.
             try:
-                urls[model.name] = stack.enter_context(_model_served(catalog, model.name, state, logs)).url
+                urls[model.name] = stack.enter_context(serve_model(catalog, model.name, state, logs))
                 progress(f"[{position}/{len(catalog.models)}] {model.name} at {urls[model.name]}")
             except FactoryError as exc:
                 failed[model.name] = str(exc)
@@ -50,19 +60,58 @@ def running(catalog_path: Path, progress: Progress) -> Iterator[tuple[Catalog, S
                           encoding="utf-8")
         if failed:
             progress(f"not serving ({len(failed)}): {', '.join(sorted(failed))}")
-        port = free_port()
-        command = [sys.executable, "-m", "proxy", "--routes", str(routes), "--host", "127.0.0.1", "--port", str(port)]
-        proxy = stack.enter_context(process_served(command, ROOT, logs / "proxy.log", port, "/readyz"))
-        yield catalog, proxy
+        proxy = _proxy_container(state, routes, logs) if containers else _proxy_process(routes, logs)
+        yield catalog, stack.enter_context(proxy)
 
 
-def _model_served(catalog: Catalog, name: str, state: StateDir, logs: Path,
-                  port: int | None = None) -> contextlib.AbstractContextManager:
+def _built(catalog: Catalog, name: str, state: StateDir):
     record = state.build_record(name)
     if record is None:
         raise ServeError(f"{catalog.where(name)}: not built; run `factory build {name}` first")
+    return record
+
+
+@contextlib.contextmanager
+def _model_process(catalog: Catalog, name: str, state: StateDir, logs: Path,
+                   port: int | None = None) -> Iterator[str]:
+    record = _built(catalog, name, state)
     ensure_in_store(record)
-    return served(record.bento_tag, logs / f"{name}.log", "single", bento_python(state, name), port=port)
+    with served(record.bento_tag, logs / f"{name}.log", "single", bento_python(state, name), port=port) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def _model_container(catalog: Catalog, name: str, state: StateDir, logs: Path) -> Iterator[str]:
+    record = _built(catalog, name, state)
+    if not record.image_built:
+        raise ServeError(f"{catalog.where(name)}: no pushed image for {name}; run "
+                         f"`factory build {name}` where a Docker engine answers")
+    model = next(model for model in catalog.models if model.name == name)
+    limit = manifests.sizing_for(model, manifests.measured_peak(state, name)).memory_limit
+    with container_served(record.image_ref, logs / f"{name}.log", limit) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def _proxy_process(routes: Path, logs: Path) -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "proxy", "--routes", str(routes), "--host", "127.0.0.1", "--port", str(port)]
+    with process_served(command, ROOT, logs / "proxy.log", port, "/readyz") as proxy:
+        yield proxy.url
+
+
+@contextlib.contextmanager
+def _proxy_container(state: StateDir, routes: Path, logs: Path) -> Iterator[str]:
+    image = proxy_image_ref(state)
+    if not image:
+        raise ServeError("no pushed proxy image; run `factory build --proxy` where a Docker engine answers")
+
+    def command(port: int) -> list[str]:
+        return ["--routes", f"/etc/model-factory/{routes.name}", "--host", "127.0.0.1", "--port", str(port)]
+
+    volumes = {str(routes.parent): {"bind": "/etc/model-factory", "mode": "ro"}}
+    with container_served(image, logs / "proxy.log", PROXY_MEMORY_LIMIT, command, volumes) as proxy:
+        yield proxy.url
 
 
 def serve_command(catalog_path: Path, name: str, port: int | None, progress: Progress) -> None:
@@ -72,14 +121,16 @@ def serve_command(catalog_path: Path, name: str, port: int | None, progress: Pro
         raise ServeError(f"not in {catalog_path}: {name}; run `factory routes` to list the models")
     state = StateDir.from_env().activate()
     _stop_on_sigterm()
-    with _model_served(catalog, name, state, state.serve_dir(), port) as server:
-        progress(f"{name} at {server.url}/predict (serve log: {server.log}); Ctrl-C or `kill {os.getpid()}` stops it")
+    log = state.serve_dir() / f"{name}.log"
+    with _model_process(catalog, name, state, state.serve_dir(), port) as url:
+        progress(f"{name} at {url}/predict (serve log: {log}); Ctrl-C or `kill {os.getpid()}` stops it")
         _wait_for_stop()
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM (how a background `&` job is stopped: it ignores Ctrl-C) unwinds like Ctrl-C, so every
-    server started here is stopped too, even while it is still starting."""
+    """SIGTERM (how a background `&` job, docker stop or a CI cancel stops us: a background job ignores
+    Ctrl-C) unwinds like Ctrl-C, so every server and container started here is stopped too, even while
+    it is still starting."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 
@@ -88,12 +139,12 @@ def _wait_for_stop() -> None:
         signal.pause()
 
 
-def up_command(catalog_path: Path, progress: Progress) -> None:
+def up_command(catalog_path: Path, progress: Progress, containers: bool = False) -> None:
     _stop_on_sigterm()
-    with running(catalog_path, progress) as (catalog, proxy):
-        progress(f"proxy at {proxy.url} (metrics: {proxy.url}/metrics)\n")
-        progress("\n".join(example_commands(catalog, proxy.url, StateDir.from_env())))
-        progress("\nCtrl-C stops every process started here.")
+    with running(catalog_path, progress, containers) as (catalog, proxy_url):
+        progress(f"proxy at {proxy_url} (metrics: {proxy_url}/metrics)\n")
+        progress("\n".join(example_commands(catalog, proxy_url, StateDir.from_env())))
+        progress("\nCtrl-C (or SIGTERM) stops every process and container started here.")
         _wait_for_stop()
 
 

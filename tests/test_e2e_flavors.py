@@ -146,7 +146,7 @@ def test_up_serves_what_starts_and_lists_what_did_not(flavors, tmp_path: Path) -
                                              for name in (FLAVORS.LIGHTGBM_MODEL, NO_START_MODEL)))
     lines: list[str] = []
     with env.activated(), running(catalog, progress=lines.append) as (_, proxy):
-        status, answer = _post(f"{proxy.url}/{FLAVORS.LIGHTGBM_MODEL.replace('_', '-')}",
+        status, answer = _post(f"{proxy}/{FLAVORS.LIGHTGBM_MODEL.replace('_', '-')}",
                                {"inputs": [{"distance km": 3.0, "hour": 8}]})
     assert status == 200 and len(answer) == 1
     assert any(f"{NO_START_MODEL} did not start: the model server exited before it was ready" in line

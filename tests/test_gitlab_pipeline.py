@@ -116,7 +116,9 @@ def test_a_failing_child_job_fails_the_run_although_gitlab_ci_local_exits_0(tmp_
 
 def _env(factory_env: FactoryEnv, tmp_path: Path) -> dict[str, str]:
     env = {**factory_env.env, "FACTORY_VENV": str(ROOT / ".venv"), "HOME": str(tmp_path),
-           "FACTORY_FUZZ_EXAMPLES": "8", "FACTORY_LOAD_SECONDS": "1"}
+           "FACTORY_FUZZ_EXAMPLES": "8", "FACTORY_LOAD_SECONDS": "1",
+           # A runner without a Docker engine (images are tested in test_e2e_images): jobs build Bentos only.
+           "DOCKER_HOST": f"unix://{tmp_path / 'no-engine.sock'}"}
     for name in ("FACTORY_STATE", "BENTOML_HOME", "KUBECONFIG"):
         env.pop(name, None)  # the pipeline keeps its state in each job's project directory, as in GitLab
     return env

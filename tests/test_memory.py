@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from factory.memory import MIB, MemoryProfile, sample_from_docker_stats
 
 ALLOCATE = """
@@ -51,3 +53,21 @@ def test_docker_stats_give_the_cgroup_working_set() -> None:
 
 def test_docker_stats_of_a_stopped_container_are_skipped() -> None:
     assert sample_from_docker_stats({"memory_stats": {}}) is None
+
+
+@pytest.mark.parametrize("layout, usage_file, stat", [
+    ("memory/docker/{id}", "memory.usage_in_bytes", "total_inactive_file 4194304\ntotal_rss 104857600\n"),
+    ("system.slice/docker-{id}.scope", "memory.current", "inactive_file 4194304\nanon 104857600\n"),
+])
+def test_cgroup_files_give_the_working_set_docker_stats_shows(tmp_path, layout: str, usage_file: str,
+                                                              stat: str) -> None:
+    from factory.memory import cgroup_dir, cgroup_sample
+
+    folder = tmp_path / layout.format(id="abc123")
+    folder.mkdir(parents=True)
+    (folder / usage_file).write_text(str(150 * MIB))
+    (folder / "memory.stat").write_text(stat)
+    assert cgroup_dir("abc123", tmp_path) == folder
+    assert cgroup_dir("other", tmp_path) is None
+    sample = cgroup_sample(folder)
+    assert (sample.rss, sample.uss) == (146 * MIB, 100 * MIB)

@@ -61,7 +61,7 @@ def write_state(root: Path) -> StateDir:
     for model in MODELS:
         BuildRecord(model=model, content_hash="0" * 64, registry={"name": model, "version": 1},
                     bento_model_tag=f"{model}:r1", bento_tag=f"{model}:0", bento_export=str(root / "gone.bento"),
-                    image=f"registry.example.com/mf/{model}:0", image_built=False, dockerfile="",
+                    image=f"registry.example.com/mf/{model}:0", dockerfile="",
                     golden=str(state.golden_path(model))).save(state.record_path(model))
         ResolvedRecord(bento_model_tag=f"{model}:r1", signature=SIGNATURE, flavor={}, registry={}, requirements=[]
                        ).save(state.resolved_path(model))

@@ -14,7 +14,8 @@ from factory.state import BuildRecord, StateDir, TestReport
 ROOT = Path(__file__).resolve().parent.parent
 
 BUILD = {"model": "m", "content_hash": "h", "registry": {"name": "m", "version": 1}, "bento_model_tag": "m:1",
-         "bento_tag": "m:1", "bento_export": "/x.bento", "image": "r/m:1", "image_built": False,
+         "bento_tag": "m:1", "bento_export": "/x.bento", "image": "r/m:1", "image_ref": "r/m@sha256:0123",
+         "image_size_bytes": 5, "image_build_seconds": 1.5,
          "dockerfile": "/Dockerfile", "golden": "/golden.json"}
 REPORT = {"model": "m", "route": "/m", "bento_tag": "m:1", "seed": 0, "passed": True,
           "fuzz": {"passed": True, "requests_fuzzed": 3, "failed_requests": 0, "latency_p50_ms": 1.0,
@@ -64,8 +65,10 @@ def test_wrong_field_is_named(tmp_path: Path) -> None:
 def test_settings_read_every_variable() -> None:
     settings = Settings.from_env({"FACTORY_STATE": "/s", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
                                   "FACTORY_RUNTIME_PYTHON": "/py", "FACTORY_RUNTIME_HOME": "/rt",
-                                  "FACTORY_PROXY_IMAGE": "r/proxy:1"})
-    assert settings == Settings(Path("/s"), "http://mlflow:5000", Path("/py"), Path("/rt"), "r/proxy:1")
+                                  "FACTORY_PROXY_IMAGE": "r/proxy:1", "FACTORY_IMAGE_REGISTRY": "ci/r",
+                                  "DOCKER_HOST": "tcp://docker:2375"})
+    assert settings == Settings(Path("/s"), "http://mlflow:5000", Path("/py"), Path("/rt"), "r/proxy:1", "ci/r",
+                                "tcp://docker:2375")
     empty = Settings.from_env({})
     assert empty.state_dir == (Path.cwd() / "factory-state") and empty.tracking_uri is None
 

@@ -17,6 +17,7 @@ FACTORY = [sys.executable, "-m", "factory.cli"]
 # with column names that are not Python identifiers, served through an MLflow alias.
 MIXED_MODEL = "match_probability_2_TAXI_trafficaware"
 ALIAS_MODEL = "eta_minutes_5_PHV"
+LOCAL_IMAGE_REGISTRY = "127.0.0.1:5000/model-factory-test"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def make_factory_env(base: Path) -> FactoryEnv:
            "FACTORY_STATE": str(base / "state"),
            "BENTOML_HOME": str(base / "state" / "bentoml"),
            "BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+           # Images go to the local registry (models.yaml names a production one).
+           "FACTORY_IMAGE_REGISTRY": LOCAL_IMAGE_REGISTRY,
            # The lean serving venv is slow to create: share one per machine across test sessions.
            "FACTORY_RUNTIME_HOME": os.environ.get("FACTORY_RUNTIME_HOME", str(ROOT / "factory-state" / "runtime"))}
     subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), "--registry", str(registry)],

@@ -1,0 +1,136 @@
+"""The base image every model and the proxy are built on, made from Debian packages (nothing is pulled).
+
+debootstrap (minbase bookworm, from the host's apt mirror) → `docker import` → a Python layer
+(python3, python3-venv, CA certificates including the host's extra ones, the `uv` binary). The tag
+carries a hash of the whole recipe, so it is built once per machine and reused until the recipe changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+from factory.engine import ENGINE_HOME
+from factory.errors import EngineError
+from factory.render import environment
+
+SUITE = "bookworm"
+UV_VERSION = "0.13.9"
+EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+Progress = Callable[[str], None]
+
+
+def apt_mirror(sources: tuple[Path, ...] = (Path("/etc/apt/sources.list"),)) -> str:
+    """The Debian mirror the host's apt uses (deb822 or one-line format); Debian's own otherwise."""
+    files = [*sources, *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in files:
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        for match in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(\S+)", text, re.MULTILINE):
+            uri = match.group(1)
+            if not uri.rstrip("/").endswith("-security"):
+                return uri.rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def _extra_certificates() -> dict[str, bytes]:
+    if not EXTRA_CA_DIR.is_dir():
+        return {}
+    return {path.name: path.read_bytes() for path in sorted(EXTRA_CA_DIR.glob("*.crt"))}
+
+
+def python_dockerfile(rootfs_tag: str) -> str:
+    return environment().get_template("images/base.Dockerfile.j2").render(rootfs=rootfs_tag)
+
+
+def recipe_tags() -> tuple[str, str]:
+    """(rootfs tag, python base tag), each keyed by a hash of what goes into it."""
+    mirror = apt_mirror()
+    rootfs = f"model-factory/debian:{SUITE}-" + _hash(["debootstrap", "minbase", SUITE, mirror])
+    certificates = _extra_certificates()
+    parts = [python_dockerfile(rootfs), UV_VERSION, *(f"{name}\0{data.hex()}" for name, data in certificates.items())]
+    return rootfs, "model-factory/python-base:" + _hash(parts)
+
+
+def _hash(parts: list[str]) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def image_exists(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def ensure_base_image(progress: Progress = print) -> str:
+    """The python base image's tag, building it (and its Debian rootfs) when this engine lacks it."""
+    rootfs, base = recipe_tags()
+    if image_exists(base):
+        return base
+    if not image_exists(rootfs):
+        _import_rootfs(rootfs, progress)
+    with tempfile.TemporaryDirectory(prefix="mf-base-") as context:
+        _python_context(Path(context))
+        progress(f"building {base} (python3, venv, CA certificates, uv {UV_VERSION})")
+        _docker(["build", "--network", "host", "-t", base, context], f"building the base image {base}")
+    return base
+
+
+def _import_rootfs(tag: str, progress: Progress) -> None:
+    if not shutil.which("debootstrap"):
+        raise EngineError(f"base image {tag} is missing and debootstrap is not installed; "
+                          "run `make engine` as root (installs it)")
+    root = ENGINE_HOME / "rootfs"
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    mirror = apt_mirror()
+    progress(f"debootstrap {SUITE} (minbase) from {mirror}: about 90 s, once per machine")
+    _run(["debootstrap", "--variant=minbase", SUITE, str(root), mirror], "debootstrap of the base image")
+    for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        shutil.rmtree(root / cache, ignore_errors=True)
+        (root / cache).mkdir(parents=True, exist_ok=True)
+    tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    _docker(["import", "-c", 'CMD ["/bin/bash"]', "-", tag], f"importing the Debian rootfs as {tag}", stdin=tar.stdout)
+    tar.wait()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _python_context(context: Path) -> None:
+    (context / "Dockerfile").write_text(python_dockerfile(recipe_tags()[0]), encoding="utf-8")
+    certs = context / "certs"
+    certs.mkdir()
+    for name, data in _extra_certificates().items():
+        (certs / name).write_bytes(data)
+    _uv_binary(context / "uv")
+
+
+def _uv_binary(target: Path) -> None:
+    """The `uv` binary from its PyPI wheel (the wheel ships it as a data script)."""
+    with tempfile.TemporaryDirectory(prefix="mf-uv-") as download:
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+              f"uv=={UV_VERSION}", "-d", download], f"downloading the uv {UV_VERSION} wheel")
+        wheel = next(Path(download).glob("uv-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            member = next(name for name in archive.namelist() if name.endswith("/scripts/uv"))
+            target.write_bytes(archive.read(member))
+    target.chmod(0o755)
+
+
+def _docker(args: list[str], what: str, stdin=None) -> str:
+    return _run(["docker", *args], what, stdin=stdin, env_extra={"DOCKER_BUILDKIT": "0"})
+
+
+def _run(command: list[str], what: str, stdin=None, env_extra: dict | None = None) -> str:
+    import os
+
+    result = subprocess.run(command, stdin=stdin, capture_output=True, text=True,
+                            env={**os.environ, **(env_extra or {})})
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise EngineError(f"{what} failed (`{command[0]} {command[1]}` exit {result.returncode}):\n{tail}")
+    return result.stdout

@@ -1,0 +1,116 @@
+"""Real images in a real registry: built and pushed by `factory build`, measured in their containers under
+the memory limit their manifests carry, and referenced by digest in those manifests."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.utils import parse_quantity
+
+from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, FactoryEnv
+from factory.golden import sample_requests
+from factory.loadgen import run_load
+from factory.memory import MemoryProfile
+from factory.serve import OOMKilled, container_served
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bento")]
+MODELS = [MIXED_MODEL, ALIAS_MODEL]
+MANIFEST_TYPES = ", ".join(["application/vnd.docker.distribution.manifest.v2+json",
+                            "application/vnd.oci.image.manifest.v1+json"])
+
+
+@pytest.fixture(scope="module")
+def imaged(docker_engine: str, tested: FactoryEnv) -> FactoryEnv:
+    tested.run("manifests", *MODELS, "--proxy")
+    return tested
+
+
+def _record(env: FactoryEnv, model: str) -> dict:
+    return json.loads((env.state / "builds" / model / "record.json").read_text())
+
+
+def _deployment(env: FactoryEnv, folder: str) -> dict:
+    path = next((env.state / "k8s" / folder).glob("*deployment*.yaml"))
+    return yaml.safe_load(path.read_text())
+
+
+def _registry_serves(reference: str) -> bool:
+    host_and_repo, digest = reference.split("@")
+    host, repo = host_and_repo.split("/", 1)
+    request = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{digest}", method="HEAD",
+                                     headers={"Accept": MANIFEST_TYPES})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status == 200 and response.headers["Docker-Content-Digest"] == digest
+
+
+def _container_spec(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_manifests_reference_pushed_digests_the_registry_serves(imaged: FactoryEnv, model: str) -> None:
+    record = _record(imaged, model)
+    image = _container_spec(_deployment(imaged, record["image"].split("/")[-1].split(":")[0]))["image"]
+    assert image == record["image_ref"] and "@sha256:" in image and "unbuilt" not in image
+    assert record["image_size_bytes"] > 0
+    assert _registry_serves(image)
+
+
+def test_proxy_manifest_references_the_pushed_proxy_image(imaged: FactoryEnv) -> None:
+    pushed = json.loads((imaged.state / "builds" / "proxy" / "image.json").read_text())
+    deployment = _deployment(imaged, "proxy")
+    assert _container_spec(deployment)["image"] == pushed["reference"]
+    assert _registry_serves(pushed["reference"])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_reports_say_memory_was_measured_in_the_container(imaged: FactoryEnv, model: str) -> None:
+    memory = json.loads((imaged.state / "reports" / model / "report.json").read_text())["memory"]
+    assert memory["sampler"].startswith("container cgroup")
+    assert parse_quantity(memory["memory_limit"]) > 0
+    assert set(memory["phases"]) == {"idle", "fuzz", "load"}
+
+
+def _heavier_load_bodies(signature: dict, batch: int) -> list[bytes]:
+    """Full batches only, from inputs the sizing run never drew (another seed)."""
+    requests = sample_requests(signature, count=32, batch_size=batch, seed=7)
+    return [json.dumps(request).encode() for request in requests]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_held_back_heavier_load_stays_within_the_sized_request(imaged: FactoryEnv, model: str,
+                                                               tmp_path: Path) -> None:
+    """A load the sizing never saw (other inputs, full batches, more clients), under the manifest's limit."""
+    record = _record(imaged, model)
+    resources = _container_spec(_deployment(imaged, record["image"].split("/")[-1].split(":")[0]))["resources"]
+    signature = json.loads((imaged.state / "builds" / model / "src" / "resolved.json").read_text())["signature"]
+    with imaged.activated(), container_served(record["image_ref"], tmp_path / "held-back.log",
+                                               resources["limits"]["memory"]) as served, \
+            MemoryProfile.of_container(served.container) as memory:
+        with memory.phase("load"):
+            # More clients only make BentoML shed the excess with 503s (bench/sizing.py): full batches instead.
+            load = run_load(served.url, _heavier_load_bodies(signature, 32), concurrency=8, duration_s=10)
+    assert load.requests > 0
+    peak = memory.peak_bytes
+    request = parse_quantity(resources["requests"]["memory"])
+    assert peak <= request <= 1.3 * peak, (peak / 2**20, request / 2**20)
+
+
+def test_an_oom_kill_fails_the_test_naming_the_limit(imaged: FactoryEnv, tmp_path: Path) -> None:
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(f"- {{name: {ALIAS_MODEL}, alias: champion, endpoint: eta, parameters: [5, PHV], "
+                       "resources: {memory: 40Mi, memory_limit_factor: 1.0}}\n")
+    result = imaged.run("test", "-f", str(catalog), ALIAS_MODEL, "--examples", "5", check=False)
+    assert result.returncode == 1
+    assert f"{ALIAS_MODEL} was OOM-killed at the memory limit 40Mi its manifest carries" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_container_killed_at_its_limit_raises_oom(imaged: FactoryEnv, tmp_path: Path) -> None:
+    with imaged.activated(), pytest.raises(OOMKilled, match="OOM-killed at its memory limit 30Mi"):
+        with container_served(_record(imaged, ALIAS_MODEL)["image_ref"], tmp_path / "oom.log", "30Mi"):
+            pass
