@@ -229,7 +229,7 @@ def test_record_deploy_merges_this_pipelines_builds_with_the_kept_aliases(tmp_pa
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"model": "m_alias", "content_hash": "h", "registry": {"version": 6},
                                   "bento_model_tag": "", "bento_tag": "", "bento_export": "", "image": "",
-                                  "image_built": False, "dockerfile": "", "golden": ""}))
+                                  "dockerfile": "", "golden": ""}))
     assert _record_deploy(tmp_path, "").exit_code == 0
     assert DeployRecord.load(tmp_path / "out" / "deployed.json").versions == {"m_alias": 6}
 
