@@ -199,7 +199,7 @@ class Builder:
         recorded = requirements_file.read_text(encoding="utf-8") if requirements_file.is_file() else ""
         requirements = resolve_requirements(model_requirements(recorded, str(requirements_file)), packages,
                                             model.serving.packages, flavor["loader"] != "pyfunc",
-                                            self.catalog.where(model.name))
+                                            self.catalog.where(model.name), gpu=model.resources.gpu > 0)
         return flavor, requirements
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:

@@ -275,11 +275,12 @@ def _encode(document: Any) -> bytes:
 def fuzz_service(base_url: str, signature: Union[dict, list], max_batch_size: int, *, seed: int,
                  valid_examples: int, invalid_examples: int, golden: Optional[list[dict]] = None,
                  timeout_s: float = 10.0, model: str, report_dir: Union[str, Path],
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FuzzResult:
-    """Fuzz POST <base_url>/predict; minimal failing bodies are written to report_dir for replay."""
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, catalog: Optional[str] = None) -> FuzzResult:
+    """Fuzz POST <base_url>/predict; minimal failing bodies are written to report_dir for replay, and
+    the rerun line names `catalog` (the models.yaml the model came from) when given."""
     columns = signature_columns(signature)
     pairs = _golden_pairs(golden)
-    run = _Run(base_url.rstrip("/"), timeout_s, model, seed, Path(report_dir).resolve())
+    run = _Run(base_url.rstrip("/"), timeout_s, model, seed, Path(report_dir).resolve(), catalog)
     checks = [run.valid(columns, max_batch_size, valid_examples),
               run.invalid(columns, max_batch_size, max_body_bytes, invalid_examples),
               run.golden(pairs)]
@@ -293,9 +294,10 @@ class _Failed(AssertionError):
 
 
 class _Run:
-    def __init__(self, base_url: str, timeout_s: float, model: str, seed: int, report_dir: Path):
+    def __init__(self, base_url: str, timeout_s: float, model: str, seed: int, report_dir: Path,
+                 catalog: Optional[str]):
         self.base_url, self.timeout_s, self.model, self.seed = base_url, timeout_s, model, seed
-        self.report_dir = report_dir
+        self.report_dir, self.catalog = report_dir, catalog
         self.records: list[RequestRecord] = []
         self.down: Optional[_Failed] = None  # the request the service stopped answering at, if it did
 
@@ -374,7 +376,8 @@ class _Run:
         return self._failure(slug, self.down or failures[-1]) if failures else None
 
     def _failure(self, slug: str, failed: _Failed) -> Failure:
-        return minimal_failure(self.report_dir, self.model, self.seed, self.base_url, slug, **failed.details)
+        return minimal_failure(self.report_dir, self.model, self.seed, self.base_url, slug, catalog=self.catalog,
+                               **failed.details)
 
 
 def _golden_pairs(golden: Optional[list[dict]]) -> Optional[list[tuple[list, list]]]:

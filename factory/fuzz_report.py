@@ -208,7 +208,8 @@ def nearest_rank(values: list[float], percentile: float) -> float:
 
 
 def minimal_failure(report_dir: Path, model: str, seed: int, base_url: str, slug: str, *, kind: str,
-                    field: Optional[str], reason: str, body: bytes, response: Response) -> Failure:
+                    field: Optional[str], reason: str, body: bytes, response: Response,
+                    catalog: Optional[str] = None) -> Failure:
     """Writes the minimal failing body into report_dir: the replay lines name that file, so no body
     text ever lands in a shell line."""
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +219,8 @@ def minimal_failure(report_dir: Path, model: str, seed: int, base_url: str, slug
             "--data-binary", f"@{body_file}"]
     return Failure(kind=kind, field=field, reason=reason, status=response.status, request_excerpt=excerpt(body),
                    response_excerpt=excerpt(response.body), body_file=str(body_file), replay_curl=shlex.join(curl),
-                   replay_factory=shlex.join(["factory", "test", model, "--seed", str(seed)]))
+                   replay_factory=shlex.join(["factory", "test", *(["-f", catalog] if catalog else []), model,
+                                              "--seed", str(seed)]))
 
 
 # --- report files -------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Iterable
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import Specifier
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from factory.errors import BuildError, ServeError
 from factory.settings import Settings
@@ -33,6 +35,9 @@ BENTO_TEMPLATES = ROOT / "templates" / "bento"
 BASE_PACKAGES = ("bentoml", "numpy", "pydantic", "uvicorn")
 # A natively loaded model needs its library, not mlflow (FIELD_NOTES: mlflow costs ~110 MiB per process).
 NOT_NEEDED_NATIVE = frozenset({"mlflow", "mlflow-skinny"})
+# The same import package without its CUDA libraries (xgboost's Linux wheel pulls nvidia-nccl-cu12, ~300 MB);
+# published alongside each release since 2.1.0. Models with a GPU keep the CUDA build.
+CPU_BUILDS = {"xgboost": ("xgboost-cpu", "2.1.0")}
 
 
 @functools.cache
@@ -79,17 +84,20 @@ def model_requirements(text: str, source: str) -> list[Requirement]:
 
 
 def resolve_requirements(model: list[Requirement], runtime_packages: Iterable[str], packages: Iterable[str],
-                         native: bool, where: str) -> tuple[str, ...]:
+                         native: bool, where: str, gpu: bool = False) -> tuple[str, ...]:
     """Runtime pins ∪ the model's requirements ∪ models.yaml `serving.packages` (which win by name).
 
     A model requirement the runtime's pin does not satisfy is a conflict; one the lock pins
-    compatibly is pinned to the lock's version, so every serving venv resolves the same way."""
+    compatibly is pinned to the lock's version, so every serving venv resolves the same way.
+    Without a GPU, a requirement with a CPU-only build (CPU_BUILDS) is served with that build."""
     overrides = {canonicalize_name(Requirement(line).name): Requirement(line) for line in packages}
     merged = _pinned([*BASE_PACKAGES, *runtime_packages])
     pins = lock_pins()
-    for requirement in model:
+    for recorded in model:
+        requirement = recorded if gpu else cpu_build(recorded)
         name = canonicalize_name(requirement.name)
-        if name in overrides or (native and name in NOT_NEEDED_NATIVE) or not _applies(requirement):
+        if {name, canonicalize_name(recorded.name)} & overrides.keys() or (native and name in NOT_NEEDED_NATIVE) \
+                or not _applies(requirement):
             continue
         if name in merged:
             pinned = merged[name]
@@ -104,6 +112,23 @@ def resolve_requirements(model: list[Requirement], runtime_packages: Iterable[st
             merged[name] = requirement
     merged.update(overrides)
     return tuple(str(merged[name]) for name in sorted(merged))
+
+
+def cpu_build(requirement: Requirement) -> Requirement:
+    """`xgboost==3.2.0` → `xgboost-cpu==3.2.0`; kept as it is when the CPU build may not exist for the
+    versions it allows (an upper bound or pin below the first CPU release)."""
+    name, first = CPU_BUILDS.get(canonicalize_name(requirement.name), (None, None))
+    if name is None or any(_below(spec, Version(first)) for spec in requirement.specifier):
+        return requirement
+    marker = f"; {requirement.marker}" if requirement.marker else ""
+    return Requirement(f"{name}{requirement.specifier}{marker}")
+
+
+def _below(spec: Specifier, first: Version) -> bool:
+    """Whether this clause allows only versions before `first`."""
+    version = Version(spec.version.rstrip(".*"))
+    return (spec.operator == "<" and version <= first) or (spec.operator in ("==", "===", "<=", "~=")
+                                                            and version < first)
 
 
 def _applies(requirement: Requirement) -> bool:

@@ -103,7 +103,8 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
                 fuzz = fuzz_service(url, signature, model.batching.max_batch_size, seed=settings.seed,
                                     valid_examples=settings.valid_examples,
                                     invalid_examples=settings.invalid_examples,
-                                    golden=golden, model=model.name, report_dir=report_dir)
+                                    golden=golden, model=model.name, report_dir=report_dir,
+                                    catalog=str(catalog_path))
             with memory.phase("load"):
                 load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
                                 concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),

@@ -23,7 +23,7 @@ from factory.errors import ServeError
 from factory.fuzz import (Column, fuzz_service, invalid_request, invalid_requests_by_kind, signature_columns,
                           valid_request, valid_row)
 from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, invalid_problem,
-                                 valid_problem, write_json, write_junit)
+                                 minimal_failure, valid_problem, write_json, write_junit)
 from fuzz_support.server import LETS_NAN_THROUGH, make_app, parse_rows, request_model, serving
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None, max_examples=100,
@@ -234,6 +234,17 @@ def test_invalid_response_verdicts(status, response, request_body, problem):
 
 
 # --- the runner against a real server -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("catalog, rerun", [
+    (None, "factory test m --seed 7"),
+    ("/tmp/a b/models.yaml", "factory test -f '/tmp/a b/models.yaml' m --seed 7"),
+])
+def test_the_rerun_line_names_the_catalog_the_model_came_from(tmp_path, catalog, rerun):
+    failure = minimal_failure(tmp_path, "m", 7, "http://127.0.0.1:1", "valid", kind="valid", field=None,
+                              reason="expected 200, got 500", body=b"{}", response=Response(500, b"", 1.0),
+                              catalog=catalog)
+    assert failure.replay_factory == rerun
 
 
 def _fuzz(url: str, signature, tmp_path: Path, **overrides) -> FuzzResult:

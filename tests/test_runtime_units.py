@@ -54,6 +54,24 @@ def test_catalog_packages_override_by_name() -> None:
     assert "scikit-learn==1.0.2" in resolved and "tabulate>=0.9" in resolved
 
 
+@pytest.mark.parametrize("recorded, gpu, served", [
+    ("xgboost==3.2.0", False, f"xgboost-cpu=={PINS['xgboost-cpu']}"),
+    ("xgboost>=2", False, f"xgboost-cpu=={PINS['xgboost-cpu']}"),  # the lock's version, as for any package
+    ("xgboost~=3.1.0", False, "xgboost-cpu~=3.1.0"),
+    ("xgboost==2.0.3", False, "xgboost==2.0.3"),  # no CPU build before 2.1.0: kept
+    ("xgboost<2.1", False, "xgboost<2.1"),
+    ("xgboost==3.2.0", True, "xgboost==3.2.0"),  # a GPU model keeps the CUDA build
+])
+def test_xgboost_is_served_with_its_cpu_build_unless_the_model_has_a_gpu(recorded, gpu, served) -> None:
+    resolved = resolve_requirements([Requirement(recorded)], ("scikit-learn",), (), True, WHERE, gpu=gpu)
+    assert [line for line in resolved if line.startswith("xgboost")] == [served]
+
+
+def test_a_catalog_override_of_xgboost_replaces_the_cpu_build() -> None:
+    resolved = _resolve(["xgboost==3.2.0"], packages=["xgboost==3.1.0"])
+    assert [line for line in resolved if line.startswith("xgboost")] == ["xgboost==3.1.0"]
+
+
 def test_requirements_file_skips_options_and_locates_bad_lines() -> None:
     text = "# comment\n-r other.txt\nnumpy>=1  # inline\n\nlightgbm==4.7.0; python_version < '3'\n"
     parsed = [str(r) for r in model_requirements(text, "req.txt")]
