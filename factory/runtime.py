@@ -31,8 +31,9 @@ from factory.state import StateDir
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_FILE = ROOT / "requirements.lock"
 BENTO_TEMPLATES = ROOT / "templates" / "bento"
-# What every Bento's service imports, whatever the model.
-BASE_PACKAGES = ("bentoml", "numpy", "pydantic", "uvicorn")
+# What every Bento's service imports, whatever the model. uvicorn picks httptools and uvloop when installed:
+# its pure-Python h11 parser and asyncio's loop cost ~40 % of a one-row request's CPU (bench/flavors.py).
+BASE_PACKAGES = ("bentoml", "httptools", "numpy", "pydantic", "uvicorn", "uvloop")
 # A natively loaded model needs its library, not mlflow (FIELD_NOTES: mlflow costs ~110 MiB per process).
 NOT_NEEDED_NATIVE = frozenset({"mlflow", "mlflow-skinny"})
 # The same import package without its CUDA libraries (xgboost's Linux wheel pulls nvidia-nccl-cu12, ~300 MB);
