@@ -2,7 +2,8 @@
 
 granian (hyper underneath) answers these before the app sees a request: header sections over
 `max_header_bytes` or with more than 100 fields → 431; a header section not complete within
-`header_timeout_s` (also an idle keep-alive connection) → connection closed; HEAD responses
+`header_timeout_s` (also an idle keep-alive connection) → connection closed without an answer (hyper
+never sends 408; README "The proxy" says why that stays); HEAD responses
 without a body; `Expect: 100-continue` answered only when the app reads the body (so an early
 413 or 404 never sends 100); pipelined requests answered in order; Content-Length together with
 Transfer-Encoding framed by the chunked body and the connection closed after the answer.

@@ -18,6 +18,7 @@ from factory.runtime import BENTO_TEMPLATES, lock_pins, model_requirements, reso
 sys.path.insert(0, str(BENTO_TEMPLATES))
 import mf_flavors  # noqa: E402
 import mf_http  # noqa: E402
+import mf_inputs  # noqa: E402
 import mf_runtime  # noqa: E402
 
 WHERE = "models.yaml:3: model 'm'"
@@ -79,6 +80,43 @@ def test_requirements_file_skips_options_and_locates_bad_lines() -> None:
     assert "lightgbm" not in " ".join(_resolve(["lightgbm==4.7.0; python_version < '3'"]))
     with pytest.raises(BuildError, match=r"^req.txt:2: not a requirement: 'numpy =='"):
         model_requirements("numpy\nnumpy ==\n", "req.txt")
+
+
+_CELLS = {"double": st.floats(allow_nan=False, allow_infinity=False), "float": st.floats(-1e6, 1e6, width=32),
+          "long": st.integers(-(2**63), 2**63 - 1), "integer": st.integers(-(2**31), 2**31 - 1),
+          "boolean": st.booleans(), "string": st.text(max_size=5), "binary": st.sampled_from(["", "AAE=", "aGk="]),
+          "datetime": st.datetimes()}
+
+
+@st.composite
+def _signature_and_rows(draw) -> tuple[list[dict], list[dict]]:
+    kinds = draw(st.lists(st.sampled_from(sorted(_CELLS)), min_size=1, max_size=5))
+    inputs = [{"type": kind, "name": f"c {index}", "required": draw(st.booleans())} for index, kind in enumerate(kinds)]
+    row = st.fixed_dictionaries({spec["name"]: _CELLS[spec["type"]] if spec["required"] else
+                                 st.none() | _CELLS[spec["type"]] for spec in inputs})
+    return inputs, draw(st.lists(row, min_size=1, max_size=6))
+
+
+def _frame_from_rows(rows: list[dict], inputs: list[dict]):
+    """The construction frame() replaced (rows first, dtypes cast afterwards): the frames must be equal."""
+    import pandas as pd
+
+    names = mf_inputs.column_names(inputs)
+    data = pd.DataFrame([[mf_inputs._cell(row.get(name), spec["type"]) for name, spec in zip(names, inputs)]
+                         for row in rows], columns=names)
+    for name, spec in zip(names, inputs):
+        if spec["type"] in ("double", "float") or (spec["type"] in mf_inputs.FRAME_DTYPES and data[name].notna().all()):
+            data[name] = data[name].astype(mf_inputs.FRAME_DTYPES[spec["type"]])
+    return data
+
+
+@settings(deadline=None, max_examples=80)
+@given(_signature_and_rows())
+def test_frames_keep_the_signature_dtypes_and_values(case) -> None:
+    import pandas as pd
+
+    inputs, rows = case
+    pd.testing.assert_frame_equal(mf_inputs.frame(rows, inputs), _frame_from_rows(rows, inputs))
 
 
 def _predictor(predict, allow_non_finite=False) -> mf_runtime.Predictor:

@@ -32,18 +32,23 @@ def tensor(rows: list[Any], inputs: list[dict]) -> Any:
 
 
 def frame(rows: list[dict], inputs: list[dict]) -> Any:
-    """Columns in signature order with the signature's dtypes; a missing optional value is NaN/None."""
+    """Columns in signature order with the signature's dtypes; a missing optional value is NaN/None.
+
+    Built column by column: numeric columns as numpy arrays of their dtype, the others inferred by
+    pandas. Building from rows and casting afterwards took ~4x as long, on every batch."""
+    import numpy as np
     import pandas as pd
 
-    names = column_names(inputs)
-    data = pd.DataFrame([[_cell(row.get(name), spec["type"]) for name, spec in zip(names, inputs)] for row in rows],
-                        columns=names)
-    for name, spec in zip(names, inputs):
+    columns: dict[str, Any] = {}
+    for name, spec in zip(column_names(inputs), inputs):
         kind = spec["type"]
+        values = [_cell(row.get(name), kind) for row in rows]
         # An integer column with a missing value stays float/object, as MLflow's own schema enforcement keeps it.
-        if kind in ("double", "float") or (kind in FRAME_DTYPES and data[name].notna().all()):
-            data[name] = data[name].astype(FRAME_DTYPES[kind])
-    return data
+        if kind in ("double", "float") or (kind in FRAME_DTYPES and all(row.get(name) is not None for row in rows)):
+            columns[name] = np.array(values, dtype=FRAME_DTYPES[kind])
+        else:
+            columns[name] = values
+    return pd.DataFrame(columns, columns=column_names(inputs), index=pd.RangeIndex(len(rows)))
 
 
 def array(rows: list[dict], inputs: list[dict]) -> Any:
