@@ -45,6 +45,9 @@ class Served:
 def free_port(wanted: int = 0) -> int:
     """`wanted` if it is free on 127.0.0.1 (else a ServeError), or any free port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers bind: connections of a run that just ended linger in TIME_WAIT on the port (the
+        # server closed them), which keeps it from a plain bind but not from a server's.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", wanted))
         except OSError as exc:
