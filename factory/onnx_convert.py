@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 # ai.onnx.ml 3 holds the tree operators every converter here emits; onnxruntime 1.32 runs both.
 OPSETS = {"": 17, "ai.onnx.ml": 3}
+ONNXMLTOOLS_OPSET = 15  # the highest onnxmltools 1.16's LightGBM and XGBoost converters support
 PRECISIONS = ("float64", "float32")
 NUMERIC = {"double", "float", "long", "integer", "boolean"}
 
@@ -37,29 +38,28 @@ def candidates(model: Any, flavor: dict, signature: dict) -> Iterator[Candidate 
         try:
             yield _convert(model, flavor, signature, precision)
         except NotConvertible as exc:
-            yield exc
+            yield NotConvertible(f"ONNX {precision}: {exc}")
         except Exception as exc:  # converters raise anything on a model they do not handle
-            yield NotConvertible(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            yield NotConvertible(f"ONNX {precision}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
 
 
 def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candidate:
     loader = flavor["loader"]
-    feeds, types = _feeds(model, signature["inputs"], precision)
+    sklearn = loader in ("skops", "pickle", "cloudpickle")
+    if loader not in ("skops", "pickle", "cloudpickle", "lightgbm", "xgboost"):
+        raise NotConvertible(f"flavor '{loader}' has no ONNX converter (only sklearn, LightGBM and XGBoost do)")
+    # Only skl2onnx picks columns by name; the boosters' converters take one matrix in signature order.
+    feeds, types = _feeds(model, signature["inputs"], precision, by_name=sklearn)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if loader in ("skops", "pickle", "cloudpickle") or (loader == "lightgbm" and _is_sklearn_api(flavor)):
-            onnx_model = _sklearn_onnx(model, types, flavor.get("predict_fn", "predict"))
-        elif loader == "lightgbm":
-            import onnxmltools
-
-            onnx_model = onnxmltools.convert_lightgbm(model, initial_types=types, target_opset=OPSETS[""],
-                                                      zipmap=False)
-        elif loader == "xgboost":
-            import onnxmltools
-
-            onnx_model = onnxmltools.convert_xgboost(model, initial_types=types, target_opset=OPSETS[""])
+        if sklearn:
+            onnx_model = _sklearn_onnx(model, types)
         else:
-            raise NotConvertible(f"flavor '{loader}' has no ONNX converter (only sklearn, LightGBM and XGBoost do)")
+            import onnxmltools
+
+            convert = onnxmltools.convert_lightgbm if loader == "lightgbm" else onnxmltools.convert_xgboost
+            onnx_model = convert(_unnamed(model) if loader == "xgboost" else model, initial_types=types,
+                                 target_opset=ONNXMLTOOLS_OPSET)
     # Converters may rename inputs ("surge multiplier" → "surge_multiplier"); their order is kept.
     names = [graph_input.name for graph_input in onnx_model.graph.input]
     if len(names) != len(feeds):
@@ -69,11 +69,18 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
                      _output(onnx_model, flavor.get("predict_fn", "predict")))
 
 
-def _is_sklearn_api(flavor: dict) -> bool:
-    return flavor.get("model_class", "lightgbm.basic.Booster") != "lightgbm.basic.Booster"
+def _unnamed(model: Any) -> Any:
+    """A copy whose features are positional: onnxmltools reads trees only with names f0, f1, …; the
+    feed is in signature order, which is the order the model was fit in."""
+    import copy
+
+    model = copy.deepcopy(model)
+    booster = model if type(model).__name__ == "Booster" else model.get_booster()
+    booster.feature_names = None
+    return model
 
 
-def _feeds(model: Any, inputs: list[dict], precision: str) -> tuple[list, list]:
+def _feeds(model: Any, inputs: list[dict], precision: str, by_name: bool) -> tuple[list, list]:
     """How rows feed the ONNX inputs: one matrix of every column when all are numbers and the model
     selects none by name; else one input per column, named as the column (a ColumnTransformer picks
     its columns by those names, or by position across the inputs in order)."""
@@ -87,8 +94,10 @@ def _feeds(model: Any, inputs: list[dict], precision: str) -> tuple[list, list]:
         return [["X", precision, None]], [("X", number([None, shape[1]]))]
     names = [spec.get("name", f"c{index}") for index, spec in enumerate(inputs)]
     kinds = [spec["type"] for spec in inputs]
-    if all(kind in NUMERIC for kind in kinds) and not hasattr(model, "feature_names_in_"):
+    if all(kind in NUMERIC for kind in kinds) and not (by_name and hasattr(model, "feature_names_in_")):
         return [["X", precision, names]], [("X", number([None, len(names)]))]
+    if not by_name:
+        raise NotConvertible("string input columns (this converter takes numbers only)")
     unsupported = sorted({kind for kind in kinds if kind not in NUMERIC | {"string"}})
     if unsupported:
         raise NotConvertible(f"input columns of type {', '.join(unsupported)} have no ONNX feed here")
@@ -98,7 +107,7 @@ def _feeds(model: Any, inputs: list[dict], precision: str) -> tuple[list, list]:
     return feeds, types
 
 
-def _sklearn_onnx(model: Any, types: list, predict_fn: str) -> Any:
+def _sklearn_onnx(model: Any, types: list) -> Any:
     from skl2onnx import convert_sklearn
 
     _register_double_imputer()
