@@ -43,6 +43,7 @@ def prepare(work: Path) -> tuple[list[str], dict[str, StateDir]]:
     registry = work / "registry"
     os.environ.update({"MLFLOW_TRACKING_URI": f"sqlite:///{registry / 'mlflow.db'}",
                        "BENTOML_HOME": str(work / "bentoml")})
+    os.environ.setdefault("FACTORY_RUNTIME_HOME", str(work / "runtime"))  # one venv per set for both builds
     if not (registry / "mlflow.db").is_file():
         subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), "--registry", str(registry)], cwd=work,
                        check=True, capture_output=True)
