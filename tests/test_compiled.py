@@ -188,3 +188,15 @@ def test_the_compiled_predictor_imports_no_sklearn_pandas_or_mlflow(tmp_path: Pa
     assert served["outputs"] == pytest.approx(cases[0]["outputs"], rel=1e-9)
     assert "onnxruntime" in served["modules"]
     assert not [name for name in served["modules"] if name.split(".")[0] in ("sklearn", "pandas", "mlflow")]
+
+
+@pytest.mark.parametrize("served, golden, rtol, atol, problem", [
+    (b"[[1.0, 0.0]]", [[1.0, 6e-90]], 1e-6, 0.0, None),  # as `factory build` compared: norm-wise per row
+    (b"[[0.5, 0.5]]", [[0.4, 0.6]], 1e-6, 0.0, "output 0 is [0.5, 0.5], golden [0.4, 0.6]"),
+    (b"[12.3003]", [12.3], 1e-6, 0.0, "output 0 is 12.3003, golden 12.3"),
+    (b"[12.3003]", [12.3], 1e-6, 1e-3, None),  # a compiled model's own compile tolerance
+])
+def test_factory_tests_golden_check_uses_the_compile_tolerance(served, golden, rtol, atol, problem) -> None:
+    from factory.fuzz_report import Response, golden_problem
+
+    assert golden_problem(Response(200, served, 1.0), golden, rtol, atol) == problem
