@@ -89,6 +89,7 @@ bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.flavors
+	$(BIN)/python -m bench.compiled
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.sizing
 	$(BIN)/python -m bench.proxy --duration 3 --runs 7

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from factory import golden
+from factory import compiled, golden
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
@@ -106,14 +106,16 @@ class Builder:
         started = time.monotonic()
         resolved = self.registry.resolve(model)
         folder = self._rendered_folder(model)
-        content_hash = _content_hash(folder, resolved, model.serving.model_dump_json())
+        content_hash = _content_hash(folder, resolved, model.serving.model_dump_json() + model.compile.model_dump_json())
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
             if previous.image_built or self.image_step.skipped:
                 return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
             return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
-        source = self._workspace(model, folder, resolved, bento_model_tag)
+        golden_path, cases = self._golden(model, resolved)
+        source, decision = self._workspace(model, folder, resolved, bento_model_tag, cases)
+        self.progress(f"{model.name}: serves {decision.path}: {decision.reason}")
         bento_tag = self._bento_build(model, source, content_hash)
         record = BuildRecord(
             model=model.name, content_hash=content_hash,
@@ -121,7 +123,7 @@ class Builder:
                       "ref": model.registry_ref, "uri": self.registry.uri},
             bento_model_tag=bento_model_tag, bento_tag=bento_tag,
             bento_export=str(self._export(model, bento_tag)),
-            golden=str(self._golden(model, resolved)),
+            golden=str(golden_path), serving_path=decision.path, serving_reason=decision.reason,
             **self.image_step.unbuilt(model, bento_tag))
         record.save(self.state.record_path(model.name))
         if self.image_step.skipped:
@@ -166,26 +168,35 @@ class Builder:
         return tag
 
     def _workspace(self, model: ModelSpec, folder: dict[str, str], resolved: ResolvedModel,
-                   bento_model_tag: str) -> Path:
+                   bento_model_tag: str, cases: list[dict]) -> tuple[Path, compiled.Decision]:
         source = self.state.source_dir(model.name)
         shutil.rmtree(source, ignore_errors=True)
         source.mkdir(parents=True)
         for name, text in folder.items():
             (source / name).write_text(text, encoding="utf-8")
-        flavor, requirements = self._dependencies(model, resolved, bento_model_tag)
+        flavor, requirements, decision = self._dependencies(model, resolved, bento_model_tag, cases, source)
         write_atomic(source / "requirements.txt", "".join(f"{line}\n" for line in requirements))
         ResolvedRecord(bento_model_tag=bento_model_tag, signature=resolved.signature, flavor=flavor,
                        registry={"name": resolved.registered_as, "version": resolved.version},
                        requirements=list(requirements)).save(self.state.resolved_path(model.name))
-        return source
+        return source, decision
 
-    def _dependencies(self, model: ModelSpec, resolved: ResolvedModel, bento_model_tag: str) -> tuple[dict, tuple]:
-        """The loader the Bento will use, and its packages: the model's requirements merged with the runtime's."""
+    def _dependencies(self, model: ModelSpec, resolved: ResolvedModel, bento_model_tag: str, cases: list[dict],
+                      source: Path) -> tuple[dict, tuple, compiled.Decision]:
+        """The loader the Bento will use (compiled where exact), and its packages: the compiled form's are the
+        runtime's pins and onnxruntime; a native model's are its own requirements merged with the runtime's."""
         import bentoml
 
         model_dir = Path(bentoml.models.get(bento_model_tag).path_of("mlflow_model"))
         flavor = dict(resolved.flavor)
         packages = list(flavor.pop("packages"))
+        native = bento_module("mf_flavors").native_model
+        decision = compiled.decide(lambda: native(model_dir, flavor), flavor, resolved.signature, cases,
+                                  model.compile, source / compiled.COMPILED_FILE)
+        if decision.compiled:
+            requirements = resolve_requirements([], compiled.COMPILED_PACKAGES, model.serving.packages, True,
+                                                self.catalog.where(model.name))
+            return decision.flavor, requirements, decision
         if flavor["loader"] != "pyfunc":
             try:
                 wants = bento_module("mf_flavors").load(model_dir, flavor).wants
@@ -200,7 +211,7 @@ class Builder:
         requirements = resolve_requirements(model_requirements(recorded, str(requirements_file)), packages,
                                             model.serving.packages, flavor["loader"] != "pyfunc",
                                             self.catalog.where(model.name), gpu=model.resources.gpu > 0)
-        return flavor, requirements
+        return flavor, requirements, decision
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.
@@ -229,7 +240,7 @@ class Builder:
         _run(BENTOML + ["export", bento_tag, str(target)], f"{self.catalog.where(model.name)}: `bentoml export` failed")
         return target
 
-    def _golden(self, model: ModelSpec, resolved: ResolvedModel) -> Path:
+    def _golden(self, model: ModelSpec, resolved: ResolvedModel) -> tuple[Path, list[dict]]:
         path = self.state.golden_path(model.name)
         cases, errors, non_finite = golden.record_golden(resolved, batch_size=min(8, model.batching.max_batch_size))
         if non_finite and not model.serving.allow_non_finite:
@@ -241,7 +252,7 @@ class Builder:
                           f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "
                           "find the smallest such input")
         write_atomic(path, json.dumps(cases, indent=1, sort_keys=True) + "\n")
-        return path
+        return path, cases
 
 
 def ensure_in_store(record: BuildRecord) -> None:

@@ -151,6 +151,14 @@ class Serving(_Strict):
     allow_non_finite: StrictBool = False
 
 
+class Compile(_Strict):
+    # `factory build` serves a compiled (ONNX) form only when it reproduces the registry model's golden
+    # predictions: floats within rtol (relative) or atol (absolute); classes, strings and integers exactly.
+    enabled: StrictBool = True
+    rtol: float = Field(1e-6, ge=0, le=1)
+    atol: float = Field(0.0, ge=0)
+
+
 class _Routed(_Strict):
     endpoint: Segment
     parameters: list[Segment] = Field(default_factory=list, max_length=16)
@@ -171,6 +179,7 @@ class ModelSpec(_Routed):
     resources: Resources = Resources()
     scaling: Scaling = Scaling()
     serving: Serving = Serving()
+    compile: Compile = Compile()
 
     @model_validator(mode="after")
     def _version_or_alias(self) -> "ModelSpec":

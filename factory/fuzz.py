@@ -275,15 +275,17 @@ def _encode(document: Any) -> bytes:
 def fuzz_service(base_url: str, signature: Union[dict, list], max_batch_size: int, *, seed: int,
                  valid_examples: int, invalid_examples: int, golden: Optional[list[dict]] = None,
                  timeout_s: float = 10.0, model: str, report_dir: Union[str, Path],
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, catalog: Optional[str] = None) -> FuzzResult:
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, catalog: Optional[str] = None,
+                 golden_tolerance: tuple[float, float] = (1e-6, 0.0)) -> FuzzResult:
     """Fuzz POST <base_url>/predict; minimal failing bodies are written to report_dir for replay, and
-    the rerun line names `catalog` (the models.yaml the model came from) when given."""
+    the rerun line names `catalog` (the models.yaml the model came from) when given. Golden outputs
+    must agree within `golden_tolerance` (rtol, atol; see fuzz_report.golden_problem)."""
     columns = signature_columns(signature)
     pairs = _golden_pairs(golden)
     run = _Run(base_url.rstrip("/"), timeout_s, model, seed, Path(report_dir).resolve(), catalog)
     checks = [run.valid(columns, max_batch_size, valid_examples),
               run.invalid(columns, max_batch_size, max_body_bytes, invalid_examples),
-              run.golden(pairs)]
+              run.golden(pairs, *golden_tolerance)]
     return FuzzResult(model=model, base_url=base_url, seed=seed, checks=checks, records=run.records)
 
 
@@ -322,11 +324,12 @@ class _Run:
         failures = (self._search("invalid", strategy, share, attempt) for strategy in by_kind.values())
         return self._check("invalid requests", examples > 0, lambda: next(filter(None, failures), None))
 
-    def golden(self, pairs: Optional[list[tuple[list, list]]]) -> CheckResult:
+    def golden(self, pairs: Optional[list[tuple[list, list]]], rtol: float, atol: float) -> CheckResult:
         def attempt(pair: tuple[list, list]) -> Optional[Failure]:
             inputs, outputs = pair
             try:
-                self.exchange("golden", _encode({"inputs": inputs}), None, lambda r: golden_problem(r, outputs))
+                self.exchange("golden", _encode({"inputs": inputs}), None,
+                              lambda r: golden_problem(r, outputs, rtol, atol))
             except _Failed as failed:
                 return self._failure("golden", failed)
             return None

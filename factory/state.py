@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, Literal, Optional, TypeVar
 
 import pydantic
 
@@ -65,6 +65,10 @@ class BuildRecord(Record):
     image_build_seconds: float = pydantic.Field(default=0.0, ge=0)
     dockerfile: str
     golden: str
+    # Which form serves: "compiled" (ONNX, exact on the golden requests) or "native" (the model's flavor),
+    # and why, as `factory build` printed it.
+    serving_path: Literal["compiled", "native"] = "native"
+    serving_reason: str = ""
 
     @property
     def image_built(self) -> bool:

@@ -104,7 +104,8 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
                                     valid_examples=settings.valid_examples,
                                     invalid_examples=settings.invalid_examples,
                                     golden=golden, model=model.name, report_dir=report_dir,
-                                    catalog=str(catalog_path))
+                                    catalog=str(catalog_path),
+                                    golden_tolerance=_golden_tolerance(model, record))
             with memory.phase("load"):
                 load = run_load(url, _load_bodies(signature, model.batching.max_batch_size),
                                 concurrency=min(model.batching.max_batch_size, MAX_LOAD_CLIENTS),
@@ -186,3 +187,10 @@ def _failure_lines(report: TestReport) -> str:
     if report.load.failures:
         lines.append(f"  load phase: {report.load.failures} failed requests {report.load.statuses}")
     return "\n".join(lines)
+
+
+def _golden_tolerance(model: ModelSpec, record: BuildRecord) -> tuple[float, float]:
+    """A compiled form was kept within the model's `compile` tolerance; a native one answers as the registry does."""
+    if record.serving_path == "compiled":
+        return max(model.compile.rtol, 1e-6), model.compile.atol
+    return 1e-6, 0.0

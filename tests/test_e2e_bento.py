@@ -52,7 +52,24 @@ def servers(request: pytest.FixtureRequest, built: FactoryEnv):
                     runtimes[MIXED_MODEL]) as mixed, \
                 served(record(built, ALIAS_MODEL)["bento_tag"], built.state / "alias.log", request.param,
                        runtimes[ALIAS_MODEL]) as alias:
-            yield {MIXED_MODEL: mixed.url, ALIAS_MODEL: alias.url}
+            yield {MIXED_MODEL: mixed.url, ALIAS_MODEL: alias.url, "pids": {MIXED_MODEL: mixed.pid}}
+
+
+def test_the_compiled_model_serves_on_onnxruntime_alone(servers: dict, built: FactoryEnv) -> None:
+    """Its Bento installs the runtime's pins and onnxruntime only, and the served process tree maps
+    onnxruntime's library and none of sklearn's or pandas' (mlflow, pure Python, is not installed)."""
+    import psutil
+    from packaging.requirements import Requirement
+
+    assert record(built, MIXED_MODEL)["serving_path"] == "compiled"
+    resolved = json.loads((built.state / "builds" / MIXED_MODEL / "src" / "resolved.json").read_text())
+    assert resolved["flavor"]["loader"] == "onnx"
+    assert sorted(Requirement(line).name for line in resolved["requirements"]) == [
+        "bentoml", "numpy", "onnxruntime", "pydantic", "uvicorn"]
+    root = psutil.Process(servers["pids"][MIXED_MODEL])
+    mapped = {mapping.path for process in [root, *root.children(recursive=True)] for mapping in process.memory_maps()}
+    assert any("/onnxruntime/" in path for path in mapped)
+    assert not [path for path in mapped if "/sklearn/" in path or "/pandas/" in path or "/mlflow/" in path]
 
 
 @pytest.mark.parametrize("model", [MIXED_MODEL, ALIAS_MODEL])

@@ -24,8 +24,15 @@ ALL_MODELS = (*WORKING_MODELS, RAISING_MODEL, NAN_MODEL, NO_START_MODEL)
 RANKS = [1.0, 2.5, 4.0, 8.0, 15.0]
 
 
+# Compiled where exact (LightGBM, XGBoost); these two keep the native sklearn paths (a DataFrame with
+# pandas, a tensor) served and checked end to end.
+NATIVE_BY_CHOICE = (COLUMNS_MODEL, FLAVORS.TENSOR_MODEL)
+COMPILED_MODELS = (FLAVORS.LIGHTGBM_MODEL, FLAVORS.XGBOOST_MODEL)
+
+
 def _catalog(path: Path) -> Path:
-    entries = [f"  - {{name: {name}, version: 1, endpoint: {name.replace('_', '-')}}}" for name in ALL_MODELS]
+    entries = [f"  - {{name: {name}, version: 1, endpoint: {name.replace('_', '-')}"
+               + (", compile: {enabled: false}}" if name in NATIVE_BY_CHOICE else "}") for name in ALL_MODELS]
     path.write_text("defaults:\n  batching: {max_batch_size: 16, max_latency_ms: 1000}\nmodels:\n"
                     + "\n".join(entries) + "\n")
     return path
@@ -39,6 +46,8 @@ def flavors(factory_env: FactoryEnv, tmp_path_factory: pytest.TempPathFactory) -
     # Images are issue 11's, proven on two models in test_e2e_images; here each flavor's own serving venv.
     built = factory_env.run("build", "-f", str(catalog), "--all", "--no-image", timeout=900)
     assert f"warning: {NAN_MODEL}: the registry's own model answered NaN" in built.stdout
+    assert (f"{CUSTOM_MODEL}: serves native: an mlflow.pyfunc model has no ONNX converter (only sklearn, "
+            "LightGBM and XGBoost do)\n") in built.stdout
     return factory_env, catalog
 
 
@@ -63,6 +72,24 @@ def test_every_flavor_serves_and_matches_pyfunc(tested_all) -> None:
     custom = json.loads((env.state / "builds" / CUSTOM_MODEL / "src" / "resolved.json").read_text())
     assert custom["flavor"]["loader"] == "pyfunc"  # with the package the runtime does not have
     assert any(line.startswith("sortedcontainers==") for line in custom["requirements"])
+
+
+def test_boosters_serve_compiled_and_the_rest_natively_saying_why(tested_all) -> None:
+    """Golden predictions held on both paths (the test above); here, which path served and why."""
+    env, _, _ = tested_all
+    paths = {model: json.loads((env.state / "builds" / model / "record.json").read_text())
+             for model in WORKING_MODELS}
+    for model in COMPILED_MODELS:
+        assert paths[model]["serving_path"] == "compiled", paths[model]["serving_reason"]
+        assert paths[model]["serving_reason"].startswith("ONNX float")
+        resolved = json.loads((env.state / "builds" / model / "src" / "resolved.json").read_text())
+        assert resolved["flavor"]["loader"] == "onnx"
+        assert not [line for line in resolved["requirements"] if line.split("==")[0] in
+                    ("lightgbm", "xgboost-cpu", "scikit-learn", "pandas", "mlflow")]
+    for model in NATIVE_BY_CHOICE:
+        assert (paths[model]["serving_path"], paths[model]["serving_reason"]) == (
+            "native", "compile.enabled is false in models.yaml")
+    assert paths[CUSTOM_MODEL]["serving_path"] == "native"
 
 
 def test_one_model_failing_never_stops_the_others(tested_all) -> None:

@@ -1,5 +1,8 @@
 """Model-kind dispatch: load a registered MLflow model the leanest way its flavor allows.
 
+The compiled form comes first: `factory build` converts a model to ONNX where its flavor allows and
+keeps it only when it reproduces the registry model's golden predictions (`factory/compile.py`); it
+then runs on onnxruntime alone, with no sklearn, pandas or mlflow in the serving venv or the process.
 Native loaders (sklearn from skops/pickle/cloudpickle, LightGBM, XGBoost) skip `import mlflow` and,
 for models fit on arrays, pandas (~110 MiB per process, FIELD_NOTES). Everything else, custom
 `PythonModel`s and models-from-code included, loads through `mlflow.pyfunc` inside the Bento.
@@ -23,15 +26,19 @@ SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """`predict` takes what `wants` names: "frame" (pandas, signature columns) or "array" (numpy)."""
+    """`predict` takes what `wants` names: "frame" (pandas, signature columns), "array" (numpy) or
+    "feeds" (a dict of numpy arrays, one per ONNX input, laid out as `feeds` says)."""
 
     predict: Callable[[Any], Any]
     wants: str
     feature_names: tuple[str, ...] = ()
+    feeds: tuple = ()
 
 
 def load(model_dir: Path, flavor: dict) -> LoadedModel:
     loader = flavor.get("loader", "pyfunc")
+    if loader == "onnx":
+        return _onnx(flavor)
     if loader in SKLEARN_FORMATS:
         return _sklearn(model_dir, flavor)
     if loader == "lightgbm":
@@ -57,8 +64,25 @@ def _unpickle(path: Path, serialization: str, trusted: list[str]) -> Any:
         return pickle.load(handle)
 
 
+def native_model(model_dir: Path, flavor: dict) -> Any:
+    """The model object its flavor saved (an estimator, a Booster): what `factory build` compiles."""
+    path = model_dir / flavor["model_file"]
+    if flavor["loader"] in SKLEARN_FORMATS:
+        return _unpickle(path, flavor["loader"], flavor.get("trusted_types", []))
+    if flavor["loader"] == "lightgbm":
+        if flavor.get("model_class", "lightgbm.basic.Booster") == "lightgbm.basic.Booster":
+            import lightgbm
+
+            return lightgbm.Booster(model_file=str(path))
+        return _unpickle(path, flavor.get("serialization", "cloudpickle"), flavor.get("trusted_types", []))
+    module, _, name = flavor["model_class"].rpartition(".")
+    model = getattr(importlib.import_module(module), name)()
+    model.load_model(str(path))
+    return model
+
+
 def _sklearn(model_dir: Path, flavor: dict) -> LoadedModel:
-    model = _unpickle(model_dir / flavor["model_file"], flavor["loader"], flavor.get("trusted_types", []))
+    model = native_model(model_dir, flavor)
     return _by_fit_input(model, getattr(model, flavor.get("predict_fn", "predict")))
 
 
@@ -71,22 +95,16 @@ def _by_fit_input(model: Any, predict: Callable[[Any], Any]) -> LoadedModel:
 
 
 def _lightgbm(model_dir: Path, flavor: dict) -> LoadedModel:
-    path = model_dir / flavor["model_file"]
+    model = native_model(model_dir, flavor)
     if flavor.get("model_class", "lightgbm.basic.Booster") == "lightgbm.basic.Booster":
-        import lightgbm
-
-        booster = lightgbm.Booster(model_file=str(path))
-        return LoadedModel(booster.predict, "array")
-    model = _unpickle(path, flavor.get("serialization", "cloudpickle"), flavor.get("trusted_types", []))
+        return LoadedModel(model.predict, "array")
     return _by_fit_input(model, model.predict)
 
 
 def _xgboost(model_dir: Path, flavor: dict) -> LoadedModel:
     import xgboost
 
-    module, _, name = flavor["model_class"].rpartition(".")
-    model = getattr(importlib.import_module(module), name)()
-    model.load_model(str(model_dir / flavor["model_file"]))
+    model = native_model(model_dir, flavor)
     booster = model if isinstance(model, xgboost.Booster) else model.get_booster()
     names = tuple(booster.feature_names or ())
     if isinstance(model, xgboost.Booster):
@@ -96,3 +114,22 @@ def _xgboost(model_dir: Path, flavor: dict) -> LoadedModel:
 
         return LoadedModel(predict, "array", names)
     return LoadedModel(model.predict, "frame" if names else "array", names)
+
+
+def _onnx(flavor: dict) -> LoadedModel:
+    """The compiled model. One intra-op thread: a few rows per call, and the pod's CPU is a fraction of a core."""
+    import onnxruntime
+
+    path = Path(flavor["model_file"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path if path.is_absolute() else Path(__file__).parent / path),
+                                           options, providers=["CPUExecutionProvider"])
+    output, flatten = [flavor["output"]], flavor["flatten"]
+
+    def predict(feeds: dict) -> Any:
+        result = session.run(output, feeds)[0]
+        return result.reshape(-1) if flatten else result
+
+    return LoadedModel(predict, "feeds", feeds=tuple(tuple(feed) for feed in flavor["feeds"]))

@@ -1,5 +1,5 @@
 """Request rows → the batch a model expects: a pandas DataFrame with the signature's names and dtypes,
-a numpy array in signature order, or a tensor of the declared dtype.
+a numpy array in signature order, a tensor of the declared dtype, or a compiled model's ONNX feeds.
 
 Shared by the served Bento and by `factory build`, which records golden predictions with
 `mlflow.pyfunc` on exactly the frame built here. Copied verbatim into each model's folder.
@@ -59,6 +59,20 @@ def array(rows: list[dict], inputs: list[dict]) -> Any:
     numeric = all(spec["type"] in NUMERIC for spec in inputs)
     cells = [[_cell(row.get(name), spec["type"]) for name, spec in zip(names, inputs)] for row in rows]
     return np.array(cells, dtype=np.float64 if numeric else object)
+
+
+def feeds(rows: list[dict], inputs: list[dict], layout: tuple) -> dict:
+    """One array per ONNX input: `layout` holds (input name, numpy dtype, [signature columns]), as
+    `factory build` converted the model; numbers (booleans as 0/1) as floats, missing ones NaN."""
+    import numpy as np
+
+    if is_tensor(inputs):
+        ((name, dtype, _),) = layout
+        return {name: np.asarray(rows, dtype=dtype)}
+    kinds = dict(zip(column_names(inputs), (spec["type"] for spec in inputs)))
+    return {name: np.array([[_cell(row.get(column), kinds[column]) for column in columns] for row in rows],
+                           dtype=dtype)
+            for name, dtype, columns in layout}
 
 
 def _cell(value: Any, kind: str) -> Any:

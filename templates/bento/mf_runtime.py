@@ -101,12 +101,11 @@ class Predictor:
         self.model = mf_flavors.load(Path(mlflow_model_dir), resolved["flavor"])
 
     def predict(self, rows: list[Any]) -> list[Any]:
-        records = rows if self.tensor else [row.model_dump(by_alias=True) for row in rows]
-        return self._isolated(records)
+        return self._isolated(rows if self.tensor else [row.model_dump(by_alias=True) for row in rows])
 
     def _isolated(self, records: list[Any]) -> list[Any]:
         try:
-            outputs = self._run(records)
+            outputs = self.run(records)
         except Exception as exc:  # the model's own failure, whatever its type
             if len(records) == 1:
                 LOG.warning("the model raised on one row", exc_info=True)
@@ -115,10 +114,14 @@ class Predictor:
             return self._isolated(records[:middle]) + self._isolated(records[middle:])
         return [self._finite(output) for output in outputs]
 
-    def _run(self, records: list[Any]) -> list[Any]:
+    def run(self, records: list[Any]) -> list[Any]:
+        """The model on the whole batch, raising what it raises. Records are dicts keyed by signature
+        column (tensor rows are lists); `factory build` checks a compiled form through this too."""
         import numpy as np
 
-        if self.tensor:
+        if self.model.wants == "feeds":
+            batch = mf_inputs.feeds(records, self.inputs, self.model.feeds)
+        elif self.tensor:
             batch = mf_inputs.tensor(records, self.inputs)
         elif self.model.wants == "frame":
             batch = mf_inputs.frame(records, self.inputs)

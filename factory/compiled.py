@@ -1,0 +1,96 @@
+"""`factory build`'s compile step: serve a compiled (ONNX) form of the model, exact or not at all.
+
+The candidate runs through the very code the Bento serves with (`mf_runtime.Predictor` on the
+`onnx` loader of `mf_flavors`) on the golden requests, and must answer what the registry model
+answered there (`mlflow.pyfunc`, recorded at build time) within the model's `compile` tolerance.
+Otherwise the model serves natively and the decision says why, in one line.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from factory.catalog import Compile
+from factory.exactness import compare
+from factory.onnx_convert import Candidate, NotConvertible, candidates
+from factory.runtime import bento_module
+
+COMPILED_FILE = "model.onnx"
+# What the compiled form's serving venv holds besides the runtime's own pins (factory/runtime.py).
+COMPILED_PACKAGES = ("onnxruntime",)
+
+
+@dataclass(frozen=True)
+class Decision:
+    path: str  # "compiled" or "native"
+    reason: str  # one line, shown in the build output and kept in the build record
+    flavor: dict  # the compiled loader for resolved.json; {} when native
+
+    @property
+    def compiled(self) -> bool:
+        return self.path == "compiled"
+
+
+def decide(load_native: Callable[[], Any], flavor: dict, signature: dict, cases: list[dict], settings: Compile,
+           target: Path) -> Decision:
+    """Write `target` (the ONNX file beside the Bento's service) and answer "compiled" only when it is exact."""
+    target.unlink(missing_ok=True)
+    if not settings.enabled:
+        return _native("compile.enabled is false in models.yaml")
+    if flavor["loader"] == "pyfunc":
+        return _native("an mlflow.pyfunc model has no ONNX converter (only sklearn, LightGBM and XGBoost do)")
+    if not cases:
+        return _native("no golden predictions to check a compiled form against")
+    try:
+        model = load_native()
+    except Exception as exc:  # whatever the flavor's library raises: the native path reports it on its own
+        return _native(f"the model did not load for conversion ({type(exc).__name__}: {str(exc)[:150]})")
+    failures = []
+    for candidate in candidates(model, flavor, signature):
+        if isinstance(candidate, NotConvertible):
+            failures.append(str(candidate))
+            continue
+        decision = _check(candidate, flavor, signature, cases, settings, target)
+        if decision.compiled:
+            return decision
+        failures.append(decision.reason)
+    target.unlink(missing_ok=True)
+    return _native("no exact compiled form: " + "; ".join(failures))
+
+
+def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict], settings: Compile,
+           target: Path) -> Decision:
+    rows = [row for case in cases for row in case["inputs"]]
+    expected = [output for case in cases for output in case["outputs"]]
+    compiled = {"loader": "onnx", "model_file": COMPILED_FILE, "compiled_from": flavor["loader"],
+                "precision": candidate.precision, "feeds": candidate.feeds, "output": candidate.output,
+                # The registry model answers one value per row (a regression, a class): ONNX gives [rows, 1].
+                "flatten": not isinstance(expected[0], list)}
+    target.write_bytes(candidate.onnx)
+    label = f"ONNX {candidate.precision}"
+    try:
+        predictor = _runtime().Predictor("", {"signature": signature, "flavor": {**compiled, "model_file": str(target)}})
+        actual = bento_module("mf_inputs").nulled(predictor.run(rows))
+    except Exception as exc:  # onnxruntime refusing the graph, or feeds it cannot take
+        return _native(f"{label} does not run: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    result = compare(expected, actual, settings.rtol, settings.atol)
+    if not result.agrees:
+        return _native(f"{label} differs from the registry model beyond rtol {settings.rtol:g}, atol "
+                       f"{settings.atol:g}: {result.describe(rows)}")
+    return Decision("compiled", f"{label} reproduces the registry model on {len(rows)} golden rows (max relative "
+                                f"error {result.relative_error:.1g}, rtol {settings.rtol:g})", compiled)
+
+
+def _native(reason: str) -> Decision:
+    return Decision("native", reason, {})
+
+
+@functools.cache
+def _runtime() -> Any:
+    """The Bento's runtime modules, loaded in the order their own imports need."""
+    for name in ("mf_http", "mf_inputs", "mf_flavors"):
+        bento_module(name)
+    return bento_module("mf_runtime")

@@ -1,0 +1,159 @@
+"""Registry models → ONNX candidates: skl2onnx for sklearn, onnxmltools for LightGBM and XGBoost.
+
+Each model is tried in double precision first (what sklearn computes in), then in single precision
+(what tree ensembles compare in: sklearn trees cast inputs to float32, LightGBM/XGBoost converters
+only emit float trees). `factory/compile.py` keeps the first candidate that reproduces the registry
+model's own predictions. A candidate is the ONNX bytes plus how request rows feed its inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+# ai.onnx.ml 3 holds the tree operators every converter here emits; onnxruntime 1.32 runs both.
+OPSETS = {"": 17, "ai.onnx.ml": 3}
+ONNXMLTOOLS_OPSET = 15  # the highest onnxmltools 1.16's LightGBM and XGBoost converters support
+PRECISIONS = ("float64", "float32")
+NUMERIC = {"double", "float", "long", "integer", "boolean"}
+
+
+class NotConvertible(Exception):
+    """This model has no ONNX form here; the message says why (it is shown in the build output)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    precision: str
+    onnx: bytes
+    feeds: list  # [[ONNX input name, numpy dtype, [signature columns] or None for a tensor], ...]
+    output: str  # the ONNX output answering the flavor's predict_fn
+
+
+def candidates(model: Any, flavor: dict, signature: dict) -> Iterator[Candidate | NotConvertible]:
+    """Per precision: a Candidate, or the NotConvertible saying why that precision has none."""
+    for precision in PRECISIONS:
+        try:
+            yield _convert(model, flavor, signature, precision)
+        except NotConvertible as exc:
+            yield NotConvertible(f"ONNX {precision}: {exc}")
+        except Exception as exc:  # converters raise anything on a model they do not handle
+            yield NotConvertible(f"ONNX {precision}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+
+
+def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candidate:
+    loader = flavor["loader"]
+    sklearn = loader in ("skops", "pickle", "cloudpickle")
+    if loader not in ("skops", "pickle", "cloudpickle", "lightgbm", "xgboost"):
+        raise NotConvertible(f"flavor '{loader}' has no ONNX converter (only sklearn, LightGBM and XGBoost do)")
+    # Only skl2onnx picks columns by name; the boosters' converters take one matrix in signature order.
+    feeds, types = _feeds(model, signature["inputs"], precision, by_name=sklearn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if sklearn:
+            onnx_model = _sklearn_onnx(model, types)
+        else:
+            import onnxmltools
+
+            convert = onnxmltools.convert_lightgbm if loader == "lightgbm" else onnxmltools.convert_xgboost
+            onnx_model = convert(_unnamed(model) if loader == "xgboost" else model, initial_types=types,
+                                 target_opset=ONNXMLTOOLS_OPSET)
+    # Converters may rename inputs ("surge multiplier" → "surge_multiplier"); their order is kept.
+    names = [graph_input.name for graph_input in onnx_model.graph.input]
+    if len(names) != len(feeds):
+        raise NotConvertible(f"the ONNX graph takes {len(names)} inputs for {len(feeds)} fed")
+    feeds = [[name, *feed[1:]] for name, feed in zip(names, feeds)]
+    return Candidate(precision, onnx_model.SerializeToString(), feeds,
+                     _output(onnx_model, flavor.get("predict_fn", "predict")))
+
+
+def _unnamed(model: Any) -> Any:
+    """A copy whose features are positional: onnxmltools reads trees only with names f0, f1, …; the
+    feed is in signature order, which is the order the model was fit in."""
+    import copy
+
+    model = copy.deepcopy(model)
+    booster = model if type(model).__name__ == "Booster" else model.get_booster()
+    booster.feature_names = None
+    return model
+
+
+def _feeds(model: Any, inputs: list[dict], precision: str, by_name: bool) -> tuple[list, list]:
+    """How rows feed the ONNX inputs: one matrix of every column when all are numbers and the model
+    selects none by name; else one input per column, named as the column (a ColumnTransformer picks
+    its columns by those names, or by position across the inputs in order)."""
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+
+    number = DoubleTensorType if precision == "float64" else FloatTensorType
+    if inputs and inputs[0].get("type") == "tensor":
+        shape = inputs[0]["tensor-spec"]["shape"]
+        if len(shape) != 2:
+            raise NotConvertible(f"a tensor input of shape {shape} (only [rows, features] converts)")
+        return [["X", precision, None]], [("X", number([None, shape[1]]))]
+    names = [spec.get("name", f"c{index}") for index, spec in enumerate(inputs)]
+    kinds = [spec["type"] for spec in inputs]
+    if all(kind in NUMERIC for kind in kinds) and not (by_name and hasattr(model, "feature_names_in_")):
+        return [["X", precision, names]], [("X", number([None, len(names)]))]
+    if not by_name:
+        raise NotConvertible("string input columns (this converter takes numbers only)")
+    unsupported = sorted({kind for kind in kinds if kind not in NUMERIC | {"string"}})
+    if unsupported:
+        raise NotConvertible(f"input columns of type {', '.join(unsupported)} have no ONNX feed here")
+    feeds = [[name, "object" if kind == "string" else precision, [name]] for name, kind in zip(names, kinds)]
+    types = [(name, StringTensorType([None, 1]) if kind == "string" else number([None, 1]))
+             for name, kind in zip(names, kinds)]
+    return feeds, types
+
+
+def _sklearn_onnx(model: Any, types: list) -> Any:
+    from skl2onnx import convert_sklearn
+
+    _register_double_imputer()
+    options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
+    return convert_sklearn(model, initial_types=types, options=options, target_opset=OPSETS)
+
+
+def _output(onnx_model: Any, predict_fn: str) -> str:
+    names = [output.name for output in onnx_model.graph.output]
+    if predict_fn == "predict":
+        return names[0]
+    wanted = {"predict_proba": "probabilities"}.get(predict_fn)
+    if wanted not in names:
+        raise NotConvertible(f"predict_fn '{predict_fn}' has no compiled output (outputs: {', '.join(names)})")
+    return wanted
+
+
+@functools.cache
+def _register_double_imputer() -> None:
+    """skl2onnx's SimpleImputer emits ai.onnx.ml Imputer, which stores fill values as float32 and which
+    onnxruntime runs only on float32: on double inputs, fill NaNs with IsNaN + Where in double instead."""
+    import numpy as np
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common._registration import get_converter, get_shape_calculator
+    from skl2onnx.common.data_types import DoubleTensorType
+    from skl2onnx.operator_converters.common import concatenate_variables
+    from skl2onnx.proto import onnx_proto
+    from sklearn.impute import SimpleImputer
+
+    native = get_converter("SklearnSimpleImputer")
+
+    def convert(scope: Any, operator: Any, container: Any) -> None:
+        imputer = operator.raw_operator
+        if not isinstance(operator.inputs[0].type, DoubleTensorType):
+            return native(scope, operator, container)
+        statistics = np.asarray(imputer.statistics_, dtype=np.float64)
+        if imputer.add_indicator or not np.isnan(imputer.missing_values) or np.isnan(statistics).any():
+            raise NotConvertible("a SimpleImputer with an indicator, a non-NaN missing value or an empty "
+                                 "feature (double precision)")
+        features = concatenate_variables(scope, operator.inputs, container)
+        fill = scope.get_unique_variable_name("fill")
+        container.add_initializer(fill, onnx_proto.TensorProto.DOUBLE, [len(statistics)], statistics.tolist())
+        missing = scope.get_unique_variable_name("missing")
+        container.add_node("IsNaN", [features], [missing], name=scope.get_unique_operator_name("IsNaN"))
+        container.add_node("Where", [missing, fill, features], [operator.outputs[0].full_name],
+                           name=scope.get_unique_operator_name("Where"))
+
+    update_registered_converter(SimpleImputer, "SklearnSimpleImputer", get_shape_calculator("SklearnSimpleImputer"),
+                                convert, overwrite=True)
