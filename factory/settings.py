@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional
 
-STATE_DEFAULT = "factory-state"  # not hidden: BentoML refuses to build from hidden paths
+STATE_DEFAULT = "factory-state"
+PINNED_VERSIONS_ENV = "FACTORY_PINNED_VERSIONS"  # not hidden: BentoML refuses to build from hidden paths
 
 
 def _env(name: str, help: str):
@@ -34,6 +35,9 @@ class Settings:
                                                              "the one `factory build --proxy` pushed, by digest)")
     image_registry: Optional[str] = _env("FACTORY_IMAGE_REGISTRY", "where images are pushed, instead of models.yaml's "
                                                                    "kubernetes.image_registry (CI: $CI_REGISTRY_IMAGE)")
+    pinned_versions: str = _env(PINNED_VERSIONS_ENV, "alias models at a fixed registry version, as "
+                                                           "`name=version ...` (set by a sharded child pipeline: "
+                                                           "its render job resolved them)")
     docker_host: Optional[str] = _env("DOCKER_HOST", "the Docker engine images are built and run with (the "
                                                      "Makefile sets it: the default socket, else the project's)")
 
@@ -45,6 +49,7 @@ class Settings:
                    runtime_python=Path(values["runtime_python"]) if values["runtime_python"] else None,
                    runtime_home=Path(values["runtime_home"]) if values["runtime_home"] else None,
                    proxy_image=values["proxy_image"], image_registry=values["image_registry"],
+                   pinned_versions=values["pinned_versions"] or "",
                    docker_host=values["docker_host"])
 
 

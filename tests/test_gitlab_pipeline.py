@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from e2e_support.gitlab import artifact, commit, git, run_pipeline, scratch_repo
 from factory.catalog import Catalog
 from factory.errors import CatalogError
 from factory.loader import parse_catalog
-from factory.pipeline import MAX_CHILD_YAML_BYTES, MAX_NEEDS
+from factory.pipeline import MAX_CHILD_YAML_BYTES, MAX_NEEDS, SHARD_DIR
 from factory.render import child_pipeline
 
 PLANTED_PARENT = textwrap.dedent("""\
@@ -44,8 +45,8 @@ MODEL_STAGES = ("build-", "test-", "deploy-")
 MIXED_SLUG = MIXED_MODEL.lower().replace("_", "-")
 
 
-def _schema_errors(path: Path) -> str:
-    result = CliRunner().invoke(check_jsonschema, ["--builtin-schema", "vendor.gitlab-ci", str(path)])
+def _schema_errors(*paths: Path) -> str:
+    result = CliRunner().invoke(check_jsonschema, ["--builtin-schema", "vendor.gitlab-ci", *map(str, paths)])
     return "" if result.exit_code == 0 else result.output
 
 
@@ -64,20 +65,57 @@ def _jobs(text: str) -> dict[str, dict]:
 
 def test_parent_and_a_1000_model_child_pass_gitlabs_schema_and_limits(tmp_path: Path) -> None:
     assert _schema_errors(ROOT / ".gitlab-ci.yml") == ""
-    text = child_pipeline(_large_catalog(1000))
-    (tmp_path / "child.yml").write_text(text)
-    assert _schema_errors(tmp_path / "child.yml") == ""
-    jobs = _jobs(text)
-    assert len(text.encode()) < MAX_CHILD_YAML_BYTES
-    assert max(len(job.get("needs", [])) for job in jobs.values()) <= MAX_NEEDS
-    assert len([name for name in jobs if name.startswith(MODEL_STAGES)]) == 3000
-    assert [job["tags"] for name, job in jobs.items() if "tags" in job] == [["gpu"]] * 30
-    assert yaml.safe_load(text)["default"]["image"] == "python:3.11-bookworm"
-    assert jobs["build-model-7"]["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
-    assert "services" not in jobs["test-model-7"]
-    apply = jobs["apply"]
-    assert [len(apply["dependencies"]), apply["resource_group"], apply["environment"]["name"], apply["interruptible"],
-            apply["rules"][0]["when"]] == [20, "prod", "prod", False, "manual"]
+    catalog = _large_catalog(1000)
+    pinned = {model.name: 4 for model in catalog.models if model.alias is not None}
+    files = child_pipeline(catalog, pinned=pinned)
+    shard_names = [f"{SHARD_DIR}/shard-{n:03d}.yml" for n in range(1, 8)]  # 150 models each: 7 shards
+    assert sorted(files) == ["child-pipeline.yml", *shard_names]
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+        assert len(text.encode()) < MAX_CHILD_YAML_BYTES
+        jobs = _jobs(text)
+        assert len(jobs) <= 500, name  # GitLab.com Free: 500 jobs in one pipeline
+        assert max(len(job.get("needs", [])) for job in jobs.values()) <= MAX_NEEDS
+    assert _schema_errors(*(tmp_path / name for name in files)) == ""
+    shards = {name: _jobs(files[name]) for name in shard_names}
+    model_jobs = [name for jobs in shards.values() for name in jobs if name.startswith(MODEL_STAGES)]
+    assert len(model_jobs) == len(set(model_jobs)) == 3000
+    assert [len([n for n in jobs if n.startswith(MODEL_STAGES)]) for jobs in shards.values()] == [450] * 6 + [300]
+    tags = [job["tags"] for jobs in shards.values() for job in jobs.values() if "tags" in job]
+    assert tags == [["gpu"]] * 30
+    first = shards[shard_names[0]]
+    assert first["build-model-7"]["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
+    assert "services" not in first["test-model-7"]
+    assert yaml.safe_load(files[shard_names[0]])["variables"]["FACTORY_PINNED_VERSIONS"] == " ".join(
+        f"{name}=4" for name in sorted(pinned))
+    # A shard applies its own models; only the dispatcher applies the proxy and records the deploy.
+    assert "record-deploy" not in " ".join(first["apply"]["script"])
+    assert [first["apply"]["resource_group"], first["apply"]["rules"][0]["when"]] == ["prod", "manual"]
+
+    dispatcher = _jobs(files["child-pipeline.yml"])
+    assert sorted(dispatcher) == sorted(["shard-files", "apply", *(f"models-{n}" for n in range(1, 8))])
+    assert [dispatcher[f"models-{n}"]["trigger"] for n in range(1, 8)] == [
+        {"include": [{"artifact": name, "job": "shard-files"}], "strategy": "depend"} for name in shard_names]
+    apply = dispatcher["apply"]
+    assert [apply["resource_group"], apply["environment"]["name"], apply["interruptible"],
+            apply["rules"][0]["when"]] == ["prod", "prod", False, "manual"]
+    assert apply["variables"]["FACTORY_KEPT_VERSIONS"] == " ".join(f"{name}=4" for name in sorted(pinned))
+    # The shard files travel inside the dispatcher: its first job unpacks exactly what render wrote.
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    script = dispatcher["shard-files"]["script"][0]
+    subprocess.run(["sh", "-c", script], cwd=unpacked, check=True)
+    assert {path.relative_to(unpacked).as_posix(): path.read_text() for path in unpacked.rglob("*.yml")} == {
+        name: files[name] for name in shard_names}
+
+
+def test_up_to_models_per_child_models_stay_in_one_child(tmp_path: Path) -> None:
+    files = child_pipeline(_large_catalog(150))
+    assert list(files) == ["child-pipeline.yml"]
+    jobs = _jobs(files["child-pipeline.yml"])
+    assert len([name for name in jobs if name.startswith(MODEL_STAGES)]) == 450
+    assert [len(jobs["apply"]["dependencies"]), "record-deploy" in " ".join(jobs["apply"]["script"])] == [3, True]
 
 
 @pytest.mark.parametrize("pipeline, message", [
@@ -88,7 +126,7 @@ def test_parent_and_a_1000_model_child_pass_gitlabs_schema_and_limits(tmp_path: 
     ('{image: "Python:3.11 && x"}', "models.yaml:1:19: pipeline.image: must be an image reference such as "
                                     "'python:3.11-bookworm' (lowercase); got 'Python:3.11 && x'"),
     ("{tags: [gpu]}", "models.yaml:1:12: pipeline.tags: unknown key (hint: allowed keys: image, gpu_runner_tags, "
-                      "environment, docker_service)"),
+                      "environment, docker_service, models_per_child)"),
 ])
 def test_pipeline_settings_never_reach_the_yaml_unchecked(pipeline: str, message: str) -> None:
     with pytest.raises(CatalogError) as error:
@@ -97,7 +135,7 @@ def test_pipeline_settings_never_reach_the_yaml_unchecked(pipeline: str, message
 
 
 def test_a_child_without_deploy_has_no_apply_and_passes_the_schema(tmp_path: Path) -> None:
-    text = child_pipeline(_large_catalog(20), deploy=False)
+    text = child_pipeline(_large_catalog(20), deploy=False)["child-pipeline.yml"]
     (tmp_path / "child.yml").write_text(text)
     assert _schema_errors(tmp_path / "child.yml") == ""
     assert not [name for name in _jobs(text) if name.startswith(("apply", "collect-"))]
