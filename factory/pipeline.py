@@ -32,7 +32,7 @@ class Collector:
     """One fan-in job: the deploy jobs of at most MAX_NEEDS models; `apply` takes only the collectors' artifacts."""
 
     number: int
-    slugs: tuple[str, ...]
+    jobs: tuple[ModelJobs, ...]
 
 
 def model_jobs(models: Iterable[ModelSpec]) -> list[ModelJobs]:
@@ -57,8 +57,8 @@ def shards(jobs: list[ModelJobs], size: int) -> list[Shard]:
 
 
 def collectors(jobs: list[ModelJobs]) -> list[Collector]:
-    groups = [tuple(job.slug for job in jobs[start:start + MAX_NEEDS]) for start in range(0, len(jobs), MAX_NEEDS)]
-    return [Collector(number, slugs) for number, slugs in enumerate(groups, start=1)]
+    groups = [tuple(jobs[start:start + MAX_NEEDS]) for start in range(0, len(jobs), MAX_NEEDS)]
+    return [Collector(number, group) for number, group in enumerate(groups, start=1)]
 
 
 def check_size(name: str, text: str) -> None:

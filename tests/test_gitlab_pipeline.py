@@ -15,7 +15,7 @@ from check_jsonschema.cli.main_command import main as check_jsonschema
 from click.testing import CliRunner
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, ROOT, FactoryEnv
-from e2e_support.gitlab import artifact, commit, git, run_pipeline, scratch_repository
+from e2e_support.gitlab import artifact, artifacts_api, commit, git, run_pipeline, scratch_repository
 from factory.catalog import Catalog
 from factory.errors import CatalogError
 from factory.loader import parse_catalog
@@ -205,20 +205,28 @@ def test_a_merge_request_runs_only_its_model_and_regenerates_an_expired_artifact
         repo, "    parameters: [2, TAXI, trafficaware]\n",
         "    parameters: [2, TAXI, trafficaware]\n    batching: {max_batch_size: 16}\n"))
     env = _env(factory_env, tmp_path)
-    run = run_pipeline(repository, env, *variables)
-    assert run.succeeded, run.output[-6000:]
-    assert sorted(run.jobs) == sorted(["validate", "render", "models", *(f"{s}{MIXED_SLUG}" for s in MODEL_STAGES)])
-    # The test job imported the build job's exported Bento instead of building again.
-    assert f"{MIXED_MODEL}: unchanged, skipped" in run.output
-    report = json.loads(artifact(repository, f"test-{MIXED_SLUG}", f"factory-state/reports/{MIXED_MODEL}/report.json")
-                        .read_text())
-    assert report["passed"]
+    with artifacts_api(repository, env) as api:
+        run = run_pipeline(repository, env, *variables)
+        assert run.succeeded, run.output[-6000:]
+        assert sorted(run.jobs) == sorted(["validate", "render", "models",
+                                           *(f"{s}{MIXED_SLUG}" for s in MODEL_STAGES)])
+        # Each job fetched its input through the job artifacts API (its `needs` download nothing, so GitLab
+        # never refuses to start it), and the test job imported the exported Bento instead of building again.
+        child = yaml.safe_load(artifact(repository, "render", "build/child-pipeline.yml").read_text())
+        assert child[f"test-{MIXED_SLUG}"]["needs"] == [{"job": f"build-{MIXED_SLUG}", "artifacts": False}]
+        assert sorted(api.downloads) == [f"build-{MIXED_SLUG}", f"test-{MIXED_SLUG}"]
+        assert f"build-{MIXED_SLUG}: artifacts fetched" in run.output
+        assert f"{MIXED_MODEL}: unchanged, skipped" in run.output
+        report = json.loads(artifact(repository, f"test-{MIXED_SLUG}",
+                                     f"factory-state/reports/{MIXED_MODEL}/report.json").read_text())
+        assert report["passed"]
 
-    # The build job's artifact expires: re-running the test job regenerates it from git and the registry.
-    shutil.rmtree(artifact(repository, f"build-{MIXED_SLUG}", ""))
-    shutil.copy(artifact(repository, "render", "build/child-pipeline.yml"), repository / "child.yml")
-    rerun = run_pipeline(repository, env, "--file", "child.yml", f"test-{MIXED_SLUG}")
+        # The build job's artifact expires (GitLab answers 404): re-running the test job regenerates it.
+        api.erase(f"build-{MIXED_SLUG}")
+        shutil.copy(artifact(repository, "render", "build/child-pipeline.yml"), repository / "child.yml")
+        rerun = run_pipeline(repository, env, "--file", "child.yml", f"test-{MIXED_SLUG}")
     assert rerun.succeeded, rerun.output[-6000:]
+    assert f"build-{MIXED_SLUG}: artifacts expired or erased (HTTP 404)" in rerun.output
     assert f"{MIXED_MODEL}: built" in rerun.output
 
 

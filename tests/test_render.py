@@ -98,10 +98,16 @@ def test_rendered_pipelines_pass_gitlab_schema(tmp_path: Path) -> None:
 def test_child_pipeline_has_build_test_deploy_per_model_and_small_needs() -> None:
     files = render_catalog(parse_catalog((ROOT / "models.yaml").read_text()))
     pipeline = yaml.safe_load(files["child-pipeline.yml"])
-    assert pipeline["test-eta-minutes-5-phv"]["needs"] == [{"job": "build-eta-minutes-5-phv", "artifacts": True}]
-    assert pipeline["deploy-eta-minutes-5-phv"]["needs"] == [{"job": "test-eta-minutes-5-phv", "artifacts": True}]
-    assert pipeline["apply"]["dependencies"] == ["collect-1"]
+    # No job downloads artifacts through `needs`/`dependencies` (GitLab refuses to start such a job once they
+    # expired): each fetches its inputs through the API first, then regenerates what did not arrive.
+    assert pipeline["test-eta-minutes-5-phv"]["needs"] == [{"job": "build-eta-minutes-5-phv", "artifacts": False}]
+    assert pipeline["test-eta-minutes-5-phv"]["script"][0] == "factory fetch-artifacts build-eta-minutes-5-phv"
+    assert pipeline["deploy-eta-minutes-5-phv"]["needs"] == [{"job": "test-eta-minutes-5-phv", "artifacts": False}]
+    assert pipeline["apply"]["dependencies"] == []
+    assert pipeline["apply"]["script"][0] == "factory fetch-artifacts collect-1"
     assert len(pipeline["collect-1"]["needs"]) == 8
+    assert not [need for job in pipeline.values() if isinstance(job, dict) for need in job.get("needs", [])
+                if need.get("artifacts") is not False]
     assert [name for name, job in pipeline.items() if isinstance(job, dict) and "tags" in job] == [
         "build-fare-estimate-2-taxi-gpu", "test-fare-estimate-2-taxi-gpu", "deploy-fare-estimate-2-taxi-gpu"]
     assert max(len(job.get("needs", [])) for job in pipeline.values() if isinstance(job, dict)) <= 50
