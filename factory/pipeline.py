@@ -12,7 +12,9 @@ from factory.errors import RenderError
 MAX_NEEDS = 50  # GitLab's default instance limit on one job's `needs`
 MAX_CHILD_YAML_BYTES = 5 * 1024 * 1024  # GitLab refuses a larger generated child pipeline
 SHARD_DIR = "pipeline-shards"
-MAX_SHARDS = MAX_NEEDS  # the dispatcher's `apply` waits for every shard trigger job through its `needs`
+# GitLab.com starts at most 350 downstream pipelines per minute per project and user; a hierarchy holds
+# at most 1,000 pipelines (instance default): past this, raise pipeline.models_per_child instead.
+MAX_SHARDS = 350
 JOB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,254}")
 RESERVED_KEYS = {"stages", "variables", "default", "include", "workflow", "image", "services", "cache",
                  "before_script", "after_script"}

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from factory.cli import main
 from factory.loader import parse_catalog
-from factory.manifests import validate_manifests
+from factory.manifests import kustomization, validate_manifests
 from factory.render import render_catalog, write_tree
 from proxy.routing import RouteTable
 
@@ -84,7 +84,33 @@ def test_any_valid_catalog_renders_to_valid_outputs(text: str) -> None:
     RouteTable.model_validate(yaml.safe_load(files["routes.yaml"]))
     errors = sorted(GITLAB_SCHEMA.iter_errors(yaml.safe_load(files["child-pipeline.yml"])), key=str)
     assert errors == []
-    validate_manifests({name[len("k8s/"):]: text for name, text in files.items() if name.startswith("k8s/")})
+    preview = {name[len("k8s/"):]: text for name, text in files.items() if name.startswith("k8s/")}
+    assert_preview_not_deployable(preview)
+    # With an image filled in, the preview is a valid manifest set (`factory manifests` adds the digest).
+    image = "registry.example.com/m@sha256:" + "0" * 64
+    filled = {name: text.replace("containers:\n        - name: model\n", "containers:\n        - name: model\n"
+                                 f"          image: {image}\n")
+              .replace("containers:\n        - name: proxy\n", f"containers:\n        - name: proxy\n          image: {image}\n")
+              for name, text in preview.items()}
+    validate_manifests({**filled, "kustomization.yaml": kustomization(catalog.kubernetes, sorted(filled))})
+
+
+def assert_preview_not_deployable(preview: dict[str, str]) -> None:
+    """No image anywhere (none is pushed before `factory build`), and nothing to `kubectl apply -k`."""
+    assert "kustomization.yaml" not in preview
+    for name, text in preview.items():
+        for document in yaml.safe_load_all(text):
+            if document["kind"] == "Deployment":
+                assert [container.get("image") for container in document["spec"]["template"]["spec"]["containers"]
+                        ] == [None], name
+
+
+def test_render_writes_no_image_that_no_registry_holds() -> None:
+    files = render_catalog(parse_catalog((ROOT / "models.yaml").read_text()))
+    preview = {name[len("k8s/"):]: text for name, text in files.items() if name.startswith("k8s/")}
+    assert_preview_not_deployable(preview)
+    assert sum(name.endswith("/deployment.yaml") for name in preview) == 9  # 8 models and the proxy
+    assert not [name for name, text in files.items() if "unbuilt" in text or ":latest" in text]
 
 
 def test_rendered_pipelines_pass_gitlab_schema(tmp_path: Path) -> None:
