@@ -146,7 +146,7 @@ def child_pipeline(catalog: Catalog, source: str = "models.yaml", changes: Optio
                                    shard_count=len(parts), kept_versions="", **context)
              for shard in parts}
     files["child-pipeline.yml"] = _pipeline(env, "child-pipeline.yml", "pipeline/dispatcher.yml.j2", shards=parts,
-                                            shard_dir=SHARD_DIR, archive=_archive(files),
+                                            shard_dir=SHARD_DIR, archive=pack_shards(files),
                                             kept_versions=kept_versions_text({**kept, **(pinned or {})}), **context)
     return files
 
@@ -158,7 +158,7 @@ def _pipeline(env: jinja2.Environment, name: str, template: str, **context) -> s
     return text
 
 
-def _archive(files: dict[str, str]) -> str:
+def pack_shards(files: dict[str, str]) -> str:
     """The shard files as a reproducible gzip'd tar in base64 (fixed times and owners: same input, same text)."""
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed:

@@ -20,7 +20,7 @@ from factory.catalog import Catalog
 from factory.errors import CatalogError
 from factory.loader import parse_catalog
 from factory.pipeline import MAX_CHILD_YAML_BYTES, MAX_NEEDS, SHARD_DIR
-from factory.render import child_pipeline
+from factory.render import child_pipeline, pack_shards
 
 PLANTED_PARENT = textwrap.dedent("""\
     stages: [render, child]
@@ -149,6 +149,43 @@ def test_a_failing_child_job_fails_the_run_although_gitlab_ci_local_exits_0(tmp_
     assert run.exit_code == 0  # the gitlab-ci-local bug this harness exists for
     assert run.failed_jobs == ["planted-failure"]
     assert run.jobs["good-job"] == "PASS"
+    assert not run.succeeded
+
+
+DISPATCHING_PARENT = textwrap.dedent("""\
+    stages: [render, child]
+    render:
+      stage: render
+      script: ["mkdir -p build", "cp dispatcher.yml build/child-pipeline.yml"]
+      artifacts:
+        paths: [build/]
+    models:
+      stage: child
+      trigger:
+        include:
+          - artifact: build/child-pipeline.yml
+            job: render
+        strategy: depend
+    """)
+
+
+@pytest.mark.e2e
+def test_a_sharded_child_dispatches_every_shard_and_a_planted_failure_fails_the_run(tmp_path: Path) -> None:
+    """The generated dispatcher, run two levels deep (GitLab's maximum) under gitlab-ci-local: it unpacks the
+    shard files it carries and triggers each. Shards hold toy jobs here (model jobs run in the MR test)."""
+    catalog = parse_catalog((ROOT / "models.yaml").read_text() + "pipeline: {models_per_child: 4}\n", "models.yaml")
+    files = child_pipeline(catalog, deploy=False)
+    shards = sorted(name for name in files if name != "child-pipeline.yml")
+    assert len(shards) == 2
+    toys = {shards[0]: "stages: [build]\nshard-one-job: {stage: build, script: ['echo from shard one']}\n",
+            shards[1]: "stages: [build]\nplanted-failure: {stage: build, script: ['exit 3']}\n"}
+    dispatcher = files["child-pipeline.yml"].replace(pack_shards({name: files[name] for name in shards}), pack_shards(toys))
+    repository = scratch_repository(tmp_path / "repo", {".gitlab-ci.yml": DISPATCHING_PARENT,
+                                                        "dispatcher.yml": dispatcher})
+    run = run_pipeline(repository, {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert run.jobs == {"render": "PASS", "models": "PASS", "shard-files": "PASS", "models-1": "PASS",
+                        "models-2": "PASS", "shard-one-job": "PASS", "planted-failure": "FAIL"}, run.output[-3000:]
+    assert "from shard one" in run.output
     assert not run.succeeded
 
 
