@@ -118,6 +118,8 @@ class Registry:
         versions = sorted(int(v.version) for v in self.client.search_model_versions(f"name='{model.registered_as}'"))
         aliases = sorted(registered.aliases or {})
         wanted = f"alias '{model.alias}'" if model.alias else f"version {model.version}"
+        if model.alias and model.name in self.pinned:
+            wanted = f"version {self.pinned[model.name]} (pinned for alias '{model.alias}' by {PINNED_VERSIONS_ENV})"
         return (f"'{model.registered_as}' has no {wanted}; versions: {', '.join(map(str, versions)) or 'none'}"
                 f"; aliases: {', '.join(aliases) or 'none'}. Fix models.yaml or register that version")
 

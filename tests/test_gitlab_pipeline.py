@@ -179,7 +179,8 @@ def test_a_sharded_child_dispatches_every_shard_and_a_planted_failure_fails_the_
     assert len(shards) == 2
     toys = {shards[0]: "stages: [build]\nshard-one-job: {stage: build, script: ['echo from shard one']}\n",
             shards[1]: "stages: [build]\nplanted-failure: {stage: build, script: ['exit 3']}\n"}
-    dispatcher = files["child-pipeline.yml"].replace(pack_shards({name: files[name] for name in shards}), pack_shards(toys))
+    real = pack_shards({name: files[name] for name in shards})
+    dispatcher = files["child-pipeline.yml"].replace(real, pack_shards(toys))
     repository = scratch_repository(tmp_path / "repo", {".gitlab-ci.yml": DISPATCHING_PARENT,
                                                         "dispatcher.yml": dispatcher})
     run = run_pipeline(repository, {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
