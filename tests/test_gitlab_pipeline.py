@@ -311,3 +311,28 @@ def test_the_default_branch_applies_what_changed_since_the_last_deploy_and_recor
     assert json.loads(artifact(repository, "apply", "factory-state/deployed.json").read_text()) == {
         "commit": head, "versions": {ALIAS_MODEL: version}}
     assert sorted(artifact(repository, "apply", "factory-state/k8s/proxy").glob("*.yaml"))
+
+
+def test_collect_and_apply_regenerate_only_the_models_whose_artifacts_did_not_arrive(tmp_path: Path) -> None:
+    """The scripts as GitLab runs them, with a `factory` that logs its calls: the first model's deploy artifact
+    arrived (its record and manifests are there), the others' are gone and get build -> test -> manifests."""
+    catalog = parse_catalog((ROOT / "models.yaml").read_text(), "models.yaml")
+    pipeline = yaml.safe_load(child_pipeline(catalog)["child-pipeline.yml"])
+    first, *rest = catalog.models
+    (tmp_path / "factory-state" / "builds" / first.name).mkdir(parents=True)
+    (tmp_path / "factory-state" / "builds" / first.name / "record.json").write_text("{}")
+    (tmp_path / "factory-state" / "k8s" / first.k8s_name).mkdir(parents=True)
+    log = tmp_path / "factory.log"
+    shim = tmp_path / "bin" / "factory"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    shim.chmod(0o755)
+    fetched = {"collect-1": " ".join(f"deploy-{model.k8s_name}" for model in catalog.models), "apply": "collect-1"}
+    for job in ("collect-1", "apply"):
+        log.unlink(missing_ok=True)
+        script = "\n".join(line for line in pipeline[job]["script"] if not line.startswith("factory ")
+                           or line.startswith("factory fetch-artifacts"))
+        subprocess.run(["sh", "-ec", script], cwd=tmp_path, check=True, env={"PATH": f"{shim.parent}:/usr/bin:/bin"})
+        calls = log.read_text().splitlines()
+        assert calls[0] == f"fetch-artifacts {fetched[job]}"
+        assert calls[1:] == [f"{step} {model.name}" for model in rest for step in ("build", "test", "manifests")]
