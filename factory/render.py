@@ -168,7 +168,9 @@ def pack_shards(files: dict[str, str]) -> str:
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))
-    return base64.b64encode(buffer.getvalue()).decode()
+    # Lines of 76 characters (as `base64` writes them), indented for the YAML block the template puts them in.
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return "\n      ".join(encoded[start:start + 76] for start in range(0, len(encoded), 76))
 
 
 def _bento_folder(env: jinja2.Environment, model: ModelSpec, source: str) -> dict[str, str]:
