@@ -69,8 +69,8 @@ def test_installing_the_engine_starts_no_service_and_puts_the_policy_back(tmp_pa
     if earlier_policy is not None:
         policy.write_text(earlier_policy, encoding="utf-8")
         policy.chmod(0o755)
-    _shim(tmp_path, "apt-get", f'echo "$*" >> {log}\n'
-                               f'case "$*" in *install*) {policy} docker start; echo "docker start: $?" >> {log};; esac\n')
+    asks_policy = f'{policy} docker start; echo "docker start: $?" >> {log}'
+    _shim(tmp_path, "apt-get", f'echo "$*" >> {log}\ncase "$*" in *install*) {asks_policy};; esac\n')
     result = subprocess.run(["make", "-s", "--no-print-directory", "apt-engine", "ENGINE_APT=docker.io",
                              "ENGINE_COMMANDS=no-such-command-mf", f"POLICY_RC={policy}"], cwd=ROOT,
                             env={**os.environ, "PATH": f"{tmp_path}:{SYSTEM_PATH}"}, capture_output=True, text=True,

@@ -97,8 +97,8 @@ def test_a_pinned_alias_model_builds_the_version_the_render_job_resolved(registr
     with pytest.raises(RegistryError) as caught:
         registry("{name: eta_minutes_5_PHV, alias: champion, endpoint: eta}")
     assert str(caught.value).startswith("models.yaml:1: model 'eta_minutes_5_PHV': 'eta_minutes_5_PHV' has no "
-                                        "version 9 (pinned for alias 'champion' by FACTORY_PINNED_VERSIONS); versions: 1; "
-                                        "aliases: champion.")
+                                        "version 9 (pinned for alias 'champion' by FACTORY_PINNED_VERSIONS); "
+                                        "versions: 1; aliases: champion.")
     monkeypatch.setenv("FACTORY_PINNED_VERSIONS", "eta_minutes_5_PHV=one")
     with pytest.raises(DeployError) as bad:
         registry("{name: eta_minutes_5_PHV, alias: champion, endpoint: eta}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -88,9 +89,7 @@ def test_any_valid_catalog_renders_to_valid_outputs(text: str) -> None:
     assert_preview_not_deployable(preview)
     # With an image filled in, the preview is a valid manifest set (`factory manifests` adds the digest).
     image = "registry.example.com/m@sha256:" + "0" * 64
-    filled = {name: text.replace("containers:\n        - name: model\n", "containers:\n        - name: model\n"
-                                 f"          image: {image}\n")
-              .replace("containers:\n        - name: proxy\n", f"containers:\n        - name: proxy\n          image: {image}\n")
+    filled = {name: re.sub(r"(containers:\n        - name: (?:model|proxy)\n)", rf"\1          image: {image}\n", text)
               for name, text in preview.items()}
     validate_manifests({**filled, "kustomization.yaml": kustomization(catalog.kubernetes, sorted(filled))})
 
