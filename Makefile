@@ -19,13 +19,15 @@ ENGINE_SOCKET := /run/model-factory/docker.sock
 DOCKER_HOST ?= $(shell [ -S /var/run/docker.sock ] && echo unix:///var/run/docker.sock || echo unix://$(ENGINE_SOCKET))
 export DOCKER_HOST
 ENGINE_APT := docker.io docker-registry debootstrap
+ENGINE_COMMANDS := dockerd docker-registry debootstrap
+POLICY_RC := /usr/sbin/policy-rc.d
 # Where demo and tests push (models.yaml names the production registry).
 LOCAL_IMAGE_REGISTRY := 127.0.0.1:5000/model-factory
 
 FACTORY := $(BIN)/factory
 REGISTRY := registry/mlflow.db
 
-.PHONY: demo test venv tools apt-tools engine registry bench clean
+.PHONY: demo test venv tools apt-tools engine apt-engine registry bench clean
 
 venv: $(STAMP)
 
@@ -53,14 +55,27 @@ apt-tools:
 
 # Engine, registry and base image (built once from Debian packages, reused while its recipe is unchanged).
 engine: venv
-	@if [ "$$(id -u)" = 0 ] && [ "$(DOCKER_HOST)" = "unix://$(ENGINE_SOCKET)" ] && \
-	    ! { command -v dockerd && command -v docker-registry && command -v debootstrap; } >/dev/null; then \
+	@if [ "$$(id -u)" = 0 ] && [ "$(DOCKER_HOST)" = "unix://$(ENGINE_SOCKET)" ]; then \
+	  $(MAKE) -s --no-print-directory apt-engine; fi
+	$(BIN)/python -m factory.engine up $$PPID
+
+# Installing docker.io must not start Debian's dockerd on the default socket (its postinst runs
+# `invoke-rc.d docker start`): a policy-rc.d answering 101 (action forbidden) holds every service start
+# during the install, then whatever policy was there before is put back (tests/test_makefile.py).
+apt-engine:
+	@missing=""; for t in $(ENGINE_COMMANDS); do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
 	  echo "installing: $(ENGINE_APT)"; \
+	  if [ -e $(POLICY_RC) ]; then mv $(POLICY_RC) $(POLICY_RC).model-factory; fi; \
+	  printf '#!/bin/sh\n# model-factory: no service starts while the engine packages install\nexit 101\n' \
+	    > $(POLICY_RC) && chmod 755 $(POLICY_RC); \
 	  env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq && \
 	  env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
-	    $(ENGINE_APT) >/dev/null; \
+	    $(ENGINE_APT) >/dev/null; status=$$?; \
+	  rm -f $(POLICY_RC); \
+	  if [ -e $(POLICY_RC).model-factory ]; then mv $(POLICY_RC).model-factory $(POLICY_RC); fi; \
+	  exit $$status; \
 	fi
-	$(BIN)/python -m factory.engine up $$PPID
 
 # The example MLflow registry (sqlite + artifacts under registry/), trained and registered once.
 registry: $(REGISTRY)

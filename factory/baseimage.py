@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from factory.engine import ENGINE_HOME
+from factory.engine import ENGINE_HOME, docker_host, engine_answers
 from factory.errors import EngineError
 from factory.render import environment
 
@@ -69,6 +69,11 @@ def image_exists(tag: str) -> bool:
 
 def ensure_base_image(progress: Progress = print) -> str:
     """The python base image's tag, building it (and its Debian rootfs) when this engine lacks it."""
+    if not engine_answers():
+        # Checked first: without an engine, debootstrap would run for 90 s only for `docker import` to fail.
+        raise EngineError(f"no Docker engine answers at {docker_host() or 'the default socket'} (`docker info` "
+                          "failed), so the base image cannot be built; start one with `make engine` (as root) or "
+                          "point DOCKER_HOST at a running engine")
     rootfs, base = recipe_tags()
     if image_exists(base):
         return base

@@ -258,6 +258,9 @@ class PipelineSettings(_Strict):
     environment: EnvironmentSpec = EnvironmentSpec()
     # A Docker-in-Docker service image (e.g. docker:27-dind) for build jobs that build and push model images.
     docker_service: Optional[CiImage] = None
+    # Past this many changed models the child pipeline is cut into shard children (README "Scale"): 150 models
+    # are 450 model jobs + 3 collectors + apply, within GitLab.com Free's 500 jobs per pipeline.
+    models_per_child: StrictInt = Field(150, ge=1, le=600)
 
 
 class Catalog(_Strict):

@@ -28,6 +28,7 @@ import yaml
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, RenderError
 from factory.loader import parse_catalog
+from factory.pipeline import SHARD_DIR
 
 if TYPE_CHECKING:
     from factory.deploy_record import DeployRecord
@@ -128,10 +129,11 @@ def _render_old(old_root: Path, relative: str, render: Render) -> dict[str, str]
 
 def _pipeline_parts(files: dict[str, str]) -> tuple[dict[str, dict], dict]:
     """The child pipeline split into each model's jobs (by slug) and what every model shares."""
-    document = yaml.safe_load(files.get("child-pipeline.yml", "")) or {}
     jobs: dict[str, dict] = {}
     shared = {}
-    for name, value in document.items():
+    # Past pipeline.models_per_child the model jobs live in shard files: a model moving shard is no change.
+    names = ["child-pipeline.yml", *sorted(name for name in files if name.startswith(f"{SHARD_DIR}/"))]
+    for name, value in (item for part in names for item in (yaml.safe_load(files.get(part, "")) or {}).items()):
         match = MODEL_JOB.fullmatch(name)
         if match:
             jobs.setdefault(match.group(1), {})[name] = value

@@ -95,8 +95,10 @@ def _whole_mebibytes(n_bytes: Fraction) -> str:
     return f"{math.ceil(n_bytes / MIB)}Mi"
 
 
-def model_manifests(model: ModelSpec, settings: KubernetesSettings, image: str, sizing: Sizing) -> dict[str, str]:
-    """Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget of one model."""
+def model_manifests(model: ModelSpec, settings: KubernetesSettings, image: Optional[str],
+                    sizing: Sizing) -> dict[str, str]:
+    """Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget of one model (`image` None: the
+    preview `factory render` writes, whose Deployment has no image)."""
     name = model.k8s_name
     labels = {"app.kubernetes.io/name": name, MODEL_LABEL: name, **PART_OF}
     context = {
@@ -123,7 +125,7 @@ def _container_resources(resources: Resources, sizing: Sizing) -> dict[str, dict
     }
 
 
-def proxy_manifests(settings: KubernetesSettings, image: str, routes_shards: list[str]) -> dict[str, str]:
+def proxy_manifests(settings: KubernetesSettings, image: Optional[str], routes_shards: list[str]) -> dict[str, str]:
     """Deployment, Service and one routing-table ConfigMap per shard (factory.routes.routes_shards)."""
     shards = {f"{PROXY_NAME}-routes-{index:03d}": text for index, text in enumerate(routes_shards)}
     context = {

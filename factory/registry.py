@@ -14,7 +14,7 @@ from typing import Any
 
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import RegistryError
-from factory.settings import Settings
+from factory.settings import PINNED_VERSIONS_ENV, Settings
 
 REGISTRY_DIR = "registry"
 SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")
@@ -57,8 +57,12 @@ class Registry:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         import mlflow
 
+        from factory.deploy_record import parse_kept_versions
+
         self.catalog = catalog
         self.uri = uri
+        # A sharded pipeline's render job resolved its alias models once: every job builds that version.
+        self.pinned = parse_kept_versions(Settings.from_env().pinned_versions, catalog, PINNED_VERSIONS_ENV)
         # get_model_info and artifact downloads read the global URIs; unset, MLflow 3 would quietly
         # create an empty sqlite registry in the working directory.
         from mlflow.exceptions import MlflowException
@@ -93,6 +97,8 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         try:
+            if model.alias is not None and model.name in self.pinned:
+                return int(self.client.get_model_version(model.registered_as, str(self.pinned[model.name])).version)
             if model.alias is not None:
                 return int(self.client.get_model_version_by_alias(model.registered_as, model.alias).version)
             return int(self.client.get_model_version(model.registered_as, str(model.version)).version)
@@ -112,6 +118,8 @@ class Registry:
         versions = sorted(int(v.version) for v in self.client.search_model_versions(f"name='{model.registered_as}'"))
         aliases = sorted(registered.aliases or {})
         wanted = f"alias '{model.alias}'" if model.alias else f"version {model.version}"
+        if model.alias and model.name in self.pinned:
+            wanted = f"version {self.pinned[model.name]} (pinned for alias '{model.alias}' by {PINNED_VERSIONS_ENV})"
         return (f"'{model.registered_as}' has no {wanted}; versions: {', '.join(map(str, versions)) or 'none'}"
                 f"; aliases: {', '.join(aliases) or 'none'}. Fix models.yaml or register that version")
 

@@ -6,8 +6,12 @@ is a separate, atomic step, so a failure anywhere leaves the output directory un
 
 from __future__ import annotations
 
+import base64
+import gzip
+import io
 import os
 import shutil
+import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +25,13 @@ from factory.catalog import Catalog, ModelSpec
 from factory.changes import ChangeSet, changed_since, everything, kept_versions_text
 from factory.errors import OutOfDateError, RenderError
 from factory.loader import load_catalog
-from factory.pipeline import MAX_NEEDS, check_child_pipeline, check_size, collectors, model_jobs
+from factory.pipeline import (MAX_NEEDS, MAX_SHARDS, SHARD_DIR, check_child_pipeline, check_size, collectors,
+                              model_jobs, shards)
 from factory.routes import routes_shards, routes_yaml
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 RUNTIME_DIR = "bento-runtime"
+ROUTES_CONFIGMAP = "/routes-"  # k8s/proxy/routes-NNN.yaml
 RUNTIME_FILES = ("mf_runtime.py", "mf_serve.py", "mf_flavors.py", "mf_inputs.py", "mf_http.py")
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -48,8 +54,8 @@ def render_file(catalog_path: Path, out_dir: Path, check: bool = False,
     """
     catalog = load_catalog(catalog_path)
     changes = _changes(catalog, catalog_path, changed_since_ref, last_deploy)
-    files = render_catalog(catalog, source=catalog_path.name, changes=changes, deploy=deploy)
-    check_size(files["child-pipeline.yml"])  # what GitLab would refuse is never written
+    files = render_catalog(catalog, source=catalog_path.name, changes=changes, deploy=deploy,
+                           pinned=_pinned(catalog, catalog_path, changes) if deploy else None)
     if check:
         check_tree(files, out_dir)
         return RenderSummary(out_dir.resolve(), len(files), changed=False)
@@ -70,6 +76,16 @@ def _changes(catalog: Catalog, catalog_path: Path, ref: Optional[str],
     return changed_since(catalog, catalog_path, ref,
                          lambda c, templates: render_catalog(c, catalog_path.name, templates or TEMPLATES),
                          previous, _resolver(catalog, catalog_path))
+
+
+def _pinned(catalog: Catalog, catalog_path: Path, changes: Optional[ChangeSet]) -> Optional[dict[str, int]]:
+    """Alias models that get jobs, at their registry version now, when the pipeline is sharded (a shard's
+    build records never reach the dispatcher's `apply`, so the record names the pinned versions instead)."""
+    rebuilt = [m for m in catalog.models if changes is None or m.name in changes.models]
+    if len(rebuilt) <= catalog.pipeline.models_per_child:
+        return None
+    resolve = _resolver(catalog, catalog_path)
+    return {model.name: resolve(model) for model in rebuilt if model.alias is not None}
 
 
 def _resolver(catalog: Catalog, catalog_path: Path):
@@ -93,29 +109,68 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
 
 
 def render_catalog(catalog: Catalog, source: str = "models.yaml", templates: Path = TEMPLATES,
-                   changes: Optional[ChangeSet] = None, deploy: bool = True) -> dict[str, str]:
+                   changes: Optional[ChangeSet] = None, deploy: bool = True,
+                   pinned: Optional[dict[str, int]] = None) -> dict[str, str]:
     env = environment(templates)
     # The runtime files are the same for every model: written once, copied into each Bento by build.
     files: dict[str, str] = {f"{RUNTIME_DIR}/{name}": _static(templates, f"bento/{name}") for name in RUNTIME_FILES}
     for model in catalog.models:
         files.update(_bento_folder(env, model, source))
-    files["child-pipeline.yml"] = child_pipeline(catalog, source, changes, deploy, env)
+    files.update(child_pipeline(catalog, source, changes, deploy, env, pinned))
     files["routes.yaml"] = routes_yaml(catalog, source)
     files.update(_base_manifests(catalog, routes_shards(catalog, source)))
     return files
 
 
 def child_pipeline(catalog: Catalog, source: str = "models.yaml", changes: Optional[ChangeSet] = None,
-                   deploy: bool = True, env: Optional[jinja2.Environment] = None) -> str:
-    """The child pipeline alone, checked against GitLab's limits."""
+                   deploy: bool = True, env: Optional[jinja2.Environment] = None,
+                   pinned: Optional[dict[str, int]] = None) -> dict[str, str]:
+    """`child-pipeline.yml` (and, past pipeline.models_per_child models, the shard children it dispatches),
+    each checked against GitLab's limits. `pinned`: alias models at the version the render job resolved."""
+    env = env or environment()
     jobs = model_jobs(m for m in catalog.models if changes is None or m.name in changes.models)
-    text = _template(env or environment(), "pipeline/child-pipeline.yml.j2", catalog_file=source, jobs=jobs,
-                     deploy=deploy, collectors=collectors(jobs), max_needs=MAX_NEEDS, settings=catalog.pipeline,
-                     proxy=changes is None or changes.proxy,
-                     kept_versions=kept_versions_text(changes.kept_versions if changes else {}),
-                     scope=changes.reason if changes else f"all {len(catalog.models)} models")
+    kept = dict(changes.kept_versions) if changes else {}
+    context = dict(catalog_file=source, deploy=deploy, max_needs=MAX_NEEDS, settings=catalog.pipeline,
+                   proxy=changes is None or changes.proxy, pinned=kept_versions_text(pinned or {}),
+                   scope=changes.reason if changes else f"all {len(catalog.models)} models")
+    parts = shards(jobs, catalog.pipeline.models_per_child)
+    if not parts:
+        return {"child-pipeline.yml": _pipeline(env, "child-pipeline.yml", "pipeline/child-pipeline.yml.j2", jobs=jobs,
+                                                collectors=collectors(jobs), record=True, shard=None,
+                                                kept_versions=kept_versions_text(kept), **context)}
+    if len(parts) > MAX_SHARDS:
+        raise RenderError(f"{len(jobs)} models need {len(parts)} shard pipelines; at most {MAX_SHARDS} are dispatched "
+                          "(GitLab's downstream limits): raise pipeline.models_per_child in models.yaml")
+    files = {shard.path: _pipeline(env, shard.path, "pipeline/child-pipeline.yml.j2", jobs=list(shard.jobs),
+                                   collectors=collectors(list(shard.jobs)), record=False, shard=shard,
+                                   shard_count=len(parts), kept_versions="", **context)
+             for shard in parts}
+    files["child-pipeline.yml"] = _pipeline(env, "child-pipeline.yml", "pipeline/dispatcher.yml.j2", shards=parts,
+                                            shard_dir=SHARD_DIR, archive=pack_shards(files),
+                                            kept_versions=kept_versions_text({**kept, **(pinned or {})}), **context)
+    return files
+
+
+def _pipeline(env: jinja2.Environment, name: str, template: str, **context) -> str:
+    text = _template(env, template, **context)
+    check_size(name, text)
     _check_child_pipeline(text)
     return text
+
+
+def pack_shards(files: dict[str, str]) -> str:
+    """The shard files as a reproducible gzip'd tar in base64 (fixed times and owners: same input, same text)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in sorted(files):
+                data = files[name].encode()
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+    # Lines of 76 characters (as `base64` writes them), indented for the YAML block the template puts them in.
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return "\n      ".join(encoded[start:start + 76] for start in range(0, len(encoded), 76))
 
 
 def _bento_folder(env: jinja2.Environment, model: ModelSpec, source: str) -> dict[str, str]:
@@ -128,16 +183,17 @@ def _bento_folder(env: jinja2.Environment, model: ModelSpec, source: str) -> dic
 
 
 def _base_manifests(catalog: Catalog, shards: list[str]) -> dict[str, str]:
+    """A preview of every manifest, never deployable: no image is known before `factory build` pushes one, so
+    the Deployments carry none (the API server refuses them) and there is no kustomization.yaml to apply.
+    `factory manifests` writes the deployable set, images by digest, under the state directory."""
     settings = catalog.kubernetes
     files: dict[str, str] = {}
     for model in catalog.models:
-        image = f"{settings.image_registry}/{model.k8s_name}:unbuilt"
-        files.update(manifests.model_manifests(model, settings, image, manifests.sizing_for(model, None)))
-    proxy = manifests.proxy_manifests(settings, f"{settings.image_registry}/proxy:latest", shards)
-    manifests.validate_manifests(proxy)  # the routing table's size limits live here; model manifests are templates
+        files.update(manifests.model_manifests(model, settings, None, manifests.sizing_for(model, None)))
+    proxy = manifests.proxy_manifests(settings, None, shards)
+    # The routing table's size limits live in its ConfigMaps; model manifests are covered by their templates' tests.
+    manifests.validate_manifests({name: text for name, text in proxy.items() if ROUTES_CONFIGMAP in name})
     files.update(proxy)
-    names = sorted(files)
-    files["kustomization.yaml"] = manifests.kustomization(settings, names)
     return {f"k8s/{name}": text for name, text in files.items()}
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional
 
-STATE_DEFAULT = "factory-state"  # not hidden: BentoML refuses to build from hidden paths
+STATE_DEFAULT = "factory-state"
+PINNED_VERSIONS_ENV = "FACTORY_PINNED_VERSIONS"  # not hidden: BentoML refuses to build from hidden paths
 
 
 def _env(name: str, help: str):
@@ -36,6 +37,9 @@ class Settings:
                                                                    "kubernetes.image_registry (CI: $CI_REGISTRY_IMAGE)")
     docker_host: Optional[str] = _env("DOCKER_HOST", "the Docker engine images are built and run with (the "
                                                      "Makefile sets it: the default socket, else the project's)")
+    pinned_versions: str = _env(PINNED_VERSIONS_ENV, "alias models at a fixed registry version, as "
+                                                     "`name=version ...` (set by a sharded child pipeline: "
+                                                     "its render job resolved them)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -45,6 +49,7 @@ class Settings:
                    runtime_python=Path(values["runtime_python"]) if values["runtime_python"] else None,
                    runtime_home=Path(values["runtime_home"]) if values["runtime_home"] else None,
                    proxy_image=values["proxy_image"], image_registry=values["image_registry"],
+                   pinned_versions=values["pinned_versions"] or "",
                    docker_host=values["docker_host"])
 
 
@@ -52,10 +57,21 @@ class Settings:
 FUZZ_EXAMPLES_ENV = "FACTORY_FUZZ_EXAMPLES"
 LOAD_SECONDS_ENV = "FACTORY_LOAD_SECONDS"
 KEPT_VERSIONS_ENV = "FACTORY_KEPT_VERSIONS"
+API_TOKEN_ENV = "FACTORY_API_TOKEN"
+# GitLab's own predefined variables, read by `factory fetch-artifacts` (the child pipeline's jobs).
+GITLAB_VARIABLES = {"CI_API_V4_URL": "`factory fetch-artifacts --api`: GitLab's REST API (predefined in jobs)",
+                    "CI_PROJECT_ID": "`factory fetch-artifacts --project` (predefined in jobs)",
+                    "CI_PIPELINE_ID": "`factory fetch-artifacts --pipeline`: the pipeline whose jobs' artifacts are "
+                                      "fetched (predefined in jobs)",
+                    "CI_JOB_TOKEN": "`factory fetch-artifacts`: the job's token, used when FACTORY_API_TOKEN is unset "
+                                    "(predefined in jobs; GitLab Premium reads artifacts with it)"}
 CLI_VARIABLES = {FUZZ_EXAMPLES_ENV: "`factory test --examples`: valid requests to generate per model",
                  LOAD_SECONDS_ENV: "`factory test --load-seconds`: length of the concurrent load phase",
                  KEPT_VERSIONS_ENV: "`factory record-deploy --kept`: alias models a pipeline kept (set by the "
-                                    "generated child pipeline)"}
+                                    "generated child pipeline)",
+                 API_TOKEN_ENV: "`factory fetch-artifacts`: a `read_api` token (masked CI/CD variable) for the "
+                                "job artifacts API where CI_JOB_TOKEN may not read it (GitLab Free)",
+                 **GITLAB_VARIABLES}
 
 
 def documentation() -> dict[str, str]:

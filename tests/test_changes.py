@@ -79,7 +79,8 @@ def test_without_the_flag_every_model_gets_jobs_and_apply_needs_at_most_50(repo:
     jobs = _jobs(repo)
     assert len(jobs) == 3 * 100 + 2 + 1
     assert [len(jobs[name]["needs"]) for name in ("collect-1", "collect-2")] == [50, 50]
-    assert jobs["apply"]["dependencies"] == ["collect-1", "collect-2"]
+    assert jobs["apply"]["dependencies"] == []
+    assert jobs["apply"]["script"][0] == "factory fetch-artifacts collect-1 collect-2"
 
 
 def test_an_unsafe_ref_is_refused(repo: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -14,12 +15,12 @@ from check_jsonschema.cli.main_command import main as check_jsonschema
 from click.testing import CliRunner
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, ROOT, FactoryEnv
-from e2e_support.gitlab import artifact, commit, git, run_pipeline, scratch_repository
+from e2e_support.gitlab import artifact, artifacts_api, commit, git, run_pipeline, scratch_repository
 from factory.catalog import Catalog
 from factory.errors import CatalogError
 from factory.loader import parse_catalog
-from factory.pipeline import MAX_CHILD_YAML_BYTES, MAX_NEEDS
-from factory.render import child_pipeline
+from factory.pipeline import MAX_CHILD_YAML_BYTES, MAX_NEEDS, SHARD_DIR
+from factory.render import child_pipeline, pack_shards
 
 PLANTED_PARENT = textwrap.dedent("""\
     stages: [render, child]
@@ -44,8 +45,8 @@ MODEL_STAGES = ("build-", "test-", "deploy-")
 MIXED_SLUG = MIXED_MODEL.lower().replace("_", "-")
 
 
-def _schema_errors(path: Path) -> str:
-    result = CliRunner().invoke(check_jsonschema, ["--builtin-schema", "vendor.gitlab-ci", str(path)])
+def _schema_errors(*paths: Path) -> str:
+    result = CliRunner().invoke(check_jsonschema, ["--builtin-schema", "vendor.gitlab-ci", *map(str, paths)])
     return "" if result.exit_code == 0 else result.output
 
 
@@ -64,20 +65,58 @@ def _jobs(text: str) -> dict[str, dict]:
 
 def test_parent_and_a_1000_model_child_pass_gitlabs_schema_and_limits(tmp_path: Path) -> None:
     assert _schema_errors(ROOT / ".gitlab-ci.yml") == ""
-    text = child_pipeline(_large_catalog(1000))
-    (tmp_path / "child.yml").write_text(text)
-    assert _schema_errors(tmp_path / "child.yml") == ""
-    jobs = _jobs(text)
-    assert len(text.encode()) < MAX_CHILD_YAML_BYTES
-    assert max(len(job.get("needs", [])) for job in jobs.values()) <= MAX_NEEDS
-    assert len([name for name in jobs if name.startswith(MODEL_STAGES)]) == 3000
-    assert [job["tags"] for name, job in jobs.items() if "tags" in job] == [["gpu"]] * 30
-    assert yaml.safe_load(text)["default"]["image"] == "python:3.11-bookworm"
-    assert jobs["build-model-7"]["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
-    assert "services" not in jobs["test-model-7"]
-    apply = jobs["apply"]
-    assert [len(apply["dependencies"]), apply["resource_group"], apply["environment"]["name"], apply["interruptible"],
-            apply["rules"][0]["when"]] == [20, "prod", "prod", False, "manual"]
+    catalog = _large_catalog(1000)
+    pinned = {model.name: 4 for model in catalog.models if model.alias is not None}
+    files = child_pipeline(catalog, pinned=pinned)
+    shard_names = [f"{SHARD_DIR}/shard-{n:03d}.yml" for n in range(1, 8)]  # 150 models each: 7 shards
+    assert sorted(files) == ["child-pipeline.yml", *shard_names]
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+        assert len(text.encode()) < MAX_CHILD_YAML_BYTES
+        jobs = _jobs(text)
+        assert len(jobs) <= 500, name  # GitLab.com Free: 500 jobs in one pipeline
+        assert max(len(job.get("needs", [])) for job in jobs.values()) <= MAX_NEEDS
+    assert _schema_errors(*(tmp_path / name for name in files)) == ""
+    shards = {name: _jobs(files[name]) for name in shard_names}
+    model_jobs = [name for jobs in shards.values() for name in jobs if name.startswith(MODEL_STAGES)]
+    assert len(model_jobs) == len(set(model_jobs)) == 3000
+    assert [len([n for n in jobs if n.startswith(MODEL_STAGES)]) for jobs in shards.values()] == [450] * 6 + [300]
+    tags = [job["tags"] for jobs in shards.values() for job in jobs.values() if "tags" in job]
+    assert tags == [["gpu"]] * 30
+    first = shards[shard_names[0]]
+    assert first["build-model-7"]["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
+    assert "services" not in first["test-model-7"]
+    assert yaml.safe_load(files[shard_names[0]])["variables"]["FACTORY_PINNED_VERSIONS"] == " ".join(
+        f"{name}=4" for name in sorted(pinned))
+    # A shard applies its own models; only the dispatcher applies the proxy and records the deploy.
+    assert "record-deploy" not in " ".join(first["apply"]["script"])
+    assert [first["apply"]["resource_group"], first["apply"]["rules"][0]["when"]] == ["prod", "manual"]
+
+    dispatcher = _jobs(files["child-pipeline.yml"])
+    assert sorted(dispatcher) == sorted(["shard-files", "apply", *(f"models-{n}" for n in range(1, 8))])
+    assert [dispatcher[f"models-{n}"]["trigger"] for n in range(1, 8)] == [
+        {"include": [{"artifact": name, "job": "shard-files"}], "strategy": "depend"} for name in shard_names]
+    apply = dispatcher["apply"]
+    assert [apply["resource_group"], apply["environment"]["name"], apply["interruptible"],
+            apply["rules"][0]["when"]] == ["prod", "prod", False, "manual"]
+    assert apply["variables"]["FACTORY_KEPT_VERSIONS"] == " ".join(f"{name}=4" for name in sorted(pinned))
+    # The shard files travel inside the dispatcher: its first job unpacks exactly what render wrote.
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    (tmp_path / "script.sh").write_text("\n".join(dispatcher["shard-files"]["script"]))  # as a runner writes it
+    subprocess.run(["sh", "-e", str(tmp_path / "script.sh")], cwd=unpacked, check=True, capture_output=True)
+    assert {path.relative_to(unpacked).as_posix(): path.read_text() for path in unpacked.rglob("*.yml")} == {
+        name: files[name] for name in shard_names}
+
+
+def test_up_to_models_per_child_models_stay_in_one_child(tmp_path: Path) -> None:
+    files = child_pipeline(_large_catalog(150))
+    assert list(files) == ["child-pipeline.yml"]
+    jobs = _jobs(files["child-pipeline.yml"])
+    assert len([name for name in jobs if name.startswith(MODEL_STAGES)]) == 450
+    assert jobs["apply"]["script"][0] == "factory fetch-artifacts collect-1 collect-2 collect-3"
+    assert "record-deploy" in " ".join(jobs["apply"]["script"])
 
 
 @pytest.mark.parametrize("pipeline, message", [
@@ -88,7 +127,7 @@ def test_parent_and_a_1000_model_child_pass_gitlabs_schema_and_limits(tmp_path: 
     ('{image: "Python:3.11 && x"}', "models.yaml:1:19: pipeline.image: must be an image reference such as "
                                     "'python:3.11-bookworm' (lowercase); got 'Python:3.11 && x'"),
     ("{tags: [gpu]}", "models.yaml:1:12: pipeline.tags: unknown key (hint: allowed keys: image, gpu_runner_tags, "
-                      "environment, docker_service)"),
+                      "environment, docker_service, models_per_child)"),
 ])
 def test_pipeline_settings_never_reach_the_yaml_unchecked(pipeline: str, message: str) -> None:
     with pytest.raises(CatalogError) as error:
@@ -97,7 +136,7 @@ def test_pipeline_settings_never_reach_the_yaml_unchecked(pipeline: str, message
 
 
 def test_a_child_without_deploy_has_no_apply_and_passes_the_schema(tmp_path: Path) -> None:
-    text = child_pipeline(_large_catalog(20), deploy=False)
+    text = child_pipeline(_large_catalog(20), deploy=False)["child-pipeline.yml"]
     (tmp_path / "child.yml").write_text(text)
     assert _schema_errors(tmp_path / "child.yml") == ""
     assert not [name for name in _jobs(text) if name.startswith(("apply", "collect-"))]
@@ -111,6 +150,44 @@ def test_a_failing_child_job_fails_the_run_although_gitlab_ci_local_exits_0(tmp_
     assert run.exit_code == 0  # the gitlab-ci-local bug this harness exists for
     assert run.failed_jobs == ["planted-failure"]
     assert run.jobs["good-job"] == "PASS"
+    assert not run.succeeded
+
+
+DISPATCHING_PARENT = textwrap.dedent("""\
+    stages: [render, child]
+    render:
+      stage: render
+      script: ["mkdir -p build", "cp dispatcher.yml build/child-pipeline.yml"]
+      artifacts:
+        paths: [build/]
+    models:
+      stage: child
+      trigger:
+        include:
+          - artifact: build/child-pipeline.yml
+            job: render
+        strategy: depend
+    """)
+
+
+@pytest.mark.e2e
+def test_a_sharded_child_dispatches_every_shard_and_a_planted_failure_fails_the_run(tmp_path: Path) -> None:
+    """The generated dispatcher, run two levels deep (GitLab's maximum) under gitlab-ci-local: it unpacks the
+    shard files it carries and triggers each. Shards hold toy jobs here (model jobs run in the MR test)."""
+    catalog = parse_catalog((ROOT / "models.yaml").read_text() + "pipeline: {models_per_child: 4}\n", "models.yaml")
+    files = child_pipeline(catalog, deploy=False)
+    shards = sorted(name for name in files if name != "child-pipeline.yml")
+    assert len(shards) == 2
+    toys = {shards[0]: "stages: [build]\nshard-one-job: {stage: build, script: ['echo from shard one']}\n",
+            shards[1]: "stages: [build]\nplanted-failure: {stage: build, script: ['exit 3']}\n"}
+    real = pack_shards({name: files[name] for name in shards})
+    dispatcher = files["child-pipeline.yml"].replace(real, pack_shards(toys))
+    repository = scratch_repository(tmp_path / "repo", {".gitlab-ci.yml": DISPATCHING_PARENT,
+                                                        "dispatcher.yml": dispatcher})
+    run = run_pipeline(repository, {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert run.jobs == {"render": "PASS", "models": "PASS", "shard-files": "PASS", "models-1": "PASS",
+                        "models-2": "PASS", "shard-one-job": "PASS", "planted-failure": "FAIL"}, run.output[-3000:]
+    assert "from shard one" in run.output
     assert not run.succeeded
 
 
@@ -167,20 +244,28 @@ def test_a_merge_request_runs_only_its_model_and_regenerates_an_expired_artifact
         repo, "    parameters: [2, TAXI, trafficaware]\n",
         "    parameters: [2, TAXI, trafficaware]\n    batching: {max_batch_size: 16}\n"))
     env = _env(factory_env, tmp_path)
-    run = run_pipeline(repository, env, *variables)
-    assert run.succeeded, run.output[-6000:]
-    assert sorted(run.jobs) == sorted(["validate", "render", "models", *(f"{s}{MIXED_SLUG}" for s in MODEL_STAGES)])
-    # The test job imported the build job's exported Bento instead of building again.
-    assert f"{MIXED_MODEL}: unchanged, skipped" in run.output
-    report = json.loads(artifact(repository, f"test-{MIXED_SLUG}", f"factory-state/reports/{MIXED_MODEL}/report.json")
-                        .read_text())
-    assert report["passed"]
+    with artifacts_api(repository, env) as api:
+        run = run_pipeline(repository, env, *variables)
+        assert run.succeeded, run.output[-6000:]
+        assert sorted(run.jobs) == sorted(["validate", "render", "models",
+                                           *(f"{s}{MIXED_SLUG}" for s in MODEL_STAGES)])
+        # Each job fetched its input through the job artifacts API (its `needs` download nothing, so GitLab
+        # never refuses to start it), and the test job imported the exported Bento instead of building again.
+        child = yaml.safe_load(artifact(repository, "render", "build/child-pipeline.yml").read_text())
+        assert child[f"test-{MIXED_SLUG}"]["needs"] == [{"job": f"build-{MIXED_SLUG}", "artifacts": False}]
+        assert sorted(api.downloads) == [f"build-{MIXED_SLUG}", f"test-{MIXED_SLUG}"]
+        assert f"build-{MIXED_SLUG}: artifacts fetched" in run.output
+        assert f"{MIXED_MODEL}: unchanged, skipped" in run.output
+        report = json.loads(artifact(repository, f"test-{MIXED_SLUG}",
+                                     f"factory-state/reports/{MIXED_MODEL}/report.json").read_text())
+        assert report["passed"]
 
-    # The build job's artifact expires: re-running the test job regenerates it from git and the registry.
-    shutil.rmtree(artifact(repository, f"build-{MIXED_SLUG}", ""))
-    shutil.copy(artifact(repository, "render", "build/child-pipeline.yml"), repository / "child.yml")
-    rerun = run_pipeline(repository, env, "--file", "child.yml", f"test-{MIXED_SLUG}")
+        # The build job's artifact expires (GitLab answers 404): re-running the test job regenerates it.
+        api.erase(f"build-{MIXED_SLUG}")
+        shutil.copy(artifact(repository, "render", "build/child-pipeline.yml"), repository / "child.yml")
+        rerun = run_pipeline(repository, env, "--file", "child.yml", f"test-{MIXED_SLUG}")
     assert rerun.succeeded, rerun.output[-6000:]
+    assert f"build-{MIXED_SLUG}: artifacts expired or erased (HTTP 404)" in rerun.output
     assert f"{MIXED_MODEL}: built" in rerun.output
 
 
@@ -227,3 +312,28 @@ def test_the_default_branch_applies_what_changed_since_the_last_deploy_and_recor
     assert json.loads(artifact(repository, "apply", "factory-state/deployed.json").read_text()) == {
         "commit": head, "versions": {ALIAS_MODEL: version}}
     assert sorted(artifact(repository, "apply", "factory-state/k8s/proxy").glob("*.yaml"))
+
+
+def test_collect_and_apply_regenerate_only_the_models_whose_artifacts_did_not_arrive(tmp_path: Path) -> None:
+    """The scripts as GitLab runs them, with a `factory` that logs its calls: the first model's deploy artifact
+    arrived (its record and manifests are there), the others' are gone and get build -> test -> manifests."""
+    catalog = parse_catalog((ROOT / "models.yaml").read_text(), "models.yaml")
+    pipeline = yaml.safe_load(child_pipeline(catalog)["child-pipeline.yml"])
+    first, *rest = catalog.models
+    (tmp_path / "factory-state" / "builds" / first.name).mkdir(parents=True)
+    (tmp_path / "factory-state" / "builds" / first.name / "record.json").write_text("{}")
+    (tmp_path / "factory-state" / "k8s" / first.k8s_name).mkdir(parents=True)
+    log = tmp_path / "factory.log"
+    shim = tmp_path / "bin" / "factory"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    shim.chmod(0o755)
+    fetched = {"collect-1": " ".join(f"deploy-{model.k8s_name}" for model in catalog.models), "apply": "collect-1"}
+    for job in ("collect-1", "apply"):
+        log.unlink(missing_ok=True)
+        script = "\n".join(line for line in pipeline[job]["script"] if not line.startswith("factory ")
+                           or line.startswith("factory fetch-artifacts"))
+        subprocess.run(["sh", "-ec", script], cwd=tmp_path, check=True, env={"PATH": f"{shim.parent}:/usr/bin:/bin"})
+        calls = log.read_text().splitlines()
+        assert calls[0] == f"fetch-artifacts {fetched[job]}"
+        assert calls[1:] == [f"{step} {model.name}" for model in rest for step in ("build", "test", "manifests")]

@@ -58,3 +58,25 @@ def test_install_as_user_with_sudo(tmp_path: Path) -> None:
     assert calls == ["env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq",
                      f"env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq {PACKAGE}"]
     assert _installed()
+
+
+@pytest.mark.parametrize("earlier_policy", [None, "#!/bin/sh\nexit 0\n"])
+def test_installing_the_engine_starts_no_service_and_puts_the_policy_back(tmp_path: Path,
+                                                                          earlier_policy: str | None) -> None:
+    """An apt-get shim asks the policy, as docker.io's postinst does through invoke-rc.d, whether
+    `docker start` may run: 101 (forbidden) during the install; the earlier policy (or none) after it."""
+    policy, log = tmp_path / "policy-rc.d", tmp_path / "apt.log"
+    if earlier_policy is not None:
+        policy.write_text(earlier_policy, encoding="utf-8")
+        policy.chmod(0o755)
+    asks_policy = f'{policy} docker start; echo "docker start: $?" >> {log}'
+    _shim(tmp_path, "apt-get", f'echo "$*" >> {log}\ncase "$*" in *install*) {asks_policy};; esac\n')
+    result = subprocess.run(["make", "-s", "--no-print-directory", "apt-engine", "ENGINE_APT=docker.io",
+                             "ENGINE_COMMANDS=no-such-command-mf", f"POLICY_RC={policy}"], cwd=ROOT,
+                            env={**os.environ, "PATH": f"{tmp_path}:{SYSTEM_PATH}"}, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text(encoding="utf-8").splitlines() == [
+        "-o DPkg::Lock::Timeout=120 update -qq",
+        "-o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends docker.io", "docker start: 101"]
+    assert (policy.read_text(encoding="utf-8") if policy.exists() else None) == earlier_policy

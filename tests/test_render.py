@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from factory.cli import main
 from factory.loader import parse_catalog
-from factory.manifests import validate_manifests
+from factory.manifests import kustomization, validate_manifests
 from factory.render import render_catalog, write_tree
 from proxy.routing import RouteTable
 
@@ -84,7 +85,31 @@ def test_any_valid_catalog_renders_to_valid_outputs(text: str) -> None:
     RouteTable.model_validate(yaml.safe_load(files["routes.yaml"]))
     errors = sorted(GITLAB_SCHEMA.iter_errors(yaml.safe_load(files["child-pipeline.yml"])), key=str)
     assert errors == []
-    validate_manifests({name[len("k8s/"):]: text for name, text in files.items() if name.startswith("k8s/")})
+    preview = {name[len("k8s/"):]: text for name, text in files.items() if name.startswith("k8s/")}
+    assert_preview_not_deployable(preview)
+    # With an image filled in, the preview is a valid manifest set (`factory manifests` adds the digest).
+    image = "registry.example.com/m@sha256:" + "0" * 64
+    filled = {name: re.sub(r"(containers:\n        - name: (?:model|proxy)\n)", rf"\1          image: {image}\n", text)
+              for name, text in preview.items()}
+    validate_manifests({**filled, "kustomization.yaml": kustomization(catalog.kubernetes, sorted(filled))})
+
+
+def assert_preview_not_deployable(preview: dict[str, str]) -> None:
+    """No image anywhere (none is pushed before `factory build`), and nothing to `kubectl apply -k`."""
+    assert "kustomization.yaml" not in preview
+    for name, text in preview.items():
+        for document in yaml.safe_load_all(text):
+            if document["kind"] == "Deployment":
+                assert [container.get("image") for container in document["spec"]["template"]["spec"]["containers"]
+                        ] == [None], name
+
+
+def test_render_writes_no_image_that_no_registry_holds() -> None:
+    files = render_catalog(parse_catalog((ROOT / "models.yaml").read_text()))
+    preview = {name[len("k8s/"):]: text for name, text in files.items() if name.startswith("k8s/")}
+    assert_preview_not_deployable(preview)
+    assert sum(name.endswith("/deployment.yaml") for name in preview) == 9  # 8 models and the proxy
+    assert not [name for name, text in files.items() if "unbuilt" in text or ":latest" in text]
 
 
 def test_rendered_pipelines_pass_gitlab_schema(tmp_path: Path) -> None:
@@ -98,10 +123,16 @@ def test_rendered_pipelines_pass_gitlab_schema(tmp_path: Path) -> None:
 def test_child_pipeline_has_build_test_deploy_per_model_and_small_needs() -> None:
     files = render_catalog(parse_catalog((ROOT / "models.yaml").read_text()))
     pipeline = yaml.safe_load(files["child-pipeline.yml"])
-    assert pipeline["test-eta-minutes-5-phv"]["needs"] == [{"job": "build-eta-minutes-5-phv", "artifacts": True}]
-    assert pipeline["deploy-eta-minutes-5-phv"]["needs"] == [{"job": "test-eta-minutes-5-phv", "artifacts": True}]
-    assert pipeline["apply"]["dependencies"] == ["collect-1"]
+    # No job downloads artifacts through `needs`/`dependencies` (GitLab refuses to start such a job once they
+    # expired): each fetches its inputs through the API first, then regenerates what did not arrive.
+    assert pipeline["test-eta-minutes-5-phv"]["needs"] == [{"job": "build-eta-minutes-5-phv", "artifacts": False}]
+    assert pipeline["test-eta-minutes-5-phv"]["script"][0] == "factory fetch-artifacts build-eta-minutes-5-phv"
+    assert pipeline["deploy-eta-minutes-5-phv"]["needs"] == [{"job": "test-eta-minutes-5-phv", "artifacts": False}]
+    assert pipeline["apply"]["dependencies"] == []
+    assert pipeline["apply"]["script"][0] == "factory fetch-artifacts collect-1"
     assert len(pipeline["collect-1"]["needs"]) == 8
+    assert not [need for job in pipeline.values() if isinstance(job, dict) for need in job.get("needs", [])
+                if need.get("artifacts") is not False]
     assert [name for name, job in pipeline.items() if isinstance(job, dict) and "tags" in job] == [
         "build-fare-estimate-2-taxi-gpu", "test-fare-estimate-2-taxi-gpu", "deploy-fare-estimate-2-taxi-gpu"]
     assert max(len(job.get("needs", [])) for job in pipeline.values() if isinstance(job, dict)) <= 50

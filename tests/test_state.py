@@ -66,16 +66,16 @@ def test_settings_read_every_variable() -> None:
     settings = Settings.from_env({"FACTORY_STATE": "/s", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
                                   "FACTORY_RUNTIME_PYTHON": "/py", "FACTORY_RUNTIME_HOME": "/rt",
                                   "FACTORY_PROXY_IMAGE": "r/proxy:1", "FACTORY_IMAGE_REGISTRY": "ci/r",
-                                  "DOCKER_HOST": "tcp://docker:2375"})
+                                  "DOCKER_HOST": "tcp://docker:2375", "FACTORY_PINNED_VERSIONS": "m=2"})
     assert settings == Settings(Path("/s"), "http://mlflow:5000", Path("/py"), Path("/rt"), "r/proxy:1", "ci/r",
-                                "tcp://docker:2375")
+                                "tcp://docker:2375", "m=2")
     empty = Settings.from_env({})
     assert empty.state_dir == (Path.cwd() / "factory-state") and empty.tracking_uri is None
 
 
 def test_readme_documents_every_variable() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = dict(re.findall(r"^\| `([A-Z_]+)` \| (.+) \|$", readme, flags=re.MULTILINE))
+    table = dict(re.findall(r"^\| `([A-Z0-9_]+)` \| (.+) \|$", readme, flags=re.MULTILINE))
     assert table == documentation()
 
 

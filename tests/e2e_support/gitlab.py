@@ -9,8 +9,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+from e2e_support.gitlab_api import TOKEN, GitLabArtifactsApi
 
 ROOT = Path(__file__).resolve().parents[2]
 GITLAB_CI_LOCAL = ROOT / ".tools" / "node_modules" / ".bin" / "gitlab-ci-local"
@@ -66,6 +70,16 @@ def commit(repository: Path, message: str) -> str:
     git(repository, "add", "-A")
     git(repository, "commit", "-qm", message)
     return git(repository, "rev-parse", "HEAD")
+
+
+@contextmanager
+def artifacts_api(repository: Path, env: dict[str, str]) -> Iterator[GitLabArtifactsApi]:
+    """GitLab's job artifacts API over what gitlab-ci-local stores: jobs reach it as $CI_API_V4_URL, which
+    gitlab-ci-local derives from the `origin` remote (parent and child jobs alike), with a read_api token."""
+    with GitLabArtifactsApi(repository / STATE_DIR / "artifacts") as api:
+        git(repository, "remote", "add", "origin", f"{api.url}/group/project.git")
+        env["FACTORY_API_TOKEN"] = TOKEN
+        yield api
 
 
 def run_pipeline(repository: Path, env: dict[str, str], *extra: str, timeout: float = 900) -> PipelineRun:
