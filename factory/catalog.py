@@ -151,6 +151,12 @@ class Serving(_Strict):
     allow_non_finite: StrictBool = False
 
 
+class Slo(_Strict):
+    """The latency objective `factory test` measures capacity against (README: "Capacity")."""
+
+    p99_ms: StrictInt = Field(100, ge=1, le=60_000)
+
+
 class _Routed(_Strict):
     endpoint: Segment
     parameters: list[Segment] = Field(default_factory=list, max_length=16)
@@ -171,6 +177,7 @@ class ModelSpec(_Routed):
     resources: Resources = Resources()
     scaling: Scaling = Scaling()
     serving: Serving = Serving()
+    slo: Slo = Slo()
 
     @model_validator(mode="after")
     def _version_or_alias(self) -> "ModelSpec":
