@@ -134,7 +134,8 @@ class Resources(_Strict):
 class Scaling(_Strict):
     min_replicas: StrictInt = Field(1, ge=0, le=1_000)
     max_replicas: StrictInt = Field(3, ge=1, le=1_000)
-    target_cpu_percent: StrictInt = Field(70, ge=1, le=100)
+    # None: derived from the capacity `factory test` measured (factory/autoscaling.py).
+    target_cpu_percent: Optional[StrictInt] = Field(None, ge=1, le=100)
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> "Scaling":
