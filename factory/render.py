@@ -26,7 +26,8 @@ from factory.routes import routes_shards, routes_yaml
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 RUNTIME_DIR = "bento-runtime"
-RUNTIME_FILES = ("mf_runtime.py", "mf_serve.py", "mf_flavors.py", "mf_inputs.py", "mf_http.py", "mf_batch.py")
+RUNTIME_FILES = ("mf_runtime.py", "mf_serve.py", "mf_flavors.py", "mf_inputs.py", "mf_http.py", "mf_batch.py",
+                 "mf_fast.py")
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

@@ -53,7 +53,7 @@ FUZZ_EXAMPLES_ENV = "FACTORY_FUZZ_EXAMPLES"
 LOAD_SECONDS_ENV = "FACTORY_LOAD_SECONDS"
 KEPT_VERSIONS_ENV = "FACTORY_KEPT_VERSIONS"
 CLI_VARIABLES = {FUZZ_EXAMPLES_ENV: "`factory test --examples`: valid requests to generate per model",
-                 LOAD_SECONDS_ENV: "`factory test --load-seconds`: length of the concurrent load phase",
+                 LOAD_SECONDS_ENV: "`factory test --load-seconds`: length of the load phase (the capacity search)",
                  KEPT_VERSIONS_ENV: "`factory record-deploy --kept`: alias models a pipeline kept (set by the "
                                     "generated child pipeline)"}
 

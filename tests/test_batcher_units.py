@@ -1,4 +1,4 @@
-"""The Bento's opportunistic batcher in process: no waiting when idle, merging only what queued while the
+"""The Bento's opportunistic batcher and its fast /predict path, in process: no waiting when idle, merging only what queued while the
 model ran, rows of one request never split, per-row isolation kept, overload refused with 503 + Retry-After."""
 
 from __future__ import annotations
@@ -8,12 +8,15 @@ import json
 import sys
 import threading
 
+import httpx
 import pytest
+from pydantic import BaseModel, Field
 
 from factory.runtime import BENTO_TEMPLATES
 
 sys.path.insert(0, str(BENTO_TEMPLATES))
 import mf_batch  # noqa: E402
+import mf_fast  # noqa: E402
 import mf_flavors  # noqa: E402
 import mf_http  # noqa: E402
 import mf_runtime  # noqa: E402
@@ -185,3 +188,70 @@ def test_a_failing_run_fails_its_requests_and_the_batcher_goes_on() -> None:
         assert await batcher.submit([2]) == [2]
 
     asyncio.run(scenario())
+
+
+# --- mf_fast: POST /predict in front of BentoML's stack -------------------------------------------------
+
+ROW = mf_runtime.row_model([{"type": "double", "name": "surge multiplier", "required": True}])
+
+
+class _Inputs(BaseModel):  # what BentoML generates for `predict(self, inputs: list[Row])`
+    inputs: list[ROW] = Field(min_length=1, max_length=4)
+
+
+async def _bentoml(scope, receive, send) -> None:
+    await mf_fast._answer(send, 299, b'"bentoml answered"')
+
+
+def _client(answer) -> httpx.AsyncClient:
+    app = mf_http.ErrorShape(mf_fast.FastPredict(_bentoml, _Inputs, lambda: answer), max_bytes=1000)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model")
+
+
+def _fast(answer, *requests: tuple) -> list[httpx.Response]:
+    async def scenario():
+        async with _client(answer) as client:
+            return [await client.request(method, path, **options) for method, path, options in requests]
+
+    return asyncio.run(scenario())
+
+
+async def _doubled(rows: list) -> list:
+    return [row.model_dump(by_alias=True)["surge multiplier"] * 2 for row in rows]
+
+
+def test_fast_path_answers_predict_and_leaves_the_rest_to_bentoml() -> None:
+    valid = {"json": {"inputs": [{"surge multiplier": 1.5}, {"surge multiplier": 2}]}}
+    answers = _fast(_doubled, ("POST", "/predict", valid), ("GET", "/readyz", {}),
+                    ("POST", "/predict", {**valid, "headers": {"content-type": "multipart/form-data"}}))
+    assert [(r.status_code, r.json()) for r in answers] == [(200, [3.0, 4.0]), (299, "bentoml answered"),
+                                                          (299, "bentoml answered")]
+    assert _fast(None, ("POST", "/predict", valid))[0].json() == "bentoml answered"  # service not created yet
+
+
+@pytest.mark.parametrize("body, field", [
+    (b'{"inputs": [{"surge multiplier": "1"}]}', 'inputs[0]["surge multiplier"]'),
+    (b'{"inputs": []}', "inputs"),
+    (b'{"inputs": [{"surge multiplier": 1}', None),  # not JSON
+    (b"", "inputs"),
+])
+def test_fast_path_rejects_like_bentoml_in_the_error_shape(body: bytes, field) -> None:
+    answer, = _fast(_doubled, ("POST", "/predict", {"content": body}))
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_input"
+    assert answer.json()["error"]["field"] == field
+
+
+def test_fast_path_keeps_per_row_failures_overload_and_the_body_limit() -> None:
+    async def one_failed(rows):
+        return [1.0, mf_runtime.failure("model_error", "boom")]
+
+    async def refused(rows):
+        return mf_http.overloaded("busy", 3)
+
+    two_rows = {"json": {"inputs": [{"surge multiplier": 1.0}, {"surge multiplier": -1.0}]}}
+    failed, = _fast(one_failed, ("POST", "/predict", two_rows))
+    assert (failed.status_code, failed.json()["error"]["field"]) == (500, "inputs[1]")
+    shed, = _fast(refused, ("POST", "/predict", two_rows))
+    assert (shed.status_code, shed.headers["retry-after"], shed.json()["error"]["code"]) == (503, "3", "overloaded")
+    large, = _fast(_doubled, ("POST", "/predict", {"content": b"x" * 2000}))
+    assert (large.status_code, large.json()["error"]["code"]) == (413, "body_too_large")

@@ -1,11 +1,11 @@
 """Opportunistic batching: run at once when idle; while the model runs, queue; the next run takes
 everything queued, up to `max_rows` rows. Overload is refused at the door with a 503.
 
-Why not BentoML's adaptive dispatcher (docs/serving.md has the measurements): it waits on purpose,
-for as long as its average wait of the last 50 batches (`Optimizer.wait`), so after a burst it keeps
-waiting tens of milliseconds per request at one client for tens of seconds (its own waits feed the
-average it waits for); and it sheds with 503 whenever its linear latency model, refitted on a noisy
-machine, predicts a miss. Here nothing ever waits for company: a request that finds the model idle
+Why not BentoML's adaptive dispatcher (measurements: BENCHMARKS.md, "Latency and capacity"): it
+waits on purpose, for as long as its average wait of the last 50 batches (`Optimizer.wait`), so after
+a burst it keeps waiting tens of milliseconds per request at one client for tens of seconds (its own
+waits feed the average it waits for); and it sheds with 503 whenever its linear latency model,
+refitted on a noisy machine, predicts a miss. Here nothing ever waits for company: a request that finds the model idle
 runs alone, and batches form only from what queued while the model was busy, so a batch is as large
 as the load makes it and no larger.
 
