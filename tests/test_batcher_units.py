@@ -1,5 +1,6 @@
-"""The Bento's opportunistic batcher and its fast /predict path, in process: no waiting when idle, merging only what queued while the
-model ran, rows of one request never split, per-row isolation kept, overload refused with 503 + Retry-After."""
+"""The Bento's opportunistic batcher and its fast /predict path, in process: no waiting when idle, merging
+only what queued while the model ran, rows of one request never split, per-row isolation kept, overload
+refused with 503 + Retry-After, validation errors shaped as BentoML's path shapes them."""
 
 from __future__ import annotations
 
