@@ -81,27 +81,29 @@ def _request(host: str, port: int, body: bytes) -> bytes:
 async def _client(host: str, port: int, requests: list[bytes], budget, deadline: float, timeout_s: float,
                   result: LoadResult) -> None:
     connection = None
-    for index in budget:
-        if time.perf_counter() >= deadline:
-            break
-        sent = time.perf_counter()
-        try:
-            if connection is None:
-                connection = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-            reader, writer = connection
-            writer.write(requests[index % len(requests)])
-            status, headers, payload = await asyncio.wait_for(_response(reader), timeout_s)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError) as exc:
-            result.count(type(exc).__name__, (time.perf_counter() - sent) * 1000)
-            connection = _closed(connection)  # reconnects on the next request
-            continue
-        result.count(status, (time.perf_counter() - sent) * 1000)
-        if status == "503" and not well_formed_shed(headers, payload):
-            result.malformed_sheds += 1
-        if headers.get("connection") == "close":
-            connection = _closed(connection)
-    _closed(connection)
+    try:
+        for index in budget:
+            if time.perf_counter() >= deadline:
+                break
+            sent = time.perf_counter()
+            try:
+                if connection is None:
+                    connection = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+                reader, writer = connection
+                writer.write(requests[index % len(requests)])
+                status, headers, payload = await asyncio.wait_for(_response(reader), timeout_s)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ValueError) as exc:
+                result.count(type(exc).__name__, (time.perf_counter() - sent) * 1000)
+                connection = await _closed(connection)  # reconnects on the next request
+                continue
+            result.count(status, (time.perf_counter() - sent) * 1000)
+            if status == "503" and not well_formed_shed(headers, payload):
+                result.malformed_sheds += 1
+            if headers.get("connection") == "close":
+                connection = await _closed(connection)
+    finally:
+        await _closed(connection)
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
@@ -128,7 +130,14 @@ def well_formed_shed(headers: dict[str, str], payload: bytes) -> bool:
     return headers.get("retry-after", "").isdigit() and isinstance(error, dict) and error.get("code") == "overloaded"
 
 
-def _closed(connection) -> None:
+async def _closed(connection) -> None:
+    """Closed by the client, and waited for: a server whose keep-alive connections are still open when
+    it stops closes them itself, and its TIME_WAIT then keeps its port from being bound again for a
+    minute (`factory serve --port` replays a failed test on the port the test used)."""
     if connection is not None:
         connection[1].close()
+        try:
+            await connection[1].wait_closed()
+        except OSError:
+            pass
     return None
