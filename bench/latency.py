@@ -80,7 +80,8 @@ def measure(name: str, server: Served, url: str, one: str, full: str, burst_s: f
 
 
 def in_process_floor(state: StateDir, model: str, bento_tag: str, rows: list[dict]) -> dict:
-    output = subprocess.run([str(bento_python(state, model)), "-c", FLOOR, json.dumps(rows)],
+    # On the server's core, as the server runs: the floor is what that core does without HTTP.
+    output = subprocess.run(["taskset", "-c", "1", str(bento_python(state, model)), "-c", FLOOR, json.dumps(rows)],
                             cwd=bento_source(bento_tag), capture_output=True, text=True, check=True, timeout=300)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
