@@ -111,6 +111,7 @@ class CapacityStep(Record):
     failures: int = pydantic.Field(ge=0)  # anything else a valid request must never get
     statuses: dict[str, int]
     cpu_percent: Optional[float] = pydantic.Field(None, ge=0)  # the server's CPU, one core = 100
+    attempts: int = pydantic.Field(1, ge=1, le=2)  # 2: it missed the objective once and was measured again
 
 
 class CapacityReport(Record):

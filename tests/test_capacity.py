@@ -132,3 +132,15 @@ def test_the_summary_shows_capacity_against_the_objective(tmp_path: Path) -> Non
                peak_bytes=190 * 2**20).save(state.report_path("iris"))
     rows = summary_rows(catalog, state)
     assert [(row.model, row.capacity_rps) for row in rows] == [("iris", "180 @ p99≤100"), ("rose", "")]
+
+
+def test_the_first_step_that_is_only_too_slow_is_measured_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    import factory.capacity as capacity_module
+
+    measured = iter([step(1, 100, 900), step(1, 100, 10), step(2, 180, 20), step(4, 200, 300), step(8, 210, 400)])
+    monkeypatch.setattr(capacity_module, "_step", lambda *args: next(measured))
+    capacity = capacity_module.find_capacity("http://unused", [], 100, 4, lambda: None, ladder=(1, 2, 4, 8))
+    # The stall at one connection was measured again and passed; the miss at 4 is not re-measured.
+    assert [(s.connections, s.p99_ms, s.attempts) for s in capacity.steps] == [
+        (1, 10, 2), (2, 20, 1), (4, 300, 1), (8, 400, 1)]
+    assert (capacity.rps, capacity.connections) == (180, 2)
