@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional
@@ -50,6 +51,18 @@ def free_port(wanted: int = 0) -> int:
         except OSError as exc:
             raise ServeError(f"port {wanted} on 127.0.0.1 is in use ({exc.strerror}); pick another --port") from exc
         return probe.getsockname()[1]
+
+
+def stable_port(name: str, tries: int = 64) -> int:
+    """A free port below Linux's ephemeral range (32768+), the same for a model run after run.
+
+    `factory test` serves on it, and the replay it prints after a failure names it: no outgoing
+    connection is handed that port meanwhile, so the replay's `factory serve --port` finds it free."""
+    first = 20000 + zlib.crc32(name.encode()) % 10000
+    for port in range(first, first + tries):
+        with contextlib.suppress(ServeError):
+            return free_port(port)
+    return free_port()
 
 
 def bento_source(bento_tag: str) -> Path:
@@ -131,15 +144,15 @@ class ServedContainer:
 
 @contextlib.contextmanager
 def container_served(image: str, log: Path, memory_limit: str, command: Callable[[int], list[str]] = model_command,
-                     volumes: Optional[dict] = None,
-                     ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[ServedContainer]:
+                     volumes: Optional[dict] = None, ready_timeout_s: float = READY_TIMEOUT_S,
+                     port: int = 0) -> Iterator[ServedContainer]:
     """The built image, run as the Deployment runs it (one process, its memory limit), on host networking
     bound to 127.0.0.1 only. An OOM kill at the limit, while starting or inside the block, raises OOMKilled."""
     import docker
     from kubernetes.utils import parse_quantity
 
     client = docker.from_env()
-    port = free_port()
+    port = free_port(port)
     limit_bytes = int(parse_quantity(memory_limit))
     container = client.containers.run(image, command=command(port), detach=True, network_mode="host",
                                       mem_limit=limit_bytes, memswap_limit=limit_bytes, volumes=volumes or {})

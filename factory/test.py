@@ -25,7 +25,7 @@ from factory.loader import load_catalog, select_models
 from factory.golden import sample_requests
 from factory.memory import MemoryProfile
 from factory.runtime import bento_python
-from factory.serve import OOMKilled, container_served, served
+from factory.serve import OOMKilled, container_served, served, stable_port
 from factory.state import BuildRecord, StateDir, TestReport
 from factory.tables import table
 
@@ -147,12 +147,13 @@ def measured_server(record: BuildRecord, log: Path, runtime: Path,
         # that has run the image before (every replica but the first) a pod is not. Warm it, then measure.
         with container_served(record.image_ref, log, WARM_UP_LIMIT):
             pass
-        with container_served(record.image_ref, log, memory_limit) as container, \
+        with container_served(record.image_ref, log, memory_limit, port=stable_port(record.model)) as container, \
                 MemoryProfile.of_container(container.container) as memory:
             pid = _container_pid(container.container)
             yield container.url, memory, lambda: tree_cpu_seconds(pid) if pid else None
         return
-    with served(record.bento_tag, log, "single", runtime) as server, MemoryProfile.of_process(server.pid) as memory:
+    with served(record.bento_tag, log, "single", runtime, port=stable_port(record.model)) as server, \
+            MemoryProfile.of_process(server.pid) as memory:
         yield server.url, memory, lambda: tree_cpu_seconds(server.pid)
 
 

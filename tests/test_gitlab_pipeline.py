@@ -160,7 +160,7 @@ def _merge_request(tmp_path: Path, factory_env: FactoryEnv, edit) -> tuple[Path,
 
 
 @pytest.mark.e2e
-@pytest.mark.xdist_group("bento")
+@pytest.mark.xdist_group("registry")  # needs only factory_env: runs beside the "bento" group
 def test_a_merge_request_runs_only_its_model_and_regenerates_an_expired_artifact(factory_env: FactoryEnv,
                                                                                  tmp_path: Path) -> None:
     repository, variables = _merge_request(tmp_path, factory_env, lambda repo: _edit_catalog(

@@ -9,7 +9,7 @@ import pytest
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, FactoryEnv
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bento")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("registry")]  # needs only factory_env: the other worker
 
 # Answers `docker info` and `docker image inspect` (so the engine and base image look present), fails builds.
 FAKE_DOCKER = """#!/bin/sh

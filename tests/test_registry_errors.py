@@ -11,7 +11,7 @@ from e2e_support.factory_env import FactoryEnv
 from factory.errors import RegistryError
 from factory.loader import parse_catalog
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bento")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("registry")]  # needs only factory_env: the other worker
 
 
 @pytest.fixture()
