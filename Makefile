@@ -103,6 +103,7 @@ test: venv tools engine
 bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.flavors
 	$(BIN)/python -m bench.compiled
 	$(BIN)/python -m bench.isolation

@@ -68,6 +68,15 @@ def _pin(pid: int, core: str) -> None:
         process.cpu_affinity([int(core)])
 
 
+def complete_rows(golden: list[dict]) -> list[dict]:
+    """Golden rows with every column set, smallest values first: `mlflow models serve` drops absent
+    optional columns and the model then fails, so side-by-side runs send only complete rows."""
+    rows = [r for case in golden for r in case["inputs"] if None not in r.values()]
+    widest = max(len(r) for r in rows)
+    return sorted((r for r in rows if len(r) == widest),
+                  key=lambda r: sum(abs(v) for v in r.values() if not isinstance(v, str)))
+
+
 def mlflow_served(model_uri: str, log: Path):
     port = free_port()
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # mlflow runs its own CLI
@@ -87,12 +96,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'registry' / 'mlflow.db'}")
     subprocess.run([sys.executable, "-m", "factory.cli", "build", args.model], cwd=ROOT, check=True)
     record = state.build_record(args.model)
-    golden = state.golden(args.model, Path(record.golden))
-    # A complete row: `mlflow models serve` drops absent optional columns and the model then fails.
-    rows = [r for case in golden for r in case["inputs"] if None not in r.values()]
-    widest = max(len(r) for r in rows)
-    row = min((r for r in rows if len(r) == widest),
-              key=lambda r: sum(abs(v) for v in r.values() if not isinstance(v, str)))
+    row = complete_rows(state.golden(args.model, Path(record.golden)))[0]
     logs = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     results = []
     with served(record.bento_tag, logs / "bento.log", "single", bento_python(state, record.model)) as server:

@@ -134,7 +134,8 @@ class Resources(_Strict):
 class Scaling(_Strict):
     min_replicas: StrictInt = Field(1, ge=0, le=1_000)
     max_replicas: StrictInt = Field(3, ge=1, le=1_000)
-    target_cpu_percent: StrictInt = Field(70, ge=1, le=100)
+    # None: derived from the capacity `factory test` measured (factory/autoscaling.py).
+    target_cpu_percent: Optional[StrictInt] = Field(None, ge=1, le=100)
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> "Scaling":
@@ -159,6 +160,12 @@ class Compile(_Strict):
     atol: float = Field(0.0, ge=0)
 
 
+class Slo(_Strict):
+    """The latency objective `factory test` measures capacity against (README: "Capacity")."""
+
+    p99_ms: StrictInt = Field(100, ge=1, le=60_000)
+
+
 class _Routed(_Strict):
     endpoint: Segment
     parameters: list[Segment] = Field(default_factory=list, max_length=16)
@@ -180,6 +187,7 @@ class ModelSpec(_Routed):
     scaling: Scaling = Scaling()
     serving: Serving = Serving()
     compile: Compile = Compile()
+    slo: Slo = Slo()
 
     @model_validator(mode="after")
     def _version_or_alias(self) -> "ModelSpec":

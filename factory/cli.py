@@ -116,7 +116,7 @@ def build(catalog_path: Path, names: tuple[str, ...], everything: bool, no_image
 @click.option("--examples", type=int, default=60, show_default=True, envvar=FUZZ_EXAMPLES_ENV,
               help=f"Valid requests to generate; twice as many invalid ones. [env {FUZZ_EXAMPLES_ENV}]")
 @click.option("--load-seconds", type=float, default=6.0, show_default=True, envvar=LOAD_SECONDS_ENV,
-              help=f"Length of the concurrent load phase. [env {LOAD_SECONDS_ENV}]")
+              help=f"Length of the load phase, the capacity search. [env {LOAD_SECONDS_ENV}]")
 def test_models(catalog_path: Path, names: tuple[str, ...], everything: bool, seed: int, examples: int,
                 load_seconds: float) -> None:
     """Serve built models, fuzz them from their signatures, check golden outputs, measure memory."""

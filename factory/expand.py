@@ -18,7 +18,7 @@ from factory.yamlsource import SourceMap, YamlPath
 
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
-MERGED_SECTIONS = ("batching", "resources", "scaling", "serving", "compile")
+MERGED_SECTIONS = ("batching", "resources", "scaling", "serving", "compile", "slo")
 DEFAULT_KEYS = MERGED_SECTIONS + ("version", "alias")
 MAX_MATRIX_SIZE = 10_000
 MAX_MODELS = 50_000

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from factory.catalog import (VERSION_OR_ALIAS, VERSION_OR_ALIAS_MESSAGE, Batching, Catalog, Compile,
                              ExperimentSpec, KubernetesSettings, ModelSpec, PipelineSettings, Resources, Scaling, Serving,
-                             shown)
+                             Slo, shown)
 from factory.crosscheck import cross_check
 from factory.errors import CatalogError, Problem, UsageError
 from factory.expand import DEFAULT_KEYS, Expansion, Origin, expand_models, raw_value, source_of, suggest
@@ -21,7 +21,8 @@ from factory.yamlsource import SourceMap, YamlPath, load_located
 TOP_KEYS = ("kubernetes", "pipeline", "defaults", "models", "experiments")
 QUOTE_HINT = "YAML reads unquoted yes/no/on/off as booleans and 1.10 as a number: quote the value, e.g. 'NO'"
 DEFAULT_SECTIONS: dict[str, type[BaseModel]] = {"batching": Batching, "resources": Resources,
-                                                "scaling": Scaling, "serving": Serving, "compile": Compile}
+                                                "scaling": Scaling, "serving": Serving, "compile": Compile,
+                                                "slo": Slo}
 
 
 def load_catalog(path: Path) -> Catalog:

@@ -1,18 +1,23 @@
-"""A bounded concurrent load of valid requests against a served model (for the memory load phase).
+"""A bounded closed-loop load of valid requests against a served model: `concurrency` keep-alive
+connections, each sending its next request as soon as the previous answer is in.
 
-Python threads saturate long before a real server does (FIELD_NOTES): this is for filling adaptive
-batches and measuring memory under concurrency, not for throughput figures (bench/ uses wrk).
+asyncio over raw sockets, one pre-encoded request per body: a client built on http.client threads
+spends more CPU per request than the server it measures (FIELD_NOTES), which would cap the capacity
+`factory test` finds at the client's own speed. Every 503 must be the server's overload answer
+(the error shape, code `overloaded`, a `Retry-After`): anything else is counted as a malformed shed.
 """
 
 from __future__ import annotations
 
-import http.client
-import threading
+import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from factory.fuzz_report import nearest_rank
+
+HEAD_LIMIT = 64 * 1024
 
 
 @dataclass
@@ -20,6 +25,7 @@ class LoadResult:
     statuses: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    malformed_sheds: int = 0  # 503s without the error shape or Retry-After
 
     @property
     def requests(self) -> int:
@@ -27,63 +33,111 @@ class LoadResult:
 
     @property
     def shed(self) -> int:
-        """503s: BentoML's batcher refusing work it cannot finish within max_latency_ms, by design."""
         return self.statuses.get("503", 0)
 
     @property
     def failures(self) -> int:
-        return sum(count for status, count in self.statuses.items() if status not in ("200", "503"))
+        """Answers a valid request must never get: anything but 200 or a well-formed 503."""
+        wrong = sum(count for status, count in self.statuses.items() if status not in ("200", "503"))
+        return wrong + self.malformed_sheds
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
 
     def percentile(self, percent: float) -> float:
         return nearest_rank(self.latencies_ms, percent)
 
-    def summary(self) -> dict:
-        return {"requests": self.requests, "failures": self.failures, "shed": self.shed, "statuses": dict(sorted(self.statuses.items())),
-                "rps": round(self.requests / self.seconds, 1) if self.seconds else 0.0,
-                "latency_p50_ms": round(self.percentile(50), 2), "latency_p99_ms": round(self.percentile(99), 2)}
+    def count(self, status: str, latency_ms: float) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latencies_ms.append(latency_ms)
 
 
 def run_load(base_url: str, bodies: list[bytes], concurrency: int, duration_s: float,
-             max_requests: int = 20_000, timeout_s: float = 30.0) -> LoadResult:
-    """`concurrency` keep-alive clients cycle through `bodies` until the time or request budget is spent."""
-    result = LoadResult()
-    lock = threading.Lock()
-    deadline = time.monotonic() + duration_s
-    budget = iter(range(max_requests))
+             max_requests: int = 200_000, timeout_s: float = 30.0) -> LoadResult:
+    """`concurrency` connections cycle through `bodies` (POST /predict) until the time or request budget is spent."""
+    return asyncio.run(_load(base_url, bodies, concurrency, duration_s, max_requests, timeout_s))
+
+
+async def _load(base_url: str, bodies: list[bytes], concurrency: int, duration_s: float, max_requests: int,
+                timeout_s: float) -> LoadResult:
     parts = urlsplit(base_url)
-
-    def client() -> None:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
-        try:
-            for index in budget:
-                if time.monotonic() >= deadline:
-                    return
-                status, latency = _send(connection, bodies[index % len(bodies)])
-                with lock:
-                    result.statuses[status] = result.statuses.get(status, 0) + 1
-                    result.latencies_ms.append(latency)
-        finally:
-            connection.close()
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(duration_s + timeout_s + 5)
-    result.seconds = time.monotonic() - started
+    requests = [_request(parts.hostname, parts.port, body) for body in bodies]
+    result = LoadResult()
+    budget = iter(range(max_requests))
+    started = time.perf_counter()
+    deadline = started + duration_s
+    await asyncio.gather(*(_client(parts.hostname, parts.port, requests, budget, deadline, timeout_s, result)
+                           for _ in range(concurrency)))
+    result.seconds = time.perf_counter() - started
     return result
 
 
-def _send(connection: http.client.HTTPConnection, body: bytes) -> tuple[str, float]:
-    started = time.perf_counter()
-    try:
-        connection.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        response.read()
-        status = str(response.status)
-    except (OSError, http.client.HTTPException) as exc:
-        connection.close()  # reconnects on the next request
-        status = type(exc).__name__
-    return status, (time.perf_counter() - started) * 1000
+def _request(host: str, port: int, body: bytes) -> bytes:
+    return (f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
+
+async def _client(host: str, port: int, requests: list[bytes], budget, deadline: float, timeout_s: float,
+                  result: LoadResult) -> None:
+    connection = None
+    try:
+        for index in budget:
+            if time.perf_counter() >= deadline:
+                break
+            sent = time.perf_counter()
+            try:
+                if connection is None:
+                    connection = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+                reader, writer = connection
+                writer.write(requests[index % len(requests)])
+                status, headers, payload = await asyncio.wait_for(_response(reader), timeout_s)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ValueError) as exc:
+                result.count(type(exc).__name__, (time.perf_counter() - sent) * 1000)
+                connection = await _closed(connection)  # reconnects on the next request
+                continue
+            result.count(status, (time.perf_counter() - sent) * 1000)
+            if status == "503" and not well_formed_shed(headers, payload):
+                result.malformed_sheds += 1
+            if headers.get("connection") == "close":
+                connection = await _closed(connection)
+    finally:
+        await _closed(connection)
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    if len(head) > HEAD_LIMIT:
+        raise ValueError("response header section too large")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name:
+            headers[name.strip().lower()] = value.strip()
+    if "content-length" not in headers:
+        raise ValueError("response without Content-Length")
+    return status_line.split(" ")[1], headers, await reader.readexactly(int(headers["content-length"]))
+
+
+def well_formed_shed(headers: dict[str, str], payload: bytes) -> bool:
+    """A 503 a client can act on: `Retry-After` in whole seconds and the error shape with code `overloaded`."""
+    try:
+        error = json.loads(payload)["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return headers.get("retry-after", "").isdigit() and isinstance(error, dict) and error.get("code") == "overloaded"
+
+
+async def _closed(connection) -> None:
+    """Closed by the client, and waited for: a server whose keep-alive connections are still open when
+    it stops closes them itself, and its TIME_WAIT then keeps its port from being bound again for a
+    minute (`factory serve --port` replays a failed test on the port the test used)."""
+    if connection is not None:
+        connection[1].close()
+        try:
+            await connection[1].wait_closed()
+        except OSError:
+            pass
+    return None

@@ -27,6 +27,7 @@ import jinja2
 import yaml
 from kubernetes.utils import parse_quantity
 
+from factory.autoscaling import autoscaling_for
 from factory.catalog import Catalog, KubernetesSettings, ModelSpec, Resources
 from factory.errors import ManifestError, RenderError, StateError
 from factory.images import image_registry, proxy_image_ref, proxy_tag
@@ -34,7 +35,7 @@ from factory.k8s_checks import KUSTOMIZATION_FILE, validate_manifests
 from factory.loader import load_catalog, select_models
 from factory.routes import routes_shards
 from factory.settings import Settings
-from factory.state import StateDir
+from factory.state import CapacityReport, StateDir
 from factory.tables import table
 
 __all__ = ["Sizing", "sizing_for", "model_manifests", "proxy_manifests", "kustomization", "validate_manifests",
@@ -95,10 +96,11 @@ def _whole_mebibytes(n_bytes: Fraction) -> str:
     return f"{math.ceil(n_bytes / MIB)}Mi"
 
 
-def model_manifests(model: ModelSpec, settings: KubernetesSettings, image: Optional[str],
-                    sizing: Sizing) -> dict[str, str]:
-    """Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget of one model (`image` None: the
-    preview `factory render` writes, whose Deployment has no image)."""
+def model_manifests(model: ModelSpec, settings: KubernetesSettings, image: Optional[str], sizing: Sizing,
+                    capacity: Optional[CapacityReport] = None) -> dict[str, str]:
+    """Deployment, Service, HorizontalPodAutoscaler (its target from the measured capacity) and
+    PodDisruptionBudget of one model (`image` None: the preview `factory render` writes, whose Deployment
+    has no image)."""
     name = model.k8s_name
     labels = {"app.kubernetes.io/name": name, MODEL_LABEL: name, **PART_OF}
     context = {
@@ -108,6 +110,7 @@ def model_manifests(model: ModelSpec, settings: KubernetesSettings, image: Optio
         "selector": {MODEL_LABEL: name},
         "annotations": {"model-factory/registry-ref": model.registry_ref, "model-factory/route": model.route},
         "model": model,
+        "autoscaling": autoscaling_for(model, capacity),
         "image": image,
         "port": settings.service_port,
         **_container_resources(model.resources, sizing),
@@ -274,7 +277,9 @@ def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[d
                             f"{model.name}` (or set resources.memory in models.yaml)")
     sizing = sizing_for(model, peak)
     # By digest once pushed: the pod runs exactly the image that was tested; the tag only before that.
-    files = model_manifests(model, catalog.kubernetes, record.image_ref or record.image, sizing)
+    report = state.test_report(model.name)
+    files = model_manifests(model, catalog.kubernetes, record.image_ref or record.image, sizing,
+                            report.capacity if report else None)
     peak_mib = round(peak / MIB, 1) if peak else None
     return files, SizedModel(model.name, model.route, peak_mib, sizing)
 

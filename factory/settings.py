@@ -66,7 +66,7 @@ GITLAB_VARIABLES = {"CI_API_V4_URL": "`factory fetch-artifacts --api`: GitLab's 
                     "CI_JOB_TOKEN": "`factory fetch-artifacts`: the job's token, used when FACTORY_API_TOKEN is unset "
                                     "(predefined in jobs; GitLab Premium reads artifacts with it)"}
 CLI_VARIABLES = {FUZZ_EXAMPLES_ENV: "`factory test --examples`: valid requests to generate per model",
-                 LOAD_SECONDS_ENV: "`factory test --load-seconds`: length of the concurrent load phase",
+                 LOAD_SECONDS_ENV: "`factory test --load-seconds`: length of the load phase (the capacity search)",
                  KEPT_VERSIONS_ENV: "`factory record-deploy --kept`: alias models a pipeline kept (set by the "
                                     "generated child pipeline)",
                  API_TOKEN_ENV: "`factory fetch-artifacts`: a `read_api` token (masked CI/CD variable) for the "

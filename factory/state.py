@@ -103,14 +103,38 @@ class FuzzSummary(Record):
     latency_p99_ms: float = pydantic.Field(ge=0)
 
 
-class LoadSummary(Record):
+class CapacityStep(Record):
+    """One rung of the capacity ladder: closed-loop load at `connections` keep-alive connections."""
+
+    connections: int = pydantic.Field(ge=1)
     requests: int = pydantic.Field(ge=0)
-    failures: int = pydantic.Field(ge=0)
-    shed: int = pydantic.Field(ge=0)
-    statuses: dict[str, int]
     rps: float = pydantic.Field(ge=0)
-    latency_p50_ms: float = pydantic.Field(ge=0)
-    latency_p99_ms: float = pydantic.Field(ge=0)
+    p50_ms: float = pydantic.Field(ge=0)
+    p99_ms: float = pydantic.Field(ge=0)
+    shed: int = pydantic.Field(ge=0)  # well-formed 503s (error shape + Retry-After)
+    failures: int = pydantic.Field(ge=0)  # anything else a valid request must never get
+    statuses: dict[str, int]
+    cpu_percent: Optional[float] = pydantic.Field(None, ge=0)  # the server's CPU, one core = 100
+    attempts: int = pydantic.Field(1, ge=1, le=2)  # 2: it missed the objective once and was measured again
+
+
+class CapacityReport(Record):
+    """What `factory test` measured a model sustains: the HPA's target and the platform team's figure."""
+
+    slo_p99_ms: int = pydantic.Field(ge=1)
+    rps: float = pydantic.Field(ge=0)  # 0: missed the objective (or shed) even at one connection
+    connections: int = pydantic.Field(ge=0)
+    p99_ms: float = pydantic.Field(ge=0)
+    cpu_percent: Optional[float] = pydantic.Field(None, ge=0)  # None: the server's CPU was not visible
+    steps: list[CapacityStep]
+
+    @property
+    def failures(self) -> int:
+        return sum(step.failures for step in self.steps)
+
+    @property
+    def shed(self) -> int:
+        return sum(step.shed for step in self.steps)
 
 
 class MemoryReport(Record):
@@ -134,7 +158,7 @@ class TestReport(Record):
     serve_log: str = ""
     catalog: str = "models.yaml"
     fuzz: Optional[FuzzSummary] = None
-    load: Optional[LoadSummary] = None
+    capacity: Optional[CapacityReport] = None
     memory: Optional[MemoryReport] = None
     # sizing divides by it; a sampler that saw nothing is an error (None: nothing was measured)
     peak_bytes: Optional[int] = pydantic.Field(None, gt=0)
@@ -148,6 +172,7 @@ class SummaryRow(Record):
     fuzz: str
     requests: str
     p99_ms: str
+    capacity_rps: str
     peak_mib: str
     memory_request: str
     limit: str

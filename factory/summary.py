@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Optional
 
 from factory import manifests
+from factory.capacity import capacity_cell
 from factory.catalog import Catalog, ModelSpec
 from factory.loader import load_catalog
 from factory.state import StateDir, Summary, SummaryRow, write_atomic
 from factory.tables import markdown_table, table
 
-HEADERS = ["route", "variant", "model", "fuzz", "requests", "p99 ms", "peak MiB", "memory request", "limit"]
+
+HEADERS = ["route", "variant", "model", "fuzz", "requests", "p99 ms", "capacity rps", "peak MiB", "memory request",
+           "limit"]
 
 
 def summary_command(catalog_path: Path) -> str:
@@ -44,10 +47,10 @@ def summary_rows(catalog: Catalog, state: StateDir) -> list[SummaryRow]:
 def _row(route: str, variant: str, model: ModelSpec, state: StateDir) -> SummaryRow:
     report = state.test_report(model.name)
     if report is None or report.fuzz is None:
-        cells = ["not tested" if report is None else "FAIL", "", "", "", *_sizing(model, None)]
+        cells = ["not tested" if report is None else "FAIL", "", "", "", "", *_sizing(model, None)]
     else:
         cells = ["pass" if report.passed else "FAIL", str(report.fuzz.requests_fuzzed),
-                 f"{report.fuzz.latency_p99_ms:.1f}", f"{report.memory.peak_mib:.0f}",
+                 f"{report.fuzz.latency_p99_ms:.1f}", capacity_cell(report.capacity), f"{report.memory.peak_mib:.0f}",
                  *_sizing(model, report.peak_bytes)]
     return SummaryRow(**dict(zip(SummaryRow.model_fields, [route, variant, model.name, *cells])))
 

@@ -65,6 +65,16 @@ CASES = [
     ("negative latency", """\
         - {name: m_a, version: 1, endpoint: p, batching: {max_latency_ms: -5}}
         """, ["models.yaml:1:67: models[0].batching.max_latency_ms: must be ≥ 1 (got -5)"]),
+    ("zero latency objective", """\
+        - {name: m_a, version: 1, endpoint: p, slo: {p99_ms: 0}}
+        """, ["models.yaml:1:54: models[0].slo.p99_ms: must be ≥ 1 (got 0)"]),
+    ("unknown latency objective key", """\
+        defaults: {slo: {p95_ms: 50}}
+        models: [{name: m_a, version: 1, endpoint: p}]
+        """, ["models.yaml:1:18: defaults.slo.p95_ms: unknown key (hint: did you mean 'p99_ms'?)"]),
+    ("latency objective as a string", """\
+        - {name: m_a, version: 1, endpoint: p, slo: {p99_ms: "100ms"}}
+        """, ["models.yaml:1:54: models[0].slo.p99_ms: must be a whole number (got '100ms')"]),
     ("boolean where a number belongs", """\
         - {name: m_a, version: 1, endpoint: p, batching: {max_batch_size: true}}
         """, ["models.yaml:1:67: models[0].batching.max_batch_size: must be a whole number (got true)"]),

@@ -27,6 +27,9 @@ def test_reports_record_fuzzing_golden_and_memory_per_phase(tested: FactoryEnv, 
     assert set(report["memory"]["phases"]) == {"idle", "fuzz", "load"}
     assert report["memory"]["phases"]["load"]["samples"] > 10
     assert 50 < report["memory"]["peak_mib"] < 400
+    capacity = report["capacity"]  # the load phase is the capacity search: every rung ran, nothing malformed
+    assert [step["connections"] for step in capacity["steps"]] == [1, 2, 4, 8, 16, 32, 64]
+    assert capacity["slo_p99_ms"] == 100 and not any(step["failures"] for step in capacity["steps"])
     suite = ET.parse(reports / "junit.xml").getroot()
     cases = {case.get("name") for case in suite.iter("testcase")}
     assert {"valid requests", "invalid requests", "golden"} <= cases
@@ -46,7 +49,9 @@ def test_manifests_request_at_least_the_measured_peak(tested: FactoryEnv) -> Non
     kustomization = yaml.safe_load((tested.state / "k8s" / "kustomization.yaml").read_text())
     assert "proxy/routes-000.yaml" in kustomization["resources"]
     summary = tested.run("summary").stdout
-    assert "/probability/2/TAXI/trafficaware" in summary and "pass" in summary
+    assert "/probability/2/TAXI/trafficaware" in summary and "pass" in summary and "capacity rps" in summary
+    hpa = yaml.safe_load((tested.state / "k8s" / "eta-minutes-5-phv" / "hpa.yaml").read_text())
+    assert hpa["metadata"]["annotations"]["model-factory/capacity-slo-p99-ms"] == "100"
 
 
 def test_deploy_without_a_cluster_is_one_clear_error(tested: FactoryEnv) -> None:

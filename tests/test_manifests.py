@@ -17,6 +17,7 @@ from kubernetes.utils import parse_quantity
 from factory.catalog import (ALIAS_PATTERN, CPU_PATTERN, GPU_TYPE_PATTERN, MEMORY_PATTERN, NAME_PATTERN,
                              SEGMENT_PATTERN, KubernetesSettings, ModelSpec)
 from factory.errors import ManifestError
+from factory.state import CapacityReport, CapacityStep
 from factory.manifests import Sizing, kustomization, model_manifests, proxy_manifests, sizing_for, validate_manifests
 
 REPO = Path(__file__).resolve().parent.parent
@@ -320,8 +321,13 @@ any_gpus = st.one_of(st.just({"gpu": 0}), some_gpus)
 scalings = st.integers(0, 20).flatmap(lambda low: st.fixed_dictionaries({
     "min_replicas": st.just(low),
     "max_replicas": st.integers(max(low, 1), 40),
-    "target_cpu_percent": st.integers(1, 100),
+    "target_cpu_percent": st.one_of(st.none(), st.integers(1, 100)),
 }))
+capacities = st.one_of(st.none(), st.builds(
+    lambda rps, cpu: CapacityReport(slo_p99_ms=100, rps=rps, connections=4, p99_ms=50.0, cpu_percent=cpu, steps=[
+        CapacityStep(connections=4, requests=10, rps=rps, p50_ms=1.0, p99_ms=50.0, shed=0, failures=0,
+                     statuses={"200": 10}, cpu_percent=cpu)]),
+    st.floats(0, 1e5), st.one_of(st.none(), st.floats(0, 400))))
 
 
 @st.composite
@@ -352,12 +358,13 @@ PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 
 
 @PROPERTY
-@given(model_specs(), peaks)
-def test_generated_models_validate_and_render_identically(model: ModelSpec, peak: int | None) -> None:
+@given(model_specs(), peaks, capacities)
+def test_generated_models_validate_and_render_identically(model: ModelSpec, peak: int | None,
+                                                          capacity: CapacityReport | None) -> None:
     sizing = sizing_for(model, peak)
-    files = model_manifests(model, SETTINGS, IMAGE, sizing)
+    files = model_manifests(model, SETTINGS, IMAGE, sizing, capacity)
     validate_manifests(files)
-    assert model_manifests(model, SETTINGS, IMAGE, sizing) == files
+    assert model_manifests(model, SETTINGS, IMAGE, sizing, capacity) == files
     assert parse_quantity(sizing.memory_limit) >= parse_quantity(sizing.memory_request)
 
 

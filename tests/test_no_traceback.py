@@ -69,8 +69,9 @@ def write_state(root: Path) -> StateDir:
         TestReport(model=model, route=f"/{model}", bento_tag=f"{model}:0", seed=0, passed=True,
                    fuzz={"passed": True, "requests_fuzzed": 1, "failed_requests": 0, "latency_p50_ms": 1.0,
                          "latency_p99_ms": 1.0},
-                   load={"requests": 1, "failures": 0, "shed": 0, "statuses": {"200": 1}, "rps": 1.0,
-                         "latency_p50_ms": 1.0, "latency_p99_ms": 1.0},
+                   capacity={"slo_p99_ms": 100, "rps": 1.0, "connections": 1, "p99_ms": 1.0, "steps": [
+                       {"connections": 1, "requests": 1, "rps": 1.0, "p50_ms": 1.0, "p99_ms": 1.0, "shed": 0,
+                        "failures": 0, "statuses": {"200": 1}}]},
                    memory={"peak_mib": 200.0, "sampler": "psutil process tree", "phases": {}},
                    peak_bytes=PEAK, failures=[]).save(state.report_path(model))
     manifests = state.manifests_dir() / "alpha"
@@ -190,10 +191,10 @@ def test_summary_before_any_state(tmp_path: Path) -> None:
     result = run(_catalog(tmp_path), "summary")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines()[2:7] == [
-        "/probability/a  -        alpha  not tested                              300Mi           450Mi",
-        "/eta/b          -        beta   not tested                              (unmeasured)",
-        "/ab/x           50%      alpha  not tested                              300Mi           450Mi",
-        "/ab/x           50%      beta   not tested                              (unmeasured)",
+        "/probability/a  -        alpha  not tested                                            300Mi           450Mi",
+        "/eta/b          -        beta   not tested                                            (unmeasured)",
+        "/ab/x           50%      alpha  not tested                                            300Mi           450Mi",
+        "/ab/x           50%      beta   not tested                                            (unmeasured)",
         ""]
     assert (tmp_path / "state" / "summary.md").is_file()
 
@@ -205,7 +206,7 @@ def test_truncated_report(tmp_path: Path, command: str) -> None:
     report.write_text(report.read_text()[:100])
     result = run(tmp_path, command)
     assert (result.exit_code, result.stderr) == (1, (
-        f"{report}: not valid JSON at line 6 column 11 (Expecting value), probably cut short by "
+        f"{report}: not valid JSON at line 6 column 5 (Unterminated string starting at), probably cut short by "
         "an interrupted run; run `factory test beta` again\n"))
 
 

@@ -20,8 +20,9 @@ BUILD = {"model": "m", "content_hash": "h", "registry": {"name": "m", "version":
 REPORT = {"model": "m", "route": "/m", "bento_tag": "m:1", "seed": 0, "passed": True,
           "fuzz": {"passed": True, "requests_fuzzed": 3, "failed_requests": 0, "latency_p50_ms": 1.0,
                    "latency_p99_ms": 2.0},
-          "load": {"requests": 5, "failures": 0, "shed": 0, "statuses": {"200": 5}, "rps": 1.0,
-                   "latency_p50_ms": 1.0, "latency_p99_ms": 2.0},
+          "capacity": {"slo_p99_ms": 100, "rps": 5.0, "connections": 1, "p99_ms": 2.0, "cpu_percent": 40.0,
+                       "steps": [{"connections": 1, "requests": 5, "rps": 5.0, "p50_ms": 1.0, "p99_ms": 2.0,
+                                  "shed": 0, "failures": 0, "statuses": {"200": 5}, "cpu_percent": 40.0}]},
           "memory": {"peak_mib": 190.0, "sampler": "process tree", "phases": {"idle": {"rss_mib": 180.0}}},
           "peak_bytes": 199229440, "failures": []}
 

@@ -3,7 +3,8 @@
 
 - bodies over `max_bytes` → 413 before they are parsed;
 - BentoML's validation errors (400) → the JSON path of the first bad field in `field`;
-- BentoML's "process is overloaded" (503) → `overloaded` with `Retry-After`;
+- overload (mf_batch refusing work, `overloaded()`; BentoML's own "process is overloaded") → 503
+  `overloaded` with `Retry-After`;
 - a 200 whose outputs hold a row failure marker (`mf_runtime.failure`) → 500 for that request alone.
 Copied verbatim into each model's folder by `factory render`.
 """
@@ -36,6 +37,14 @@ def json_path(loc: list) -> str:
         else:
             path += f"[{json.dumps(str(part), ensure_ascii=False)}]"
     return path or "$"
+
+
+def overloaded(message: str, retry_after_s: int) -> Any:
+    """The 503 a request refused at the door gets: the error shape and when to come back."""
+    from starlette.responses import Response
+
+    return Response(error_body("overloaded", message), status_code=503, media_type="application/json",
+                    headers={"retry-after": str(retry_after_s)})
 
 
 class ErrorShape:

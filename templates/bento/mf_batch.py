@@ -1,0 +1,116 @@
+"""Opportunistic batching: run at once when idle; while the model runs, queue; the next run takes
+everything queued, up to `max_rows` rows. Overload is refused at the door with a 503.
+
+Why not BentoML's adaptive dispatcher (measurements: BENCHMARKS.md, "Latency and capacity"): it
+waits on purpose, for as long as its average wait of the last 50 batches (`Optimizer.wait`), so after
+a burst it keeps waiting tens of milliseconds per request at one client for tens of seconds (its own
+waits feed the average it waits for); and it sheds with 503 whenever its linear latency model,
+refitted on a noisy machine, predicts a miss. Here nothing ever waits for company: a request that finds the model idle
+runs alone, and batches form only from what queued while the model was busy, so a batch is as large
+as the load makes it and no larger.
+
+Copied verbatim into each model's folder by `factory render`; imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+# Weight of the newest run in the running estimate of one run's duration.
+SMOOTHING = 0.2
+
+
+class Overloaded(Exception):
+    """The queue ahead of this request would take longer than the budget to drain."""
+
+    def __init__(self, expected_wait_s: float, budget_s: float):
+        super().__init__(f"the model server is overloaded: about {expected_wait_s * 1000:.0f} ms of queued work "
+                         f"ahead, over its {budget_s * 1000:.0f} ms budget (batching.max_latency_ms)")
+        self.retry_after_s = max(1, math.ceil(expected_wait_s))
+
+
+class Batcher:
+    """Merges the row lists of concurrent requests into model runs, one run at a time, in a worker thread.
+
+    `run` takes a list of rows and returns one output per row (mf_runtime.Predictor.predict, which
+    isolates rows the model fails on). `merge=False` runs each request alone (batching.enabled: false).
+    """
+
+    def __init__(self, run: Callable[[list], list], max_rows: int, budget_ms: int, merge: bool = True):
+        self.run = run
+        self.max_rows = max_rows
+        self.budget_s = budget_ms / 1000
+        self.merge = merge
+        self.queue: collections.deque[tuple[list, asyncio.Future]] = collections.deque()
+        self.queued_rows = 0
+        self.busy = False
+        self.run_s: Optional[float] = None  # unknown until the first run: nothing is refused before it
+        self.runs = 0
+        # One thread: the model runs one batch at a time, while the event loop keeps parsing requests.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    async def submit(self, rows: list) -> list:
+        """The outputs for `rows`, or Overloaded when the work queued ahead would not drain in time."""
+        wait = self.expected_wait_s(len(rows))
+        if wait > self.budget_s:
+            raise Overloaded(wait, self.budget_s)
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((rows, future))
+        self.queued_rows += len(rows)
+        if not self.busy:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    def expected_wait_s(self, rows: int) -> float:
+        """Runs ahead of `rows` (the one in progress, then the queue packed in max_rows) × one run's duration."""
+        if self.run_s is None:
+            return 0.0
+        runs_ahead = (1 if self.busy else 0) + math.ceil((self.queued_rows + rows) / self.max_rows) - 1
+        return runs_ahead * self.run_s
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.queue:
+                taken = self._take()
+                rows = [row for request, _ in taken for row in request]
+                started = time.perf_counter()
+                try:
+                    outputs = await loop.run_in_executor(self.executor, self.run, rows)
+                except Exception as exc:  # the predictor isolates model errors; this is a defect of ours
+                    for _, future in taken:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self._learn(time.perf_counter() - started)
+                self._answer(taken, outputs)
+        finally:
+            self.busy = False
+
+    def _take(self) -> list[tuple[list, asyncio.Future]]:
+        """The oldest request, then as many queued after it as fit in max_rows (requests are never split)."""
+        taken = [self.queue.popleft()]
+        rows = len(taken[0][0])
+        while self.merge and self.queue and rows + len(self.queue[0][0]) <= self.max_rows:
+            taken.append(self.queue.popleft())
+            rows += len(taken[-1][0])
+        self.queued_rows -= rows
+        return taken
+
+    def _learn(self, seconds: float) -> None:
+        self.runs += 1
+        self.run_s = seconds if self.run_s is None else (1 - SMOOTHING) * self.run_s + SMOOTHING * seconds
+
+    @staticmethod
+    def _answer(taken: list[tuple[list, asyncio.Future]], outputs: list[Any]) -> None:
+        start = 0
+        for request, future in taken:
+            if not future.done():  # a client that went away cancelled it
+                future.set_result(outputs[start:start + len(request)])
+            start += len(request)

@@ -1,0 +1,258 @@
+"""The Bento's opportunistic batcher and its fast /predict path, in process: no waiting when idle, merging
+only what queued while the model ran, rows of one request never split, per-row isolation kept, overload
+refused with 503 + Retry-After, validation errors shaped as BentoML's path shapes them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+
+import httpx
+import pytest
+from pydantic import BaseModel, Field
+
+from factory.runtime import BENTO_TEMPLATES
+
+sys.path.insert(0, str(BENTO_TEMPLATES))
+import mf_batch  # noqa: E402
+import mf_fast  # noqa: E402
+import mf_flavors  # noqa: E402
+import mf_http  # noqa: E402
+import mf_runtime  # noqa: E402
+
+GUARD_S = 30  # only a guard against a hang; nothing here depends on how fast anything runs
+
+
+class GatedModel:
+    """Doubles every row; each run blocks until the test opens the gate, so 'busy' is under the test's control."""
+
+    def __init__(self, gated: bool = True):
+        self.runs: list[list] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+
+    def __call__(self, rows: list) -> list:
+        self.runs.append(list(rows))
+        self.entered.set()
+        assert self.gate.wait(GUARD_S)
+        return [row * 2 for row in rows]
+
+
+async def _turns(count: int = 5) -> None:
+    """Let the event loop run a few turns; no clock time passes on purpose."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def test_an_idle_batcher_runs_a_request_at_once_and_alone() -> None:
+    async def scenario():
+        model = GatedModel()
+        batcher = mf_batch.Batcher(model, max_rows=32, budget_ms=300)
+        first = asyncio.create_task(batcher.submit([1]))
+        await _turns()
+        # Taken off the queue and handed to the model within loop turns: no timer, no waiting for company.
+        assert not batcher.queue and batcher.busy
+        assert await asyncio.to_thread(model.entered.wait, GUARD_S)
+        model.gate.set()
+        assert await first == [2]
+        assert model.runs == [[1]] and not batcher.busy
+
+    asyncio.run(scenario())
+
+
+def test_requests_queued_while_the_model_runs_go_together_in_the_next_run() -> None:
+    async def scenario():
+        model = GatedModel()
+        batcher = mf_batch.Batcher(model, max_rows=32, budget_ms=300)
+        first = asyncio.create_task(batcher.submit([1]))
+        assert await asyncio.to_thread(model.entered.wait, GUARD_S)
+        queued = [asyncio.create_task(batcher.submit(rows)) for rows in ([10], [20, 21], [30])]
+        await _turns()
+        model.gate.set()
+        assert await first == [2]
+        assert [await task for task in queued] == [[20], [40, 42], [60]]
+        assert model.runs == [[1], [10, 20, 21, 30]]
+
+    asyncio.run(scenario())
+
+
+def test_a_run_takes_whole_requests_up_to_max_rows() -> None:
+    async def scenario():
+        model = GatedModel()
+        batcher = mf_batch.Batcher(model, max_rows=4, budget_ms=300)
+        first = asyncio.create_task(batcher.submit([0]))
+        assert await asyncio.to_thread(model.entered.wait, GUARD_S)
+        queued = [asyncio.create_task(batcher.submit(rows)) for rows in ([1, 2], [3, 4], [5], [6, 7, 8, 9])]
+        await _turns()
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        assert model.runs == [[0], [1, 2, 3, 4], [5], [6, 7, 8, 9]]
+
+    asyncio.run(scenario())
+
+
+def test_without_merging_every_request_runs_alone() -> None:
+    async def scenario():
+        model = GatedModel()
+        batcher = mf_batch.Batcher(model, max_rows=32, budget_ms=300, merge=False)
+        first = asyncio.create_task(batcher.submit([1]))
+        assert await asyncio.to_thread(model.entered.wait, GUARD_S)
+        queued = [asyncio.create_task(batcher.submit([value])) for value in (2, 3)]
+        await _turns()
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        assert model.runs == [[1], [2], [3]]
+
+    asyncio.run(scenario())
+
+
+def test_work_that_would_queue_past_the_budget_is_refused() -> None:
+    async def scenario():
+        model = GatedModel()
+        batcher = mf_batch.Batcher(model, max_rows=2, budget_ms=100)
+        assert batcher.expected_wait_s(1000) == 0  # nothing measured yet: nothing refused
+        first = asyncio.create_task(batcher.submit([1]))
+        assert await asyncio.to_thread(model.entered.wait, GUARD_S)
+        batcher.run_s = 0.05  # as if measured: one run takes 50 ms
+        accepted = [asyncio.create_task(batcher.submit([value])) for value in (2, 3, 4, 5)]
+        await _turns()
+        # The run in progress, then 4 queued rows in runs of 2 before the run that would serve it: 150 ms > 100.
+        assert batcher.expected_wait_s(1) == pytest.approx(0.15)
+        with pytest.raises(mf_batch.Overloaded) as refused:
+            await batcher.submit([6])
+        assert refused.value.retry_after_s == 1
+        assert "150 ms of queued work ahead, over its 100 ms budget (batching.max_latency_ms)" in str(refused.value)
+        model.gate.set()
+        assert [await task for task in accepted] == [[4], [6], [8], [10]]
+        assert all(6 not in run for run in model.runs)
+
+    asyncio.run(scenario())
+
+
+def test_the_overload_answer_has_the_error_shape_and_retry_after() -> None:
+    response = mf_http.overloaded("the model server is overloaded", 2)
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    assert json.loads(response.body) == {"error": {"code": "overloaded", "message": "the model server is overloaded",
+                                                   "field": None}}
+    # Already in shape: the middleware passes it through with its Retry-After.
+    assert mf_http._rewrite(503, response.body) is None
+
+
+def test_rows_the_model_fails_on_fail_alone_inside_a_merged_run() -> None:
+    def raising_on_negative(batch):
+        if (batch[:, 0] < 0).any():
+            raise ValueError("negative")
+        return batch[:, 0] * 2
+
+    predictor = mf_runtime.Predictor.__new__(mf_runtime.Predictor)
+    predictor.inputs = [{"type": "double", "name": "x", "required": True}]
+    predictor.tensor, predictor.allow_non_finite = False, False
+    predictor.model = mf_flavors.LoadedModel(raising_on_negative, "array")
+    row = mf_runtime.row_model(predictor.inputs)
+
+    async def scenario():
+        gate = threading.Event()
+
+        def run(rows):
+            assert gate.wait(GUARD_S)
+            return predictor.predict(rows)
+
+        batcher = mf_batch.Batcher(run, max_rows=32, budget_ms=300)
+        tasks = [asyncio.create_task(batcher.submit([row(x=value) for value in values]))
+                 for values in ([1.0], [2.0, -1.0], [3.0])]
+        await _turns()
+        gate.set()
+        return [await task for task in tasks]
+
+    first, second, third = asyncio.run(scenario())
+    assert first == [2.0] and third == [6.0]
+    assert second[0] == 4.0 and second[1][mf_http.FAILURE_MARK.decode()]["code"] == "model_error"
+
+
+def test_a_failing_run_fails_its_requests_and_the_batcher_goes_on() -> None:
+    calls = []
+
+    def run(rows):
+        calls.append(rows)
+        if len(calls) == 1:
+            raise RuntimeError("broken")
+        return rows
+
+    async def scenario():
+        batcher = mf_batch.Batcher(run, max_rows=32, budget_ms=300)
+        with pytest.raises(RuntimeError, match="broken"):
+            await batcher.submit([1])
+        assert await batcher.submit([2]) == [2]
+
+    asyncio.run(scenario())
+
+
+# --- mf_fast: POST /predict in front of BentoML's stack -------------------------------------------------
+
+ROW = mf_runtime.row_model([{"type": "double", "name": "surge multiplier", "required": True}])
+
+
+class _Inputs(BaseModel):  # what BentoML generates for `predict(self, inputs: list[Row])`
+    inputs: list[ROW] = Field(min_length=1, max_length=4)
+
+
+async def _bentoml(scope, receive, send) -> None:
+    await mf_fast._answer(send, 299, b'"bentoml answered"')
+
+
+def _client(answer) -> httpx.AsyncClient:
+    app = mf_http.ErrorShape(mf_fast.FastPredict(_bentoml, _Inputs, lambda: answer), max_bytes=1000)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model")
+
+
+def _fast(answer, *requests: tuple) -> list[httpx.Response]:
+    async def scenario():
+        async with _client(answer) as client:
+            return [await client.request(method, path, **options) for method, path, options in requests]
+
+    return asyncio.run(scenario())
+
+
+async def _doubled(rows: list) -> list:
+    return [row.model_dump(by_alias=True)["surge multiplier"] * 2 for row in rows]
+
+
+def test_fast_path_answers_predict_and_leaves_the_rest_to_bentoml() -> None:
+    valid = {"json": {"inputs": [{"surge multiplier": 1.5}, {"surge multiplier": 2}]}}
+    answers = _fast(_doubled, ("POST", "/predict", valid), ("GET", "/readyz", {}),
+                    ("POST", "/predict", {**valid, "headers": {"content-type": "multipart/form-data"}}))
+    assert [(r.status_code, r.json()) for r in answers] == [(200, [3.0, 4.0]), (299, "bentoml answered"),
+                                                          (299, "bentoml answered")]
+    assert _fast(None, ("POST", "/predict", valid))[0].json() == "bentoml answered"  # service not created yet
+
+
+@pytest.mark.parametrize("body, field", [
+    (b'{"inputs": [{"surge multiplier": "1"}]}', 'inputs[0]["surge multiplier"]'),
+    (b'{"inputs": []}', "inputs"),
+    (b'{"inputs": [{"surge multiplier": 1}', None),  # not JSON
+    (b"", "inputs"),
+])
+def test_fast_path_rejects_like_bentoml_in_the_error_shape(body: bytes, field) -> None:
+    answer, = _fast(_doubled, ("POST", "/predict", {"content": body}))
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_input"
+    assert answer.json()["error"]["field"] == field
+
+
+def test_fast_path_keeps_per_row_failures_overload_and_the_body_limit() -> None:
+    async def one_failed(rows):
+        return [1.0, mf_runtime.failure("model_error", "boom")]
+
+    async def refused(rows):
+        return mf_http.overloaded("busy", 3)
+
+    two_rows = {"json": {"inputs": [{"surge multiplier": 1.0}, {"surge multiplier": -1.0}]}}
+    failed, = _fast(one_failed, ("POST", "/predict", two_rows))
+    assert (failed.status_code, failed.json()["error"]["field"]) == (500, "inputs[1]")
+    shed, = _fast(refused, ("POST", "/predict", two_rows))
+    assert (shed.status_code, shed.headers["retry-after"], shed.json()["error"]["code"]) == (503, "3", "overloaded")
+    large, = _fast(_doubled, ("POST", "/predict", {"content": b"x" * 2000}))
+    assert (large.status_code, large.json()["error"]["code"]) == (413, "body_too_large")

@@ -1,0 +1,146 @@
+"""Capacity: which ladder step it is, the load generator's view of sheds, the HPA and summary built from it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+import yaml
+
+from factory.autoscaling import autoscaling_for
+from factory.capacity import capacity_of
+from factory.catalog import KubernetesSettings, ModelSpec
+from factory.loader import parse_catalog
+from factory.loadgen import run_load
+from factory.manifests import model_manifests, sizing_for, validate_manifests
+from factory.state import CapacityStep, StateDir, TestReport
+from factory.summary import summary_rows
+
+
+def step(connections: int, rps: float, p99_ms: float, shed: int = 0, failures: int = 0, requests: int = 100,
+         cpu: Optional[float] = 50.0) -> CapacityStep:
+    return CapacityStep(connections=connections, requests=requests, rps=rps, p50_ms=p99_ms / 2, p99_ms=p99_ms,
+                        shed=shed, failures=failures, statuses={"200": requests - shed, "503": shed},
+                        cpu_percent=cpu)
+
+
+@pytest.mark.parametrize("steps, rps, connections", [
+    ([step(1, 100, 10), step(2, 180, 20), step(4, 300, 60), step(8, 320, 150)], 300, 4),  # 8 misses p99
+    ([step(1, 100, 10), step(2, 180, 20, shed=1), step(4, 300, 30)], 100, 1),  # a shed ends it, whatever follows
+    ([step(1, 100, 10), step(2, 180, 20, failures=1), step(4, 300, 30)], 100, 1),
+    ([step(1, 100, 10), step(2, 90, 20), step(4, 95, 40)], 100, 1),  # the best rate, not the last
+    ([step(1, 100, 101)], 0, 0),  # misses the objective at one connection: no capacity
+    ([step(1, 0, 0, requests=0)], 0, 0),  # nothing sent (--load-seconds 0)
+    ([step(1, 100, 100)], 100, 1),  # p99 exactly at the objective sustains it
+])
+def test_capacity_is_the_best_rate_before_the_first_miss(steps: list, rps: float, connections: int) -> None:
+    capacity = capacity_of(steps, slo_p99_ms=100)
+    assert (capacity.rps, capacity.connections) == (rps, connections)
+    assert capacity.steps == steps
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """200 for `ok`, a well-formed shed for `shed`, a bare 503 for anything else."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        kind = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["kind"]
+        if kind == "ok":
+            self._answer(200, b"[1.0]", {})
+        elif kind == "shed":
+            body = json.dumps({"error": {"code": "overloaded", "message": "busy", "field": None}}).encode()
+            self._answer(503, body, {"Retry-After": "1"})
+        else:
+            self._answer(503, b"Service Unavailable", {})
+
+    def _answer(self, status: int, body: bytes, headers: dict) -> None:
+        self.send_response(status)
+        for name, value in {"Content-Length": str(len(body)), **headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def answering() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_503_without_the_error_shape_or_retry_after_is_a_failure(answering: str) -> None:
+    bodies = [json.dumps({"kind": kind}).encode() for kind in ("ok", "shed", "bare")]
+    load = run_load(answering, bodies, concurrency=1, duration_s=60, max_requests=6)
+    assert load.statuses == {"200": 2, "503": 4}
+    assert (load.shed, load.malformed_sheds, load.failures) == (4, 2, 2)
+
+
+MODEL = ModelSpec.model_validate({"name": "iris", "version": 1, "endpoint": "iris", "resources": {"cpu": "500m"}})
+MEASURED = capacity_of([step(1, 100, 10, cpu=30.0), step(2, 180, 40, cpu=60.0), step(4, 190, 120, cpu=95.0)], 100)
+
+
+@pytest.mark.parametrize("model, capacity, target, source", [
+    # 60 % of a core at capacity is 120 % of a 500m request; scale at 80 % of that.
+    (MODEL, MEASURED, 96, "slo.p99_ms capacity"),
+    (MODEL.model_copy(update={"scaling": MODEL.scaling.model_copy(update={"target_cpu_percent": 50})}), MEASURED,
+     50, "scaling.target_cpu_percent"),
+    (MODEL, None, 70, "unmeasured default"),
+    (MODEL, capacity_of([step(1, 100, 200)], 100), 70, "unmeasured default"),  # no capacity to derive from
+    (MODEL, capacity_of([step(1, 100, 10, cpu=None)], 100), 70, "unmeasured default"),  # CPU not visible
+])
+def test_hpa_target_from_capacity(model: ModelSpec, capacity, target: int, source: str) -> None:
+    scaling = autoscaling_for(model, capacity)
+    assert (scaling.target_cpu_percent, scaling.source) == (target, source)
+
+
+def test_the_hpa_carries_the_target_and_the_capacity_figures() -> None:
+    files = model_manifests(MODEL, KubernetesSettings(), "r/iris:1", sizing_for(MODEL, None), MEASURED)
+    validate_manifests(files)
+    hpa = yaml.safe_load(files["iris/hpa.yaml"])
+    assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 96}
+    assert hpa["metadata"]["annotations"] == {
+        "model-factory/capacity-rps": "180", "model-factory/capacity-slo-p99-ms": "100",
+        "model-factory/capacity-p99-ms": "40", "model-factory/capacity-connections": "2",
+        "model-factory/capacity-cpu-percent-of-core": "60"}
+    unmeasured = yaml.safe_load(model_manifests(MODEL, KubernetesSettings(), "r/iris:1", sizing_for(MODEL, None))
+                                ["iris/hpa.yaml"])
+    assert "annotations" not in unmeasured["metadata"]
+    assert unmeasured["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+
+
+def test_the_summary_shows_capacity_against_the_objective(tmp_path: Path) -> None:
+    catalog = parse_catalog("- {name: iris, version: 1, endpoint: iris, slo: {p99_ms: 100}}\n"
+                            "- {name: rose, version: 1, endpoint: rose}\n")
+    state = StateDir(tmp_path)
+    TestReport(model="iris", route="/iris", passed=True,
+               fuzz={"passed": True, "requests_fuzzed": 3, "failed_requests": 0, "latency_p50_ms": 1.0,
+                     "latency_p99_ms": 2.0},
+               capacity=MEASURED, memory={"peak_mib": 190.0, "sampler": "psutil process tree", "phases": {}},
+               peak_bytes=190 * 2**20).save(state.report_path("iris"))
+    rows = summary_rows(catalog, state)
+    assert [(row.model, row.capacity_rps) for row in rows] == [("iris", "180 @ p99≤100"), ("rose", "")]
+
+
+def test_the_first_step_that_is_only_too_slow_is_measured_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    import factory.capacity as capacity_module
+
+    measured = iter([step(1, 100, 900), step(1, 100, 10), step(2, 180, 20), step(4, 200, 300), step(8, 210, 400)])
+    monkeypatch.setattr(capacity_module, "_step", lambda *args: next(measured))
+    capacity = capacity_module.find_capacity("http://unused", [], 100, 4, lambda: None, ladder=(1, 2, 4, 8))
+    # The stall at one connection was measured again and passed; the miss at 4 is not re-measured.
+    assert [(s.connections, s.p99_ms, s.attempts) for s in capacity.steps] == [
+        (1, 10, 2), (2, 20, 1), (4, 300, 1), (8, 400, 1)]
+    assert (capacity.rps, capacity.connections) == (180, 2)
