@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import use_example_registry
 from bench.serving import ROOT, _pin, complete_rows, mlflow_served
 from bench.wrk import WrkResult, run_wrk
 from factory.catalog import ModelSpec
@@ -137,7 +138,7 @@ def main() -> None:
     parser.add_argument("--burst-seconds", type=float, default=10)
     args = parser.parse_args()
     state = StateDir.from_env().activate()
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'registry' / 'mlflow.db'}")
+    use_example_registry()
     names = args.model or DEFAULT_MODELS
     subprocess.run([sys.executable, "-m", "factory.cli", "build", *names, "--no-image"], cwd=ROOT, check=True)
     catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import use_example_registry
 from bench.wrk import WrkResult, run_wrk
 from factory.memory import MIB, MemoryProfile
 from factory.runtime import bento_python
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     state = StateDir.from_env().activate()
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'registry' / 'mlflow.db'}")
+    use_example_registry()
     subprocess.run([sys.executable, "-m", "factory.cli", "build", args.model], cwd=ROOT, check=True)
     record = state.build_record(args.model)
     row = complete_rows(state.golden(args.model, Path(record.golden)))[0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import psutil
 from kubernetes.utils import parse_quantity
 
+from bench import use_example_registry
 from bench.wrk import run_wrk
 
 from factory.golden import sample_requests
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("models", nargs="*", default=DEFAULT_MODELS)
     parser.add_argument("--seconds", type=float, default=15)
     args = parser.parse_args()
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'registry' / 'mlflow.db'}")
+    use_example_registry()
     state = StateDir.from_env().activate()
     catalog = load_catalog(ROOT / "models.yaml")
     for command in ("build", "test"):
