@@ -110,6 +110,41 @@ def test_without_merging_every_request_runs_alone() -> None:
     asyncio.run(scenario())
 
 
+def test_short_runs_run_on_the_event_loop_and_long_or_unknown_ones_in_the_model_thread() -> None:
+    where = []
+
+    def model(rows):
+        where.append(threading.current_thread().name)
+        return rows
+
+    async def scenario():
+        batcher = mf_batch.Batcher(model, max_rows=32, budget_ms=300)
+        await batcher.submit([1])  # nothing measured yet: the model thread
+        batcher.run_s = mf_batch.INLINE_RUN_S / 2
+        await batcher.submit([2])
+        batcher.run_s = mf_batch.INLINE_RUN_S * 5
+        await batcher.submit([3])
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(scenario())
+    assert where[0].startswith("model") and where[1] == loop_thread and where[2].startswith("model")
+
+
+def test_runs_on_the_event_loop_still_merge_what_arrived_together_and_learn_their_duration() -> None:
+    model = GatedModel(gated=False)
+
+    async def scenario():
+        batcher = mf_batch.Batcher(model, max_rows=3, budget_ms=300)
+        batcher.run_s = mf_batch.INLINE_RUN_S / 2
+        tasks = [asyncio.create_task(batcher.submit(rows)) for rows in ([1], [2, 3], [4], [5])]
+        answers = await asyncio.gather(*tasks)
+        return answers, batcher
+
+    answers, batcher = asyncio.run(scenario())
+    assert answers == [[2], [4, 6], [8], [10]]
+    assert model.runs == [[1, 2, 3], [4, 5]] and batcher.runs == 2 and not batcher.busy
+
+
 def test_work_that_would_queue_past_the_budget_is_refused() -> None:
     async def scenario():
         model = GatedModel()

@@ -9,6 +9,13 @@ refitted on a noisy machine, predicts a miss. Here nothing ever waits for compan
 runs alone, and batches form only from what queued while the model was busy, so a batch is as large
 as the load makes it and no larger.
 
+Where a run happens: in the model thread, unless recent runs took under INLINE_RUN_S; then on the event
+loop itself. On one core (a pod's CPU limit, the benchmarks' pinned server) handing a run to the thread
+and back costs two wake-ups and a GIL hand-over each way (~7 context switches per request measured) and
+more CPU than a compiled model's whole run (BENCHMARKS.md, "Latency and capacity"). Requests still
+merge: whatever arrived while a run held the loop is parsed in the next loop turn and goes together into
+the next run. A slow model keeps its thread, so a long run never holds up health checks.
+
 Copied verbatim into each model's folder by `factory render`; imports nothing heavy.
 """
 
@@ -23,6 +30,9 @@ from typing import Any, Callable, Optional
 
 # Weight of the newest run in the running estimate of one run's duration.
 SMOOTHING = 0.2
+# Runs expected to take less than this run on the event loop (the longest the loop is ever held by a run,
+# give or take one outlier the estimate then learns from).
+INLINE_RUN_S = 0.002
 
 
 class Overloaded(Exception):
@@ -82,7 +92,10 @@ class Batcher:
                 rows = [row for request, _ in taken for row in request]
                 started = time.perf_counter()
                 try:
-                    outputs = await loop.run_in_executor(self.executor, self.run, rows)
+                    if self.inline():
+                        outputs = self.run(rows)
+                    else:
+                        outputs = await loop.run_in_executor(self.executor, self.run, rows)
                 except Exception as exc:  # the predictor isolates model errors; this is a defect of ours
                     for _, future in taken:
                         if not future.done():
@@ -90,8 +103,14 @@ class Batcher:
                     continue
                 self._learn(time.perf_counter() - started)
                 self._answer(taken, outputs)
+                if self.queue:
+                    await asyncio.sleep(0)  # answers go out and new requests join the queue before the next run
         finally:
             self.busy = False
+
+    def inline(self) -> bool:
+        """Whether the next run happens on the event loop: only once runs are known to be short."""
+        return self.run_s is not None and self.run_s < INLINE_RUN_S
 
     def _take(self) -> list[tuple[list, asyncio.Future]]:
         """The oldest request, then as many queued after it as fit in max_rows (requests are never split)."""
