@@ -1,26 +1,35 @@
 """Latency at low load after a burst, req/s by connections, full-batch rows/s and idle RSS: our Bento
 (one process, as the pod runs it) vs `mlflow models serve` of the same registry version, side by side.
 
-Usage: python -m bench.latency [--model NAME ...] [--burst-seconds 10]
+Usage: python -m bench.latency [--model NAME ...] [--burst-seconds 10] [--rounds 2]
 Needs the example registry (`make registry`); builds the models if needed. wrk (Debian) drives the load
-from core 0, the server's process tree is pinned to core 1. Per model and server, in this order:
-idle RSS; one client, fresh (p50/p99); 50 connections for --burst-seconds; one client right after the
-burst; req/s at 1, 4, 16, 50 connections with non-2xx counts; rows/s with full batches (max_batch_size
-rows per request, 4 connections). The in-process floor is Predictor.predict on the same full batch, in
-the model's own serving venv. ~70 s per model on a quiet machine.
+from core 0, the server's process tree is pinned to core 1. Per model and server: idle RSS; then, per
+round on a freshly started server, one client in WINDOWS windows of WINDOW_S (fresh), 50 connections
+for --burst-seconds, one client again in as many windows (right after the burst); in the last round
+req/s at 1, 4, 16, 50 connections with non-2xx counts and rows/s with full batches (max_batch_size rows
+per request, 4 connections). Fresh and after-burst figures are medians over every window of every round,
+so one noisy second on a shared machine moves neither; the server's CPU time per request (all its
+threads) is printed beside them: it does not count time spent waiting for a core. The in-process floor
+is Predictor.predict on the same full batch, in the model's own serving venv, on the server's core.
+Our server runs --rounds rounds, mlflow's one. ~80 s per model on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ContextManager
+
+import psutil
 
 from bench import use_example_registry
 from bench.serving import ROOT, _pin, complete_rows, mlflow_served
@@ -34,10 +43,12 @@ from factory.state import StateDir
 
 DEFAULT_MODELS = ["match_probability_2_TAXI_trafficaware", "eta_minutes_5_PHV"]
 CONNECTIONS = (1, 4, 16, 50)
-ONE_CLIENT_S = 3
+WINDOWS = 3
+WINDOW_S = 1
 LEVEL_S = 2
 FULL_BATCH_S = 2
 FULL_BATCH_CONNECTIONS = 4
+P50, P99, RPS = (lambda run: run.p50_ms), (lambda run: run.p99_ms), (lambda run: run.rps)
 FLOOR = """import json, statistics, sys, time
 import bentoml, mf_runtime
 resolved = mf_runtime.load_resolved("service.py")
@@ -56,28 +67,71 @@ print(json.dumps({"one_row_ms": seconds(rows[:1], 100) * 1000, "full_batch_ms": 
 
 
 @dataclass
+class Loaded:
+    """wrk runs of one kind and the server's CPU time per request in each (µs, all its processes and threads)."""
+
+    runs: list[WrkResult] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+
+    def median(self, pick: Callable[[WrkResult], float]) -> float:
+        return statistics.median(pick(run) for run in self.runs)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpu_us)
+
+
+@dataclass
 class Measured:
     server: str
     idle_mib: float = 0.0
-    fresh: WrkResult | None = None
-    burst: WrkResult | None = None
-    after: WrkResult | None = None
+    fresh: Loaded = field(default_factory=Loaded)
+    burst: Loaded = field(default_factory=Loaded)
+    after: Loaded = field(default_factory=Loaded)
+    rounds: list[float] = field(default_factory=list)  # after / fresh p50, per round
     levels: dict[int, WrkResult] = field(default_factory=dict)
-    full_batch: WrkResult | None = None
+    full_batch: Loaded = field(default_factory=Loaded)
 
 
-def measure(name: str, server: Served, url: str, one: str, full: str, burst_s: float) -> Measured:
-    _pin(server.pid, "1")
+def measure(name: str, serve: Callable[[], ContextManager[Served]], path: str, one: str, full: str, burst_s: float,
+            rounds: int) -> Measured:
     measured = Measured(name)
-    time.sleep(2)
-    sample = tree_sample(server.pid)
-    measured.idle_mib = sample.rss / MIB if sample else 0.0
-    measured.fresh = run_wrk(url, one, ONE_CLIENT_S, 1)
-    measured.burst = run_wrk(url, one, burst_s, 50)
-    measured.after = run_wrk(url, one, ONE_CLIENT_S, 1)  # right after the burst: what the batcher learnt
-    measured.levels = {connections: run_wrk(url, one, LEVEL_S, connections) for connections in CONNECTIONS}
-    measured.full_batch = run_wrk(url, full, FULL_BATCH_S, FULL_BATCH_CONNECTIONS)
+    for round_ in range(rounds):
+        with serve() as server:
+            _pin(server.pid, "1")
+            time.sleep(2)
+            if round_ == 0:
+                sample = tree_sample(server.pid)
+                measured.idle_mib = sample.rss / MIB if sample else 0.0
+            url = server.url + path
+            fresh = [_loaded(server.pid, url, one, WINDOW_S, 1, measured.fresh) for _ in range(WINDOWS)]
+            _loaded(server.pid, url, one, burst_s, 50, measured.burst)
+            after = [_loaded(server.pid, url, one, WINDOW_S, 1, measured.after) for _ in range(WINDOWS)]
+            measured.rounds.append(statistics.median(r.p50_ms for r in after) /
+                                   statistics.median(r.p50_ms for r in fresh))
+            if round_ == rounds - 1:
+                measured.levels = {connections: run_wrk(url, one, LEVEL_S, connections) for connections in CONNECTIONS}
+                _loaded(server.pid, url, full, FULL_BATCH_S, FULL_BATCH_CONNECTIONS, measured.full_batch)
     return measured
+
+
+def _loaded(pid: int, url: str, body: str, seconds: float, connections: int, into: Loaded) -> WrkResult:
+    before = _cpu_s(pid)
+    result = run_wrk(url, body, seconds, connections)
+    into.runs.append(result)
+    into.cpu_us.append((_cpu_s(pid) - before) / max(result.requests, 1) * 1e6)
+    return result
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the server's whole process tree (mlflow serve runs workers)."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def in_process_floor(state: StateDir, model: str, bento_tag: str, rows: list[dict]) -> dict:
@@ -87,21 +141,19 @@ def in_process_floor(state: StateDir, model: str, bento_tag: str, rows: list[dic
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def bench_model(state: StateDir, spec: ModelSpec, burst_s: float, logs: Path) -> None:
+def bench_model(state: StateDir, spec: ModelSpec, burst_s: float, rounds: int, logs: Path) -> None:
     record = state.build_record(spec.name)
     rows = complete_rows(state.golden(spec.name, Path(record.golden)))
     batch = [rows[index % len(rows)] for index in range(spec.batching.max_batch_size)]
     floor = in_process_floor(state, spec.name, record.bento_tag, batch)
-    results = []
-    with served(record.bento_tag, logs / f"{spec.name}.log", "single", bento_python(state, spec.name)) as server:
-        results.append(measure("our Bento (one process)", server, server.url + "/predict",
-                               json.dumps({"inputs": rows[:1]}), json.dumps({"inputs": batch}), burst_s))
+    ours = measure("our Bento (one process)",
+                   lambda: served(record.bento_tag, logs / f"{spec.name}.log", "single", bento_python(state, spec.name)),
+                   "/predict", json.dumps({"inputs": rows[:1]}), json.dumps({"inputs": batch}), burst_s, rounds)
     model_uri = f"models:/{record.registry['name']}/{record.registry['version']}"
-    with mlflow_served(model_uri, logs / f"{spec.name}-mlflow.log") as server:
-        results.append(measure("mlflow models serve", server, server.url + "/invocations",
-                               json.dumps({"dataframe_records": rows[:1]}), json.dumps({"dataframe_records": batch}),
-                               burst_s))
-    print_model(spec, floor, results)
+    mlflow = measure("mlflow models serve", lambda: mlflow_served(model_uri, logs / f"{spec.name}-mlflow.log"),
+                     "/invocations", json.dumps({"dataframe_records": rows[:1]}),
+                     json.dumps({"dataframe_records": batch}), burst_s, 1)
+    print_model(spec, floor, [ours, mlflow])
 
 
 def print_model(spec: ModelSpec, floor: dict, results: list[Measured]) -> None:
@@ -113,17 +165,25 @@ def print_model(spec: ModelSpec, floor: dict, results: list[Measured]) -> None:
     print(f"{'':28} {'ours':>16} {'mlflow serve':>16} {'ours / mlflow':>14}")
     _line("idle RSS MiB", ours.idle_mib, mlflow.idle_mib, "{:.0f}")
     for label, pick in (("1 client fresh", lambda m: m.fresh), ("1 client after burst", lambda m: m.after)):
-        _line(f"{label} p50 ms", pick(ours).p50_ms, pick(mlflow).p50_ms, "{:.2f}")
-        _line(f"{label} p99 ms", pick(ours).p99_ms, pick(mlflow).p99_ms, "{:.2f}")
-    print(f"{'after / fresh p50':28} {ours.after.p50_ms / ours.fresh.p50_ms:>16.2f} "
-          f"{mlflow.after.p50_ms / mlflow.fresh.p50_ms:>16.2f}   (goal: ours ≤ 1.2)")
-    _line("burst req/s (50 conns)", ours.burst.rps, mlflow.burst.rps, "{:.0f}")
+        _line(f"{label} p50 ms", pick(ours).median(P50), pick(mlflow).median(P50), "{:.2f}")
+        _line(f"{label} p99 ms", pick(ours).median(P99), pick(mlflow).median(P99), "{:.2f}")
+        _line(f"{label} CPU µs/req", pick(ours).cpu, pick(mlflow).cpu, "{:.0f}")
+    print(f"{'after / fresh p50':28} {ours.after.median(P50) / ours.fresh.median(P50):>16.2f} "
+          f"{mlflow.after.median(P50) / mlflow.fresh.median(P50):>16.2f}   (goal: ours ≤ 1.2; per round: "
+          f"{', '.join(f'{ratio:.2f}' for ratio in ours.rounds)}; {len(ours.rounds)} rounds x {WINDOWS} windows "
+          f"of {WINDOW_S} s)")
+    print(f"{'after / fresh CPU µs/req':28} {ours.after.cpu / ours.fresh.cpu:>16.2f} "
+          f"{mlflow.after.cpu / mlflow.fresh.cpu:>16.2f}")
+    _line("burst req/s (50 conns)", ours.burst.median(RPS), mlflow.burst.median(RPS), "{:.0f}",
+          f"(non-2xx {sum(r.errors for r in ours.burst.runs)} / {sum(r.errors for r in mlflow.burst.runs)})")
     for connections in CONNECTIONS:
         a, b = ours.levels[connections], mlflow.levels[connections]
         _line(f"req/s at {connections} conns (non-2xx)", a.rps, b.rps, "{:.0f}", f"({a.errors} / {b.errors})")
-    ours_rows, mlflow_rows = ours.full_batch.rps * rows, mlflow.full_batch.rps * rows
+    ours_rows, mlflow_rows = ours.full_batch.median(RPS) * rows, mlflow.full_batch.median(RPS) * rows
     _line(f"full batches rows/s ({FULL_BATCH_CONNECTIONS} conns)", ours_rows, mlflow_rows, "{:,.0f}",
-          f"(non-2xx {ours.full_batch.errors} / {mlflow.full_batch.errors})")
+          f"(non-2xx {ours.full_batch.runs[0].errors} / {mlflow.full_batch.runs[0].errors})")
+    _line("full batch CPU µs/req", ours.full_batch.cpu, mlflow.full_batch.cpu, "{:,.0f}",
+          f"(floor {floor['full_batch_ms'] * 1000:,.0f} µs: the rest is HTTP, JSON, validation)")
     print(f"{'ours full-batch / floor':28} {ours_rows / floor_rows_s:>16.0%}   (goal ≥ 70 %)")
 
 
@@ -136,6 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help=f"repeatable (default: {', '.join(DEFAULT_MODELS)})")
     parser.add_argument("--burst-seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="fresh servers of ours, each burst once")
     args = parser.parse_args()
     state = StateDir.from_env().activate()
     use_example_registry()
@@ -145,7 +206,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     print(f"load average before: {os.getloadavg()[0]:.1f} (2 cores; above ~1 the machine is shared)")
     for name in names:
-        bench_model(state, catalog[name], args.burst_seconds, logs)
+        bench_model(state, catalog[name], args.burst_seconds, args.rounds, logs)
     print(f"\nload average after: {os.getloadavg()[0]:.1f}; serve logs in {logs}")
 
 
