@@ -120,9 +120,9 @@ def test_short_runs_run_on_the_event_loop_and_long_or_unknown_ones_in_the_model_
     async def scenario():
         batcher = mf_batch.Batcher(model, max_rows=32, budget_ms=300)
         await batcher.submit([1])  # nothing measured yet: the model thread
-        batcher.run_s = mf_batch.INLINE_RUN_S / 2
+        _measured(batcher, [FAST] * 5 + [SLOW])  # one run the machine preempted is not the model's speed
         await batcher.submit([2])
-        batcher.run_s = mf_batch.INLINE_RUN_S * 5
+        _measured(batcher, [SLOW] * 5)
         await batcher.submit([3])
         return threading.current_thread().name
 
@@ -130,12 +130,19 @@ def test_short_runs_run_on_the_event_loop_and_long_or_unknown_ones_in_the_model_
     assert where[0].startswith("model") and where[1] == loop_thread and where[2].startswith("model")
 
 
+FAST, SLOW = mf_batch.INLINE_RUN_S / 4, mf_batch.INLINE_RUN_S * 5
+
+
+def _measured(batcher: mf_batch.Batcher, seconds: list[float]) -> None:
+    batcher.recent.extend(seconds)
+
+
 def test_runs_on_the_event_loop_still_merge_what_arrived_together_and_learn_their_duration() -> None:
     model = GatedModel(gated=False)
 
     async def scenario():
         batcher = mf_batch.Batcher(model, max_rows=3, budget_ms=300)
-        batcher.run_s = mf_batch.INLINE_RUN_S / 2
+        _measured(batcher, [FAST])
         tasks = [asyncio.create_task(batcher.submit(rows)) for rows in ([1], [2, 3], [4], [5])]
         answers = await asyncio.gather(*tasks)
         return answers, batcher
@@ -143,6 +150,22 @@ def test_runs_on_the_event_loop_still_merge_what_arrived_together_and_learn_thei
     answers, batcher = asyncio.run(scenario())
     assert answers == [[2], [4, 6], [8], [10]]
     assert model.runs == [[1, 2, 3], [4, 5]] and batcher.runs == 2 and not batcher.busy
+
+
+def test_a_full_batch_finding_a_fast_model_idle_runs_without_suspending() -> None:
+    model = GatedModel(gated=False)
+
+    async def scenario():
+        batcher = mf_batch.Batcher(model, max_rows=3, budget_ms=300)
+        _measured(batcher, [FAST])
+        full, partial = batcher.submit([1, 2, 3]), batcher.submit([4])
+        with pytest.raises(StopIteration) as done:
+            full.send(None)  # answered on the first step: no queue, no task, no loop turn
+        assert done.value.value == [2, 4, 6] and model.runs == [[1, 2, 3]]
+        assert await partial == [8]  # a partial batch waits one loop turn for company
+        return batcher
+
+    assert asyncio.run(scenario()).runs == 2
 
 
 def test_work_that_would_queue_past_the_budget_is_refused() -> None:

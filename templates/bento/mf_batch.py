@@ -9,12 +9,13 @@ refitted on a noisy machine, predicts a miss. Here nothing ever waits for compan
 runs alone, and batches form only from what queued while the model was busy, so a batch is as large
 as the load makes it and no larger.
 
-Where a run happens: in the model thread, unless recent runs took under INLINE_RUN_S; then on the event
-loop itself. On one core (a pod's CPU limit, the benchmarks' pinned server) handing a run to the thread
-and back costs two wake-ups and a GIL hand-over each way (~7 context switches per request measured) and
-more CPU than a compiled model's whole run (BENCHMARKS.md, "Latency and capacity"). Requests still
-merge: whatever arrived while a run held the loop is parsed in the next loop turn and goes together into
-the next run. A slow model keeps its thread, so a long run never holds up health checks.
+Where a run happens: in the model thread, unless recent runs took under INLINE_RUN_S (their median);
+then on the event loop itself. On one core (a pod's CPU limit, the benchmarks' pinned server) handing a
+run to the thread and back costs two wake-ups and a GIL hand-over each way (~7 context switches per
+request measured) and more CPU than a compiled model's whole run (BENCHMARKS.md, "Latency and
+capacity"). Requests still merge: whatever arrived while a run held the loop is parsed in the next loop
+turn and goes together into the next run. A slow model keeps its thread, so a long run never holds up
+health checks.
 
 Copied verbatim into each model's folder by `factory render`; imports nothing heavy.
 """
@@ -24,15 +25,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 # Weight of the newest run in the running estimate of one run's duration.
 SMOOTHING = 0.2
-# Runs expected to take less than this run on the event loop (the longest the loop is ever held by a run,
-# give or take one outlier the estimate then learns from).
+# Runs take place on the event loop while the median of the last RECENT_RUNS took less than this: the
+# loop is never held longer, and a run the machine preempted (wall time) does not send a fast model back
+# to the thread.
 INLINE_RUN_S = 0.002
+RECENT_RUNS = 9
 
 
 class Overloaded(Exception):
@@ -60,6 +64,7 @@ class Batcher:
         self.queued_rows = 0
         self.busy = False
         self.run_s: Optional[float] = None  # unknown until the first run: nothing is refused before it
+        self.recent: collections.deque[float] = collections.deque(maxlen=RECENT_RUNS)
         self.runs = 0
         # One thread: the model runs one batch at a time, while the event loop keeps parsing requests.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -69,6 +74,12 @@ class Batcher:
         wait = self.expected_wait_s(len(rows))
         if wait > self.budget_s:
             raise Overloaded(wait, self.budget_s)
+        if not self.busy and self.inline() and (len(rows) >= self.max_rows or not self.merge):
+            # Nothing could join it and nothing can queue while it holds the loop: straight to the model,
+            # without the queue, a task and two loop turns (~70 µs of a full batch's ~350).
+            outputs, seconds = self._timed(rows)
+            self._learn(seconds)
+            return outputs
         future = asyncio.get_running_loop().create_future()
         self.queue.append((rows, future))
         self.queued_rows += len(rows)
@@ -116,7 +127,7 @@ class Batcher:
 
     def inline(self) -> bool:
         """Whether the next run happens on the event loop: only once runs are known to be short."""
-        return self.run_s is not None and self.run_s < INLINE_RUN_S
+        return bool(self.recent) and statistics.median(self.recent) < INLINE_RUN_S
 
     def _take(self) -> list[tuple[list, asyncio.Future]]:
         """The oldest request, then as many queued after it as fit in max_rows (requests are never split)."""
@@ -130,6 +141,7 @@ class Batcher:
 
     def _learn(self, seconds: float) -> None:
         self.runs += 1
+        self.recent.append(seconds)
         self.run_s = seconds if self.run_s is None else (1 - SMOOTHING) * self.run_s + SMOOTHING * seconds
 
     @staticmethod
