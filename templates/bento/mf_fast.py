@@ -1,11 +1,12 @@
-"""POST /predict (JSON) answered in front of BentoML's HTTP stack, by the same code it would run.
+"""POST /predict (JSON) answered by the same code BentoML's HTTP stack would run, without that stack.
 
 BentoML's path for one request goes through Starlette's routing and exception middlewares,
 OpenTelemetry's ASGI middleware, BentoML's request context and IO descriptors before the API method
 runs: on the served example models that machinery cost more CPU per request than a small model's
 predict (BENCHMARKS.md, "Latency and capacity"). Here the body is validated with the very input model
 BentoML generated for the API (`model_validate_json`, as its JSON serde does) and handed to the
-service's batcher; everything else (other paths, other content types, health, docs) goes to BentoML.
+service's batcher; everything else (other paths, other content types, probes) goes to the app behind
+it (`mf_serve.Pod` in the pod's one process).
 Wrapped in `mf_http.ErrorShape`, so answers keep the one error shape, the body limit and per-row
 failures. Copied verbatim into each model's folder by `factory render`.
 """

@@ -1,8 +1,12 @@
-"""Serve this Bento as ONE process: the BentoML service app under uvicorn, without the circus arbiter.
+"""Serve this Bento as ONE process, the way its pod runs it: uvicorn, POST /predict (mf_fast), probes.
 
 `bentoml serve` runs an arbiter (~80 MiB) beside the worker; in a Kubernetes pod the kubelet already
-restarts a failed container, so the arbiter buys nothing there but memory. POST /predict is answered
-in front of BentoML's HTTP stack (mf_fast); everything else by BentoML's service app. Copied verbatim into each model's folder by `factory render`.
+restarts a failed container, so the arbiter buys nothing there but memory. BentoML's service app is not
+loaded either: the pod uses none of it (POST /predict is mf_fast's, the probes are three lines, BentoML
+metrics are off), and importing it costs ~19 MiB per process (aiohttp and pyparsing for its CLI proxy,
+circus and zmq for its arbiter, its OpenTelemetry middleware: BENCHMARKS.md, "Compiled fast path").
+The service class is BentoML's as `bentoml serve` runs it (same constructor, same `answer`). Copied
+verbatim into each model's folder by `factory render`.
 
 Usage (from the Bento's src directory): python -m mf_serve [--host 0.0.0.0] [--port 3000]
 """
@@ -10,7 +14,65 @@ Usage (from the Bento's src directory): python -m mf_serve [--host 0.0.0.0] [--p
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from typing import Any, Callable, Optional
+
+import mf_fast
+import mf_http
+
+LOG = logging.getLogger("mf_serve")
+PROBES = ("/readyz", "/livez", "/healthz")
+
+
+class Pod:
+    """Everything but a JSON POST /predict: the service instance's lifecycle (ASGI lifespan), the probes,
+    and error-shaped answers for paths and methods nothing serves."""
+
+    def __init__(self, create: Callable[[], Any], predict_path: str = "/predict"):
+        self.create = create
+        self.predict_path = predict_path
+        self.instance: Optional[Any] = None
+
+    def answer(self) -> Optional[Callable]:
+        """The service's `answer` for mf_fast; None until the instance exists."""
+        return None if self.instance is None else self.instance.answer
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            status, code, message = self._route(scope["method"], scope["path"])
+            body = b'"ok"' if status == 200 else mf_http.error_body(code, message)
+            await mf_fast._answer(send, status, body)
+
+    def _route(self, method: str, path: str) -> tuple[int, str, str]:
+        if path in PROBES:
+            if method not in ("GET", "HEAD"):
+                return 405, "method_not_allowed", f"{path} answers GET"
+            if path == "/readyz" and self.instance is None:
+                return 503, "overloaded", "the model is still loading"
+            return 200, "", ""
+        if path == self.predict_path:
+            if method != "POST":
+                return 405, "method_not_allowed", f"{path} answers POST"
+            return 415, "unsupported_media_type", f"send the request body as application/json to {path}"
+        return 404, "not_found", f"nothing is served at {path}; POST {self.predict_path}"
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.instance = self.create()  # loads the model; before the first connection is accepted
+                except Exception as exc:
+                    LOG.exception("the model service failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 def main() -> None:
@@ -22,28 +84,15 @@ def main() -> None:
 
     import uvicorn
 
-    import mf_fast
-    import mf_http
     from service import MAX_BODY_BYTES, ModelService
 
-    # to_asgi is private BentoML API: requirements pin bentoml, and tests serve every model this way.
-    bento_app = ModelService.to_asgi(is_main=True)
-    app = mf_http.ErrorShape(mf_fast.FastPredict(bento_app, ModelService.apis["predict"].input_spec, _answer),
+    pod = Pod(ModelService)
+    app = mf_http.ErrorShape(mf_fast.FastPredict(pod, ModelService.apis["predict"].input_spec, pod.answer),
                              max_bytes=MAX_BODY_BYTES)
     # proxy_headers off: nothing here reads the client's address, and the middleware costs ~3 % of a request.
+    # lifespan "on": a model that fails to load stops the server instead of serving without a model.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning", proxy_headers=False,
-                timeout_graceful_shutdown=20)
-
-
-def _answer():
-    """The running service's `answer`; None until BentoML has created the service (then BentoML answers)."""
-    import bentoml
-    from bentoml.exceptions import BentoMLException
-
-    try:
-        return bentoml.get_current_service().answer
-    except BentoMLException:
-        return None
+                lifespan="on", timeout_graceful_shutdown=20)
 
 
 if __name__ == "__main__":
