@@ -148,7 +148,8 @@ def bench_model(state: StateDir, spec: ModelSpec, burst_s: float, rounds: int, l
     floor = in_process_floor(state, spec.name, record.bento_tag, batch)
     python = bento_python(state, spec.name)
     ours = measure("our Bento (one process)",
-                   lambda: served(record.bento_tag, logs / f"{spec.name}.log", "single", python), "/predict", json.dumps({"inputs": rows[:1]}), json.dumps({"inputs": batch}), burst_s, rounds)
+                   lambda: served(record.bento_tag, logs / f"{spec.name}.log", "single", python), "/predict",
+                   json.dumps({"inputs": rows[:1]}), json.dumps({"inputs": batch}), burst_s, rounds)
     model_uri = f"models:/{record.registry['name']}/{record.registry['version']}"
     mlflow = measure("mlflow models serve", lambda: mlflow_served(model_uri, logs / f"{spec.name}-mlflow.log"),
                      "/invocations", json.dumps({"dataframe_records": rows[:1]}),

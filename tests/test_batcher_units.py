@@ -110,7 +110,7 @@ def test_without_merging_every_request_runs_alone() -> None:
     asyncio.run(scenario())
 
 
-def test_short_runs_run_on_the_event_loop_and_long_or_unknown_ones_in_the_model_thread() -> None:
+def test_short_runs_run_on_the_event_loop_and_long_unknown_or_waiting_ones_in_the_model_thread() -> None:
     where = []
 
     def model(rows):
@@ -124,17 +124,21 @@ def test_short_runs_run_on_the_event_loop_and_long_or_unknown_ones_in_the_model_
         await batcher.submit([2])
         _measured(batcher, [SLOW] * 5)
         await batcher.submit([3])
+        _measured(batcher, [FAST] * 9, [mf_batch.INLINE_WALL_S * 2] * 9)  # waits rather than computes
+        await batcher.submit([4])
         return threading.current_thread().name
 
     loop_thread = asyncio.run(scenario())
-    assert where[0].startswith("model") and where[1] == loop_thread and where[2].startswith("model")
+    assert where[0].startswith("model") and where[1] == loop_thread
+    assert where[2].startswith("model") and where[3].startswith("model")
 
 
 FAST, SLOW = mf_batch.INLINE_RUN_S / 4, mf_batch.INLINE_RUN_S * 5
 
 
-def _measured(batcher: mf_batch.Batcher, seconds: list[float]) -> None:
-    batcher.recent.extend(seconds)
+def _measured(batcher: mf_batch.Batcher, cpu_s: list[float], wall_s: list[float] | None = None) -> None:
+    batcher.recent_cpu.extend(cpu_s)
+    batcher.recent_wall.extend(cpu_s if wall_s is None else wall_s)
 
 
 def test_runs_on_the_event_loop_still_merge_what_arrived_together_and_learn_their_duration() -> None:

@@ -9,7 +9,7 @@ refitted on a noisy machine, predicts a miss. Here nothing ever waits for compan
 runs alone, and batches form only from what queued while the model was busy, so a batch is as large
 as the load makes it and no larger.
 
-Where a run happens: in the model thread, unless recent runs took under INLINE_RUN_S (their median);
+Where a run happens: in the model thread, unless recent runs took under INLINE_RUN_S of CPU (their median);
 then on the event loop itself. On one core (a pod's CPU limit, the benchmarks' pinned server) handing a
 run to the thread and back costs two wake-ups and a GIL hand-over each way (~7 context switches per
 request measured) and more CPU than a compiled model's whole run (BENCHMARKS.md, "Latency and
@@ -32,10 +32,12 @@ from typing import Any, Callable, Optional
 
 # Weight of the newest run in the running estimate of one run's duration.
 SMOOTHING = 0.2
-# Runs take place on the event loop while the median of the last RECENT_RUNS took less than this: the
-# loop is never held longer, and a run the machine preempted (wall time) does not send a fast model back
-# to the thread.
+# Runs take place on the event loop while the median CPU time of the last RECENT_RUNS is below this: the
+# loop is never held longer while it has the core, and neither an outlier nor a machine that preempts
+# the server mid-run (wall time) sends a fast model back to the thread. A model that waits rather than
+# computes (wall time far above its CPU time, e.g. a pyfunc calling out) keeps the thread.
 INLINE_RUN_S = 0.002
+INLINE_WALL_S = 0.010
 RECENT_RUNS = 9
 
 
@@ -64,7 +66,8 @@ class Batcher:
         self.queued_rows = 0
         self.busy = False
         self.run_s: Optional[float] = None  # unknown until the first run: nothing is refused before it
-        self.recent: collections.deque[float] = collections.deque(maxlen=RECENT_RUNS)
+        self.recent_cpu: collections.deque[float] = collections.deque(maxlen=RECENT_RUNS)
+        self.recent_wall: collections.deque[float] = collections.deque(maxlen=RECENT_RUNS)
         self.runs = 0
         # One thread: the model runs one batch at a time, while the event loop keeps parsing requests.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -77,8 +80,8 @@ class Batcher:
         if not self.busy and self.inline() and (len(rows) >= self.max_rows or not self.merge):
             # Nothing could join it and nothing can queue while it holds the loop: straight to the model,
             # without the queue, a task and two loop turns (~70 µs of a full batch's ~350).
-            outputs, seconds = self._timed(rows)
-            self._learn(seconds)
+            outputs, seconds, cpu_s = self._timed(rows)
+            self._learn(seconds, cpu_s)
             return outputs
         future = asyncio.get_running_loop().create_future()
         self.queue.append((rows, future))
@@ -103,31 +106,32 @@ class Batcher:
                 rows = [row for request, _ in taken for row in request]
                 try:
                     if self.inline():
-                        outputs, seconds = self._timed(rows)
+                        outputs, seconds, cpu_s = self._timed(rows)
                     else:
-                        outputs, seconds = await loop.run_in_executor(self.executor, self._timed, rows)
+                        outputs, seconds, cpu_s = await loop.run_in_executor(self.executor, self._timed, rows)
                 except Exception as exc:  # the predictor isolates model errors; this is a defect of ours
                     for _, future in taken:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                self._learn(seconds)
+                self._learn(seconds, cpu_s)
                 self._answer(taken, outputs)
                 if self.queue:
                     await asyncio.sleep(0)  # answers go out and new requests join the queue before the next run
         finally:
             self.busy = False
 
-    def _timed(self, rows: list) -> tuple[list, float]:
-        # Timed where it runs: a hand-off to the thread and back is not the model's time, and counting it
-        # would keep a fast model in the thread on a busy core.
-        started = time.perf_counter()
+    def _timed(self, rows: list) -> tuple[list, float, float]:
+        """The outputs, the run's wall time and its CPU time, both taken where it runs: a hand-off to the
+        thread and back is not the model's time."""
+        started, cpu_started = time.perf_counter(), time.thread_time()
         outputs = self.run(rows)
-        return outputs, time.perf_counter() - started
+        return outputs, time.perf_counter() - started, time.thread_time() - cpu_started
 
     def inline(self) -> bool:
         """Whether the next run happens on the event loop: only once runs are known to be short."""
-        return bool(self.recent) and statistics.median(self.recent) < INLINE_RUN_S
+        return bool(self.recent_cpu) and statistics.median(self.recent_cpu) < INLINE_RUN_S \
+            and statistics.median(self.recent_wall) < INLINE_WALL_S
 
     def _take(self) -> list[tuple[list, asyncio.Future]]:
         """The oldest request, then as many queued after it as fit in max_rows (requests are never split)."""
@@ -139,9 +143,10 @@ class Batcher:
         self.queued_rows -= rows
         return taken
 
-    def _learn(self, seconds: float) -> None:
+    def _learn(self, seconds: float, cpu_s: float) -> None:
         self.runs += 1
-        self.recent.append(seconds)
+        self.recent_cpu.append(cpu_s)
+        self.recent_wall.append(seconds)
         self.run_s = seconds if self.run_s is None else (1 - SMOOTHING) * self.run_s + SMOOTHING * seconds
 
     @staticmethod
