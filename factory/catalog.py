@@ -264,8 +264,10 @@ class PipelineSettings(_Strict):
     image: CiImage = "python:3.11-bookworm"
     gpu_runner_tags: list[RunnerTag] = Field(default_factory=lambda: ["gpu"], min_length=1, max_length=16)
     environment: EnvironmentSpec = EnvironmentSpec()
-    # A Docker-in-Docker service image (e.g. docker:27-dind) for build jobs that build and push model images.
-    docker_service: Optional[CiImage] = None
+    # The Docker-in-Docker service of the jobs that build and push images (null: no engine, images skipped),
+    # and the public Debian image their base image starts from (README "Running on GitLab"). Both pinned.
+    docker_service: Optional[CiImage] = "docker:27.5.1-dind"
+    base_rootfs: CiImage = "debian:bookworm-20251229-slim"
     # Past this many changed models the child pipeline is cut into shard children (README "Scale"): 150 models
     # are 450 model jobs + 3 collectors + apply, within GitLab.com Free's 500 jobs per pipeline.
     models_per_child: StrictInt = Field(150, ge=1, le=600)

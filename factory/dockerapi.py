@@ -38,7 +38,8 @@ def _failures() -> tuple[type[BaseException], ...]:
     import docker
     import requests
 
-    return docker.errors.DockerException, requests.RequestException, OSError
+    # ValueError: an answer that is not the JSON the SDK expects (an engine or proxy speaking something else).
+    return docker.errors.DockerException, requests.RequestException, OSError, ValueError
 
 
 def answers(timeout_s: float = PROBE_TIMEOUT_S) -> bool:

@@ -85,8 +85,12 @@ def test_parent_and_a_1000_model_child_pass_gitlabs_schema_and_limits(tmp_path: 
     tags = [job["tags"] for jobs in shards.values() for job in jobs.values() if "tags" in job]
     assert tags == [["gpu"]] * 30
     first = shards[shard_names[0]]
-    assert first["build-model-7"]["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
-    assert "services" not in first["test-model-7"]
+    engine = yaml.safe_load(files[shard_names[0]])[".image-engine"]
+    assert engine["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
+    assert [engine["variables"]["DOCKER_HOST"], engine["variables"]["FACTORY_BASE_ROOTFS"]] == [
+        "tcp://docker:2376", "debian:bookworm-20251229-slim"]
+    assert first["build-model-7"]["extends"] == [".factory-job", ".image-engine"]
+    assert first["test-model-7"]["extends"] == ".factory-job"  # no engine: the test job measures host processes
     assert yaml.safe_load(files[shard_names[0]])["variables"]["FACTORY_PINNED_VERSIONS"] == " ".join(
         f"{name}=4" for name in sorted(pinned))
     # A shard applies its own models; only the dispatcher applies the proxy and records the deploy.
@@ -127,7 +131,7 @@ def test_up_to_models_per_child_models_stay_in_one_child(tmp_path: Path) -> None
     ('{image: "Python:3.11 && x"}', "models.yaml:1:19: pipeline.image: must be an image reference such as "
                                     "'python:3.11-bookworm' (lowercase); got 'Python:3.11 && x'"),
     ("{tags: [gpu]}", "models.yaml:1:12: pipeline.tags: unknown key (hint: allowed keys: image, gpu_runner_tags, "
-                      "environment, docker_service, models_per_child)"),
+                      "environment, docker_service, base_rootfs, models_per_child)"),
 ])
 def test_pipeline_settings_never_reach_the_yaml_unchecked(pipeline: str, message: str) -> None:
     with pytest.raises(CatalogError) as error:
