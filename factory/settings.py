@@ -37,16 +37,18 @@ class Settings:
                                                                    "kubernetes.image_registry (CI: $CI_REGISTRY_IMAGE)")
     docker_host: Optional[str] = _env("DOCKER_HOST", "the Docker engine images are built and run with (the "
                                                      "Makefile sets it: the default socket, else the project's)")
-    base_rootfs: Optional[str] = _env("FACTORY_BASE_ROOTFS", "a public image to pull as the base image's Debian "
-                                                             "root instead of debootstrapping one (the GitLab "
-                                                             "build jobs set it from pipeline.base_rootfs)")
-    ci_registry: Optional[str] = _env("CI_REGISTRY", "GitLab's container registry: pushes to it authenticate as "
-                                                     "$CI_REGISTRY_USER with $CI_REGISTRY_PASSWORD (GitLab sets all three)")
-    ci_registry_user: Optional[str] = _env("CI_REGISTRY_USER", "see CI_REGISTRY")
-    ci_registry_password: Optional[str] = _env("CI_REGISTRY_PASSWORD", "see CI_REGISTRY")
     pinned_versions: str = _env(PINNED_VERSIONS_ENV, "alias models at a fixed registry version, as "
                                                      "`name=version ...` (set by a sharded child pipeline: "
                                                      "its render job resolved them)")
+    base_rootfs: Optional[str] = _env("FACTORY_BASE_ROOTFS", "a public image to pull as the base image's Debian "
+                                                             "root instead of debootstrapping one (the GitLab "
+                                                             "build jobs set it from pipeline.base_rootfs)")
+    ci_registry: Optional[str] = _env("CI_REGISTRY", "GitLab's container registry: image pushes to it authenticate "
+                                                     "with the two below (predefined in jobs)")
+    ci_registry_user: Optional[str] = _env("CI_REGISTRY_USER", "the user image pushes to CI_REGISTRY authenticate as "
+                                                               "(predefined in jobs)")
+    ci_registry_password: Optional[str] = _env("CI_REGISTRY_PASSWORD", "CI_REGISTRY_USER's password, the job's "
+                                                                       "token (predefined in jobs)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
