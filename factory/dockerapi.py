@@ -44,10 +44,21 @@ def _failures() -> tuple[type[BaseException], ...]:
 
 def answers(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """The engine answers its API (`/_ping`, after the client negotiated the API version)."""
+    return not unreachable(timeout_s)
+
+
+def unreachable(timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    """Why the engine does not answer, in one line (e.g. a TLS client certificate missing from
+    DOCKER_CERT_PATH: a GitLab runner that does not share /certs/client); "" when it answers."""
+    import docker
+
     try:
-        return bool(_client(timeout_s).ping())
-    except _failures():
-        return False
+        return "" if _client(timeout_s).ping() else "its API did not answer /_ping"
+    except docker.errors.TLSParameterError:
+        return ("no TLS client certificate (cert.pem, key.pem, ca.pem) in DOCKER_CERT_PATH; on GitLab the runner must "
+                "share /certs/client with the Docker-in-Docker service (README \"What the GitLab runner needs\")")
+    except _failures() as exc:
+        return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def repository(tag: str) -> tuple[str, Optional[str]]:

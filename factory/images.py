@@ -107,10 +107,11 @@ class ImageStep:
         self.catalog, self.state = catalog, state
         self.registry = image_registry(catalog.kubernetes.image_registry)
         self.port = catalog.kubernetes.service_port
+        reason = dockerapi.unreachable() if enabled else ""
         if not enabled:
             self.skipped = "--no-image given"
-        elif not dockerapi.answers():
-            self.skipped = f"no Docker engine answers at {docker_host() or 'the default socket'}"
+        elif reason:
+            self.skipped = f"no Docker engine answers at {docker_host() or 'the default socket'} ({reason})"
         else:
             self.skipped = ""
         self._base = ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from factory.dockerapi import repository
+from factory.dockerapi import repository, unreachable
 from factory.images import registry_auth
 
 GITLAB = {"CI_REGISTRY": "registry.gitlab.com", "CI_REGISTRY_USER": "gitlab-ci-token", "CI_REGISTRY_PASSWORD": "t0k"}
@@ -35,3 +35,18 @@ def test_only_pushes_to_ci_registry_carry_the_job_credentials(monkeypatch: pytes
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     assert registry_auth(tag) == auth
+
+
+@pytest.mark.parametrize("environ, reason", [
+    ({"DOCKER_HOST": "unix://{tmp}/gone.sock"},
+     "Error while fetching server API version: ('Connection aborted.', FileNotFoundError(2, 'No such file or "
+     "directory'))"),
+    ({"DOCKER_HOST": "tcp://docker:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": "{tmp}"},
+     "no TLS client certificate (cert.pem, key.pem, ca.pem) in DOCKER_CERT_PATH; on GitLab the runner must share "
+     "/certs/client with the Docker-in-Docker service (README \"What the GitLab runner needs\")"),
+])
+def test_an_engine_that_does_not_answer_says_why_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                                             environ: dict, reason: str) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    assert unreachable() == reason
