@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, MutableMapping, Optional, Union
 
 from proxy import errors
+from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError
 from proxy.forward import (UpstreamClient, UpstreamError, UpstreamResponse, request_header_block, resolve,
                            response_headers)
@@ -82,7 +83,7 @@ class DataPlane:
         self._shadows = shadows
         self._metrics = metrics
         self._timeout = settings.upstream_timeout_s
-        self._body_timeout = settings.body_timeout_s
+        self._body_deadlines = Deadlines(settings.body_timeout_s)
         self._force_name = settings.force_variant_header
         self._force_header = self._force_name.lower().encode("ascii") if self._force_name else None
         self._rng = random.Random()
@@ -183,11 +184,15 @@ class DataPlane:
         declared = dict(headers).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise errors.body_too_large(self.max_body)
+        task = self._body_deadlines.start()
         try:
-            async with asyncio.timeout(self._body_timeout):  # one timer per request, no task per chunk
-                return await self._receive_all(receive)
-        except TimeoutError:
-            raise errors.body_timeout(self._body_timeout) from None
+            return await self._receive_all(receive)
+        except asyncio.CancelledError:
+            if self._body_deadlines.expired(task):
+                raise errors.body_timeout(self._body_deadlines.timeout) from None
+            raise
+        finally:
+            self._body_deadlines.stop(task)
 
     async def _receive_all(self, receive: Receive) -> bytes:
         chunks, size = [], 0

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from proxy.dataplane import sticky_key
+from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError
 from proxy.forward import UpstreamClient, UpstreamError, UpstreamResponse, request_header_block, response_headers
 from proxy.metrics import ProxyMetrics
@@ -289,3 +290,31 @@ def test_edge_settings_out_of_range_are_refused_by_name(flag, value, message):
     with pytest.raises(ValidationError) as caught:
         ProxySettings.from_env({"PROXY_ROUTES": "r.yaml", "PROXY_" + flag.upper(): value})
     assert describe_error(caught.value) == message
+
+
+def test_deadlines_cancel_only_the_reads_still_running_and_not_other_cancellations():
+    deadlines = Deadlines(0.2)
+
+    async def read(start_after: float, lasts: float) -> str:
+        await asyncio.sleep(start_after)
+        task = deadlines.start()
+        try:
+            await asyncio.sleep(lasts)
+            return "done"
+        except asyncio.CancelledError:
+            if deadlines.expired(task):
+                return "timed out"
+            raise
+        finally:
+            deadlines.stop(task)
+
+    async def scenario() -> list:
+        outside = asyncio.ensure_future(read(0, 30))
+        reads = [read(0, 30), read(0.1, 0.01), read(0.1, 30), read(0.15, 0.01), read(0.3, 30)]
+        await asyncio.sleep(0.05)
+        outside.cancel()  # cancelled by someone else before its deadline: not a timeout
+        return [*await asyncio.gather(*reads), *await asyncio.gather(outside, return_exceptions=True)]
+
+    results = asyncio.run(scenario())
+    assert results[:5] == ["timed out", "done", "timed out", "done", "timed out"]
+    assert isinstance(results[5], asyncio.CancelledError)
