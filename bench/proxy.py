@@ -152,11 +152,13 @@ PACED_SCRIPT = WRK_SCRIPT + textwrap.dedent("""\
     """)
 
 
-# `proxy` is the real thing (granian, proxy.serve); `uvicorn` runs the same ASGI app on uvicorn's
+# `proxy` is the real thing (granian, proxy.serve); `proxy-normal` the same under the normal scheduling
+# policy instead of SCHED_BATCH (README, "The proxy"); `uvicorn` runs the same ASGI app on uvicorn's
 # httptools protocol, the floor any maintained server should beat (it cannot enforce 431 or a
 # header read timeout, which is why it is not the proxy's server).
 SERVERS: dict[str, Callable[[int], list[str]]] = {
     "proxy": lambda port: [sys.executable, "-m", "proxy", "--port", str(port)],
+    "proxy-normal": lambda port: [sys.executable, "-m", "proxy", "--port", str(port), "--cpu-scheduling", "normal"],
     "uvicorn": lambda port: [sys.executable, "-m", "uvicorn", "--factory", "--http", "httptools", "--loop", "uvloop",
                              "--no-access-log", "--log-level", "warning", "--port", str(port),
                              "proxy.app:create_app_from_env"],
