@@ -54,6 +54,8 @@ def batch_scheduling() -> None:
     hands control straight back: 16 context switches per request at 4 connections (uvicorn: 1) and
     most of granian's extra CPU. SCHED_BATCH only turns that wake-up preemption off; CPU shares and
     nice value stay as they were, and no privilege is needed."""
+    if not hasattr(os, "SCHED_BATCH"):  # not Linux: no such policy, nothing to change
+        return
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except OSError as exc:  # e.g. a seccomp profile that forbids it: run as before

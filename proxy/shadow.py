@@ -26,15 +26,15 @@ class ShadowSender:
         self._metrics = metrics
         self._limit = limit
         self._timeout = timeout
-        self.in_flight = 0
+        self._in_flight = 0
 
     def submit(self, route: str, targets: tuple[Target, ...], header_block: bytes, body: bytes) -> None:
         loop = asyncio.get_running_loop()
         for target in targets:
-            if self.in_flight >= self._limit:
+            if self._in_flight >= self._limit:
                 self._metrics.shadow(route, target.name, "dropped")
                 continue
-            self.in_flight += 1
+            self._in_flight += 1
             self._metrics.shadows_in_flight.inc()  # inc/dec, not set_function: works across worker processes
             loop.call_soon(self._send, route, target, header_block, body)
 
@@ -51,6 +51,6 @@ class ShadowSender:
         self._finished(route, upstream, outcome)
 
     def _finished(self, route: str, upstream: str, outcome: str) -> None:
-        self.in_flight -= 1
+        self._in_flight -= 1
         self._metrics.shadows_in_flight.dec()
         self._metrics.shadow(route, upstream, outcome)
