@@ -1,8 +1,10 @@
-"""The base image every model and the proxy are built on, made from Debian packages (nothing is pulled).
+"""The base image every model and the proxy are built on, made from Debian packages.
 
-debootstrap (minbase bookworm, from the host's apt mirror) → `docker import` → a Python layer
-(python3, python3-venv, CA certificates including the host's extra ones, the `uv` binary). The tag
-carries a hash of the whole recipe, so it is built once per machine and reused until the recipe changes.
+Its Debian root: locally, debootstrap (minbase bookworm, from the host's apt mirror) → `docker import`, as
+no image can be pulled here; where public images can be pulled (a GitLab runner), the image named in
+$FACTORY_BASE_ROOTFS (pipeline.base_rootfs, a Debian bookworm image). On it, the same Python layer (python3,
+python3-venv, CA certificates including the host's extra ones, the `uv` binary). The tag carries a hash of
+the whole recipe, so it is built once per engine and reused until the recipe changes.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from factory import dockerapi
 from factory.engine import ENGINE_HOME, docker_host, engine_answers
 from factory.errors import EngineError
 from factory.render import environment
+from factory.settings import Settings
 
 SUITE = "bookworm"
 UV_VERSION = "0.13.9"
@@ -52,8 +56,8 @@ def python_dockerfile(rootfs_tag: str) -> str:
 
 def recipe_tags() -> tuple[str, str]:
     """(rootfs tag, python base tag), each keyed by a hash of what goes into it."""
-    mirror = apt_mirror()
-    rootfs = f"model-factory/debian:{SUITE}-" + _hash(["debootstrap", "minbase", SUITE, mirror])
+    rootfs = Settings.from_env().base_rootfs or (f"model-factory/debian:{SUITE}-"
+                                                 + _hash(["debootstrap", "minbase", SUITE, apt_mirror()]))
     certificates = _extra_certificates()
     parts = [python_dockerfile(rootfs), UV_VERSION, *(f"{name}\0{data.hex()}" for name, data in certificates.items())]
     return rootfs, "model-factory/python-base:" + _hash(parts)
@@ -63,30 +67,48 @@ def _hash(parts: list[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def image_exists(tag: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
-
-
 def ensure_base_image(progress: Progress = print) -> str:
-    """The python base image's tag, building it (and its Debian rootfs) when this engine lacks it."""
+    """The python base image's tag, building it (and its Debian root) when this engine lacks it."""
     if not engine_answers():
-        # Checked first: without an engine, debootstrap would run for 90 s only for `docker import` to fail.
-        raise EngineError(f"no Docker engine answers at {docker_host() or 'the default socket'} (`docker info` "
-                          "failed), so the base image cannot be built; start one with `make engine` (as root) or "
-                          "point DOCKER_HOST at a running engine")
+        # Checked first: without an engine, debootstrap would run for 90 s only for the import to fail.
+        raise EngineError(f"no Docker engine answers at {docker_host() or 'the default socket'} (its API did "
+                          "not answer /_ping), so the base image cannot be built; start one with `make engine` "
+                          "(as root) or point DOCKER_HOST at a running engine")
     rootfs, base = recipe_tags()
-    if image_exists(base):
+    if _exists(base):
         return base
-    if not image_exists(rootfs):
-        _import_rootfs(rootfs, progress)
-    with tempfile.TemporaryDirectory(prefix="mf-base-") as context:
-        _python_context(Path(context))
+    with tempfile.TemporaryDirectory(prefix="mf-base-") as work:
+        log = Path(work) / "engine.log"
+        if not _exists(rootfs):
+            _debian_root(rootfs, progress, log)
+        context = Path(work) / "context"
+        context.mkdir()
+        _python_context(context)
         progress(f"building {base} (python3, venv, CA certificates, uv {UV_VERSION})")
-        _docker(["build", "--network", "host", "-t", base, context], f"building the base image {base}")
+        _engine(f"building the base image {base}", lambda: dockerapi.build(context, "Dockerfile", base, log))
     return base
 
 
-def _import_rootfs(tag: str, progress: Progress) -> None:
+def _debian_root(rootfs: str, progress: Progress, log: Path) -> None:
+    if Settings.from_env().base_rootfs:
+        progress(f"pulling {rootfs} (FACTORY_BASE_ROOTFS) as the base image's Debian root")
+        _engine(f"pulling {rootfs}", lambda: dockerapi.pull(rootfs, log))
+    else:
+        _import_rootfs(rootfs, progress, log)
+
+
+def _exists(tag: str) -> bool:
+    return _engine(f"inspecting {tag}", lambda: dockerapi.inspect(tag)) is not None
+
+
+def _engine(what: str, step):
+    try:
+        return step()
+    except dockerapi.StepFailed as exc:
+        raise EngineError(f"{what} failed; the engine's last lines:\n" + "\n".join(exc.lines)) from exc
+
+
+def _import_rootfs(tag: str, progress: Progress, log: Path) -> None:
     if not shutil.which("debootstrap"):
         raise EngineError(f"base image {tag} is missing and debootstrap is not installed; "
                           "run `make engine` as root (installs it)")
@@ -100,7 +122,9 @@ def _import_rootfs(tag: str, progress: Progress) -> None:
         shutil.rmtree(root / cache, ignore_errors=True)
         (root / cache).mkdir(parents=True, exist_ok=True)
     tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-    _docker(["import", "-c", 'CMD ["/bin/bash"]', "-", tag], f"importing the Debian rootfs as {tag}", stdin=tar.stdout)
+    chunks = iter(lambda: tar.stdout.read(1 << 20), b"")
+    _engine(f"importing the Debian rootfs as {tag}",
+            lambda: dockerapi.import_tar(chunks, tag, ['CMD ["/bin/bash"]'], log))
     tar.wait()
     shutil.rmtree(root, ignore_errors=True)
 
@@ -126,15 +150,8 @@ def _uv_binary(target: Path) -> None:
     target.chmod(0o755)
 
 
-def _docker(args: list[str], what: str, stdin=None) -> str:
-    return _run(["docker", *args], what, stdin=stdin, env_extra={"DOCKER_BUILDKIT": "0"})
-
-
-def _run(command: list[str], what: str, stdin=None, env_extra: dict | None = None) -> str:
-    import os
-
-    result = subprocess.run(command, stdin=stdin, capture_output=True, text=True,
-                            env={**os.environ, **(env_extra or {})})
+def _run(command: list[str], what: str) -> str:
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
         raise EngineError(f"{what} failed (`{command[0]} {command[1]}` exit {result.returncode}):\n{tail}")

@@ -22,6 +22,7 @@ GPU_TYPE_PATTERN = r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?"
 HEADER_PATTERN = r"[A-Za-z0-9][A-Za-z0-9-]{0,63}"
 FIELD_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 NAMESPACE_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+SECRET_NAME_PATTERN = r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?"
 _SPECIFIER = r"(?:==|>=|<=|~=|!=|<|>)[A-Za-z0-9.*+!_-]+"
 _EXTRAS = r"\[[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*\]"
 REQUIREMENT_PATTERN = rf"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:{_EXTRAS})?(?:{_SPECIFIER}(?:,{_SPECIFIER})*)?"
@@ -73,6 +74,8 @@ GpuType = Annotated[str, _checked(GPU_TYPE_PATTERN, "must be a lowercase node la
                                                     "'nvidia-tesla-t4' (letters, digits, '.', '-')")]
 Namespace = Annotated[str, _checked(NAMESPACE_PATTERN, "must be a DNS-1123 label: lowercase letters, digits "
                                                        "and '-', at most 63 characters")]
+SecretName = Annotated[str, _checked(SECRET_NAME_PATTERN, "must be a Secret's name: a DNS-1123 subdomain (lowercase "
+                                                         "letters, digits, '-' and '.', at most 253 characters)")]
 Requirement = Annotated[str, _checked(REQUIREMENT_PATTERN, "must be a package requirement such as "
                                                             "'lightgbm==4.7.0' or 'tabulate>=0.9' (no spaces, URLs or "
                                                             "markers)")]
@@ -245,6 +248,9 @@ class KubernetesSettings(_Strict):
     namespace: Namespace = "model-factory"
     image_registry: ImageRegistry = "registry.example.com/model-factory"
     service_port: StrictInt = Field(3000, ge=1, le=65_535)
+    # Secrets of type kubernetes.io/dockerconfigjson the pods pull their images with (a private registry such as
+    # a GitLab project's: README "Running on GitLab").
+    image_pull_secrets: list[SecretName] = Field(default_factory=list, max_length=16)
 
 
 RunnerTag = Annotated[str, _checked(RUNNER_TAG_PATTERN, "must be a runner tag such as 'gpu' (letters, digits, "
@@ -264,8 +270,10 @@ class PipelineSettings(_Strict):
     image: CiImage = "python:3.11-bookworm"
     gpu_runner_tags: list[RunnerTag] = Field(default_factory=lambda: ["gpu"], min_length=1, max_length=16)
     environment: EnvironmentSpec = EnvironmentSpec()
-    # A Docker-in-Docker service image (e.g. docker:27-dind) for build jobs that build and push model images.
-    docker_service: Optional[CiImage] = None
+    # The Docker-in-Docker service of the jobs that build and push images (null: no engine, images skipped),
+    # and the public Debian image their base image starts from (README "Running on GitLab"). Both pinned.
+    docker_service: Optional[CiImage] = "docker:27.5.1-dind"
+    base_rootfs: CiImage = "debian:bookworm-20251229-slim"
     # Past this many changed models the child pipeline is cut into shard children (README "Scale"): 150 models
     # are 450 model jobs + 3 collectors + apply, within GitLab.com Free's 500 jobs per pipeline.
     models_per_child: StrictInt = Field(150, ge=1, le=600)

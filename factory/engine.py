@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+from factory.dockerapi import answers as engine_answers
 from factory.errors import EngineError
 from factory.settings import Settings
 
@@ -117,14 +118,6 @@ def docker_host() -> Optional[str]:
     return Settings.from_env().docker_host
 
 
-def engine_answers(timeout_s: float = 10.0) -> bool:
-    """`docker info` succeeds against $DOCKER_HOST (or the client's default)."""
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=timeout_s).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def registry_answers(address: str = REGISTRY) -> bool:
     try:
         with urllib.request.urlopen(f"http://{address}/v2/", timeout=3) as response:
@@ -139,7 +132,7 @@ def why_no_engine() -> Optional[str]:
         return f"no Docker engine answers at {docker_host() or 'the default socket'}"
     if os.geteuid() != 0:
         return "no Docker engine answers and starting one needs root (run `make engine` as root)"
-    missing = [tool for tool in ("dockerd", "docker", "docker-registry") if not _which(tool)]
+    missing = [tool for tool in ("dockerd", "docker-registry") if not _which(tool)]
     if missing:
         return f"{', '.join(missing)} not installed (run `make engine` as root: it installs Debian's docker.io)"
     return None

@@ -1,26 +1,24 @@
 """Container images: build on the project's base image, push, and pin by the digest the registry returns.
 
-The `docker` CLI on PATH talks to $DOCKER_HOST with the classic builder (`DOCKER_BUILDKIT=0`): it works
-with every client whether or not buildx is installed. Each step's output goes to one log per image;
-a failure names the step, shows the last lines and the log path, and never carries a traceback.
+The engine is reached through its API (factory/dockerapi.py): a job needs Python and $DOCKER_HOST, no
+`docker` CLI. Each step's output goes to one log per image; a failure names the step, shows the last
+lines and the log path, and never carries a traceback.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional
 
+from factory import dockerapi
 from factory.errors import EngineError, FactoryError, ImageError
 from factory.settings import Settings
 from factory.state import PushedImage, StateDir
 
-TAIL_LINES = 12
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,53 +43,44 @@ def model_context(bento_export: Path, context: Path, dockerfile: str) -> Path:
     return context
 
 
-def build_and_push(context: Path, dockerfile: Path, tag: str, log: Path, what: str,
-                   build_args: Sequence[str] = ()) -> PushedImage:
+def build_and_push(context: Path, dockerfile: str, tag: str, log: Path, what: str,
+                   buildargs: Optional[dict[str, str]] = None) -> PushedImage:
+    """Build `dockerfile` (relative to `context`) as `tag`, push it, and pin it by the digest the registry gave."""
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("", encoding="utf-8")
     started = time.monotonic()
-    args = [f"--build-arg={arg}" for arg in build_args]
-    _step(["build", "--network", "host", "-f", str(dockerfile), "-t", tag, *args, str(context)], log, what)
-    built = time.monotonic()
-    _step(["push", tag], log, what)
-    pushed = time.monotonic()
-    reference = digest_reference(tag, log, what)
-    size = int(_step(["image", "inspect", "--format", "{{.Size}}", tag], log, what).strip() or 0)
-    return PushedImage(tag=tag, reference=reference, size_bytes=size, build_seconds=round(built - started, 1),
+    try:
+        dockerapi.build(context, dockerfile, tag, log, buildargs)
+        built = time.monotonic()
+        dockerapi.push(tag, log, registry_auth(tag))
+        pushed = time.monotonic()
+        inspected = dockerapi.inspect(tag) or {}
+    except dockerapi.StepFailed as exc:
+        tail = "\n".join("    " + line for line in exc.lines)
+        raise ImageError(f"{what}: the engine's {exc.step} failed; its last lines:\n{tail}\n  full log: {log}") from exc
+    return PushedImage(tag=tag, reference=digest_reference(tag, inspected, log, what),
+                       size_bytes=int(inspected.get("Size") or 0), build_seconds=round(built - started, 1),
                        push_seconds=round(pushed - built, 1), log=str(log))
 
 
-def repository(tag: str) -> str:
-    """`host:5000/a/b:tag` → `host:5000/a/b` (a colon before the last `/` belongs to the host)."""
-    name, _, suffix = tag.rpartition(":")
-    return name if name and "/" not in suffix else tag
+def registry_auth(tag: str) -> Optional[dict[str, str]]:
+    """GitLab's job credentials ($CI_REGISTRY_USER / $CI_REGISTRY_PASSWORD) for a push to $CI_REGISTRY;
+    None elsewhere (the engine's own credentials, or none for a loopback registry)."""
+    settings = Settings.from_env()
+    if settings.ci_registry and tag.startswith(settings.ci_registry + "/") and settings.ci_registry_user:
+        return {"username": settings.ci_registry_user, "password": settings.ci_registry_password or "",
+                "serveraddress": settings.ci_registry}
+    return None
 
 
-def digest_reference(tag: str, log: Path, what: str) -> str:
-    digests = _step(["image", "inspect", "--format", "{{range .RepoDigests}}{{println .}}{{end}}", tag], log, what)
-    repo = repository(tag)
-    for line in digests.split():
-        if line.startswith(repo + "@sha256:"):
-            return line
+def digest_reference(tag: str, inspected: dict, log: Path, what: str) -> str:
+    digests = inspected.get("RepoDigests") or []
+    repo = dockerapi.repository(tag)[0]
+    for reference in digests:
+        if reference.startswith(repo + "@sha256:"):
+            return reference
     raise ImageError(f"{what}: the registry returned no digest for {tag} after the push (RepoDigests: "
-                     f"{digests.split() or 'none'}); full log: {log}")
-
-
-def _step(args: list[str], log: Path, what: str) -> str:
-    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
-    with open(log, "a", encoding="utf-8") as sink:
-        sink.write(f"$ docker {' '.join(args)}\n")
-    try:
-        result = subprocess.run(["docker", *args], capture_output=True, text=True, env=env)
-    except OSError as exc:
-        raise ImageError(f"{what}: could not run `docker {args[0]}`: {exc}; full log: {log}") from exc
-    with open(log, "a", encoding="utf-8") as sink:
-        sink.write(result.stdout + result.stderr)
-    if result.returncode != 0:
-        tail = "\n".join("    " + line for line in (result.stdout + result.stderr).splitlines()[-TAIL_LINES:])
-        raise ImageError(f"{what}: `docker {' '.join(args[:1])}` failed (exit {result.returncode}); its last lines:\n"
-                         f"{tail}\n  full log: {log}")
-    return result.stdout
+                     f"{digests or 'none'}); full log: {log}")
 
 
 def proxy_tag(registry: str) -> str:
@@ -105,23 +94,24 @@ def proxy_tag(registry: str) -> str:
 
 def build_proxy_image(registry: str, base: str, log: Path) -> PushedImage:
     """proxy/Dockerfile from the repository root, on the same base image as the models."""
-    return build_and_push(ROOT, ROOT / "proxy" / "Dockerfile", proxy_tag(registry), log, "proxy image",
-                          build_args=[f"BASE_IMAGE={base}"])
+    return build_and_push(ROOT, "proxy/Dockerfile", proxy_tag(registry), log, "proxy image",
+                          buildargs={"BASE_IMAGE": base})
 
 
 class ImageStep:
     """Whether this `factory build` makes images, and making them: each model's, and the proxy's."""
 
     def __init__(self, catalog, state, enabled: bool):
-        from factory.engine import docker_host, engine_answers
+        from factory.engine import docker_host
 
         self.catalog, self.state = catalog, state
         self.registry = image_registry(catalog.kubernetes.image_registry)
         self.port = catalog.kubernetes.service_port
+        reason = dockerapi.unreachable() if enabled else ""
         if not enabled:
             self.skipped = "--no-image given"
-        elif not engine_answers():
-            self.skipped = f"no Docker engine answers at {docker_host() or 'the default socket'}"
+        elif reason:
+            self.skipped = f"no Docker engine answers at {docker_host() or 'the default socket'} ({reason})"
         else:
             self.skipped = ""
         self._base = ""
@@ -151,8 +141,7 @@ class ImageStep:
         context = model_context(Path(record.bento_export), self.state.image_context(model.name),
                                 model_dockerfile(model.name, self.base(), self.port))
         try:
-            pushed = build_and_push(context, context / "Dockerfile", record.image, self.state.image_log(model.name),
-                                    what)
+            pushed = build_and_push(context, "Dockerfile", record.image, self.state.image_log(model.name), what)
         finally:
             shutil.rmtree(context, ignore_errors=True)
         return {"image_ref": pushed.reference, "image_size_bytes": pushed.size_bytes,

@@ -112,6 +112,7 @@ def model_manifests(model: ModelSpec, settings: KubernetesSettings, image: Optio
         "model": model,
         "autoscaling": autoscaling_for(model, capacity),
         "image": image,
+        "pull_secrets": settings.image_pull_secrets,
         "port": settings.service_port,
         **_container_resources(model.resources, sizing),
     }
@@ -138,6 +139,7 @@ def proxy_manifests(settings: KubernetesSettings, image: Optional[str], routes_s
         # Model pods never carry component=proxy, so this cannot select one whatever a model is called.
         "selector": {"app.kubernetes.io/name": PROXY_NAME, "app.kubernetes.io/component": "proxy"},
         "image": image,
+        "pull_secrets": settings.image_pull_secrets,
         "port": PROXY_PORT,
         "configmaps": {name: f"{name.removeprefix(PROXY_NAME + '-')}.yaml" for name in shards},
         "routes_dir": ROUTES_DIR,

@@ -131,8 +131,10 @@ def child_pipeline(catalog: Catalog, source: str = "models.yaml", changes: Optio
     env = env or environment()
     jobs = model_jobs(m for m in catalog.models if changes is None or m.name in changes.models)
     kept = dict(changes.kept_versions) if changes else {}
+    # Jobs that build images (a model's build job, an apply that builds the proxy) get the engine service.
+    image_job = [".factory-job", ".image-engine"] if catalog.pipeline.docker_service else ".factory-job"
     context = dict(catalog_file=source, deploy=deploy, max_needs=MAX_NEEDS, settings=catalog.pipeline,
-                   proxy=changes is None or changes.proxy, pinned=kept_versions_text(pinned or {}),
+                   image_job=image_job, proxy=changes is None or changes.proxy, pinned=kept_versions_text(pinned or {}),
                    scope=changes.reason if changes else f"all {len(catalog.models)} models")
     parts = shards(jobs, catalog.pipeline.models_per_child)
     if not parts:

@@ -40,6 +40,15 @@ class Settings:
     pinned_versions: str = _env(PINNED_VERSIONS_ENV, "alias models at a fixed registry version, as "
                                                      "`name=version ...` (set by a sharded child pipeline: "
                                                      "its render job resolved them)")
+    base_rootfs: Optional[str] = _env("FACTORY_BASE_ROOTFS", "a public image to pull as the base image's Debian "
+                                                             "root instead of debootstrapping one (the GitLab "
+                                                             "build jobs set it from pipeline.base_rootfs)")
+    ci_registry: Optional[str] = _env("CI_REGISTRY", "GitLab's container registry: image pushes to it authenticate "
+                                                     "with the two below (predefined in jobs)")
+    ci_registry_user: Optional[str] = _env("CI_REGISTRY_USER", "the user image pushes to CI_REGISTRY authenticate as "
+                                                               "(predefined in jobs)")
+    ci_registry_password: Optional[str] = _env("CI_REGISTRY_PASSWORD", "CI_REGISTRY_USER's password, the job's "
+                                                                       "token (predefined in jobs)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -50,7 +59,9 @@ class Settings:
                    runtime_home=Path(values["runtime_home"]) if values["runtime_home"] else None,
                    proxy_image=values["proxy_image"], image_registry=values["image_registry"],
                    pinned_versions=values["pinned_versions"] or "",
-                   docker_host=values["docker_host"])
+                   docker_host=values["docker_host"], base_rootfs=values["base_rootfs"],
+                   ci_registry=values["ci_registry"], ci_registry_user=values["ci_registry_user"],
+                   ci_registry_password=values["ci_registry_password"])
 
 
 # Read by click as option defaults (cli.py uses these names), listed here so one module names every variable.

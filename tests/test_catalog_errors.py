@@ -97,6 +97,13 @@ CASES = [
         models:
           - {name: m_a, version: 1, endpoint: p}
         """, ["models.yaml:2:31: defaults.serving.allow_non_finite: must be true or false (got 'yes')"]),
+    ("image pull secret that is no Secret name", """\
+        kubernetes:
+          image_pull_secrets: [GitLab_Registry]
+        models:
+          - {name: m_a, version: 1, endpoint: p}
+        """, ["models.yaml:2:24: kubernetes.image_pull_secrets[0]: must be a Secret's name: a DNS-1123 subdomain "
+              "(lowercase letters, digits, '-' and '.', at most 253 characters); got 'GitLab_Registry'"]),
     ("gpu_type without gpu", """\
         - {name: m_a, version: 1, endpoint: p, resources: {gpu_type: nvidia-tesla-t4}}
         """, ["models.yaml:1:51: models[0].resources: gpu_type is set but gpu is 0; set gpu: 1 (or more) "

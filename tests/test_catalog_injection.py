@@ -54,13 +54,15 @@ FIELDS = {
     "namespace": lambda v: {"kubernetes": {"namespace": v}, "models": [{"name": "m", "version": 1, "endpoint": "p"}]},
     "image_registry": lambda v: {"kubernetes": {"image_registry": v},
                                  "models": [{"name": "m", "version": 1, "endpoint": "p"}]},
+    "image pull secret": lambda v: {"kubernetes": {"image_pull_secrets": [v]},
+                                    "models": [{"name": "m", "version": 1, "endpoint": "p"}]},
     "sticky header": lambda v: _experiment({"header": v}),
     "sticky field": lambda v: _experiment({"field": v}),
     "experiment name": lambda v: _experiment({"header": "X-User"}, name=v),
 }
 
 # Long or dash-led values are legitimate in a few fields; everything else in HOSTILE never is.
-ALLOWED = {("registry_name", "-leading-dash"), ("alias", "x" * 64), ("registry_name", "x" * 64),
+ALLOWED = {("registry_name", "-leading-dash"), ("alias", "x" * 64), ("image pull secret", "x" * 64), ("registry_name", "x" * 64),
            ("image_registry", "x" * 64), ("sticky header", "x" * 64), ("sticky field", "x" * 64)}
 
 

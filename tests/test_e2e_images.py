@@ -4,7 +4,6 @@ the memory limit their manifests carry, and referenced by digest in those manife
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import yaml
 from kubernetes.utils import parse_quantity
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, FactoryEnv
+from e2e_support.oci import registry_serves
 from factory.golden import sample_requests
 from factory.loadgen import run_load
 from factory.memory import MemoryProfile
@@ -19,8 +19,6 @@ from factory.serve import OOMKilled, container_served
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bento")]
 MODELS = [MIXED_MODEL, ALIAS_MODEL]
-MANIFEST_TYPES = ", ".join(["application/vnd.docker.distribution.manifest.v2+json",
-                            "application/vnd.oci.image.manifest.v1+json"])
 
 
 @pytest.fixture(scope="module")
@@ -38,33 +36,24 @@ def _deployment(env: FactoryEnv, folder: str) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _registry_serves(reference: str) -> bool:
-    host_and_repo, digest = reference.split("@")
-    host, repo = host_and_repo.split("/", 1)
-    request = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{digest}", method="HEAD",
-                                     headers={"Accept": MANIFEST_TYPES})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status == 200 and response.headers["Docker-Content-Digest"] == digest
-
-
 def _container_spec(deployment: dict) -> dict:
     return deployment["spec"]["template"]["spec"]["containers"][0]
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_manifests_reference_pushed_digests_the_registry_serves(imaged: FactoryEnv, model: str) -> None:
+def test_manifests_reference_pushed_digests_theregistry_serves(imaged: FactoryEnv, model: str) -> None:
     record = _record(imaged, model)
     image = _container_spec(_deployment(imaged, record["image"].split("/")[-1].split(":")[0]))["image"]
     assert image == record["image_ref"] and "@sha256:" in image and "unbuilt" not in image
     assert record["image_size_bytes"] > 0
-    assert _registry_serves(image)
+    assert registry_serves(image)
 
 
 def test_proxy_manifest_references_the_pushed_proxy_image(imaged: FactoryEnv) -> None:
     pushed = json.loads((imaged.state / "builds" / "proxy" / "image.json").read_text())
     deployment = _deployment(imaged, "proxy")
     assert _container_spec(deployment)["image"] == pushed["reference"]
-    assert _registry_serves(pushed["reference"])
+    assert registry_serves(pushed["reference"])
 
 
 @pytest.mark.parametrize("model", MODELS)

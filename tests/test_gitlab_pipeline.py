@@ -4,6 +4,7 @@ under gitlab-ci-local with a fresh workspace per job, as merge-request and defau
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import textwrap
@@ -16,6 +17,9 @@ from click.testing import CliRunner
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, ROOT, FactoryEnv
 from e2e_support.gitlab import artifact, artifacts_api, commit, git, run_pipeline, scratch_repository
+from e2e_support.oci import registry_serves
+from factory import engine
+from factory.baseimage import ensure_base_image, recipe_tags
 from factory.catalog import Catalog
 from factory.errors import CatalogError
 from factory.loader import parse_catalog
@@ -85,8 +89,12 @@ def test_parent_and_a_1000_model_child_pass_gitlabs_schema_and_limits(tmp_path: 
     tags = [job["tags"] for jobs in shards.values() for job in jobs.values() if "tags" in job]
     assert tags == [["gpu"]] * 30
     first = shards[shard_names[0]]
-    assert first["build-model-7"]["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
-    assert "services" not in first["test-model-7"]
+    engine = yaml.safe_load(files[shard_names[0]])[".image-engine"]
+    assert engine["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
+    assert [engine["variables"]["DOCKER_HOST"], engine["variables"]["FACTORY_BASE_ROOTFS"]] == [
+        "tcp://docker:2376", "debian:bookworm-20251229-slim"]
+    assert first["build-model-7"]["extends"] == [".factory-job", ".image-engine"]
+    assert first["test-model-7"]["extends"] == ".factory-job"  # no engine: the test job measures host processes
     assert yaml.safe_load(files[shard_names[0]])["variables"]["FACTORY_PINNED_VERSIONS"] == " ".join(
         f"{name}=4" for name in sorted(pinned))
     # A shard applies its own models; only the dispatcher applies the proxy and records the deploy.
@@ -127,7 +135,7 @@ def test_up_to_models_per_child_models_stay_in_one_child(tmp_path: Path) -> None
     ('{image: "Python:3.11 && x"}', "models.yaml:1:19: pipeline.image: must be an image reference such as "
                                     "'python:3.11-bookworm' (lowercase); got 'Python:3.11 && x'"),
     ("{tags: [gpu]}", "models.yaml:1:12: pipeline.tags: unknown key (hint: allowed keys: image, gpu_runner_tags, "
-                      "environment, docker_service, models_per_child)"),
+                      "environment, docker_service, base_rootfs, models_per_child)"),
 ])
 def test_pipeline_settings_never_reach_the_yaml_unchecked(pipeline: str, message: str) -> None:
     with pytest.raises(CatalogError) as error:
@@ -217,9 +225,20 @@ def _edit_catalog(repository: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+def _without_dind(tmp_path: Path) -> Path:
+    """The project in a scratch repository, rendering its child pipeline for runners without Docker-in-Docker:
+    gitlab-ci-local starts a job's `services:` with docker even under its shell executor, and docker:dind
+    cannot be pulled here (the build-job test below runs the dind form, the project's engine standing in)."""
+    repository = scratch_repository(tmp_path / "repo")
+    catalog = repository / "models.yaml"
+    catalog.write_text(catalog.read_text() + "\npipeline: {docker_service: null}\n")
+    commit(repository, "runners without Docker-in-Docker")
+    return repository
+
+
 def _merge_request(tmp_path: Path, factory_env: FactoryEnv, edit) -> tuple[Path, list[str]]:
     """A feature branch off main, then main moves on (another model changes there): MR variables for it."""
-    repository = scratch_repository(tmp_path / "repo")
+    repository = _without_dind(tmp_path)
     base = git(repository, "rev-parse", "HEAD")
     git(repository, "checkout", "-qb", "feature")
     edit(repository)
@@ -298,7 +317,7 @@ def test_a_kubernetes_template_edit_gives_every_model_jobs_and_no_apply(factory_
 @pytest.mark.e2e
 def test_the_default_branch_applies_what_changed_since_the_last_deploy_and_records_it(
         factory_env: FactoryEnv, tmp_path: Path) -> None:
-    repository = scratch_repository(tmp_path / "repo")
+    repository = _without_dind(tmp_path)
     deployed = git(repository, "rev-parse", "HEAD")
     _edit_catalog(repository, "weight: 90}", "weight: 80}")
     _edit_catalog(repository, "weight: 10}", "weight: 20}")
@@ -337,3 +356,48 @@ def test_collect_and_apply_regenerate_only_the_models_whose_artifacts_did_not_ar
         calls = log.read_text().splitlines()
         assert calls[0] == f"fetch-artifacts {fetched[job]}"
         assert calls[1:] == [f"{step} {model.name}" for model in rest for step in ("build", "test", "manifests")]
+
+
+def _path_without_docker(folder: Path, path: str) -> str:
+    """A PATH with every command of `path` except the docker CLI: what a job in pipeline.image has."""
+    folder.mkdir()
+    for directory in filter(os.path.isdir, path.split(os.pathsep)):
+        for entry in os.scandir(directory):
+            link = folder / entry.name
+            if not entry.name.startswith("docker") and not os.path.lexists(link):
+                link.symlink_to(entry.path)
+    return str(folder)
+
+
+@pytest.mark.e2e
+@pytest.mark.xdist_group("registry")  # needs only factory_env and the engine: runs beside the "bento" group
+def test_the_build_job_builds_and_pushes_its_image_to_ci_registry_image_without_a_docker_cli(
+        docker_engine: str, factory_env: FactoryEnv, tmp_path: Path) -> None:
+    """The rendered build job under gitlab-ci-local's shell executor, which ignores `services:`. Emulated:
+    the Docker-in-Docker service (GitLab: tcp://docker:2376 over TLS) is the project's engine on its socket,
+    and the public Debian root (nothing can be pulled here) is the debootstrapped one, already in the engine."""
+    ensure_base_image(progress=lambda line: None)  # a no-op under `make test`, which built it
+    repository = scratch_repository(tmp_path / "repo")
+    catalog = parse_catalog((repository / "models.yaml").read_text(), "models.yaml")
+    child = yaml.safe_load(child_pipeline(catalog)["child-pipeline.yml"])
+    assert child[".image-engine"]["services"] == [{"name": "docker:27.5.1-dind", "alias": "docker"}]
+    assert child[f"build-{MIXED_SLUG}"]["extends"] == [".factory-job", ".image-engine"]
+    del child[".image-engine"]["services"]  # gitlab-ci-local would start it with docker: the engine stands in
+    (repository / "child.yml").write_text(yaml.safe_dump(child, sort_keys=False))
+    env = _env(factory_env, tmp_path)
+    env["PATH"] = _path_without_docker(tmp_path / "bin", env["PATH"])
+    registry_image = f"{docker_engine}/gitlab-ci/project"
+    variables = {"DOCKER_HOST": engine.docker_host() or "unix:///var/run/docker.sock", "DOCKER_TLS_VERIFY": "",
+                 "DOCKER_CERT_PATH": "", "FACTORY_BASE_ROOTFS": recipe_tags()[0], "CI_REGISTRY": docker_engine,
+                 "CI_REGISTRY_IMAGE": registry_image, "CI_REGISTRY_USER": "gitlab-ci-token",
+                 "CI_REGISTRY_PASSWORD": "job-token"}
+    run = run_pipeline(repository, env, "--file", "child.yml", f"build-{MIXED_SLUG}",
+                       *(arg for name, value in variables.items() for arg in ("--variable", f"{name}={value}")))
+    assert run.succeeded, run.output[-6000:]
+    assert run.jobs == {f"build-{MIXED_SLUG}": "PASS"}
+    assert "images skipped" not in run.output and "docker: not found" not in run.output
+    record = json.loads(artifact(repository, f"build-{MIXED_SLUG}",
+                                 f"factory-state/builds/{MIXED_MODEL}/record.json").read_text())
+    assert record["image"].startswith(f"{registry_image}/{MIXED_SLUG}:")
+    assert record["image_ref"].startswith(f"{registry_image}/{MIXED_SLUG}@sha256:")
+    assert registry_serves(record["image_ref"])

@@ -130,6 +130,17 @@ def test_proxy_manifests_mount_every_shard_and_roll_on_change() -> None:
     validate_manifests(files)
 
 
+def test_image_pull_secrets_reach_every_pod() -> None:
+    settings = KubernetesSettings(image_pull_secrets=["gitlab-registry", "mirror.example"])
+    model = model_manifests(spec(), settings, IMAGE, sizing_for(spec(), None))
+    proxy = proxy_manifests(settings, "registry.example.com/model-factory/proxy:1", ["version: 1\nroutes: []\n"])
+    for files, deployment in ((model, DEPLOYMENT), (proxy, "proxy/deployment.yaml")):
+        pod = parsed(files[deployment])["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "gitlab-registry"}, {"name": "mirror.example"}]
+        validate_manifests(files)
+    assert "imagePullSecrets" not in parsed(rendered(spec())[DEPLOYMENT])["spec"]["template"]["spec"]
+
+
 # Mostly text that a `|` block can hold, near its edges: indentation, blank lines, YAML indicators.
 yamlish_lines = st.lists(st.text(alphabet=" ab:-#|>'\"\t\\", max_size=6), max_size=6).map("\n".join)
 routes_texts = st.one_of(st.text(), st.builds(str.__add__, yamlish_lines, st.sampled_from(["", "\n", "\n\n"])))

@@ -185,6 +185,22 @@ def test_json_paths(loc: list, path: str) -> None:
     assert mf_http.json_path(loc) == path
 
 
+@pytest.mark.parametrize("error, message", [
+    ({"type": "missing", "loc": ["inputs"], "msg": "Field required"}, "inputs: Field required" + mf_http.ENVELOPE_HINT),
+    ({"type": "model_type", "loc": [], "msg": "Input should be an object"},
+     "Input should be an object" + mf_http.ENVELOPE_HINT),
+    ({"type": "list_type", "loc": ["inputs"], "msg": "Input should be a valid array"},
+     "inputs: Input should be a valid array" + mf_http.ENVELOPE_HINT),
+    # A row's own problem is the row's: no word about the body's shape.
+    ({"type": "missing", "loc": ["inputs", 0, "distance_km"], "msg": "Field required"},
+     "inputs.0.distance_km: Field required"),
+    ({"type": "too_short", "loc": ["inputs"], "msg": "List should have at least 1 item after validation, not 0"},
+     "inputs: List should have at least 1 item after validation, not 0"),
+])
+def test_a_body_of_the_wrong_shape_is_told_the_right_one(error: dict, message: str) -> None:
+    assert json.loads(mf_http._validation([error]))["error"]["message"] == message
+
+
 def test_bentoml_errors_are_rewritten_into_one_shape() -> None:
     validation = json.dumps({"error": "1 validation error", "detail": [
         {"type": "missing", "loc": ["inputs", 2, "surge multiplier"], "msg": "Field required"}]}).encode()

@@ -138,6 +138,14 @@ def _rewrite(status: int, body: bytes) -> Optional[tuple[int, bytes, list]]:
                               or f"HTTP {status}"), []
 
 
+# The body itself has the wrong shape (not a per-row problem): say what shape it must have. Clients used to
+# `mlflow models serve` send dataframe_split / dataframe_records / instances, which land here.
+ENVELOPE_ERRORS = {"missing", "model_type", "model_attributes_type", "dict_type", "list_type", "extra_forbidden",
+                   "json_invalid", "json_type"}
+ENVELOPE_HINT = ('; send {"inputs": [row, ...]}, one row per prediction (MLflow\'s dataframe_split, '
+                 'dataframe_records and instances bodies are not accepted)')
+
+
 def _validation(errors: list) -> bytes:
     first = errors[0] if isinstance(errors[0], dict) else {}
     loc = list(first.get("loc") or [])
@@ -145,6 +153,8 @@ def _validation(errors: list) -> bytes:
     message = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request body"))
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problems)"
+    if loc in ([], ["inputs"]) and first.get("type") in ENVELOPE_ERRORS:
+        message += ENVELOPE_HINT
     return error_body("invalid_input", message, json_path(loc) if loc else None)
 
 

@@ -1,0 +1,141 @@
+"""The Docker engine through its HTTP API (the `docker` SDK): images need no `docker` CLI, only an engine.
+
+The engine is found as the Docker CLI finds it: $DOCKER_HOST, plus DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for
+an engine behind TLS (GitLab's Docker-in-Docker service). Builds use the engine's classic builder (what the
+build API runs unless asked for BuildKit), so no buildx is needed. Every step streams the engine's output
+into one log; a failed step raises StepFailed with its last lines, never a third-party traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from factory.errors import FactoryError
+
+PROBE_TIMEOUT_S = 10.0
+# Read timeout of a step: a `RUN uv pip install --quiet` can stay silent for minutes.
+STEP_TIMEOUT_S = 3600.0
+TAIL_LINES = 12
+
+
+class StepFailed(FactoryError):
+    """An engine step (build, push, pull, import, inspect) failed; `lines` are the last lines it wrote."""
+
+    def __init__(self, step: str, lines: list[str]):
+        super().__init__(f"the engine's {step} failed")
+        self.step, self.lines = step, lines[-TAIL_LINES:]
+
+
+def _client(timeout_s: float = STEP_TIMEOUT_S):
+    import docker
+
+    return docker.from_env(timeout=timeout_s)
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    import docker
+    import requests
+
+    # ValueError: an answer that is not the JSON the SDK expects (an engine or proxy speaking something else).
+    return docker.errors.DockerException, requests.RequestException, OSError, ValueError
+
+
+def answers(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """The engine answers its API (`/_ping`, after the client negotiated the API version)."""
+    return not unreachable(timeout_s)
+
+
+def unreachable(timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    """Why the engine does not answer, in one line (e.g. a TLS client certificate missing from
+    DOCKER_CERT_PATH: a GitLab runner that does not share /certs/client); "" when it answers."""
+    import docker
+
+    try:
+        return "" if _client(timeout_s).ping() else "its API did not answer /_ping"
+    except docker.errors.TLSParameterError:
+        return ("no TLS client certificate (cert.pem, key.pem, ca.pem) in DOCKER_CERT_PATH; on GitLab the runner must "
+                "share /certs/client with the Docker-in-Docker service (README \"What the GitLab runner needs\")")
+    except _failures() as exc:
+        return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def repository(tag: str) -> tuple[str, Optional[str]]:
+    """`host:5000/a/b:tag` → (`host:5000/a/b`, `tag`); a colon before the last `/` belongs to the host."""
+    name, _, suffix = tag.rpartition(":")
+    return (name, suffix) if name and "/" not in suffix else (tag, None)
+
+
+def build(context: Path, dockerfile: str, tag: str, log: Path, buildargs: Optional[dict[str, str]] = None) -> None:
+    """`docker build --network host -f DOCKERFILE -t TAG CONTEXT` (the context honours its .dockerignore)."""
+    args = " ".join(f"--build-arg {key}={value}" for key, value in sorted((buildargs or {}).items()))
+    _run("build", log, f"build --network host -f {dockerfile} -t {tag} {args} {context}".replace("  ", " "),
+         lambda api: api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs or {},
+                               network_mode="host", rm=True, forcerm=True, decode=True))
+
+
+def push(tag: str, log: Path, auth: Optional[dict[str, str]] = None) -> None:
+    name, version = repository(tag)
+    _run("push", log, f"push {tag}",
+         lambda api: api.push(name, tag=version, stream=True, decode=True, auth_config=auth))
+
+
+def pull(reference: str, log: Path) -> None:
+    _run("pull", log, f"pull {reference}", lambda api: api.pull(reference, stream=True, decode=True))
+
+
+def import_tar(chunks: Iterable[bytes], tag: str, changes: list[str], log: Path) -> None:
+    """`docker import -c CHANGE - TAG` from a stream of tar bytes."""
+    name, version = repository(tag)
+    _run("import", log, f"import -c {' -c '.join(changes)} - {tag}",
+         lambda api: _json_lines(api.import_image(src=chunks, repository=name, tag=version, changes=changes,
+                                                  stream_src=True)))
+
+
+def inspect(tag: str) -> Optional[dict[str, Any]]:
+    """The engine's record of an image (RepoDigests, Size, …), or None when it has no such image."""
+    import docker
+
+    try:
+        return _client(PROBE_TIMEOUT_S).api.inspect_image(tag)
+    except docker.errors.ImageNotFound:
+        return None
+    except _failures() as exc:
+        raise StepFailed("inspect", [f"inspecting {tag}: {exc}"]) from exc
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+
+
+def _run(step: str, log: Path, command: str, call) -> None:
+    """Run one streaming API call, its output appended to `log`; an error in the stream or from the call raises."""
+    written: list[str] = []
+    with open(log, "a", encoding="utf-8") as sink:
+        sink.write(f"$ docker {command}\n")
+
+        def record(text: str) -> None:
+            if not text.strip():
+                return
+            sink.write(text if text.endswith("\n") else text + "\n")
+            written.extend(line for line in text.splitlines() if line.strip())
+
+        try:
+            for chunk in call(_client().api):
+                if "error" in chunk or "errorDetail" in chunk:
+                    record(chunk.get("error") or chunk["errorDetail"].get("message", str(chunk)))
+                    raise StepFailed(step, written)
+                if not chunk.get("progressDetail"):  # byte counters of one layer: the CLI's progress bars
+                    record(_chunk_text(chunk))
+        except _failures() as exc:
+            record(f"{type(exc).__name__}: {exc}")
+            raise StepFailed(step, written) from exc
+
+
+def _chunk_text(chunk: dict) -> str:
+    """A progress message as the CLI prints it: `stream` text of builds, `status` (+ `id`) of pushes and pulls."""
+    if "stream" in chunk:
+        return chunk["stream"]
+    status = chunk.get("status", "")
+    return f"{chunk['id']}: {status}" if chunk.get("id") and status else status or json.dumps(chunk, sort_keys=True)
