@@ -51,7 +51,7 @@ def batch_scheduling() -> None:
     granian reads HTTP on a Rust thread, enters Python on a second thread and runs the app on the
     event-loop thread, so each request wakes one of them from another several times. Under the
     normal policy a woken thread preempts the running one when they share a core, and the GIL
-    hands control straight back: 16 context switches per request at 4 connections (uvicorn: 1) and
+    hands control straight back: 17 context switches per request at 4 connections (uvicorn: 1) and
     most of granian's extra CPU. SCHED_BATCH only turns that wake-up preemption off; CPU shares and
     nice value stay as they were, and no privilege is needed."""
     if not hasattr(os, "SCHED_BATCH"):  # not Linux: no such policy, nothing to change

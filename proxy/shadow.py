@@ -2,8 +2,8 @@
 
 Copies go out after the client's response is written (the next turn of the event loop), so
 neither the client's status nor its latency can depend on a shadow. They use the upstream
-client's callback path, like the primary request: no task or coroutine per copy, which was a
-third of the proxy's own Python time per shadowed request. The in-flight bound keeps a slow
+client's callback path, like the primary request: no task, coroutine or future per copy
+(BENCHMARKS.md, "Proxy"). The in-flight bound keeps a slow
 shadow service from piling up connections and memory in the proxy: over it, copies are dropped.
 """
 
