@@ -11,7 +11,6 @@ connection is closed), the forwarding headers.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import random
 import time
@@ -21,7 +20,7 @@ from typing import Awaitable, Callable, MutableMapping, Optional, Union
 from proxy import errors
 from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError
-from proxy.forward import (UpstreamClient, UpstreamError, UpstreamResponse, request_header_block, resolve,
+from proxy.forward import (UpstreamClient, UpstreamError, UpstreamResponse, request_header_block,
                            response_headers)
 from proxy.metrics import NO_VARIANT, UNKNOWN_ROUTE, ProxyMetrics
 from proxy.reload import RouteStore
@@ -122,9 +121,8 @@ class DataPlane:
         header_block = request_header_block(headers, header_map.get(b"connection"),
                                             client[0].encode("latin-1") if client else None,
                                             scope["scheme"].encode("latin-1"))
-        future = asyncio.get_running_loop().create_future()
-        self._client.send(chosen.target, header_block, body, self._timeout, functools.partial(resolve, future))
-        return self._finish(route, chosen, header_block, body, started, await future)
+        result = await self._client.exchange(chosen.target, header_block, body, self._timeout)
+        return self._finish(route, chosen, header_block, body, started, result)
 
     def _finish(self, route: CompiledRoute, chosen: CompiledVariant, header_block: bytes, body: bytes,
                 started: float, result: Union[UpstreamResponse, UpstreamError]) -> Reply:
