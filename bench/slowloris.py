@@ -4,8 +4,8 @@
 
 Same setup as bench/proxy.py (upstream, nginx reference and `python -m proxy` on CPU 1; wrk on
 CPU 0). Each round measures both proxies without and with an attacker process (also on CPU 0)
-that keeps `--slow` connections open, half dripping a header section and half a body, one
-byte every 0.5 s, reconnecting whenever the proxy cuts one off. Rounds are interleaved.
+that keeps `--slow` connections open to the benchmarked route, half dripping a header section and
+half a body, one byte every 0.5 s, reconnecting whenever the proxy cuts one off. Rounds are interleaved.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ async def _attack(port: int, count: int, seconds: float) -> None:
     async def keep_one(kind: str) -> None:
         while (left := deadline - time.monotonic()) > 0:
             try:
-                await slow_client(port, kind, 0.5, left)
+                await slow_client(port, kind, 0.5, left, path=ROUTE.encode())
             except OSError:
                 await asyncio.sleep(0.05)
 

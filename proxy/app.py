@@ -45,8 +45,7 @@ def create_app(settings: ProxySettings) -> DataPlane:
             if watcher is not None:
                 watcher.cancel()
             store.stop_listening(loop)
-            await shadows.close()
-            client.close()
+            client.close()  # shadow copies still in flight are not waited for: they are only counted
 
     control = FastAPI(title="Model Factory proxy", summary="Control endpoints; model routes are POST <route path>",
                       lifespan=lifespan)

@@ -11,7 +11,6 @@ connection is closed), the forwarding headers.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import random
 import time
@@ -19,8 +18,9 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, MutableMapping, Optional, Union
 
 from proxy import errors
+from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError
-from proxy.forward import (UpstreamClient, UpstreamError, UpstreamResponse, request_header_block, resolve,
+from proxy.forward import (UpstreamClient, UpstreamError, UpstreamResponse, request_header_block,
                            response_headers)
 from proxy.metrics import NO_VARIANT, UNKNOWN_ROUTE, ProxyMetrics
 from proxy.reload import RouteStore
@@ -82,7 +82,7 @@ class DataPlane:
         self._shadows = shadows
         self._metrics = metrics
         self._timeout = settings.upstream_timeout_s
-        self._body_timeout = settings.body_timeout_s
+        self._body_deadlines = Deadlines(settings.body_timeout_s)
         self._force_name = settings.force_variant_header
         self._force_header = self._force_name.lower().encode("ascii") if self._force_name else None
         self._rng = random.Random()
@@ -121,9 +121,8 @@ class DataPlane:
         header_block = request_header_block(headers, header_map.get(b"connection"),
                                             client[0].encode("latin-1") if client else None,
                                             scope["scheme"].encode("latin-1"))
-        future = asyncio.get_running_loop().create_future()
-        self._client.send(chosen.target, header_block, body, self._timeout, functools.partial(resolve, future))
-        return self._finish(route, chosen, header_block, body, started, await future)
+        result = await self._client.exchange(chosen.target, header_block, body, self._timeout)
+        return self._finish(route, chosen, header_block, body, started, result)
 
     def _finish(self, route: CompiledRoute, chosen: CompiledVariant, header_block: bytes, body: bytes,
                 started: float, result: Union[UpstreamResponse, UpstreamError]) -> Reply:
@@ -183,11 +182,15 @@ class DataPlane:
         declared = dict(headers).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise errors.body_too_large(self.max_body)
+        task = self._body_deadlines.start()
         try:
-            async with asyncio.timeout(self._body_timeout):  # one timer per request, no task per chunk
-                return await self._receive_all(receive)
-        except TimeoutError:
-            raise errors.body_timeout(self._body_timeout) from None
+            return await self._receive_all(receive)
+        except asyncio.CancelledError:
+            if self._body_deadlines.expired(task):
+                raise errors.body_timeout(self._body_deadlines.timeout) from None
+            raise
+        finally:
+            self._body_deadlines.stop(task)
 
     async def _receive_all(self, receive: Receive) -> bytes:
         chunks, size = [], 0

@@ -392,14 +392,13 @@ class UpstreamClient:
         deadline = pool.loop.time() + timeout
         pool.send(head + header_block + b"\r\n" + body, deadline, on_result)
 
-    async def post(self, target: Target, header_block: bytes, body: bytes, timeout: float) -> UpstreamResponse:
-        """`send` for coroutines; raises UpstreamError."""
+    async def exchange(self, target: Target, header_block: bytes, body: bytes,
+                       timeout: float) -> Union[UpstreamResponse, UpstreamError]:
+        """`send` for coroutines: the response, or the UpstreamError that ended the exchange (returned, not
+        raised: raising costs the data plane a traceback object per failed request)."""
         future = asyncio.get_running_loop().create_future()
         self.send(target, header_block, body, timeout, functools.partial(resolve, future))
-        result = await future
-        if isinstance(result, UpstreamError):
-            raise result
-        return result
+        return await future
 
     def retain_only(self, origins: frozenset[tuple[str, str, int]]) -> None:
         """After a reload, drop idle connections to upstreams the table no longer names."""

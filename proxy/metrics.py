@@ -103,6 +103,7 @@ class ProxyMetrics:
                                 ["route", "upstream", "outcome"], registry=r)
         self.shadows_in_flight = Gauge("proxy_shadow_in_flight", "Shadow copies not finished yet.", registry=r,
                                        multiprocess_mode="livesum")
+        self._shadow_outcomes: dict[tuple[str, str, str], Counter] = {}  # labels() takes a lock and builds a key
         self._reloads = Counter("proxy_route_reloads", "Routing table loads by result (ok, error).",
                                 ["result"], registry=r)
         self.routes_loaded = Gauge("proxy_routes_loaded", "Routes in the active table; 0 before the first load.",
@@ -128,7 +129,10 @@ class ProxyMetrics:
         self._upstream_failures.labels(route, variant, kind).inc()
 
     def shadow(self, route: str, upstream: str, outcome: str) -> None:
-        self._shadows.labels(route, upstream, outcome).inc()
+        counter = self._shadow_outcomes.get((route, upstream, outcome))
+        if counter is None:
+            counter = self._shadow_outcomes[(route, upstream, outcome)] = self._shadows.labels(route, upstream, outcome)
+        counter.inc()
 
     def reload(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "error").inc()

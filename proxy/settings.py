@@ -38,6 +38,9 @@ class ProxySettings(BaseModel):
     drain_timeout_s: int = Field(20, ge=1, le=1800, description="on SIGTERM, time in-flight requests get to finish "
                                  "before the proxy exits (the Deployment's grace period covers it)")
     reload_interval_s: float = Field(1.0, ge=0, description="routes file mtime poll; 0 = reload on SIGHUP only")
+    cpu_scheduling: Literal["batch", "normal"] = Field(
+        "batch", description="Linux scheduling policy of the proxy's threads; batch: a thread woken by another does "
+        "not preempt it (README, \"The proxy\")")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **flags: object) -> "ProxySettings":

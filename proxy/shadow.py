@@ -1,16 +1,19 @@
 """Shadow traffic: fire-and-forget copies whose outcomes are only counted.
 
-Copies are sent after the client already has its response, on their own tasks, so neither the
-client's status nor its latency can depend on a shadow. The in-flight bound keeps a slow
-shadow service from piling up tasks and memory in the proxy: over it, copies are dropped.
+Copies go out after the client's response is written (the next turn of the event loop), so
+neither the client's status nor its latency can depend on a shadow. They use the upstream
+client's callback path, like the primary request: no task, coroutine or future per copy
+(BENCHMARKS.md, "Proxy"). The in-flight bound keeps a slow
+shadow service from piling up connections and memory in the proxy: over it, copies are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
-from proxy.forward import UpstreamClient, UpstreamError
+from proxy.forward import Result, UpstreamClient, UpstreamError
 from proxy.metrics import ProxyMetrics
 from proxy.routing import Target
 
@@ -23,36 +26,31 @@ class ShadowSender:
         self._metrics = metrics
         self._limit = limit
         self._timeout = timeout
-        self._tasks: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+        self._in_flight = 0
 
     def submit(self, route: str, targets: tuple[Target, ...], header_block: bytes, body: bytes) -> None:
         loop = asyncio.get_running_loop()
         for target in targets:
-            if len(self._tasks) >= self._limit:
+            if self._in_flight >= self._limit:
                 self._metrics.shadow(route, target.name, "dropped")
                 continue
-            task = loop.create_task(self._send(route, target, header_block, body))
-            self._tasks.add(task)
+            self._in_flight += 1
             self._metrics.shadows_in_flight.inc()  # inc/dec, not set_function: works across worker processes
-            task.add_done_callback(self._done)
+            loop.call_soon(self._send, route, target, header_block, body)
 
-    def _done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        self._metrics.shadows_in_flight.dec()
-
-    async def _send(self, route: str, target: Target, header_block: bytes, body: bytes) -> None:
+    def _send(self, route: str, target: Target, header_block: bytes, body: bytes) -> None:
+        done = functools.partial(self._done, route, target.name)
         try:
-            response = await self._client.post(target, header_block, body, self._timeout)
-        except UpstreamError as exc:
-            outcome = exc.kind
+            self._client.send(target, header_block, body, self._timeout, done)
         except Exception:  # a shadow must never take the proxy down; count and note it
             log.exception("shadow copy to %s for %s failed unexpectedly", target.name, route)
-            outcome = "error"
-        else:
-            outcome = f"{response.status // 100}xx"
-        self._metrics.shadow(route, target.name, outcome)
+            self._finished(route, target.name, "error")
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    def _done(self, route: str, upstream: str, result: Result) -> None:
+        outcome = result.kind if isinstance(result, UpstreamError) else f"{result.status // 100}xx"
+        self._finished(route, upstream, outcome)
+
+    def _finished(self, route: str, upstream: str, outcome: str) -> None:
+        self._in_flight -= 1
+        self._metrics.shadows_in_flight.dec()
+        self._metrics.shadow(route, upstream, outcome)

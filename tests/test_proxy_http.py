@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 from proxy.split import Split, bucket_for_key
@@ -168,6 +170,14 @@ def test_control_endpoints(proxy):
     assert request(proxy.port, "GET", "/openapi.json").status == 200
     reply = request(proxy.port, "POST", "/healthz")
     assert reply.status == 405 and reply.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_every_thread_of_the_proxy_runs_under_sched_batch(proxy):
+    """granian's HTTP and Python-entry threads start after the policy is set and inherit it (proxy/serve.py)."""
+    main = psutil.Process(proxy.process.popen.pid)
+    threads = [t.id for p in [main, *main.children(recursive=True)] for t in p.threads()]
+    assert len(threads) >= 4  # the server, the worker's event loop, its Rust HTTP thread, its Python-entry thread
+    assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_BATCH}
 
 
 def test_metrics_labels_stay_bounded(proxy):

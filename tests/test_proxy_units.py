@@ -13,8 +13,9 @@ import pytest
 from pydantic import ValidationError
 
 from proxy.dataplane import sticky_key
+from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError
-from proxy.forward import UpstreamClient, UpstreamError, UpstreamResponse, request_header_block, response_headers
+from proxy.forward import UpstreamClient, UpstreamResponse, request_header_block, response_headers
 from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore, describe_error
 from proxy.routing import RouteTable, compile_table
@@ -161,8 +162,8 @@ def test_a_request_dropped_unanswered_on_a_reused_connection_is_retried_once():
 
         server, port = await _serve(answer_once_then_drop)
         client = UpstreamClient(4, 1.0, 1024)
-        first = await client.post(_target(port), b"", b"{}", 2.0)
-        second = await client.post(_target(port), b"x-a: 1\r\n", b"{}", 2.0)
+        first = await client.exchange(_target(port), b"", b"{}", 2.0)
+        second = await client.exchange(_target(port), b"x-a: 1\r\n", b"{}", 2.0)
         client.close()
         server.close()
         return first, second, seen
@@ -188,15 +189,14 @@ def test_pool_limit_queues_requests_and_the_deadline_applies():
         server, port = await _serve(slow)
         client = UpstreamClient(1, 1.0, 1024)
         target = _target(port)
-        first = asyncio.ensure_future(client.post(target, b"", b"{}", 5.0))
+        first = asyncio.ensure_future(client.exchange(target, b"", b"{}", 5.0))
         await asyncio.sleep(0.05)
-        with pytest.raises(UpstreamError) as caught:
-            await client.post(target, b"", b"{}", 0.1)  # waits for the single connection, then times out
+        late = await client.exchange(target, b"", b"{}", 0.1)  # waits for the single connection, then times out
         gate.set()
-        results = [await first, await client.post(target, b"", b"{}", 5.0)]
+        results = [await first, await client.exchange(target, b"", b"{}", 5.0)]
         client.close()
         server.close()
-        return caught.value.kind, [r.status for r in results]
+        return late.kind, [r.status for r in results]
 
     assert asyncio.run(scenario()) == ("timeout", [200, 200])
 
@@ -211,7 +211,7 @@ def test_chunked_and_close_delimited_responses_are_read_whole():
 
         server, port = await _serve(reply)
         client = UpstreamClient(1, 1.0, 1024)
-        result = await client.post(_target(port), b"", b"{}", 2.0)
+        result = await client.exchange(_target(port), b"", b"{}", 2.0)
         client.close()
         server.close()
         return result.status, result.body
@@ -234,11 +234,10 @@ def test_a_response_over_the_limit_is_an_error_and_the_connection_is_dropped(res
 
         server, port = await _serve(reply)
         client = UpstreamClient(1, 1.0, 1000)
-        with pytest.raises(UpstreamError) as caught:
-            await client.post(_target(port), b"", b"{}", 2.0)
+        result = await client.exchange(_target(port), b"", b"{}", 2.0)
         client.close()
         server.close()
-        return caught.value.kind
+        return result.kind
 
     assert asyncio.run(scenario()) == "too_large"
 
@@ -289,3 +288,31 @@ def test_edge_settings_out_of_range_are_refused_by_name(flag, value, message):
     with pytest.raises(ValidationError) as caught:
         ProxySettings.from_env({"PROXY_ROUTES": "r.yaml", "PROXY_" + flag.upper(): value})
     assert describe_error(caught.value) == message
+
+
+def test_deadlines_cancel_only_the_reads_still_running_and_not_other_cancellations():
+    deadlines = Deadlines(0.2)
+
+    async def read(start_after: float, lasts: float) -> str:
+        await asyncio.sleep(start_after)
+        task = deadlines.start()
+        try:
+            await asyncio.sleep(lasts)
+            return "done"
+        except asyncio.CancelledError:
+            if deadlines.expired(task):
+                return "timed out"
+            raise
+        finally:
+            deadlines.stop(task)
+
+    async def scenario() -> list:
+        outside = asyncio.ensure_future(read(0, 30))
+        reads = [read(0, 30), read(0.1, 0.01), read(0.1, 30), read(0.15, 0.01), read(0.3, 30)]
+        await asyncio.sleep(0.05)
+        outside.cancel()  # cancelled by someone else before its deadline: not a timeout
+        return [*await asyncio.gather(*reads), *await asyncio.gather(outside, return_exceptions=True)]
+
+    results = asyncio.run(scenario())
+    assert results[:5] == ["timed out", "done", "timed out", "done", "timed out"]
+    assert isinstance(results[5], asyncio.CancelledError)

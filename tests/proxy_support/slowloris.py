@@ -9,8 +9,8 @@ import asyncio
 from dataclasses import dataclass
 
 HOST = "127.0.0.1"
-SLOW_HEAD = b"POST /m HTTP/1.1\r\nHost: slow\r\n"
-SLOW_BODY = b"POST /m HTTP/1.1\r\nHost: slow\r\nContent-Length: 1000\r\n\r\n{"
+SLOW_HEAD = b"POST %s HTTP/1.1\r\nHost: slow\r\n"
+SLOW_BODY = b"POST %s HTTP/1.1\r\nHost: slow\r\nContent-Length: 1000\r\n\r\n{"
 
 
 @dataclass
@@ -20,12 +20,12 @@ class SlowResult:
     closed: bool  # the proxy closed the connection (False: still open at the limit)
 
 
-async def slow_client(port: int, kind: str, drip_every: float, limit: float, opened: asyncio.Event | None = None
-                      ) -> SlowResult:
-    """Open, send the start of a request, then one more byte every `drip_every` s until the
-    proxy closes the connection or `limit` s pass."""
+async def slow_client(port: int, kind: str, drip_every: float, limit: float, opened: asyncio.Event | None = None,
+                      path: bytes = b"/m") -> SlowResult:
+    """Open, send the start of a request for `path` (a route, so that a slow body is read, not
+    refused), then one more byte every `drip_every` s until the proxy closes the connection or `limit` s pass."""
     reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(SLOW_HEAD if kind == "head" else SLOW_BODY)
+    writer.write((SLOW_HEAD if kind == "head" else SLOW_BODY) % path)
     await writer.drain()
     if opened is not None:
         opened.set()
