@@ -3,7 +3,7 @@
 Usage: python -m bench.images [MODEL ...] [--seconds 6]   (default: the two e2e example models)
 Needs `make engine` (Docker engine + registry on 127.0.0.1:5000) and models built with images
 (`make demo`, or `factory build ...` with FACTORY_IMAGE_REGISTRY=127.0.0.1:5000/model-factory).
-For each model, in one run: its image rebuilt cold (`--no-cache`, requirements installed from the index)
+For each model, in one run: its image rebuilt cold (no cache, requirements installed from the index)
 and warm (layer cache: what a second model with the same requirements costs); idle and peak memory of the
 same load served in its container (cgroup working set, `docker stats`) and as a host process tree (RSS).
 """
@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from factory import engine
+from factory import dockerapi, engine
 from factory.golden import sample_requests
 from factory.images import model_context, model_dockerfile
 from factory.baseimage import ensure_base_image
 from factory.loadgen import run_load
 from factory.memory import MIB, MemoryProfile
-from factory.runtime import runtime_python
+from factory.runtime import bento_python
 from factory.serve import container_served, served
 from factory.state import BuildRecord, StateDir
 from factory.tables import table
@@ -35,20 +33,18 @@ IDLE_SECONDS = 3.0
 
 
 def build_times(record: BuildRecord, state: StateDir, base: str) -> tuple[float, float]:
-    """(cold, warm) seconds of `docker build` for this model's image."""
+    """(cold, warm) seconds of this model's image build, through the Engine API as `factory build` does."""
     folder = state.root / "bench-images" / record.model
     context = model_context(Path(record.bento_export), folder / "context", model_dockerfile(record.model, base, 3000))
-    cold_tag, warm_tag = f"{record.image}-bench-cold", f"{record.image}-bench-warm"
-    cold = _timed_build(["--no-cache", "-t", cold_tag, str(context)])
-    warm = _timed_build(["-t", warm_tag, str(context)])
-    _docker(["image", "rm", cold_tag, warm_tag])
-    return cold, warm
-
-
-def _timed_build(args: list[str]) -> float:
-    started = time.monotonic()
-    _docker(["build", "--network", "host", *args])
-    return time.monotonic() - started
+    log = folder / "build.log"
+    log.write_text("", encoding="utf-8")
+    times = []
+    for tag, nocache in ((f"{record.image}-bench-cold", True), (f"{record.image}-bench-warm", False)):
+        started = time.monotonic()
+        dockerapi.build(context, "Dockerfile", tag, log, nocache=nocache)
+        times.append(time.monotonic() - started)
+        dockerapi.remove(tag)
+    return times[0], times[1]
 
 
 def memory_figures(record: BuildRecord, state: StateDir, limit: str, seconds: float) -> dict[str, float]:
@@ -58,7 +54,7 @@ def memory_figures(record: BuildRecord, state: StateDir, limit: str, seconds: fl
     log = state.root / "bench-images" / f"{record.model}.log"
     with container_served(record.image_ref, log, limit) as server, MemoryProfile.of_container(server.container) as memory:
         figures.update(_phases("container", server.url, memory, bodies, seconds))
-    with served(record.bento_tag, log, "single", runtime_python(state.root)) as server, \
+    with served(record.bento_tag, log, "single", bento_python(state, record.model)) as server, \
             MemoryProfile.of_process(server.pid) as memory:
         figures.update(_phases("process", server.url, memory, bodies, seconds))
     return figures
@@ -88,10 +84,6 @@ def registry_bytes(references: list[str]) -> tuple[int, int]:
             blobs[blob["digest"]] = blob["size"]
             naive += blob["size"]
     return sum(blobs.values()), naive
-
-
-def _docker(args: list[str]) -> None:
-    subprocess.run(["docker", *args], check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
 
 
 def main() -> None:

@@ -67,12 +67,27 @@ def repository(tag: str) -> tuple[str, Optional[str]]:
     return (name, suffix) if name and "/" not in suffix else (tag, None)
 
 
-def build(context: Path, dockerfile: str, tag: str, log: Path, buildargs: Optional[dict[str, str]] = None) -> None:
-    """`docker build --network host -f DOCKERFILE -t TAG CONTEXT` (the context honours its .dockerignore)."""
-    args = " ".join(f"--build-arg {key}={value}" for key, value in sorted((buildargs or {}).items()))
+def build(context: Path, dockerfile: str, tag: str, log: Path, buildargs: Optional[dict[str, str]] = None,
+          nocache: bool = False) -> None:
+    """`docker build --network host -f DOCKERFILE -t TAG CONTEXT` (the context honours its .dockerignore);
+    `nocache`: `--no-cache`, every step run again (bench.images times a cold build with it)."""
+    args = " ".join([*(f"--build-arg {key}={value}" for key, value in sorted((buildargs or {}).items())),
+                     *(["--no-cache"] if nocache else [])])
     _run("build", log, f"build --network host -f {dockerfile} -t {tag} {args} {context}".replace("  ", " "),
          lambda api: api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs or {},
-                               network_mode="host", rm=True, forcerm=True, decode=True))
+                               network_mode="host", rm=True, forcerm=True, decode=True, nocache=nocache))
+
+
+def remove(tag: str) -> None:
+    """`docker image rm TAG` (the tag; layers other tags use stay); a tag already gone is fine."""
+    import docker
+
+    try:
+        _client(PROBE_TIMEOUT_S).api.remove_image(tag)
+    except docker.errors.ImageNotFound:
+        return
+    except _failures() as exc:
+        raise StepFailed("image removal", [f"removing {tag}: {exc}"]) from exc
 
 
 def push(tag: str, log: Path, auth: Optional[dict[str, str]] = None) -> None:
