@@ -53,15 +53,9 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
         values = {f.name: environ.get(f.metadata["env"]) or None for f in fields(cls)}
-        return cls(state_dir=Path(values["state_dir"] or STATE_DEFAULT).resolve(),
-                   tracking_uri=values["tracking_uri"],
-                   runtime_python=Path(values["runtime_python"]) if values["runtime_python"] else None,
-                   runtime_home=Path(values["runtime_home"]) if values["runtime_home"] else None,
-                   proxy_image=values["proxy_image"], image_registry=values["image_registry"],
-                   pinned_versions=values["pinned_versions"] or "",
-                   docker_host=values["docker_host"], base_rootfs=values["base_rootfs"],
-                   ci_registry=values["ci_registry"], ci_registry_user=values["ci_registry_user"],
-                   ci_registry_password=values["ci_registry_password"])
+        paths = {name: Path(values[name]) for name in ("runtime_python", "runtime_home") if values[name]}
+        return cls(**{**values, **paths, "state_dir": Path(values["state_dir"] or STATE_DEFAULT).resolve(),
+                      "pinned_versions": values["pinned_versions"] or ""})
 
 
 # Read by click as option defaults (cli.py uses these names), listed here so one module names every variable.

@@ -31,10 +31,9 @@ class FastPredict:
         self.input_model = input_model
         self.submit = submit
         self.path = path
-        self.ready: Optional[Callable] = None  # submit() once it answered: looking it up cost ~2 % of a request
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        submit = self._submitter() if self._ours(scope) else None
+        submit = self.submit() if self._ours(scope) else None
         if submit is None:
             await self.app(scope, receive, send)
             return
@@ -56,11 +55,6 @@ class FastPredict:
             await _answer(send, 200, json.dumps(outputs).encode())
         else:  # a finished response (mf_http.overloaded)
             await outputs(scope, receive, send)
-
-    def _submitter(self) -> Optional[Callable]:
-        if self.ready is None:
-            self.ready = self.submit()
-        return self.ready
 
     def _ours(self, scope: dict) -> bool:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
