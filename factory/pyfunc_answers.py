@@ -26,7 +26,6 @@ def answers(model_dir: str, inputs: list[dict], requests: list[list], mf_inputs:
     """One `{"outputs": [...]}` or `{"error": "Type: message"}` per request. `here`: in the factory's own
     process, where an ImportError means a library missing from it (MissingLibrary), not a model failure."""
     import mlflow.pyfunc
-    import numpy as np
 
     try:
         model = mlflow.pyfunc.load_model(model_dir)
@@ -41,7 +40,7 @@ def answers(model_dir: str, inputs: list[dict], requests: list[list], mf_inputs:
                 # pyfunc hands sklearn a DataFrame; a model fit on plain arrays warns about names, harmlessly.
                 warnings.filterwarnings("ignore", message="X has feature names")
                 batch = mf_inputs.tensor(rows, inputs) if mf_inputs.is_tensor(inputs) else mf_inputs.frame(rows, inputs)
-                found.append({"outputs": np.asarray(model.predict(batch)).tolist()})
+                found.append({"outputs": mf_inputs.as_outputs(model.predict(batch))})
         except ImportError as exc:  # a library imported lazily, at predict time
             if here:
                 raise MissingLibrary(f"{type(exc).__name__}: {exc}") from exc

@@ -251,3 +251,26 @@ def test_datetime_columns_take_iso_strings_only(body: str, error: str) -> None:
     with pytest.raises(ValidationError) as raised:
         row.model_validate_json(body)
     assert raised.value.errors()[0]["type"] == error
+
+
+def test_a_dataframe_of_predictions_answers_named_records_as_mlflow_serve_does() -> None:
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"label": ["hi", "lo"], "score": [0.5, np.nan]})
+    records = mf_inputs.as_outputs(frame)
+    assert records[0] == {"label": "hi", "score": 0.5} and records[1]["label"] == "lo"
+    assert type(records[1]["score"]) is float and math.isnan(records[1]["score"])  # native, for json.dumps
+    assert [mf_inputs.all_finite(row) for row in records] == [True, False]
+    assert mf_inputs.nulled(mf_inputs.as_outputs(frame)) == [{"label": "hi", "score": 0.5}, {"label": "lo", "score": None}]
+    assert mf_inputs.as_outputs(pd.Series([1, 2])) == [1, 2]
+    assert mf_inputs.as_outputs(np.array([[0.25, 0.75]])) == [[0.25, 0.75]]
+
+
+def test_rows_answered_with_nan_fail_alone_when_outputs_are_records() -> None:
+    import pandas as pd
+
+    predictor = _predictor(lambda batch: pd.DataFrame({"score": 1.0 / (batch[:, 0] - 1.0)}))
+    outputs = predictor.predict(_rows([2.0, 1.0]))
+    assert outputs[0] == {"score": 1.0}
+    assert outputs[1][mf_http.FAILURE_MARK.decode()]["code"] == "non_finite_output"

@@ -3,8 +3,9 @@ a numpy array in signature order, a tensor of the declared dtype, or a compiled 
 
 Shared by the served Bento and by `factory build`, which records golden predictions with
 `mlflow.pyfunc` on exactly the frame built here. Copied verbatim into each model's folder.
-Rows are dicts keyed by the MLflow column names; optional columns may be None. Also: how outputs
-with NaN/infinity are found and nulled, alike in both places.
+Rows are dicts keyed by the MLflow column names; optional columns may be None. Also: how a model's
+predictions become one JSON value per row, and how outputs with NaN/infinity are found and nulled,
+alike in both places.
 """
 
 from __future__ import annotations
@@ -94,11 +95,23 @@ def _cell(value: Any, kind: str) -> Any:
     return value
 
 
+def as_outputs(predictions: Any) -> list:
+    """One JSON value per row, as `mlflow models serve` answers: a DataFrame's rows as `{column: value}`
+    records (its column names are the outputs' names), anything else (array, Series, list) row by row."""
+    import numpy as np
+
+    if hasattr(predictions, "columns") and hasattr(predictions, "to_dict"):  # a DataFrame, without importing pandas
+        return predictions.to_dict(orient="records")
+    return np.asarray(predictions).tolist()
+
+
 def all_finite(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, list):
         return all(map(all_finite, value))
+    if isinstance(value, dict):
+        return all(map(all_finite, value.values()))
     return True
 
 
@@ -106,4 +119,6 @@ def nulled(value: Any) -> Any:
     """NaN and infinities as None (JSON has neither), at any depth."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {key: nulled(item) for key, item in value.items()}
     return [nulled(item) for item in value] if isinstance(value, list) else value

@@ -128,7 +128,7 @@ class Predictor:
             batch = mf_inputs.frame(records, self.inputs)
         else:
             batch = mf_inputs.array(records, self.inputs)
-        outputs = np.asarray(self.model.predict(batch)).tolist()
+        outputs = mf_inputs.as_outputs(self.model.predict(batch))
         if not isinstance(outputs, list) or len(outputs) != len(records):
             raise ValueError(f"the model returned {np.shape(outputs)} outputs for {len(records)} rows")
         return outputs
