@@ -357,10 +357,17 @@ def added(samples: Samples, layout: str, name: str, c: int, attr: str) -> float:
     return median(samples[(layout, name, c)], attr) - median(samples[(layout, "direct", c)], attr)
 
 
+def busy(samples: list[Sample]) -> float:
+    """The share of one core the path's own processes used. A paced request cost the Python servers about
+    twice the CPU of a saturated one here (BENCHMARKS.md, "Proxy"), so at the same offered load their core
+    is far busier than nginx's, and queueing drives their p99."""
+    return statistics.median(s.cpu_us_per_req * s.rps / 1e6 for s in samples)
+
+
 def paced_report(samples: Samples, rates: dict[tuple[str, int], float], names: list[str]) -> str:
     """The paced phase: the same offered load on every path of a layout."""
     lines = ["| layout | conns | path | offered req/s | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
-             "| CPU µs/req | errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| CPU µs/req | core busy | errors |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (layout, c), rate in rates.items():
         for name in names:
             s = samples[(layout, name, c)]
@@ -368,7 +375,7 @@ def paced_report(samples: Samples, rates: dict[tuple[str, int], float], names: l
                 f"{added(samples, layout, name, c, 'p50_ms'):+.3f} | {added(samples, layout, name, c, 'p99_ms'):+.3f}")
             lines.append(f"| {layout} | {c} | {name} | {rate:,.0f} | {median(s, 'rps'):,.0f} | "
                          f"{median(s, 'p50_ms'):.3f} | {median(s, 'p99_ms'):.3f} | {extra} | "
-                         f"{median(s, 'cpu_us_per_req'):.0f} | {sum(x.errors for x in s)} |")
+                         f"{median(s, 'cpu_us_per_req'):.0f} | {busy(s):.0%} | {sum(x.errors for x in s)} |")
     return "\n".join(lines)
 
 
