@@ -46,9 +46,20 @@ def frame(rows: list[dict], inputs: list[dict]) -> Any:
         # An integer column with a missing value stays float/object, as MLflow's own schema enforcement keeps it.
         if kind in ("double", "float") or (kind in FRAME_DTYPES and all(row.get(name) is not None for row in rows)):
             columns[name] = np.array(values, dtype=FRAME_DTYPES[kind])
+        elif kind == "datetime":
+            columns[name] = _datetimes(values)
         else:
             columns[name] = values
     return pd.DataFrame(columns, columns=column_names(inputs), index=pd.RangeIndex(len(rows)))
+
+
+def _datetimes(values: list[Any]) -> Any:
+    """MLflow's datetime type is numpy datetime64 without a zone, and its schema check refuses an object
+    column (or a mix of aware and naive values): aware values become UTC, naive ones are taken as UTC,
+    a missing one is NaT. ISO strings (requests as sent, at build time) and datetimes (as validated) alike."""
+    import pandas as pd
+
+    return pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601").dt.tz_localize(None)
 
 
 def array(rows: list[dict], inputs: list[dict]) -> Any:

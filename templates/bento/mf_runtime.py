@@ -42,7 +42,8 @@ def _column_type(spec: dict) -> Any:
     if kind == "string":
         return Annotated[str, Field(strict=True)]
     if kind == "datetime":
-        return datetime.datetime
+        # Strict: an ISO 8601 string only; lax pydantic would also take a number as a Unix time.
+        return Annotated[datetime.datetime, Field(strict=True)]
     if kind == "binary":
         return Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
     raise ValueError(f"column {spec.get('name')!r}: MLflow type {kind!r} is not supported by the generated service")
