@@ -286,25 +286,22 @@ def pin(procs: list[psutil.Process], cpu: str) -> None:
                 os.sched_setaffinity(int(task.name), {int(cpu)})
 
 
-def rounds(targets: Targets, upstream: list[psutil.Process], layouts: list[str], script: Path,
-           think_ms: dict[tuple[str, int], float], runs: int, duration: float) -> Samples:
-    """`runs` interleaved rounds over every layout, connection count (the keys of think_ms) and target."""
+def rounds(targets: Targets, upstream: list[psutil.Process], script: Path, think_ms: dict[tuple[str, int], float],
+           runs: int, duration: float) -> Samples:
+    """`runs` interleaved rounds over every (layout, connection count) in think_ms and every target."""
     samples: Samples = {}
     for round_ in range(runs):
-        for name_of_layout in layouts:
+        for (name_of_layout, connections), think in think_ms.items():
             layout = LAYOUTS[name_of_layout]
             pin(upstream, layout.upstream_cpu)
-            for (layout_name, connections), think in think_ms.items():
-                if layout_name != name_of_layout:
-                    continue
-                for name, (url, procs) in targets.items():
-                    if name != "direct":
-                        pin(procs, layout.proxy_cpu)
-                    sample = run_wrk(url, script, connections, duration, with_children(procs), think, layout.load_cpu)
-                    samples.setdefault((name_of_layout, name, connections), []).append(sample)
-                    print(f"round {round_ + 1} {name_of_layout:<8} c={connections:<3} {'paced ' if think else ''}"
-                          f"{name:<7} {sample.rps:>9.0f} req/s p50 {sample.p50_ms:.3f} ms p99 {sample.p99_ms:.3f} ms "
-                          f"errors {sample.errors}", file=sys.stderr)
+            for name, (url, procs) in targets.items():
+                if name != "direct":
+                    pin(procs, layout.proxy_cpu)
+                sample = run_wrk(url, script, connections, duration, with_children(procs), think, layout.load_cpu)
+                samples.setdefault((name_of_layout, name, connections), []).append(sample)
+                print(f"round {round_ + 1} {name_of_layout:<8} c={connections:<3} {'paced ' if think else ''}"
+                      f"{name:<7} {sample.rps:>9.0f} req/s p50 {sample.p50_ms:.3f} ms p99 {sample.p99_ms:.3f} ms "
+                      f"errors {sample.errors}", file=sys.stderr)
     return samples
 
 
@@ -319,13 +316,13 @@ def measure(args: argparse.Namespace, work: Path) -> tuple[Samples, Samples, dic
         paced_script.write_text(PACED_SCRIPT)
         for url, procs in targets.values():  # warm-up: connection pools, caches, CPU frequency
             run_wrk(url, saturated_script, max(args.connections), 1.0, with_children(procs))
-        saturated = rounds(targets, upstream, args.layouts, saturated_script,
+        saturated = rounds(targets, upstream, saturated_script,
                            {(layout, c): 0.0 for layout in args.layouts for c in args.connections},
                            args.runs, args.duration)
         rates = {(layout, c): args.paced_fraction * min(median(saturated[(layout, name, c)], "rps")
                                                         for name in targets if name != "direct")
                  for layout in args.layouts for c in args.paced_connections if c in args.connections}
-        paced = rounds(targets, upstream, args.layouts, paced_script,
+        paced = rounds(targets, upstream, paced_script,
                        {key: 1000 * key[1] / rate for key, rate in rates.items()}, args.runs, args.duration)
         return saturated, paced, rates
     finally:
@@ -388,6 +385,7 @@ def round_arguments(description: str) -> argparse.ArgumentParser:
 
 
 def goals(saturated: Samples, paced: Samples, rates: dict[tuple[str, int], float], args: argparse.Namespace) -> None:
+    """Issue 13's two bench goals for the first server, per layout (throughput is read from `shared`)."""
     first = args.servers[0]
     for layout in args.layouts:
         ratios = [median(saturated[(layout, first, c)], "rps") / median(saturated[(layout, "nginx", c)], "rps")
