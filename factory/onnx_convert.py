@@ -84,7 +84,10 @@ def _feeds(model: Any, inputs: list[dict], precision: str, by_name: bool) -> tup
     """How rows feed the ONNX inputs: one matrix of every column when all are numbers and the model
     selects none by name; else one input per column, named as the column (a ColumnTransformer picks
     its columns by those names, or by position across the inputs in order)."""
-    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+    if by_name:
+        from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+    else:  # onnxmltools' XGBoost converter checks types against its own classes, refusing skl2onnx's
+        from onnxmltools.convert.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
 
     number = DoubleTensorType if precision == "float64" else FloatTensorType
     if inputs and inputs[0].get("type") == "tensor":

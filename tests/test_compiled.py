@@ -109,6 +109,18 @@ def test_columns_picked_by_name_compile_with_one_input_per_column(tmp_path: Path
     assert [feed[2] for feed in decision.flavor["feeds"]] == [["distance km"], ["hour"], ["segment"]]
 
 
+def test_an_xgboost_sklearn_classifier_compiles_in_single_precision(tmp_path: Path) -> None:
+    """XGBClassifier (the sklearn API) as `mlflow.xgboost` logs it: onnxmltools refused skl2onnx's tensor types."""
+    from xgboost import XGBClassifier
+
+    frame, target = _training()
+    classes = np.digitize(target, [8.0, 14.0])  # three classes
+    model = XGBClassifier(n_estimators=5, max_depth=3).fit(frame[["distance km", "hour"]], classes)
+    decision = _decide(model, DOUBLES, tmp_path, _cases(DOUBLES, model.predict), loader="xgboost")
+    assert decision.compiled, decision.reason
+    assert decision.reason.startswith("ONNX float32 reproduces the registry model on ")
+
+
 def test_a_tolerance_tighter_than_the_compiled_form_falls_back_naming_the_error_and_input(tmp_path: Path) -> None:
     from sklearn.ensemble import GradientBoostingRegressor
 

@@ -267,6 +267,16 @@ def test_a_dataframe_of_predictions_answers_named_records_as_mlflow_serve_does()
     assert mf_inputs.as_outputs(np.array([[0.25, 0.75]])) == [[0.25, 0.75]]
 
 
+def test_a_dict_of_named_arrays_answers_one_record_per_row() -> None:
+    """What an `mlflow.onnx` model's pyfunc predicts: {output name: array}; json.dumps refused the arrays."""
+    import numpy as np
+
+    predictions = {"variable": np.array([[1.5], [2.5]], dtype=np.float32), "label": np.array([0, 1])}
+    records = mf_inputs.as_outputs(predictions)
+    assert records == [{"label": 0, "variable": [1.5]}, {"label": 1, "variable": [2.5]}]
+    assert json.dumps(records) and list(records[0]) == ["label", "variable"]
+
+
 def test_rows_answered_with_nan_fail_alone_when_outputs_are_records() -> None:
     import pandas as pd
 

@@ -96,12 +96,17 @@ def _cell(value: Any, kind: str) -> Any:
 
 
 def as_outputs(predictions: Any) -> list:
-    """One JSON value per row, as `mlflow models serve` answers: a DataFrame's rows as `{column: value}`
-    records (its column names are the outputs' names), anything else (array, Series, list) row by row."""
+    """One JSON value per row: a DataFrame's rows as `{column: value}` records (its column names are the
+    outputs' names), likewise a dict of named arrays (what an ONNX or other tensor model answers; `mlflow
+    models serve` sends those column-wise, one row per answer keeps batches splittable), anything else
+    (array, Series, list) row by row."""
     import numpy as np
 
     if hasattr(predictions, "columns") and hasattr(predictions, "to_dict"):  # a DataFrame, without importing pandas
         return predictions.to_dict(orient="records")
+    if isinstance(predictions, dict):
+        columns = {name: np.asarray(values).tolist() for name, values in sorted(predictions.items())}
+        return [dict(zip(columns, row)) for row in zip(*columns.values())]
     return np.asarray(predictions).tolist()
 
 
