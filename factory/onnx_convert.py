@@ -97,7 +97,7 @@ def _feeds(model: Any, inputs: list[dict], precision: str, by_name: bool) -> tup
         return [["X", precision, None]], [("X", number([None, shape[1]]))]
     names = [spec.get("name", f"c{index}") for index, spec in enumerate(inputs)]
     kinds = [spec["type"] for spec in inputs]
-    if all(kind in NUMERIC for kind in kinds) and not (by_name and hasattr(model, "feature_names_in_")):
+    if all(kind in NUMERIC for kind in kinds) and not (by_name and _picks_columns(model)):
         return [["X", precision, names]], [("X", number([None, len(names)]))]
     if not by_name:
         raise NotConvertible("string input columns (this converter takes numbers only)")
@@ -108,6 +108,15 @@ def _feeds(model: Any, inputs: list[dict], precision: str, by_name: bool) -> tup
     types = [(name, StringTensorType([None, 1]) if kind == "string" else number([None, 1]))
              for name, kind in zip(names, kinds)]
     return feeds, types
+
+
+def _picks_columns(model: Any) -> bool:
+    """Whether a ColumnTransformer inside picks columns by name; any other model fit on a DataFrame
+    (its `feature_names_in_` set) takes one matrix, as skl2onnx converts a bare estimator only so."""
+    from sklearn.compose import ColumnTransformer
+
+    parts = [model, *model.get_params(deep=True).values()] if hasattr(model, "get_params") else [model]
+    return any(isinstance(part, ColumnTransformer) for part in parts)
 
 
 def _sklearn_onnx(model: Any, types: list) -> Any:
