@@ -200,7 +200,9 @@ def _failure_lines(report: TestReport) -> str:
         return f"{report.model}: failed: {report.error}"
     lines = [f"{report.model}: failed (serve log: {report.serve_log})"]
     for failure in report.failures:
+        # The answer says what the model raised; one line, as a body may hold newlines.
         lines += [f"  {failure.kind}: {failure.reason}", f"  request: {failure.request_excerpt[:300]}",
+                  f"  response: {' '.join(failure.response_excerpt.split())[:300]}",
                   f"  replay: {_serve_again(report)} &  # stays up until stopped; it prints its serve log",
                   f"          {failure.replay_curl}", f"  rerun:  {failure.replay_factory}"]
     if report.capacity.failures:
