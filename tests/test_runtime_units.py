@@ -297,6 +297,49 @@ def test_a_dict_of_named_arrays_answers_one_record_per_row() -> None:
     assert json.dumps(records) and list(records[0]) == ["label", "variable"]
 
 
+TRANSFORMER = """
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+class LogFeatures(BaseEstimator, TransformerMixin):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.log(np.asarray(X, dtype="float64"))
+"""
+
+def test_a_native_sklearn_model_imports_its_custom_classes_from_its_code_paths(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipeline with a transformer from code_paths: pyfunc puts them on sys.path, the native loader must too."""
+    import mlflow.sklearn
+    import numpy as np
+    import pandas as pd
+    import yaml
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+
+    from factory.registry import _flavor
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "sweep_log_features.py").write_text(TRANSFORMER)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    from sweep_log_features import LogFeatures
+
+    frame = pd.DataFrame({"p": np.linspace(1.0, 100.0, 20)})
+    model = make_pipeline(LogFeatures(), LinearRegression()).fit(frame, np.log(frame["p"]))
+    mlflow.sklearn.save_model(model, str(tmp_path / "model"), serialization_format="skops",
+                              code_paths=[str(tmp_path / "src" / "sweep_log_features.py")],
+                              skops_trusted_types=["sweep_log_features.LogFeatures"], pip_requirements=["scikit-learn"])
+    flavor = _flavor(yaml.safe_load((tmp_path / "model" / "MLmodel").read_text())["flavors"])
+    assert (flavor["loader"], flavor["code"]) == ("skops", "code")
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(tmp_path / "src")])
+    monkeypatch.delitem(sys.modules, "sweep_log_features")  # as in a fresh serving process
+    loaded = mf_flavors.load(tmp_path / "model", flavor)  # the module only under the model's code/
+    assert loaded.predict(pd.DataFrame({"p": [1.0, 10.0]})).tolist() == pytest.approx([0.0, math.log(10.0)], abs=1e-9)
+    assert sys.modules["sweep_log_features"].__file__ == str(tmp_path / "model" / "code" / "sweep_log_features.py")
+
+
 def test_rows_answered_with_nan_fail_alone_when_outputs_are_records() -> None:
     import pandas as pd
 
