@@ -102,7 +102,8 @@ def _column(index: int, spec: dict) -> Column:
     if not isinstance(name, str):
         raise ServeError(f"input column {index} has a name that is not a string: {name!r}")
     if type_name not in COLUMN_TYPES:
-        raise ServeError(f"input column {name!r} has unsupported type {type_name!r} "
+        which = repr(name) if spec.get("name") else f"{index} (unnamed)"
+        raise ServeError(f"input column {which} has unsupported type {type_name!r} "
                          f"(supported: {', '.join(COLUMN_TYPES)})")
     return Column(name, type_name, required=spec.get("required", True) is not False)
 

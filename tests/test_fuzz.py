@@ -92,6 +92,9 @@ def test_accepts_the_dict_form_and_the_parsed_inputs_list_alike():
      "integer, long, string)"),
     ([{"type": "double", "name": "c1"}, {"type": "double"}], "input column 'c1' appears more than once"),
     ([{"type": "double", "name": 7}], "input column 0 has a name that is not a string: 7"),
+    ([{"type": "object", "properties": {"zone": {"type": "string"}}}],  # a type-hinted list[pydantic model]
+     "input column 0 (unnamed) has unsupported type 'object' (supported: binary, boolean, datetime, double, float, "
+     "integer, long, string)"),
     ([{"type": "double", "name": "a"}, {"type": "long", "name": "a"}], "input column 'a' appears more than once"),
     ([{"type": "tensor", "tensor-spec": {"dtype": "object", "shape": [-1]}}],
      "the tensor input has unsupported dtype 'object' (supported: bool, float16, float32, float64, int16, int32, "
