@@ -1,12 +1,23 @@
 """Benchmark the proxy against nginx, both in front of the same fast upstream.
 
     .venv/bin/python -m bench.proxy [--duration 5] [--runs 3] [--connections 4 16] [--servers proxy uvicorn]
+                                    [--layouts shared own-core]
 
-wrk runs pinned to CPU 0; the upstream (nginx `return 200`), the reference proxy (nginx with
-`split_clients` and a keepalive upstream) and our proxy run pinned to CPU 1. Each round measures
-direct → upstream, nginx → upstream, the proxy (`python -m proxy`, granian) → upstream and the
-same app on uvicorn + httptools; rounds are interleaved so drift on a shared machine hits all
-alike, and the table reports medians over rounds.
+Each round measures direct → upstream, nginx → upstream, the proxy (`python -m proxy`, granian) →
+upstream and the same app on uvicorn + httptools; rounds are interleaved so drift on a shared
+machine hits all alike, and the tables report medians over rounds.
+
+Two placements of the same processes on the 2 CPUs (`--layouts`), every proxy (nginx, ours,
+uvicorn) placed alike:
+- `shared` (the original one): wrk on CPU 0; the upstream (nginx `return 200`, which also answers
+  the shadow copies) and the proxy under test on CPU 1. The proxy then waits for the CPU while the
+  very upstream it forwards to answers (twice per request: primary and shadow), so its added latency
+  is partly core sharing: nginx-as-proxy adds +1.2 ms at p99 this way on the quiet machine.
+- `own-core`: the proxy under test alone on CPU 1, wrk and the upstream on CPU 0; the direct path is
+  wrk + upstream on CPU 0 too. A proxy is its own Deployment, scheduled on its own CPU, so this is
+  the layout closer to what "added latency" means in production. Both layouts' figures are printed
+  side by side; neither replaces the other, and the throughput goal is read from `shared` as before.
+
 Both proxies do the same work: a 90/10 split keyed on the X-User header (100 users), a copy of
 every request to a shadow upstream (nginx: `mirror`) and a variant response header; the proxy
 also counts every request in /metrics.
@@ -15,7 +26,8 @@ Two phases. Saturated: wrk sends as fast as answers come back; it gives throughp
 context switches per request. Its latencies are mostly queueing (a closed loop at full load has
 latency = connections / throughput), so the added latency is measured in a second, paced phase:
 every path gets the same offered load, `--paced-fraction` of the slowest proxy's saturated
-throughput, each connection waiting an exponentially distributed think time between requests.
+throughput in that layout (the same rule in both), each connection waiting an exponentially
+distributed think time between requests.
 """
 
 from __future__ import annotations
@@ -45,6 +57,17 @@ REPO = Path(__file__).resolve().parents[1]
 BODY = '{"user_id": "u1", "rows": [{"sepal_length": 5.1, "sepal_width": 3.5}]}'
 ROUTE = "/models/bench"
 LOAD_CPU, SERVER_CPU = "0", "1"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which CPU wrk, the upstream and the proxy under test run on (module docstring)."""
+    load_cpu: str
+    upstream_cpu: str
+    proxy_cpu: str
+
+
+LAYOUTS = {"shared": Layout(LOAD_CPU, SERVER_CPU, SERVER_CPU), "own-core": Layout(LOAD_CPU, LOAD_CPU, SERVER_CPU)}
 
 
 def free_port() -> int:
@@ -187,9 +210,9 @@ def context_switches(procs: list[psutil.Process]) -> int:
 
 
 def run_wrk(url: str, script: Path, connections: int, duration: float, cpu_of: list[psutil.Process],
-            think_ms: float = 0.0) -> Sample:
+            think_ms: float = 0.0, load_cpu: str = LOAD_CPU) -> Sample:
     before, switches = sum(sum(p.cpu_times()[:2]) for p in cpu_of), context_switches(cpu_of)
-    out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
+    out = subprocess.run(["taskset", "-c", load_cpu, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
                           "--latency", "-s", str(script), url, "--", f"{think_ms:.3f}"],
                          capture_output=True, text=True, check=True).stdout
     cpu = sum(sum(p.cpu_times()[:2]) for p in cpu_of) - before
@@ -228,11 +251,12 @@ class Servers:
 
 
 Targets = dict[str, tuple[str, list[psutil.Process]]]
-Samples = dict[tuple[str, int], list[Sample]]
+Samples = dict[tuple[str, str, int], list[Sample]]  # (layout, path, connections) -> one sample per round
 
 
-def start_targets(servers: Servers, work: Path, names: list[str]) -> Targets:
-    """direct (the upstream itself), nginx and each server in `names`: URL and processes to account."""
+def start_targets(servers: Servers, work: Path, names: list[str]) -> tuple[Targets, list[psutil.Process]]:
+    """direct (the upstream itself), nginx and each server in `names`: URL and processes to account;
+    and the upstream's processes."""
     up_port, ref_port = free_port(), free_port()
     upstream = servers.nginx("upstream", upstream_http(up_port))
     reference = servers.nginx("reference", reference_proxy_http(ref_port, up_port))
@@ -246,43 +270,60 @@ def start_targets(servers: Servers, work: Path, names: list[str]) -> Targets:
         targets[name] = (f"http://127.0.0.1:{port}{ROUTE}", [servers.start(SERVERS[name](port), env)])
     for url, _ in targets.values():
         wait_port(int(url.split(":")[2].split("/")[0]))
-    return targets
+    return targets, [upstream]
 
 
 def with_children(procs: list[psutil.Process]) -> list[psutil.Process]:
     return [q for p in procs for q in [p, *p.children(recursive=True)]]
 
 
-def rounds(targets: Targets, script: Path, think_ms: dict[int, float], runs: int, duration: float) -> Samples:
-    """`runs` interleaved rounds over every connection count (the keys of think_ms) and target."""
+def pin(procs: list[psutil.Process], cpu: str) -> None:
+    """Move every thread of these processes (and their children) to `cpu`; threads started later
+    inherit it. taskset at start only moves the first thread of each."""
+    for proc in with_children(procs):
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended in between
+                os.sched_setaffinity(int(task.name), {int(cpu)})
+
+
+def rounds(targets: Targets, upstream: list[psutil.Process], script: Path, think_ms: dict[tuple[str, int], float],
+           runs: int, duration: float) -> Samples:
+    """`runs` interleaved rounds over every (layout, connection count) in think_ms and every target."""
     samples: Samples = {}
     for round_ in range(runs):
-        for connections, think in think_ms.items():
+        for (name_of_layout, connections), think in think_ms.items():
+            layout = LAYOUTS[name_of_layout]
+            pin(upstream, layout.upstream_cpu)
             for name, (url, procs) in targets.items():
-                sample = run_wrk(url, script, connections, duration, with_children(procs), think)
-                samples.setdefault((name, connections), []).append(sample)
-                print(f"round {round_ + 1} c={connections:<3} {'paced ' if think else ''}{name:<7} "
-                      f"{sample.rps:>9.0f} req/s p50 {sample.p50_ms:.3f} ms p99 {sample.p99_ms:.3f} ms "
+                if name != "direct":
+                    pin(procs, layout.proxy_cpu)
+                sample = run_wrk(url, script, connections, duration, with_children(procs), think, layout.load_cpu)
+                samples.setdefault((name_of_layout, name, connections), []).append(sample)
+                print(f"round {round_ + 1} {name_of_layout:<8} c={connections:<3} {'paced ' if think else ''}"
+                      f"{name:<7} {sample.rps:>9.0f} req/s p50 {sample.p50_ms:.3f} ms p99 {sample.p99_ms:.3f} ms "
                       f"errors {sample.errors}", file=sys.stderr)
     return samples
 
 
-def measure(args: argparse.Namespace, work: Path) -> tuple[Samples, Samples, dict[int, float]]:
-    """Saturated rounds, then paced rounds (direct, nginx and the first server) at the offered rates returned."""
+def measure(args: argparse.Namespace, work: Path) -> tuple[Samples, Samples, dict[tuple[str, int], float]]:
+    """Saturated rounds, then paced rounds of every path at the offered rates returned (per layout and
+    connection count: `--paced-fraction` of that layout's slowest proxy's saturated rate)."""
     servers = Servers(work)
     try:
-        targets = start_targets(servers, work, args.servers)
+        targets, upstream = start_targets(servers, work, args.servers)
         saturated_script, paced_script = work / "post.lua", work / "paced.lua"
         saturated_script.write_text(WRK_SCRIPT)
         paced_script.write_text(PACED_SCRIPT)
         for url, procs in targets.values():  # warm-up: connection pools, caches, CPU frequency
             run_wrk(url, saturated_script, max(args.connections), 1.0, with_children(procs))
-        saturated = rounds(targets, saturated_script, dict.fromkeys(args.connections, 0.0), args.runs, args.duration)
-        rates = {c: args.paced_fraction * min(median(saturated[(name, c)], "rps") for name in targets if name != "direct")
-                 for c in args.paced_connections if c in args.connections}
-        paced_targets = {name: targets[name] for name in ("direct", "nginx", args.servers[0])}
-        paced = rounds(paced_targets, paced_script, {c: 1000 * c / rate for c, rate in rates.items()}, args.runs,
-                       args.duration)
+        saturated = rounds(targets, upstream, saturated_script,
+                           {(layout, c): 0.0 for layout in args.layouts for c in args.connections},
+                           args.runs, args.duration)
+        rates = {(layout, c): args.paced_fraction * min(median(saturated[(layout, name, c)], "rps")
+                                                        for name in targets if name != "direct")
+                 for layout in args.layouts for c in args.paced_connections if c in args.connections}
+        paced = rounds(targets, upstream, paced_script,
+                       {key: 1000 * key[1] / rate for key, rate in rates.items()}, args.runs, args.duration)
         return saturated, paced, rates
     finally:
         servers.stop()
@@ -292,35 +333,46 @@ def median(samples: list[Sample], attr: str) -> float:
     return statistics.median(getattr(s, attr) for s in samples)
 
 
-def report(samples: Samples, connections: list[int], names: list[str]) -> str:
+def report(samples: Samples, layouts: list[str], connections: list[int], names: list[str]) -> str:
     """The saturated phase: throughput and what each request cost the server's processes."""
-    lines = ["| conns | path | req/s | p50 ms | p99 ms | CPU µs/req | ctx switches/req | req/s vs nginx | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for c in connections:
-        nginx = samples[("nginx", c)]
-        for name in names:
-            s = samples[(name, c)]
-            ratio = "—" if name == "direct" else f"{median(s, 'rps') / median(nginx, 'rps'):.2f}"
-            lines.append(f"| {c} | {name} | {median(s, 'rps'):,.0f} | {median(s, 'p50_ms'):.3f} | "
-                         f"{median(s, 'p99_ms'):.3f} | {median(s, 'cpu_us_per_req'):.0f} | "
-                         f"{median(s, 'switches_per_req'):.1f} | {ratio} | {sum(x.errors for x in s)} |")
+    lines = ["| layout | conns | path | req/s | p50 ms | p99 ms | CPU µs/req | ctx switches/req | req/s vs nginx "
+             "| errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for layout in layouts:
+        for c in connections:
+            nginx = samples[(layout, "nginx", c)]
+            for name in names:
+                s = samples[(layout, name, c)]
+                ratio = "—" if name == "direct" else f"{median(s, 'rps') / median(nginx, 'rps'):.2f}"
+                lines.append(f"| {layout} | {c} | {name} | {median(s, 'rps'):,.0f} | {median(s, 'p50_ms'):.3f} | "
+                             f"{median(s, 'p99_ms'):.3f} | {median(s, 'cpu_us_per_req'):.0f} | "
+                             f"{median(s, 'switches_per_req'):.1f} | {ratio} | {sum(x.errors for x in s)} |")
     return "\n".join(lines)
 
 
-def paced_report(samples: Samples, rates: dict[int, float]) -> str:
-    """The paced phase: the same offered load on every path; added = that path's percentile minus direct's."""
-    lines = ["| conns | path | offered req/s | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for c, rate in rates.items():
-        direct = samples[("direct", c)]
-        for (name, conns), s in samples.items():
-            if conns != c:
-                continue
-            added = "— | —" if name == "direct" else (
-                f"{median(s, 'p50_ms') - median(direct, 'p50_ms'):+.3f} | "
-                f"{median(s, 'p99_ms') - median(direct, 'p99_ms'):+.3f}")
-            lines.append(f"| {c} | {name} | {rate:,.0f} | {median(s, 'rps'):,.0f} | {median(s, 'p50_ms'):.3f} | "
-                         f"{median(s, 'p99_ms'):.3f} | {added} | {sum(x.errors for x in s)} |")
+def added(samples: Samples, layout: str, name: str, c: int, attr: str) -> float:
+    """A path's percentile minus the direct path's, same layout, connections and phase."""
+    return median(samples[(layout, name, c)], attr) - median(samples[(layout, "direct", c)], attr)
+
+
+def busy(samples: list[Sample]) -> float:
+    """The share of one core the path's own processes used. A paced request cost the Python servers about
+    twice the CPU of a saturated one here (BENCHMARKS.md, "Proxy"), so at the same offered load their core
+    is far busier than nginx's, and queueing drives their p99."""
+    return statistics.median(s.cpu_us_per_req * s.rps / 1e6 for s in samples)
+
+
+def paced_report(samples: Samples, rates: dict[tuple[str, int], float], names: list[str]) -> str:
+    """The paced phase: the same offered load on every path of a layout."""
+    lines = ["| layout | conns | path | offered req/s | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
+             "| CPU µs/req | core busy | errors |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (layout, c), rate in rates.items():
+        for name in names:
+            s = samples[(layout, name, c)]
+            extra = "— | —" if name == "direct" else (
+                f"{added(samples, layout, name, c, 'p50_ms'):+.3f} | {added(samples, layout, name, c, 'p99_ms'):+.3f}")
+            lines.append(f"| {layout} | {c} | {name} | {rate:,.0f} | {median(s, 'rps'):,.0f} | "
+                         f"{median(s, 'p50_ms'):.3f} | {median(s, 'p99_ms'):.3f} | {extra} | "
+                         f"{median(s, 'cpu_us_per_req'):.0f} | {busy(s):.0%} | {sum(x.errors for x in s)} |")
     return "\n".join(lines)
 
 
@@ -332,10 +384,27 @@ def round_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def goals(saturated: Samples, paced: Samples, rates: dict[tuple[str, int], float], args: argparse.Namespace) -> None:
+    """Issue 13's two bench goals for the first server, per layout (throughput is read from `shared`)."""
+    first = args.servers[0]
+    for layout in args.layouts:
+        ratios = [median(saturated[(layout, first, c)], "rps") / median(saturated[(layout, "nginx", c)], "rps")
+                  for c in args.connections]
+        print(f"goal: {first}/nginx throughput >= 0.50 ({layout}): {min(ratios):.2f} "
+              f"({'met' if min(ratios) >= 0.5 else 'NOT met'})")
+    for layout in args.layouts:
+        if (layout, 16) in rates:
+            ours, nginx = (added(paced, layout, name, 16, "p99_ms") for name in (first, "nginx"))
+            print(f"goal: added p99 <= 1 ms at 16 connections (paced, {layout}): {ours:.2f} ms, nginx's {nginx:.2f} "
+                  f"ms ({'met' if ours <= 1 else 'NOT met'})")
+
+
 def main() -> int:
     parser = round_arguments(__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--servers", nargs="+", choices=sorted(SERVERS), default=["proxy", "uvicorn"])
+    parser.add_argument("--layouts", nargs="+", choices=sorted(LAYOUTS), default=["shared", "own-core"],
+                        help="CPU placements to measure (module docstring)")
     parser.add_argument("--paced-connections", type=int, nargs="*", default=[16],
                         help="connection counts (of --connections) also measured paced; none: skip that phase")
     parser.add_argument("--paced-fraction", type=float, default=0.5,
@@ -351,20 +420,19 @@ def main() -> int:
     print(f"load average before: {os.getloadavg()[0]:.1f} (2 cores; above ~1 the machine is shared)")
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as work:
         saturated, paced, rates = measure(args, Path(work))
-    print(f"\nmedians of {args.runs} runs x {args.duration:g} s, wrk -t1 on CPU {LOAD_CPU}, "
-          f"servers on CPU {SERVER_CPU}\n\nsaturated (wrk as fast as answers come):\n")
-    print(report(saturated, args.connections, list(dict.fromkeys(name for name, _ in saturated))))
-    first = args.servers[0]
-    ratios = [median(saturated[(first, c)], "rps") / median(saturated[("nginx", c)], "rps") for c in args.connections]
+    names = ["direct", "nginx", *args.servers]
+    placement = "; ".join(f"{name}: wrk on CPU {layout.load_cpu}, upstream on CPU {layout.upstream_cpu}, proxy "
+                          f"under test on CPU {layout.proxy_cpu}" for name, layout in LAYOUTS.items()
+                          if name in args.layouts)
+    print(f"\nmedians of {args.runs} runs x {args.duration:g} s, wrk -t1 ({placement})\n\n"
+          "saturated (wrk as fast as answers come):\n")
+    print(report(saturated, args.layouts, args.connections, names))
     if rates:
-        print(f"\npaced ({args.paced_fraction:g} x the slowest proxy's saturated req/s, the same for every path):\n")
-        print(paced_report(paced, rates))
-    print(f"\ngoal: {first}/nginx throughput >= 0.50: {min(ratios):.2f} ({'met' if min(ratios) >= 0.5 else 'NOT met'})")
-    if 16 in rates:
-        added = median(paced[(first, 16)], "p99_ms") - median(paced[("direct", 16)], "p99_ms")
-        nginx = median(paced[("nginx", 16)], "p99_ms") - median(paced[("direct", 16)], "p99_ms")
-        print(f"goal: added p99 <= 1 ms at 16 connections (paced): {added:.2f} ms, nginx's {nginx:.2f} ms "
-              f"({'met' if added <= 1 else 'NOT met'})")
+        print(f"\npaced ({args.paced_fraction:g} x the slowest proxy's saturated req/s in that layout, the same for "
+              "every path):\n")
+        print(paced_report(paced, rates, names))
+    print()
+    goals(saturated, paced, rates, args)
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 from factory import dockerapi
 from factory.engine import ENGINE_HOME, docker_host, engine_answers
 from factory.errors import EngineError
+from factory.images import registry_auth
 from factory.render import environment
 from factory.settings import Settings
 
@@ -68,7 +69,8 @@ def _hash(parts: list[str]) -> str:
 
 
 def ensure_base_image(progress: Progress = print) -> str:
-    """The python base image's tag, building it (and its Debian root) when this engine lacks it."""
+    """The python base image's tag: the engine's own; else pulled from $FACTORY_BASE_CACHE when set;
+    else built (and its Debian root with it), then pushed to that cache for the next engine."""
     if not engine_answers():
         # Checked first: without an engine, debootstrap would run for 90 s only for the import to fail.
         raise EngineError(f"no Docker engine answers at {docker_host() or 'the default socket'} (its API did "
@@ -77,8 +79,11 @@ def ensure_base_image(progress: Progress = print) -> str:
     rootfs, base = recipe_tags()
     if _exists(base):
         return base
+    cached = cache_reference(base)
     with tempfile.TemporaryDirectory(prefix="mf-base-") as work:
         log = Path(work) / "engine.log"
+        if cached and _pulled(cached, base, progress, log):
+            return base
         if not _exists(rootfs):
             _debian_root(rootfs, progress, log)
         context = Path(work) / "context"
@@ -86,7 +91,40 @@ def ensure_base_image(progress: Progress = print) -> str:
         _python_context(context)
         progress(f"building {base} (python3, venv, CA certificates, uv {UV_VERSION})")
         _engine(f"building the base image {base}", lambda: dockerapi.build(context, "Dockerfile", base, log))
+        if cached:
+            _push(base, cached, progress, log)
     return base
+
+
+def cache_reference(base: str) -> str:
+    """Where $FACTORY_BASE_CACHE keeps this recipe's base image ("" when no cache is set): its tag is the
+    recipe's hash, so a changed recipe never pulls a stale base."""
+    cache = Settings.from_env().base_cache
+    return f"{cache}:{base.rpartition(':')[2]}" if cache else ""
+
+
+def _pulled(cached: str, base: str, progress: Progress, log: Path) -> bool:
+    """Every build job on GitLab has a fresh engine: one pull of the base replaces its apt-get and uv steps."""
+    progress(f"pulling {cached} (FACTORY_BASE_CACHE) as {base}")
+    try:
+        dockerapi.pull(cached, log, registry_auth(cached))
+        dockerapi.tag(cached, base)
+    except dockerapi.StepFailed as exc:
+        progress(f"{cached} could not be pulled ({exc.lines[-1] if exc.lines else exc}); building it")
+        return False
+    return True
+
+
+def _push(base: str, cached: str, progress: Progress, log: Path) -> None:
+    """A cache that cannot be written costs the next job a build, not this one its image: said, not raised."""
+    try:
+        dockerapi.tag(base, cached)
+        dockerapi.push(cached, log, registry_auth(cached))
+    except dockerapi.StepFailed as exc:
+        progress(f"the base image was not cached at {cached} ({exc.lines[-1] if exc.lines else exc}); "
+                 "the next build job builds it again")
+        return
+    progress(f"cached the base image at {cached}")
 
 
 def _debian_root(rootfs: str, progress: Progress, log: Path) -> None:

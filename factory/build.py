@@ -23,9 +23,9 @@ from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
 from factory.loader import load_catalog, select_models
-from factory.registry import Registry, ResolvedModel, tracking_uri
+from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
-from factory.runtime import bento_module, model_requirements, resolve_requirements
+from factory.runtime import bento_module, model_requirements, resolve_requirements, runtime_python
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
@@ -113,7 +113,7 @@ class Builder:
                 return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
             return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
-        golden_path, cases = self._golden(model, resolved)
+        golden_path, cases = self._golden(model, resolved, _model_dir(bento_model_tag))
         source, decision = self._workspace(model, folder, resolved, bento_model_tag, cases)
         self.progress(f"{model.name}: serves {decision.path}: {decision.reason}")
         bento_tag = self._bento_build(model, source, content_hash)
@@ -185,9 +185,7 @@ class Builder:
                       source: Path) -> tuple[dict, tuple, compiled.Decision]:
         """The loader the Bento will use (compiled where exact), and its packages: the compiled form's are the
         runtime's pins and onnxruntime; a native model's are its own requirements merged with the runtime's."""
-        import bentoml
-
-        model_dir = Path(bentoml.models.get(bento_model_tag).path_of("mlflow_model"))
+        model_dir = _model_dir(bento_model_tag)
         flavor = dict(resolved.flavor)
         packages = list(flavor.pop("packages"))
         native = bento_module("mf_flavors").native_model
@@ -203,15 +201,17 @@ class Builder:
             except Exception as exc:  # a library missing here or a format it cannot read: pyfunc always can
                 self.progress(f"note: {model.name}: native {flavor['loader']} loading failed ({type(exc).__name__}: "
                               f"{str(exc)[:200]}); serving it through mlflow.pyfunc")
-                flavor, packages, wants = {**flavor, "loader": "pyfunc"}, ["mlflow", "pandas"], "frame"
+                flavor, packages, wants = {**flavor, "loader": "pyfunc"}, list(PYFUNC_PACKAGES), "frame"
             if wants == "frame":
                 packages.append("pandas")  # fit on a DataFrame: it selects columns by name
+        return flavor, self._requirements(model, model_dir, packages, flavor["loader"] != "pyfunc"), decision
+
+    def _requirements(self, model: ModelSpec, model_dir: Path, packages: list[str], native: bool) -> tuple[str, ...]:
         requirements_file = model_dir / "requirements.txt"
         recorded = requirements_file.read_text(encoding="utf-8") if requirements_file.is_file() else ""
-        requirements = resolve_requirements(model_requirements(recorded, str(requirements_file)), packages,
-                                            model.serving.packages, flavor["loader"] != "pyfunc",
-                                            self.catalog.where(model.name), gpu=model.resources.gpu > 0)
-        return flavor, requirements, decision
+        return resolve_requirements(model_requirements(recorded, str(requirements_file)), packages,
+                                    model.serving.packages, native, self.catalog.where(model.name),
+                                    gpu=model.resources.gpu > 0)
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.
@@ -240,9 +240,17 @@ class Builder:
         _run(BENTOML + ["export", bento_tag, str(target)], f"{self.catalog.where(model.name)}: `bentoml export` failed")
         return target
 
-    def _golden(self, model: ModelSpec, resolved: ResolvedModel) -> tuple[Path, list[dict]]:
+    def _golden(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> tuple[Path, list[dict]]:
         path = self.state.golden_path(model.name)
-        cases, errors, non_finite = golden.record_golden(resolved, batch_size=min(8, model.batching.max_batch_size))
+
+        def model_venv() -> Path:
+            # The set the Bento serves a pyfunc model with, so `factory test` finds this venv already made.
+            self.progress(f"{model.name}: the factory cannot load this model itself; recording its golden "
+                          "predictions in a venv with its own requirements")
+            return runtime_python(self.state.root, self._requirements(model, model_dir, list(PYFUNC_PACKAGES), False))
+
+        cases, errors, non_finite = golden.record_golden(resolved, model_dir, min(8, model.batching.max_batch_size),
+                                                         model_venv, self.catalog.where(model.name))
         if non_finite and not model.serving.allow_non_finite:
             self.progress(f"warning: {model.name}: the registry's own model answered NaN or infinity for "
                           f"{len(non_finite)} sampled rows, e.g. {json.dumps(non_finite[0])[:300]}; `factory test` "
@@ -289,6 +297,13 @@ def _content_hash(folder: dict[str, str], resolved: ResolvedModel, serving: str)
     for name in sorted(folder):
         digest.update(name.encode() + b"\0" + folder[name].encode() + b"\0")
     return digest.hexdigest()
+
+
+def _model_dir(bento_model_tag: str) -> Path:
+    """The registry model's MLflow directory, as imported into the BentoML model store."""
+    import bentoml
+
+    return Path(bentoml.models.get(bento_model_tag).path_of("mlflow_model"))
 
 
 def _model_exists(tag: str) -> bool:

@@ -96,8 +96,18 @@ def push(tag: str, log: Path, auth: Optional[dict[str, str]] = None) -> None:
          lambda api: api.push(name, tag=version, stream=True, decode=True, auth_config=auth))
 
 
-def pull(reference: str, log: Path) -> None:
-    _run("pull", log, f"pull {reference}", lambda api: api.pull(reference, stream=True, decode=True))
+def pull(reference: str, log: Path, auth: Optional[dict[str, str]] = None) -> None:
+    _run("pull", log, f"pull {reference}",
+         lambda api: api.pull(reference, stream=True, decode=True, auth_config=auth))
+
+
+def tag(source: str, target: str) -> None:
+    """`docker tag SOURCE TARGET`."""
+    name, version = repository(target)
+    try:
+        _client(PROBE_TIMEOUT_S).api.tag(source, name, version)
+    except _failures() as exc:
+        raise StepFailed("tag", [f"tagging {source} as {target}: {exc}"]) from exc
 
 
 def import_tar(chunks: Iterable[bytes], tag: str, changes: list[str], log: Path) -> None:

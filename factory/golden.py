@@ -6,15 +6,20 @@ so this is what proves the lean loader equals MLflow's).
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
+import json
+import subprocess
+from pathlib import Path
+from typing import Callable
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as fixed_seed
 
-from factory import fuzz
+from factory import fuzz, pyfunc_answers
+from factory.errors import BuildError
 from factory.registry import ResolvedModel
 from factory.runtime import bento_module
+
+ANSWER_TIMEOUT_S = 600
 
 
 def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0) -> list[dict]:
@@ -33,38 +38,41 @@ def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0)
     return drawn[:count]
 
 
-def record_golden(resolved: ResolvedModel, batch_size: int, count: int = 12) -> tuple[list[dict], list[str], list]:
+def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, model_venv: Callable[[], Path],
+                  where: str, count: int = 12) -> tuple[list[dict], list[str], list]:
     """(cases, errors, non-finite rows): requests the registry's model raised on are left out and described
     instead, rows it answered NaN or infinity for are listed (recorded as null); both are model bugs that
-    `factory test` will pin down to a minimal input."""
-    import mlflow.pyfunc
-
-    model = mlflow.pyfunc.load_model(resolved.model_uri)
+    `factory test` will pin down to a minimal input. `model_venv` makes (once) the venv with the model's own
+    requirements, for a model whose library the factory's process lacks."""
+    requests = [request["inputs"] for request in sample_requests(resolved.signature, count, batch_size)]
     inputs = resolved.signature["inputs"]
     values = bento_module("mf_inputs")
+    try:
+        answered = pyfunc_answers.answers(str(model_dir), inputs, requests, values, here=True)
+    except pyfunc_answers.MissingLibrary:
+        answered = _answers_in(model_venv(), model_dir, inputs, requests, where)
     cases, errors, non_finite = [], [], []
-    for request in sample_requests(resolved.signature, count, batch_size):
-        rows = request["inputs"]
-        try:
-            with warnings.catch_warnings():
-                # pyfunc hands sklearn a DataFrame; a model fit on plain arrays warns about names, harmlessly.
-                warnings.filterwarnings("ignore", message="X has feature names")
-                outputs = model.predict(_frame(rows, inputs))
-        except Exception as exc:  # the registry model's own failure, whatever its type
-            errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+    for rows, answer in zip(requests, answered):
+        if "error" in answer:
+            errors.append(answer["error"])
             continue
-        outputs = _as_list(outputs)
+        outputs = answer["outputs"]
         non_finite += [row for row, output in zip(rows, outputs) if not values.all_finite(output)]
         cases.append({"inputs": rows, "outputs": values.nulled(outputs)})
     return cases, errors, non_finite
 
 
-def _frame(rows: list[Any], inputs: list[dict]) -> Any:
-    inputs_module = bento_module("mf_inputs")  # the very frame the served model builds
-    return inputs_module.tensor(rows, inputs) if inputs_module.is_tensor(inputs) else inputs_module.frame(rows, inputs)
-
-
-def _as_list(outputs: Any) -> list:
-    import numpy as np
-
-    return np.asarray(outputs).tolist()
+def _answers_in(python: Path, model_dir: Path, inputs: list[dict], requests: list[list], where: str) -> list[dict]:
+    job = json.dumps({"model_dir": str(model_dir), "inputs": inputs, "requests": requests})
+    try:
+        result = subprocess.run([str(python), pyfunc_answers.__file__], input=job, capture_output=True, text=True,
+                                timeout=ANSWER_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"{where}: the registry model did not answer {len(requests)} sample requests within "
+                         f"{ANSWER_TIMEOUT_S} s in {python.parent.parent}") from exc
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()] or ["(no output)"]
+        raise BuildError(f"{where}: mlflow.pyfunc could not load the registry model even in a venv with its own requirements "
+                         f"({python.parent.parent}): {lines[-1][:300]}; check the requirements it was logged with "
+                         "(pip_requirements / code_paths) or add what it needs to serving.packages in models.yaml")
+    return json.loads(result.stdout)

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from factory.catalog import Catalog, ModelSpec
-from factory.errors import RegistryError
+from factory.errors import RegistryError, ServeError
 from factory.settings import PINNED_VERSIONS_ENV, Settings
+
+# What the runtime adds to a model's own requirements when it serves the model through mlflow.pyfunc.
+PYFUNC_PACKAGES = ("mlflow", "pandas")
 
 REGISTRY_DIR = "registry"
 SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")
@@ -89,9 +92,11 @@ class Registry:
         if info.signature is None or info.signature.inputs is None:
             raise RegistryError(f"{where}: {model.registered_as} version {version} has no input signature; "
                                 "log it with `signature=infer_signature(X, y)` and register a new version")
+        signature = _signature(info.signature)
+        _servable(signature, f"{where}: {model.registered_as} version {version}")
         return ResolvedModel(registered_as=model.registered_as, version=version, run_id=info.run_id or "",
-                             model_uri=f"models:/{model.registered_as}/{version}",
-                             signature=_signature(info.signature), flavor=_flavor(info.flavors))
+                             model_uri=f"models:/{model.registered_as}/{version}", signature=signature,
+                             flavor=_flavor(info.flavors))
 
     def _version(self, model: ModelSpec, where: str) -> int:
         from mlflow.exceptions import MlflowException
@@ -135,6 +140,19 @@ def _signature(signature: Any) -> dict:
             "outputs": json.loads(as_dict["outputs"]) if as_dict.get("outputs") else None}
 
 
+def _servable(signature: dict, what: str) -> None:
+    """Refused here, naming the models.yaml entry, rather than deep in the build: an input the generated API
+    cannot take (an array, object or map column, a tensor of strings)."""
+    from factory.fuzz import signature_columns  # hypothesis: imported only when a model is resolved
+
+    try:
+        signature_columns(signature)
+    except ServeError as exc:
+        raise RegistryError(f"{what}: {exc}; the served API takes rows of scalar columns or one numeric tensor: "
+                            "log the model with such a signature (e.g. one column per array element) and "
+                            "register a new version") from exc
+
+
 def _flavor(flavors: dict) -> dict:
     """How the served model loads: natively where its flavor allows (no mlflow import), else pyfunc.
 
@@ -159,4 +177,4 @@ def _flavor(flavors: dict) -> dict:
         # The xgboost distribution (xgboost or xgboost-cpu) comes from the model's own requirements.
         return {**base, "loader": "xgboost", "model_file": xgb["data"],
                 "model_class": xgb.get("model_class", "xgboost.core.Booster"), "packages": []}
-    return {**base, "loader": "pyfunc", "packages": ["mlflow", "pandas"]}
+    return {**base, "loader": "pyfunc", "packages": list(PYFUNC_PACKAGES)}

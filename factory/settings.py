@@ -43,6 +43,10 @@ class Settings:
     base_rootfs: Optional[str] = _env("FACTORY_BASE_ROOTFS", "a public image to pull as the base image's Debian "
                                                              "root instead of debootstrapping one (the GitLab "
                                                              "build jobs set it from pipeline.base_rootfs)")
+    base_cache: Optional[str] = _env("FACTORY_BASE_CACHE", "a registry repository the Python base image is pulled "
+                                                           "from when the engine lacks it, and pushed to once "
+                                                           "built (the GitLab build jobs set "
+                                                           "$CI_REGISTRY_IMAGE/model-factory/python-base)")
     ci_registry: Optional[str] = _env("CI_REGISTRY", "GitLab's container registry: image pushes to it authenticate "
                                                      "with the two below (predefined in jobs)")
     ci_registry_user: Optional[str] = _env("CI_REGISTRY_USER", "the user image pushes to CI_REGISTRY authenticate as "

@@ -91,8 +91,8 @@ def test_parent_and_a_1000_model_child_pass_gitlabs_schema_and_limits(tmp_path: 
     first = shards[shard_names[0]]
     engine = yaml.safe_load(files[shard_names[0]])[".image-engine"]
     assert engine["services"] == [{"name": "docker:27-dind", "alias": "docker"}]
-    assert [engine["variables"]["DOCKER_HOST"], engine["variables"]["FACTORY_BASE_ROOTFS"]] == [
-        "tcp://docker:2376", "debian:bookworm-20251229-slim"]
+    assert [engine["variables"][name] for name in ("DOCKER_HOST", "FACTORY_BASE_ROOTFS", "FACTORY_BASE_CACHE")] == [
+        "tcp://docker:2376", "debian:bookworm-20251229-slim", "$CI_REGISTRY_IMAGE/model-factory/python-base"]
     assert first["build-model-7"]["extends"] == [".factory-job", ".image-engine"]
     assert first["test-model-7"]["extends"] == ".factory-job"  # no engine: the test job measures host processes
     assert yaml.safe_load(files[shard_names[0]])["variables"]["FACTORY_PINNED_VERSIONS"] == " ".join(

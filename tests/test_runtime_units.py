@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import sys
@@ -85,7 +86,7 @@ def test_requirements_file_skips_options_and_locates_bad_lines() -> None:
 _CELLS = {"double": st.floats(allow_nan=False, allow_infinity=False), "float": st.floats(-1e6, 1e6, width=32),
           "long": st.integers(-(2**63), 2**63 - 1), "integer": st.integers(-(2**31), 2**31 - 1),
           "boolean": st.booleans(), "string": st.text(max_size=5), "binary": st.sampled_from(["", "AAE=", "aGk="]),
-          "datetime": st.datetimes()}
+          "datetime": st.datetimes(timezones=st.none() | st.just(datetime.timezone.utc))}
 
 
 @st.composite
@@ -107,7 +108,25 @@ def _frame_from_rows(rows: list[dict], inputs: list[dict]):
     for name, spec in zip(names, inputs):
         if spec["type"] in ("double", "float") or (spec["type"] in mf_inputs.FRAME_DTYPES and data[name].notna().all()):
             data[name] = data[name].astype(mf_inputs.FRAME_DTYPES[spec["type"]])
+        elif spec["type"] == "datetime":
+            data[name] = pd.to_datetime(data[name], utc=True).dt.tz_localize(None)
     return data
+
+
+def test_datetimes_reach_the_model_as_mlflow_types_them() -> None:
+    """MLflow's datetime is datetime64 without a zone (its schema check refuses object columns): aware values in
+    UTC, naive ones as they are, missing ones NaT; the ISO strings a request carries give the same column as
+    the datetimes validation makes of them."""
+    import pandas as pd
+
+    inputs = [{"type": "datetime", "name": "when", "required": False}]
+    sent = ["2026-03-01T12:30:00+02:00", "2026-03-01T12:30:00", None, "2026-03-01T12:30:00.000001Z"]
+    validated = [None if text is None else datetime.datetime.fromisoformat(text) for text in sent]
+    frames = [mf_inputs.frame([{"when": value} for value in values], inputs) for values in (sent, validated)]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert str(frames[0]["when"].dtype).startswith("datetime64")
+    assert [str(value) for value in frames[0]["when"]] == ["2026-03-01 10:30:00", "2026-03-01 12:30:00", "NaT",
+                                                           "2026-03-01 12:30:00.000001"]
 
 
 @settings(deadline=None, max_examples=80)
@@ -213,3 +232,45 @@ def test_bentoml_errors_are_rewritten_into_one_shape() -> None:
     failed = json.dumps([1.0, mf_runtime.failure("model_error", "boom")]).encode()
     assert mf_http._rewrite(200, failed)[:2] == (500, mf_http.error_body("model_error", "boom", "inputs[1]"))
     assert mf_http._rewrite(200, b"[1.0, 2.0]") is None
+
+
+@pytest.mark.parametrize("body, error", [
+    ('{"when": "2026-03-01T12:30:00+02:00"}', None),
+    ('{"when": "2026-03-01T12:30:00"}', None),
+    ('{"when": 1700000000}', "datetime_type"),  # lax pydantic would read a Unix time
+    ('{"when": "2021-02-30T00:00:00"}', "datetime_parsing"),
+    ('{"when": "not a date"}', "datetime_parsing"),
+])
+def test_datetime_columns_take_iso_strings_only(body: str, error: str) -> None:
+    from pydantic import ValidationError
+
+    row = mf_runtime.row_model([{"type": "datetime", "name": "when", "required": True}])
+    if error is None:
+        assert row.model_validate_json(body).when.year == 2026
+        return
+    with pytest.raises(ValidationError) as raised:
+        row.model_validate_json(body)
+    assert raised.value.errors()[0]["type"] == error
+
+
+def test_a_dataframe_of_predictions_answers_named_records_as_mlflow_serve_does() -> None:
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"label": ["hi", "lo"], "score": [0.5, np.nan]})
+    records = mf_inputs.as_outputs(frame)
+    assert records[0] == {"label": "hi", "score": 0.5} and records[1]["label"] == "lo"
+    assert type(records[1]["score"]) is float and math.isnan(records[1]["score"])  # native, for json.dumps
+    assert [mf_inputs.all_finite(row) for row in records] == [True, False]
+    assert mf_inputs.nulled(mf_inputs.as_outputs(frame)) == [{"label": "hi", "score": 0.5}, {"label": "lo", "score": None}]
+    assert mf_inputs.as_outputs(pd.Series([1, 2])) == [1, 2]
+    assert mf_inputs.as_outputs(np.array([[0.25, 0.75]])) == [[0.25, 0.75]]
+
+
+def test_rows_answered_with_nan_fail_alone_when_outputs_are_records() -> None:
+    import pandas as pd
+
+    predictor = _predictor(lambda batch: pd.DataFrame({"score": 1.0 / (batch[:, 0] - 1.0)}))
+    outputs = predictor.predict(_rows([2.0, 1.0]))
+    assert outputs[0] == {"score": 1.0}
+    assert outputs[1][mf_http.FAILURE_MARK.decode()]["code"] == "non_finite_output"

@@ -68,10 +68,10 @@ def test_settings_read_every_variable() -> None:
                                   "FACTORY_RUNTIME_PYTHON": "/py", "FACTORY_RUNTIME_HOME": "/rt",
                                   "FACTORY_PROXY_IMAGE": "r/proxy:1", "FACTORY_IMAGE_REGISTRY": "ci/r",
                                   "DOCKER_HOST": "tcp://docker:2376", "FACTORY_PINNED_VERSIONS": "m=2",
-                                  "FACTORY_BASE_ROOTFS": "debian:b", "CI_REGISTRY": "gl.io", "CI_REGISTRY_USER": "u",
-                                  "CI_REGISTRY_PASSWORD": "p"})
+                                  "FACTORY_BASE_ROOTFS": "debian:b", "FACTORY_BASE_CACHE": "gl.io/p/base",
+                                  "CI_REGISTRY": "gl.io", "CI_REGISTRY_USER": "u", "CI_REGISTRY_PASSWORD": "p"})
     assert settings == Settings(Path("/s"), "http://mlflow:5000", Path("/py"), Path("/rt"), "r/proxy:1", "ci/r",
-                                "tcp://docker:2376", "m=2", "debian:b", "gl.io", "u", "p")
+                                "tcp://docker:2376", "m=2", "debian:b", "gl.io/p/base", "gl.io", "u", "p")
     empty = Settings.from_env({})
     assert empty.state_dir == (Path.cwd() / "factory-state") and empty.tracking_uri is None
 

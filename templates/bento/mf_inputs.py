@@ -3,8 +3,9 @@ a numpy array in signature order, a tensor of the declared dtype, or a compiled 
 
 Shared by the served Bento and by `factory build`, which records golden predictions with
 `mlflow.pyfunc` on exactly the frame built here. Copied verbatim into each model's folder.
-Rows are dicts keyed by the MLflow column names; optional columns may be None. Also: how outputs
-with NaN/infinity are found and nulled, alike in both places.
+Rows are dicts keyed by the MLflow column names; optional columns may be None. Also: how a model's
+predictions become one JSON value per row, and how outputs with NaN/infinity are found and nulled,
+alike in both places.
 """
 
 from __future__ import annotations
@@ -46,9 +47,20 @@ def frame(rows: list[dict], inputs: list[dict]) -> Any:
         # An integer column with a missing value stays float/object, as MLflow's own schema enforcement keeps it.
         if kind in ("double", "float") or (kind in FRAME_DTYPES and all(row.get(name) is not None for row in rows)):
             columns[name] = np.array(values, dtype=FRAME_DTYPES[kind])
+        elif kind == "datetime":
+            columns[name] = _datetimes(values)
         else:
             columns[name] = values
     return pd.DataFrame(columns, columns=column_names(inputs), index=pd.RangeIndex(len(rows)))
+
+
+def _datetimes(values: list[Any]) -> Any:
+    """MLflow's datetime type is numpy datetime64 without a zone, and its schema check refuses an object
+    column (or a mix of aware and naive values): aware values become UTC, naive ones are taken as UTC,
+    a missing one is NaT. ISO strings (requests as sent, at build time) and datetimes (as validated) alike."""
+    import pandas as pd
+
+    return pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601").dt.tz_localize(None)
 
 
 def array(rows: list[dict], inputs: list[dict]) -> Any:
@@ -83,11 +95,23 @@ def _cell(value: Any, kind: str) -> Any:
     return value
 
 
+def as_outputs(predictions: Any) -> list:
+    """One JSON value per row, as `mlflow models serve` answers: a DataFrame's rows as `{column: value}`
+    records (its column names are the outputs' names), anything else (array, Series, list) row by row."""
+    import numpy as np
+
+    if hasattr(predictions, "columns") and hasattr(predictions, "to_dict"):  # a DataFrame, without importing pandas
+        return predictions.to_dict(orient="records")
+    return np.asarray(predictions).tolist()
+
+
 def all_finite(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, list):
         return all(map(all_finite, value))
+    if isinstance(value, dict):
+        return all(map(all_finite, value.values()))
     return True
 
 
@@ -95,4 +119,6 @@ def nulled(value: Any) -> Any:
     """NaN and infinities as None (JSON has neither), at any depth."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {key: nulled(item) for key, item in value.items()}
     return [nulled(item) for item in value] if isinstance(value, list) else value

@@ -42,7 +42,8 @@ def _column_type(spec: dict) -> Any:
     if kind == "string":
         return Annotated[str, Field(strict=True)]
     if kind == "datetime":
-        return datetime.datetime
+        # Strict: an ISO 8601 string only; lax pydantic would also take a number as a Unix time.
+        return Annotated[datetime.datetime, Field(strict=True)]
     if kind == "binary":
         return Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
     raise ValueError(f"column {spec.get('name')!r}: MLflow type {kind!r} is not supported by the generated service")
@@ -127,7 +128,7 @@ class Predictor:
             batch = mf_inputs.frame(records, self.inputs)
         else:
             batch = mf_inputs.array(records, self.inputs)
-        outputs = np.asarray(self.model.predict(batch)).tolist()
+        outputs = mf_inputs.as_outputs(self.model.predict(batch))
         if not isinstance(outputs, list) or len(outputs) != len(records):
             raise ValueError(f"the model returned {np.shape(outputs)} outputs for {len(records)} rows")
         return outputs

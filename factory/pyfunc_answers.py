@@ -1,0 +1,62 @@
+"""The registry model's own answers to request rows, through `mlflow.pyfunc`: what golden predictions are.
+
+Run in the factory's process when its venv can load the model (scikit-learn, LightGBM, XGBoost and
+plain `PythonModel`s), else as a script in a venv holding the model's own requirements: a statsmodels,
+Prophet or CatBoost model needs its library, which the factory does not carry. Either way the batch is
+the very frame the served Bento builds (templates/bento/mf_inputs.py). Run as a script it imports only
+mlflow, numpy and that module, reads a job as JSON on stdin and writes the answers as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+BENTO_TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "bento"
+
+
+class MissingLibrary(Exception):
+    """This process lacks a library the model imports: ask a venv with the model's requirements instead."""
+
+
+def answers(model_dir: str, inputs: list[dict], requests: list[list], mf_inputs: Any, here: bool) -> list[dict]:
+    """One `{"outputs": [...]}` or `{"error": "Type: message"}` per request. `here`: in the factory's own
+    process, where an ImportError means a library missing from it (MissingLibrary), not a model failure."""
+    import mlflow.pyfunc
+
+    try:
+        model = mlflow.pyfunc.load_model(model_dir)
+    except ImportError as exc:
+        if here:
+            raise MissingLibrary(f"{type(exc).__name__}: {exc}") from exc
+        raise
+    found = []
+    for rows in requests:
+        try:
+            with warnings.catch_warnings():
+                # pyfunc hands sklearn a DataFrame; a model fit on plain arrays warns about names, harmlessly.
+                warnings.filterwarnings("ignore", message="X has feature names")
+                batch = mf_inputs.tensor(rows, inputs) if mf_inputs.is_tensor(inputs) else mf_inputs.frame(rows, inputs)
+                found.append({"outputs": mf_inputs.as_outputs(model.predict(batch))})
+        except ImportError as exc:  # a library imported lazily, at predict time
+            if here:
+                raise MissingLibrary(f"{type(exc).__name__}: {exc}") from exc
+            found.append({"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        except Exception as exc:  # the registry model's own failure, whatever its type
+            found.append({"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+    return found
+
+
+def main() -> None:
+    sys.path.insert(0, str(BENTO_TEMPLATES))
+    import mf_inputs
+
+    job = json.load(sys.stdin)
+    json.dump(answers(job["model_dir"], job["inputs"], job["requests"], mf_inputs, here=False), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

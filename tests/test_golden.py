@@ -1,0 +1,88 @@
+"""Golden predictions come from the registry model itself: in the factory's process when it can load the
+model, else in a venv with the model's own requirements (a statsmodels or Prophet model needs its library).
+Here the "other venv" is this interpreter run as a separate process: what is checked is the hand-over (the
+job, the answers, the errors), on a real pyfunc model saved by MLflow."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from factory import golden, pyfunc_answers
+from factory.errors import BuildError
+from factory.registry import ResolvedModel
+
+SIGNATURE = {"inputs": [{"type": "double", "name": "distance km", "required": True},
+                        {"type": "datetime", "name": "when", "required": False}], "outputs": None}
+WHERE = "models.yaml:3: model 'trips'"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import mlflow.pyfunc
+
+    class Trips(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            if (model_input["distance km"] < 0).any():
+                raise ValueError("a negative distance")
+            hours = model_input["when"].dt.hour.fillna(0)  # raises unless `when` arrives as datetime64
+            return (model_input["distance km"] * 2 + hours).to_numpy()
+
+    target = tmp_path_factory.mktemp("golden") / "model"
+    mlflow.pyfunc.save_model(str(target), python_model=Trips(), pip_requirements=["pandas"])
+    return target
+
+
+def _resolved() -> ResolvedModel:
+    return ResolvedModel(registered_as="trips", version=1, run_id="", model_uri="models:/trips/1",
+                         signature=SIGNATURE, flavor={"loader": "pyfunc"})
+
+
+def _record(model_dir: Path, model_venv) -> tuple[list[dict], list[str], list]:
+    return golden.record_golden(_resolved(), model_dir, 4, model_venv, WHERE, count=6)
+
+
+def test_a_model_the_factory_loads_is_answered_here(model_dir: Path) -> None:
+    cases, errors, _ = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
+    assert len(cases) + len(errors) == 6 and cases
+    for case in cases:
+        assert case["outputs"] == [row["distance km"] * 2 + _hour(row.get("when")) for row in case["inputs"]]
+
+
+def test_a_model_the_factory_cannot_load_is_answered_in_its_own_venv_alike(model_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    here = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
+
+    def missing(*args, **kwargs):
+        raise pyfunc_answers.MissingLibrary("ModuleNotFoundError: No module named 'statsmodels'")
+
+    monkeypatch.setattr(pyfunc_answers, "answers", missing)
+    venvs: list[Path] = []
+    elsewhere = _record(model_dir, lambda: venvs.append(Path(sys.executable)) or Path(sys.executable))
+    assert venvs == [Path(sys.executable)]
+    assert elsewhere == here
+
+
+def test_a_model_its_own_venv_cannot_load_is_one_error_naming_the_entry(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: (_ for _ in ()).throw(
+        pyfunc_answers.MissingLibrary("ModuleNotFoundError: No module named 'prophet'")))
+    with pytest.raises(BuildError) as caught:
+        _record(tmp_path / "gone", lambda: Path(sys.executable))
+    message = str(caught.value)
+    assert message.startswith(f"{WHERE}: mlflow.pyfunc could not load the registry model even in a venv with its "
+                              f"own requirements ({Path(sys.executable).parent.parent}): ")
+    assert message.endswith("; check the requirements it was logged with (pip_requirements / code_paths) or add "
+                            "what it needs to serving.packages in models.yaml")
+    assert "Traceback" not in message
+
+
+def _hour(when) -> int:
+    import pandas as pd
+
+    if when is None:
+        return 0
+    stamp = pd.Timestamp(when)  # as served: an aware time in UTC, a naive one as it is
+    return (stamp.tz_convert("UTC") if stamp.tzinfo else stamp).hour
