@@ -328,16 +328,18 @@ def test_fast_path_keeps_per_row_failures_overload_and_the_body_limit() -> None:
         large, = _fast(_doubled, ("POST", "/predict", {"content": body}))
         assert (large.status_code, large.json()) == (413, too_large)
 
-    # numpy scalars a pyfunc model may leave in its outputs; integers beyond 64 bits
-    for outputs, expected in (([numpy.float32(0.5), [numpy.int64(3)]], [0.5, [3]]), ([2**70, 0.5], [2**70, 0.5])):
-        async def given(rows, outputs=outputs):
-            return outputs
 
-        encoded, = _fast(given, ("POST", "/predict", two_rows))
-        assert (encoded.status_code, encoded.json()) == (200, expected)
+@pytest.mark.parametrize("outputs, expected", [
+    ([numpy.float32(0.5), [numpy.int64(3)]], [0.5, [3]]),  # numpy scalars a pyfunc model may leave in its outputs
+    ([2**70, 0.5], [2**70, 0.5]),  # integers beyond 64 bits (orjson refuses them)
+    ([{0: 1.5}, {0: 2.5}], [{"0": 1.5}, {"0": 2.5}]),  # records of a frame whose column is named 0
+    ([object(), object()], {"error": {"code": "internal", "field": None,
+                                      "message": "the model server failed; see its log"}}),  # nothing encodes it
+])
+def test_fast_path_encodes_outputs_as_json_dumps_would(outputs: list, expected: object) -> None:
+    async def given(rows):
+        return outputs
 
-    async def unencodable(rows):
-        return [object() for _ in rows]
-
-    broken, = _fast(unencodable, ("POST", "/predict", two_rows))
-    assert (broken.status_code, broken.json()["error"]["code"]) == (500, "internal")
+    two_rows = {"json": {"inputs": [{"surge multiplier": 1.0}, {"surge multiplier": -1.0}]}}
+    encoded, = _fast(given, ("POST", "/predict", two_rows))
+    assert (encoded.status_code, encoded.json()) == (500 if "error" in expected else 200, expected)

@@ -99,8 +99,8 @@ def _encoded(outputs: list) -> tuple[int, bytes]:
 
 
 def _dumps(outputs: list) -> bytes:
-    try:  # numpy scalars a pyfunc model leaves in its outputs as well (json.dumps takes float64's)
-        return orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY)
+    try:  # as json.dumps would: numpy scalars a pyfunc model leaves in its outputs, records' non-string keys
+        return orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:  # integers beyond 64 bits: valid JSON, refused by orjson
         return json.dumps(outputs).encode()
 
