@@ -12,6 +12,7 @@ so one noisy second on a shared machine moves neither; the server's CPU time per
 threads) is printed beside them: it does not count time spent waiting for a core. The in-process floor
 is Predictor.predict on the same full batch, in the model's own serving venv, on the server's core.
 Our server runs --rounds rounds, mlflow's one. ~80 s per model on a quiet machine.
+--full-batch-only measures just our server's idle RSS and full batches against the floor (~15 s per model).
 """
 
 from __future__ import annotations
@@ -115,6 +116,19 @@ def measure(name: str, serve: Callable[[], ContextManager[Served]], path: str, o
     return measured
 
 
+def full_batches(serve: Callable[[], ContextManager[Served]], full: str, runs: int = 3) -> Measured:
+    """Idle RSS, then `runs` full-batch runs of FULL_BATCH_S on one fresh server of ours."""
+    measured = Measured("our Bento (one process)")
+    with serve() as server:
+        _pin(server.pid, "1")
+        time.sleep(2)
+        sample = tree_sample(server.pid)
+        measured.idle_mib = sample.rss / MIB if sample else 0.0
+        for _ in range(runs):
+            _loaded(server.pid, server.url + "/predict", full, FULL_BATCH_S, FULL_BATCH_CONNECTIONS, measured.full_batch)
+    return measured
+
+
 def _loaded(pid: int, url: str, body: str, seconds: float, connections: int, into: Loaded) -> WrkResult:
     before = _cpu_s(pid)
     result = run_wrk(url, body, seconds, connections)
@@ -141,14 +155,18 @@ def in_process_floor(state: StateDir, model: str, bento_tag: str, rows: list[dic
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def bench_model(state: StateDir, spec: ModelSpec, burst_s: float, rounds: int, logs: Path) -> None:
+def bench_model(state: StateDir, spec: ModelSpec, burst_s: float, rounds: int, logs: Path,
+                full_batch_only: bool = False) -> None:
     record = state.build_record(spec.name)
     rows = complete_rows(state.golden(spec.name, Path(record.golden)))
     batch = [rows[index % len(rows)] for index in range(spec.batching.max_batch_size)]
     floor = in_process_floor(state, spec.name, record.bento_tag, batch)
     python = bento_python(state, spec.name)
-    ours = measure("our Bento (one process)",
-                   lambda: served(record.bento_tag, logs / f"{spec.name}.log", "single", python), "/predict",
+    serve = lambda: served(record.bento_tag, logs / f"{spec.name}.log", "single", python)  # noqa: E731
+    if full_batch_only:
+        print_full_batch(spec, floor, full_batches(serve, json.dumps({"inputs": batch})))
+        return
+    ours = measure("our Bento (one process)", serve, "/predict",
                    json.dumps({"inputs": rows[:1]}), json.dumps({"inputs": batch}), burst_s, rounds)
     model_uri = f"models:/{record.registry['name']}/{record.registry['version']}"
     mlflow = measure("mlflow models serve", lambda: mlflow_served(model_uri, logs / f"{spec.name}-mlflow.log"),
@@ -189,6 +207,19 @@ def print_model(spec: ModelSpec, floor: dict, results: list[Measured]) -> None:
     print(f"{'ours full-batch / floor':32} {ours_rows / floor_rows_s:>16.0%}   (goal ≥ 70 %)")
 
 
+def print_full_batch(spec: ModelSpec, floor: dict, ours: Measured) -> None:
+    rows = spec.batching.max_batch_size
+    floor_rows_s = rows / floor["full_batch_ms"] * 1000
+    runs = ours.full_batch.runs
+    print(f"\n## {spec.name} (max_batch_size {rows}), full batches only; idle RSS {ours.idle_mib:.0f} MiB")
+    print(f"in-process floor: {rows} rows {floor['full_batch_ms'] * 1000:,.0f} µs = {floor_rows_s:,.0f} rows/s")
+    print(f"ours, {len(runs)} runs of {FULL_BATCH_S} s at {FULL_BATCH_CONNECTIONS} conns: "
+          f"{', '.join(f'{run.rps * rows:,.0f}' for run in runs)} rows/s (non-2xx {sum(r.errors for r in runs)}); "
+          f"CPU µs/req {', '.join(f'{cpu:,.0f}' for cpu in ours.full_batch.cpu_us)}")
+    print(f"{'ours full-batch / floor':32} {ours.full_batch.median(RPS) * rows / floor_rows_s:>16.0%}   (goal ≥ 70 %; "
+          f"median run; the floor's µs are {floor['full_batch_ms'] * 1000 / ours.full_batch.cpu:.0%} of ours)")
+
+
 def _line(label: str, ours: float, mlflow: float, fmt: str, note: str = "") -> None:
     ratio = f"{ours / mlflow:.2f}" if mlflow else "-"
     print(f"{label:32} {fmt.format(ours):>16} {fmt.format(mlflow):>16} {ratio:>14} {note}".rstrip())
@@ -199,6 +230,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", help=f"repeatable (default: {', '.join(DEFAULT_MODELS)})")
     parser.add_argument("--burst-seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=2, help="fresh servers of ours, each burst once")
+    parser.add_argument("--full-batch-only", action="store_true",
+                        help="only our idle RSS and full-batch rows/s vs the in-process floor (no mlflow, no latency)")
     args = parser.parse_args()
     state = StateDir.from_env().activate()
     use_example_registry()
@@ -208,7 +241,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     print(f"load average before: {os.getloadavg()[0]:.1f} (2 cores; above ~1 the machine is shared)")
     for name in names:
-        bench_model(state, catalog[name], args.burst_seconds, args.rounds, logs)
+        bench_model(state, catalog[name], args.burst_seconds, args.rounds, logs, args.full_batch_only)
     print(f"\nload average after: {os.getloadavg()[0]:.1f}; serve logs in {logs}")
 
 

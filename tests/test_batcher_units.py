@@ -10,6 +10,7 @@ import sys
 import threading
 
 import httpx
+import numpy
 import pytest
 from pydantic import BaseModel, Field
 
@@ -267,7 +268,7 @@ async def _bentoml(scope, receive, send) -> None:
 
 
 def _client(answer) -> httpx.AsyncClient:
-    app = mf_http.ErrorShape(mf_fast.FastPredict(_bentoml, _Inputs, lambda: answer), max_bytes=1000)
+    app = mf_fast.FastPredict(mf_http.ErrorShape(_bentoml, max_bytes=1000), _Inputs, lambda: answer, max_bytes=1000)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model")
 
 
@@ -316,5 +317,29 @@ def test_fast_path_keeps_per_row_failures_overload_and_the_body_limit() -> None:
     assert (failed.status_code, failed.json()["error"]["field"]) == (500, "inputs[1]")
     shed, = _fast(refused, ("POST", "/predict", two_rows))
     assert (shed.status_code, shed.headers["retry-after"], shed.json()["error"]["code"]) == (503, "3", "overloaded")
-    large, = _fast(_doubled, ("POST", "/predict", {"content": b"x" * 2000}))
-    assert (large.status_code, large.json()["error"]["code"]) == (413, "body_too_large")
+
+    async def streamed():  # no content-length: counted as it arrives
+        for _ in range(3):
+            yield b"x" * 400
+
+    too_large = {"error": {"code": "body_too_large", "field": None,
+                           "message": "request body is larger than 1000 bytes; send fewer rows per request"}}
+    for body in (b"x" * 2000, streamed()):
+        large, = _fast(_doubled, ("POST", "/predict", {"content": body}))
+        assert (large.status_code, large.json()) == (413, too_large)
+
+
+@pytest.mark.parametrize("outputs, expected", [
+    ([numpy.float32(0.5), [numpy.int64(3)]], [0.5, [3]]),  # numpy scalars a pyfunc model may leave in its outputs
+    ([2**70, 0.5], [2**70, 0.5]),  # integers beyond 64 bits (orjson refuses them)
+    ([{0: 1.5}, {0: 2.5}], [{"0": 1.5}, {"0": 2.5}]),  # records of a frame whose column is named 0
+    ([object(), object()], {"error": {"code": "internal", "field": None,
+                                      "message": "the model server failed; see its log"}}),  # nothing encodes it
+])
+def test_fast_path_encodes_outputs_as_json_dumps_would(outputs: list, expected: object) -> None:
+    async def given(rows):
+        return outputs
+
+    two_rows = {"json": {"inputs": [{"surge multiplier": 1.0}, {"surge multiplier": -1.0}]}}
+    encoded, = _fast(given, ("POST", "/predict", two_rows))
+    assert (encoded.status_code, encoded.json()) == (500 if "error" in expected else 200, expected)

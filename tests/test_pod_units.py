@@ -32,7 +32,7 @@ class _Service:
 
 
 def _app(pod: mf_serve.Pod):
-    return mf_http.ErrorShape(mf_fast.FastPredict(pod, _Inputs, pod.answer), max_bytes=1000)
+    return mf_fast.FastPredict(mf_http.ErrorShape(pod, max_bytes=1000), _Inputs, pod.answer, max_bytes=1000)  # as mf_serve
 
 
 def _requests(pod: mf_serve.Pod, *requests: tuple) -> list[tuple[int, object]]:

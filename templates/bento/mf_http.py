@@ -6,6 +6,7 @@
 - overload (mf_batch refusing work, `overloaded()`; BentoML's own "process is overloaded") → 503
   `overloaded` with `Retry-After`;
 - a 200 whose outputs hold a row failure marker (`mf_runtime.failure`) → 500 for that request alone.
+The pod's POST /predict (mf_fast) answers by the same rules with the helpers here, without the wrapping.
 Copied verbatim into each model's folder by `factory render`.
 """
 
@@ -16,6 +17,7 @@ import re
 from typing import Any, Optional
 
 FAILURE_MARK = b"__model_factory_failure__"
+MARK_KEY = FAILURE_MARK.decode()
 RETRY_AFTER_S = "1"
 CODES = {400: "invalid_input", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
          415: "unsupported_media_type", 422: "invalid_input", 500: "internal", 503: "overloaded"}
@@ -58,7 +60,7 @@ class ErrorShape:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._send(send, 413, self._too_large())
+            await self._send(send, 413, too_large(self.max_bytes))
             return
         seen = 0
         response = _Response(send)
@@ -68,18 +70,14 @@ class ErrorShape:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _BodyTooLarge()
+                raise BodyTooLarge()
             return message
 
         try:
             await self.app(scope, counting_receive, response.send)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             if not response.started:
-                await self._send(send, 413, self._too_large())
-
-    def _too_large(self) -> bytes:
-        return error_body("body_too_large", f"request body is larger than {self.max_bytes} bytes; send fewer rows "
-                                            "per request")
+                await self._send(send, 413, too_large(self.max_bytes))
 
     @staticmethod
     async def _send(send: Any, status: int, body: bytes, headers: Optional[list] = None) -> None:
@@ -159,13 +157,22 @@ def _validation(errors: list) -> bytes:
 
 
 def _row_failure(body: bytes) -> Optional[tuple[int, bytes, list]]:
-    outputs = json.loads(body)
+    failed = row_failure(json.loads(body))
+    return None if failed is None else (500, failed, [])
+
+
+def row_failure(outputs: Any) -> Optional[bytes]:
+    """The 500 body of the first row holding a failure marker (`mf_runtime.failure`), or None."""
     for index, output in enumerate(outputs if isinstance(outputs, list) else []):
-        if isinstance(output, dict) and FAILURE_MARK.decode() in output:
-            failed = output[FAILURE_MARK.decode()]
-            return 500, error_body(failed["code"], failed["message"], f"inputs[{index}]"), []
+        if isinstance(output, dict) and MARK_KEY in output:
+            failed = output[MARK_KEY]
+            return error_body(failed["code"], failed["message"], f"inputs[{index}]")
     return None
 
 
-class _BodyTooLarge(Exception):
+def too_large(max_bytes: int) -> bytes:
+    return error_body("body_too_large", f"request body is larger than {max_bytes} bytes; send fewer rows per request")
+
+
+class BodyTooLarge(Exception):
     pass

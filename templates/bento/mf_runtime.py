@@ -89,8 +89,8 @@ class Predictor:
 
     BentoML hands one exception to every request of a batch (FIELD_NOTES). Here a batch that raises
     is bisected until the rows that raise are alone: they get a failure marker, every other row its
-    prediction, and `mf_http.ErrorShape` turns a request holding a marker into its own 500. When
-    nothing raises, the batch runs once, as before.
+    prediction, and the server (mf_fast; mf_http.ErrorShape under `bentoml serve`) turns a request
+    holding a marker into its own 500. When nothing raises, the batch runs once, as before.
     """
 
     def __init__(self, mlflow_model_dir: str, resolved: dict, allow_non_finite: bool = False):

@@ -87,8 +87,8 @@ def main() -> None:
     from service import MAX_BODY_BYTES, ModelService
 
     pod = Pod(ModelService)
-    app = mf_http.ErrorShape(mf_fast.FastPredict(pod, ModelService.apis["predict"].input_spec, pod.answer),
-                             max_bytes=MAX_BODY_BYTES)
+    app = mf_fast.FastPredict(mf_http.ErrorShape(pod, max_bytes=MAX_BODY_BYTES), ModelService.apis["predict"].input_spec,
+                              pod.answer, max_bytes=MAX_BODY_BYTES)
     # proxy_headers off: nothing here reads the client's address, and the middleware costs ~3 % of a request.
     # lifespan "on": a model that fails to load stops the server instead of serving without a model.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning", proxy_headers=False,
