@@ -67,7 +67,10 @@ Name = Annotated[str, _checked(NAME_PATTERN, "must start with a letter, end with
 Segment = Annotated[str, _checked(SEGMENT_PATTERN, "must start with a letter or digit and contain only ASCII "
                                                    "letters, digits, '.', '_' and '-' (at most 63 characters)")]
 RegistryName = Annotated[str, _checked(REGISTRY_NAME_PATTERN, "must contain only ASCII letters, digits, '.', "
-                                                              "'_' and '-' (at most 128 characters)")]
+                                                              "'_' and '-' (at most 128 characters)", "registry_name")]
+# MLflow takes any registered name; the factory passes only these into labels, filters and file names.
+REGISTRY_NAME_HINT = ("register the version under such a name too, e.g. "
+                      "MlflowClient().copy_model_version('models:/NAME/VERSION', 'fraud-model'), and name that here")
 Alias = Annotated[str, _checked(ALIAS_PATTERN, "must start with a letter and contain only ASCII letters, "
                                                "digits, '_' and '-'")]
 GpuType = Annotated[str, _checked(GPU_TYPE_PATTERN, "must be a lowercase node label value such as "

@@ -96,11 +96,14 @@ def _input_specs(signature: Union[dict, list, None]) -> list[dict]:
 
 
 def _column(index: int, spec: dict) -> Column:
-    name, type_name = spec.get("name"), spec.get("type")
-    if not isinstance(name, str) or not name:
-        raise ServeError(f"input column {index} has no name: requests key each row by column name")
+    # A type-hinted predict (model_input: list[str]) logs one unnamed column: rows key it as c0, the name
+    # the served frame gives it (mf_inputs.column_names), and MLflow takes its columns by position.
+    name, type_name = spec.get("name") or f"c{index}", spec.get("type")
+    if not isinstance(name, str):
+        raise ServeError(f"input column {index} has a name that is not a string: {name!r}")
     if type_name not in COLUMN_TYPES:
-        raise ServeError(f"input column {name!r} has unsupported type {type_name!r} "
+        which = repr(name) if spec.get("name") else f"{index} (unnamed)"
+        raise ServeError(f"input column {which} has unsupported type {type_name!r} "
                          f"(supported: {', '.join(COLUMN_TYPES)})")
     return Column(name, type_name, required=spec.get("required", True) is not False)
 

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from factory.catalog import (VERSION_OR_ALIAS, VERSION_OR_ALIAS_MESSAGE, Batching, Catalog, Compile,
+from factory.catalog import (REGISTRY_NAME_HINT, VERSION_OR_ALIAS, VERSION_OR_ALIAS_MESSAGE, Batching, Catalog, Compile,
                              ExperimentSpec, KubernetesSettings, ModelSpec, PipelineSettings, Resources, Scaling, Serving,
                              Slo, shown)
 from factory.crosscheck import cross_check
@@ -214,6 +214,8 @@ def describe(error: dict, model: type[BaseModel]) -> tuple[str, Optional[str], b
     if kind in simple:
         return simple[kind](), None, False
     message = error["msg"].removeprefix("Value error, ")
+    if kind == "registry_name":
+        return message, REGISTRY_NAME_HINT, False
     if isinstance(value, (bool, float)) and kind not in ("greater_than_equal", "less_than_equal"):
         return message, QUOTE_HINT, False
     return message, None, False

@@ -84,7 +84,10 @@ def _feeds(model: Any, inputs: list[dict], precision: str, by_name: bool) -> tup
     """How rows feed the ONNX inputs: one matrix of every column when all are numbers and the model
     selects none by name; else one input per column, named as the column (a ColumnTransformer picks
     its columns by those names, or by position across the inputs in order)."""
-    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+    if by_name:
+        from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+    else:  # onnxmltools' XGBoost converter checks types against its own classes, refusing skl2onnx's
+        from onnxmltools.convert.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
 
     number = DoubleTensorType if precision == "float64" else FloatTensorType
     if inputs and inputs[0].get("type") == "tensor":
@@ -94,7 +97,7 @@ def _feeds(model: Any, inputs: list[dict], precision: str, by_name: bool) -> tup
         return [["X", precision, None]], [("X", number([None, shape[1]]))]
     names = [spec.get("name", f"c{index}") for index, spec in enumerate(inputs)]
     kinds = [spec["type"] for spec in inputs]
-    if all(kind in NUMERIC for kind in kinds) and not (by_name and hasattr(model, "feature_names_in_")):
+    if all(kind in NUMERIC for kind in kinds) and not (by_name and _picks_columns(model)):
         return [["X", precision, names]], [("X", number([None, len(names)]))]
     if not by_name:
         raise NotConvertible("string input columns (this converter takes numbers only)")
@@ -105,6 +108,15 @@ def _feeds(model: Any, inputs: list[dict], precision: str, by_name: bool) -> tup
     types = [(name, StringTensorType([None, 1]) if kind == "string" else number([None, 1]))
              for name, kind in zip(names, kinds)]
     return feeds, types
+
+
+def _picks_columns(model: Any) -> bool:
+    """Whether a ColumnTransformer inside picks columns by name; any other model fit on a DataFrame
+    (its `feature_names_in_` set) takes one matrix, as skl2onnx converts a bare estimator only so."""
+    from sklearn.compose import ColumnTransformer
+
+    parts = [model, *model.get_params(deep=True).values()] if hasattr(model, "get_params") else [model]
+    return any(isinstance(part, ColumnTransformer) for part in parts)
 
 
 def _sklearn_onnx(model: Any, types: list) -> Any:

@@ -160,6 +160,8 @@ def _flavor(flavors: dict) -> dict:
     pyfunc = flavors.get("python_function", {})
     loader_module = pyfunc.get("loader_module")
     base = {"predict_fn": pyfunc.get("predict_fn", "predict")}
+    if pyfunc.get("code"):  # code_paths: the module a pickled custom class is imported from
+        base["code"] = pyfunc["code"]
     sklearn, lgb, xgb = flavors.get("sklearn", {}), flavors.get("lightgbm", {}), flavors.get("xgboost", {})
     if loader_module == "mlflow.sklearn" and sklearn.get("serialization_format") in SKLEARN_FORMATS:
         serialization = sklearn["serialization_format"]

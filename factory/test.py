@@ -63,16 +63,25 @@ def test_command(catalog_path: Path, names: Iterable[str], everything: bool, set
         reports.append(report)
         progress(f"[{position}/{len(models)}] {model.name}: {_verdict(report)}")
     progress(summary_table(reports))
-    for report in reports:
-        first = report.capacity.steps[0] if report.capacity and report.capacity.steps else None
-        if first and first.requests and not report.capacity.rps:
-            progress(f"note: {report.model} misses its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, "
-                     f"slo.p99_ms) or sheds even at one connection (p99 {first.p99_ms:.1f} ms, {first.shed} shed): "
-                     "its capacity is 0; speed the model up or raise slo.p99_ms")
+    for note in filter(None, map(capacity_note, reports)):
+        progress(note)
     failed = [report for report in reports if not report.passed]
     if failed:
         raise QualificationFailed("\n".join(_failure_lines(report) for report in failed))
     return reports
+
+
+def capacity_note(report: TestReport) -> Optional[str]:
+    """Why a model that answered load has capacity 0: errors (a model failing every request is not slow) or latency."""
+    first = report.capacity.steps[0] if report.capacity and report.capacity.steps else None
+    if not (first and first.requests and not report.capacity.rps):
+        return None
+    if first.failures:
+        return (f"note: {report.model} failed {first.failures} of {first.requests} load requests even at one "
+                "connection: its capacity is 0; the failures below say why")
+    return (f"note: {report.model} misses its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, "
+            f"slo.p99_ms) or sheds even at one connection (p99 {first.p99_ms:.1f} ms, {first.shed} shed): "
+            "its capacity is 0; speed the model up or raise slo.p99_ms")
 
 
 def _verdict(report: TestReport) -> str:
@@ -200,7 +209,9 @@ def _failure_lines(report: TestReport) -> str:
         return f"{report.model}: failed: {report.error}"
     lines = [f"{report.model}: failed (serve log: {report.serve_log})"]
     for failure in report.failures:
+        # The answer says what the model raised; one line, as a body may hold newlines.
         lines += [f"  {failure.kind}: {failure.reason}", f"  request: {failure.request_excerpt[:300]}",
+                  f"  response: {' '.join(failure.response_excerpt.split())[:300]}",
                   f"  replay: {_serve_again(report)} &  # stays up until stopped; it prints its serve log",
                   f"          {failure.replay_curl}", f"  rerun:  {failure.replay_factory}"]
     if report.capacity.failures:

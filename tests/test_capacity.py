@@ -43,6 +43,22 @@ def test_capacity_is_the_best_rate_before_the_first_miss(steps: list, rps: float
     assert capacity.steps == steps
 
 
+@pytest.mark.parametrize("first, note", [
+    (step(1, 100, 34, failures=14, requests=16),
+     "note: m failed 14 of 16 load requests even at one connection: its capacity is 0; the failures below say why"),
+    (step(1, 100, 101), "note: m misses its latency objective (p99 ≤ 100 ms, slo.p99_ms) or sheds even at one "
+                        "connection (p99 101.0 ms, 0 shed): its capacity is 0; speed the model up or raise slo.p99_ms"),
+    (step(1, 100, 10), None),
+    (step(1, 0, 0, requests=0), None),
+])
+def test_a_capacity_of_zero_says_whether_errors_or_latency_made_it(first: CapacityStep, note: Optional[str]) -> None:
+    """A model failing every request is not slow: its p99 was within the objective."""
+    from factory.test import capacity_note
+
+    report = TestReport(model="m", route="/m/a", passed=False, capacity=capacity_of([first], slo_p99_ms=100))
+    assert capacity_note(report) == note
+
+
 class _Answers(BaseHTTPRequestHandler):
     """200 for `ok`, a well-formed shed for `shed`, a bare 503 for anything else."""
 

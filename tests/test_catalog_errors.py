@@ -26,6 +26,11 @@ CASES = [
           endpoint: p
         """, ["models.yaml:3:3: models[0].version: duplicate key 'version' (first at line 2) "
               "(hint: keep only one of them)"]),
+    ("a registered name the factory cannot pass on", """\
+        - {name: fraud, registry_name: "Fraud Model", version: 1, endpoint: p}
+        """, ["models.yaml:1:32: models[0].registry_name: must contain only ASCII letters, digits, '.', '_' and '-' "
+              "(at most 128 characters); got 'Fraud Model' (hint: register the version under such a name too, e.g. "
+              "MlflowClient().copy_model_version('models:/NAME/VERSION', 'fraud-model'), and name that here)"]),
     ("duplicate model name", """\
         - {name: m_a, version: 1, endpoint: p, parameters: [a]}
         - {name: m_a, version: 1, endpoint: p, parameters: [b]}

@@ -109,6 +109,33 @@ def test_columns_picked_by_name_compile_with_one_input_per_column(tmp_path: Path
     assert [feed[2] for feed in decision.flavor["feeds"]] == [["distance km"], ["hour"], ["segment"]]
 
 
+def test_an_estimator_fit_on_a_frame_compiles_with_one_matrix(tmp_path: Path) -> None:
+    """A bare estimator knows its columns' names (feature_names_in_) yet picks none: skl2onnx refused one
+    input per column ("at most 1 input(s) is(are) supported"); names that collide once sanitised too."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    frame, target = _training()
+    odd = {"inputs": [{"type": "double", "name": name, "required": True} for name in ("a b", "a_b", "größe")]}
+    features = pd.DataFrame({"a b": frame["distance km"], "a_b": frame["hour"].astype(float), "größe": target})
+    model = LogisticRegression().fit(features, target > 10)
+    decision = _decide(model, odd, tmp_path, _cases(odd, model.predict_proba, "frame"), predict_fn="predict_proba")
+    assert decision.compiled, decision.reason
+    assert [feed[2] for feed in decision.flavor["feeds"]] == [["a b", "a_b", "größe"]]
+
+
+def test_an_xgboost_sklearn_classifier_compiles_in_single_precision(tmp_path: Path) -> None:
+    """XGBClassifier (the sklearn API) as `mlflow.xgboost` logs it: onnxmltools refused skl2onnx's tensor types."""
+    from xgboost import XGBClassifier
+
+    frame, target = _training()
+    classes = np.digitize(target, [8.0, 14.0])  # three classes
+    model = XGBClassifier(n_estimators=5, max_depth=3).fit(frame[["distance km", "hour"]], classes)
+    decision = _decide(model, DOUBLES, tmp_path, _cases(DOUBLES, model.predict), loader="xgboost")
+    assert decision.compiled, decision.reason
+    assert decision.reason.startswith("ONNX float32 reproduces the registry model on ")
+
+
 def test_a_tolerance_tighter_than_the_compiled_form_falls_back_naming_the_error_and_input(tmp_path: Path) -> None:
     from sklearn.ensemble import GradientBoostingRegressor
 

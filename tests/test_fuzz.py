@@ -64,6 +64,15 @@ def test_parses_every_column_type_and_optional_columns():
     assert [c.name for c in columns if not c.required] == ["opt score", 'label "ü"']
 
 
+def test_an_unnamed_column_is_keyed_as_the_served_frame_names_it():
+    """A type-hinted predict(model_input: list[str]) logs one column without a name (MLflow 3)."""
+    from factory.runtime import bento_module
+
+    inputs = [{"type": "string", "required": True}]
+    assert signature_columns(inputs) == [Column("c0", "string")]
+    assert bento_module("mf_inputs").column_names(inputs) == ["c0"]
+
+
 def test_accepts_the_dict_form_and_the_parsed_inputs_list_alike():
     assert signature_columns(json.loads(ALL_TYPES["inputs"])) == signature_columns(ALL_TYPES)
     assert signature_columns(IMAGE) == [Column(None, "float32", shape=(2, 3))]
@@ -81,8 +90,11 @@ def test_accepts_the_dict_form_and_the_parsed_inputs_list_alike():
     ([{"type": "array", "name": "tags", "items": {"type": "string"}}],
      "input column 'tags' has unsupported type 'array' (supported: binary, boolean, datetime, double, float, "
      "integer, long, string)"),
-    ([{"type": "double", "name": "a"}, {"type": "double"}],
-     "input column 1 has no name: requests key each row by column name"),
+    ([{"type": "double", "name": "c1"}, {"type": "double"}], "input column 'c1' appears more than once"),
+    ([{"type": "double", "name": 7}], "input column 0 has a name that is not a string: 7"),
+    ([{"type": "object", "properties": {"zone": {"type": "string"}}}],  # a type-hinted list[pydantic model]
+     "input column 0 (unnamed) has unsupported type 'object' (supported: binary, boolean, datetime, double, float, "
+     "integer, long, string)"),
     ([{"type": "double", "name": "a"}, {"type": "long", "name": "a"}], "input column 'a' appears more than once"),
     ([{"type": "tensor", "tensor-spec": {"dtype": "object", "shape": [-1]}}],
      "the tensor input has unsupported dtype 'object' (supported: bool, float16, float32, float64, int16, int32, "

@@ -26,7 +26,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     class Trips(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):
             if (model_input["distance km"] < 0).any():
-                raise ValueError("a negative distance")
+                raise ValueError("a negative\n  distance")  # a message on lines, as MLflow's schema errors are
             hours = model_input["when"].dt.hour.fillna(0)  # raises unless `when` arrives as datetime64
             return (model_input["distance km"] * 2 + hours).to_numpy()
 
@@ -47,6 +47,7 @@ def _record(model_dir: Path, model_venv) -> tuple[list[dict], list[str], list]:
 def test_a_model_the_factory_loads_is_answered_here(model_dir: Path) -> None:
     cases, errors, _ = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
     assert len(cases) + len(errors) == 6 and cases
+    assert set(errors) == {"ValueError: a negative distance"}  # one line each, for the build's warning
     for case in cases:
         assert case["outputs"] == [row["distance km"] * 2 + _hour(row.get("when")) for row in case["inputs"]]
 

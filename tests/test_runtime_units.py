@@ -106,7 +106,9 @@ def _frame_from_rows(rows: list[dict], inputs: list[dict]):
     data = pd.DataFrame([[mf_inputs._cell(row.get(name), spec["type"]) for name, spec in zip(names, inputs)]
                          for row in rows], columns=names)
     for name, spec in zip(names, inputs):
-        if spec["type"] in ("double", "float") or (spec["type"] in mf_inputs.FRAME_DTYPES and data[name].notna().all()):
+        if spec["type"] in mf_inputs.INTEGERS and not spec["required"] and data[name].isna().all():
+            data = data.drop(columns=[name])
+        elif spec["type"] in ("double", "float") or (spec["type"] in mf_inputs.FRAME_DTYPES and data[name].notna().all()):
             data[name] = data[name].astype(mf_inputs.FRAME_DTYPES[spec["type"]])
         elif spec["type"] == "datetime":
             data[name] = pd.to_datetime(data[name], utc=True).dt.tz_localize(None)
@@ -135,7 +137,25 @@ def test_frames_keep_the_signature_dtypes_and_values(case) -> None:
     import pandas as pd
 
     inputs, rows = case
-    pd.testing.assert_frame_equal(mf_inputs.frame(rows, inputs), _frame_from_rows(rows, inputs))
+    # Names compared, not the Index class: a frame left with no column has an empty, untyped one.
+    pd.testing.assert_frame_equal(mf_inputs.frame(rows, inputs), _frame_from_rows(rows, inputs), check_column_type=False)
+
+
+def test_an_optional_integer_column_no_row_has_is_left_out_as_mlflow_serve_leaves_it_out() -> None:
+    """MLflow's schema enforcement refuses a missing value in an integer column, but takes its absence:
+    a request without the column is answered, as `mlflow models serve` answers it; a batch mixing rows
+    with and without it raises (the Predictor then runs its rows apart)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models.utils import _enforce_schema
+    from mlflow.types import Schema
+
+    inputs = [{"type": "long", "name": "count", "required": False}, {"type": "boolean", "name": "flag", "required": True}]
+    schema = Schema.from_json(json.dumps(inputs))
+    alone = _enforce_schema(mf_inputs.frame([{"count": None, "flag": True}], inputs), schema)
+    assert list(alone.columns) == ["flag"]
+    assert _enforce_schema(mf_inputs.frame([{"count": 3, "flag": True}], inputs), schema)["count"].tolist() == [3]
+    with pytest.raises(MlflowException, match="missing values"):
+        _enforce_schema(mf_inputs.frame([{"count": None, "flag": True}, {"count": 3, "flag": False}], inputs), schema)
 
 
 def _predictor(predict, allow_non_finite=False) -> mf_runtime.Predictor:
@@ -265,6 +285,59 @@ def test_a_dataframe_of_predictions_answers_named_records_as_mlflow_serve_does()
     assert mf_inputs.nulled(mf_inputs.as_outputs(frame)) == [{"label": "hi", "score": 0.5}, {"label": "lo", "score": None}]
     assert mf_inputs.as_outputs(pd.Series([1, 2])) == [1, 2]
     assert mf_inputs.as_outputs(np.array([[0.25, 0.75]])) == [[0.25, 0.75]]
+
+
+def test_a_dict_of_named_arrays_answers_one_record_per_row() -> None:
+    """What an `mlflow.onnx` model's pyfunc predicts: {output name: array}; json.dumps refused the arrays."""
+    import numpy as np
+
+    predictions = {"variable": np.array([[1.5], [2.5]], dtype=np.float32), "label": np.array([0, 1])}
+    records = mf_inputs.as_outputs(predictions)
+    assert records == [{"label": 0, "variable": [1.5]}, {"label": 1, "variable": [2.5]}]
+    assert json.dumps(records) and list(records[0]) == ["label", "variable"]
+
+
+TRANSFORMER = """
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+class LogFeatures(BaseEstimator, TransformerMixin):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.log(np.asarray(X, dtype="float64"))
+"""
+
+def test_a_native_sklearn_model_imports_its_custom_classes_from_its_code_paths(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipeline with a transformer from code_paths: pyfunc puts them on sys.path, the native loader must too."""
+    import mlflow.sklearn
+    import numpy as np
+    import pandas as pd
+    import yaml
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+
+    from factory.registry import _flavor
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "sweep_log_features.py").write_text(TRANSFORMER)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    from sweep_log_features import LogFeatures
+
+    frame = pd.DataFrame({"p": np.linspace(1.0, 100.0, 20)})
+    model = make_pipeline(LogFeatures(), LinearRegression()).fit(frame, np.log(frame["p"]))
+    mlflow.sklearn.save_model(model, str(tmp_path / "model"), serialization_format="skops",
+                              code_paths=[str(tmp_path / "src" / "sweep_log_features.py")],
+                              skops_trusted_types=["sweep_log_features.LogFeatures"], pip_requirements=["scikit-learn"])
+    flavor = _flavor(yaml.safe_load((tmp_path / "model" / "MLmodel").read_text())["flavors"])
+    assert (flavor["loader"], flavor["code"]) == ("skops", "code")
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(tmp_path / "src")])
+    monkeypatch.delitem(sys.modules, "sweep_log_features")  # as in a fresh serving process
+    loaded = mf_flavors.load(tmp_path / "model", flavor)  # the module only under the model's code/
+    assert loaded.predict(pd.DataFrame({"p": [1.0, 10.0]})).tolist() == pytest.approx([0.0, math.log(10.0)], abs=1e-9)
+    assert sys.modules["sweep_log_features"].__file__ == str(tmp_path / "model" / "code" / "sweep_log_features.py")
 
 
 def test_rows_answered_with_nan_fail_alone_when_outputs_are_records() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -65,8 +66,11 @@ def _unpickle(path: Path, serialization: str, trusted: list[str]) -> Any:
 
 
 def native_model(model_dir: Path, flavor: dict) -> Any:
-    """The model object its flavor saved (an estimator, a Booster): what `factory build` compiles."""
+    """The model object its flavor saved (an estimator, a Booster): what `factory build` compiles.
+    A model logged with code_paths unpickles classes from them: they go first on sys.path, as pyfunc puts them."""
     path = model_dir / flavor["model_file"]
+    if flavor.get("code") and str(model_dir / flavor["code"]) not in sys.path:
+        sys.path.insert(0, str(model_dir / flavor["code"]))
     if flavor["loader"] in SKLEARN_FORMATS:
         return _unpickle(path, flavor["loader"], flavor.get("trusted_types", []))
     if flavor["loader"] == "lightgbm":

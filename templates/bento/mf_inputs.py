@@ -16,6 +16,7 @@ from typing import Any
 
 FRAME_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
 NUMERIC = {"double", "float", "long", "integer", "boolean"}
+INTEGERS = ("long", "integer")
 
 
 def is_tensor(inputs: list[dict]) -> bool:
@@ -35,8 +36,11 @@ def tensor(rows: list[Any], inputs: list[dict]) -> Any:
 def frame(rows: list[dict], inputs: list[dict]) -> Any:
     """Columns in signature order with the signature's dtypes; a missing optional value is NaN/None.
 
-    Built column by column: numeric columns as numpy arrays of their dtype, the others inferred by
-    pandas. Building from rows and casting afterwards took ~4x as long, on every batch."""
+    An optional integer column no row has a value for is left out, as `mlflow models serve` leaves
+    out a column no record names: MLflow's schema enforcement refuses any missing value in an integer
+    column but accepts the column's absence. Built column by column: numeric columns as numpy arrays
+    of their dtype, the others inferred by pandas. Building from rows and casting afterwards took ~4x
+    as long, on every batch."""
     import numpy as np
     import pandas as pd
 
@@ -44,6 +48,8 @@ def frame(rows: list[dict], inputs: list[dict]) -> Any:
     for name, spec in zip(column_names(inputs), inputs):
         kind = spec["type"]
         values = [_cell(row.get(name), kind) for row in rows]
+        if kind in INTEGERS and not spec.get("required", True) and all(row.get(name) is None for row in rows):
+            continue
         # An integer column with a missing value stays float/object, as MLflow's own schema enforcement keeps it.
         if kind in ("double", "float") or (kind in FRAME_DTYPES and all(row.get(name) is not None for row in rows)):
             columns[name] = np.array(values, dtype=FRAME_DTYPES[kind])
@@ -51,7 +57,7 @@ def frame(rows: list[dict], inputs: list[dict]) -> Any:
             columns[name] = _datetimes(values)
         else:
             columns[name] = values
-    return pd.DataFrame(columns, columns=column_names(inputs), index=pd.RangeIndex(len(rows)))
+    return pd.DataFrame(columns, columns=list(columns), index=pd.RangeIndex(len(rows)))
 
 
 def _datetimes(values: list[Any]) -> Any:
@@ -96,12 +102,17 @@ def _cell(value: Any, kind: str) -> Any:
 
 
 def as_outputs(predictions: Any) -> list:
-    """One JSON value per row, as `mlflow models serve` answers: a DataFrame's rows as `{column: value}`
-    records (its column names are the outputs' names), anything else (array, Series, list) row by row."""
+    """One JSON value per row: a DataFrame's rows as `{column: value}` records (its column names are the
+    outputs' names), likewise a dict of named arrays (what an ONNX or other tensor model answers; `mlflow
+    models serve` sends those column-wise, one row per answer keeps batches splittable), anything else
+    (array, Series, list) row by row."""
     import numpy as np
 
     if hasattr(predictions, "columns") and hasattr(predictions, "to_dict"):  # a DataFrame, without importing pandas
         return predictions.to_dict(orient="records")
+    if isinstance(predictions, dict):
+        columns = {name: np.asarray(values).tolist() for name, values in sorted(predictions.items())}
+        return [dict(zip(columns, row)) for row in zip(*columns.values())]
     return np.asarray(predictions).tolist()
 
 
