@@ -113,8 +113,9 @@ class Builder:
                 return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
             return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
-        golden_path, cases = self._golden(model, resolved, _model_dir(bento_model_tag))
-        source, decision = self._workspace(model, folder, resolved, bento_model_tag, cases)
+        model_dir = _model_dir(bento_model_tag)
+        golden_path, cases = self._golden(model, resolved, model_dir)
+        source, decision = self._workspace(model, folder, resolved, bento_model_tag, model_dir, cases)
         self.progress(f"{model.name}: serves {decision.path}: {decision.reason}")
         bento_tag = self._bento_build(model, source, content_hash)
         record = BuildRecord(
@@ -168,24 +169,23 @@ class Builder:
         return tag
 
     def _workspace(self, model: ModelSpec, folder: dict[str, str], resolved: ResolvedModel,
-                   bento_model_tag: str, cases: list[dict]) -> tuple[Path, compiled.Decision]:
+                   bento_model_tag: str, model_dir: Path, cases: list[dict]) -> tuple[Path, compiled.Decision]:
         source = self.state.source_dir(model.name)
         shutil.rmtree(source, ignore_errors=True)
         source.mkdir(parents=True)
         for name, text in folder.items():
             (source / name).write_text(text, encoding="utf-8")
-        flavor, requirements, decision = self._dependencies(model, resolved, bento_model_tag, cases, source)
+        flavor, requirements, decision = self._dependencies(model, resolved, model_dir, cases, source)
         write_atomic(source / "requirements.txt", "".join(f"{line}\n" for line in requirements))
         ResolvedRecord(bento_model_tag=bento_model_tag, signature=resolved.signature, flavor=flavor,
                        registry={"name": resolved.registered_as, "version": resolved.version},
                        requirements=list(requirements)).save(self.state.resolved_path(model.name))
         return source, decision
 
-    def _dependencies(self, model: ModelSpec, resolved: ResolvedModel, bento_model_tag: str, cases: list[dict],
+    def _dependencies(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path, cases: list[dict],
                       source: Path) -> tuple[dict, tuple, compiled.Decision]:
         """The loader the Bento will use (compiled where exact), and its packages: the compiled form's are the
         runtime's pins and onnxruntime; a native model's are its own requirements merged with the runtime's."""
-        model_dir = _model_dir(bento_model_tag)
         flavor = dict(resolved.flavor)
         packages = list(flavor.pop("packages"))
         native = bento_module("mf_flavors").native_model

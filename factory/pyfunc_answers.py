@@ -30,9 +30,8 @@ def answers(model_dir: str, inputs: list[dict], requests: list[list], mf_inputs:
     try:
         model = mlflow.pyfunc.load_model(model_dir)
     except ImportError as exc:
-        if here:
-            raise MissingLibrary(f"{type(exc).__name__}: {exc}") from exc
-        raise
+        _missing_here(exc, here)
+        raise  # in the model's own venv: the script fails, and the build says why
     found = []
     for rows in requests:
         try:
@@ -42,12 +41,16 @@ def answers(model_dir: str, inputs: list[dict], requests: list[list], mf_inputs:
                 batch = mf_inputs.tensor(rows, inputs) if mf_inputs.is_tensor(inputs) else mf_inputs.frame(rows, inputs)
                 found.append({"outputs": mf_inputs.as_outputs(model.predict(batch))})
         except ImportError as exc:  # a library imported lazily, at predict time
-            if here:
-                raise MissingLibrary(f"{type(exc).__name__}: {exc}") from exc
+            _missing_here(exc, here)
             found.append({"error": _summary(exc)})
         except Exception as exc:  # the registry model's own failure, whatever its type
             found.append({"error": _summary(exc)})
     return found
+
+
+def _missing_here(exc: ImportError, here: bool) -> None:
+    if here:
+        raise MissingLibrary(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _summary(exc: BaseException) -> str:

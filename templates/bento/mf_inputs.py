@@ -47,9 +47,9 @@ def frame(rows: list[dict], inputs: list[dict]) -> Any:
     columns: dict[str, Any] = {}
     for name, spec in zip(column_names(inputs), inputs):
         kind = spec["type"]
-        values = [_cell(row.get(name), kind) for row in rows]
         if kind in INTEGERS and not spec.get("required", True) and all(row.get(name) is None for row in rows):
             continue
+        values = [_cell(row.get(name), kind) for row in rows]
         # An integer column with a missing value stays float/object, as MLflow's own schema enforcement keeps it.
         if kind in ("double", "float") or (kind in FRAME_DTYPES and all(row.get(name) is not None for row in rows)):
             columns[name] = np.array(values, dtype=FRAME_DTYPES[kind])
