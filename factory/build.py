@@ -25,7 +25,8 @@ from factory.images import ImageStep
 from factory.loader import load_catalog, select_models
 from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
-from factory.runtime import bento_module, model_requirements, resolve_requirements, runtime_python
+from factory.modelreqs import model_requirements
+from factory.runtime import bento_module, resolve_requirements, runtime_python, torch_cpu_index
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
@@ -106,7 +107,9 @@ class Builder:
         started = time.monotonic()
         resolved = self.registry.resolve(model)
         folder = self._rendered_folder(model)
-        content_hash = _content_hash(folder, resolved, model.serving.model_dump_json() + model.compile.model_dump_json())
+        # The CPU index is part of what a PyTorch model's Bento installs: a new one is a new build.
+        content_hash = _content_hash(folder, resolved, model.serving.model_dump_json() + model.compile.model_dump_json()
+                                     + torch_cpu_index())
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
             if previous.image_built or self.image_step.skipped:
@@ -204,14 +207,16 @@ class Builder:
                 flavor, packages, wants = {**flavor, "loader": "pyfunc"}, list(PYFUNC_PACKAGES), "frame"
             if wants == "frame":
                 packages.append("pandas")  # fit on a DataFrame: it selects columns by name
-        return flavor, self._requirements(model, model_dir, packages, flavor["loader"] != "pyfunc"), decision
+        return flavor, self._requirements(model, resolved, model_dir, packages, flavor["loader"] != "pyfunc"), decision
 
-    def _requirements(self, model: ModelSpec, model_dir: Path, packages: list[str], native: bool) -> tuple[str, ...]:
+    def _requirements(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path, packages: list[str],
+                      native: bool) -> tuple[str, ...]:
         requirements_file = model_dir / "requirements.txt"
         recorded = requirements_file.read_text(encoding="utf-8") if requirements_file.is_file() else ""
-        return resolve_requirements(model_requirements(recorded, str(requirements_file)), packages,
-                                    model.serving.packages, native, self.catalog.where(model.name),
-                                    gpu=model.resources.gpu > 0)
+        where = self.catalog.where(model.name)
+        source = f"{where}: {resolved.registered_as} version {resolved.version}: requirements.txt"
+        return resolve_requirements(model_requirements(recorded, source), packages, model.serving.packages, native,
+                                    where, gpu=model.resources.gpu > 0, torch_index=torch_cpu_index())
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.
@@ -247,7 +252,8 @@ class Builder:
             # The set the Bento serves a pyfunc model with, so `factory test` finds this venv already made.
             self.progress(f"{model.name}: the factory cannot load this model itself; recording its golden "
                           "predictions in a venv with its own requirements")
-            return runtime_python(self.state.root, self._requirements(model, model_dir, list(PYFUNC_PACKAGES), False))
+            return runtime_python(self.state.root, self._requirements(model, resolved, model_dir, list(PYFUNC_PACKAGES),
+                                                                      False))
 
         cases, errors, non_finite = golden.record_golden(resolved, model_dir, min(8, model.batching.max_batch_size),
                                                          model_venv, self.catalog.where(model.name))

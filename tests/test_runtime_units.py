@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
 from factory.errors import BuildError
-from factory.runtime import BENTO_TEMPLATES, lock_pins, model_requirements, resolve_requirements
+from factory.runtime import BENTO_TEMPLATES, lock_pins, resolve_requirements
 
 sys.path.insert(0, str(BENTO_TEMPLATES))
 import mf_flavors  # noqa: E402
@@ -72,15 +72,6 @@ def test_xgboost_is_served_with_its_cpu_build_unless_the_model_has_a_gpu(recorde
 def test_a_catalog_override_of_xgboost_replaces_the_cpu_build() -> None:
     resolved = _resolve(["xgboost==3.2.0"], packages=["xgboost==3.1.0"])
     assert [line for line in resolved if line.startswith("xgboost")] == ["xgboost==3.1.0"]
-
-
-def test_requirements_file_skips_options_and_locates_bad_lines() -> None:
-    text = "# comment\n-r other.txt\nnumpy>=1  # inline\n\nlightgbm==4.7.0; python_version < '3'\n"
-    parsed = [str(r) for r in model_requirements(text, "req.txt")]
-    assert parsed == ["numpy>=1", 'lightgbm==4.7.0; python_version < "3"']
-    assert "lightgbm" not in " ".join(_resolve(["lightgbm==4.7.0; python_version < '3'"]))
-    with pytest.raises(BuildError, match=r"^req.txt:2: not a requirement: 'numpy =='"):
-        model_requirements("numpy\nnumpy ==\n", "req.txt")
 
 
 _CELLS = {"double": st.floats(allow_nan=False, allow_infinity=False), "float": st.floats(-1e6, 1e6, width=32),
