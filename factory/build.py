@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from packaging.requirements import Requirement
+
 from factory import compiled, golden
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
 from factory.loader import load_catalog, select_models
+from factory.modelreqs import model_requirements
 from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
-from factory.modelreqs import model_requirements
 from factory.runtime import bento_module, resolve_requirements, runtime_python, torch_cpu_index
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
@@ -112,13 +114,15 @@ class Builder:
                                      + torch_cpu_index())
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
-            if previous.image_built or self.image_step.skipped:
+            pushed_here = previous.image_built and previous.image == self.image_step.tag(model, previous.bento_tag)
+            if pushed_here or self.image_step.skipped:
                 return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
             return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
         model_dir = _model_dir(bento_model_tag)
-        golden_path, cases = self._golden(model, resolved, model_dir)
-        source, decision = self._workspace(model, folder, resolved, bento_model_tag, model_dir, cases)
+        recorded = self._recorded(model, resolved, model_dir)  # a refused line stops the build before any file
+        golden_path, cases = self._golden(model, resolved, model_dir, recorded)
+        source, decision = self._workspace(model, folder, resolved, bento_model_tag, model_dir, cases, recorded)
         self.progress(f"{model.name}: serves {decision.path}: {decision.reason}")
         bento_tag = self._bento_build(model, source, content_hash)
         record = BuildRecord(
@@ -172,13 +176,14 @@ class Builder:
         return tag
 
     def _workspace(self, model: ModelSpec, folder: dict[str, str], resolved: ResolvedModel,
-                   bento_model_tag: str, model_dir: Path, cases: list[dict]) -> tuple[Path, compiled.Decision]:
+                   bento_model_tag: str, model_dir: Path, cases: list[dict],
+                   recorded: list[Requirement]) -> tuple[Path, compiled.Decision]:
         source = self.state.source_dir(model.name)
         shutil.rmtree(source, ignore_errors=True)
         source.mkdir(parents=True)
         for name, text in folder.items():
             (source / name).write_text(text, encoding="utf-8")
-        flavor, requirements, decision = self._dependencies(model, resolved, model_dir, cases, source)
+        flavor, requirements, decision = self._dependencies(model, resolved, model_dir, cases, source, recorded)
         write_atomic(source / "requirements.txt", "".join(f"{line}\n" for line in requirements))
         ResolvedRecord(bento_model_tag=bento_model_tag, signature=resolved.signature, flavor=flavor,
                        registry={"name": resolved.registered_as, "version": resolved.version},
@@ -186,7 +191,7 @@ class Builder:
         return source, decision
 
     def _dependencies(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path, cases: list[dict],
-                      source: Path) -> tuple[dict, tuple, compiled.Decision]:
+                      source: Path, recorded: list[Requirement]) -> tuple[dict, tuple, compiled.Decision]:
         """The loader the Bento will use (compiled where exact), and its packages: the compiled form's are the
         runtime's pins and onnxruntime; a native model's are its own requirements merged with the runtime's."""
         flavor = dict(resolved.flavor)
@@ -207,16 +212,19 @@ class Builder:
                 flavor, packages, wants = {**flavor, "loader": "pyfunc"}, list(PYFUNC_PACKAGES), "frame"
             if wants == "frame":
                 packages.append("pandas")  # fit on a DataFrame: it selects columns by name
-        return flavor, self._requirements(model, resolved, model_dir, packages, flavor["loader"] != "pyfunc"), decision
+        return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
 
-    def _requirements(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path, packages: list[str],
-                      native: bool) -> tuple[str, ...]:
+    def _recorded(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> list[Requirement]:
+        """The model's own MLflow requirements.txt, untrusted: only requirement lines pass (factory/modelreqs.py)."""
         requirements_file = model_dir / "requirements.txt"
-        recorded = requirements_file.read_text(encoding="utf-8") if requirements_file.is_file() else ""
-        where = self.catalog.where(model.name)
-        source = f"{where}: {resolved.registered_as} version {resolved.version}: requirements.txt"
-        return resolve_requirements(model_requirements(recorded, source), packages, model.serving.packages, native,
-                                    where, gpu=model.resources.gpu > 0, torch_index=torch_cpu_index())
+        text = requirements_file.read_text(encoding="utf-8") if requirements_file.is_file() else ""
+        return model_requirements(text, f"{self.catalog.where(model.name)}: {resolved.registered_as} version "
+                                        f"{resolved.version}: requirements.txt")
+
+    def _requirements(self, model: ModelSpec, recorded: list[Requirement], packages: list[str],
+                      native: bool) -> tuple[str, ...]:
+        return resolve_requirements(recorded, packages, model.serving.packages, native, self.catalog.where(model.name),
+                                    gpu=model.resources.gpu > 0, torch_index=torch_cpu_index())
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.
@@ -245,15 +253,15 @@ class Builder:
         _run(BENTOML + ["export", bento_tag, str(target)], f"{self.catalog.where(model.name)}: `bentoml export` failed")
         return target
 
-    def _golden(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> tuple[Path, list[dict]]:
+    def _golden(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path,
+                recorded: list[Requirement]) -> tuple[Path, list[dict]]:
         path = self.state.golden_path(model.name)
 
         def model_venv() -> Path:
             # The set the Bento serves a pyfunc model with, so `factory test` finds this venv already made.
             self.progress(f"{model.name}: the factory cannot load this model itself; recording its golden "
                           "predictions in a venv with its own requirements")
-            return runtime_python(self.state.root, self._requirements(model, resolved, model_dir, list(PYFUNC_PACKAGES),
-                                                                      False))
+            return runtime_python(self.state.root, self._requirements(model, recorded, list(PYFUNC_PACKAGES), False))
 
         cases, errors, non_finite = golden.record_golden(resolved, model_dir, min(8, model.batching.max_batch_size),
                                                          model_venv, self.catalog.where(model.name))
