@@ -106,12 +106,14 @@ def resolve_requirements(model: list[Requirement], runtime_packages: Iterable[st
             merged[name] = Requirement(f"{requirement.name}=={pins[name]}")
         else:
             merged[name] = requirement
-    # An override (`serving.packages: ["torch==2.13.0"]`) restores PyPI's build: the CPU index would outrank it.
-    from_cpu_index = not gpu and any(_from_cpu_index(requirement) for name, requirement in merged.items()
-                                     if name not in overrides)
+    # A torch range the model recorded is left to the CPU index; an override without `+cpu`
+    # (`serving.packages: ["torch==2.13.0"]`) restores PyPI's build, which the CPU index would outrank.
+    ranges = not gpu and any(_torch_range(requirement) for name, requirement in merged.items() if name not in overrides)
     merged.update(overrides)
     lines = tuple(str(merged[name]) for name in sorted(merged))
-    return (f"--extra-index-url {torch_index}", *lines) if torch_index and from_cpu_index else lines
+    if torch_index and (ranges or any(_cpu_pinned(requirement) for requirement in merged.values())):
+        return (f"--extra-index-url {torch_index}", *lines)
+    return lines
 
 
 def cpu_build(requirement: Requirement) -> Requirement:
@@ -137,12 +139,18 @@ def _torch_cpu(requirement: Requirement) -> Requirement:
     return Requirement(f"{requirement.name}{extras}=={specs[0].version}+{CPU_LABEL}{marker}")
 
 
-def _from_cpu_index(requirement: Requirement) -> bool:
-    """A PyTorch package pinned to its CPU build, or left to choose one (a range, or no version at all)."""
-    if canonicalize_name(requirement.name) not in TORCH_PACKAGES:
-        return False
-    pins = [spec for spec in requirement.specifier if spec.operator in ("==", "===") and "*" not in spec.version]
-    return not pins or all(Version(spec.version).local == CPU_LABEL for spec in pins)
+def _exact(requirement: Requirement) -> list[Specifier]:
+    return [spec for spec in requirement.specifier if spec.operator in ("==", "===") and "*" not in spec.version]
+
+
+def _torch_range(requirement: Requirement) -> bool:
+    """A PyTorch package whose build the index chooses: a range, or no version at all."""
+    return canonicalize_name(requirement.name) in TORCH_PACKAGES and not _exact(requirement)
+
+
+def _cpu_pinned(requirement: Requirement) -> bool:
+    return canonicalize_name(requirement.name) in TORCH_PACKAGES and any(
+        Version(spec.version).local == CPU_LABEL for spec in _exact(requirement))
 
 
 def _below(spec: Specifier, first: Version) -> bool:

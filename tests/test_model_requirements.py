@@ -28,7 +28,8 @@ TORCH_MODEL = "mlflow==3.17.2\ncloudpickle==3.1.2\nnumpy==2.4.6\nnvidia-ml-py==1
 
 
 @pytest.mark.parametrize("line, message", [
-    ("--index-url http://evil.example/simple", f"pip option --index-url (another package index) {PLATFORM}{FIX}{INDEX}"),
+    ("--index-url http://evil.example/simple",
+     f"pip option --index-url (another package index) {PLATFORM}{FIX}{INDEX}"),
     ("-ihttp://evil.example/simple", f"pip option -i (another package index) {PLATFORM}{FIX}{INDEX}"),
     ("--extra-index-url=http://evil.example/simple",
      f"pip option --extra-index-url (another package index) {PLATFORM}{FIX}{INDEX}"),
@@ -103,6 +104,7 @@ def test_a_torch_model_without_a_gpu_is_served_pytorchs_cpu_build_from_the_cpu_i
     ("torch==2.13.0", False, (), ["torch==2.13.0+cpu"], True),
     ("torch==2.13.0", True, (), ["torch==2.13.0"], False),
     ("torch==2.13.0", False, ("torch==2.13.0",), ["torch==2.13.0"], False),  # an override restores PyPI's build
+    ("torch==2.13.0", True, ("torch==2.13.0+cpu",), ["torch==2.13.0+cpu"], True),  # a CPU build asked for by name
     ("torch>=2.1", False, (), ["torch>=2.1"], True),  # a range: the CPU index, named first, serves it
     ("torch", False, (), ["torch"], True),
     ("torch==2.*", False, (), ["torch==2.*"], True),
