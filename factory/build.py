@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional
 
 from packaging.requirements import Requirement
 
-from factory import compiled, golden
+from factory import compiled, dockerapi, golden
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
@@ -114,9 +114,12 @@ class Builder:
                                      + torch_cpu_index())
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
+            # An image pushed under another registry (an earlier FACTORY_IMAGE_REGISTRY) is pushed here too.
             pushed_here = previous.image_built and previous.image == self.image_step.tag(model, previous.bento_tag)
-            if pushed_here or self.image_step.skipped:
+            if self.image_step.skipped or (pushed_here and not dockerapi.gone(previous.image_ref)):
                 return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
+            if pushed_here:
+                self.progress(f"{model.name}: its image {previous.image_ref} is gone from its registry; building it again")
             return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
         model_dir = _model_dir(bento_model_tag)
