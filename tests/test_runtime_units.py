@@ -278,6 +278,26 @@ def test_a_dataframe_of_predictions_answers_named_records_as_mlflow_serve_does()
     assert mf_inputs.as_outputs(np.array([[0.25, 0.75]])) == [[0.25, 0.75]]
 
 
+def test_datetimes_in_predictions_answer_iso_strings_as_mlflow_serve_encodes_them() -> None:
+    """A Prophet forecast is a frame with a `ds` datetime column; json.dumps refused its Timestamps."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.utils.proto_json_utils import NumpyEncoder
+
+    forecast = pd.DataFrame({"ds": pd.to_datetime(["2024-04-30 00:00:00", "2024-05-01 06:30:00"]), "yhat": [1.5, 2.0],
+                             "at": pd.to_datetime(["2024-01-01T00:00:00Z", None], utc=True)})
+    records = mf_inputs.as_outputs(forecast)
+    assert json.loads(json.dumps(records)) == [
+        {"ds": "2024-04-30T00:00:00", "yhat": 1.5, "at": "2024-01-01T00:00:00+00:00"},
+        {"ds": "2024-05-01T06:30:00", "yhat": 2.0, "at": None}]
+    mlflow_serve = json.loads(json.dumps(forecast.iloc[:1].to_dict(orient="records"), cls=NumpyEncoder))
+    assert records[:1] == mlflow_serve
+    assert forecast["ds"].dtype.kind == "M"  # the model's own frame is left as it was
+    stamps = np.array(["2024-04-30T00:00:00"], dtype="datetime64[s]")
+    assert mf_inputs.as_outputs(stamps) == ["2024-04-30T00:00:00"]
+    assert mf_inputs.as_outputs({"when": stamps}) == [{"when": "2024-04-30T00:00:00"}]
+
+
 def test_a_dict_of_named_arrays_answers_one_record_per_row() -> None:
     """What an `mlflow.onnx` model's pyfunc predicts: {output name: array}; json.dumps refused the arrays."""
     import numpy as np
