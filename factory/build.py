@@ -35,10 +35,11 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class BuildOutcome:
     model: str
-    record: BuildRecord
+    record: Optional[BuildRecord]  # None when the model did not build (`error` says why)
     skipped: bool
     seconds: float
     image_error: str = ""
+    error: str = ""
 
 
 def build_command(catalog_path: Path, names: Iterable[str], everything: bool, progress: Progress,
@@ -54,15 +55,26 @@ def build_command(catalog_path: Path, names: Iterable[str], everything: bool, pr
                       Registry(catalog, tracking_uri(Path.cwd())), state, progress, image_step)
     outcomes = []
     for position, model in enumerate(models, start=1):
-        outcome = builder.build(model)
+        # One model the registry cannot serve (no signature, a version gone) must not stop the others.
+        try:
+            outcome = builder.build(model)
+        except FactoryError as exc:
+            outcome = BuildOutcome(model.name, None, skipped=False, seconds=0.0, error=str(exc))
         outcomes.append(outcome)
         progress(f"[{position}/{len(models)}] {model.name}: {_describe(outcome)}")
     proxy_error = image_step.proxy(progress) if proxy else ""
     check_experiment_inputs(catalog, state)
-    failures = [outcome.image_error for outcome in outcomes if outcome.image_error] + [proxy_error] * bool(proxy_error)
-    if failures:
-        raise BuildError(f"{len(failures)} image(s) failed (the other builds are recorded):\n" + "\n".join(failures))
+    _raise_failures(outcomes, proxy_error)
     return outcomes
+
+
+def _raise_failures(outcomes: list[BuildOutcome], proxy_error: str) -> None:
+    unbuilt = [outcome.error for outcome in outcomes if outcome.error]
+    images = [outcome.image_error for outcome in outcomes if outcome.image_error] + [proxy_error] * bool(proxy_error)
+    parts = ([f"{len(unbuilt)} of {len(outcomes)} model(s) did not build:\n" + "\n".join(unbuilt)] * bool(unbuilt)
+             + [f"{len(images)} image(s) failed (the other builds are recorded):\n" + "\n".join(images)] * bool(images))
+    if parts:
+        raise BuildError("\n".join(parts))
 
 
 def check_experiment_inputs(catalog: Catalog, state: StateDir) -> None:
@@ -82,6 +94,8 @@ def check_experiment_inputs(catalog: Catalog, state: StateDir) -> None:
 
 
 def _describe(outcome: BuildOutcome) -> str:
+    if outcome.error:
+        return "FAILED, " + outcome.error.replace("\n", "\n  ")
     record = outcome.record
     text = (f"unchanged, skipped ({record.bento_tag})" if outcome.skipped
             else f"built {record.bento_tag} in {outcome.seconds:.1f} s")
