@@ -6,6 +6,7 @@ A model whose rendered folder and resolved registry version are unchanged is ski
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from factory.runtime import bento_module, model_requirements, resolve_requiremen
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
+FACTORY_PACKAGE = Path(__file__).resolve().parent
 Progress = Callable[[str], None]
 
 
@@ -309,9 +311,21 @@ def _restored(record: BuildRecord) -> bool:
 
 
 def _content_hash(folder: dict[str, str], resolved: ResolvedModel, serving: str) -> str:
-    digest = hashlib.sha256((resolved.fingerprint + serving).encode())
+    digest = hashlib.sha256((factory_digest(FACTORY_PACKAGE) + resolved.fingerprint + serving).encode())
     for name in sorted(folder):
         digest.update(name.encode() + b"\0" + folder[name].encode() + b"\0")
+    return digest.hexdigest()
+
+
+@functools.cache
+def factory_digest(package: Path) -> str:
+    """This factory's own code and pinned packages. What a model is built with (its compiled form, golden
+    predictions, Dockerfile, base image recipe) comes from them as much as from its rendered folder: a new
+    factory builds every model again, as factory/changes.py counts a different factory as changing them all."""
+    digest = hashlib.sha256()
+    for path in [*sorted(package.glob("*.py")), package.parent / "requirements.lock"]:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
