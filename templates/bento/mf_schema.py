@@ -1,0 +1,139 @@
+"""The request's schema, from the MLflow signature: strict pydantic models for rows and for `params`.
+
+A bad request is rejected alone, before it can join a batch, with the JSON path of the first bad value
+(`inputs[3].tokens[2]`, mf_http.json_path). Scalar columns, MLflow's nested types (`array` of any type,
+`object` with typed, required or optional properties, `map` from string keys to a typed value) and a
+single tensor. Copied verbatim into each model's folder by `factory render`; imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import keyword
+import re
+from typing import Annotated, Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
+NESTED = ("array", "object", "map")
+# A nested value costs MLflow's schema enforcement a pandas Series per array (~50 µs): bounded per row, a
+# request cannot buy seconds of CPU inside its 1 MiB body (which holds up to ~500,000 tiny values).
+MAX_ROW_VALUES = 10_000
+# The longest list or map anywhere in a row: at most the row's whole budget.
+MAX_ITEMS = MAX_ROW_VALUES
+STRICT = ConfigDict(extra="forbid", populate_by_name=False, frozen=True)
+
+
+def value_type(spec: dict, where: str) -> Any:
+    """The pydantic annotation of one MLflow type (`{"type": ..., "items" | "properties" | "values": ...}`)."""
+    kind = spec.get("type")
+    if kind == "array":
+        return Annotated[list[value_type(spec["items"], where)], Field(max_length=MAX_ITEMS)]
+    if kind == "map":
+        return Annotated[dict[str, value_type(spec["values"], where)], Field(max_length=MAX_ITEMS)]
+    if kind == "object":
+        properties = [{"name": name, **prop} for name, prop in sorted(spec["properties"].items())]
+        return _fields_model(properties, "Object", STRICT)
+    if kind in ("double", "float"):
+        return Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    if kind in INT_BOUNDS:
+        low, high = INT_BOUNDS[kind]
+        return Annotated[int, Field(strict=True, ge=low, le=high)]
+    if kind == "boolean":
+        return Annotated[bool, Field(strict=True)]
+    if kind == "string":
+        return Annotated[str, Field(strict=True)]
+    if kind == "datetime":
+        # Strict: an ISO 8601 string only; lax pydantic would also take a number as a Unix time.
+        return Annotated[datetime.datetime, Field(strict=True)]
+    if kind == "binary":
+        return Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+    raise ValueError(f"{where}: MLflow type {kind!r} is not supported by the generated service")
+
+
+def _field_name(index: int, column: str) -> str:
+    # MLflow column names can be anything ("mean radius"); pydantic fields must be identifiers.
+    simple = re.sub(r"\W", "_", column)
+    if simple.isidentifier() and not keyword.iskeyword(simple) and not simple.startswith("_") and simple == column:
+        return column
+    return f"col_{index}"
+
+
+def _fields_model(specs: list[dict], name: str, config: Any, base: Optional[type[BaseModel]] = None) -> Any:
+    """One field per named spec (a column, an object's property), aliased to the MLflow name; an optional
+    one may be absent or null."""
+    fields: dict[str, Any] = {}
+    for index, spec in enumerate(specs):
+        column = spec.get("name", f"c{index}")
+        annotation = value_type(spec, column)
+        if spec.get("required", True):
+            fields[_field_name(index, column)] = (annotation, Field(alias=column))
+        else:
+            fields[_field_name(index, column)] = (Optional[annotation], Field(default=None, alias=column))
+    if base is not None:
+        return create_model(name, __base__=base, **fields)
+    return create_model(name, __config__=config, **fields)
+
+
+class _BoundedRow(BaseModel):
+    """A row with nested columns: their values, counted at every depth, stay within MAX_ROW_VALUES."""
+
+    model_config = STRICT
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "_BoundedRow":
+        count = _values(self)
+        if count > MAX_ROW_VALUES:
+            raise ValueError(f"the row's array, object and map columns hold {count} values, over the limit of "
+                             f"{MAX_ROW_VALUES} per row; send fewer or shorter ones")
+        return self
+
+
+def _values(value: Any) -> int:
+    if isinstance(value, BaseModel):
+        return sum(1 + _values(item) for item in value.__dict__.values())
+    if isinstance(value, dict):
+        return sum(1 + _values(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(1 + _values(item) for item in value)
+    return 0
+
+
+def row_model(inputs: list[dict], name: str = "Row") -> Any:
+    """A strict pydantic row model: a bad request is rejected alone, before it can join a batch."""
+    if inputs and inputs[0].get("type") == "tensor":
+        return _tensor_row(inputs[0]["tensor-spec"])
+    if has_nested(inputs):
+        return _fields_model(inputs, name, None, base=_BoundedRow)
+    return _fields_model(inputs, name, STRICT)
+
+
+def has_nested(inputs: list[dict]) -> bool:
+    return any(spec.get("type") in NESTED for spec in inputs)
+
+
+def _tensor_row(spec: dict) -> Any:
+    dtype = spec["dtype"]
+    leaf = (Annotated[float, Field(strict=True, allow_inf_nan=False)] if dtype.startswith("float")
+            else Annotated[int, Field(strict=True)])
+    row: Any = leaf
+    for size in reversed(spec["shape"][1:]):
+        bounds = {} if size == -1 else {"min_length": size, "max_length": size}
+        row = Annotated[list[row], Field(**({"min_length": 1} | bounds))]
+    return row
+
+
+def params_model(params: Optional[list[dict]]) -> Any:
+    """The request's optional `params` object, from the signature's ParamSchema: each param of its type
+    (a list of them for shape [-1]), its default when left out; any other name is a 400. Frozen and
+    compared by value: the batcher merges only requests whose params are equal."""
+    fields: dict[str, Any] = {}
+    for index, spec in enumerate(params or []):
+        annotation = value_type({"type": spec["type"]}, spec["name"])
+        if spec.get("shape"):
+            annotation = Annotated[list[annotation], Field(max_length=MAX_ITEMS)]
+        if spec.get("default") is None:
+            annotation = Optional[annotation]
+        fields[_field_name(index, spec["name"])] = (annotation, Field(default=spec.get("default"), alias=spec["name"]))
+    return create_model("Params", __config__=STRICT, **fields)
