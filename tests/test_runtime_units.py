@@ -233,7 +233,7 @@ def test_json_paths(loc: list, path: str) -> None:
      "inputs: Input should be a valid array" + mf_http.ENVELOPE_HINT),
     # A row's own problem is the row's: no word about the body's shape.
     ({"type": "missing", "loc": ["inputs", 0, "distance_km"], "msg": "Field required"},
-     "inputs.0.distance_km: Field required"),
+     "inputs[0].distance_km: Field required"),
     ({"type": "too_short", "loc": ["inputs"], "msg": "List should have at least 1 item after validation, not 0"},
      "inputs: List should have at least 1 item after validation, not 0"),
 ])
@@ -246,7 +246,7 @@ def test_bentoml_errors_are_rewritten_into_one_shape() -> None:
         {"type": "missing", "loc": ["inputs", 2, "surge multiplier"], "msg": "Field required"}]}).encode()
     status, body, headers = mf_http._rewrite(400, validation)
     assert (status, json.loads(body), headers) == (400, {"error": {
-        "code": "invalid_input", "message": "inputs.2.surge multiplier: Field required",
+        "code": "invalid_input", "message": 'inputs[2]["surge multiplier"]: Field required',
         "field": 'inputs[2]["surge multiplier"]'}}, [])
     status, body, headers = mf_http._rewrite(503, b'{"error": "An unexpected error has occurred"}')
     assert status == 503 and json.loads(body)["error"]["code"] == "overloaded" and headers == [(b"retry-after", b"1")]

@@ -69,7 +69,7 @@ def frame(rows: list[dict], inputs: list[dict]) -> Any:
 
 def _nested(value: Any, spec: dict) -> Any:
     """An array, object or map cell as MLflow's schema enforcement takes it (mlflow.models.utils._enforce_type):
-    lists and dicts, binary leaves as bytes, datetime leaves as naive UTC timestamps, numbers of their dtype."""
+    lists and dicts, binary leaves as bytes, datetime leaves as naive UTC datetime64, numbers of their dtype."""
     if value is None:
         return None
     kind = spec["type"]
@@ -82,8 +82,8 @@ def _nested(value: Any, spec: dict) -> Any:
     if kind == "datetime":
         import pandas as pd
 
-        moment = pd.Timestamp(value)
-        return moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo is not None else moment
+        moment = pd.Timestamp(value)  # numpy's datetime64: MLflow takes no Timestamp as an object's property
+        return (moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo is not None else moment).to_datetime64()
     if kind in FRAME_DTYPES and kind != "boolean":
         # MLflow checks a nested number's numpy dtype without upcasting: 3 for a double is refused, and
         # 1.5 for a float (float64) too. JSON integers are accepted for floats here as everywhere.
