@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from factory import compiled, golden
+from factory import compiled, dockerapi, golden
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
@@ -109,8 +109,10 @@ class Builder:
         content_hash = _content_hash(folder, resolved, model.serving.model_dump_json() + model.compile.model_dump_json())
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
-            if previous.image_built or self.image_step.skipped:
+            if self.image_step.skipped or (previous.image_built and not dockerapi.gone(previous.image_ref)):
                 return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
+            if previous.image_built:
+                self.progress(f"{model.name}: its image {previous.image_ref} is gone from its registry; building it again")
             return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
         model_dir = _model_dir(bento_model_tag)

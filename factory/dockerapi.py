@@ -118,6 +118,31 @@ def import_tar(chunks: Iterable[bytes], tag: str, changes: list[str], log: Path)
                                                   stream_src=True)))
 
 
+def run(image: str, command: list[str], memory_bytes: int, volumes: Optional[dict] = None) -> Any:
+    """`docker run -d --network host --memory M --memory-swap M [-v …] IMAGE COMMAND`, pulling a missing image;
+    the container object (the SDK's) is the caller's to stop and remove."""
+    try:
+        return _client().containers.run(image, command=command, detach=True, network_mode="host",
+                                        mem_limit=memory_bytes, memswap_limit=memory_bytes, volumes=volumes or {})
+    except _failures() as exc:
+        cause = getattr(exc, "explanation", None) or str(exc)  # the engine's own words, not the SDK's URL
+        raise StepFailed("run", [f"the image {image} did not start: {' '.join(cause.split())[:400]}"]) from exc
+
+
+def gone(reference: str) -> bool:
+    """The image's registry answers that it has no such manifest (wiped, garbage-collected). A registry that
+    cannot be asked is not taken for one that lost it: pulling from it will say what is wrong."""
+    import docker
+
+    try:
+        _client(PROBE_TIMEOUT_S).api.inspect_distribution(reference)
+    except docker.errors.NotFound:
+        return True
+    except _failures():
+        return False
+    return False
+
+
 def inspect(tag: str) -> Optional[dict[str, Any]]:
     """The engine's record of an image (RepoDigests, Size, …), or None when it has no such image."""
     import docker

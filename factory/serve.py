@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional
 
+from factory import dockerapi
 from factory.errors import ServeError
 
 Mode = Literal["single", "bentoml"]
@@ -151,14 +152,16 @@ def container_served(image: str, log: Path, memory_limit: str, command: Callable
                      port: int = 0) -> Iterator[ServedContainer]:
     """The built image, run as the Deployment runs it (one process, its memory limit), on host networking
     bound to 127.0.0.1 only. An OOM kill at the limit, while starting or inside the block, raises OOMKilled."""
-    import docker
     from kubernetes.utils import parse_quantity
 
-    client = docker.from_env()
     port = free_port(port)
-    limit_bytes = int(parse_quantity(memory_limit))
-    container = client.containers.run(image, command=command(port), detach=True, network_mode="host",
-                                      mem_limit=limit_bytes, memswap_limit=limit_bytes, volumes=volumes or {})
+    try:
+        container = dockerapi.run(image, command(port), int(parse_quantity(memory_limit)), volumes)
+    except dockerapi.StepFailed as exc:
+        # A registry that lost the image (wiped, garbage-collected) or an engine that may not pull from it.
+        raise ServeError(f"{exc.lines[-1]}; build and push it again "
+                         "(`factory build`), or check that its registry still holds it and lets this engine "
+                         "pull") from exc
     served = ServedContainer(f"http://127.0.0.1:{port}", container)
     killed = OOMKilled(f"the container of {image} was OOM-killed at its memory limit {memory_limit}; its log: {log}")
 

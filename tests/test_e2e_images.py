@@ -12,6 +12,8 @@ from kubernetes.utils import parse_quantity
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, FactoryEnv
 from e2e_support.oci import registry_serves
+from factory import dockerapi
+from factory.errors import ServeError
 from factory.golden import sample_requests
 from factory.loadgen import run_load
 from factory.memory import MemoryProfile
@@ -113,3 +115,34 @@ def test_container_killed_at_its_limit_raises_oom(imaged: FactoryEnv, tmp_path: 
     with imaged.activated(), pytest.raises(OOMKilled, match="OOM-killed at its memory limit 30Mi"):
         with container_served(_record(imaged, ALIAS_MODEL)["image_ref"], tmp_path / "oom.log", "30Mi"):
             pass
+
+
+def test_an_image_its_registry_lost_is_one_error_naming_it(imaged: FactoryEnv, tmp_path: Path) -> None:
+    repository, digest = _record(imaged, ALIAS_MODEL)["image_ref"].split("@")
+    lost = f"{repository}-lost@{digest}"  # the same registry, a repository it never had
+    with imaged.activated(), pytest.raises(ServeError) as error:
+        with container_served(lost, tmp_path / "lost.log", "256Mi"):
+            pass
+    assert str(error.value) == (f"the image {lost} did not start: manifest for {lost} not found: manifest unknown: "
+                                "manifest unknown; build and push it again (`factory build`), or check that its "
+                                "registry still holds it and lets this engine pull")
+    with imaged.activated():
+        assert dockerapi.gone(lost) and not dockerapi.gone(f"{repository}@{digest}")
+        assert not dockerapi.gone(f"127.0.0.1:9/unreachable@{digest}")  # cannot ask: not taken for lost
+
+
+def test_a_build_pushes_again_an_image_its_registry_lost(imaged: FactoryEnv) -> None:
+    record_path = imaged.state / "builds" / ALIAS_MODEL / "record.json"
+    kept = record_path.read_bytes()
+    record = json.loads(kept)
+    repository, digest = record["image_ref"].split("@")
+    # As if the registry had been wiped: the record names an image it no longer has.
+    record_path.write_text(json.dumps({**record, "image_ref": f"{repository}-lost@{digest}"}))
+    try:
+        result = imaged.run("build", ALIAS_MODEL)
+        rebuilt = _record(imaged, ALIAS_MODEL)["image_ref"]
+    finally:
+        record_path.write_bytes(kept)
+    assert f"{ALIAS_MODEL}: its image {repository}-lost@{digest} is gone from its registry; building it again" \
+        in result.stdout
+    assert rebuilt.startswith(f"{repository}@sha256:") and registry_serves(rebuilt)
