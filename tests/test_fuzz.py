@@ -256,6 +256,18 @@ def test_invalid_response_verdicts(status, response, request_body, problem):
     assert invalid_problem(Response(status, response, 1.0), request_body, "mean radius") == problem
 
 
+@pytest.mark.parametrize("field, response, problem", [
+    # A key a JSON path must escape is named in its escaped form, as the served API writes the path.
+    ("\x1f", b'{"error": {"field": "inputs[0][\\"\\u001f\\"]"}}', None),
+    ('say "hi"', b'{"error": {"field": "inputs[0][\\"say \\\\\\"hi\\\\\\"\\"]"}}', None),
+    ("größe", b'{"error": {"message": "inputs[0].gr\\u00f6\\u00dfe: Field required"}}', None),
+    ("\x1f", b'{"error": {"field": "inputs[0]"}}', "400 body does not name the field '\\x1f'"),
+])
+def test_a_field_is_named_as_sent_or_as_its_json_path_writes_it(field, response, problem):
+    body = json.dumps({"inputs": [{field: 1}]}).encode()
+    assert invalid_problem(Response(400, response, 1.0), body, field) == problem
+
+
 # --- the runner against a real server -----------------------------------------------------------
 
 
