@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings, strategies as st
 from hypothesis import seed as fixed_seed
@@ -119,7 +119,7 @@ def valid_row(columns: list[Column]) -> st.SearchStrategy:
     return _rows(columns, 1, 1).map(lambda rows: rows[0])
 
 
-def valid_request(columns: list[Column], max_batch_size: int, params: list[dict] = ()) -> st.SearchStrategy[dict]:
+def valid_request(columns: list[Column], max_batch_size: int, params: Sequence[dict] = ()) -> st.SearchStrategy[dict]:
     """`{"inputs": rows}` with 1..max_batch_size rows, full batches included, and, when the signature has
     params, maybe `"params"` with some of them."""
     # A full batch cycles a few distinct rows: cheap to draw even when max_batch_size is large.
@@ -138,12 +138,12 @@ def _param_value(spec: dict) -> st.SearchStrategy:
 
 
 def invalid_request(columns: list[Column], max_batch_size: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                    params: list[dict] = ()) -> st.SearchStrategy[tuple[str, bytes, Optional[str]]]:
+                    params: Sequence[dict] = ()) -> st.SearchStrategy[tuple[str, bytes, Optional[str]]]:
     return st.one_of(*invalid_requests_by_kind(columns, max_batch_size, max_body_bytes, params).values())
 
 
 def invalid_requests_by_kind(columns: list[Column], max_batch_size: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                             params: list[dict] = ()) -> dict[str, st.SearchStrategy[tuple[str, bytes, Optional[str]]]]:
+                             params: Sequence[dict] = ()) -> dict[str, st.SearchStrategy[tuple[str, bytes, Optional[str]]]]:
     """Per kind, (kind, body, field) for bodies the service must refuse with a 4xx; field is what the
     error must name, or None where no single field is at fault."""
     one_row = valid_row(columns)

@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 import threading
+from datetime import datetime
 from typing import Any, Optional
 
 import httpx
@@ -57,7 +58,10 @@ PARAMS = [{"name": "temperature", "type": "double", "default": 0.7, "shape": Non
           {"name": "top_k", "type": "long", "default": 3, "shape": None},
           {"name": "biases", "type": "double", "default": [0.0], "shape": [-1]},
           {"name": "mode", "type": "string", "default": "fast", "shape": None},
-          {"name": "greedy", "type": "boolean", "default": False, "shape": None}]
+          {"name": "greedy", "type": "boolean", "default": False, "shape": None},
+          {"name": "since", "type": "datetime", "default": "2024-01-01T00:00:00", "shape": None},
+          {"name": "ratio", "type": "float", "default": 0.5, "shape": None},
+          {"name": "seeds", "type": "integer", "default": [1], "shape": [-1]}]
 SIGNATURE = {"inputs": json.dumps(INPUTS), "params": json.dumps(PARAMS)}
 HINTED = [{"type": "object", "properties": {"role": {"type": "string", "required": True},  # list[pydantic model]
                                             "weight": {"type": "double", "required": False}}, "required": True}]
@@ -256,7 +260,8 @@ def test_the_predictor_passes_params_and_leaves_out_what_the_request_left_out() 
     predictor.predict(rows, PARAMS_MODEL(top_k=9))
     item = {"name": "n", "sizes": [1], "weight": 0.5}
     assert seen == [([item], None), ([item], {"temperature": 0.7, "top_k": 9, "biases": [0.0], "mode": "fast",
-                                              "greedy": False})]
+                                              "greedy": False, "since": datetime(2024, 1, 1), "ratio": 0.5,
+                                              "seeds": [1]})]
 
 
 class _Scorer(mlflow.pyfunc.PythonModel):

@@ -133,7 +133,11 @@ def params_model(params: Optional[list[dict]]) -> Any:
         annotation = value_type({"type": spec["type"]}, spec["name"])
         if spec.get("shape"):
             annotation = Annotated[list[annotation], Field(max_length=MAX_ITEMS)]
-        if spec.get("default") is None:
+        default = spec.get("default")
+        if default is None:
             annotation = Optional[annotation]
-        fields[_field_name(index, spec["name"])] = (annotation, Field(default=spec.get("default"), alias=spec["name"]))
+        elif spec["type"] == "datetime":  # the signature writes it as an ISO string
+            default = ([datetime.datetime.fromisoformat(item) for item in default] if spec.get("shape")
+                       else datetime.datetime.fromisoformat(default))
+        fields[_field_name(index, spec["name"])] = (annotation, Field(default=default, alias=spec["name"]))
     return create_model("Params", __config__=STRICT, **fields)
