@@ -6,6 +6,7 @@ A model whose rendered folder and resolved registry version are unchanged is ski
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,16 +30,18 @@ from factory.runtime import bento_module, model_requirements, resolve_requiremen
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
+FACTORY_PACKAGE = Path(__file__).resolve().parent
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class BuildOutcome:
     model: str
-    record: BuildRecord
+    record: Optional[BuildRecord]  # None when the model did not build (`error` says why)
     skipped: bool
     seconds: float
     image_error: str = ""
+    error: str = ""
 
 
 def build_command(catalog_path: Path, names: Iterable[str], everything: bool, progress: Progress,
@@ -54,15 +57,26 @@ def build_command(catalog_path: Path, names: Iterable[str], everything: bool, pr
                       Registry(catalog, tracking_uri(Path.cwd())), state, progress, image_step)
     outcomes = []
     for position, model in enumerate(models, start=1):
-        outcome = builder.build(model)
+        # One model the registry cannot serve (no signature, a version gone) must not stop the others.
+        try:
+            outcome = builder.build(model)
+        except FactoryError as exc:
+            outcome = BuildOutcome(model.name, None, skipped=False, seconds=0.0, error=str(exc))
         outcomes.append(outcome)
         progress(f"[{position}/{len(models)}] {model.name}: {_describe(outcome)}")
     proxy_error = image_step.proxy(progress) if proxy else ""
     check_experiment_inputs(catalog, state)
-    failures = [outcome.image_error for outcome in outcomes if outcome.image_error] + [proxy_error] * bool(proxy_error)
-    if failures:
-        raise BuildError(f"{len(failures)} image(s) failed (the other builds are recorded):\n" + "\n".join(failures))
+    _raise_failures(outcomes, proxy_error)
     return outcomes
+
+
+def _raise_failures(outcomes: list[BuildOutcome], proxy_error: str) -> None:
+    unbuilt = [outcome.error for outcome in outcomes if outcome.error]
+    images = [outcome.image_error for outcome in outcomes if outcome.image_error] + [proxy_error] * bool(proxy_error)
+    parts = ([f"{len(unbuilt)} of {len(outcomes)} model(s) did not build:\n" + "\n".join(unbuilt)] * bool(unbuilt)
+             + [f"{len(images)} image(s) failed (the other builds are recorded):\n" + "\n".join(images)] * bool(images))
+    if parts:
+        raise BuildError("\n".join(parts))
 
 
 def check_experiment_inputs(catalog: Catalog, state: StateDir) -> None:
@@ -82,6 +96,8 @@ def check_experiment_inputs(catalog: Catalog, state: StateDir) -> None:
 
 
 def _describe(outcome: BuildOutcome) -> str:
+    if outcome.error:
+        return "FAILED, " + outcome.error.replace("\n", "\n  ")
     record = outcome.record
     text = (f"unchanged, skipped ({record.bento_tag})" if outcome.skipped
             else f"built {record.bento_tag} in {outcome.seconds:.1f} s")
@@ -295,9 +311,21 @@ def _restored(record: BuildRecord) -> bool:
 
 
 def _content_hash(folder: dict[str, str], resolved: ResolvedModel, serving: str) -> str:
-    digest = hashlib.sha256((resolved.fingerprint + serving).encode())
+    digest = hashlib.sha256((factory_digest(FACTORY_PACKAGE) + resolved.fingerprint + serving).encode())
     for name in sorted(folder):
         digest.update(name.encode() + b"\0" + folder[name].encode() + b"\0")
+    return digest.hexdigest()
+
+
+@functools.cache
+def factory_digest(package: Path) -> str:
+    """This factory's own code and pinned packages. What a model is built with (its compiled form, golden
+    predictions, Dockerfile, base image recipe) comes from them as much as from its rendered folder: a new
+    factory builds every model again, as factory/changes.py counts a different factory as changing them all."""
+    digest = hashlib.sha256()
+    for path in [*sorted(package.glob("*.py")), package.parent / "requirements.lock"]:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

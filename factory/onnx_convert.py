@@ -57,16 +57,20 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
         else:
             import onnxmltools
 
-            convert = onnxmltools.convert_lightgbm if loader == "lightgbm" else onnxmltools.convert_xgboost
-            onnx_model = convert(_unnamed(model) if loader == "xgboost" else model, initial_types=types,
-                                 target_opset=ONNXMLTOOLS_OPSET)
+            if loader == "lightgbm":  # class probabilities as a tensor, not ZipMap's list of dicts
+                onnx_model = onnxmltools.convert_lightgbm(model, initial_types=types, target_opset=ONNXMLTOOLS_OPSET,
+                                                          zipmap=False)
+            else:
+                onnx_model = onnxmltools.convert_xgboost(_unnamed(model), initial_types=types,
+                                                         target_opset=ONNXMLTOOLS_OPSET)
     # Converters may rename inputs ("surge multiplier" → "surge_multiplier"); their order is kept.
     names = [graph_input.name for graph_input in onnx_model.graph.input]
     if len(names) != len(feeds):
         raise NotConvertible(f"the ONNX graph takes {len(names)} inputs for {len(feeds)} fed")
     feeds = [[name, *feed[1:]] for name, feed in zip(names, feeds)]
-    return Candidate(precision, onnx_model.SerializeToString(), feeds,
-                     _output(onnx_model, flavor.get("predict_fn", "predict")))
+    output = (_booster_output(onnx_model) if type(model).__name__ == "Booster"
+              else _output(onnx_model, flavor.get("predict_fn", "predict")))
+    return Candidate(precision, onnx_model.SerializeToString(), feeds, output)
 
 
 def _unnamed(model: Any) -> Any:
@@ -135,6 +139,29 @@ def _output(onnx_model: Any, predict_fn: str) -> str:
     if wanted not in names:
         raise NotConvertible(f"predict_fn '{predict_fn}' has no compiled output (outputs: {', '.join(names)})")
     return wanted
+
+
+def _booster_output(onnx_model: Any) -> str:
+    """What a raw Booster's `predict` answers (`lightgbm.train`, `xgboost.train`): for a binary objective the
+    probability of class 1, which the converters emit only as column 1 of `probabilities` (a Gather is added
+    for it); for a multiclass one every class's probability; for a regression its value. Other outputs are
+    dropped from the graph. An objective answering something else (raw margins, class indices) does not
+    reproduce the registry model, and the exactness check keeps it native."""
+    from onnx import TensorProto, helper
+
+    outputs = {output.name: output for output in onnx_model.graph.output}
+    chosen = "probabilities" if "probabilities" in outputs else onnx_model.graph.output[0].name
+    dims = outputs[chosen].type.tensor_type.shape.dim
+    kept = [outputs[chosen]]
+    if chosen == "probabilities" and len(dims) == 2 and dims[1].dim_value == 2:
+        chosen = "positive_class_probability"
+        onnx_model.graph.initializer.append(helper.make_tensor("positive_class", TensorProto.INT64, [], [1]))
+        onnx_model.graph.node.append(helper.make_node("Gather", ["probabilities", "positive_class"], [chosen], axis=1))
+        kept = [helper.make_tensor_value_info(chosen, outputs["probabilities"].type.tensor_type.elem_type,
+                                              [None])]
+    del onnx_model.graph.output[:]
+    onnx_model.graph.output.extend(kept)
+    return chosen
 
 
 @functools.cache

@@ -136,6 +136,41 @@ def test_an_xgboost_sklearn_classifier_compiles_in_single_precision(tmp_path: Pa
     assert decision.reason.startswith("ONNX float32 reproduces the registry model on ")
 
 
+def _booster(library: str, objective: str):
+    """A raw Booster as `lightgbm.train` / `xgboost.train` make it, and its own predict on a matrix."""
+    import lightgbm
+    import xgboost
+
+    frame, target = _training()
+    matrix = frame[["distance km", "hour"]].to_numpy(float)
+    labels = {"binary": (target > 12).astype(int), "multi": np.digitize(target, [8.0, 14.0])}
+    label = labels["multi" if "multi" in objective else "binary"] if objective != "regression" else target
+    if library == "lightgbm":
+        classes = {"num_class": 3} if objective == "multiclass" else {}
+        model = lightgbm.train({"objective": objective, "verbose": -1, **classes}, lightgbm.Dataset(matrix, label), 10)
+        return model, model.predict
+    classes = {"num_class": 3} if objective.startswith("multi") else {}
+    model = xgboost.train({"objective": objective, **classes}, xgboost.DMatrix(matrix, label), 10)
+    return model, lambda batch: model.predict(xgboost.DMatrix(batch))
+
+
+@pytest.mark.parametrize("library, objective, compiled", [
+    ("lightgbm", "binary", True),  # predict answers P(class 1): column 1 of the converter's probabilities
+    ("lightgbm", "multiclass", True),
+    ("lightgbm", "regression", True),
+    ("xgboost", "binary:logistic", True),
+    ("xgboost", "multi:softprob", True),
+    ("xgboost", "multi:softmax", False),  # predict answers class indices as floats: no output reproduces them
+    ("xgboost", "binary:logitraw", False),  # raw margins: the converter emits probabilities only
+])
+def test_raw_boosters_compile_what_their_predict_answers(library, objective, compiled, tmp_path: Path) -> None:
+    model, predict = _booster(library, objective)
+    decision = _decide(model, DOUBLES, tmp_path, _cases(DOUBLES, predict), loader=library)
+    assert decision.compiled is compiled, decision.reason
+    if not compiled:
+        assert decision.reason.startswith("no exact compiled form: ONNX float64: ") and "; ONNX float32 " in decision.reason
+
+
 def test_a_tolerance_tighter_than_the_compiled_form_falls_back_naming_the_error_and_input(tmp_path: Path) -> None:
     from sklearn.ensemble import GradientBoostingRegressor
 
