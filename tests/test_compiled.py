@@ -211,6 +211,19 @@ def test_models_that_are_not_compiled_say_why(loader, settings, cases, reason, t
     assert (decision.path, decision.reason, decision.flavor) == ("native", reason, {})
 
 
+@pytest.mark.parametrize("signature, reason", [
+    ({"inputs": [{"type": "double", "name": "x"}, {"type": "map", "values": {"type": "double"}, "name": "fees"}]},
+     "input column 'fees' is a map: a compiled form takes flat numeric columns only, so MLflow's pyfunc serves it"),
+    ({"inputs": [{"type": "array", "items": {"type": "double"}}]},
+     "input column 'c0' is an array: a compiled form takes flat numeric columns only, so MLflow's pyfunc serves it"),
+    ({"inputs": [{"type": "double", "name": "x"}], "params": [{"name": "k", "type": "long", "default": 3}]},
+     "the signature has inference params: only MLflow's pyfunc takes them"),
+])
+def test_nested_columns_and_params_are_never_compiled_and_say_why(signature, reason, tmp_path: Path) -> None:
+    decision = _decide(object(), signature, tmp_path, [{"inputs": [], "outputs": []}], loader="pyfunc")
+    assert (decision.path, decision.reason) == ("native", reason)
+
+
 def test_a_model_that_does_not_load_for_conversion_serves_natively(tmp_path: Path) -> None:
     def broken():
         raise OSError("model.skops: truncated")
