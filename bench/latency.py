@@ -51,11 +51,11 @@ FULL_BATCH_S = 2
 FULL_BATCH_CONNECTIONS = 4
 P50, P99, RPS = (lambda run: run.p50_ms), (lambda run: run.p99_ms), (lambda run: run.rps)
 FLOOR = """import json, statistics, sys, time
-import bentoml, mf_runtime
+import bentoml, mf_runtime, mf_schema
 resolved = mf_runtime.load_resolved("service.py")
 model = bentoml.models.get(resolved["bento_model_tag"])
 predictor = mf_runtime.Predictor(model.path_of("mlflow_model"), resolved)
-Row = mf_runtime.row_model(resolved["signature"]["inputs"])
+Row = mf_schema.row_model(resolved["signature"]["inputs"])
 rows = [Row.model_validate(row) for row in json.loads(sys.argv[1])]
 def seconds(batch, repeats):
     samples = []

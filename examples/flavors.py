@@ -23,8 +23,9 @@ CUSTOM_MODEL = "flavor_custom_pyfunc"        # PythonModel needing a package the
 RAISING_MODEL = "planted_raises"             # PythonModel raising on one input class
 NAN_MODEL = "planted_nan"                    # PythonModel answering NaN for some valid inputs
 NO_START_MODEL = "planted_no_start"          # PythonModel whose load_context fails where it is served
+NESTED_MODEL = "flavor_nested_params"        # PythonModel with array, object and map columns and inference params
 RAISING_KIND = "BUS"                         # an input class RAISING_MODEL raises on: any unseen segment
-WORKING_MODELS = (COLUMNS_MODEL, LIGHTGBM_MODEL, XGBOOST_MODEL, TENSOR_MODEL, CUSTOM_MODEL)
+WORKING_MODELS = (COLUMNS_MODEL, LIGHTGBM_MODEL, XGBOOST_MODEL, TENSOR_MODEL, CUSTOM_MODEL, NESTED_MODEL)
 
 
 def _pins(*names: str) -> list[str]:
@@ -89,6 +90,29 @@ def _python_model(kind: str):
     return FactoryTestModel()
 
 
+def _nested_model():
+    """A trip scorer taking a fare history (array of doubles), the trip (an object with a list of stops and
+    an optional note) and fees (a map), scaled by its `surge` param, plus one per `tags` param."""
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Map, Object, ParamSchema, ParamSpec, Property, Schema
+
+    class TripScorer(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input: pd.DataFrame, params=None):
+            return [float(np.sum(history)) * params["surge"] + len(trip["stops"]) + sum(fees.values())
+                    + len(params["tags"]) for history, trip, fees in
+                    zip(model_input["history"], model_input["trip"], model_input["fees"])]
+
+    trip = Object([Property("segment", DataType.string), Property("stops", Array(DataType.long)),
+                   Property("note", DataType.string, required=False)])
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(Array(DataType.double), "history"), ColSpec(trip, "trip"),
+                       ColSpec(Map(DataType.double), "fees")]),
+        outputs=Schema([ColSpec(DataType.double)]),
+        params=ParamSchema([ParamSpec("surge", DataType.double, 1.0), ParamSpec("tags", DataType.string, [], (-1,))]))
+    return TripScorer(), signature
+
+
 def register_flavors(registry: Path) -> None:
     import lightgbm
     import mlflow
@@ -125,6 +149,7 @@ def register_flavors(registry: Path) -> None:
     for name, kind in ((CUSTOM_MODEL, "custom"), (RAISING_MODEL, "raises"), (NAN_MODEL, "nan"),
                        (NO_START_MODEL, "no_start")):
         log(name, mlflow.pyfunc, _python_model(kind), infer_signature(frame, target), PYFUNC_REQUIREMENTS)
+    log(NESTED_MODEL, mlflow.pyfunc, *_nested_model(), PYFUNC_REQUIREMENTS)
 
 
 if __name__ == "__main__":

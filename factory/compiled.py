@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from factory.catalog import Compile
 from factory.exactness import compare
+from factory.fuzz_values import NESTED_TYPES
 from factory.onnx_convert import Candidate, NotConvertible, candidates
 from factory.runtime import bento_module
 
@@ -40,6 +41,14 @@ def decide(load_native: Callable[[], Any], flavor: dict, signature: dict, cases:
     target.unlink(missing_ok=True)
     if not settings.enabled:
         return _native("compile.enabled is false in models.yaml")
+    nested = [(spec.get("name", f"c{index}"), spec["type"]) for index, spec in enumerate(signature["inputs"])
+              if spec.get("type") in NESTED_TYPES]
+    if nested:
+        name, kind = nested[0]
+        return _native(f"input column {name!r} is {'a map' if kind == 'map' else 'an ' + kind}: a compiled form takes flat numeric "
+                       "columns only, so MLflow's pyfunc serves it")
+    if signature.get("params"):
+        return _native("the signature has inference params: only MLflow's pyfunc takes them")
     if flavor["loader"] == "pyfunc":
         return _native("an mlflow.pyfunc model has no ONNX converter (only sklearn, LightGBM and XGBoost do)")
     if not cases:
@@ -91,6 +100,6 @@ def _native(reason: str) -> Decision:
 @functools.cache
 def _runtime() -> Any:
     """The Bento's runtime modules, loaded in the order their own imports need."""
-    for name in ("mf_http", "mf_inputs", "mf_flavors"):
+    for name in ("mf_http", "mf_inputs", "mf_flavors", "mf_schema"):
         bento_module(name)
     return bento_module("mf_runtime")

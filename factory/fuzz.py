@@ -7,48 +7,29 @@ request that still fails (a hang is kept as found), written to a file so curl ca
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import math
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings, strategies as st
 from hypothesis import seed as fixed_seed
 from hypothesis.errors import Flaky
 
 from factory.errors import ServeError
+from factory.fuzz_values import (FLOAT_BITS, INT_BOUNDS, NESTED_TYPES, check_type, field_path, valid_value,
+                                 wrong_nested, wrong_value)
 from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, golden_problem,
                                   invalid_problem, minimal_failure, parses, post_predict, valid_problem)
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
-COLUMN_TYPES = ("binary", "boolean", "datetime", "double", "float", "integer", "long", "string")
-_FLOAT_BITS = {"double": 64, "float": 32, "float64": 64, "float32": 32, "float16": 16}
-# Valid floats stay within ±1e12 (or the nearest value the width holds): any standardizing model
-# overflows to inf on 1e308, which says nothing about the model's real inputs. The service itself
-# still accepts every finite double.
-_PLAUSIBLE = {64: 1e12, 32: 999999995904.0, 16: 65504.0}
-# JSON integers are accepted for float inputs; beyond these a float of that width rounds them.
-_EXACT_INTEGER = {64: 2**53, 32: 2**24, 16: 2**11}
-_INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1),
-               **{f"int{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
-               **{f"uint{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)}}
 # numpy dtype names are the ones ending in their width; MLflow's own names do not.
-TENSOR_DTYPES = tuple(sorted(["bool", *(name for name in [*_FLOAT_BITS, *_INT_BOUNDS] if name[-1].isdigit())]))
-# Years pandas' datetime64[ns] holds, so a pandas-based service is not blamed for its own range.
-_DATETIMES = st.datetimes(datetime(1900, 1, 1), datetime(2200, 12, 31), timezones=st.none() | st.just(timezone.utc))
-# Types that are neither floats nor integers: (valid values, values of the wrong type).
-_OTHER_TYPES = {
-    "boolean": (st.booleans(), [1, 0, "true"]),
-    "string": (st.text(max_size=16), [1, True, ["text"]]),
-    "datetime": (_DATETIMES.map(datetime.isoformat), ["not a date", "2021-02-30T00:00:00", 1700000000]),
-    "binary": (st.binary(max_size=24).map(lambda raw: base64.b64encode(raw).decode()), ["not base64!", "@@@@", 1]),
-}
-_OTHER_TYPES["bool"] = _OTHER_TYPES["boolean"]  # numpy's name for it
+# MLflow's ParamSpec types, less binary: MLflow takes bytes there, which JSON cannot carry.
+SCALAR_PARAM_TYPES = ("boolean", "datetime", "double", "float", "integer", "long", "string")
+TENSOR_DTYPES = tuple(sorted(["bool", *(name for name in [*FLOAT_BITS, *INT_BOUNDS] if name[-1].isdigit())]))
 _NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
@@ -60,6 +41,11 @@ class Column:
     type: str  # an MLflow DataType name, or a numpy dtype name for a tensor
     required: bool = True
     shape: Optional[tuple[int, ...]] = None  # a tensor row's shape: the signature's shape minus the batch dim
+    spec: Optional[dict] = None  # an array, object or map column's whole MLflow type
+
+    @property
+    def value_type(self) -> Any:
+        return self.spec if self.spec is not None else self.type
 
     @property
     def is_tensor(self) -> bool:
@@ -79,6 +65,18 @@ def signature_columns(signature: Union[dict, list, None]) -> list[Column]:
     if duplicates:
         raise ServeError(f"input column {duplicates[0]!r} appears more than once")
     return columns
+
+
+def signature_params(signature: Union[dict, list, None]) -> list[dict]:
+    """The signature's inference params (its ParamSchema), [] when it has none."""
+    params = signature.get("params") if isinstance(signature, dict) else None
+    params = json.loads(params) if isinstance(params, str) else params or []
+    for spec in params:
+        if spec.get("type") not in SCALAR_PARAM_TYPES or spec.get("shape") not in (None, [-1]):
+            raise ServeError(f"param {spec.get('name')!r} has unsupported type {spec.get('type')!r} with shape "
+                             f"{spec.get('shape')!r} (supported: {', '.join(SCALAR_PARAM_TYPES)}, each alone or "
+                             "as a list, shape [-1])")
+    return params
 
 
 def _input_specs(signature: Union[dict, list, None]) -> list[dict]:
@@ -101,11 +99,10 @@ def _column(index: int, spec: dict) -> Column:
     name, type_name = spec.get("name") or f"c{index}", spec.get("type")
     if not isinstance(name, str):
         raise ServeError(f"input column {index} has a name that is not a string: {name!r}")
-    if type_name not in COLUMN_TYPES:
-        which = repr(name) if spec.get("name") else f"{index} (unnamed)"
-        raise ServeError(f"input column {which} has unsupported type {type_name!r} "
-                         f"(supported: {', '.join(COLUMN_TYPES)})")
-    return Column(name, type_name, required=spec.get("required", True) is not False)
+    check_type(spec, f"input column {repr(name) if spec.get('name') else f'{index} (unnamed)'}")
+    return Column(name, type_name, required=spec.get("required", True) is not False,
+                  spec={key: value for key, value in spec.items() if key not in ("name", "required")}
+                  if type_name in NESTED_TYPES else None)
 
 
 def _tensor_column(spec: dict) -> Column:
@@ -122,20 +119,31 @@ def valid_row(columns: list[Column]) -> st.SearchStrategy:
     return _rows(columns, 1, 1).map(lambda rows: rows[0])
 
 
-def valid_request(columns: list[Column], max_batch_size: int) -> st.SearchStrategy[dict]:
-    """`{"inputs": rows}` with 1..max_batch_size rows, full batches included."""
+def valid_request(columns: list[Column], max_batch_size: int, params: Sequence[dict] = ()) -> st.SearchStrategy[dict]:
+    """`{"inputs": rows}` with 1..max_batch_size rows, full batches included, and, when the signature has
+    params, maybe `"params"` with some of them."""
     # A full batch cycles a few distinct rows: cheap to draw even when max_batch_size is large.
     full = _rows(columns, 1, 4).map(lambda few: [few[i % len(few)] for i in range(max_batch_size)])
-    return st.one_of(_rows(columns, 1, max_batch_size), full).map(lambda rows: {"inputs": rows})
+    requests = st.one_of(_rows(columns, 1, max_batch_size), full).map(lambda rows: {"inputs": rows})
+    if not params:
+        return requests
+    given = st.fixed_dictionaries({}, optional={spec["name"]: _param_value(spec) for spec in params})
+    return st.tuples(requests, st.none() | given).map(
+        lambda pair: pair[0] if pair[1] is None else {**pair[0], "params": pair[1]})
+
+
+def _param_value(spec: dict) -> st.SearchStrategy:
+    value = valid_value(spec["type"])
+    return st.lists(value, max_size=3) if spec.get("shape") else value
 
 
 def invalid_request(columns: list[Column], max_batch_size: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                    ) -> st.SearchStrategy[tuple[str, bytes, Optional[str]]]:
-    return st.one_of(*invalid_requests_by_kind(columns, max_batch_size, max_body_bytes).values())
+                    params: Sequence[dict] = ()) -> st.SearchStrategy[tuple[str, bytes, Optional[str]]]:
+    return st.one_of(*invalid_requests_by_kind(columns, max_batch_size, max_body_bytes, params).values())
 
 
 def invalid_requests_by_kind(columns: list[Column], max_batch_size: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                             ) -> dict[str, st.SearchStrategy[tuple[str, bytes, Optional[str]]]]:
+                             params: Sequence[dict] = ()) -> dict[str, st.SearchStrategy[tuple[str, bytes, Optional[str]]]]:
     """Per kind, (kind, body, field) for bodies the service must refuse with a 4xx; field is what the
     error must name, or None where no single field is at fault."""
     one_row = valid_row(columns)
@@ -151,16 +159,43 @@ def invalid_requests_by_kind(columns: list[Column], max_batch_size: int, max_bod
         .map(lambda document: (_encode(document), None)),
         # Trailing whitespace keeps it valid JSON: only its size is wrong.
         "oversized_body": one_row.map(lambda row: (_encode({"inputs": [row]}).ljust(max_body_bytes + 1), None)),
+        **_params_corruptions(one_row, params),
     }
     return {kind: strategy.map(lambda body_and_field, kind=kind: (kind, *body_and_field))
             for kind, strategy in bodies.items()}
 
 
+def _params_corruptions(one_row: st.SearchStrategy, params: list[dict]) -> dict[str, st.SearchStrategy]:
+    """(body, field) per kind of bad `params`: a name the signature lacks, a value of the wrong type (for a
+    list param, one item), not an object at all."""
+    if not params:
+        return {}
+    names = {spec["name"] for spec in params}
+
+    def wrong(spec: dict) -> st.SearchStrategy[tuple[list, Any]]:
+        bad = wrong_value(spec["type"])
+        return bad.map(lambda value: ([spec["name"], 0], [value])) if spec.get("shape") else bad.map(
+            lambda value: ([spec["name"]], value))
+
+    def body(row: Any, given: Any) -> bytes:
+        return _encode({"inputs": [row], "params": given})
+
+    unknown = st.text(min_size=1, max_size=12).filter(lambda name: name not in names)
+    return {
+        "unknown_param": st.tuples(one_row, unknown).map(
+            lambda pair: (body(pair[0], {pair[1]: 1}), field_path(["params", pair[1]]))),
+        "wrong_param_type": st.tuples(one_row, st.sampled_from(params).flatmap(wrong)).map(
+            lambda pair: (body(pair[0], {pair[1][0][0]: pair[1][1]}), field_path(["params", *pair[1][0]]))),
+        "params_not_object": st.tuples(one_row, st.sampled_from([[1], "fast", 1])).map(
+            lambda pair: (body(*pair), "params")),
+    }
+
+
 def _rows(columns: list[Column], min_rows: int, max_rows: int) -> st.SearchStrategy[list]:
     first = columns[0]
     if not first.is_tensor:
-        required = {c.name: _valid_values(c.type) for c in columns if c.required}
-        optional = {c.name: st.none() | _valid_values(c.type) for c in columns if not c.required}
+        required = {c.name: valid_value(c.value_type) for c in columns if c.required}
+        optional = {c.name: st.none() | valid_value(c.value_type) for c in columns if not c.required}
         return st.lists(st.fixed_dictionaries(required, optional=optional), min_size=min_rows, max_size=max_rows)
     # Each -1 dim gets one length per request, so the rows stack into one rectangular tensor.
     dims = st.tuples(*(st.integers(1, 4) if d == -1 else st.just(d) for d in first.shape))
@@ -169,32 +204,12 @@ def _rows(columns: list[Column], min_rows: int, max_rows: int) -> st.SearchStrat
 
 def _tensor(dims: tuple[int, ...], dtype: str) -> st.SearchStrategy:
     # Drawing each element of a large tensor is slow (a 28x28 image is 784 draws): cycle a few instead.
-    return st.lists(_valid_values(dtype), min_size=1, max_size=min(math.prod(dims), 8)).map(
+    return st.lists(valid_value(dtype), min_size=1, max_size=min(math.prod(dims), 8)).map(
         lambda leaves: _shaped(dims, itertools.cycle(leaves)))
 
 
 def _shaped(dims: tuple[int, ...], leaves: Iterator) -> Any:
     return [_shaped(dims[1:], leaves) for _ in range(dims[0])] if dims else next(leaves)
-
-
-def _valid_values(type_name: str) -> st.SearchStrategy:
-    if type_name in _FLOAT_BITS:
-        bits = _FLOAT_BITS[type_name]
-        bound = _PLAUSIBLE[bits]
-        return (st.floats(-bound, bound, width=bits, allow_nan=False, allow_infinity=False)
-                | st.integers(-_EXACT_INTEGER[bits], _EXACT_INTEGER[bits]))
-    if type_name in _INT_BOUNDS:
-        return st.integers(*_INT_BOUNDS[type_name])
-    return _OTHER_TYPES[type_name][0]
-
-
-def _wrong_values(type_name: str) -> st.SearchStrategy:
-    if type_name in _FLOAT_BITS:
-        return st.sampled_from(["1.5", True, [1.0], {"value": 1.0}])
-    if type_name in _INT_BOUNDS:
-        low, high = _INT_BOUNDS[type_name]
-        return st.sampled_from([1.5, True, "3", low - 1, high + 1])
-    return st.sampled_from(_OTHER_TYPES[type_name][1])
 
 
 # A corruption turns one valid row into a strategy of (the field at fault, the corrupted row).
@@ -214,15 +229,16 @@ def _row_corruptions(columns: list[Column]) -> dict[str, Corruption]:
     if columns[0].is_tensor:
         return _tensor_corruptions(columns[0])
     required = [c for c in columns if c.required]
-    floats = [c for c in columns if c.type in _FLOAT_BITS]
+    floats = [c for c in columns if c.type in FLOAT_BITS]
     names = {c.name for c in columns}
 
     def setting(row: dict, column: Column, value: Any) -> tuple[str, dict]:
         return column.name, {**row, column.name: value}
 
+    nested = [c for c in columns if c.spec is not None]
     corruptions: dict[str, Corruption] = {
         "wrong_type": lambda row: st.sampled_from(columns).flatmap(
-            lambda c: _wrong_values(c.type).map(lambda value: setting(row, c, value))),
+            lambda c: wrong_value(c.value_type).map(lambda value: setting(row, c, value))),
         "extra_field": lambda row: st.text(min_size=1, max_size=12).filter(lambda name: name not in names).map(
             lambda name: (name, {**row, name: 1})),
     }
@@ -230,6 +246,13 @@ def _row_corruptions(columns: list[Column]) -> dict[str, Corruption]:
         corruptions["missing_required"] = lambda row: st.sampled_from(required).map(
             lambda c: (c.name, {key: value for key, value in row.items() if key != c.name}))
         corruptions["null_required"] = lambda row: st.sampled_from(required).map(lambda c: setting(row, c, None))
+    def wrong_inside(row: dict) -> st.SearchStrategy[tuple[str, dict]]:
+        present = [c for c in nested if row.get(c.name) is not None] or nested
+        return st.sampled_from(present).flatmap(lambda c: wrong_nested(c.spec, row.get(c.name)).map(
+            lambda path_and_bad: (field_path([c.name, *path_and_bad[0]]), {**row, c.name: path_and_bad[1]})))
+
+    if nested:  # a wrong value anywhere inside: the error names its whole path (inputs[3].tokens[2])
+        corruptions["wrong_nested"] = wrong_inside
     if floats:
         corruptions["non_finite"] = lambda row: st.tuples(st.sampled_from(floats), st.sampled_from(_NON_FINITE)).map(
             lambda pair: setting(row, pair[0], _RawJson(pair[1])))
@@ -241,11 +264,11 @@ def _tensor_corruptions(tensor: Column) -> dict[str, Corruption]:
         return "inputs", _replace_first_leaf(row, leaf)
 
     corruptions: dict[str, Corruption] = {
-        "wrong_type": lambda row: _wrong_values(tensor.type).map(lambda leaf: first_leaf_set(row, leaf)),
+        "wrong_type": lambda row: wrong_value(tensor.type).map(lambda leaf: first_leaf_set(row, leaf)),
         "null_required": lambda row: st.just(first_leaf_set(row, None)),
         "wrong_row_shape": lambda row: st.sampled_from(_misshapen(row, tensor.shape)).map(lambda bad: ("inputs", bad)),
     }
-    if tensor.type in _FLOAT_BITS:
+    if tensor.type in FLOAT_BITS:
         corruptions["non_finite"] = lambda row: st.sampled_from(_NON_FINITE).map(
             lambda token: first_leaf_set(row, _RawJson(token)))
     return corruptions
@@ -283,11 +306,11 @@ def fuzz_service(base_url: str, signature: Union[dict, list], max_batch_size: in
     """Fuzz POST <base_url>/predict; minimal failing bodies are written to report_dir for replay, and
     the rerun line names `catalog` (the models.yaml the model came from) when given. Golden outputs
     must agree within `golden_tolerance` (rtol, atol; see fuzz_report.golden_problem)."""
-    columns = signature_columns(signature)
+    columns, params = signature_columns(signature), signature_params(signature)
     pairs = _golden_pairs(golden)
     run = _Run(base_url.rstrip("/"), timeout_s, model, seed, Path(report_dir).resolve(), catalog)
-    checks = [run.valid(columns, max_batch_size, valid_examples),
-              run.invalid(columns, max_batch_size, max_body_bytes, invalid_examples),
+    checks = [run.valid(columns, max_batch_size, valid_examples, params),
+              run.invalid(columns, max_batch_size, max_body_bytes, invalid_examples, params),
               run.golden(pairs, *golden_tolerance)]
     return FuzzResult(model=model, base_url=base_url, seed=seed, checks=checks, records=run.records)
 
@@ -306,32 +329,33 @@ class _Run:
         self.records: list[RequestRecord] = []
         self.down: Optional[_Failed] = None  # the request the service stopped answering at, if it did
 
-    def valid(self, columns: list[Column], max_batch_size: int, examples: int) -> CheckResult:
+    def valid(self, columns: list[Column], max_batch_size: int, examples: int, params: list[dict]) -> CheckResult:
         output_kinds: set[str] = set()  # every valid response must keep to the first one's JSON type
 
         def attempt(request: dict) -> None:
             self.exchange("valid", _encode(request), None,
                           lambda response: valid_problem(response, len(request["inputs"]), output_kinds))
 
-        strategy = valid_request(columns, max_batch_size)
+        strategy = valid_request(columns, max_batch_size, params)
         return self._check("valid requests", examples > 0, lambda: self._search("valid", strategy, examples, attempt))
 
-    def invalid(self, columns: list[Column], max_batch_size: int, max_body_bytes: int, examples: int) -> CheckResult:
+    def invalid(self, columns: list[Column], max_batch_size: int, max_body_bytes: int, examples: int,
+                params: list[dict]) -> CheckResult:
         def attempt(example: tuple[str, bytes, Optional[str]]) -> None:
             kind, body, field = example
             self.exchange(kind, body, field, lambda response: invalid_problem(response, body, field))
 
         # Each kind gets its share of the examples, so that a short run still tries every kind.
-        by_kind = invalid_requests_by_kind(columns, max_batch_size, max_body_bytes)
+        by_kind = invalid_requests_by_kind(columns, max_batch_size, max_body_bytes, params)
         share = max(1, examples // len(by_kind))
         failures = (self._search("invalid", strategy, share, attempt) for strategy in by_kind.values())
         return self._check("invalid requests", examples > 0, lambda: next(filter(None, failures), None))
 
-    def golden(self, pairs: Optional[list[tuple[list, list]]], rtol: float, atol: float) -> CheckResult:
-        def attempt(pair: tuple[list, list]) -> Optional[Failure]:
-            inputs, outputs = pair
+    def golden(self, pairs: Optional[list[tuple[dict, list]]], rtol: float, atol: float) -> CheckResult:
+        def attempt(pair: tuple[dict, list]) -> Optional[Failure]:
+            request, outputs = pair
             try:
-                self.exchange("golden", _encode({"inputs": inputs}), None,
+                self.exchange("golden", _encode(request), None,
                               lambda r: golden_problem(r, outputs, rtol, atol))
             except _Failed as failed:
                 return self._failure("golden", failed)
@@ -386,9 +410,11 @@ class _Run:
                                **failed.details)
 
 
-def _golden_pairs(golden: Optional[list[dict]]) -> Optional[list[tuple[list, list]]]:
+def _golden_pairs(golden: Optional[list[dict]]) -> Optional[list[tuple[dict, list]]]:
+    """(the request, its outputs) per golden case: its rows and, when it was recorded with them, its params."""
     for index, pair in enumerate(golden or []):
         inputs, outputs = (pair.get("inputs"), pair.get("outputs")) if isinstance(pair, dict) else (None, None)
         if not (isinstance(inputs, list) and isinstance(outputs, list) and inputs and len(inputs) == len(outputs)):
             raise ServeError(f"golden example {index} needs non-empty 'inputs' and 'outputs' lists of equal length")
-    return None if golden is None else [(pair["inputs"], pair["outputs"]) for pair in golden]
+    return None if golden is None else [({key: pair[key] for key in ("inputs", "params") if key in pair}, pair["outputs"])
+                                        for pair in golden]

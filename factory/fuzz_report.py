@@ -132,7 +132,9 @@ def invalid_problem(response: Response, body: bytes, field: Optional[str]) -> Op
         detail = strict_json(response.body)
     except ValueError:
         return f"{response.status} without a JSON body naming {field!r}"
-    if not any(field in text for text in _strings(detail)):
+    # Named as sent, or escaped as a JSON path writes a key (inputs[0]["\u001f"]).
+    spellings = {field, json.dumps(field, ensure_ascii=False)[1:-1]}
+    if not any(name in text for name in spellings for text in _strings(detail)):
         return f"{response.status} body does not name the field {field!r}"
     return None
 

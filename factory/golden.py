@@ -24,7 +24,7 @@ ANSWER_TIMEOUT_S = 600
 
 def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0) -> list[dict]:
     """`count` valid request bodies, the same ones for the same signature and seed."""
-    strategy = fuzz.valid_request(fuzz.signature_columns(signature), batch_size)
+    strategy = fuzz.valid_request(fuzz.signature_columns(signature), batch_size, fuzz.signature_params(signature))
     drawn: list[dict] = []
 
     @fixed_seed(seed)
@@ -44,7 +44,7 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
     instead, rows it answered NaN or infinity for are listed (recorded as null); both are model bugs that
     `factory test` will pin down to a minimal input. `model_venv` makes (once) the venv with the model's own
     requirements, for a model whose library the factory's process lacks."""
-    requests = [request["inputs"] for request in sample_requests(resolved.signature, count, batch_size)]
+    requests = sample_requests(resolved.signature, count, batch_size)
     inputs = resolved.signature["inputs"]
     values = bento_module("mf_inputs")
     try:
@@ -52,17 +52,17 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
     except pyfunc_answers.MissingLibrary:
         answered = _answers_in(model_venv(), model_dir, inputs, requests, where)
     cases, errors, non_finite = [], [], []
-    for rows, answer in zip(requests, answered):
+    for request, answer in zip(requests, answered):
         if "error" in answer:
             errors.append(answer["error"])
             continue
         outputs = answer["outputs"]
-        non_finite += [row for row, output in zip(rows, outputs) if not values.all_finite(output)]
-        cases.append({"inputs": rows, "outputs": values.nulled(outputs)})
+        non_finite += [row for row, output in zip(request["inputs"], outputs) if not values.all_finite(output)]
+        cases.append({**request, "outputs": values.nulled(outputs)})
     return cases, errors, non_finite
 
 
-def _answers_in(python: Path, model_dir: Path, inputs: list[dict], requests: list[list], where: str) -> list[dict]:
+def _answers_in(python: Path, model_dir: Path, inputs: list[dict], requests: list[dict], where: str) -> list[dict]:
     job = json.dumps({"model_dir": str(model_dir), "inputs": inputs, "requests": requests})
     try:
         result = subprocess.run([str(python), pyfunc_answers.__file__], input=job, capture_output=True, text=True,

@@ -23,8 +23,9 @@ class MissingLibrary(Exception):
     """This process lacks a library the model imports: ask a venv with the model's requirements instead."""
 
 
-def answers(model_dir: str, inputs: list[dict], requests: list[list], mf_inputs: Any, here: bool) -> list[dict]:
-    """One `{"outputs": [...]}` or `{"error": "Type: message"}` per request. `here`: in the factory's own
+def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs: Any, here: bool) -> list[dict]:
+    """One `{"outputs": [...]}` or `{"error": "Type: message"}` per request (`{"inputs": rows}`, maybe with
+    `"params"`, passed on as the served model passes them). `here`: in the factory's own
     process, where an ImportError means a library missing from it (MissingLibrary), not a model failure."""
     import mlflow.pyfunc
 
@@ -34,13 +35,15 @@ def answers(model_dir: str, inputs: list[dict], requests: list[list], mf_inputs:
         _missing_here(exc, here)
         raise  # in the model's own venv: the script fails, and the build says why
     found = []
-    for rows in requests:
+    for request in requests:
+        rows, params = request["inputs"], request.get("params")
         try:
             with warnings.catch_warnings():
                 # pyfunc hands sklearn a DataFrame; a model fit on plain arrays warns about names, harmlessly.
                 warnings.filterwarnings("ignore", message="X has feature names")
                 batch = mf_inputs.tensor(rows, inputs) if mf_inputs.is_tensor(inputs) else mf_inputs.frame(rows, inputs)
-                found.append({"outputs": mf_inputs.as_outputs(model.predict(batch))})
+                predictions = model.predict(batch) if params is None else model.predict(batch, params=params)
+                found.append({"outputs": mf_inputs.as_outputs(predictions)})
         except ImportError as exc:  # a library imported lazily, at predict time
             _missing_here(exc, here)
             found.append({"error": _summary(exc)})

@@ -96,7 +96,7 @@ class Registry:
         _servable(signature, f"{where}: {model.registered_as} version {version}")
         return ResolvedModel(registered_as=model.registered_as, version=version, run_id=info.run_id or "",
                              model_uri=f"models:/{model.registered_as}/{version}", signature=signature,
-                             flavor=_flavor(info.flavors))
+                             flavor=_flavor(info.flavors, signature))
 
     def _version(self, model: ModelSpec, where: str) -> int:
         from mlflow.exceptions import MlflowException
@@ -135,33 +135,43 @@ class Registry:
 
 
 def _signature(signature: Any) -> dict:
+    """Inputs and outputs, and the inference params when the signature has a ParamSchema (a signature
+    without keeps its old form, so the build of a model whose version did not change is not redone)."""
     as_dict = signature.to_dict()
-    return {"inputs": json.loads(as_dict["inputs"]),
-            "outputs": json.loads(as_dict["outputs"]) if as_dict.get("outputs") else None}
+    parsed = {"inputs": json.loads(as_dict["inputs"]),
+              "outputs": json.loads(as_dict["outputs"]) if as_dict.get("outputs") else None}
+    if as_dict.get("params"):
+        parsed["params"] = json.loads(as_dict["params"])
+    return parsed
 
 
 def _servable(signature: dict, what: str) -> None:
     """Refused here, naming the models.yaml entry, rather than deep in the build: an input the generated API
-    cannot take (an array, object or map column, a tensor of strings)."""
-    from factory.fuzz import signature_columns  # hypothesis: imported only when a model is resolved
+    cannot take (an `any` column, a tensor of strings, a binary param)."""
+    from factory.fuzz import signature_columns, signature_params  # hypothesis: imported only when resolving
 
     try:
         signature_columns(signature)
+        signature_params(signature)
     except ServeError as exc:
-        raise RegistryError(f"{what}: {exc}; the served API takes rows of scalar columns or one numeric tensor: "
-                            "log the model with such a signature (e.g. one column per array element) and "
-                            "register a new version") from exc
+        raise RegistryError(f"{what}: {exc}; the served API takes rows of columns of those types (arrays, objects "
+                            "and maps of them included) or one numeric tensor: log the model with such a signature "
+                            "and register a new version") from exc
 
 
-def _flavor(flavors: dict) -> dict:
+def _flavor(flavors: dict, signature: dict) -> dict:
     """How the served model loads: natively where its flavor allows (no mlflow import), else pyfunc.
 
-    `packages` are what the runtime adds for that loader; the model's own requirements come on top."""
+    `packages` are what the runtime adds for that loader; the model's own requirements come on top.
+    A signature with array, object or map columns, or with params, always loads through pyfunc: MLflow's
+    schema enforcement shapes nested values for the model, and params are pyfunc's to pass on."""
     pyfunc = flavors.get("python_function", {})
     loader_module = pyfunc.get("loader_module")
     base = {"predict_fn": pyfunc.get("predict_fn", "predict")}
     if pyfunc.get("code"):  # code_paths: the module a pickled custom class is imported from
         base["code"] = pyfunc["code"]
+    if pyfunc_only(signature):
+        return {**base, "loader": "pyfunc", "packages": list(PYFUNC_PACKAGES)}
     sklearn, lgb, xgb = flavors.get("sklearn", {}), flavors.get("lightgbm", {}), flavors.get("xgboost", {})
     if loader_module == "mlflow.sklearn" and sklearn.get("serialization_format") in SKLEARN_FORMATS:
         serialization = sklearn["serialization_format"]
@@ -180,3 +190,10 @@ def _flavor(flavors: dict) -> dict:
         return {**base, "loader": "xgboost", "model_file": xgb["data"],
                 "model_class": xgb.get("model_class", "xgboost.core.Booster"), "packages": []}
     return {**base, "loader": "pyfunc", "packages": list(PYFUNC_PACKAGES)}
+
+
+def pyfunc_only(signature: dict) -> bool:
+    """Whether the signature needs MLflow's pyfunc between request and model: params, or a nested column."""
+    from factory.fuzz_values import NESTED_TYPES
+
+    return bool(signature.get("params")) or any(spec.get("type") in NESTED_TYPES for spec in signature["inputs"])

@@ -22,6 +22,7 @@ import mf_fast  # noqa: E402
 import mf_flavors  # noqa: E402
 import mf_http  # noqa: E402
 import mf_runtime  # noqa: E402
+import mf_schema  # noqa: E402
 
 GUARD_S = 30  # only a guard against a hang; nothing here depends on how fast anything runs
 
@@ -36,7 +37,7 @@ class GatedModel:
         if not gated:
             self.gate.set()
 
-    def __call__(self, rows: list) -> list:
+    def __call__(self, rows: list, params: object = None) -> list:
         self.runs.append(list(rows))
         self.entered.set()
         assert self.gate.wait(GUARD_S)
@@ -114,7 +115,7 @@ def test_without_merging_every_request_runs_alone() -> None:
 def test_short_runs_run_on_the_event_loop_and_long_unknown_or_waiting_ones_in_the_model_thread() -> None:
     where = []
 
-    def model(rows):
+    def model(rows, params=None):
         where.append(threading.current_thread().name)
         return rows
 
@@ -215,12 +216,12 @@ def test_rows_the_model_fails_on_fail_alone_inside_a_merged_run() -> None:
     predictor.inputs = [{"type": "double", "name": "x", "required": True}]
     predictor.tensor, predictor.allow_non_finite = False, False
     predictor.model = mf_flavors.LoadedModel(raising_on_negative, "array")
-    row = mf_runtime.row_model(predictor.inputs)
+    row = mf_schema.row_model(predictor.inputs)
 
     async def scenario():
         gate = threading.Event()
 
-        def run(rows):
+        def run(rows, params=None):
             assert gate.wait(GUARD_S)
             return predictor.predict(rows)
 
@@ -239,7 +240,7 @@ def test_rows_the_model_fails_on_fail_alone_inside_a_merged_run() -> None:
 def test_a_failing_run_fails_its_requests_and_the_batcher_goes_on() -> None:
     calls = []
 
-    def run(rows):
+    def run(rows, params=None):
         calls.append(rows)
         if len(calls) == 1:
             raise RuntimeError("broken")
@@ -256,7 +257,7 @@ def test_a_failing_run_fails_its_requests_and_the_batcher_goes_on() -> None:
 
 # --- mf_fast: POST /predict in front of BentoML's stack -------------------------------------------------
 
-ROW = mf_runtime.row_model([{"type": "double", "name": "surge multiplier", "required": True}])
+ROW = mf_schema.row_model([{"type": "double", "name": "surge multiplier", "required": True}])
 
 
 class _Inputs(BaseModel):  # what BentoML generates for `predict(self, inputs: list[Row])`
@@ -280,7 +281,7 @@ def _fast(answer, *requests: tuple) -> list[httpx.Response]:
     return asyncio.run(scenario())
 
 
-async def _doubled(rows: list) -> list:
+async def _doubled(rows: list, params: object = None) -> list:
     return [row.model_dump(by_alias=True)["surge multiplier"] * 2 for row in rows]
 
 
@@ -306,10 +307,10 @@ def test_fast_path_rejects_like_bentoml_in_the_error_shape(body: bytes, field) -
 
 
 def test_fast_path_keeps_per_row_failures_overload_and_the_body_limit() -> None:
-    async def one_failed(rows):
+    async def one_failed(rows, params=None):
         return [1.0, mf_runtime.failure("model_error", "boom")]
 
-    async def refused(rows):
+    async def refused(rows, params=None):
         return mf_http.overloaded("busy", 3)
 
     two_rows = {"json": {"inputs": [{"surge multiplier": 1.0}, {"surge multiplier": -1.0}]}}
@@ -337,7 +338,7 @@ def test_fast_path_keeps_per_row_failures_overload_and_the_body_limit() -> None:
                                       "message": "the model server failed; see its log"}}),  # nothing encodes it
 ])
 def test_fast_path_encodes_outputs_as_json_dumps_would(outputs: list, expected: object) -> None:
-    async def given(rows):
+    async def given(rows, params=None):
         return outputs
 
     two_rows = {"json": {"inputs": [{"surge multiplier": 1.0}, {"surge multiplier": -1.0}]}}

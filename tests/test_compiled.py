@@ -211,6 +211,19 @@ def test_models_that_are_not_compiled_say_why(loader, settings, cases, reason, t
     assert (decision.path, decision.reason, decision.flavor) == ("native", reason, {})
 
 
+@pytest.mark.parametrize("signature, reason", [
+    ({"inputs": [{"type": "double", "name": "x"}, {"type": "map", "values": {"type": "double"}, "name": "fees"}]},
+     "input column 'fees' is a map: a compiled form takes flat numeric columns only, so MLflow's pyfunc serves it"),
+    ({"inputs": [{"type": "array", "items": {"type": "double"}}]},
+     "input column 'c0' is an array: a compiled form takes flat numeric columns only, so MLflow's pyfunc serves it"),
+    ({"inputs": [{"type": "double", "name": "x"}], "params": [{"name": "k", "type": "long", "default": 3}]},
+     "the signature has inference params: only MLflow's pyfunc takes them"),
+])
+def test_nested_columns_and_params_are_never_compiled_and_say_why(signature, reason, tmp_path: Path) -> None:
+    decision = _decide(object(), signature, tmp_path, [{"inputs": [], "outputs": []}], loader="pyfunc")
+    assert (decision.path, decision.reason) == ("native", reason)
+
+
 def test_a_model_that_does_not_load_for_conversion_serves_natively(tmp_path: Path) -> None:
     def broken():
         raise OSError("model.skops: truncated")
@@ -223,10 +236,10 @@ def test_a_model_that_does_not_load_for_conversion_serves_natively(tmp_path: Pat
 SERVED_IMPORTS = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import mf_runtime
+import mf_runtime, mf_schema
 resolved = mf_runtime.load_resolved(sys.argv[1] + "/service.py")
 predictor = mf_runtime.Predictor("", resolved)
-Row = mf_runtime.row_model(resolved["signature"]["inputs"])
+Row = mf_schema.row_model(resolved["signature"]["inputs"])
 rows = [Row.model_validate(row) for row in json.loads(sys.argv[2])]
 print(json.dumps({"outputs": predictor.predict(rows), "modules": sorted(sys.modules)}))
 """
@@ -241,7 +254,7 @@ def test_the_compiled_predictor_imports_no_sklearn_pandas_or_mlflow(tmp_path: Pa
     cases = _cases(DOUBLES, model.predict)
     decision = _decide(model, DOUBLES, tmp_path, cases)
     assert decision.compiled, decision.reason
-    for name in ("mf_runtime", "mf_flavors", "mf_inputs", "mf_http"):
+    for name in ("mf_runtime", "mf_flavors", "mf_inputs", "mf_http", "mf_schema"):
         shutil.copy(BENTO_TEMPLATES / f"{name}.py", tmp_path)
     (tmp_path / "resolved.json").write_text(json.dumps({"signature": DOUBLES, "flavor": decision.flavor}))
     result = subprocess.run([sys.executable, "-c", SERVED_IMPORTS, str(tmp_path), json.dumps(cases[0]["inputs"])],

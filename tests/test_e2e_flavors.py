@@ -69,6 +69,8 @@ def test_every_flavor_serves_and_matches_pyfunc(tested_all) -> None:
     columns = json.loads((env.state / "builds" / COLUMNS_MODEL / "src" / "resolved.json").read_text())
     assert columns["flavor"]["loader"] == "cloudpickle"  # native, and fit on a DataFrame: pandas in its venv
     assert any(line.startswith("pandas==") for line in columns["requirements"])
+    nested = json.loads((env.state / "builds" / FLAVORS.NESTED_MODEL / "record.json").read_text())
+    assert any("params" in case for case in json.loads(Path(nested["golden"]).read_text()))  # served with params
     custom = json.loads((env.state / "builds" / CUSTOM_MODEL / "src" / "resolved.json").read_text())
     assert custom["flavor"]["loader"] == "pyfunc"  # with the package the runtime does not have
     assert any(line.startswith("sortedcontainers==") for line in custom["requirements"])
@@ -90,6 +92,9 @@ def test_boosters_serve_compiled_and_the_rest_natively_saying_why(tested_all) ->
         assert (paths[model]["serving_path"], paths[model]["serving_reason"]) == (
             "native", "compile.enabled is false in models.yaml")
     assert paths[CUSTOM_MODEL]["serving_path"] == "native"
+    assert (paths[FLAVORS.NESTED_MODEL]["serving_path"], paths[FLAVORS.NESTED_MODEL]["serving_reason"]) == (
+        "native", "input column 'history' is an array: a compiled form takes flat numeric columns only, so "
+                  "MLflow's pyfunc serves it")
 
 
 def test_one_model_failing_never_stops_the_others(tested_all) -> None:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from factory.errors import ServeError
 from factory.fuzz import (Column, fuzz_service, invalid_request, invalid_requests_by_kind, signature_columns,
-                          valid_request, valid_row)
+                          signature_params, valid_request, valid_row)
 from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, invalid_problem,
                                  minimal_failure, valid_problem, write_json, write_junit)
 from fuzz_support.server import LETS_NAN_THROUGH, make_app, parse_rows, request_model, serving
@@ -87,14 +87,24 @@ def test_accepts_the_dict_form_and_the_parsed_inputs_list_alike():
     ({"inputs": "[{"}, "the signature's inputs are not valid JSON: Expecting property name enclosed in double "
                        "quotes: line 1 column 3 (char 2)"),
     ({"inputs": '{"type": "double"}'}, "the signature's inputs must be a list of column or tensor specs"),
-    ([{"type": "array", "name": "tags", "items": {"type": "string"}}],
-     "input column 'tags' has unsupported type 'array' (supported: binary, boolean, datetime, double, float, "
-     "integer, long, string)"),
+    ([{"type": "array", "name": "tags", "items": {"type": "any"}}],
+     "input column 'tags' items has unsupported type 'any' (supported: binary, boolean, datetime, double, float, "
+     "integer, long, string, array, map, object)"),
+    ([{"type": "map", "name": "m", "values": {"type": "array", "items": {"type": "tensor"}}}],
+     "input column 'm' values items has unsupported type 'tensor' (supported: binary, boolean, datetime, double, "
+     "float, integer, long, string, array, map, object)"),
+    ([{"type": "object", "name": "o", "properties": {}}], "input column 'o' is an object without properties"),
+    ([{"type": "object", "name": "o", "properties": {"a b": {"type": "object", "properties": {"z": {"type": "x"}}}}}],
+     "input column 'o' property 'a b' property 'z' has unsupported type 'x' (supported: binary, boolean, datetime, "
+     "double, float, integer, long, string, array, map, object)"),
     ([{"type": "double", "name": "c1"}, {"type": "double"}], "input column 'c1' appears more than once"),
     ([{"type": "double", "name": 7}], "input column 0 has a name that is not a string: 7"),
-    ([{"type": "object", "properties": {"zone": {"type": "string"}}}],  # a type-hinted list[pydantic model]
-     "input column 0 (unnamed) has unsupported type 'object' (supported: binary, boolean, datetime, double, float, "
-     "integer, long, string)"),
+    ([{"type": "any"}],  # a type-hinted list[Any]
+     "input column 0 (unnamed) has unsupported type 'any' (supported: binary, boolean, datetime, double, float, "
+     "integer, long, string, array, map, object)"),
+    ({"inputs": [{"type": "double", "name": "x"}], "params": '[{"name": "raw", "type": "binary", "default": null}]'},
+     "param 'raw' has unsupported type 'binary' with shape None (supported: boolean, datetime, double, float, "
+     "integer, long, string, each alone or as a list, shape [-1])"),
     ([{"type": "double", "name": "a"}, {"type": "long", "name": "a"}], "input column 'a' appears more than once"),
     ([{"type": "tensor", "tensor-spec": {"dtype": "object", "shape": [-1]}}],
      "the tensor input has unsupported dtype 'object' (supported: bool, float16, float32, float64, int16, int32, "
@@ -110,6 +120,7 @@ def test_accepts_the_dict_form_and_the_parsed_inputs_list_alike():
 def test_signature_errors_say_what_is_wrong(signature, message):
     with pytest.raises(ServeError) as raised:
         signature_columns(signature)
+        signature_params(signature)
     assert str(raised.value) == message
 
 
@@ -243,6 +254,18 @@ WRONG_TYPE_BODY = b'{"inputs": [{"mean radius": "1"}]}'
 ])
 def test_invalid_response_verdicts(status, response, request_body, problem):
     assert invalid_problem(Response(status, response, 1.0), request_body, "mean radius") == problem
+
+
+@pytest.mark.parametrize("field, response, problem", [
+    # A key a JSON path must escape is named in its escaped form, as the served API writes the path.
+    ("\x1f", b'{"error": {"field": "inputs[0][\\"\\u001f\\"]"}}', None),
+    ('say "hi"', b'{"error": {"field": "inputs[0][\\"say \\\\\\"hi\\\\\\"\\"]"}}', None),
+    ("größe", b'{"error": {"message": "inputs[0].gr\\u00f6\\u00dfe: Field required"}}', None),
+    ("\x1f", b'{"error": {"field": "inputs[0]"}}', "400 body does not name the field '\\x1f'"),
+])
+def test_a_field_is_named_as_sent_or_as_its_json_path_writes_it(field, response, problem):
+    body = json.dumps({"inputs": [{field: 1}]}).encode()
+    assert invalid_problem(Response(400, response, 1.0), body, field) == problem
 
 
 # --- the runner against a real server -----------------------------------------------------------

@@ -16,10 +16,10 @@ from factory.runtime import BENTO_TEMPLATES
 sys.path.insert(0, str(BENTO_TEMPLATES))
 import mf_fast  # noqa: E402
 import mf_http  # noqa: E402
-import mf_runtime  # noqa: E402
+import mf_schema  # noqa: E402
 import mf_serve  # noqa: E402
 
-ROW = mf_runtime.row_model([{"type": "double", "name": "x", "required": True}])
+ROW = mf_schema.row_model([{"type": "double", "name": "x", "required": True}])
 
 
 class _Inputs(BaseModel):
@@ -27,7 +27,7 @@ class _Inputs(BaseModel):
 
 
 class _Service:
-    async def answer(self, rows: list) -> list:
+    async def answer(self, rows: list, params: object = None) -> list:
         return [row.x * 2 for row in rows]
 
 

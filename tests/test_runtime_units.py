@@ -21,6 +21,7 @@ import mf_flavors  # noqa: E402
 import mf_http  # noqa: E402
 import mf_inputs  # noqa: E402
 import mf_runtime  # noqa: E402
+import mf_schema  # noqa: E402
 
 WHERE = "models.yaml:3: model 'm'"
 PINS = lock_pins()
@@ -169,7 +170,7 @@ class _Calls:
 
 
 def _rows(values: list[float]) -> list:
-    row = mf_runtime.row_model([{"type": "double", "name": "x", "required": True}])
+    row = mf_schema.row_model([{"type": "double", "name": "x", "required": True}])
     return [row(x=value) for value in values]
 
 
@@ -223,7 +224,7 @@ def test_json_paths(loc: list, path: str) -> None:
      "inputs: Input should be a valid array" + mf_http.ENVELOPE_HINT),
     # A row's own problem is the row's: no word about the body's shape.
     ({"type": "missing", "loc": ["inputs", 0, "distance_km"], "msg": "Field required"},
-     "inputs.0.distance_km: Field required"),
+     "inputs[0].distance_km: Field required"),
     ({"type": "too_short", "loc": ["inputs"], "msg": "List should have at least 1 item after validation, not 0"},
      "inputs: List should have at least 1 item after validation, not 0"),
 ])
@@ -236,7 +237,7 @@ def test_bentoml_errors_are_rewritten_into_one_shape() -> None:
         {"type": "missing", "loc": ["inputs", 2, "surge multiplier"], "msg": "Field required"}]}).encode()
     status, body, headers = mf_http._rewrite(400, validation)
     assert (status, json.loads(body), headers) == (400, {"error": {
-        "code": "invalid_input", "message": "inputs.2.surge multiplier: Field required",
+        "code": "invalid_input", "message": 'inputs[2]["surge multiplier"]: Field required',
         "field": 'inputs[2]["surge multiplier"]'}}, [])
     status, body, headers = mf_http._rewrite(503, b'{"error": "An unexpected error has occurred"}')
     assert status == 503 and json.loads(body)["error"]["code"] == "overloaded" and headers == [(b"retry-after", b"1")]
@@ -255,7 +256,7 @@ def test_bentoml_errors_are_rewritten_into_one_shape() -> None:
 def test_datetime_columns_take_iso_strings_only(body: str, error: str) -> None:
     from pydantic import ValidationError
 
-    row = mf_runtime.row_model([{"type": "datetime", "name": "when", "required": True}])
+    row = mf_schema.row_model([{"type": "datetime", "name": "when", "required": True}])
     if error is None:
         assert row.model_validate_json(body).when.year == 2026
         return
@@ -342,7 +343,7 @@ def test_a_native_sklearn_model_imports_its_custom_classes_from_its_code_paths(t
     mlflow.sklearn.save_model(model, str(tmp_path / "model"), serialization_format="skops",
                               code_paths=[str(tmp_path / "src" / "sweep_log_features.py")],
                               skops_trusted_types=["sweep_log_features.LogFeatures"], pip_requirements=["scikit-learn"])
-    flavor = _flavor(yaml.safe_load((tmp_path / "model" / "MLmodel").read_text())["flavors"])
+    flavor = _flavor(yaml.safe_load((tmp_path / "model" / "MLmodel").read_text())["flavors"], {"inputs": []})
     assert (flavor["loader"], flavor["code"]) == ("skops", "code")
     monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(tmp_path / "src")])
     monkeypatch.delitem(sys.modules, "sweep_log_features")  # as in a fresh serving process

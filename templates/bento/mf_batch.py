@@ -53,16 +53,18 @@ class Overloaded(Exception):
 class Batcher:
     """Merges the row lists of concurrent requests into model runs, one run at a time, in a worker thread.
 
-    `run` takes a list of rows and returns one output per row (mf_runtime.Predictor.predict, which
-    isolates rows the model fails on). `merge=False` runs each request alone (batching.enabled: false).
+    `run` takes a list of rows and the requests' params, and returns one output per row
+    (mf_runtime.Predictor.predict, which isolates rows the model fails on). Requests merge only with
+    requests of equal params: one model run takes one set. `merge=False` runs each request alone
+    (batching.enabled: false).
     """
 
-    def __init__(self, run: Callable[[list], list], max_rows: int, budget_ms: int, merge: bool = True):
+    def __init__(self, run: Callable[[list, Any], list], max_rows: int, budget_ms: int, merge: bool = True):
         self.run = run
         self.max_rows = max_rows
         self.budget_s = budget_ms / 1000
         self.merge = merge
-        self.queue: collections.deque[tuple[list, asyncio.Future]] = collections.deque()
+        self.queue: collections.deque[tuple[list, Any, asyncio.Future]] = collections.deque()
         self.queued_rows = 0
         self.busy = False
         self.run_s: Optional[float] = None  # unknown until the first run: nothing is refused before it
@@ -72,19 +74,20 @@ class Batcher:
         # One thread: the model runs one batch at a time, while the event loop keeps parsing requests.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
-    async def submit(self, rows: list) -> list:
-        """The outputs for `rows`, or Overloaded when the work queued ahead would not drain in time."""
+    async def submit(self, rows: list, params: Any = None) -> list:
+        """The outputs for `rows` (with `params`, None for the model's defaults), or Overloaded when the work
+        queued ahead would not drain in time."""
         wait = self.expected_wait_s(len(rows))
         if wait > self.budget_s:
             raise Overloaded(wait, self.budget_s)
         if not self.busy and self.inline() and (len(rows) >= self.max_rows or not self.merge):
             # Nothing could join it and nothing can queue while it holds the loop: straight to the model,
             # without the queue, a task and two loop turns (~70 µs of a full batch's ~350).
-            outputs, seconds, cpu_s = self._timed(rows)
+            outputs, seconds, cpu_s = self._timed(rows, params)
             self._learn(seconds, cpu_s)
             return outputs
         future = asyncio.get_running_loop().create_future()
-        self.queue.append((rows, future))
+        self.queue.append((rows, params, future))
         self.queued_rows += len(rows)
         if not self.busy:
             self.busy = True
@@ -103,14 +106,14 @@ class Batcher:
         try:
             while self.queue:
                 taken = self._take()
-                rows = [row for request, _ in taken for row in request]
+                rows, params = [row for request, _, _ in taken for row in request], taken[0][1]
                 try:
                     if self.inline():
-                        outputs, seconds, cpu_s = self._timed(rows)
+                        outputs, seconds, cpu_s = self._timed(rows, params)
                     else:
-                        outputs, seconds, cpu_s = await loop.run_in_executor(self.executor, self._timed, rows)
+                        outputs, seconds, cpu_s = await loop.run_in_executor(self.executor, self._timed, rows, params)
                 except Exception as exc:  # the predictor isolates model errors; this is a defect of ours
-                    for _, future in taken:
+                    for _, _, future in taken:
                         if not future.done():
                             future.set_exception(exc)
                     continue
@@ -121,11 +124,11 @@ class Batcher:
         finally:
             self.busy = False
 
-    def _timed(self, rows: list) -> tuple[list, float, float]:
+    def _timed(self, rows: list, params: Any) -> tuple[list, float, float]:
         """The outputs, the run's wall time and its CPU time, both taken where it runs: a hand-off to the
         thread and back is not the model's time."""
         started, cpu_started = time.perf_counter(), time.thread_time()
-        outputs = self.run(rows)
+        outputs = self.run(rows, params)
         return outputs, time.perf_counter() - started, time.thread_time() - cpu_started
 
     def inline(self) -> bool:
@@ -133,11 +136,13 @@ class Batcher:
         return bool(self.recent_cpu) and statistics.median(self.recent_cpu) < INLINE_RUN_S \
             and statistics.median(self.recent_wall) < INLINE_WALL_S
 
-    def _take(self) -> list[tuple[list, asyncio.Future]]:
-        """The oldest request, then as many queued after it as fit in max_rows (requests are never split)."""
+    def _take(self) -> list[tuple[list, Any, asyncio.Future]]:
+        """The oldest request, then as many queued after it as fit in max_rows and have its params (requests are
+        never split, nor reordered: one with other params waits for the next run)."""
         taken = [self.queue.popleft()]
-        rows = len(taken[0][0])
-        while self.merge and self.queue and rows + len(self.queue[0][0]) <= self.max_rows:
+        rows, params = len(taken[0][0]), taken[0][1]
+        while (self.merge and self.queue and rows + len(self.queue[0][0]) <= self.max_rows
+               and self.queue[0][1] == params):
             taken.append(self.queue.popleft())
             rows += len(taken[-1][0])
         self.queued_rows -= rows
@@ -150,9 +155,9 @@ class Batcher:
         self.run_s = seconds if self.run_s is None else (1 - SMOOTHING) * self.run_s + SMOOTHING * seconds
 
     @staticmethod
-    def _answer(taken: list[tuple[list, asyncio.Future]], outputs: list[Any]) -> None:
+    def _answer(taken: list[tuple[list, Any, asyncio.Future]], outputs: list[Any]) -> None:
         start = 0
-        for request, future in taken:
+        for request, _, future in taken:
             if not future.done():  # a client that went away cancelled it
                 future.set_result(outputs[start:start + len(request)])
             start += len(request)

@@ -58,7 +58,7 @@ class FastPredict:
                 "invalid_input", str(exc)[:300]))
             return
         try:
-            outputs = await submit(request.inputs)
+            outputs = await submit(request.inputs, getattr(request, "params", None))
             status, answer = _encoded(outputs) if isinstance(outputs, list) else (503, outputs)
         except Exception:  # a defect of ours, not the model's (the predictor isolates those)
             LOG.exception("predict failed")

@@ -147,8 +147,8 @@ ENVELOPE_HINT = ('; send {"inputs": [row, ...]}, one row per prediction (MLflow\
 def _validation(errors: list) -> bytes:
     first = errors[0] if isinstance(errors[0], dict) else {}
     loc = list(first.get("loc") or [])
-    where = ".".join(str(part) for part in loc)
-    message = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request body"))
+    # The message names the value as `field` does: inputs[3].tokens[2], unambiguous for any key.
+    message = f"{json_path(loc)}: {first.get('msg', 'invalid')}" if loc else str(first.get("msg", "invalid request body"))
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problems)"
     if loc in ([], ["inputs"]) and first.get("type") in ENVELOPE_ERRORS:

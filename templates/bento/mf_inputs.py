@@ -17,6 +17,7 @@ from typing import Any
 FRAME_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
 NUMERIC = {"double", "float", "long", "integer", "boolean"}
 INTEGERS = ("long", "integer")
+NESTED = ("array", "object", "map")
 
 
 def is_tensor(inputs: list[dict]) -> bool:
@@ -44,20 +45,52 @@ def frame(rows: list[dict], inputs: list[dict]) -> Any:
     import numpy as np
     import pandas as pd
 
-    columns: dict[str, Any] = {}
-    for name, spec in zip(column_names(inputs), inputs):
+    columns: dict[Any, Any] = {}
+    for index, (name, spec) in enumerate(zip(column_names(inputs), inputs)):
         kind = spec["type"]
+        # An unnamed column is labelled by position, as MLflow labels it: a type-hinted list[pydantic model]
+        # takes the objects of a column labelled 0 as its list.
+        label = name if spec.get("name") else index
         if kind in INTEGERS and not spec.get("required", True) and all(row.get(name) is None for row in rows):
+            continue
+        if kind in NESTED:
+            columns[label] = [_nested(row.get(name), spec) for row in rows]
             continue
         values = [_cell(row.get(name), kind) for row in rows]
         # An integer column with a missing value stays float/object, as MLflow's own schema enforcement keeps it.
         if kind in ("double", "float") or (kind in FRAME_DTYPES and all(row.get(name) is not None for row in rows)):
-            columns[name] = np.array(values, dtype=FRAME_DTYPES[kind])
+            columns[label] = np.array(values, dtype=FRAME_DTYPES[kind])
         elif kind == "datetime":
-            columns[name] = _datetimes(values)
+            columns[label] = _datetimes(values)
         else:
-            columns[name] = values
+            columns[label] = values
     return pd.DataFrame(columns, columns=list(columns), index=pd.RangeIndex(len(rows)))
+
+
+def _nested(value: Any, spec: dict) -> Any:
+    """An array, object or map cell as MLflow's schema enforcement takes it (mlflow.models.utils._enforce_type):
+    lists and dicts, binary leaves as bytes, datetime leaves as naive UTC datetime64, numbers of their dtype."""
+    if value is None:
+        return None
+    kind = spec["type"]
+    if kind == "array":
+        return [_nested(item, spec["items"]) for item in value]
+    if kind == "map":
+        return {key: _nested(item, spec["values"]) for key, item in value.items()}
+    if kind == "object":
+        return {key: _nested(item, spec["properties"][key]) for key, item in value.items()}
+    if kind == "datetime":
+        import pandas as pd
+
+        moment = pd.Timestamp(value)  # numpy's datetime64: MLflow takes no Timestamp as an object's property
+        return (moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo is not None else moment).to_datetime64()
+    if kind in FRAME_DTYPES and kind != "boolean":
+        # MLflow checks a nested number's numpy dtype without upcasting: 3 for a double is refused, and
+        # 1.5 for a float (float64) too. JSON integers are accepted for floats here as everywhere.
+        import numpy as np
+
+        return np.dtype(FRAME_DTYPES[kind]).type(value)
+    return _cell(value, kind)
 
 
 def _datetimes(values: list[Any]) -> Any:
