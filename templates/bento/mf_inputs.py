@@ -139,8 +139,6 @@ def as_outputs(predictions: Any) -> list:
     outputs' names), likewise a dict of named arrays (what an ONNX or other tensor model answers; `mlflow
     models serve` sends those column-wise, one row per answer keeps batches splittable), anything else
     (array, Series, list) row by row."""
-    import numpy as np
-
     if hasattr(predictions, "columns") and hasattr(predictions, "to_dict"):  # a DataFrame, without importing pandas
         return _iso_datetimes(predictions).to_dict(orient="records")
     if isinstance(predictions, dict):
