@@ -19,14 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from packaging.requirements import Requirement
+
 from factory import compiled, dockerapi, golden
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
 from factory.loader import load_catalog, select_models
+from factory.modelreqs import model_requirements
 from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
-from factory.runtime import bento_module, model_requirements, resolve_requirements, runtime_python
+from factory.runtime import bento_module, resolve_requirements, runtime_python, torch_cpu_index
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
@@ -122,18 +125,23 @@ class Builder:
         started = time.monotonic()
         resolved = self.registry.resolve(model)
         folder = self._rendered_folder(model)
-        content_hash = _content_hash(folder, resolved, model.serving.model_dump_json() + model.compile.model_dump_json())
+        # The CPU index is part of what a PyTorch model's Bento installs: a new one is a new build.
+        content_hash = _content_hash(folder, resolved, model.serving.model_dump_json() + model.compile.model_dump_json()
+                                     + torch_cpu_index())
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
-            if self.image_step.skipped or (previous.image_built and not dockerapi.gone(previous.image_ref)):
+            # An image pushed under another registry (an earlier FACTORY_IMAGE_REGISTRY) is pushed here too.
+            pushed_here = previous.image_built and previous.image == self.image_step.tag(model, previous.bento_tag)
+            if self.image_step.skipped or (pushed_here and not dockerapi.gone(previous.image_ref)):
                 return BuildOutcome(model.name, previous, skipped=True, seconds=time.monotonic() - started)
-            if previous.image_built:
+            if pushed_here:
                 self.progress(f"{model.name}: its image {previous.image_ref} is gone from its registry; building it again")
             return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
         model_dir = _model_dir(bento_model_tag)
-        golden_path, cases = self._golden(model, resolved, model_dir)
-        source, decision = self._workspace(model, folder, resolved, bento_model_tag, model_dir, cases)
+        recorded = self._recorded(model, resolved, model_dir)  # a refused line stops the build before any file
+        golden_path, cases = self._golden(model, resolved, model_dir, recorded)
+        source, decision = self._workspace(model, folder, resolved, bento_model_tag, model_dir, cases, recorded)
         self.progress(f"{model.name}: serves {decision.path}: {decision.reason}")
         bento_tag = self._bento_build(model, source, content_hash)
         record = BuildRecord(
@@ -187,13 +195,14 @@ class Builder:
         return tag
 
     def _workspace(self, model: ModelSpec, folder: dict[str, str], resolved: ResolvedModel,
-                   bento_model_tag: str, model_dir: Path, cases: list[dict]) -> tuple[Path, compiled.Decision]:
+                   bento_model_tag: str, model_dir: Path, cases: list[dict],
+                   recorded: list[Requirement]) -> tuple[Path, compiled.Decision]:
         source = self.state.source_dir(model.name)
         shutil.rmtree(source, ignore_errors=True)
         source.mkdir(parents=True)
         for name, text in folder.items():
             (source / name).write_text(text, encoding="utf-8")
-        flavor, requirements, decision = self._dependencies(model, resolved, model_dir, cases, source)
+        flavor, requirements, decision = self._dependencies(model, resolved, model_dir, cases, source, recorded)
         write_atomic(source / "requirements.txt", "".join(f"{line}\n" for line in requirements))
         ResolvedRecord(bento_model_tag=bento_model_tag, signature=resolved.signature, flavor=flavor,
                        registry={"name": resolved.registered_as, "version": resolved.version},
@@ -201,7 +210,7 @@ class Builder:
         return source, decision
 
     def _dependencies(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path, cases: list[dict],
-                      source: Path) -> tuple[dict, tuple, compiled.Decision]:
+                      source: Path, recorded: list[Requirement]) -> tuple[dict, tuple, compiled.Decision]:
         """The loader the Bento will use (compiled where exact), and its packages: the compiled form's are the
         runtime's pins and onnxruntime; a native model's are its own requirements merged with the runtime's."""
         flavor = dict(resolved.flavor)
@@ -222,14 +231,19 @@ class Builder:
                 flavor, packages, wants = {**flavor, "loader": "pyfunc"}, list(PYFUNC_PACKAGES), "frame"
             if wants == "frame":
                 packages.append("pandas")  # fit on a DataFrame: it selects columns by name
-        return flavor, self._requirements(model, model_dir, packages, flavor["loader"] != "pyfunc"), decision
+        return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
 
-    def _requirements(self, model: ModelSpec, model_dir: Path, packages: list[str], native: bool) -> tuple[str, ...]:
+    def _recorded(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> list[Requirement]:
+        """The model's own MLflow requirements.txt, untrusted: only requirement lines pass (factory/modelreqs.py)."""
         requirements_file = model_dir / "requirements.txt"
-        recorded = requirements_file.read_text(encoding="utf-8") if requirements_file.is_file() else ""
-        return resolve_requirements(model_requirements(recorded, str(requirements_file)), packages,
-                                    model.serving.packages, native, self.catalog.where(model.name),
-                                    gpu=model.resources.gpu > 0)
+        text = requirements_file.read_text(encoding="utf-8") if requirements_file.is_file() else ""
+        return model_requirements(text, f"{self.catalog.where(model.name)}: {resolved.registered_as} version "
+                                        f"{resolved.version}: requirements.txt")
+
+    def _requirements(self, model: ModelSpec, recorded: list[Requirement], packages: list[str],
+                      native: bool) -> tuple[str, ...]:
+        return resolve_requirements(recorded, packages, model.serving.packages, native, self.catalog.where(model.name),
+                                    gpu=model.resources.gpu > 0, torch_index=torch_cpu_index())
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.
@@ -258,14 +272,15 @@ class Builder:
         _run(BENTOML + ["export", bento_tag, str(target)], f"{self.catalog.where(model.name)}: `bentoml export` failed")
         return target
 
-    def _golden(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> tuple[Path, list[dict]]:
+    def _golden(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path,
+                recorded: list[Requirement]) -> tuple[Path, list[dict]]:
         path = self.state.golden_path(model.name)
 
         def model_venv() -> Path:
             # The set the Bento serves a pyfunc model with, so `factory test` finds this venv already made.
             self.progress(f"{model.name}: the factory cannot load this model itself; recording its golden "
                           "predictions in a venv with its own requirements")
-            return runtime_python(self.state.root, self._requirements(model, model_dir, list(PYFUNC_PACKAGES), False))
+            return runtime_python(self.state.root, self._requirements(model, recorded, list(PYFUNC_PACKAGES), False))
 
         cases, errors, non_finite = golden.record_golden(resolved, model_dir, min(8, model.batching.max_batch_size),
                                                          model_venv, self.catalog.where(model.name))

@@ -133,18 +133,24 @@ class ImageStep:
         dockerfile = self.state.dockerfile_path(model.name)
         dockerfile.parent.mkdir(parents=True, exist_ok=True)
         dockerfile.write_text(model_dockerfile(model.name, recipe_tags()[1], self.port), encoding="utf-8")
-        return {"image": f"{self.registry}/{model.k8s_name}:{bento_tag.split(':', 1)[1]}", "image_ref": "",
-                "image_size_bytes": 0, "image_build_seconds": 0.0, "dockerfile": str(dockerfile)}
+        return {"image": self.tag(model, bento_tag), "image_ref": "", "image_size_bytes": 0,
+                "image_build_seconds": 0.0, "dockerfile": str(dockerfile)}
+
+    def tag(self, model, bento_tag: str) -> str:
+        return f"{self.registry}/{model.k8s_name}:{bento_tag.split(':', 1)[1]}"
 
     def build(self, model, record) -> dict:
-        what = f"{self.catalog.where(model.name)}: image {record.image}"
+        # Named from this run's registry: a Bento recorded by `--no-image` (or under another
+        # FACTORY_IMAGE_REGISTRY) and unchanged since is pushed where this build was asked to push.
+        image = self.tag(model, record.bento_tag)
+        what = f"{self.catalog.where(model.name)}: image {image}"
         context = model_context(Path(record.bento_export), self.state.image_context(model.name),
                                 model_dockerfile(model.name, self.base(), self.port))
         try:
-            pushed = build_and_push(context, "Dockerfile", record.image, self.state.image_log(model.name), what)
+            pushed = build_and_push(context, "Dockerfile", image, self.state.image_log(model.name), what)
         finally:
             shutil.rmtree(context, ignore_errors=True)
-        return {"image_ref": pushed.reference, "image_size_bytes": pushed.size_bytes,
+        return {"image": image, "image_ref": pushed.reference, "image_size_bytes": pushed.size_bytes,
                 "image_build_seconds": pushed.build_seconds}
 
     def proxy(self, progress) -> str:

@@ -10,6 +10,7 @@ mlflow, numpy and that module, reads a job as JSON on stdin and writes the answe
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -66,7 +67,14 @@ def main() -> None:
     import mf_inputs
 
     job = json.load(sys.stdin)
-    json.dump(answers(job["model_dir"], job["inputs"], job["requests"], mf_inputs, here=False), sys.stdout)
+    # Models print while they load or predict (MLflow's Keras wrapper prints a progress bar per call): only
+    # the answers go to stdout; the rest goes to stderr, whether Python or native code writes it.
+    answers_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    found = answers(job["model_dir"], job["inputs"], job["requests"], mf_inputs, here=False)
+    sys.stdout.flush()
+    json.dump(found, answers_out)
+    answers_out.flush()
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import re
 import subprocess
 import sys
 import venv
 from pathlib import Path
 from typing import Iterable
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import Requirement
 from packaging.specifiers import Specifier
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -37,9 +38,15 @@ BENTO_TEMPLATES = ROOT / "templates" / "bento"
 BASE_PACKAGES = ("bentoml", "httptools", "numpy", "orjson", "pydantic", "uvicorn", "uvloop")
 # A natively loaded model needs its library, not mlflow (FIELD_NOTES: mlflow costs ~110 MiB per process).
 NOT_NEEDED_NATIVE = frozenset({"mlflow", "mlflow-skinny"})
-# The same import package without its CUDA libraries (xgboost's Linux wheel pulls nvidia-nccl-cu12, ~300 MB);
-# published alongside each release since 2.1.0. Models with a GPU keep the CUDA build.
-CPU_BUILDS = {"xgboost": ("xgboost-cpu", "2.1.0")}
+# The same import package without its CUDA code, published alongside each release since the version given:
+# xgboost's Linux wheel pulls nvidia-nccl-cu12 (~300 MB); tensorflow's x86_64 wheel is 546 MB against
+# tensorflow-cpu's 261 MB (2.21.0). Models with a GPU keep the CUDA build.
+CPU_BUILDS = {"xgboost": ("xgboost-cpu", "2.1.0"), "tensorflow": ("tensorflow-cpu", "2.1.0")}
+# PyTorch's CPU builds are the same versions with the local label `+cpu`, on PyTorch's own index, not on PyPI
+# (whose Linux torch pulls ~3 GB of CUDA libraries). A pinned version gets the label, so an index lacking
+# that CPU build fails the install rather than quietly serving PyPI's CUDA build.
+TORCH_PACKAGES = frozenset({"torch", "torchvision", "torchaudio"})
+CPU_LABEL = "cpu"
 
 
 @functools.cache
@@ -70,28 +77,15 @@ def _pinned(names: Iterable[str]) -> dict[str, Requirement]:
     return {canonicalize_name(name): Requirement(f"{name}=={pins[canonicalize_name(name)]}") for name in names}
 
 
-def model_requirements(text: str, source: str) -> list[Requirement]:
-    """The requirement lines of a model's requirements.txt; pip options and comments are skipped."""
-    found = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.split(" #", 1)[0].strip()
-        if not line or line.startswith(("#", "-")):
-            continue
-        try:
-            found.append(Requirement(line))
-        except InvalidRequirement as exc:
-            raise BuildError(f"{source}:{number}: not a requirement: {line!r} ({exc}); re-log the model with "
-                             "valid pip_requirements") from exc
-    return found
-
-
 def resolve_requirements(model: list[Requirement], runtime_packages: Iterable[str], packages: Iterable[str],
-                         native: bool, where: str, gpu: bool = False) -> tuple[str, ...]:
-    """Runtime pins ∪ the model's requirements ∪ models.yaml `serving.packages` (which win by name).
+                         native: bool, where: str, gpu: bool = False, torch_index: str = "") -> tuple[str, ...]:
+    """Runtime pins ∪ the model's requirements ∪ models.yaml `serving.packages` (which win by name): the lines
+    of the Bento's requirements.txt.
 
     A model requirement the runtime's pin does not satisfy is a conflict; one the lock pins
     compatibly is pinned to the lock's version, so every serving venv resolves the same way.
-    Without a GPU, a requirement with a CPU-only build (CPU_BUILDS) is served with that build."""
+    Without a GPU, a requirement with a CPU-only build (CPU_BUILDS, TORCH_PACKAGES) is served with that
+    build; PyTorch's then comes from `torch_index`, named first as an extra index."""
     overrides = {canonicalize_name(Requirement(line).name): Requirement(line) for line in packages}
     merged = _pinned([*BASE_PACKAGES, *runtime_packages])
     pins = lock_pins()
@@ -112,18 +106,51 @@ def resolve_requirements(model: list[Requirement], runtime_packages: Iterable[st
             merged[name] = Requirement(f"{requirement.name}=={pins[name]}")
         else:
             merged[name] = requirement
+    # A torch range the model recorded is left to the CPU index; an override without `+cpu`
+    # (`serving.packages: ["torch==2.13.0"]`) restores PyPI's build, which the CPU index would outrank.
+    ranges = not gpu and any(_torch_range(requirement) for name, requirement in merged.items() if name not in overrides)
     merged.update(overrides)
-    return tuple(str(merged[name]) for name in sorted(merged))
+    lines = tuple(str(merged[name]) for name in sorted(merged))
+    if torch_index and (ranges or any(_cpu_pinned(requirement) for requirement in merged.values())):
+        return (f"--extra-index-url {torch_index}", *lines)
+    return lines
 
 
 def cpu_build(requirement: Requirement) -> Requirement:
-    """`xgboost==3.2.0` → `xgboost-cpu==3.2.0`; kept as it is when the CPU build may not exist for the
-    versions it allows (an upper bound or pin below the first CPU release)."""
+    """`xgboost==3.2.0` → `xgboost-cpu==3.2.0`, `torch==2.13.0` → `torch==2.13.0+cpu`; kept as it is when the
+    CPU build may not exist for the versions it allows (an upper bound or pin below xgboost's first CPU
+    release, a torch pin naming another build such as `+cu126`). A torch range stays a range: the CPU index,
+    named first, serves it."""
+    if canonicalize_name(requirement.name) in TORCH_PACKAGES:
+        return _torch_cpu(requirement)
     name, first = CPU_BUILDS.get(canonicalize_name(requirement.name), (None, None))
     if name is None or any(_below(spec, Version(first)) for spec in requirement.specifier):
         return requirement
     marker = f"; {requirement.marker}" if requirement.marker else ""
     return Requirement(f"{name}{requirement.specifier}{marker}")
+
+
+def _torch_cpu(requirement: Requirement) -> Requirement:
+    specs = list(requirement.specifier)
+    if len(specs) != 1 or specs[0].operator != "==" or "+" in specs[0].version or "*" in specs[0].version:
+        return requirement
+    marker = f"; {requirement.marker}" if requirement.marker else ""
+    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+    return Requirement(f"{requirement.name}{extras}=={specs[0].version}+{CPU_LABEL}{marker}")
+
+
+def _exact(requirement: Requirement) -> list[Specifier]:
+    return [spec for spec in requirement.specifier if spec.operator in ("==", "===") and "*" not in spec.version]
+
+
+def _torch_range(requirement: Requirement) -> bool:
+    """A PyTorch package whose build the index chooses: a range, or no version at all."""
+    return canonicalize_name(requirement.name) in TORCH_PACKAGES and not _exact(requirement)
+
+
+def _cpu_pinned(requirement: Requirement) -> bool:
+    return canonicalize_name(requirement.name) in TORCH_PACKAGES and any(
+        Version(spec.version).local == CPU_LABEL for spec in _exact(requirement))
 
 
 def _below(spec: Specifier, first: Version) -> bool:
@@ -139,6 +166,16 @@ def _applies(requirement: Requirement) -> bool:
 
 def _version(requirement: Requirement) -> str:
     return next(iter(requirement.specifier)).version
+
+
+def torch_cpu_index() -> str:
+    """$FACTORY_TORCH_CPU_INDEX, checked: it becomes a line of every CPU PyTorch model's requirements.txt."""
+    index = Settings.from_env().torch_cpu_index
+    if not re.fullmatch(r"(?:https?|file)://[^\s#;]+", index):
+        raise BuildError(f"FACTORY_TORCH_CPU_INDEX: {index!r} is not a package index URL; set it to the "
+                         "http(s):// address of PyTorch's CPU index or a mirror of it (a PEP 503 `simple` page), "
+                         "or unset it for https://download.pytorch.org/whl/cpu")
+    return index
 
 
 def requirements_digest(requirements: Iterable[str]) -> str:
@@ -172,12 +209,15 @@ def _create(home: Path, requirements: tuple[str, ...]) -> None:
     print(f"creating the serving venv {home} ({len(requirements)} requirements)", file=sys.stderr)
     venv.EnvBuilder(with_pip=True, clear=True).create(home)
     # The lock constrains what the requirements pull in, except packages the set itself names.
-    named = {canonicalize_name(Requirement(line).name) for line in requirements}
+    named = {canonicalize_name(Requirement(line).name) for line in requirements if not line.startswith("-")}
     constraints = home / "constraints.txt"
     constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(lock_pins().items())
                                    if name not in named), encoding="utf-8")
+    # The Bento's own requirements.txt, index lines included, so the venv resolves as the image does.
+    wanted = home / "requirements.txt"
+    wanted.write_text("".join(f"{line}\n" for line in requirements), encoding="utf-8")
     command = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "-c", str(constraints), *requirements]
+               "-c", str(constraints), "-r", str(wanted)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise ServeError(f"could not create the serving venv in {home}:\n{result.stderr[-2000:]}")

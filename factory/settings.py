@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 
 STATE_DEFAULT = "factory-state"
 PINNED_VERSIONS_ENV = "FACTORY_PINNED_VERSIONS"  # not hidden: BentoML refuses to build from hidden paths
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def _env(name: str, help: str):
@@ -53,13 +54,18 @@ class Settings:
                                                                "(predefined in jobs)")
     ci_registry_password: Optional[str] = _env("CI_REGISTRY_PASSWORD", "CI_REGISTRY_USER's password, the job's "
                                                                        "token (predefined in jobs)")
+    torch_cpu_index: str = _env("FACTORY_TORCH_CPU_INDEX", "the package index PyTorch's CPU builds (`torch==X+cpu`) "
+                                                           "come from for models without `resources.gpu` (default "
+                                                           f"{TORCH_CPU_INDEX}; a mirror of it where that is "
+                                                           "unreachable)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
         values = {f.name: environ.get(f.metadata["env"]) or None for f in fields(cls)}
         paths = {name: Path(values[name]) for name in ("runtime_python", "runtime_home") if values[name]}
         return cls(**{**values, **paths, "state_dir": Path(values["state_dir"] or STATE_DEFAULT).resolve(),
-                      "pinned_versions": values["pinned_versions"] or ""})
+                      "pinned_versions": values["pinned_versions"] or "",
+                      "torch_cpu_index": values["torch_cpu_index"] or TORCH_CPU_INDEX})
 
 
 # Read by click as option defaults (cli.py uses these names), listed here so one module names every variable.

@@ -5,6 +5,7 @@ job, the answers, the errors), on a real pyfunc model saved by MLflow."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -78,6 +79,28 @@ def test_a_model_its_own_venv_cannot_load_is_one_error_naming_the_entry(tmp_path
     assert message.endswith("; check the requirements it was logged with (pip_requirements / code_paths) or add "
                             "what it needs to serving.packages in models.yaml")
     assert "Traceback" not in message
+
+
+def test_what_a_model_prints_in_its_own_venv_does_not_spoil_its_answers(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's Keras wrapper prints a progress bar per predict; native code may write to the fd itself."""
+    import mlflow.pyfunc
+
+    class Chatty(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            print("loading the model")
+
+        def predict(self, context, model_input, params=None):
+            print("1/1 ━━━━━━━━━━━━━━━━━━━━ 0s 46ms/step")
+            os.write(1, b"from native code\n")
+            return (model_input["distance km"] * 2).to_numpy()
+
+    mlflow.pyfunc.save_model(str(tmp_path / "chatty"), python_model=Chatty(), pip_requirements=["pandas"])
+    monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: (_ for _ in ()).throw(
+        pyfunc_answers.MissingLibrary("ModuleNotFoundError: No module named 'keras'")))
+    cases, errors, _ = _record(tmp_path / "chatty", lambda: Path(sys.executable))
+    assert errors == [] and len(cases) == 6
+    assert all(case["outputs"] == [row["distance km"] * 2 for row in case["inputs"]] for case in cases)
 
 
 def _hour(when) -> int:

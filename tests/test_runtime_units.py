@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
 from factory.errors import BuildError
-from factory.runtime import BENTO_TEMPLATES, lock_pins, model_requirements, resolve_requirements
+from factory.runtime import BENTO_TEMPLATES, lock_pins, resolve_requirements
 
 sys.path.insert(0, str(BENTO_TEMPLATES))
 import mf_flavors  # noqa: E402
@@ -73,15 +73,6 @@ def test_xgboost_is_served_with_its_cpu_build_unless_the_model_has_a_gpu(recorde
 def test_a_catalog_override_of_xgboost_replaces_the_cpu_build() -> None:
     resolved = _resolve(["xgboost==3.2.0"], packages=["xgboost==3.1.0"])
     assert [line for line in resolved if line.startswith("xgboost")] == ["xgboost==3.1.0"]
-
-
-def test_requirements_file_skips_options_and_locates_bad_lines() -> None:
-    text = "# comment\n-r other.txt\nnumpy>=1  # inline\n\nlightgbm==4.7.0; python_version < '3'\n"
-    parsed = [str(r) for r in model_requirements(text, "req.txt")]
-    assert parsed == ["numpy>=1", 'lightgbm==4.7.0; python_version < "3"']
-    assert "lightgbm" not in " ".join(_resolve(["lightgbm==4.7.0; python_version < '3'"]))
-    with pytest.raises(BuildError, match=r"^req.txt:2: not a requirement: 'numpy =='"):
-        model_requirements("numpy\nnumpy ==\n", "req.txt")
 
 
 _CELLS = {"double": st.floats(allow_nan=False, allow_infinity=False), "float": st.floats(-1e6, 1e6, width=32),
@@ -286,6 +277,26 @@ def test_a_dataframe_of_predictions_answers_named_records_as_mlflow_serve_does()
     assert mf_inputs.nulled(mf_inputs.as_outputs(frame)) == [{"label": "hi", "score": 0.5}, {"label": "lo", "score": None}]
     assert mf_inputs.as_outputs(pd.Series([1, 2])) == [1, 2]
     assert mf_inputs.as_outputs(np.array([[0.25, 0.75]])) == [[0.25, 0.75]]
+
+
+def test_datetimes_in_predictions_answer_iso_strings_as_mlflow_serve_encodes_them() -> None:
+    """A Prophet forecast is a frame with a `ds` datetime column; json.dumps refused its Timestamps."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.utils.proto_json_utils import NumpyEncoder
+
+    forecast = pd.DataFrame({"ds": pd.to_datetime(["2024-04-30 00:00:00", "2024-05-01 06:30:00"]), "yhat": [1.5, 2.0],
+                             "at": pd.to_datetime(["2024-01-01T00:00:00Z", None], utc=True)})
+    records = mf_inputs.as_outputs(forecast)
+    assert json.loads(json.dumps(records)) == [
+        {"ds": "2024-04-30T00:00:00", "yhat": 1.5, "at": "2024-01-01T00:00:00+00:00"},
+        {"ds": "2024-05-01T06:30:00", "yhat": 2.0, "at": None}]
+    mlflow_serve = json.loads(json.dumps(forecast.iloc[:1].to_dict(orient="records"), cls=NumpyEncoder))
+    assert records[:1] == mlflow_serve
+    assert forecast["ds"].dtype.kind == "M"  # the model's own frame is left as it was
+    stamps = np.array(["2024-04-30T00:00:00"], dtype="datetime64[s]")
+    assert mf_inputs.as_outputs(stamps) == ["2024-04-30T00:00:00"]
+    assert mf_inputs.as_outputs({"when": stamps}) == [{"when": "2024-04-30T00:00:00"}]
 
 
 def test_a_dict_of_named_arrays_answers_one_record_per_row() -> None:

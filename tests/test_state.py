@@ -69,11 +69,14 @@ def test_settings_read_every_variable() -> None:
                                   "FACTORY_PROXY_IMAGE": "r/proxy:1", "FACTORY_IMAGE_REGISTRY": "ci/r",
                                   "DOCKER_HOST": "tcp://docker:2376", "FACTORY_PINNED_VERSIONS": "m=2",
                                   "FACTORY_BASE_ROOTFS": "debian:b", "FACTORY_BASE_CACHE": "gl.io/p/base",
-                                  "CI_REGISTRY": "gl.io", "CI_REGISTRY_USER": "u", "CI_REGISTRY_PASSWORD": "p"})
+                                  "CI_REGISTRY": "gl.io", "CI_REGISTRY_USER": "u", "CI_REGISTRY_PASSWORD": "p",
+                                  "FACTORY_TORCH_CPU_INDEX": "http://mirror/cpu"})
     assert settings == Settings(Path("/s"), "http://mlflow:5000", Path("/py"), Path("/rt"), "r/proxy:1", "ci/r",
-                                "tcp://docker:2376", "m=2", "debian:b", "gl.io/p/base", "gl.io", "u", "p")
+                                "tcp://docker:2376", "m=2", "debian:b", "gl.io/p/base", "gl.io", "u", "p",
+                                "http://mirror/cpu")
     empty = Settings.from_env({})
     assert empty.state_dir == (Path.cwd() / "factory-state") and empty.tracking_uri is None
+    assert empty.torch_cpu_index == "https://download.pytorch.org/whl/cpu"
 
 
 def test_readme_documents_every_variable() -> None:

@@ -139,14 +139,33 @@ def as_outputs(predictions: Any) -> list:
     outputs' names), likewise a dict of named arrays (what an ONNX or other tensor model answers; `mlflow
     models serve` sends those column-wise, one row per answer keeps batches splittable), anything else
     (array, Series, list) row by row."""
+    if hasattr(predictions, "columns") and hasattr(predictions, "to_dict"):  # a DataFrame, without importing pandas
+        return _iso_datetimes(predictions).to_dict(orient="records")
+    if isinstance(predictions, dict):
+        columns = {name: _listed(values) for name, values in sorted(predictions.items())}
+        return [dict(zip(columns, row)) for row in zip(*columns.values())]
+    return _listed(predictions)
+
+
+def _listed(values: Any) -> list:
     import numpy as np
 
-    if hasattr(predictions, "columns") and hasattr(predictions, "to_dict"):  # a DataFrame, without importing pandas
-        return predictions.to_dict(orient="records")
-    if isinstance(predictions, dict):
-        columns = {name: np.asarray(values).tolist() for name, values in sorted(predictions.items())}
-        return [dict(zip(columns, row)) for row in zip(*columns.values())]
-    return np.asarray(predictions).tolist()
+    array = np.asarray(values)
+    # Datetimes answer ISO 8601 strings, as `mlflow models serve`'s encoder writes them (tolist() gives ints).
+    return np.datetime_as_string(array).tolist() if array.dtype.kind == "M" else array.tolist()
+
+
+def _iso_datetimes(frame: Any) -> Any:
+    """A frame's datetime columns (a Prophet forecast's `ds`) as ISO 8601 strings, a missing time as null."""
+    stamps = [name for name, dtype in frame.dtypes.items() if getattr(dtype, "kind", "") == "M"]
+    if not stamps:
+        return frame
+    frame = frame.copy()
+    for name in stamps:
+        column = frame[name]
+        values = [None if missing else stamp.isoformat() for stamp, missing in zip(column, column.isna())]
+        frame[name] = type(column)(values, index=column.index, dtype=object)  # not pandas' string dtype: None stays
+    return frame
 
 
 def all_finite(value: Any) -> bool:
