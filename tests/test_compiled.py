@@ -270,6 +270,9 @@ def test_the_compiled_predictor_imports_no_sklearn_pandas_or_mlflow(tmp_path: Pa
     (b"[[0.5, 0.5]]", [[0.4, 0.6]], 1e-6, 0.0, "output 0 is [0.5, 0.5], golden [0.4, 0.6]"),
     (b"[12.3003]", [12.3], 1e-6, 0.0, "output 0 is 12.3003, golden 12.3"),
     (b"[12.3003]", [12.3], 1e-6, 1e-3, None),  # a compiled model's own compile tolerance
+    (b"[1000001]", [1000000], 1e-6, 0.0, "output 0 is 1000001, golden 1000000"),  # a class id is never "close"
+    (b"[[2, 0.9999999]]", [[2, 1.0]], 1e-6, 0.0, None),
+    (b"[1.0]", [1], 1e-6, 0.0, None),  # the same number, as JSON writes it either way
 ])
 def test_factory_tests_golden_check_uses_the_compile_tolerance(served, golden, rtol, atol, problem) -> None:
     from factory.fuzz_report import Response, golden_problem
