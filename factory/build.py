@@ -76,8 +76,11 @@ def build_command(catalog_path: Path, names: Iterable[str], everything: bool, pr
 def _raise_failures(outcomes: list[BuildOutcome], proxy_error: str) -> None:
     unbuilt = [outcome.error for outcome in outcomes if outcome.error]
     images = [outcome.image_error for outcome in outcomes if outcome.image_error] + [proxy_error] * bool(proxy_error)
-    parts = ([f"{len(unbuilt)} of {len(outcomes)} model(s) did not build:\n" + "\n".join(unbuilt)] * bool(unbuilt)
-             + [f"{len(images)} image(s) failed (the other builds are recorded):\n" + "\n".join(images)] * bool(images))
+    parts = []
+    if unbuilt:
+        parts.append(f"{len(unbuilt)} of {len(outcomes)} model(s) did not build:\n" + "\n".join(unbuilt))
+    if images:
+        parts.append(f"{len(images)} image(s) failed (the other builds are recorded):\n" + "\n".join(images))
     if parts:
         raise BuildError("\n".join(parts))
 

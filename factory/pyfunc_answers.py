@@ -42,8 +42,7 @@ def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs:
                 # pyfunc hands sklearn a DataFrame; a model fit on plain arrays warns about names, harmlessly.
                 warnings.filterwarnings("ignore", message="X has feature names")
                 batch = mf_inputs.tensor(rows, inputs) if mf_inputs.is_tensor(inputs) else mf_inputs.frame(rows, inputs)
-                predictions = model.predict(batch) if params is None else model.predict(batch, params=params)
-                found.append({"outputs": mf_inputs.as_outputs(predictions)})
+                found.append({"outputs": mf_inputs.as_outputs(model.predict(batch, params=params))})
         except ImportError as exc:  # a library imported lazily, at predict time
             _missing_here(exc, here)
             found.append({"error": _summary(exc)})
