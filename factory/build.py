@@ -6,6 +6,7 @@ A model whose rendered folder and resolved registry version are unchanged is ski
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -105,8 +106,8 @@ def _describe(outcome: BuildOutcome) -> str:
     if outcome.error:
         return "FAILED, " + outcome.error.replace("\n", "\n  ")
     record = outcome.record
-    text = (f"unchanged, skipped ({record.bento_tag})" if outcome.skipped
-            else f"built {record.bento_tag} in {outcome.seconds:.1f} s")
+    text = (f"unchanged, skipped ({record.bento_tag}, serves {record.serving_path})" if outcome.skipped
+            else f"built {record.bento_tag} in {outcome.seconds:.1f} s, serves {record.serving_path}")
     if outcome.image_error:
         return f"{text}; image FAILED (below)"
     if record.image_built:
@@ -234,6 +235,8 @@ class Builder:
                 flavor, packages, wants = {**flavor, "loader": "pyfunc"}, list(PYFUNC_PACKAGES), "frame"
             if wants == "frame":
                 packages.append("pandas")  # fit on a DataFrame: it selects columns by name
+        if flavor["loader"] == "pyfunc":  # no native loader (a PythonModel) or it failed here: MLflow's serves
+            decision = dataclasses.replace(decision, path="pyfunc")
         return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
 
     def _recorded(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> list[Requirement]:
@@ -259,7 +262,8 @@ class Builder:
             leftover = re.search(r"Item '([^']+)' already exists in the store", str(exc))
             if not leftover:
                 raise
-            self.progress(f"{model.name}: removing Bento {leftover[1]}, left in the store by an earlier failed build")
+            self.progress(f"{model.name}: a Bento of this very content, {leftover[1]}, is already in the store, but "
+                          f"{unrecorded(self.state, model.name)}; deleting it and building again")
             _run(BENTOML + ["delete", "-y", leftover[1]], f"`bentoml delete -y {leftover[1]}` failed (delete it "
                                                          "yourself, with the same BENTOML_HOME, and build again)")
             output = _run(command, failure, cwd=source)
@@ -297,6 +301,19 @@ class Builder:
                           "find the smallest such input")
         write_atomic(path, json.dumps(cases, indent=1, sort_keys=True) + "\n")
         return path, cases
+
+
+def unrecorded(state: StateDir, model: str) -> str:
+    """Why no build record names a Bento of this content that the store holds, as far as the record shows."""
+    path = state.record_path(model)
+    if not path.is_file():
+        return (f"no build record names it ({path} is missing: deleted, or the build that made the Bento "
+                "stopped before writing it)")
+    try:
+        named = state.build_record(model).bento_tag
+    except StateError:
+        return f"its build record {path} is unreadable (a build stopped while writing it?)"
+    return f"its build record {path} names {named}, built since from other content (a change undone?)"
 
 
 def ensure_in_store(record: BuildRecord) -> None:

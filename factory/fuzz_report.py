@@ -145,9 +145,16 @@ def golden_problem(response: Response, expected: list, rtol: float = 1e-6, atol:
     problem = valid_problem(response, len(expected), set())
     if problem:
         return problem
-    for index, (served, golden) in enumerate(zip(strict_json(response.body), expected)):
-        if not _same(served, golden, rtol, max(atol, rtol * _magnitude(golden))):
-            return f"output {index} is {json.dumps(served)}, golden {json.dumps(golden)}"
+    served = strict_json(response.body)
+    index = first_difference(served, expected, rtol, atol)
+    return None if index is None else f"output {index} is {json.dumps(served[index])}, golden {json.dumps(expected[index])}"
+
+
+def first_difference(served: list, expected: list, rtol: float, atol: float) -> Optional[int]:
+    """The first output that disagrees with its expected one beyond the tolerance (golden_problem's rule)."""
+    for index, (answer, golden) in enumerate(zip(served, expected)):
+        if not _same(answer, golden, rtol, max(atol, rtol * _magnitude(golden))):
+            return index
     return None
 
 
