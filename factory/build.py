@@ -30,7 +30,8 @@ from factory.loader import load_catalog, select_models
 from factory.modelreqs import model_requirements
 from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
-from factory.runtime import bento_module, resolve_requirements, runtime_python, torch_cpu_index
+from factory.runtime import bento_module, resolve_requirements, runtime_python
+from factory.settings import Settings
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
@@ -131,7 +132,7 @@ class Builder:
         folder = self._rendered_folder(model)
         # The CPU index is part of what a PyTorch model's Bento installs: a new one is a new build.
         content_hash = _content_hash(folder, resolved, model.serving.model_dump_json() + model.compile.model_dump_json()
-                                     + torch_cpu_index())
+                                     + Settings.from_env().torch_cpu_index)
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
             # An image pushed under another registry (an earlier FACTORY_IMAGE_REGISTRY) is pushed here too.
@@ -249,7 +250,7 @@ class Builder:
     def _requirements(self, model: ModelSpec, recorded: list[Requirement], packages: list[str],
                       native: bool) -> tuple[str, ...]:
         return resolve_requirements(recorded, packages, model.serving.packages, native, self.catalog.where(model.name),
-                                    gpu=model.resources.gpu > 0, torch_index=torch_cpu_index())
+                                    gpu=model.resources.gpu > 0, torch_index=Settings.from_env().torch_cpu_index)
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.

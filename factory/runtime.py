@@ -13,7 +13,6 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
-import re
 import subprocess
 import sys
 import venv
@@ -166,16 +165,6 @@ def _applies(requirement: Requirement) -> bool:
 
 def _version(requirement: Requirement) -> str:
     return next(iter(requirement.specifier)).version
-
-
-def torch_cpu_index() -> str:
-    """$FACTORY_TORCH_CPU_INDEX, checked: it becomes a line of every CPU PyTorch model's requirements.txt."""
-    index = Settings.from_env().torch_cpu_index
-    if not re.fullmatch(r"(?:https?|file)://[^\s#;]+", index):
-        raise BuildError(f"FACTORY_TORCH_CPU_INDEX: {index!r} is not a package index URL; set it to the "
-                         "http(s):// address of PyTorch's CPU index or a mirror of it (a PEP 503 `simple` page), "
-                         "or unset it for https://download.pytorch.org/whl/cpu")
-    return index
 
 
 def requirements_digest(requirements: Iterable[str]) -> str:

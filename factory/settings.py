@@ -7,9 +7,12 @@ so the full list of knobs lives here and nowhere else.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional
+
+from factory.errors import SettingsError
 
 STATE_DEFAULT = "factory-state"
 PINNED_VERSIONS_ENV = "FACTORY_PINNED_VERSIONS"  # not hidden: BentoML refuses to build from hidden paths
@@ -61,11 +64,21 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        """The settings, checked: a value the factory cannot use is one SettingsError naming the variable."""
         values = {f.name: environ.get(f.metadata["env"]) or None for f in fields(cls)}
         paths = {name: Path(values[name]) for name in ("runtime_python", "runtime_home") if values[name]}
         return cls(**{**values, **paths, "state_dir": Path(values["state_dir"] or STATE_DEFAULT).resolve(),
                       "pinned_versions": values["pinned_versions"] or "",
-                      "torch_cpu_index": values["torch_cpu_index"] or TORCH_CPU_INDEX})
+                      "torch_cpu_index": _torch_cpu_index(values["torch_cpu_index"] or TORCH_CPU_INDEX)})
+
+
+def _torch_cpu_index(index: str) -> str:
+    """It becomes a line of every CPU PyTorch model's requirements.txt: one URL, no option or line break."""
+    if not re.fullmatch(r"(?:https?|file)://[^\s#;]+", index):
+        raise SettingsError(f"FACTORY_TORCH_CPU_INDEX: {index!r} is not a package index URL; set it to the "
+                            "http(s):// address of PyTorch's CPU index or a mirror of it (a PEP 503 `simple` page), "
+                            f"or unset it for {TORCH_CPU_INDEX}")
+    return index
 
 
 # Read by click as option defaults (cli.py uses these names), listed here so one module names every variable.
