@@ -13,6 +13,7 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import os
 import subprocess
 import sys
 import venv
@@ -24,6 +25,7 @@ from packaging.specifiers import Specifier
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from factory import pipindex
 from factory.errors import BuildError, ServeError
 from factory.settings import Settings
 from factory.state import StateDir
@@ -207,7 +209,10 @@ def _create(home: Path, requirements: tuple[str, ...]) -> None:
     wanted.write_text("".join(f"{line}\n" for line in requirements), encoding="utf-8")
     command = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                "-c", str(constraints), "-r", str(wanted)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    # The platform's index (credentials too) reaches pip through its environment only: factory/pipindex.py.
+    settings = Settings.from_env()
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, **pipindex.pip_environment(settings)})
     if result.returncode != 0:
-        raise ServeError(f"could not create the serving venv in {home}:\n{result.stderr[-2000:]}")
+        raise ServeError(f"could not create the serving venv in {home}:\n{settings.redact(result.stderr[-2000:])}")
     (home / ".complete").write_text("\n".join(requirements) + "\n", encoding="utf-8")

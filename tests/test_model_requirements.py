@@ -15,7 +15,7 @@ from factory.settings import Settings
 
 SOURCE = "models.yaml:7: model 'm': m version 3: requirements.txt"
 FIX = "remove it from the model's pip_requirements and register a new version"
-INDEX = ("; a package index is the platform's choice (the build machine's pip configuration; "
+INDEX = ("; a package index is the platform's choice (FACTORY_PIP_INDEX_URL / FACTORY_PIP_EXTRA_INDEX_URL; "
          "FACTORY_TORCH_CPU_INDEX for PyTorch's CPU builds)")
 PLATFORM = "is refused: a build takes its package indexes and sources from the platform, never from a model; "
 SOURCE_REFUSED = ("is a file, URL or VCS source, which is refused: a build installs published packages only; publish "
