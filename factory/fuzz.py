@@ -20,11 +20,11 @@ from hypothesis import seed as fixed_seed
 from hypothesis.errors import Flaky
 
 from factory.errors import ServeError
+from factory.exactness import compare
 from factory.fuzz_values import (FLOAT_BITS, INT_BOUNDS, NESTED_TYPES, check_type, field_path, valid_value,
                                  wrong_nested, wrong_value)
-from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, first_difference,
-                                  golden_problem, invalid_problem, minimal_failure, parses, post_predict, strict_json,
-                                  valid_problem)
+from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, golden_problem,
+                                 invalid_problem, minimal_failure, parses, post_predict, strict_json, valid_problem)
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 # numpy dtype names are the ones ending in their width; MLflow's own names do not.
@@ -381,13 +381,12 @@ class _Run:
             return None  # not an answer to compare: the mismatch itself says what it was
         again = post_predict(self.base_url, body, self.timeout_s)
         unusable = valid_problem(again, len(earlier), set())
-        index = None if unusable else first_difference(strict_json(again.body), earlier, rtol, atol)
         self.records.append(RequestRecord("golden", again.status, round(again.latency_ms, 3), not unusable))
-        if index is None:
+        found = None if unusable else compare(earlier, strict_json(again.body), rtol, atol, json_numbers=True)
+        if found is None or found.agrees:
             return None
-        later = strict_json(again.body)[index]
-        return (f"the model answered the same request differently twice (output {index} was "
-                f"{json.dumps(earlier[index])}, then {json.dumps(later)}): it is nondeterministic "
+        return (f"the model answered the same request differently twice (output {found.row} was "
+                f"{json.dumps(found.expected)}, then {json.dumps(found.actual)}): it is nondeterministic "
                 "(it samples at predict time, as Prophet does for yhat_lower/yhat_upper), so no golden prediction "
                 "can hold; make its predict deterministic: seed its random generator inside predict (e.g. "
                 "np.random.seed(0)), or log it without the sampled outputs (Prophet: uncertainty_samples=0)")
