@@ -157,7 +157,8 @@ def test_a_failed_builds_leftover_bento_is_replaced(built: FactoryEnv) -> None:
     record = built.state / "builds" / ALIAS_MODEL / "record.json"
     record.unlink()
     result = built.run("build", ALIAS_MODEL)
-    assert re.search(f"{ALIAS_MODEL}: a Bento of this very content, {ALIAS_MODEL.lower()}:[0-9a-f]{{16}}, is already in "
+    bento = ALIAS_MODEL.lower().replace("_", "-")  # Bentos are named as Kubernetes names them
+    assert re.search(f"{ALIAS_MODEL}: a Bento of this very content, {bento}:[0-9a-f]{{16}}, is already in "
                      f"the store, but no build record names it \\({re.escape(str(record))} is missing: deleted, or the "
                      "build that made the Bento stopped before writing it\\); deleting it and building again\n",
                      result.stdout), result.stdout
