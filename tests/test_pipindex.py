@@ -14,7 +14,7 @@ import pytest
 
 from e2e_support.private_index import GREETING, MODULE, PACKAGE, TOKEN, USER, VERSION, private_index
 from factory import images, pipindex
-from factory.errors import ServeError, SettingsError
+from factory.errors import SettingsError
 from factory.runtime import runtime_python
 from factory.settings import PIP_EXTRA_INDEX_URL_ENV, PIP_INDEX_URL_ENV, Settings
 
@@ -120,18 +120,15 @@ def test_without_credentials_the_image_is_one_stage_as_before(tmp_path: Path, mo
 
 def test_the_serving_venv_installs_from_a_private_index_with_basic_auth(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real pip, a real venv, an index that answers 401 without the credential; the wrong one is not shown."""
+    """Real pip, a real venv, an index that answers 401 without the credential (a package only it has); nothing
+    the venv keeps holds the credential."""
     monkeypatch.setenv("FACTORY_RUNTIME_HOME", str(tmp_path / "runtime"))
     monkeypatch.delenv("FACTORY_RUNTIME_PYTHON", raising=False)
     with private_index(tmp_path / "index") as url:
         monkeypatch.setenv(PIP_INDEX_URL_ENV, url)
         python = runtime_python(tmp_path, (f"{PACKAGE}=={VERSION}",))
-        answer = subprocess.run([str(python), "-c", f"import {MODULE}; print({MODULE}.WHERE)"], capture_output=True,
-                                text=True, check=True)
-        assert answer.stdout == f"{GREETING}\n"
-        monkeypatch.setenv(PIP_INDEX_URL_ENV, url.replace(TOKEN, "wr0ng-t0ken"))
-        monkeypatch.setenv("FACTORY_RUNTIME_HOME", str(tmp_path / "runtime-wrong"))
-        with pytest.raises(ServeError) as error:
-            runtime_python(tmp_path, (f"{PACKAGE}=={VERSION}",))
-    assert "wr0ng-t0ken" not in str(error.value) and f"{USER}:" not in str(error.value)
-    assert not list((tmp_path / "runtime").rglob("pip.conf"))
+    answer = subprocess.run([str(python), "-c", f"import {MODULE}; print({MODULE}.WHERE)"], capture_output=True,
+                            text=True, check=True)
+    assert answer.stdout == f"{GREETING}\n"
+    home = python.parent.parent
+    assert not [path for path in home.glob("*.txt") if TOKEN in path.read_text() or USER in path.read_text()]
