@@ -81,8 +81,7 @@ class Settings:
         return cls(**{**values, **paths, "state_dir": Path(values["state_dir"] or STATE_DEFAULT).resolve(),
                       "pinned_versions": values["pinned_versions"] or "",
                       "torch_cpu_index": _torch_cpu_index(values["torch_cpu_index"] or TORCH_CPU_INDEX),
-                      "pip_index_url": package_index(PIP_INDEX_URL_ENV, values["pip_index_url"]),
-                      "pip_extra_index_url": package_index(PIP_EXTRA_INDEX_URL_ENV, values["pip_extra_index_url"])})
+                      **_package_indexes(values["pip_index_url"], values["pip_extra_index_url"])})
 
     def secrets(self) -> list[str]:
         """Credential strings a message must never show, longest first (a password inside its userinfo)."""
@@ -135,6 +134,18 @@ def package_index(name: str, url: Optional[str]) -> Optional[str]:
         raise SettingsError(f"{name}: {shown!r}: a credential must be `user:token@` (both parts, no spaces once "
                             f"percent-decoded); {INDEX_FIX}")
     return url
+
+
+def _package_indexes(index: Optional[str], extra: Optional[str]) -> dict[str, Optional[str]]:
+    """Both indexes, checked; a netrc holds one credential per host, so two for one host cannot both be used."""
+    checked = {"pip_index_url": package_index(PIP_INDEX_URL_ENV, index),
+               "pip_extra_index_url": package_index(PIP_EXTRA_INDEX_URL_ENV, extra)}
+    found = [index_credentials(url) for url in checked.values() if url]
+    if len(found) == 2 and None not in found and found[0][0] == found[1][0] and found[0] != found[1]:
+        raise SettingsError(f"{PIP_EXTRA_INDEX_URL_ENV}: its credential for {found[0][0]} differs from "
+                            f"{PIP_INDEX_URL_ENV}'s; an image build passes one credential per host: use one "
+                            "credential that reads both, or leave it out of one URL")
+    return checked
 
 
 def index_credentials(url: str) -> Optional[tuple[str, str, str]]:

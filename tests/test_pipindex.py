@@ -58,6 +58,17 @@ def test_anything_but_one_index_url_is_one_error_that_never_shows_the_credential
     assert "pa ss" not in str(error.value) and "t0kenonly" not in str(error.value)
 
 
+def test_two_credentials_for_one_host_are_refused_as_a_netrc_holds_one() -> None:
+    other = ARTIFACTORY.replace("AKCp8t%2Fk3n", "other").replace("pypi-remote", "team-local")
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({PIP_INDEX_URL_ENV: ARTIFACTORY, PIP_EXTRA_INDEX_URL_ENV: other})
+    assert str(error.value) == (f"{PIP_EXTRA_INDEX_URL_ENV}: its credential for artifactory.example differs from "
+                                f"{PIP_INDEX_URL_ENV}'s; an image build passes one credential per host: use one "
+                                "credential that reads both, or leave it out of one URL")
+    same = ARTIFACTORY.replace("pypi-remote", "team-local")
+    assert Settings.from_env({PIP_INDEX_URL_ENV: ARTIFACTORY, PIP_EXTRA_INDEX_URL_ENV: same}).pip_extra_index_url == same
+
+
 @pytest.mark.parametrize("text, shown", [
     (f"Looking in indexes: {ARTIFACTORY}",
      "Looking in indexes: https://***@artifactory.example/api/pypi/pypi-remote/simple"),
