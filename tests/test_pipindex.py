@@ -66,7 +66,8 @@ def test_two_credentials_for_one_host_are_refused_as_a_netrc_holds_one() -> None
                                 f"{PIP_INDEX_URL_ENV}'s; an image build passes one credential per host: use one "
                                 "credential that reads both, or leave it out of one URL")
     same = ARTIFACTORY.replace("pypi-remote", "team-local")
-    assert Settings.from_env({PIP_INDEX_URL_ENV: ARTIFACTORY, PIP_EXTRA_INDEX_URL_ENV: same}).pip_extra_index_url == same
+    settings = Settings.from_env({PIP_INDEX_URL_ENV: ARTIFACTORY, PIP_EXTRA_INDEX_URL_ENV: same})
+    assert settings.pip_extra_index_url == same
 
 
 @pytest.mark.parametrize("text, shown", [
