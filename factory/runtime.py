@@ -13,7 +13,7 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
-import re
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +25,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 from uv import find_uv_bin
 
+from factory import pipindex
 from factory.errors import BuildError, ServeError
 from factory.settings import Settings
 from factory.state import StateDir
@@ -168,16 +169,6 @@ def _version(requirement: Requirement) -> str:
     return next(iter(requirement.specifier)).version
 
 
-def torch_cpu_index() -> str:
-    """$FACTORY_TORCH_CPU_INDEX, checked: it becomes a line of every CPU PyTorch model's requirements.txt."""
-    index = Settings.from_env().torch_cpu_index
-    if not re.fullmatch(r"(?:https?|file)://[^\s#;]+", index):
-        raise BuildError(f"FACTORY_TORCH_CPU_INDEX: {index!r} is not a package index URL; set it to the "
-                         "http(s):// address of PyTorch's CPU index or a mirror of it (a PEP 503 `simple` page), "
-                         "or unset it for https://download.pytorch.org/whl/cpu")
-    return index
-
-
 def requirements_digest(requirements: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:12]
 
@@ -206,7 +197,7 @@ def runtime_python(state_dir: Path, requirements: tuple[str, ...]) -> Path:
 
 def _create(home: Path, requirements: tuple[str, ...]) -> None:
     print(f"creating the serving venv {home} ({len(requirements)} requirements)", file=sys.stderr)
-    _uv("venv", "--quiet", "--clear", "--python", sys.executable, str(home))
+    _uv(home, "venv", "--quiet", "--clear", "--python", sys.executable, str(home))
     # The lock constrains what the requirements pull in, except packages the set itself names.
     named = {canonicalize_name(Requirement(line).name) for line in requirements if not line.startswith("-")}
     constraints = home / "constraints.txt"
@@ -217,13 +208,16 @@ def _create(home: Path, requirements: tuple[str, ...]) -> None:
     # the system's CA store, as pip trusts it.
     wanted = home / "requirements.txt"
     wanted.write_text("".join(f"{line}\n" for line in requirements), encoding="utf-8")
-    _uv("pip", "install", "--quiet", "--index-strategy", "unsafe-first-match", "--python", str(home / "bin" / "python"),
-        "-c", str(constraints), "-r", str(wanted))
+    _uv(home, "pip", "install", "--quiet", "--index-strategy", "unsafe-first-match",
+        "--python", str(home / "bin" / "python"), "-c", str(constraints), "-r", str(wanted))
     (home / ".complete").write_text("\n".join(requirements) + "\n", encoding="utf-8")
 
 
-def _uv(*arguments: str) -> None:
-    result = subprocess.run([find_uv_bin(), "--native-tls", *arguments], capture_output=True, text=True)
+def _uv(home: Path, *arguments: str) -> None:
+    # The platform's index (credentials too) reaches uv through its environment only: factory/pipindex.py.
+    settings = Settings.from_env()
+    result = subprocess.run([find_uv_bin(), "--native-tls", *arguments], capture_output=True, text=True,
+                            env={**os.environ, **pipindex.uv_environment(settings)})
     if result.returncode != 0:
-        raise ServeError(f"could not create the serving venv (`uv {arguments[0]}` exit {result.returncode}):\n"
-                         f"{result.stderr[-2000:]}")
+        raise ServeError(f"could not create the serving venv in {home} (`uv {arguments[0]}` exit "
+                         f"{result.returncode}):\n{settings.redact(result.stderr[-2000:])}")
