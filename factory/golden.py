@@ -39,17 +39,17 @@ def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0)
 
 
 def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, model_venv: Callable[[], Path],
-                  where: str, count: int = 12) -> tuple[list[dict], list[str], list]:
+                  where: str, count: int = 12, here: bool = True) -> tuple[list[dict], list[str], list]:
     """(cases, errors, non-finite rows): requests the registry's model raised on are left out and described
     instead, rows it answered NaN or infinity for are listed (recorded as null); both are model bugs that
     `factory test` will pin down to a minimal input. `model_venv` makes (once) the venv with the model's own
-    requirements, for a model whose library the factory's process lacks."""
+    requirements, for a model whose library the factory's process lacks, or (`here` false) whose library
+    versions differ from the factory's."""
     requests = sample_requests(resolved.signature, count, batch_size)
     inputs = resolved.signature["inputs"]
     values = bento_module("mf_inputs")
-    try:
-        answered = pyfunc_answers.answers(str(model_dir), inputs, requests, values, here=True)
-    except pyfunc_answers.MissingLibrary:
+    answered = _answers_here(resolved, model_dir, inputs, requests, where) if here else None
+    if answered is None:
         answered = _answers_in(model_venv(), model_dir, inputs, requests, where)
     cases, errors, non_finite = [], [], []
     for request, answer in zip(requests, answered):
@@ -60,6 +60,19 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
         non_finite += [row for row, output in zip(request["inputs"], outputs) if not values.all_finite(output)]
         cases.append({**request, "outputs": values.nulled(outputs)})
     return cases, errors, non_finite
+
+
+def _answers_here(resolved: ResolvedModel, model_dir: Path, inputs: list[dict], requests: list[dict],
+                  where: str) -> list[dict] | None:
+    """The answers in the factory's process; None when it lacks a library the model imports."""
+    try:
+        return pyfunc_answers.answers(str(model_dir), inputs, requests, bento_module("mf_inputs"), here=True)
+    except pyfunc_answers.MissingLibrary:
+        return None
+    except Exception as exc:  # MLflow refusing the model as it loads it: `mlflow models serve` could not serve it
+        raise BuildError(f"{where}: mlflow.pyfunc cannot load {resolved.model_uri} ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]}), so neither `mlflow models serve` nor the factory can "
+                         "serve it; fix the model as that error says and register a new version") from exc
 
 
 def _answers_in(python: Path, model_dir: Path, inputs: list[dict], requests: list[dict], where: str) -> list[dict]:

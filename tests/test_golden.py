@@ -67,6 +67,46 @@ def test_a_model_the_factory_cannot_load_is_answered_in_its_own_venv_alike(model
     assert elsewhere == here
 
 
+def test_a_model_of_other_library_versions_is_answered_only_in_its_own_venv(model_dir: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An sklearn 1.3 pickle must not be answered by the factory's sklearn (`here` false: factory/model_env.py)."""
+    here = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
+    monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: pytest.fail("answered in the factory"))
+    venvs: list[Path] = []
+    elsewhere = golden.record_golden(_resolved(), model_dir, 4, lambda: venvs.append(Path(sys.executable))
+                                     or Path(sys.executable), WHERE, count=6, here=False)
+    assert venvs == [Path(sys.executable)] and elsewhere == here
+
+
+def test_a_model_mlflow_refuses_to_load_is_one_error_naming_the_entry(tmp_path: Path) -> None:
+    """MLflow logs an SVC with pyfunc_predict_fn="decision_function" but its pyfunc cannot load it."""
+    import mlflow.sklearn
+    from sklearn.svm import SVC
+
+    mlflow.sklearn.save_model(SVC().fit([[0.0], [1.0]], [0, 1]), str(tmp_path / "svc"), serialization_format="pickle",
+                              pyfunc_predict_fn="decision_function", pip_requirements=["scikit-learn"])
+    with pytest.raises(BuildError) as caught:
+        _record(tmp_path / "svc", lambda: pytest.fail("not a missing library"))
+    assert str(caught.value) == (
+        f"{WHERE}: mlflow.pyfunc cannot load models:/trips/1 (MlflowException: Model implementation is missing "
+        "required decision_function method.), so neither `mlflow models serve` nor the factory can serve it; fix the "
+        "model as that error says and register a new version")
+
+
+def test_a_model_answering_one_prediction_per_batch_raised_on_every_request_of_several_rows(tmp_path: Path) -> None:
+    """As an sklearn text pipeline does under pyfunc: TfidfVectorizer iterates the DataFrame's column names."""
+    import mlflow.pyfunc
+
+    class Summed(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return [float(model_input["distance km"].sum())]
+
+    mlflow.pyfunc.save_model(str(tmp_path / "summed"), python_model=Summed(), pip_requirements=["pandas"])
+    cases, errors, _ = _record(tmp_path / "summed", lambda: pytest.fail("the factory's process could load it"))
+    assert all(len(case["inputs"]) == len(case["outputs"]) == 1 for case in cases)
+    assert errors and all(error.startswith("ValueError: the model returned 1 outputs for ") for error in errors)
+
+
 def test_a_model_its_own_venv_cannot_load_is_one_error_naming_the_entry(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: (_ for _ in ()).throw(
