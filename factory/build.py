@@ -292,14 +292,19 @@ class Builder:
             self.progress(f"{model.name}: {why}; recording its golden predictions in a venv with its own requirements")
             return runtime_python(self.state.root, self._requirements(model, recorded, list(PYFUNC_PACKAGES), False))
 
-        cases, errors, non_finite = golden.record_golden(resolved, model_dir, min(8, model.batching.max_batch_size),
-                                                         model_venv, self.catalog.where(model.name),
-                                                         here=not foreign)
+        recorded_golden = golden.record_golden(resolved, model_dir, min(8, model.batching.max_batch_size),
+                                               model_venv, self.catalog.where(model.name), here=not foreign)
+        cases, errors, non_finite = recorded_golden.cases, recorded_golden.errors, recorded_golden.non_finite
         if non_finite and not model.serving.allow_non_finite:
             self.progress(f"warning: {model.name}: the registry's own model answered NaN or infinity for "
                           f"{len(non_finite)} sampled rows, e.g. {json.dumps(non_finite[0])[:300]}; `factory test` "
                           "will fail it (set serving.allow_non_finite: true in models.yaml to serve them as null)")
-        if errors:
+        if recorded_golden.one_row_only:
+            self.progress(f"warning: {model.name}: the registry's own model answers one row per call: it raised on "
+                          f"every sampled request of several rows ({errors[0]}) and answered every single row; set "
+                          "`batching: {enabled: false, max_batch_size: 1}` in models.yaml, or requests merged into "
+                          "one run fail together")
+        elif errors:
             self.progress(f"warning: {model.name}: the registry's own model raised on {len(errors)} of "
                           f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "
                           "find the smallest such input")

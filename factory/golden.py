@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,11 +39,22 @@ def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0)
     return drawn[:count]
 
 
+@dataclass(frozen=True)
+class Golden:
+    """Requests the registry's model raised on are left out and described in `errors`; rows it answered NaN or
+    infinity for are listed in `non_finite` (recorded as null); both are model bugs that `factory test` will pin
+    down to a minimal input. `one_row_only`: it answered every request of one row and raised on every request of
+    several (a statsmodels time-series model, a text pipeline handed a DataFrame), so merged requests fail."""
+
+    cases: list[dict]
+    errors: list[str]
+    non_finite: list
+    one_row_only: bool
+
+
 def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, model_venv: Callable[[], Path],
-                  where: str, count: int = 12, here: bool = True) -> tuple[list[dict], list[str], list]:
-    """(cases, errors, non-finite rows): requests the registry's model raised on are left out and described
-    instead, rows it answered NaN or infinity for are listed (recorded as null); both are model bugs that
-    `factory test` will pin down to a minimal input. `model_venv` makes (once) the venv with the model's own
+                  where: str, count: int = 12, here: bool = True) -> Golden:
+    """The registry model's answers to sampled requests. `model_venv` makes (once) the venv with the model's own
     requirements, for a model whose library the factory's process lacks, or (`here` false) whose library
     versions differ from the factory's."""
     requests = sample_requests(resolved.signature, count, batch_size)
@@ -51,15 +63,18 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
     answered = _answers_here(resolved, model_dir, inputs, requests, where) if here else None
     if answered is None:
         answered = _answers_in(model_venv(), model_dir, inputs, requests, where)
-    cases, errors, non_finite = [], [], []
+    cases, errors, non_finite, failed_rows = [], [], [], []
     for request, answer in zip(requests, answered):
         if "error" in answer:
             errors.append(answer["error"])
+            failed_rows.append(len(request["inputs"]))
             continue
         outputs = answer["outputs"]
         non_finite += [row for row, output in zip(request["inputs"], outputs) if not values.all_finite(output)]
         cases.append({**request, "outputs": values.nulled(outputs)})
-    return cases, errors, non_finite
+    one_row_only = bool(cases and failed_rows) and min(failed_rows) > 1 and all(len(case["inputs"]) == 1
+                                                                                 for case in cases)
+    return Golden(cases, errors, non_finite, one_row_only)
 
 
 def _answers_here(resolved: ResolvedModel, model_dir: Path, inputs: list[dict], requests: list[dict],

@@ -41,13 +41,14 @@ def _resolved() -> ResolvedModel:
                          signature=SIGNATURE, flavor={"loader": "pyfunc"})
 
 
-def _record(model_dir: Path, model_venv) -> tuple[list[dict], list[str], list]:
+def _record(model_dir: Path, model_venv) -> golden.Golden:
     return golden.record_golden(_resolved(), model_dir, 4, model_venv, WHERE, count=6)
 
 
 def test_a_model_the_factory_loads_is_answered_here(model_dir: Path) -> None:
-    cases, errors, _ = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
-    assert len(cases) + len(errors) == 6 and cases
+    recorded = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
+    cases, errors = recorded.cases, recorded.errors
+    assert len(cases) + len(errors) == 6 and cases and not recorded.one_row_only
     assert set(errors) == {"ValueError: a negative distance"}  # one line each, for the build's warning
     for case in cases:
         assert case["outputs"] == [row["distance km"] * 2 + _hour(row.get("when")) for row in case["inputs"]]
@@ -93,7 +94,7 @@ def test_a_model_mlflow_refuses_to_load_is_one_error_naming_the_entry(tmp_path: 
         "model as that error says and register a new version")
 
 
-def test_a_model_answering_one_prediction_per_batch_raised_on_every_request_of_several_rows(tmp_path: Path) -> None:
+def test_a_model_answering_one_prediction_per_batch_answers_one_row_only(tmp_path: Path) -> None:
     """As an sklearn text pipeline does under pyfunc: TfidfVectorizer iterates the DataFrame's column names."""
     import mlflow.pyfunc
 
@@ -102,9 +103,11 @@ def test_a_model_answering_one_prediction_per_batch_raised_on_every_request_of_s
             return [float(model_input["distance km"].sum())]
 
     mlflow.pyfunc.save_model(str(tmp_path / "summed"), python_model=Summed(), pip_requirements=["pandas"])
-    cases, errors, _ = _record(tmp_path / "summed", lambda: pytest.fail("the factory's process could load it"))
-    assert all(len(case["inputs"]) == len(case["outputs"]) == 1 for case in cases)
-    assert errors and all(error.startswith("ValueError: the model returned 1 outputs for ") for error in errors)
+    recorded = _record(tmp_path / "summed", lambda: pytest.fail("the factory's process could load it"))
+    assert recorded.cases and all(len(case["inputs"]) == len(case["outputs"]) == 1 for case in recorded.cases)
+    assert recorded.errors and all(error.startswith("ValueError: the model returned 1 outputs for ")
+                                   for error in recorded.errors)
+    assert recorded.one_row_only  # the build says: batching {enabled: false, max_batch_size: 1}
 
 
 def test_a_model_its_own_venv_cannot_load_is_one_error_naming_the_entry(tmp_path: Path,
@@ -138,9 +141,9 @@ def test_what_a_model_prints_in_its_own_venv_does_not_spoil_its_answers(tmp_path
     mlflow.pyfunc.save_model(str(tmp_path / "chatty"), python_model=Chatty(), pip_requirements=["pandas"])
     monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: (_ for _ in ()).throw(
         pyfunc_answers.MissingLibrary("ModuleNotFoundError: No module named 'keras'")))
-    cases, errors, _ = _record(tmp_path / "chatty", lambda: Path(sys.executable))
-    assert errors == [] and len(cases) == 6
-    assert all(case["outputs"] == [row["distance km"] * 2 for row in case["inputs"]] for case in cases)
+    recorded = _record(tmp_path / "chatty", lambda: Path(sys.executable))
+    assert recorded.errors == [] and len(recorded.cases) == 6
+    assert all(case["outputs"] == [row["distance km"] * 2 for row in case["inputs"]] for case in recorded.cases)
 
 
 def _hour(when) -> int:
