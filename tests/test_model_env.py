@@ -145,3 +145,16 @@ def test_an_sklearn_predict_fn_mlflows_pyfunc_cannot_load_is_refused_at_resolve(
         "predict, predict_proba, predict_log_proba, predict_joint_log_proba, score), so neither `mlflow models serve` "
         "nor the factory can serve it; log it with one of those, or as an mlflow.pyfunc.PythonModel whose predict "
         f"calls the estimator's {predict_fn}, and register a new version")
+
+
+def test_a_real_mlflow_2_9_model_with_only_conda_yaml_is_served_in_its_own_versions() -> None:
+    """Checked-in metadata of a model MLflow 2.9.2 logged (tests/model_fixtures/README.md)."""
+    model = Path(__file__).parent / "model_fixtures" / "mlflow_2_9_conda_only"
+    recorded = recorded_requirements(model, WHERE)
+    assert [str(line) for line in recorded] == ["mlflow==2.9.2", "cloudpickle==3.1.3", "numpy==1.26.4",
+                                                "packaging==23.2", "pyyaml==6.0.4", "scikit-learn==1.3.2",
+                                                "scipy==1.17.1"]
+    assert "scikit-learn==1.3.2 (the factory has " + SKLEARN + ")" in foreign_versions(recorded)
+    served = resolve_requirements(recorded, ("scikit-learn", "cloudpickle", "pandas"), (), True, WHERE)
+    assert {"scikit-learn==1.3.2", "numpy==1.26.4", "pandas"} <= set(served) and not any(
+        line.startswith("mlflow") for line in served)
