@@ -299,7 +299,13 @@ class Builder:
             self.progress(f"warning: {model.name}: the registry's own model answered NaN or infinity for "
                           f"{len(non_finite)} sampled rows, e.g. {json.dumps(non_finite[0])[:300]}; `factory test` "
                           "will fail it (set serving.allow_non_finite: true in models.yaml to serve them as null)")
-        if recorded_golden.one_row_only:
+        if recorded_golden.miscounted:
+            self.progress(f"warning: {model.name}: the registry's own model answered another number of outputs than "
+                          f"rows ({next(e for e in errors if 'outputs for' in e)}), as `mlflow models serve` would; an "
+                          "sklearn text pipeline logged with a string-column signature gets MLflow's DataFrame and "
+                          "vectorizes its column names, not its rows: log it as an mlflow.pyfunc.PythonModel whose "
+                          "predict hands the pipeline that column (model_input[\"text\"]), and register a new version")
+        elif recorded_golden.one_row_only:
             self.progress(f"warning: {model.name}: the registry's own model answers one row per call: it raised on "
                           f"every sampled request of several rows ({errors[0]}) and answered every single row; set "
                           "`batching: {enabled: false, max_batch_size: 1}` in models.yaml, or requests merged into "

@@ -44,12 +44,14 @@ class Golden:
     """Requests the registry's model raised on are left out and described in `errors`; rows it answered NaN or
     infinity for are listed in `non_finite` (recorded as null); both are model bugs that `factory test` will pin
     down to a minimal input. `one_row_only`: it answered every request of one row and raised on every request of
-    several (a statsmodels time-series model, a text pipeline handed a DataFrame), so merged requests fail."""
+    several (a statsmodels time-series model), so merged requests fail. `miscounted`: it answered another number
+    of outputs than rows (an sklearn text pipeline handed MLflow's DataFrame vectorizes its column names)."""
 
     cases: list[dict]
     errors: list[str]
     non_finite: list
     one_row_only: bool
+    miscounted: bool
 
 
 def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, model_venv: Callable[[], Path],
@@ -74,7 +76,7 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
         cases.append({**request, "outputs": values.nulled(outputs)})
     one_row_only = bool(cases and failed_rows) and min(failed_rows) > 1 and all(len(case["inputs"]) == 1
                                                                                  for case in cases)
-    return Golden(cases, errors, non_finite, one_row_only)
+    return Golden(cases, errors, non_finite, one_row_only, any(answer.get("miscounted") for answer in answered))
 
 
 def _answers_here(resolved: ResolvedModel, model_dir: Path, inputs: list[dict], requests: list[dict],

@@ -48,7 +48,7 @@ def _record(model_dir: Path, model_venv) -> golden.Golden:
 def test_a_model_the_factory_loads_is_answered_here(model_dir: Path) -> None:
     recorded = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
     cases, errors = recorded.cases, recorded.errors
-    assert len(cases) + len(errors) == 6 and cases and not recorded.one_row_only
+    assert len(cases) + len(errors) == 6 and cases and not recorded.one_row_only and not recorded.miscounted
     assert set(errors) == {"ValueError: a negative distance"}  # one line each, for the build's warning
     for case in cases:
         assert case["outputs"] == [row["distance km"] * 2 + _hour(row.get("when")) for row in case["inputs"]]
@@ -107,7 +107,22 @@ def test_a_model_answering_one_prediction_per_batch_answers_one_row_only(tmp_pat
     assert recorded.cases and all(len(case["inputs"]) == len(case["outputs"]) == 1 for case in recorded.cases)
     assert recorded.errors and all(error.startswith("ValueError: the model returned 1 outputs for ")
                                    for error in recorded.errors)
-    assert recorded.one_row_only  # the build says: batching {enabled: false, max_batch_size: 1}
+    assert recorded.miscounted  # the build names the text-pipeline mistake, not a batching setting
+
+
+def test_a_model_raising_on_several_rows_answers_one_row_only(tmp_path: Path) -> None:
+    """As MLflow's statsmodels flavor does for a time-series model (ARIMA): "must have exactly one row"."""
+    import mlflow.pyfunc
+
+    class OneRow(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            if len(model_input) != 1:
+                raise ValueError("prediction dataframes must have exactly one row")
+            return (model_input["distance km"] * 2).to_numpy()
+
+    mlflow.pyfunc.save_model(str(tmp_path / "one"), python_model=OneRow(), pip_requirements=["pandas"])
+    recorded = _record(tmp_path / "one", lambda: pytest.fail("the factory's process could load it"))
+    assert recorded.one_row_only and not recorded.miscounted  # the build says: batching 1, one request per run
 
 
 def test_a_model_its_own_venv_cannot_load_is_one_error_naming_the_entry(tmp_path: Path,
