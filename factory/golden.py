@@ -62,21 +62,38 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
     requests = sample_requests(resolved.signature, count, batch_size)
     inputs = resolved.signature["inputs"]
     values = bento_module("mf_inputs")
-    answered = _answers_here(resolved, model_dir, inputs, requests, where) if here else None
-    if answered is None:
-        answered = _answers_in(model_venv(), model_dir, inputs, requests, where)
-    cases, errors, non_finite, failed_rows = [], [], [], []
+    venv: list[Path] = []
+
+    def ask(asked: list[dict]) -> list[dict]:
+        answered = _answers_here(resolved, model_dir, inputs, asked, where) if here and not venv else None
+        if answered is None:
+            if not venv:
+                venv.append(model_venv())  # made once: a second question goes to the same venv
+            answered = _answers_in(venv[0], model_dir, inputs, asked, where)
+        return answered
+
+    answered = ask(requests)
+    cases, errors, non_finite, failed = [], [], [], []
     for request, answer in zip(requests, answered):
         if "error" in answer:
             errors.append(answer["error"])
-            failed_rows.append(len(request["inputs"]))
+            failed.append(request)
             continue
         outputs = answer["outputs"]
         non_finite += [row for row, output in zip(request["inputs"], outputs) if not values.all_finite(output)]
         cases.append({**request, "outputs": values.nulled(outputs)})
-    one_row_only = bool(cases and failed_rows) and min(failed_rows) > 1 and all(len(case["inputs"]) == 1
-                                                                                 for case in cases)
-    return Golden(cases, errors, non_finite, one_row_only, any(answer.get("miscounted") for answer in answered))
+    return Golden(cases, errors, non_finite, _one_row_only(cases, failed, ask),
+                  any(answer.get("miscounted") for answer in answered))
+
+
+def _one_row_only(cases: list[dict], failed: list[dict], ask: Callable[[list[dict]], list[dict]]) -> bool:
+    """Every answered request had one row, every failed one several, and the rows of a failed one each answer
+    alone (so it is the merging that fails, not one of its rows, as a model raising on some values would)."""
+    if not cases or not failed or any(len(case["inputs"]) > 1 for case in cases) or min(
+            len(request["inputs"]) for request in failed) < 2:
+        return False
+    alone = [{**failed[0], "inputs": [row]} for row in failed[0]["inputs"]]
+    return all("outputs" in answer for answer in ask(alone))
 
 
 def _answers_here(resolved: ResolvedModel, model_dir: Path, inputs: list[dict], requests: list[dict],
