@@ -10,6 +10,7 @@ the whole recipe, so it is built once per engine and reused until the recipe cha
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from factory import dockerapi
+from factory import dockerapi, pipindex
 from factory.engine import ENGINE_HOME, docker_host, engine_answers
 from factory.errors import EngineError
 from factory.images import registry_auth
@@ -189,8 +190,11 @@ def _uv_binary(target: Path) -> None:
 
 
 def _run(command: list[str], what: str) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
+    # `pip download uv` uses the platform's package index when one is set (factory/pipindex.py).
+    settings = Settings.from_env()
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, **pipindex.pip_environment(settings)})
     if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        tail = settings.redact("\n".join((result.stdout + result.stderr).splitlines()[-15:]))
         raise EngineError(f"{what} failed (`{command[0]} {command[1]}` exit {result.returncode}):\n{tail}")
     return result.stdout

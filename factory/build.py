@@ -6,6 +6,7 @@ A model whose rendered folder and resolved registry version are unchanged is ski
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -29,7 +30,8 @@ from factory.loader import load_catalog, select_models
 from factory.model_env import foreign_versions, recorded_requirements
 from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
-from factory.runtime import bento_module, resolve_requirements, runtime_python, torch_cpu_index
+from factory.runtime import bento_module, resolve_requirements, runtime_python
+from factory.settings import Settings
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
@@ -105,8 +107,8 @@ def _describe(outcome: BuildOutcome) -> str:
     if outcome.error:
         return "FAILED, " + outcome.error.replace("\n", "\n  ")
     record = outcome.record
-    text = (f"unchanged, skipped ({record.bento_tag})" if outcome.skipped
-            else f"built {record.bento_tag} in {outcome.seconds:.1f} s")
+    text = (f"unchanged, skipped ({record.bento_tag}, serves {record.serving_path})" if outcome.skipped
+            else f"built {record.bento_tag} in {outcome.seconds:.1f} s, serves {record.serving_path}")
     if outcome.image_error:
         return f"{text}; image FAILED (below)"
     if record.image_built:
@@ -130,7 +132,7 @@ class Builder:
         folder = self._rendered_folder(model)
         # The CPU index is part of what a PyTorch model's Bento installs: a new one is a new build.
         content_hash = _content_hash(folder, resolved, model.serving.model_dump_json() + model.compile.model_dump_json()
-                                     + torch_cpu_index())
+                                     + Settings.from_env().torch_cpu_index)
         previous = self._previous(model)
         if previous and previous.content_hash == content_hash and _restored(previous):
             # An image pushed under another registry (an earlier FACTORY_IMAGE_REGISTRY) is pushed here too.
@@ -241,6 +243,8 @@ class Builder:
                 flavor, packages, wants = {**flavor, "loader": "pyfunc"}, list(PYFUNC_PACKAGES), "frame"
             if wants == "frame":
                 packages.append("pandas")  # fit on a DataFrame: it selects columns by name
+        if flavor["loader"] == "pyfunc":  # no native loader (a PythonModel) or it failed here: MLflow's serves
+            decision = dataclasses.replace(decision, path="pyfunc")
         return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
 
     def _recorded(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> list[Requirement]:
@@ -251,7 +255,7 @@ class Builder:
     def _requirements(self, model: ModelSpec, recorded: list[Requirement], packages: list[str],
                       native: bool) -> tuple[str, ...]:
         return resolve_requirements(recorded, packages, model.serving.packages, native, self.catalog.where(model.name),
-                                    gpu=model.resources.gpu > 0, torch_index=torch_cpu_index())
+                                    gpu=model.resources.gpu > 0, torch_index=Settings.from_env().torch_cpu_index)
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.
@@ -264,7 +268,8 @@ class Builder:
             leftover = re.search(r"Item '([^']+)' already exists in the store", str(exc))
             if not leftover:
                 raise
-            self.progress(f"{model.name}: removing Bento {leftover[1]}, left in the store by an earlier failed build")
+            self.progress(f"{model.name}: a Bento of this very content, {leftover[1]}, is already in the store, but "
+                          f"{unrecorded(self.state, model.name)}; deleting it and building again")
             _run(BENTOML + ["delete", "-y", leftover[1]], f"`bentoml delete -y {leftover[1]}` failed (delete it "
                                                          "yourself, with the same BENTOML_HOME, and build again)")
             output = _run(command, failure, cwd=source)
@@ -316,6 +321,19 @@ class Builder:
                           "find the smallest such input")
         write_atomic(path, json.dumps(cases, indent=1, sort_keys=True) + "\n")
         return path, cases
+
+
+def unrecorded(state: StateDir, model: str) -> str:
+    """Why no build record names a Bento of this content that the store holds, as far as the record shows."""
+    path = state.record_path(model)
+    if not path.is_file():
+        return (f"no build record names it ({path} is missing: deleted, or the build that made the Bento "
+                "stopped before writing it)")
+    try:
+        named = state.build_record(model).bento_tag
+    except StateError:
+        return f"its build record {path} is unreadable (a build stopped while writing it?)"
+    return f"its build record {path} names {named}, built since from other content (a change undone?)"
 
 
 def ensure_in_store(record: BuildRecord) -> None:

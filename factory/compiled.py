@@ -26,7 +26,7 @@ COMPILED_PACKAGES = ("onnxruntime",)
 
 @dataclass(frozen=True)
 class Decision:
-    path: str  # "compiled" or "native"
+    path: str  # "compiled" or "native" (factory/build.py makes it "pyfunc" where MLflow's pyfunc loader serves)
     reason: str  # one line, shown in the build output and kept in the build record
     flavor: dict  # the compiled loader for resolved.json; {} when native
 

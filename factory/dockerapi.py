@@ -90,6 +90,15 @@ def remove(tag: str) -> None:
         raise StepFailed("image removal", [f"removing {tag}: {exc}"]) from exc
 
 
+def prune_labelled(label: str) -> None:
+    """`docker image prune --force --filter label=LABEL`: untagged images carrying the label, with their untagged
+    parents (a build's intermediate images; a tagged image is never pruned)."""
+    try:
+        _client(PROBE_TIMEOUT_S).api.prune_images(filters={"dangling": True, "label": label})
+    except _failures() as exc:
+        raise StepFailed("image prune", [f"pruning images labelled {label}: {exc}"]) from exc
+
+
 def push(tag: str, log: Path, auth: Optional[dict[str, str]] = None) -> None:
     name, version = repository(tag)
     _run("push", log, f"push {tag}",

@@ -47,6 +47,10 @@ class CatalogError(FactoryError):
         return [str(p) for p in self.problems]
 
 
+class SettingsError(FactoryError):
+    """An environment variable the factory reads (factory/settings.py) holds a value it cannot use."""
+
+
 class RenderError(FactoryError):
     """A template failed or produced output that does not parse."""
 

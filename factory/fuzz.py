@@ -20,10 +20,11 @@ from hypothesis import seed as fixed_seed
 from hypothesis.errors import Flaky
 
 from factory.errors import ServeError
+from factory.exactness import compare
 from factory.fuzz_values import (FLOAT_BITS, INT_BOUNDS, NESTED_TYPES, check_type, field_path, valid_value,
                                  wrong_nested, wrong_value)
 from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, golden_problem,
-                                  invalid_problem, minimal_failure, parses, post_predict, valid_problem)
+                                 invalid_problem, minimal_failure, parses, post_predict, strict_json, valid_problem)
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 # numpy dtype names are the ones ending in their width; MLflow's own names do not.
@@ -354,14 +355,41 @@ class _Run:
     def golden(self, pairs: Optional[list[tuple[dict, list]]], rtol: float, atol: float) -> CheckResult:
         def attempt(pair: tuple[dict, list]) -> Optional[Failure]:
             request, outputs = pair
+            body = _encode(request)
+
+            def problem(response: Response) -> Optional[str]:
+                found = golden_problem(response, outputs, rtol, atol)
+                return found and self._unsteady(body, response, rtol, atol) or found
+
             try:
-                self.exchange("golden", _encode(request), None,
-                              lambda r: golden_problem(r, outputs, rtol, atol))
+                self.exchange("golden", body, None, problem)
             except _Failed as failed:
                 return self._failure("golden", failed)
             return None
 
         return self._check("golden", pairs is not None, lambda: next(filter(None, map(attempt, pairs)), None))
+
+    def _unsteady(self, body: bytes, first: Response, rtol: float, atol: float) -> Optional[str]:
+        """A golden mismatch may be a model that answers the same input differently on every call (sampling, as
+        Prophet's intervals do): then no recorded answer can hold, and the fix is in the model. Asking once
+        more tells the two apart."""
+        try:
+            earlier = strict_json(first.body)
+        except ValueError:
+            return None
+        if first.status != 200 or not isinstance(earlier, list):
+            return None  # not an answer to compare: the mismatch itself says what it was
+        again = post_predict(self.base_url, body, self.timeout_s)
+        unusable = valid_problem(again, len(earlier), set())
+        self.records.append(RequestRecord("golden", again.status, round(again.latency_ms, 3), not unusable))
+        found = None if unusable else compare(earlier, strict_json(again.body), rtol, atol, json_numbers=True)
+        if found is None or found.agrees:
+            return None
+        return (f"the model answered the same request differently twice (output {found.row} was "
+                f"{json.dumps(found.expected)}, then {json.dumps(found.actual)}): it is nondeterministic "
+                "(it samples at predict time, as Prophet does for yhat_lower/yhat_upper), so no golden prediction "
+                "can hold; make its predict deterministic: seed its random generator inside predict (e.g. "
+                "np.random.seed(0)), or log it without the sampled outputs (Prophet: uncertainty_samples=0)")
 
     def exchange(self, kind: str, body: bytes, field: Optional[str],
                  problem_of: Callable[[Response], Optional[str]]) -> None:

@@ -118,8 +118,31 @@ def _answers_in(python: Path, model_dir: Path, inputs: list[dict], requests: lis
         raise BuildError(f"{where}: the registry model did not answer {len(requests)} sample requests within "
                          f"{ANSWER_TIMEOUT_S} s in {python.parent.parent}") from exc
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()] or ["(no output)"]
-        raise BuildError(f"{where}: mlflow.pyfunc could not load the registry model even in a venv with its own requirements "
-                         f"({python.parent.parent}): {lines[-1][:300]}; check the requirements it was logged with "
-                         "(pip_requirements / code_paths) or add what it needs to serving.packages in models.yaml")
+        raise BuildError(script_failure(result.stderr, result.returncode, python.parent.parent, where))
     return json.loads(result.stdout)
+
+
+# What failed, by the last step the golden script announced (pyfunc_answers.STEP_MARK), and how to fix it.
+FAILED_STEP = {
+    "start": "the golden script did not start in a venv with the model's own requirements ({venv}; {ended}): {error}; "
+             "recreate that venv (delete it) and check serving.packages in models.yaml for a package that breaks it",
+    "load": "mlflow.pyfunc could not load the registry model even in a venv with its own requirements ({venv}; "
+            "{ended}): {error}; check the requirements it was logged with (pip_requirements / code_paths) or add "
+            "what it needs to serving.packages in models.yaml",
+    "predict": "the registry model loaded in a venv with its own requirements ({venv}), but its predict ended the "
+               "process while answering the sample requests ({ended}): {error}; a served model would end the same "
+               "way: run mlflow.pyfunc.load_model(...).predict on a sample row in that venv to see why",
+    "encode": "the registry model answered the sample requests in a venv with its own requirements ({venv}), but "
+              "its answers could not be written as JSON ({ended}): {error}; the model returns a type the factory "
+              "does not convert: have predict return numbers, strings, booleans or datetimes",
+}
+
+
+def script_failure(stderr: str, returncode: int, venv: Path, where: str) -> str:
+    """One line: the step the script was in when it ended, and the last line the model's own code wrote."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    steps = [line[len(pyfunc_answers.STEP_MARK):] for line in lines if line.startswith(pyfunc_answers.STEP_MARK)]
+    own = [line for line in lines if not line.startswith(pyfunc_answers.STEP_MARK)] or ["(no output)"]
+    ended = f"killed by signal {-returncode}" if returncode < 0 else f"exit {returncode}"
+    step = steps[-1] if steps else "start"
+    return f"{where}: " + FAILED_STEP[step].format(venv=venv, ended=ended, error=own[-1][:300])

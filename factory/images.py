@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from factory import dockerapi
+from factory import dockerapi, pipindex
 from factory.errors import EngineError, FactoryError, ImageError
 from factory.settings import Settings
 from factory.state import PushedImage, StateDir
@@ -28,18 +28,31 @@ def image_registry(catalog_registry: str) -> str:
 
 
 def model_dockerfile(model: str, base: str, port: int) -> str:
+    """Installing from the platform's package index when one is set (factory/pipindex.py): its URLs, never its
+    credentials, are in the Dockerfile."""
     from factory.render import environment  # render imports manifests, which imports this module
 
-    return environment().get_template("images/model.Dockerfile.j2").render(model=model, base=base, port=port)
+    settings = Settings.from_env()
+    return environment().get_template("images/model.Dockerfile.j2").render(
+        model=model, base=base, port=port, index_options=pipindex.uv_options(settings),
+        netrc=f"{pipindex.NETRC_DIR}/netrc" if pipindex.netrc(settings) else "",
+        secret_label=pipindex.SECRET_STAGE_LABEL)
 
 
 def model_context(bento_export: Path, context: Path, dockerfile: str) -> Path:
-    """The exported Bento (service, env and its models) unpacked, with the generated Dockerfile beside it."""
+    """The exported Bento (service, env and its models) unpacked into `bento/`, the generated Dockerfile beside
+    it, and the package index's netrc (when its URLs carry credentials) in a folder only the first stage copies."""
     shutil.rmtree(context, ignore_errors=True)
     context.mkdir(parents=True)
     with tarfile.open(bento_export, "r:*") as archive:
-        archive.extractall(context, filter="data")
+        archive.extractall(context / "bento", filter="data")
     (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+    secret = pipindex.netrc(Settings.from_env())
+    if secret:
+        (context / pipindex.NETRC_DIR).mkdir(mode=0o700)
+        netrc = context / pipindex.NETRC_DIR / "netrc"
+        netrc.touch(mode=0o600)
+        netrc.write_text(secret, encoding="utf-8")
     return context
 
 
@@ -56,7 +69,7 @@ def build_and_push(context: Path, dockerfile: str, tag: str, log: Path, what: st
         pushed = time.monotonic()
         inspected = dockerapi.inspect(tag) or {}
     except dockerapi.StepFailed as exc:
-        tail = "\n".join("    " + line for line in exc.lines)
+        tail = "\n".join("    " + Settings.from_env().redact(line) for line in exc.lines)
         raise ImageError(f"{what}: the engine's {exc.step} failed; its last lines:\n{tail}\n  full log: {log}") from exc
     return PushedImage(tag=tag, reference=digest_reference(tag, inspected, log, what),
                        size_bytes=int(inspected.get("Size") or 0), build_seconds=round(built - started, 1),
@@ -81,6 +94,18 @@ def digest_reference(tag: str, inspected: dict, log: Path, what: str) -> str:
             return reference
     raise ImageError(f"{what}: the registry returned no digest for {tag} after the push (RepoDigests: "
                      f"{digests or 'none'}); full log: {log}")
+
+
+def _forget_credentials(what: str) -> None:
+    """Delete the build stage that saw the package index's netrc (passed or failed, its images stay as cache)."""
+    if not pipindex.netrc(Settings.from_env()):
+        return
+    try:
+        dockerapi.prune_labelled(pipindex.SECRET_STAGE_LABEL)
+    except dockerapi.StepFailed as exc:
+        raise ImageError(f"{what}: the build stage holding the package index's credentials was not deleted "
+                         f"({Settings.from_env().redact(' '.join(exc.lines))}); delete it yourself: docker image "
+                         f"prune --force --filter label={pipindex.SECRET_STAGE_LABEL}") from exc
 
 
 def proxy_tag(registry: str) -> str:
@@ -150,6 +175,7 @@ class ImageStep:
             pushed = build_and_push(context, "Dockerfile", image, self.state.image_log(model.name), what)
         finally:
             shutil.rmtree(context, ignore_errors=True)
+            _forget_credentials(what)
         return {"image": image, "image_ref": pushed.reference, "image_size_bytes": pushed.size_bytes,
                 "image_build_seconds": pushed.build_seconds}
 

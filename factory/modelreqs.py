@@ -31,7 +31,7 @@ OPTION_MEANINGS = {
 }
 INDEX_OPTIONS = frozenset({"-i", "--index-url", "--extra-index-url", "--no-index", "-f", "--find-links",
                            "--trusted-host"})
-INDEX_HINT = ("; a package index is the platform's choice (the build machine's pip configuration; "
+INDEX_HINT = ("; a package index is the platform's choice (FACTORY_PIP_INDEX_URL / FACTORY_PIP_EXTRA_INDEX_URL; "
               "FACTORY_TORCH_CPU_INDEX for PyTorch's CPU builds)")
 _SOURCE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[a-z]+\+[a-z]+:|\.{0,2}/|~)|\.(?:whl|zip|tar\.gz|tar\.bz2|tgz)$",
                      re.IGNORECASE)

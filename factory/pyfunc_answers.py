@@ -14,19 +14,25 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 BENTO_TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "bento"
+# Run as a script, each step is announced on stderr before it starts: when the process dies (an exception, an
+# exit() in the model's library, a signal), the last announced step is the one that failed.
+STEP_MARK = "model-factory golden step: "
 
 
 class MissingLibrary(Exception):
     """This process lacks a library the model imports: ask a venv with the model's requirements instead."""
 
 
-def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs: Any, here: bool) -> list[dict]:
+def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs: Any, here: bool,
+            step: Callable[[str], None] = lambda name: None) -> list[dict]:
     """One `{"outputs": [...]}` or `{"error": "Type: message"}` per request (`{"inputs": rows}`, maybe with
     `"params"`, passed on as the served model passes them). `here`: in the factory's own
-    process, where an ImportError means a library missing from it (MissingLibrary), not a model failure."""
+    process, where an ImportError means a library missing from it (MissingLibrary), not a model failure.
+    `step` hears "load" and "predict" as each begins."""
+    step("load")
     import mlflow.pyfunc
 
     try:
@@ -34,6 +40,7 @@ def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs:
     except ImportError as exc:
         _missing_here(exc, here)
         raise  # in the model's own venv: the script fails, and the build says why
+    step("predict")
     found = []
     for request in requests:
         rows, params = request["inputs"], request.get("params")
@@ -68,6 +75,10 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
+def _announce(step: str) -> None:
+    print(STEP_MARK + step, file=sys.stderr, flush=True)
+
+
 def main() -> None:
     sys.path.insert(0, str(BENTO_TEMPLATES))
     import mf_inputs
@@ -77,8 +88,9 @@ def main() -> None:
     # the answers go to stdout; the rest goes to stderr, whether Python or native code writes it.
     answers_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    found = answers(job["model_dir"], job["inputs"], job["requests"], mf_inputs, here=False)
+    found = answers(job["model_dir"], job["inputs"], job["requests"], mf_inputs, here=False, step=_announce)
     sys.stdout.flush()
+    _announce("encode")
     json.dump(found, answers_out)
     answers_out.flush()
 

@@ -13,7 +13,7 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
-import re
+import os
 import subprocess
 import sys
 import venv
@@ -25,6 +25,7 @@ from packaging.specifiers import Specifier
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from factory import pipindex
 from factory.errors import BuildError, ServeError
 from factory.settings import Settings
 from factory.state import StateDir
@@ -185,16 +186,6 @@ def _version(requirement: Requirement) -> str:
     return next(iter(requirement.specifier)).version
 
 
-def torch_cpu_index() -> str:
-    """$FACTORY_TORCH_CPU_INDEX, checked: it becomes a line of every CPU PyTorch model's requirements.txt."""
-    index = Settings.from_env().torch_cpu_index
-    if not re.fullmatch(r"(?:https?|file)://[^\s#;]+", index):
-        raise BuildError(f"FACTORY_TORCH_CPU_INDEX: {index!r} is not a package index URL; set it to the "
-                         "http(s):// address of PyTorch's CPU index or a mirror of it (a PEP 503 `simple` page), "
-                         "or unset it for https://download.pytorch.org/whl/cpu")
-    return index
-
-
 def requirements_digest(requirements: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:12]
 
@@ -242,7 +233,10 @@ def _create(home: Path, requirements: tuple[str, ...]) -> None:
     wanted.write_text("".join(f"{line}\n" for line in requirements), encoding="utf-8")
     command = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                "-c", str(constraints), "-r", str(wanted)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    # The platform's index (credentials too) reaches pip through its environment only: factory/pipindex.py.
+    settings = Settings.from_env()
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, **pipindex.pip_environment(settings)})
     if result.returncode != 0:
-        raise ServeError(f"could not create the serving venv in {home}:\n{result.stderr[-2000:]}")
+        raise ServeError(f"could not create the serving venv in {home}:\n{settings.redact(result.stderr[-2000:])}")
     (home / ".complete").write_text("\n".join(requirements) + "\n", encoding="utf-8")

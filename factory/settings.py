@@ -7,11 +7,17 @@ so the full list of knobs lives here and nowhere else.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from factory.errors import SettingsError
 
 STATE_DEFAULT = "factory-state"
+PIP_INDEX_URL_ENV = "FACTORY_PIP_INDEX_URL"
+PIP_EXTRA_INDEX_URL_ENV = "FACTORY_PIP_EXTRA_INDEX_URL"
 PINNED_VERSIONS_ENV = "FACTORY_PINNED_VERSIONS"  # not hidden: BentoML refuses to build from hidden paths
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
@@ -58,14 +64,113 @@ class Settings:
                                                            "come from for models without `resources.gpu` (default "
                                                            f"{TORCH_CPU_INDEX}; a mirror of it where that is "
                                                            "unreachable)")
+    pip_index_url: Optional[str] = _env(
+        PIP_INDEX_URL_ENV, "the package index every serving venv's pip and every image's `uv pip install` use instead "
+                           "of PyPI (a PEP 503 `simple` URL: an Artifactory or Nexus proxy of PyPI); credentials "
+                           "in it (`https://user:token@host/...`, masked CI/CD variable) never reach an image, "
+                           "Bento, record or log line")
+    pip_extra_index_url: Optional[str] = _env(
+        PIP_EXTRA_INDEX_URL_ENV, "one more package index searched besides that one (or PyPI): the platform's own "
+                                 "packages; credentials kept out as for FACTORY_PIP_INDEX_URL")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        """The settings, checked: a value the factory cannot use is one SettingsError naming the variable."""
         values = {f.name: environ.get(f.metadata["env"]) or None for f in fields(cls)}
         paths = {name: Path(values[name]) for name in ("runtime_python", "runtime_home") if values[name]}
         return cls(**{**values, **paths, "state_dir": Path(values["state_dir"] or STATE_DEFAULT).resolve(),
                       "pinned_versions": values["pinned_versions"] or "",
-                      "torch_cpu_index": values["torch_cpu_index"] or TORCH_CPU_INDEX})
+                      "torch_cpu_index": _torch_cpu_index(values["torch_cpu_index"] or TORCH_CPU_INDEX),
+                      **_package_indexes(values["pip_index_url"], values["pip_extra_index_url"])})
+
+    def secrets(self) -> list[str]:
+        """Credential strings a message must never show, longest first (a password inside its userinfo)."""
+        found = [secret for url in (self.pip_index_url, self.pip_extra_index_url) if url
+                 for secret in _url_secrets(url)]
+        return sorted(set(found), key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """`text` with every credential of a URL (any `scheme://user:password@`) and every secret setting hidden."""
+        text = _USERINFO.sub(r"\1***@", text)
+        for secret in self.secrets():
+            text = text.replace(secret, "***")
+        return text
+
+
+# A package index URL reaches a Dockerfile's RUN line and pip's environment: only characters no shell or
+# requirements parser treats specially (a credential's other characters are percent-encoded).
+_INDEX_URL = re.compile(r"https?://[A-Za-z0-9._~:/@%+=,-]+")
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+INDEX_FIX = ("set it to one http(s):// URL of a PEP 503 `simple` index, nothing else (no spaces, quotes, `?`, `#` or "
+             "`;`), with any credential as `user:token@` before the host and its other characters percent-encoded")
+
+
+def public_url(url: str) -> str:
+    """The URL without its credentials: what a Dockerfile, record or message may show."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def package_index(name: str, url: Optional[str]) -> Optional[str]:
+    """A FACTORY_PIP_*INDEX_URL, checked; its credentials, when any, are never echoed."""
+    if url is None:
+        return None
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    # Everything before the authority's last `@` is a credential, however malformed.
+    host = "***@" + authority.rpartition("@")[2] if "@" in authority else authority
+    shown = scheme + separator + host + slash + path
+    if not _INDEX_URL.fullmatch(url) or url.count("@") > 1:
+        raise SettingsError(f"{name}: {shown!r} is not a package index URL; {INDEX_FIX}")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise SettingsError(f"{name}: {shown!r} has a port that is not a number; {INDEX_FIX}") from None
+    if not parts.hostname:
+        raise SettingsError(f"{name}: {shown!r} names no host; {INDEX_FIX}")
+    if "@" in parts.netloc and (parts.username is None or not parts.password
+                       or re.search(r"\s", unquote(parts.username) + unquote(parts.password))):
+        raise SettingsError(f"{name}: {shown!r}: a credential must be `user:token@` (both parts, no spaces once "
+                            f"percent-decoded); {INDEX_FIX}")
+    return url
+
+
+def _package_indexes(index: Optional[str], extra: Optional[str]) -> dict[str, Optional[str]]:
+    """Both indexes, checked; a netrc holds one credential per host, so two for one host cannot both be used."""
+    checked = {"pip_index_url": package_index(PIP_INDEX_URL_ENV, index),
+               "pip_extra_index_url": package_index(PIP_EXTRA_INDEX_URL_ENV, extra)}
+    found = [index_credentials(url) for url in checked.values() if url]
+    if len(found) == 2 and None not in found and found[0][0] == found[1][0] and found[0] != found[1]:
+        raise SettingsError(f"{PIP_EXTRA_INDEX_URL_ENV}: its credential for {found[0][0]} differs from "
+                            f"{PIP_INDEX_URL_ENV}'s; an image build passes one credential per host: use one "
+                            "credential that reads both, or leave it out of one URL")
+    return checked
+
+
+def index_credentials(url: str) -> Optional[tuple[str, str, str]]:
+    """(host, user, password), percent-decoded, or None for a URL without credentials."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return None
+    return parts.hostname, unquote(parts.username), unquote(parts.password)
+
+
+def _url_secrets(url: str) -> list[str]:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return []
+    userinfo = parts.netloc.rpartition("@")[0]
+    return [userinfo, parts.password, unquote(parts.password)]
+
+
+def _torch_cpu_index(index: str) -> str:
+    """It becomes a line of every CPU PyTorch model's requirements.txt: one URL, no option or line break."""
+    if not re.fullmatch(r"(?:https?|file)://[^\s#;]+", index):
+        raise SettingsError(f"FACTORY_TORCH_CPU_INDEX: {index!r} is not a package index URL; set it to the "
+                            "http(s):// address of PyTorch's CPU index or a mirror of it (a PEP 503 `simple` page), "
+                            f"or unset it for {TORCH_CPU_INDEX}")
+    return index
 
 
 # Read by click as option defaults (cli.py uses these names), listed here so one module names every variable.

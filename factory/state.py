@@ -65,9 +65,10 @@ class BuildRecord(Record):
     image_build_seconds: float = pydantic.Field(default=0.0, ge=0)
     dockerfile: str
     golden: str
-    # Which form serves: "compiled" (ONNX, exact on the golden requests) or "native" (the model's flavor),
-    # and why, as `factory build` printed it.
-    serving_path: Literal["compiled", "native"] = "native"
+    # Which form serves: "compiled" (ONNX, exact on the golden requests), "native" (the flavor's own library) or
+    # "pyfunc" (MLflow's pyfunc: a PythonModel, or a flavor whose native loader failed), and why, as `factory build`
+    # printed it. Records written before "pyfunc" existed say "native" for those and still load.
+    serving_path: Literal["compiled", "native", "pyfunc"] = "native"
     serving_reason: str = ""
 
     @property

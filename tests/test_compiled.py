@@ -39,6 +39,9 @@ MIXED = {"inputs": [*DOUBLES["inputs"], {"type": "string", "name": "segment", "r
     ([1.0], [None], 1e-6, 0.0, False, math.inf),
     ([[1.0, 2.0]], [[1.0]], 1e-6, 0.0, False, math.inf),
     ([1.0, 2.0], [1.0], 1e-6, 0.0, False, math.inf),
+    ([{"p": 1.0, "class": 2}], [{"p": 1.0 + 1e-7, "class": 2}], 1e-6, 0.0, True, 1e-7),  # objects, key by key
+    ([{"p": 1.0}], [{"q": 1.0}], 1e-6, 0.0, False, math.inf),
+    ([True], [1], 1e-6, 0.0, False, math.inf),
 ])
 def test_exactness_table(expected, actual, rtol, atol, agrees, error) -> None:
     result = compare(expected, actual, rtol, atol)
@@ -273,6 +276,9 @@ def test_the_compiled_predictor_imports_no_sklearn_pandas_or_mlflow(tmp_path: Pa
     (b"[1000001]", [1000000], 1e-6, 0.0, "output 0 is 1000001, golden 1000000"),  # a class id is never "close"
     (b"[[2, 0.9999999]]", [[2, 1.0]], 1e-6, 0.0, None),
     (b"[1.0]", [1], 1e-6, 0.0, None),  # the same number, as JSON writes it either way
+    (b'[{"p": 0.9999999}]', [{"p": 1.0}], 1e-6, 0.0, None),
+    (b"[true]", [1], 1e-6, 0.0, "output 0 is true, golden 1"),
+    (b"[0.5, 7]", [0.5, 6], 1e-6, 0.0, "output 1 is 7, golden 6"),
 ])
 def test_factory_tests_golden_check_uses_the_compile_tolerance(served, golden, rtol, atol, problem) -> None:
     from factory.fuzz_report import Response, golden_problem

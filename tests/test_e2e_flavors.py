@@ -46,7 +46,7 @@ def flavors(factory_env: FactoryEnv, tmp_path_factory: pytest.TempPathFactory) -
     # Images are issue 11's, proven on two models in test_e2e_images; here each flavor's own serving venv.
     built = factory_env.run("build", "-f", str(catalog), "--all", "--no-image", timeout=900)
     assert f"warning: {NAN_MODEL}: the registry's own model answered NaN" in built.stdout
-    assert (f"{CUSTOM_MODEL}: serves native: an mlflow.pyfunc model has no ONNX converter (only sklearn, "
+    assert (f"{CUSTOM_MODEL}: serves pyfunc: an mlflow.pyfunc model has no ONNX converter (only sklearn, "
             "LightGBM and XGBoost do)\n") in built.stdout
     return factory_env, catalog
 
@@ -91,9 +91,9 @@ def test_boosters_serve_compiled_and_the_rest_natively_saying_why(tested_all) ->
     for model in NATIVE_BY_CHOICE:
         assert (paths[model]["serving_path"], paths[model]["serving_reason"]) == (
             "native", "compile.enabled is false in models.yaml")
-    assert paths[CUSTOM_MODEL]["serving_path"] == "native"
+    assert paths[CUSTOM_MODEL]["serving_path"] == "pyfunc"
     assert (paths[FLAVORS.NESTED_MODEL]["serving_path"], paths[FLAVORS.NESTED_MODEL]["serving_reason"]) == (
-        "native", "input column 'history' is an array: a compiled form takes flat numeric columns only, so "
+        "pyfunc", "input column 'history' is an array: a compiled form takes flat numeric columns only, so "
                   "MLflow's pyfunc serves it")
 
 

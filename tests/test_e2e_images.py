@@ -3,7 +3,9 @@ the memory limit their manifests carry, and referenced by digest in those manife
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -12,12 +14,16 @@ from kubernetes.utils import parse_quantity
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, FactoryEnv
 from e2e_support.oci import registry_serves
+from e2e_support.private_index import GREETING, MODULE, PACKAGE, TOKEN, USER, VERSION, private_index
 from factory import dockerapi
 from factory.errors import ServeError
 from factory.golden import sample_requests
+from factory.images import ImageStep
+from factory.loader import parse_catalog
 from factory.loadgen import run_load
 from factory.memory import MemoryProfile
 from factory.serve import OOMKilled, container_served
+from factory.state import BuildRecord, StateDir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bento")]
 MODELS = [MIXED_MODEL, ALIAS_MODEL]
@@ -146,3 +152,41 @@ def test_a_build_pushes_again_an_image_its_registry_lost(imaged: FactoryEnv) -> 
     assert f"{ALIAS_MODEL}: its image {repository}-lost@{digest} is gone from its registry; building it again" \
         in result.stdout
     assert rebuilt.startswith(f"{repository}@sha256:") and registry_serves(rebuilt)
+
+
+def test_a_private_index_credential_never_reaches_the_image(docker_engine: str, tmp_path: Path, monkeypatch) -> None:
+    """FACTORY_PIP_INDEX_URL with a credential, an index requiring it (basic auth), a real build and push: the
+    package comes from that index, and neither the history, the saved image, the log nor the engine's leftover
+    images hold the credential. A Bento of that one package keeps it cheap (its base image is the session's)."""
+    import docker
+
+    export = tmp_path / "private.bento"
+    with tarfile.open(export, "w:gz") as archive:
+        data = f"{PACKAGE}=={VERSION}\n".encode()
+        info = tarfile.TarInfo("env/python/requirements.txt")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    catalog = parse_catalog("models:\n  - {name: private_index, version: 1, endpoint: p}\n")
+    state = StateDir(tmp_path / "state")
+    with private_index(tmp_path / "index") as url:
+        monkeypatch.setenv("FACTORY_PIP_INDEX_URL", url)
+        monkeypatch.setenv("FACTORY_IMAGE_REGISTRY", f"{docker_engine}/model-factory-test")
+        step = ImageStep(catalog, state, enabled=True)
+        record = BuildRecord(model="private_index", content_hash="0" * 64, registry={}, bento_model_tag="p:r1",
+                             bento_tag="private_index:0123456789abcdef", bento_export=str(export), image="",
+                             dockerfile="", golden="")
+        image = step.build(catalog.models[0], record)["image"]
+    client = docker.from_env()
+    secrets = [TOKEN.encode(), USER.encode()]
+    assert not [secret for secret in secrets if secret in json.dumps(client.api.history(image)).encode()]
+    found, tail = set(), b""
+    for chunk in client.api.get_image(image):  # `docker save`: every layer's files and the image config
+        window = tail + chunk
+        found |= {needle for needle in [*secrets, GREETING.encode()] if needle in window}
+        tail = window[-64:]
+    assert found == {GREETING.encode()}  # the package is in a layer, the credential in none
+    assert TOKEN not in state.image_log("private_index").read_text()
+    assert client.images.list(all=True, filters={"label": "model-factory.index-credentials"}) == []
+    answer = client.containers.run(image, ["python", "-c", f"import {MODULE}; print({MODULE}.WHERE)"], remove=True,
+                                   network_mode="none")
+    assert answer.decode() == f"{GREETING}\n"

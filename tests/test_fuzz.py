@@ -408,8 +408,25 @@ def test_golden_outputs_must_match(tmp_path):
     with serving(make_app(signature_columns(ALL_TYPES), 4, max_body_bytes=MAX_BODY)) as url:
         result = _fuzz(url, ALL_TYPES, tmp_path, valid_examples=0, invalid_examples=0, golden=golden)
     check = result.checks[2]
-    assert (check.requests, check.failure.kind, check.failure.reason) == (2, "golden", "output 1 is 8.0, golden 8.1")
+    # The mismatch is asked once more: a model that answers it the same way is wrong, not nondeterministic.
+    assert (check.requests, check.failure.kind, check.failure.reason) == (3, "golden", "output 1 is 8.0, golden 8.1")
     assert json.loads(Path(check.failure.body_file).read_bytes()) == {"inputs": golden[1]["inputs"]}
+
+
+def test_a_model_answering_the_same_request_differently_is_called_nondeterministic(tmp_path):
+    """Prophet samples yhat_lower/yhat_upper on every call: no golden answer can hold, and the fix is the model's."""
+    answers = iter([8.0, 8.25, 8.5])
+    golden = [{"inputs": [_row()], "outputs": [8.0]}, {"inputs": [_row()], "outputs": [8.0]}]
+    with serving(make_app(signature_columns(ALL_TYPES), 4, max_body_bytes=MAX_BODY, answer=lambda row: next(answers))) \
+            as url:
+        result = _fuzz(url, ALL_TYPES, tmp_path, valid_examples=0, invalid_examples=0, golden=golden)
+    check = result.checks[2]
+    assert (check.requests, check.failure.kind, check.failure.reason) == (3, "golden", (
+        "the model answered the same request differently twice (output 0 was 8.25, then 8.5): it is "
+        "nondeterministic (it samples at predict time, as Prophet does for yhat_lower/yhat_upper), so no golden "
+        "prediction can hold; make its predict deterministic: seed its random generator inside predict (e.g. "
+        "np.random.seed(0)), or log it without the sampled outputs (Prophet: uncertainty_samples=0)"))
+    assert check.failure.response_excerpt == "[8.25]"
 
 
 def test_malformed_golden_examples_are_refused_before_any_request(tmp_path):

@@ -133,7 +133,7 @@ def test_a_model_its_own_venv_cannot_load_is_one_error_naming_the_entry(tmp_path
         _record(tmp_path / "gone", lambda: Path(sys.executable))
     message = str(caught.value)
     assert message.startswith(f"{WHERE}: mlflow.pyfunc could not load the registry model even in a venv with its "
-                              f"own requirements ({Path(sys.executable).parent.parent}): ")
+                              f"own requirements ({Path(sys.executable).parent.parent}; exit 1): ")
     assert message.endswith("; check the requirements it was logged with (pip_requirements / code_paths) or add "
                             "what it needs to serving.packages in models.yaml")
     assert "Traceback" not in message
@@ -159,6 +159,54 @@ def test_what_a_model_prints_in_its_own_venv_does_not_spoil_its_answers(tmp_path
     recorded = _record(tmp_path / "chatty", lambda: Path(sys.executable))
     assert recorded.errors == [] and len(recorded.cases) == 6
     assert all(case["outputs"] == [row["distance km"] * 2 for row in case["inputs"]] for case in recorded.cases)
+
+
+def test_a_predict_that_ends_its_venvs_process_is_reported_as_predict_not_load(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model loads there; its library exits during predict (SystemExit passes `except Exception`)."""
+    import mlflow.pyfunc
+
+    class Exits(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            raise SystemExit("libfoo: fatal: no license for predict")
+
+    mlflow.pyfunc.save_model(str(tmp_path / "exits"), python_model=Exits(), pip_requirements=["pandas"])
+    monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: (_ for _ in ()).throw(
+        pyfunc_answers.MissingLibrary("ModuleNotFoundError: No module named 'libfoo'")))
+    with pytest.raises(BuildError) as caught:
+        _record(tmp_path / "exits", lambda: Path(sys.executable))
+    assert str(caught.value) == golden.FAILED_STEP["predict"].join([f"{WHERE}: ", ""]).format(
+        venv=Path(sys.executable).parent.parent, ended="exit 1", error="libfoo: fatal: no license for predict")
+
+
+VENV = Path("/state/runtime/0123456789ab")
+MARK = pyfunc_answers.STEP_MARK
+
+
+@pytest.mark.parametrize("stderr, returncode, message", [
+    ("Error: no such file\n", 1,
+     "the golden script did not start in a venv with the model's own requirements (/state/runtime/0123456789ab; "
+     "exit 1): Error: no such file; recreate that venv (delete it) and check serving.packages in models.yaml for a "
+     "package that breaks it"),
+    (f"{MARK}load\nTraceback (most recent call last):\nModuleNotFoundError: No module named 'prophet'\n", 1,
+     "mlflow.pyfunc could not load the registry model even in a venv with its own requirements "
+     "(/state/runtime/0123456789ab; exit 1): ModuleNotFoundError: No module named 'prophet'; check the requirements "
+     "it was logged with (pip_requirements / code_paths) or add what it needs to serving.packages in models.yaml"),
+    (f"{MARK}load\nloading\n{MARK}predict\n", -9,
+     "the registry model loaded in a venv with its own requirements (/state/runtime/0123456789ab), but its predict "
+     "ended the process while answering the sample requests (killed by signal 9): loading; a served model would end "
+     "the same way: run mlflow.pyfunc.load_model(...).predict on a sample row in that venv to see why"),
+    (f"{MARK}load\n{MARK}predict\n{MARK}encode\nTypeError: Object of type Timestamp is not JSON serializable\n", 1,
+     "the registry model answered the sample requests in a venv with its own requirements "
+     "(/state/runtime/0123456789ab), but its answers could not be written as JSON (exit 1): TypeError: Object of "
+     "type Timestamp is not JSON serializable; the model returns a type the factory does not convert: have predict "
+     "return numbers, strings, booleans or datetimes"),
+    ("", -11, "the golden script did not start in a venv with the model's own requirements "
+              "(/state/runtime/0123456789ab; killed by signal 11): (no output); recreate that venv (delete it) and "
+              "check serving.packages in models.yaml for a package that breaks it"),
+])
+def test_a_failed_golden_script_names_the_step_it_was_in(stderr: str, returncode: int, message: str) -> None:
+    assert golden.script_failure(stderr, returncode, VENV, WHERE) == f"{WHERE}: {message}"
 
 
 def _hour(when) -> int:

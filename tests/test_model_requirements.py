@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from factory.errors import BuildError
+from factory.errors import BuildError, SettingsError
 from factory.modelreqs import model_requirements
-from factory.runtime import lock_pins, resolve_requirements, torch_cpu_index
+from factory.runtime import lock_pins, resolve_requirements
+from factory.settings import Settings
 
 SOURCE = "models.yaml:7: model 'm': m version 3: requirements.txt"
 FIX = "remove it from the model's pip_requirements and register a new version"
-INDEX = ("; a package index is the platform's choice (the build machine's pip configuration; "
+INDEX = ("; a package index is the platform's choice (FACTORY_PIP_INDEX_URL / FACTORY_PIP_EXTRA_INDEX_URL; "
          "FACTORY_TORCH_CPU_INDEX for PyTorch's CPU builds)")
 PLATFORM = "is refused: a build takes its package indexes and sources from the platform, never from a model; "
 SOURCE_REFUSED = ("is a file, URL or VCS source, which is refused: a build installs published packages only; publish "
@@ -129,16 +130,13 @@ def test_cpu_builds_of_deep_learning_frameworks(recorded, gpu, packages, served,
     ("mirror.example/whl/cpu", None),
     ("https://x.example/cpu --index-url http://evil", None),
 ])
-def test_the_torch_cpu_index_must_be_one_index_url(value, accepted, monkeypatch: pytest.MonkeyPatch) -> None:
-    if value is None:
-        monkeypatch.delenv("FACTORY_TORCH_CPU_INDEX", raising=False)
-    else:
-        monkeypatch.setenv("FACTORY_TORCH_CPU_INDEX", value)
+def test_the_torch_cpu_index_must_be_one_index_url(value, accepted) -> None:
+    environ = {} if value is None else {"FACTORY_TORCH_CPU_INDEX": value}
     if accepted:
-        assert torch_cpu_index() == accepted
+        assert Settings.from_env(environ).torch_cpu_index == accepted
         return
-    with pytest.raises(BuildError) as error:
-        torch_cpu_index()
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env(environ)
     assert str(error.value) == (
         f"FACTORY_TORCH_CPU_INDEX: {value!r} is not a package index URL; set it to the http(s):// address of "
         "PyTorch's CPU index or a mirror of it (a PEP 503 `simple` page), or unset it for "

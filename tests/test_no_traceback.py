@@ -253,3 +253,16 @@ def test_default_registry_is_the_projects_not_the_catalogs(tmp_path: Path, monke
     assert (result.exit_code, result.stderr) == (1, (
         f"no MLflow registry at {project / 'registry' / 'mlflow.db'}: run `make registry` to create the example "
         "registry, or set MLFLOW_TRACKING_URI to your tracking server\n"))
+
+
+@pytest.mark.parametrize("command", ["build", "test", "summary"])
+def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path, command: str) -> None:
+    """Settings are read and checked in one place (factory/settings.py): every command reading them says the same."""
+    root = _catalog(tmp_path)
+    args = [part.format(root=root) for part in COMMANDS[command]] + ["-f", str(root / "models.yaml")]
+    result = CliRunner().invoke(main, args, env={"FACTORY_STATE": str(root / "state"),
+                                                 "FACTORY_TORCH_CPU_INDEX": "mirror.example/cpu"})
+    assert (result.exit_code, result.stderr) == (1, (
+        "FACTORY_TORCH_CPU_INDEX: 'mirror.example/cpu' is not a package index URL; set it to the http(s):// address "
+        "of PyTorch's CPU index or a mirror of it (a PEP 503 `simple` page), or unset it for "
+        "https://download.pytorch.org/whl/cpu\n"))

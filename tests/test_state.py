@@ -70,13 +70,16 @@ def test_settings_read_every_variable() -> None:
                                   "DOCKER_HOST": "tcp://docker:2376", "FACTORY_PINNED_VERSIONS": "m=2",
                                   "FACTORY_BASE_ROOTFS": "debian:b", "FACTORY_BASE_CACHE": "gl.io/p/base",
                                   "CI_REGISTRY": "gl.io", "CI_REGISTRY_USER": "u", "CI_REGISTRY_PASSWORD": "p",
-                                  "FACTORY_TORCH_CPU_INDEX": "http://mirror/cpu"})
+                                  "FACTORY_TORCH_CPU_INDEX": "http://mirror/cpu",
+                                  "FACTORY_PIP_INDEX_URL": "https://u:t@art.example/simple",
+                                  "FACTORY_PIP_EXTRA_INDEX_URL": "http://127.0.0.1:8/simple"})
     assert settings == Settings(Path("/s"), "http://mlflow:5000", Path("/py"), Path("/rt"), "r/proxy:1", "ci/r",
                                 "tcp://docker:2376", "m=2", "debian:b", "gl.io/p/base", "gl.io", "u", "p",
-                                "http://mirror/cpu")
+                                "http://mirror/cpu", "https://u:t@art.example/simple", "http://127.0.0.1:8/simple")
     empty = Settings.from_env({})
     assert empty.state_dir == (Path.cwd() / "factory-state") and empty.tracking_uri is None
     assert empty.torch_cpu_index == "https://download.pytorch.org/whl/cpu"
+    assert empty.pip_index_url is None and empty.pip_extra_index_url is None
 
 
 def test_readme_documents_every_variable() -> None:

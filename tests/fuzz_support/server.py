@@ -82,8 +82,9 @@ def predict(row: Any) -> float:
 
 
 def make_app(columns: list[Column], max_batch_size: int, *, max_body_bytes: int, on_row: Optional[RowHook] = None,
-             config: ConfigDict = STRICT) -> Callable:
-    """A plain ASGI app; on_row sees every validated row before predict, to plant a crash or a hang."""
+             config: ConfigDict = STRICT, answer: Callable[[Any], Any] = predict) -> Callable:
+    """A plain ASGI app; on_row sees every validated row before predict, to plant a crash or a hang; `answer`
+    replaces the stand-in model's predict (to plant a wrong or a nondeterministic one)."""
     model = request_model(columns, max_batch_size, config)
 
     async def app(scope: dict, receive: Callable, send: Callable) -> None:
@@ -96,7 +97,7 @@ def make_app(columns: list[Column], max_batch_size: int, *, max_body_bytes: int,
             rows = parse_rows(model, body)
             for row in rows:
                 await (on_row or _noop)(row)
-            outputs = [predict(row) for row in rows]
+            outputs = [answer(row) for row in rows]
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             status = 400 if errors[0]["type"] == "json_invalid" else 422
