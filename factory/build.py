@@ -312,9 +312,10 @@ class Builder:
                           "predict hands the pipeline that column (model_input[\"text\"]), and register a new version")
         elif recorded_golden.one_row_only:
             self.progress(f"warning: {model.name}: the registry's own model answers one row per call: it raised on "
-                          f"every sampled request of several rows ({errors[0]}) and answered every single row; set "
+                          "every sampled request of several rows, whose rows it answers one by one; set "
                           "`batching: {enabled: false, max_batch_size: 1}` in models.yaml, or requests merged into "
-                          "one run fail together")
+                          f"one run fail together ({len(errors)} of {len(errors) + len(cases)} sampled requests "
+                          f"raised, e.g. {errors[0]})")
         elif errors:
             self.progress(f"warning: {model.name}: the registry's own model raised on {len(errors)} of "
                           f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "

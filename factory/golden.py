@@ -43,8 +43,8 @@ def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0)
 class Golden:
     """Requests the registry's model raised on are left out and described in `errors`; rows it answered NaN or
     infinity for are listed in `non_finite` (recorded as null); both are model bugs that `factory test` will pin
-    down to a minimal input. `one_row_only`: it answered every request of one row and raised on every request of
-    several (a statsmodels time-series model), so merged requests fail. `miscounted`: it answered another number
+    down to a minimal input. `one_row_only`: it answered no request of several rows, though their rows answer one
+    by one (a statsmodels time-series model), so merged requests fail. `miscounted`: it answered another number
     of outputs than rows (an sklearn text pipeline handed MLflow's DataFrame vectorizes its column names)."""
 
     cases: list[dict]
@@ -87,13 +87,19 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
 
 
 def _one_row_only(cases: list[dict], failed: list[dict], ask: Callable[[list[dict]], list[dict]]) -> bool:
-    """Every answered request had one row, every failed one several, and the rows of a failed one each answer
-    alone (so it is the merging that fails, not one of its rows, as a model raising on some values would)."""
-    if not cases or not failed or any(len(case["inputs"]) > 1 for case in cases) or min(
-            len(request["inputs"]) for request in failed) < 2:
+    """No request of several rows was answered, and the rows of one that failed each answer alone: merging them
+    is what fails (a model raising on some values fails alone too, on those)."""
+    several = [request for request in failed if len(request["inputs"]) > 1]
+    if not several or any(len(case["inputs"]) > 1 for case in cases):
         return False
-    alone = [{**failed[0], "inputs": [row]} for row in failed[0]["inputs"]]
-    return all("outputs" in answer for answer in ask(alone))
+    answered = ask([{**request, "inputs": [row]} for request in several for row in request["inputs"]])
+    start = 0
+    for request in several:
+        end = start + len(request["inputs"])
+        if all("outputs" in answer for answer in answered[start:end]):
+            return True
+        start = end
+    return False
 
 
 def _answers_here(resolved: ResolvedModel, model_dir: Path, inputs: list[dict], requests: list[dict],
