@@ -70,13 +70,22 @@ def test_a_model_the_factory_cannot_load_is_answered_in_its_own_venv_alike(model
 
 def test_a_model_of_other_library_versions_is_answered_only_in_its_own_venv(model_dir: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """An sklearn 1.3 pickle must not be answered by the factory's sklearn (`here` false: factory/model_env.py)."""
+    """An sklearn 1.3 pickle must not be answered by the factory's sklearn (`here` false: factory/model_env.py).
+    The venv's answers come in process here (the hand-over itself is the test above)."""
     here = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
+    answers = pyfunc_answers.answers
+    asked: list[Path] = []
+
+    def in_venv(python: Path, model: Path, inputs: list[dict], requests: list[dict], where: str) -> list[dict]:
+        asked.append(python)
+        return answers(str(model), inputs, requests, golden.bento_module("mf_inputs"), here=False)
+
+    monkeypatch.setattr(golden, "_answers_in", in_venv)
     monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: pytest.fail("answered in the factory"))
     venvs: list[Path] = []
-    elsewhere = golden.record_golden(_resolved(), model_dir, 4, lambda: venvs.append(Path(sys.executable))
-                                     or Path(sys.executable), WHERE, count=6, here=False)
-    assert venvs == [Path(sys.executable)] and elsewhere == here
+    elsewhere = golden.record_golden(_resolved(), model_dir, 4, lambda: venvs.append(Path("/venv/bin/python"))
+                                     or Path("/venv/bin/python"), WHERE, count=6, here=False)
+    assert venvs == [Path("/venv/bin/python")] and set(asked) == {Path("/venv/bin/python")} and elsewhere == here
 
 
 def test_a_model_mlflow_refuses_to_load_is_one_error_naming_the_entry(tmp_path: Path) -> None:
