@@ -27,7 +27,7 @@ from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
 from factory.loader import load_catalog, select_models
-from factory.modelreqs import model_requirements
+from factory.model_env import foreign_versions, recorded_requirements
 from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
 from factory.runtime import bento_module, resolve_requirements, runtime_python
@@ -221,6 +221,13 @@ class Builder:
         flavor = dict(resolved.flavor)
         packages = list(flavor.pop("packages"))
         native = bento_module("mf_flavors").native_model
+        foreign = foreign_versions(recorded)
+        if foreign:  # neither converted nor probed under the factory's versions (factory/model_env.py)
+            decision = compiled.Decision("native", f"logged with {', '.join(foreign)}: served in its own versions, "
+                                                   "not converted under the factory's", {})
+            if flavor["loader"] != "pyfunc":
+                packages.append("pandas")  # the pod picks frame or array when it loads the model
+            return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
         decision = compiled.decide(lambda: native(model_dir, flavor), flavor, resolved.signature, cases,
                                   model.compile, source / compiled.COMPILED_FILE)
         if decision.compiled:
@@ -241,11 +248,9 @@ class Builder:
         return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
 
     def _recorded(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> list[Requirement]:
-        """The model's own MLflow requirements.txt, untrusted: only requirement lines pass (factory/modelreqs.py)."""
-        requirements_file = model_dir / "requirements.txt"
-        text = requirements_file.read_text(encoding="utf-8") if requirements_file.is_file() else ""
-        return model_requirements(text, f"{self.catalog.where(model.name)}: {resolved.registered_as} version "
-                                        f"{resolved.version}: requirements.txt")
+        """The model's own requirements, untrusted: only requirement lines pass (factory/model_env.py)."""
+        return recorded_requirements(model_dir, f"{self.catalog.where(model.name)}: {resolved.registered_as} "
+                                                f"version {resolved.version}")
 
     def _requirements(self, model: ModelSpec, recorded: list[Requirement], packages: list[str],
                       native: bool) -> tuple[str, ...]:
@@ -284,19 +289,34 @@ class Builder:
                 recorded: list[Requirement]) -> tuple[Path, list[dict]]:
         path = self.state.golden_path(model.name)
 
+        foreign = foreign_versions(recorded)
+
         def model_venv() -> Path:
             # The set the Bento serves a pyfunc model with, so `factory test` finds this venv already made.
-            self.progress(f"{model.name}: the factory cannot load this model itself; recording its golden "
-                          "predictions in a venv with its own requirements")
+            why = f"it was logged with {', '.join(foreign)}" if foreign else "the factory cannot load this model itself"
+            self.progress(f"{model.name}: {why}; recording its golden predictions in a venv with its own requirements")
             return runtime_python(self.state.root, self._requirements(model, recorded, list(PYFUNC_PACKAGES), False))
 
-        cases, errors, non_finite = golden.record_golden(resolved, model_dir, min(8, model.batching.max_batch_size),
-                                                         model_venv, self.catalog.where(model.name))
+        recorded_golden = golden.record_golden(resolved, model_dir, min(8, model.batching.max_batch_size),
+                                               model_venv, self.catalog.where(model.name), here=not foreign)
+        cases, errors, non_finite = recorded_golden.cases, recorded_golden.errors, recorded_golden.non_finite
         if non_finite and not model.serving.allow_non_finite:
             self.progress(f"warning: {model.name}: the registry's own model answered NaN or infinity for "
                           f"{len(non_finite)} sampled rows, e.g. {json.dumps(non_finite[0])[:300]}; `factory test` "
                           "will fail it (set serving.allow_non_finite: true in models.yaml to serve them as null)")
-        if errors:
+        if recorded_golden.miscounted:
+            self.progress(f"warning: {model.name}: the registry's own model answered another number of outputs than "
+                          f"rows ({next(e for e in errors if 'outputs for' in e)}), as `mlflow models serve` would; an "
+                          "sklearn text pipeline logged with a string-column signature gets MLflow's DataFrame and "
+                          "vectorizes its column names, not its rows: log it as an mlflow.pyfunc.PythonModel whose "
+                          "predict hands the pipeline that column (model_input[\"text\"]), and register a new version")
+        elif recorded_golden.one_row_only:
+            self.progress(f"warning: {model.name}: the registry's own model answers one row per call: it raised on "
+                          "every sampled request of several rows, whose rows it answers one by one; set "
+                          "`batching: {enabled: false, max_batch_size: 1}` in models.yaml, or requests merged into "
+                          f"one run fail together ({len(errors)} of {len(errors) + len(cases)} sampled requests "
+                          f"raised, e.g. {errors[0]})")
+        elif errors:
             self.progress(f"warning: {model.name}: the registry's own model raised on {len(errors)} of "
                           f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "
                           "find the smallest such input")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,28 +39,80 @@ def sample_requests(signature: dict, count: int, batch_size: int, seed: int = 0)
     return drawn[:count]
 
 
+@dataclass(frozen=True)
+class Golden:
+    """Requests the registry's model raised on are left out and described in `errors`; rows it answered NaN or
+    infinity for are listed in `non_finite` (recorded as null); both are model bugs that `factory test` will pin
+    down to a minimal input. `one_row_only`: it answered no request of several rows, though their rows answer one
+    by one (a statsmodels time-series model), so merged requests fail. `miscounted`: it answered another number
+    of outputs than rows (an sklearn text pipeline handed MLflow's DataFrame vectorizes its column names)."""
+
+    cases: list[dict]
+    errors: list[str]
+    non_finite: list
+    one_row_only: bool
+    miscounted: bool
+
+
 def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, model_venv: Callable[[], Path],
-                  where: str, count: int = 12) -> tuple[list[dict], list[str], list]:
-    """(cases, errors, non-finite rows): requests the registry's model raised on are left out and described
-    instead, rows it answered NaN or infinity for are listed (recorded as null); both are model bugs that
-    `factory test` will pin down to a minimal input. `model_venv` makes (once) the venv with the model's own
-    requirements, for a model whose library the factory's process lacks."""
+                  where: str, count: int = 12, here: bool = True) -> Golden:
+    """The registry model's answers to sampled requests. `model_venv` makes (once) the venv with the model's own
+    requirements, for a model whose library the factory's process lacks, or (`here` false) whose library
+    versions differ from the factory's."""
     requests = sample_requests(resolved.signature, count, batch_size)
     inputs = resolved.signature["inputs"]
     values = bento_module("mf_inputs")
-    try:
-        answered = pyfunc_answers.answers(str(model_dir), inputs, requests, values, here=True)
-    except pyfunc_answers.MissingLibrary:
-        answered = _answers_in(model_venv(), model_dir, inputs, requests, where)
-    cases, errors, non_finite = [], [], []
+    venv: list[Path] = []
+
+    def ask(asked: list[dict]) -> list[dict]:
+        answered = _answers_here(resolved, model_dir, inputs, asked, where) if here and not venv else None
+        if answered is None:
+            if not venv:
+                venv.append(model_venv())  # made once: a second question goes to the same venv
+            answered = _answers_in(venv[0], model_dir, inputs, asked, where)
+        return answered
+
+    answered = ask(requests)
+    cases, errors, non_finite, failed = [], [], [], []
     for request, answer in zip(requests, answered):
         if "error" in answer:
             errors.append(answer["error"])
+            failed.append(request)
             continue
         outputs = answer["outputs"]
         non_finite += [row for row, output in zip(request["inputs"], outputs) if not values.all_finite(output)]
         cases.append({**request, "outputs": values.nulled(outputs)})
-    return cases, errors, non_finite
+    return Golden(cases, errors, non_finite, _one_row_only(cases, failed, ask),
+                  any(answer.get("miscounted") for answer in answered))
+
+
+def _one_row_only(cases: list[dict], failed: list[dict], ask: Callable[[list[dict]], list[dict]]) -> bool:
+    """No request of several rows was answered, and the rows of one that failed each answer alone: merging them
+    is what fails (a model raising on some values fails alone too, on those)."""
+    several = [request for request in failed if len(request["inputs"]) > 1]
+    if not several or any(len(case["inputs"]) > 1 for case in cases):
+        return False
+    answered = ask([{**request, "inputs": [row]} for request in several for row in request["inputs"]])
+    start = 0
+    for request in several:
+        end = start + len(request["inputs"])
+        if all("outputs" in answer for answer in answered[start:end]):
+            return True
+        start = end
+    return False
+
+
+def _answers_here(resolved: ResolvedModel, model_dir: Path, inputs: list[dict], requests: list[dict],
+                  where: str) -> list[dict] | None:
+    """The answers in the factory's process; None when it lacks a library the model imports."""
+    try:
+        return pyfunc_answers.answers(str(model_dir), inputs, requests, bento_module("mf_inputs"), here=True)
+    except pyfunc_answers.MissingLibrary:
+        return None
+    except Exception as exc:  # MLflow refusing the model as it loads it: `mlflow models serve` could not serve it
+        raise BuildError(f"{where}: mlflow.pyfunc cannot load {resolved.model_uri} ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]}), so neither `mlflow models serve` nor the factory can "
+                         "serve it; fix the model as that error says and register a new version") from exc
 
 
 def _answers_in(python: Path, model_dir: Path, inputs: list[dict], requests: list[dict], where: str) -> list[dict]:

@@ -5,7 +5,8 @@ and uv obey a requirements file's options as if they were on the command line. S
 build at another package index, a URL, a local path or a git checkout, or turn TLS checks off, and a CI job
 holding registry credentials would run it. A build takes its package indexes and sources from the platform,
 never from a model: only requirement lines (name, extras, version, markers) are taken from the file; every
-other line is one error naming the file, the line and the fix. conda.yaml and python_env.yaml are never read.
+other line is one error naming the file, the line and the fix. A model without requirements.txt has its
+conda.yaml's pip entries read the same way (factory/model_env.py); python_env.yaml is never read.
 """
 
 from __future__ import annotations

@@ -49,7 +49,14 @@ def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs:
                 # pyfunc hands sklearn a DataFrame; a model fit on plain arrays warns about names, harmlessly.
                 warnings.filterwarnings("ignore", message="X has feature names")
                 batch = mf_inputs.tensor(rows, inputs) if mf_inputs.is_tensor(inputs) else mf_inputs.frame(rows, inputs)
-                found.append({"outputs": mf_inputs.as_outputs(model.predict(batch, params=params))})
+                outputs = mf_inputs.as_outputs(model.predict(batch, params=params))
+            if not isinstance(outputs, list) or len(outputs) != len(rows):
+                # Worded as the pod says it (mf_runtime); a text pipeline handed a DataFrame vectorizes its columns.
+                count = len(outputs) if isinstance(outputs, list) else "one value, not a list of"
+                found.append({"error": f"ValueError: the model returned {count} outputs for {len(rows)} rows",
+                              "miscounted": True})
+                continue
+            found.append({"outputs": outputs})
         except ImportError as exc:  # a library imported lazily, at predict time
             _missing_here(exc, here)
             found.append({"error": _summary(exc)})

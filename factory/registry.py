@@ -94,6 +94,7 @@ class Registry:
                                 "log it with `signature=infer_signature(X, y)` and register a new version")
         signature = _signature(info.signature)
         _servable(signature, f"{where}: {model.registered_as} version {version}")
+        _pyfunc_loadable(info.flavors, f"{where}: {model.registered_as} version {version}")
         return ResolvedModel(registered_as=model.registered_as, version=version, run_id=info.run_id or "",
                              model_uri=f"models:/{model.registered_as}/{version}", signature=signature,
                              flavor=_flavor(info.flavors, signature))
@@ -157,6 +158,20 @@ def _servable(signature: dict, what: str) -> None:
         raise RegistryError(f"{what}: {exc}; the served API takes rows of columns of those types (arrays, objects "
                             "and maps of them included) or one numeric tensor: log the model with such a signature "
                             "and register a new version") from exc
+
+
+def _pyfunc_loadable(flavors: dict, what: str) -> None:
+    """MLflow logs an sklearn model with any `pyfunc_predict_fn` the estimator has, but its pyfunc loads only a few
+    (`decision_function`, `score_samples` and `transform` are refused at load): refused here, with the way out."""
+    from mlflow.sklearn import _SklearnModelWrapper
+
+    predict_fn = flavors.get("python_function", {}).get("predict_fn", "predict")
+    served = ["predict", *_SklearnModelWrapper._SUPPORTED_CUSTOM_PREDICT_FN]
+    if flavors.get("python_function", {}).get("loader_module") == "mlflow.sklearn" and predict_fn not in served:
+        raise RegistryError(f"{what}: it was logged with pyfunc_predict_fn='{predict_fn}', which MLflow's pyfunc "
+                            f"cannot load (it serves {', '.join(served)}), so neither `mlflow models serve` nor the "
+                            f"factory can serve it; log it with one of those, or as an mlflow.pyfunc.PythonModel whose "
+                            f"predict calls the estimator's {predict_fn}, and register a new version")
 
 
 def _flavor(flavors: dict, signature: dict) -> dict:

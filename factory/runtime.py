@@ -39,6 +39,8 @@ BENTO_TEMPLATES = ROOT / "templates" / "bento"
 BASE_PACKAGES = ("bentoml", "httptools", "numpy", "orjson", "pydantic", "uvicorn", "uvloop")
 # A natively loaded model needs its library, not mlflow (FIELD_NOTES: mlflow costs ~110 MiB per process).
 NOT_NEEDED_NATIVE = frozenset({"mlflow", "mlflow-skinny"})
+# The served API's own framework (the Bento's code runs on these versions): always the lock's.
+SERVICE_PACKAGES = frozenset({"bentoml", "httptools", "orjson", "pydantic", "uvicorn", "uvloop"})
 # The same import package without its CUDA code, published alongside each release since the version given:
 # xgboost's Linux wheel pulls nvidia-nccl-cu12 (~300 MB); tensorflow's x86_64 wheel is 546 MB against
 # tensorflow-cpu's 261 MB (2.21.0). Models with a GPU keep the CUDA build.
@@ -83,30 +85,38 @@ def resolve_requirements(model: list[Requirement], runtime_packages: Iterable[st
     """Runtime pins ∪ the model's requirements ∪ models.yaml `serving.packages` (which win by name): the lines
     of the Bento's requirements.txt.
 
-    A model requirement the runtime's pin does not satisfy is a conflict; one the lock pins
-    compatibly is pinned to the lock's version, so every serving venv resolves the same way.
-    Without a GPU, a requirement with a CPU-only build (CPU_BUILDS, TORCH_PACKAGES) is served with that
-    build; PyTorch's then comes from `torch_index`, named first as an extra index."""
+    A model requirement the lock pins compatibly is pinned to the lock's version, so every serving venv
+    resolves the same way. One the lock does not satisfy (a model pickled under scikit-learn 1.3 and numpy 1)
+    is served in the model's own versions, as `mlflow models serve` installs them: its requirements are kept
+    as recorded and the runtime's other packages follow them (unpinned), except the service's own framework
+    (SERVICE_PACKAGES), which a model cannot replace. Without a GPU, a requirement with a CPU-only build
+    (CPU_BUILDS, TORCH_PACKAGES) is served with that build; PyTorch's then comes from `torch_index`, named
+    first as an extra index."""
     overrides = {canonicalize_name(Requirement(line).name): Requirement(line) for line in packages}
     merged = _pinned([*BASE_PACKAGES, *runtime_packages])
     pins = lock_pins()
+    wanted = {}
     for recorded in model:
         requirement = recorded if gpu else cpu_build(recorded)
         name = canonicalize_name(requirement.name)
         if {name, canonicalize_name(recorded.name)} & overrides.keys() or (native and name in NOT_NEEDED_NATIVE) \
                 or not _applies(requirement):
             continue
-        if name in merged:
-            pinned = merged[name]
-            if not requirement.specifier.contains(_version(pinned), prereleases=True):
-                raise BuildError(
-                    f"{where}: the model requires {requirement} (its MLflow requirements.txt) but the serving "
-                    f"runtime pins {pinned} (requirements.lock); set `serving.packages: [\"{requirement}\"]` in "
-                    "models.yaml to serve with the model's version, or re-log the model with the runtime's")
-        elif name in pins and requirement.specifier.contains(pins[name], prereleases=True):
-            merged[name] = Requirement(f"{requirement.name}=={pins[name]}")
-        else:
-            merged[name] = requirement
+        wanted[name] = requirement
+        if name in SERVICE_PACKAGES and not requirement.specifier.contains(_version(merged[name]), prereleases=True):
+            raise BuildError(
+                f"{where}: the model requires {requirement} (its MLflow requirements.txt) but the served API runs on "
+                f"{merged[name]} (requirements.lock), which a model cannot replace; re-log the model without "
+                f"{requirement.name} in its pip_requirements, or with a version {merged[name]} satisfies")
+    own = own_versions(wanted.values())
+    for name, requirement in wanted.items():
+        compatible = name in pins and requirement.specifier.contains(pins[name], prereleases=True)
+        if name in SERVICE_PACKAGES or (compatible and not own and name in merged):
+            continue  # the lock's pin (a service package was checked above)
+        merged[name] = requirement if own or not compatible else Requirement(f"{requirement.name}=={pins[name]}")
+    if own:  # the model's versions: what the runtime adds resolves against them, not against the lock
+        merged.update({name: Requirement(pinned.name) for name, pinned in merged.items()
+                       if name not in wanted and name not in SERVICE_PACKAGES})
     # A torch range the model recorded is left to the CPU index; an override without `+cpu`
     # (`serving.packages: ["torch==2.13.0"]`) restores PyPI's build, which the CPU index would outrank.
     ranges = not gpu and any(_torch_range(requirement) for name, requirement in merged.items() if name not in overrides)
@@ -115,6 +125,13 @@ def resolve_requirements(model: list[Requirement], runtime_packages: Iterable[st
     if torch_index and (ranges or any(_cpu_pinned(requirement) for requirement in merged.values())):
         return (f"--extra-index-url {torch_index}", *lines)
     return lines
+
+
+def own_versions(requirements: Iterable[Requirement]) -> bool:
+    """Whether a requirement set leaves the lock: some package the lock pins is wanted at another version."""
+    pins = lock_pins()
+    return any(not requirement.specifier.contains(pins[name], prereleases=True)
+               for requirement in requirements if (name := canonicalize_name(requirement.name)) in pins)
 
 
 def cpu_build(requirement: Requirement) -> Requirement:
@@ -195,14 +212,21 @@ def runtime_python(state_dir: Path, requirements: tuple[str, ...]) -> Path:
     return home / "bin" / "python"
 
 
+def venv_constraints(requirements: tuple[str, ...]) -> str:
+    """The lock constrains what the requirements pull in, except packages the set itself names; a model served
+    in its own versions (numpy 1, an older mlflow) resolves freely, as its image's uv does."""
+    lines = [Requirement(line) for line in requirements if not line.startswith("-")]
+    if own_versions(lines):
+        return ""
+    named = {canonicalize_name(requirement.name) for requirement in lines}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(lock_pins().items()) if name not in named)
+
+
 def _create(home: Path, requirements: tuple[str, ...]) -> None:
     print(f"creating the serving venv {home} ({len(requirements)} requirements)", file=sys.stderr)
     _uv(home, "venv", "--quiet", "--clear", "--python", sys.executable, str(home))
-    # The lock constrains what the requirements pull in, except packages the set itself names.
-    named = {canonicalize_name(Requirement(line).name) for line in requirements if not line.startswith("-")}
     constraints = home / "constraints.txt"
-    constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(lock_pins().items())
-                                   if name not in named), encoding="utf-8")
+    constraints.write_text(venv_constraints(requirements), encoding="utf-8")
     # The Bento's own requirements.txt, index lines included, installed by the same `uv` with the same flags as
     # the image's Dockerfile, so the venv resolves as the image does, in seconds (pip took minutes). --native-tls:
     # the system's CA store, as pip trusts it.

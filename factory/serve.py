@@ -187,6 +187,13 @@ def container_served(image: str, log: Path, memory_limit: str, command: Callable
             raise killed  # the root cause of whatever the block saw (refused connections, resets)
 
 
+def stop_on_sigterm(exit_code: int = 0) -> None:
+    """SIGTERM (how a background `&` job, `timeout`, docker stop or a CI cancel stops us: a background job
+    ignores Ctrl-C) unwinds like Ctrl-C, so every server and container started here is stopped too, even
+    while it is still starting: they run in sessions of their own, which no signal to our group reaches."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(exit_code))
+
+
 def stop(process: subprocess.Popen) -> None:
     """SIGTERM the process group, then SIGKILL what is left: no server outlives its test."""
     if process.poll() is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import signal
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from factory.loader import load_catalog, select_models
 from factory.golden import sample_requests
 from factory.memory import MemoryProfile
 from factory.runtime import bento_python
-from factory.serve import OOMKilled, container_served, served, stable_port
+from factory.serve import OOMKilled, container_served, served, stable_port, stop_on_sigterm
 from factory.state import BuildRecord, StateDir, TestReport
 from factory.tables import table
 
@@ -52,6 +53,7 @@ def test_command(catalog_path: Path, names: Iterable[str], everything: bool, set
     catalog = load_catalog(catalog_path)
     models = select_models(catalog, names, everything)
     state = StateDir.from_env().activate()
+    stop_on_sigterm(128 + signal.SIGTERM)  # a cancelled CI job or `timeout` must not leave a model serving
     reports = []
     for position, model in enumerate(models, start=1):
         # One model that does not build, start or answer must not stop the others.

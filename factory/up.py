@@ -19,7 +19,7 @@ from factory.images import proxy_image_ref
 from factory.loader import load_catalog
 from factory.routes import routes_yaml
 from factory.runtime import bento_python
-from factory.serve import container_served, free_port, process_served, served
+from factory.serve import container_served, free_port, process_served, served, stop_on_sigterm
 from factory.state import StateDir
 
 Progress = Callable[[str], None]
@@ -120,18 +120,11 @@ def serve_command(catalog_path: Path, name: str, port: int | None, progress: Pro
     if name not in {model.name for model in catalog.models}:
         raise ServeError(f"not in {catalog_path}: {name}; run `factory routes` to list the models")
     state = StateDir.from_env().activate()
-    _stop_on_sigterm()
+    stop_on_sigterm()
     log = state.serve_dir() / f"{name}.log"
     with _model_process(catalog, name, state, state.serve_dir(), port) as url:
         progress(f"{name} at {url}/predict (serve log: {log}); Ctrl-C or `kill {os.getpid()}` stops it")
         _wait_for_stop()
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM (how a background `&` job, docker stop or a CI cancel stops us: a background job ignores
-    Ctrl-C) unwinds like Ctrl-C, so every server and container started here is stopped too, even while
-    it is still starting."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 
 def _wait_for_stop() -> None:
@@ -140,7 +133,7 @@ def _wait_for_stop() -> None:
 
 
 def up_command(catalog_path: Path, progress: Progress, containers: bool = False) -> None:
-    _stop_on_sigterm()
+    stop_on_sigterm()
     with running(catalog_path, progress, containers) as (catalog, proxy_url):
         progress(f"proxy at {proxy_url} (metrics: {proxy_url}/metrics)\n")
         progress("\n".join(example_commands(catalog, proxy_url, StateDir.from_env())))

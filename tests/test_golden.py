@@ -41,13 +41,14 @@ def _resolved() -> ResolvedModel:
                          signature=SIGNATURE, flavor={"loader": "pyfunc"})
 
 
-def _record(model_dir: Path, model_venv) -> tuple[list[dict], list[str], list]:
+def _record(model_dir: Path, model_venv) -> golden.Golden:
     return golden.record_golden(_resolved(), model_dir, 4, model_venv, WHERE, count=6)
 
 
 def test_a_model_the_factory_loads_is_answered_here(model_dir: Path) -> None:
-    cases, errors, _ = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
-    assert len(cases) + len(errors) == 6 and cases
+    recorded = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
+    cases, errors = recorded.cases, recorded.errors
+    assert len(cases) + len(errors) == 6 and cases and not recorded.one_row_only and not recorded.miscounted
     assert set(errors) == {"ValueError: a negative distance"}  # one line each, for the build's warning
     for case in cases:
         assert case["outputs"] == [row["distance km"] * 2 + _hour(row.get("when")) for row in case["inputs"]]
@@ -65,6 +66,72 @@ def test_a_model_the_factory_cannot_load_is_answered_in_its_own_venv_alike(model
     elsewhere = _record(model_dir, lambda: venvs.append(Path(sys.executable)) or Path(sys.executable))
     assert venvs == [Path(sys.executable)]
     assert elsewhere == here
+
+
+def test_a_model_of_other_library_versions_is_answered_only_in_its_own_venv(model_dir: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An sklearn 1.3 pickle must not be answered by the factory's sklearn (`here` false: factory/model_env.py).
+    The venv's answers come in process here (the hand-over itself is the test above)."""
+    here = _record(model_dir, lambda: pytest.fail("the factory's process could load it"))
+    answers = pyfunc_answers.answers
+    asked: list[Path] = []
+
+    def in_venv(python: Path, model: Path, inputs: list[dict], requests: list[dict], where: str) -> list[dict]:
+        asked.append(python)
+        return answers(str(model), inputs, requests, golden.bento_module("mf_inputs"), here=False)
+
+    monkeypatch.setattr(golden, "_answers_in", in_venv)
+    monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: pytest.fail("answered in the factory"))
+    venvs: list[Path] = []
+    elsewhere = golden.record_golden(_resolved(), model_dir, 4, lambda: venvs.append(Path("/venv/bin/python"))
+                                     or Path("/venv/bin/python"), WHERE, count=6, here=False)
+    assert venvs == [Path("/venv/bin/python")] and set(asked) == {Path("/venv/bin/python")} and elsewhere == here
+
+
+def test_a_model_mlflow_refuses_to_load_is_one_error_naming_the_entry(tmp_path: Path) -> None:
+    """MLflow logs an SVC with pyfunc_predict_fn="decision_function" but its pyfunc cannot load it."""
+    import mlflow.sklearn
+    from sklearn.svm import SVC
+
+    mlflow.sklearn.save_model(SVC().fit([[0.0], [1.0]], [0, 1]), str(tmp_path / "svc"), serialization_format="pickle",
+                              pyfunc_predict_fn="decision_function", pip_requirements=["scikit-learn"])
+    with pytest.raises(BuildError) as caught:
+        _record(tmp_path / "svc", lambda: pytest.fail("not a missing library"))
+    assert str(caught.value) == (
+        f"{WHERE}: mlflow.pyfunc cannot load models:/trips/1 (MlflowException: Model implementation is missing "
+        "required decision_function method.), so neither `mlflow models serve` nor the factory can serve it; fix the "
+        "model as that error says and register a new version")
+
+
+def test_a_model_answering_one_prediction_per_batch_answers_one_row_only(tmp_path: Path) -> None:
+    """As an sklearn text pipeline does under pyfunc: TfidfVectorizer iterates the DataFrame's column names."""
+    import mlflow.pyfunc
+
+    class Summed(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return [float(model_input["distance km"].sum())]
+
+    mlflow.pyfunc.save_model(str(tmp_path / "summed"), python_model=Summed(), pip_requirements=["pandas"])
+    recorded = _record(tmp_path / "summed", lambda: pytest.fail("the factory's process could load it"))
+    assert recorded.cases and all(len(case["inputs"]) == len(case["outputs"]) == 1 for case in recorded.cases)
+    assert recorded.errors and all(error.startswith("ValueError: the model returned 1 outputs for ")
+                                   for error in recorded.errors)
+    assert recorded.miscounted  # the build names the text-pipeline mistake, not a batching setting
+
+
+def test_a_model_raising_on_several_rows_answers_one_row_only(tmp_path: Path) -> None:
+    """As MLflow's statsmodels flavor does for a time-series model (ARIMA): "must have exactly one row"."""
+    import mlflow.pyfunc
+
+    class OneRow(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            if len(model_input) != 1:
+                raise ValueError("prediction dataframes must have exactly one row")
+            return (model_input["distance km"] * 2).to_numpy()
+
+    mlflow.pyfunc.save_model(str(tmp_path / "one"), python_model=OneRow(), pip_requirements=["pandas"])
+    recorded = _record(tmp_path / "one", lambda: pytest.fail("the factory's process could load it"))
+    assert recorded.one_row_only and not recorded.miscounted  # the build says: batching 1, one request per run
 
 
 def test_a_model_its_own_venv_cannot_load_is_one_error_naming_the_entry(tmp_path: Path,
@@ -98,9 +165,9 @@ def test_what_a_model_prints_in_its_own_venv_does_not_spoil_its_answers(tmp_path
     mlflow.pyfunc.save_model(str(tmp_path / "chatty"), python_model=Chatty(), pip_requirements=["pandas"])
     monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: (_ for _ in ()).throw(
         pyfunc_answers.MissingLibrary("ModuleNotFoundError: No module named 'keras'")))
-    cases, errors, _ = _record(tmp_path / "chatty", lambda: Path(sys.executable))
-    assert errors == [] and len(cases) == 6
-    assert all(case["outputs"] == [row["distance km"] * 2 for row in case["inputs"]] for case in cases)
+    recorded = _record(tmp_path / "chatty", lambda: Path(sys.executable))
+    assert recorded.errors == [] and len(recorded.cases) == 6
+    assert all(case["outputs"] == [row["distance km"] * 2 for row in case["inputs"]] for case in recorded.cases)
 
 
 def test_a_predict_that_ends_its_venvs_process_is_reported_as_predict_not_load(tmp_path: Path,

@@ -42,16 +42,6 @@ def test_model_requirements_merge_with_runtime_pins() -> None:
     assert resolved == tuple(sorted(resolved))
 
 
-def test_conflict_names_both_pins_and_the_entry() -> None:
-    with pytest.raises(BuildError) as error:
-        _resolve(["scikit-learn==1.0.2"])
-    assert str(error.value) == (
-        f"{WHERE}: the model requires scikit-learn==1.0.2 (its MLflow requirements.txt) but the serving runtime "
-        f"pins scikit-learn=={PINS['scikit-learn']} (requirements.lock); set `serving.packages: "
-        "[\"scikit-learn==1.0.2\"]` in models.yaml to serve with the model's version, or re-log the model with "
-        "the runtime's")
-
-
 def test_catalog_packages_override_by_name() -> None:
     resolved = _resolve(["scikit-learn==1.0.2"], packages=["scikit-learn==1.0.2", "tabulate>=0.9"])
     assert "scikit-learn==1.0.2" in resolved and "tabulate>=0.9" in resolved

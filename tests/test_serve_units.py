@@ -40,3 +40,33 @@ def test_a_port_someone_listens_on_is_in_use() -> None:
         with pytest.raises(ServeError, match=rf"^port {port} on 127.0.0.1 is in use \(Address already in use\); "
                                              "pick another --port$"):
             free_port(port)
+
+
+SERVING_SCRIPT = """
+import sys, time
+from pathlib import Path
+from factory.serve import free_port, process_served, stop_on_sigterm
+
+stop_on_sigterm(143)  # as `factory test` sets it up
+port = free_port()
+server = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+with process_served(server, Path(sys.argv[1]), Path(sys.argv[1]) / "server.log", port, "/") as served:
+    print(served.process.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_sigterm_stops_the_servers_a_command_started(tmp_path) -> None:
+    """`timeout`, a cancelled CI job or `kill` send SIGTERM: the model servers run in sessions of their own, so
+    only the command's own unwinding stops them (a killed `factory test` left its model serving)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    command = subprocess.Popen([sys.executable, "-c", SERVING_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    server = int(command.stdout.readline())
+    command.send_signal(signal.SIGTERM)
+    assert command.wait(timeout=30) == 143
+    with pytest.raises(ProcessLookupError):
+        os.kill(server, 0)
