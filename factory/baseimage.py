@@ -10,17 +10,18 @@ the whole recipe, so it is built once per engine and reused until the recipe cha
 from __future__ import annotations
 
 import hashlib
-import os
+import importlib.metadata
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Callable
 
-from factory import dockerapi, pipindex
+from uv import find_uv_bin
+
+from factory import dockerapi
 from factory.engine import ENGINE_HOME, docker_host, engine_answers
 from factory.errors import EngineError
 from factory.images import registry_auth
@@ -28,7 +29,8 @@ from factory.render import environment
 from factory.settings import Settings
 
 SUITE = "bookworm"
-UV_VERSION = "0.13.9"
+# The `uv` the factory itself runs (requirements.lock): serving venvs and images install with one version.
+UV_VERSION = importlib.metadata.version("uv")
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 Progress = Callable[[str], None]
@@ -178,23 +180,13 @@ def _python_context(context: Path) -> None:
 
 
 def _uv_binary(target: Path) -> None:
-    """The `uv` binary from its PyPI wheel (the wheel ships it as a data script)."""
-    with tempfile.TemporaryDirectory(prefix="mf-uv-") as download:
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-              f"uv=={UV_VERSION}", "-d", download], f"downloading the uv {UV_VERSION} wheel")
-        wheel = next(Path(download).glob("uv-*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
-            member = next(name for name in archive.namelist() if name.endswith("/scripts/uv"))
-            target.write_bytes(archive.read(member))
+    shutil.copyfile(find_uv_bin(), target)
     target.chmod(0o755)
 
 
 def _run(command: list[str], what: str) -> str:
-    # `pip download uv` uses the platform's package index when one is set (factory/pipindex.py).
-    settings = Settings.from_env()
-    result = subprocess.run(command, capture_output=True, text=True,
-                            env={**os.environ, **pipindex.pip_environment(settings)})
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        tail = settings.redact("\n".join((result.stdout + result.stderr).splitlines()[-15:]))
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
         raise EngineError(f"{what} failed (`{command[0]} {command[1]}` exit {result.returncode}):\n{tail}")
     return result.stdout

@@ -1,8 +1,8 @@
 """The platform's package index (FACTORY_PIP_INDEX_URL, FACTORY_PIP_EXTRA_INDEX_URL, read and checked in
 factory/settings.py) as each installer takes it, its credentials kept out of everything the factory writes.
 
-The serving venv's pip gets the URLs, credentials included, in its environment (never its command line, which
-`ps` shows). An image build gets the URLs without credentials as `uv pip install` options in its Dockerfile, and
+The serving venv's `uv pip install` gets the URLs, credentials included, in its environment (never its command
+line, which `ps` shows). An image build gets the URLs without credentials as `uv pip install` options in its Dockerfile, and
 the credentials as a netrc file (uv reads $NETRC) that only the Dockerfile's first stage copies: the image copies
 the installed venv out of that stage, and factory/images.py deletes the stage once the build ends. Messages pass
 through `Settings.redact`.
@@ -25,9 +25,9 @@ def _urls(settings: Settings) -> list[tuple[str, str]]:
                                               ("--extra-index-url", settings.pip_extra_index_url)) if url]
 
 
-def pip_environment(settings: Settings) -> dict[str, str]:
-    """pip's own variables for the platform's indexes (credentials included: pip masks them in its output)."""
-    names = {"--index-url": "PIP_INDEX_URL", "--extra-index-url": "PIP_EXTRA_INDEX_URL"}
+def uv_environment(settings: Settings) -> dict[str, str]:
+    """uv's own variables for the platform's indexes, credentials included (messages pass through redact)."""
+    names = {"--index-url": "UV_INDEX_URL", "--extra-index-url": "UV_EXTRA_INDEX_URL"}
     return {names[option]: url for option, url in _urls(settings)}
 
 

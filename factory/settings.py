@@ -65,7 +65,7 @@ class Settings:
                                                            f"{TORCH_CPU_INDEX}; a mirror of it where that is "
                                                            "unreachable)")
     pip_index_url: Optional[str] = _env(
-        PIP_INDEX_URL_ENV, "the package index every serving venv's pip and every image's `uv pip install` use instead "
+        PIP_INDEX_URL_ENV, "the package index every serving venv's and every image's `uv pip install` use instead "
                            "of PyPI (a PEP 503 `simple` URL: an Artifactory or Nexus proxy of PyPI); credentials "
                            "in it (`https://user:token@host/...`, masked CI/CD variable) never reach an image, "
                            "Bento, record or log line")

@@ -85,13 +85,13 @@ def test_messages_never_show_a_credential(text: str, shown: str) -> None:
 def test_pip_gets_the_urls_in_its_environment_and_uv_gets_them_without_credentials() -> None:
     settings = Settings.from_env({PIP_INDEX_URL_ENV: ARTIFACTORY,
                                   PIP_EXTRA_INDEX_URL_ENV: "http://127.0.0.1:8081/simple"})
-    assert pipindex.pip_environment(settings) == {"PIP_INDEX_URL": ARTIFACTORY,
-                                                  "PIP_EXTRA_INDEX_URL": "http://127.0.0.1:8081/simple"}
+    assert pipindex.uv_environment(settings) == {"UV_INDEX_URL": ARTIFACTORY,
+                                                  "UV_EXTRA_INDEX_URL": "http://127.0.0.1:8081/simple"}
     assert pipindex.uv_options(settings) == ("--index-url https://artifactory.example/api/pypi/pypi-remote/simple "
                                              "--extra-index-url http://127.0.0.1:8081/simple")
     assert pipindex.netrc(settings) == "machine artifactory.example login build-bot password AKCp8t/k3n\n"
     nothing = Settings.from_env({})
-    assert (pipindex.pip_environment(nothing), pipindex.uv_options(nothing), pipindex.netrc(nothing)) == ({}, "", "")
+    assert (pipindex.uv_environment(nothing), pipindex.uv_options(nothing), pipindex.netrc(nothing)) == ({}, "", "")
 
 
 def _bento_export(path: Path) -> Path:
