@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator, Optional
@@ -11,6 +10,7 @@ from typing import Iterator, Optional
 import pytest
 import yaml
 
+from e2e_support.background import serving
 from factory.autoscaling import autoscaling_for
 from factory.capacity import capacity_of
 from factory.catalog import KubernetesSettings, ModelSpec
@@ -87,14 +87,8 @@ class _Answers(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def answering() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _Answers)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_503_without_the_error_shape_or_retry_after_is_a_failure(answering: str) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import socketserver
-import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator
+
+from e2e_support.background import serving
 
 API_VERSION = "1.41"
 BUILD_OUTPUT = [{"stream": "Step 1/9 : FROM model-factory/python-base\n"},
@@ -90,13 +91,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 @contextmanager
 def failing_engine(socket: Path) -> Iterator[list[str]]:
     """Serve the fake engine on `socket` (DOCKER_HOST=unix://SOCKET); yields the POSTed paths it received."""
-    server = _Server(str(socket), _Handler)
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield server.requests
+        with serving(_Server(str(socket), _Handler)) as server:
+            server.requests = []
+            yield server.requests
     finally:
-        server.shutdown()
-        server.server_close()
         socket.unlink(missing_ok=True)

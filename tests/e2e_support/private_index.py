@@ -8,10 +8,11 @@ import contextlib
 import functools
 import hashlib
 import http.server
-import threading
 import zipfile
 from pathlib import Path
 from typing import Iterator
+
+from e2e_support.background import serving
 
 USER, TOKEN = "build-bot", "s3cr3t-T0ken-wt10"
 PACKAGE, MODULE, VERSION = "mf-private-demo", "mf_private_demo", "0.1"
@@ -63,11 +64,6 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def private_index(folder: Path) -> Iterator[str]:
     """Yields the index URL with its credentials, `http://build-bot:…@127.0.0.1:PORT/simple`."""
     _simple_pages(folder)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    handler = functools.partial(_Handler, directory=str(folder))
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
         yield f"http://{USER}:{TOKEN}@127.0.0.1:{server.server_address[1]}/simple"
-    finally:
-        server.shutdown()
-        server.server_close()
