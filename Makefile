@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-UV_INSTALL := $(BIN)/uv pip install --quiet --native-tls --python $(BIN)/python
+UV_INSTALL := $(BIN)/uv pip install --quiet --compile-bytecode --native-tls --python $(BIN)/python
 APT_TOOLS := rsync wrk nginx
 GITLAB_CI_LOCAL := .tools/node_modules/.bin/gitlab-ci-local
 # Pinned: 4.74+ crash on Node 20 (FIELD_NOTES).
@@ -34,6 +34,7 @@ venv: $(STAMP)
 
 # pip installs only the pinned `uv`; uv installs the lock (~10x faster than pip; the same uv builds the serving
 # venvs and images). --native-tls: the system's CA store, as pip trusts it, so TLS-inspecting proxies work.
+# --compile-bytecode, as pip does: with PYTHONDONTWRITEBYTECODE (below) nothing would ever write the .pyc files.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$$(grep '^uv==' requirements.lock)"

@@ -229,10 +229,12 @@ def _create(home: Path, requirements: tuple[str, ...]) -> None:
     constraints.write_text(venv_constraints(requirements), encoding="utf-8")
     # The Bento's own requirements.txt, index lines included, installed by the same `uv` with the same flags as
     # the image's Dockerfile, so the venv resolves as the image does, in seconds (pip took minutes). --native-tls:
-    # the system's CA store, as pip trusts it.
+    # the system's CA store, as pip trusts it. --compile-bytecode, as pip does: the model server imports from a
+    # venv it never writes to (PYTHONDONTWRITEBYTECODE), so without .pyc files every start compiled them again
+    # (the native flavors' imports: 14.5 s instead of 5.5, measured here).
     wanted = home / "requirements.txt"
     wanted.write_text("".join(f"{line}\n" for line in requirements), encoding="utf-8")
-    _uv(home, "pip", "install", "--quiet", "--index-strategy", "unsafe-first-match",
+    _uv(home, "pip", "install", "--quiet", "--compile-bytecode", "--index-strategy", "unsafe-first-match",
         "--python", str(home / "bin" / "python"), "-c", str(constraints), "-r", str(wanted))
     (home / ".complete").write_text("\n".join(requirements) + "\n", encoding="utf-8")
 
