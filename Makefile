@@ -32,8 +32,8 @@ REGISTRY := registry/mlflow.db
 
 venv: $(STAMP)
 
-# pip installs only the pinned `uv`; uv installs the lock (~10x faster than pip; the same uv builds the serving
-# venvs and images). --native-tls: the system's CA store, as pip trusts it, so TLS-inspecting proxies work.
+# pip installs only the pinned `uv`; uv installs the lock (faster than pip: bench/venvs.py; the same uv builds the
+# serving venvs and images). --native-tls: the system's CA store, as pip trusts it, so TLS-inspecting proxies work.
 # --compile-bytecode, as pip does: with PYTHONDONTWRITEBYTECODE (above) nothing would ever write the .pyc files.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
