@@ -52,10 +52,8 @@ def uv_venv(home: Path, requirements: tuple[str, ...], cache: Path) -> float:
 
 
 def _requirement_files(home: Path, requirements: tuple[str, ...]) -> tuple[Path, Path]:
-    named = {line.split("==")[0] for line in requirements}
     constraints = home / "constraints.txt"
-    constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(runtime.lock_pins().items())
-                                   if name not in named), encoding="utf-8")
+    constraints.write_text(runtime.venv_constraints(requirements), encoding="utf-8")
     wanted = home / "requirements.txt"
     wanted.write_text("".join(f"{line}\n" for line in requirements), encoding="utf-8")
     return wanted, constraints

@@ -229,9 +229,9 @@ def _create(home: Path, requirements: tuple[str, ...]) -> None:
     constraints.write_text(venv_constraints(requirements), encoding="utf-8")
     # The Bento's own requirements.txt, index lines included, installed by the same `uv` with the same flags as
     # the image's Dockerfile, so the venv resolves as the image does, 3-4x faster than pip (bench/venvs.py).
-    # --native-tls: the system's CA store, as pip trusts it. --compile-bytecode, as pip does: the model server imports from a
-    # venv it never writes to (PYTHONDONTWRITEBYTECODE), so without .pyc files every start compiled them again
-    # (the native flavors' imports: 14.5 s instead of 5.5, measured here).
+    # --native-tls: the system's CA store, as pip trusts it. --compile-bytecode, as pip does: the model server
+    # imports from a venv it never writes to (PYTHONDONTWRITEBYTECODE), so without .pyc files every start
+    # compiled them again (the native flavors' imports: 14.5 s instead of 5.5, measured here).
     wanted = home / "requirements.txt"
     wanted.write_text("".join(f"{line}\n" for line in requirements), encoding="utf-8")
     _uv(home, "pip", "install", "--quiet", "--compile-bytecode", "--index-strategy", "unsafe-first-match",

@@ -97,7 +97,7 @@ class Settings:
         return text
 
 
-# A package index URL reaches a Dockerfile's RUN line and pip's environment: only characters no shell or
+# A package index URL reaches a Dockerfile's RUN line and uv's environment: only characters no shell or
 # requirements parser treats specially (a credential's other characters are percent-encoded).
 _INDEX_URL = re.compile(r"https?://[A-Za-z0-9._~:/@%+=,-]+")
 _USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
