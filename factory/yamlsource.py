@@ -7,7 +7,6 @@ loud error for a duplicated key, so we walk the composed node tree ourselves.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -21,9 +20,6 @@ YamlPath = tuple[PathPart, ...]
 MAX_NODES = 2_000_000  # aliases can make a small file expand exponentially ("billion laughs")
 MAX_BYTES = 20 * 1024 * 1024
 MAX_DEPTH = 64  # the catalog's schema needs 6; Python's recursion limit is hit near 300
-# Manifests are parsed by libyaml, whose recursion nothing limits (it crashes the interpreter): bound
-# the nesting from the text before parsing. Indentation plus open brackets can only over-count.
-MAX_MANIFEST_NESTING = 200
 PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 TAG_HINT = "remove the tag; models.yaml takes plain strings, numbers, lists and mappings"
 
@@ -191,48 +187,3 @@ def load_located(text: str, file: str) -> tuple[Any, SourceMap, list[Problem], b
         raise CatalogError([Problem(file, 1, 1, "", f"document expands to more than {MAX_NODES:,} nodes",
                                     "avoid deeply nested YAML aliases")]) from exc
     return value, source, walker.problems + walker.warnings, bool(walker.problems)
-
-
-# --- manifests (JSON-shaped YAML that Kubernetes reads) -----------------------------------------
-
-class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe loading of JSON-shaped YAML: string keys only, and no duplicates (PyYAML would silently
-    keep the last one; kubectl refuses the file). The checks below can then treat every key as text."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            problem = "duplicate key" if key in seen else None if isinstance(key, str) else "non-string key"
-            if problem:
-                raise yaml.constructor.ConstructorError(None, None, f"{problem} {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                                 _UniqueKeyLoader.construct_mapping)
-
-
-class NestingError(yaml.YAMLError):
-    pass
-
-
-def load_documents(text: str) -> list[Any]:
-    """Every document of a manifest file; NestingError before libyaml would recurse too deep."""
-    _check_nesting(text)
-    return list(yaml.load_all(text, Loader=_UniqueKeyLoader))
-
-
-def _check_nesting(text: str) -> None:
-    indent = max((m.end() - m.start(), m.start()) for m in re.finditer(r"^[ \t?:-]*", text, flags=re.MULTILINE))
-    depth, deepest, where = 0, 0, 0
-    if text.count("[") + text.count("{") + indent[0] > MAX_MANIFEST_NESTING:
-        for bracket in re.finditer(r"[\[\]{}]", text):
-            depth += 1 if bracket.group() in "[{" else -1
-            if depth > deepest:
-                deepest, where = depth, bracket.start()
-    if deepest + indent[0] > MAX_MANIFEST_NESTING:
-        at = where if deepest > indent[0] else indent[1]
-        line = text.count("\n", 0, at) + 1
-        raise NestingError(f"nested deeper than {MAX_MANIFEST_NESTING} levels at line {line}")

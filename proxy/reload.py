@@ -14,11 +14,10 @@ import signal
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
 from pydantic import ValidationError
 
 from proxy.metrics import ProxyMetrics
-from proxy.routing import CompiledTable, compile_table, load_route_table
+from proxy.routing import CompiledTable, load_compiled
 
 log = logging.getLogger("proxy.routes")
 
@@ -55,10 +54,10 @@ class RouteStore:
         # Stat before reading: a write that lands after the read changes the signature again.
         self._seen = _signature(self.path)
         try:
-            table = compile_table(load_route_table(self.path), self._reserved)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+            table = load_compiled(self.path, self._reserved)
+        except ValueError as exc:  # every problem with the file, naming it (proxy/routing.py)
             kept = "keeping the previous table" if self.table else "no table loaded yet"
-            log.error("routes reload (%s) failed, %s: %s: %s", reason, kept, self.path, describe_error(exc))
+            log.error("routes reload (%s) failed, %s: %s", reason, kept, describe_error(exc))
             self._metrics.reload(ok=False)
             return False
         self.table = table
