@@ -101,7 +101,7 @@ class _Walker:
                 continue
             key = self._scalar(key_node, path)
             if not isinstance(key, str):
-                key = str(key)  # `1: x` or `yes: x`: keep going; the schema rejects unknown keys
+                key = key_node.value  # `1: x`, `yes: x` or `~: x`, as written: the schema rejects unknown keys
             line, column = self._position(key_node)
             if key in first_seen:
                 self.warnings.append(Problem(
@@ -173,8 +173,9 @@ def load_located(text: str, file: str) -> tuple[Any, SourceMap, list[Problem], b
                                     "check indentation and quoting around this line")]) from exc
     except yaml.reader.ReaderError as exc:
         code = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        raise CatalogError([Problem(file, 0, 0, "", f"not a text file: character #x{code:04x} at byte "
-                                    f"{exc.position} is not allowed in YAML", "is this the right file?")]) from exc
+        line, column = text.count("\n", 0, exc.position) + 1, exc.position - text.rfind("\n", 0, exc.position)
+        raise CatalogError([Problem(file, line, column, "", f"not a text file: character #x{code:04x} is not "
+                                    "allowed in YAML", "is this the right file?")]) from exc
     except yaml.YAMLError as exc:
         raise CatalogError([Problem(file, 0, 0, "", "YAML syntax error: " + " ".join(str(exc).split()))]) from exc
     if len(documents) != 1:

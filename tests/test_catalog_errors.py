@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -234,6 +235,42 @@ CASES = [
     ("merge key", "- {<<: {version: 1}, name: m_a, endpoint: p}\n", [
         "models.yaml:1:4: models[0]: YAML merge keys (<<) are not supported "
         "(hint: put shared settings under `defaults:` instead)"]),
+    ("a route the proxy answers itself", """\
+        - {name: m_a, version: 1, endpoint: metrics}
+        - matrix: {e: [docs]}
+          name: m_{e}
+          version: 1
+          endpoint: "{e}"
+          parameters: [oauth2-redirect]
+        """, ["models.yaml:1:37: models[0].endpoint: route /metrics is the proxy's own endpoint (it answers /docs, "
+              "/docs/oauth2-redirect, /healthz, /metrics, /openapi.json, /readyz, /redoc itself) (hint: change "
+              "endpoint or add parameters)",
+              "models.yaml:5:13: models[1].endpoint: route /docs/oauth2-redirect is the proxy's own endpoint "
+              "(matrix: e=docs) (it answers /docs, /docs/oauth2-redirect, /healthz, /metrics, /openapi.json, /readyz, "
+              "/redoc itself) (hint: change endpoint or add parameters)"]),
+    ("an experiment on a route the proxy answers itself", """\
+        models:
+          - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+          - {name: m_b, version: 1, endpoint: p, parameters: [b]}
+        experiments:
+          - {name: ab, endpoint: readyz, variants: [{model: m_a, weight: 50}, {model: m_b, weight: 50}]}
+        """, ["models.yaml:5:26: experiments[0].endpoint: route /readyz is the proxy's own endpoint (it answers "
+              "/docs, /docs/oauth2-redirect, /healthz, /metrics, /openapi.json, /readyz, /redoc itself) (hint: change "
+              "endpoint or add parameters)"]),
+    ("a version past the registry's integer column", """\
+        - {name: m_a, version: 99999999999999999999, endpoint: p}
+        """, ["models.yaml:1:24: models[0].version: must be ≤ 2147483647 (got 99999999999999999999)"]),
+    ("a null key, echoed as written", "- {name: m_a, version: 1, endpoint: p, ~: x}\n", [
+        "models.yaml:1:40: models[0].~: unknown key (hint: allowed keys: endpoint, parameters, name, registry_name, "
+        "version, alias, batching, resources, scaling, serving, compile, slo)"]),
+    ("an empty models list", "models: []\n", [
+        "models.yaml:1:9: models: must be a non-empty list of models (got an empty list) (hint: see README: "
+        "models.yaml reference)"]),
+    ("a bare number", "42\n", [
+        "models.yaml:1:1: must be a list of models or a mapping with kubernetes, pipeline, defaults, models, "
+        "experiments (got a number) (hint: is this the right file? `factory validate -f PATH/TO/models.yaml`)"]),
+    ("a NUL byte, located", "- {name: m_a, version: 1,\n   endpoint: p\x00}\n", [
+        "models.yaml:2:15: not a text file: character #x0000 is not allowed in YAML (hint: is this the right file?)"]),
 ]
 
 
@@ -356,4 +393,29 @@ def test_symlink_loop_is_one_line(tmp_path) -> None:
     link.symlink_to(link.name)
     result = CliRunner().invoke(main, ["validate", "-f", str(link)])
     assert (result.exit_code, result.stderr) == (1, f"{link} -> (a symlink loop): cannot read: Too many levels of "
-                                                    "symbolic links\n")
+                                                    "symbolic links (hint: pass -f the path of the catalog file "
+                                                    "itself)\n")
+
+
+def _fifo(path) -> None:
+    os.mkfifo(path)
+
+
+FILE_CASES = [
+    ("a byte that is not UTF-8", lambda p: p.write_bytes(b"- {name: m_a,\n   version: 1, endpoint: p\xff}\n"),
+     "{file}:2:27: not UTF-8 text: byte 0xff (hint: save the file as UTF-8)"),
+    ("a UTF-16 file", lambda p: p.write_text("- {name: m_a, version: 1, endpoint: p}\n", encoding="utf-16"),
+     "{file}:1:1: not UTF-8 text: byte 0xff (the file is UTF-16) (hint: save the file as UTF-8)"),
+    ("a directory", lambda p: p.mkdir(), "{file}: cannot read: is a directory (hint: pass -f the path of the "
+                                         "catalog file itself)"),
+    ("a FIFO (reading it blocked forever)", _fifo, "{file}: cannot read: not a regular file (hint: pass -f the "
+                                                   "path of the catalog file itself)"),
+]
+
+
+@pytest.mark.parametrize("label, make, expected", FILE_CASES, ids=[case[0] for case in FILE_CASES])
+def test_a_catalog_file_that_is_no_utf8_text_file_is_one_located_line(tmp_path, label, make, expected) -> None:
+    path = tmp_path / "models.yaml"
+    make(path)
+    result = CliRunner().invoke(main, ["validate", "-f", str(path)])
+    assert (result.exit_code, result.stderr) == (1, expected.format(file=path) + "\n")
