@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from factory.catalog import CI_IMAGE_PATTERN, IMAGE_REGISTRY_PATTERN
 from factory.errors import SettingsError
 
 STATE_DEFAULT = "factory-state"
@@ -78,6 +79,8 @@ class Settings:
         """The settings, checked: a value the factory cannot use is one SettingsError naming the variable."""
         values = {f.name: environ.get(f.metadata["env"]) or None for f in fields(cls)}
         paths = {name: Path(values[name]) for name in ("runtime_python", "runtime_home") if values[name]}
+        for name, (pattern, what) in IMAGE_SETTINGS.items():
+            _check_image_setting(cls.__dataclass_fields__[name].metadata["env"], values[name], pattern, what)
         return cls(**{**values, **paths, "state_dir": Path(values["state_dir"] or STATE_DEFAULT).resolve(),
                       "pinned_versions": values["pinned_versions"] or "",
                       "torch_cpu_index": _torch_cpu_index(values["torch_cpu_index"] or TORCH_CPU_INDEX),
@@ -162,6 +165,22 @@ def _url_secrets(url: str) -> list[str]:
         return []
     userinfo = parts.netloc.rpartition("@")[0]
     return [userinfo, parts.password, unquote(parts.password)]
+
+
+# They become image references the engine is asked for and a Deployment's `image:`: checked as models.yaml's are.
+IMAGE_SETTINGS = {
+    "image_registry": (IMAGE_REGISTRY_PATTERN, "an image repository prefix such as registry.example.com/team"),
+    "base_cache": (IMAGE_REGISTRY_PATTERN, "an image repository such as registry.example.com/team/python-base"),
+    "proxy_image": (CI_IMAGE_PATTERN, "an image reference such as registry.example.com/team/proxy:1.2 (or @sha256:...)"),
+    "base_rootfs": (CI_IMAGE_PATTERN, "an image reference such as debian:bookworm-20251229-slim"),
+}
+
+
+def _check_image_setting(name: str, value: Optional[str], pattern: str, what: str) -> None:
+    if value is not None and not re.fullmatch(pattern, value):
+        shown = ascii(value) if len(value) <= 80 else ascii(value[:77]) + "..."
+        raise SettingsError(f"{name}: {shown} is not {what} (lowercase letters, digits and . _ - / :); set it to one, "
+                            "or unset it")
 
 
 def _torch_cpu_index(index: str) -> str:
