@@ -63,7 +63,9 @@ def select_models(catalog: Catalog, names: Iterable[str], everything: bool) -> l
     known = {model.name: model for model in catalog.models}
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise UsageError(f"not in models.yaml: {', '.join(unknown)}; run `factory routes` to list the models")
+        # Echoed escaped: a name from the command line may hold a line break or a terminal escape sequence.
+        raise UsageError(f"not in models.yaml: {', '.join(map(shown, unknown))}; run `factory routes` to list the "
+                         "models")
     return [known[name] for name in names]
 
 

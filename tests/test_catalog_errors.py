@@ -419,3 +419,13 @@ def test_a_catalog_file_that_is_no_utf8_text_file_is_one_located_line(tmp_path, 
     make(path)
     result = CliRunner().invoke(main, ["validate", "-f", str(path)])
     assert (result.exit_code, result.stderr) == (1, expected.format(file=path) + "\n")
+
+
+@pytest.mark.parametrize("command", ["build", "test", "manifests"])
+def test_unknown_model_names_on_the_command_line_are_echoed_escaped(tmp_path, command: str) -> None:
+    """A name from the command line may hold a line break or a terminal escape: echoed as an escaped literal."""
+    (tmp_path / "models.yaml").write_text(VALID_MODEL)
+    result = CliRunner().invoke(main, [command, "-f", str(tmp_path / "models.yaml"), "m_a\n\x1b[2Jx", "m_z"],
+                                env={"FACTORY_STATE": str(tmp_path / "state")})
+    assert (result.exit_code, result.stderr) == (1, "not in models.yaml: 'm_a\\n\\x1b[2Jx', 'm_z'; run `factory "
+                                                    "routes` to list the models\n")
