@@ -12,7 +12,7 @@ import errno
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -58,14 +58,22 @@ def load_documents(text: str) -> list[Any]:
 
 
 def _check_nesting(text: str) -> None:
+    line = nesting_line(text, MAX_NESTING)
+    if line is not None:
+        raise NestingError(f"nested deeper than {MAX_NESTING} levels at line {line}")
+
+
+def nesting_line(text: str, bound: int) -> Optional[int]:
+    """The line where the nesting of `text` may exceed `bound` (an over-count: indentation plus open brackets),
+    or None when it certainly does not."""
     indent = max((m.end() - m.start(), m.start()) for m in re.finditer(r"^[ \t?:-]*", text, flags=re.MULTILINE))
     depth, deepest, where = 0, 0, 0
-    if text.count("[") + text.count("{") + indent[0] > MAX_NESTING:
+    if text.count("[") + text.count("{") + indent[0] > bound:
         for bracket in re.finditer(r"[\[\]{}]", text):
             depth += 1 if bracket.group() in "[{" else -1
             if depth > deepest:
                 deepest, where = depth, bracket.start()
-    if deepest + indent[0] > MAX_NESTING:
-        at = where if deepest > indent[0] else indent[1]
-        line = text.count("\n", 0, at) + 1
-        raise NestingError(f"nested deeper than {MAX_NESTING} levels at line {line}")
+    if deepest + indent[0] <= bound:
+        return None
+    at = where if deepest > indent[0] else indent[1]
+    return text.count("\n", 0, at) + 1

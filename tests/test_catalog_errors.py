@@ -8,6 +8,7 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
+from factory import yamlsource
 from factory.cli import main
 from factory.errors import CatalogError
 from factory.loader import parse_catalog
@@ -429,3 +430,31 @@ def test_unknown_model_names_on_the_command_line_are_echoed_escaped(tmp_path, co
                                 env={"FACTORY_STATE": str(tmp_path / "state")})
     assert (result.exit_code, result.stderr) == (1, "not in models.yaml: 'm_a\\n\\x1b[2Jx', 'm_z'; run `factory "
                                                     "routes` to list the models\n")
+
+
+LOCATED_ALIKE = [
+    "- {name: größe_ä, version: 1, endpoint: p, parameters: ['日本', x]}  # ü\n- {name: b, version: 0, endpoint: q}\n",
+    "\ufeff- {name: a, version: 1, endpoint: p, bogus: 1}\n",
+    "models:\r\n  - name: a\r\n    version: 1\r\n    version: 2\r\n    endpoint: p\r\n",
+    "models:\n  - name: >\n      folded\n      text\n    version: 1\n    endpoint: !shell p\n",
+]
+
+
+@pytest.mark.parametrize("text", LOCATED_ALIKE)
+def test_libyaml_and_the_python_composer_locate_every_value_alike(text: str, monkeypatch) -> None:
+    """libyaml composes large catalogs (factory/yamlsource.py `_compose`); every line:col must be as PyYAML's."""
+    fast = yamlsource.load_located(text, "models.yaml")
+    monkeypatch.setattr(yamlsource, "_FAST_LOADER", None)
+    slow = yamlsource.load_located(text, "models.yaml")
+    assert (fast[1].values, fast[1].keys, fast[2:]) == (slow[1].values, slow[1].keys, slow[2:])
+
+
+def test_a_large_catalogs_syntax_error_is_libyamls_at_the_same_place() -> None:
+    """Past REWORDED_CHARACTERS the Python composer is not run again only to word the error its own way."""
+    rows = "".join(f"  - {{name: m_{i}, version: 1, endpoint: p, parameters: [x{i}]}}\n" for i in range(5_000))
+    text = "models:\n" + rows + "  - {name: [unclosed\n"
+    assert len(text) > yamlsource.REWORDED_CHARACTERS
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(text)
+    assert caught.value.lines() == ["models.yaml:5003:1: YAML syntax error: did not find expected ',' or ']' "
+                                    "(hint: check indentation and quoting around this line)"]
