@@ -35,7 +35,8 @@ PATTERN_HELP = {
     UPSTREAM_URL: "must be http(s)://host[:port][/path] with no user, query or fragment",
     MODEL_VERSION: "must be 1 to 64 letters, digits, '.', '_' or '-'",
 }
-RoutePath = Annotated[str, StringConstraints(pattern=ROUTE_PATH, max_length=512)]
+MAX_ROUTE_LENGTH = 512
+RoutePath = Annotated[str, StringConstraints(pattern=ROUTE_PATH, max_length=MAX_ROUTE_LENGTH)]
 UpstreamName = Annotated[str, StringConstraints(pattern=UPSTREAM_NAME)]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]

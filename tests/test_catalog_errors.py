@@ -20,6 +20,8 @@ VALID_MODEL = """\
   parameters: [2, TAXI]
 """
 
+LONG_SEGMENT = "Z" + "x" * 62  # the longest route segment
+
 CASES = [
     ("duplicate yaml key", """\
         - name: m_a
@@ -270,6 +272,10 @@ CASES = [
     ("a bare number", "42\n", [
         "models.yaml:1:1: must be a list of models or a mapping with kubernetes, pipeline, defaults, models, "
         "experiments (got a number) (hint: is this the right file? `factory validate -f PATH/TO/models.yaml`)"]),
+    ("a route longer than the proxy takes (render failed, 'a bug in the factory')",
+     "- {name: m_a, version: 1, endpoint: " + LONG_SEGMENT + ", parameters: [" + ", ".join([LONG_SEGMENT] * 8) + "]}\n",
+     ["models.yaml:1:37: models[0].endpoint: route /Zxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... is 576 characters "
+      "long; the proxy takes at most 512 (hint: use fewer or shorter parameters)"]),
     ("a NUL byte, located", "- {name: m_a, version: 1,\n   endpoint: p\x00}\n", [
         "models.yaml:2:15: not a text file: character #x0000 is not allowed in YAML (hint: is this the right file?)"]),
 ]
