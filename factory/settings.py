@@ -79,6 +79,13 @@ class Settings:
         """The settings, checked: a value the factory cannot use is one SettingsError naming the variable."""
         values = {f.name: environ.get(f.metadata["env"]) or None for f in fields(cls)}
         paths = {name: Path(values[name]) for name in ("runtime_python", "runtime_home") if values[name]}
+        if values["tracking_uri"] and re.search(r"[\s\x00-\x1f\x7f]", values["tracking_uri"]):
+            raise SettingsError(f"MLFLOW_TRACKING_URI: {ascii(values['tracking_uri'][:80])} holds a space or control "
+                                "character; set it to one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db")
+        state = Path(values["state_dir"] or STATE_DEFAULT)
+        if state.exists() and not state.is_dir():
+            raise SettingsError(f"FACTORY_STATE: {state} is a file, not a directory; point it at a directory (it is "
+                                "created if missing)")
         for name, (pattern, what) in IMAGE_SETTINGS.items():
             _check_image_setting(cls.__dataclass_fields__[name].metadata["env"], values[name], pattern, what)
         return cls(**{**values, **paths, "state_dir": Path(values["state_dir"] or STATE_DEFAULT).resolve(),

@@ -102,6 +102,18 @@ def test_an_image_setting_that_is_no_image_name_is_refused_by_name(variable: str
                                  "or unset it")
 
 
+@pytest.mark.parametrize("variable, value, message", [
+    ("MLFLOW_TRACKING_URI", "http://mlflow:5000\nX-Injected: 1", "MLFLOW_TRACKING_URI: 'http://mlflow:5000\\nX-Injected: "
+     "1' holds a space or control character; set it to one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db"),
+    ("FACTORY_STATE", __file__, f"FACTORY_STATE: {__file__} is a file, not a directory; point it at a directory (it "
+     "is created if missing)"),
+])
+def test_a_setting_the_factory_cannot_use_is_refused_by_name(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    assert str(caught.value) == message
+
+
 def test_readme_documents_every_variable() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     table = dict(re.findall(r"^\| `([A-Z0-9_]+)` \| (.+) \|$", readme, flags=re.MULTILINE))
