@@ -10,6 +10,7 @@ import click
 from factory.boundary import translate
 from factory.settings import API_TOKEN_ENV, FUZZ_EXAMPLES_ENV, KEPT_VERSIONS_ENV, LOAD_SECONDS_ENV
 
+
 class Seconds(click.FloatRange):
     """click's FloatRange lets nan through (no comparison with it is true)."""
 
