@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from pydantic import ValidationError
 
 from proxy.metrics import ProxyMetrics
-from proxy.routing import CompiledTable, load_compiled
+from proxy.routing import CompiledTable, describe_invalid, load_compiled
 
 log = logging.getLogger("proxy.routes")
 
@@ -34,8 +34,8 @@ def _signature(path: Path) -> Signature:
 
 
 def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, ValidationError):  # the settings' (the table's name their file already)
+        return describe_invalid(exc)
     return " ".join(str(exc).split())
 
 

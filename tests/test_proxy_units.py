@@ -293,6 +293,8 @@ def test_not_ready_until_a_table_loads(tmp_path):
     ("body_timeout_s", "0", "body_timeout_s: Input should be greater than 0"),
     ("max_response_bytes", "-1", "max_response_bytes: Input should be greater than or equal to 0"),
     ("drain_timeout_s", "0", "drain_timeout_s: Input should be greater than or equal to 1"),
+    ("host", "a b", "host: 'a b' is not an IP address, such as 127.0.0.1, 0.0.0.0 or ::"),  # granian's traceback
+    ("host", "localhost", "host: 'localhost' is not an IP address, such as 127.0.0.1, 0.0.0.0 or ::"),
 ])
 def test_edge_settings_out_of_range_are_refused_by_name(flag, value, message):
     with pytest.raises(ValidationError) as caught:
