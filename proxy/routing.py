@@ -130,7 +130,7 @@ def load_compiled(path: Path, reserved_paths: frozenset[str] = CONTROL_PATHS) ->
 
 def load_route_table(path: Path) -> RouteTable:
     """Read and validate a routing table: one file, or a directory of shards (every `*.yaml` in it, as
-    Kubernetes mounts several ConfigMaps); raises ValueError/OSError with the file named."""
+    Kubernetes mounts several ConfigMaps); raises ValueError naming the file."""
     if not path.is_dir():
         return _load_shard(path)
     shards = sorted(path.glob("*.yaml"))
