@@ -157,8 +157,9 @@ class _DepthLimitedLoader(yaml.SafeLoader):
 
 
 def _compose(text: str) -> list[yaml.Node]:
-    """libyaml composes ~15x faster than PyYAML's Python composer (a catalog near MAX_BYTES: seconds, not many
-    minutes), but it recurses without bound. So it composes only text whose nesting is certainly within MAX_DEPTH.
+    """libyaml composes several times faster than PyYAML's Python composer (`factory validate` of 20,000 models:
+    7 s against 29 s on a shared machine), but it recurses without bound. So it composes only text whose nesting is
+    certainly within MAX_DEPTH.
     Its syntax errors are at the same place as the Python composer's, worded more tersely ("did not find expected
     ','" for "expected ',', but got '<stream end>'"): a file small enough to compose again in moments gets the
     Python composer's words. A bad character is always the Python reader's to report: it finds one before
