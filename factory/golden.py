@@ -18,7 +18,7 @@ from hypothesis import seed as fixed_seed
 from factory import fuzz, pyfunc_answers
 from factory.errors import BuildError
 from factory.registry import ResolvedModel
-from factory.runtime import bento_module
+from factory.runtime import bento_module, interpreter_environment
 
 ANSWER_TIMEOUT_S = 600
 
@@ -119,6 +119,7 @@ def _answers_in(python: Path, model_dir: Path, inputs: list[dict], requests: lis
     job = json.dumps({"model_dir": str(model_dir), "inputs": inputs, "requests": requests})
     try:
         result = subprocess.run([str(python), pyfunc_answers.__file__], input=job, capture_output=True, text=True,
+                                env=interpreter_environment(python),
                                 timeout=ANSWER_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise BuildError(f"{where}: the registry model did not answer {len(requests)} sample requests within "

@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Literal, Optional
 
 from factory import dockerapi
 from factory.errors import ServeError
+from factory.runtime import interpreter_environment
 
 Mode = Literal["single", "bentoml"]
 READY_TIMEOUT_S = 120.0
@@ -88,17 +89,21 @@ def served(bento_tag: str, log: Path, mode: Mode = "single", runtime_python: Pat
            ready_timeout_s: float = READY_TIMEOUT_S, port: int | None = None) -> Iterator[Served]:
     """Start the Bento, wait for /readyz, yield it; stop the whole process group on exit, whatever happens."""
     port = free_port(port or 0)
-    command, cwd = serve_command(bento_tag, port, mode, runtime_python or Path(sys.executable))
-    with process_served(command, cwd, log, port, "/readyz", ready_timeout_s) as server:
+    python = runtime_python or Path(sys.executable)
+    command, cwd = serve_command(bento_tag, port, mode, python)
+    environment = interpreter_environment(python if mode == "single" else Path(sys.executable))
+    with process_served(command, cwd, log, port, "/readyz", ready_timeout_s, environment) as server:
         yield server
 
 
 @contextlib.contextmanager
 def process_served(command: list[str], cwd: Path, log: Path, port: int, ready_path: str,
-                   ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[Served]:
-    """Any HTTP server process on 127.0.0.1:`port`, in its own process group, stopped on exit."""
+                   ready_timeout_s: float = READY_TIMEOUT_S, environment: Optional[dict[str, str]] = None
+                   ) -> Iterator[Served]:
+    """Any HTTP server process on 127.0.0.1:`port`, in its own process group, stopped on exit; `environment`
+    (default: ours, writing no bytecode) says where its .pyc files go (runtime.interpreter_environment)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**(environment or {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}), "BENTOML_DO_NOT_TRACK": "true"}
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)

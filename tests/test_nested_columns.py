@@ -179,14 +179,15 @@ def _with(**changes: Any) -> dict:
     return {**ROW, **changes}
 
 
-def _post(*bodies: Any) -> list[tuple[int, Any]]:
+def _post(*bodies: Any, request_model: type[BaseModel] = REQUEST) -> list[tuple[int, Any]]:
     seen: list = []
 
     async def answer(rows: list, params: Any = None) -> list:
         seen.append(params)
         return [1.0] * len(rows)
 
-    app = mf_fast.FastPredict(mf_http.ErrorShape(None, max_bytes=2 << 20), REQUEST, lambda: answer, max_bytes=2 << 20)
+    app = mf_fast.FastPredict(mf_http.ErrorShape(None, max_bytes=2 << 20), request_model, lambda: answer,
+                              max_bytes=2 << 20)
 
     async def scenario() -> list[httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model") as client:
@@ -324,3 +325,58 @@ def test_a_real_pyfunc_model_answers_the_served_path_as_golden_records_it(tmp_pa
         served.append({"outputs": predictor.predict(validated.inputs, validated.params)})
     assert served == golden == [{"outputs": [pytest.approx(3.15), pytest.approx(3.85)]},
                                 {"outputs": [pytest.approx(15.75)]}]
+
+
+# --- a signature without column names, called as `mlflow models serve` is called ------------------------
+
+TEXT = [{"type": "string", "required": True}]  # a type-hinted predict(self, model_input: list[str])
+PAIR = [{"type": "double", "required": True}, {"type": "datetime", "required": True}]
+VECTOR = [{"type": "array", "items": {"type": "double"}, "required": True}]  # infer_signature([[1.0, 2.0]])
+ROW_SHAPE = "a row of this model's {0} unnamed columns is a list of {0} values in column order, or an object keyed {1}"
+
+
+@pytest.mark.parametrize("inputs, rows, served", [
+    (TEXT, ["ab", {"c0": "c"}], [{"c0": "ab"}, {"c0": "c"}]),
+    (PAIR, [[1, "2024-01-01T00:00:00Z"], {"c0": 2.5, "c1": "2024-01-02T00:00:00"}],
+     [{"c0": 1.0, "c1": datetime.fromisoformat("2024-01-01T00:00:00+00:00")},
+      {"c0": 2.5, "c1": datetime(2024, 1, 2)}]),
+    (VECTOR, [[1, 2.5], {"c0": []}], [{"c0": [1.0, 2.5]}, {"c0": []}]),
+    (HINTED, [{"role": "user"}, {"c0": {"role": "system", "weight": 2}}],
+     [{"c0": {"role": "user"}}, {"c0": {"role": "system", "weight": 2.0}}]),
+])
+def test_rows_of_unnamed_columns_are_values_or_lists_as_mlflow_serve_takes_them(inputs, rows, served) -> None:
+    validated = _request_model(inputs).model_validate_json(json.dumps({"inputs": rows}))
+    assert _served_records(validated) == served
+
+
+@pytest.mark.parametrize("inputs, rows, expected", [
+    (TEXT, [5], _error("inputs[0].c0: Input should be a valid string", "inputs[0].c0")),
+    (TEXT, [["a", "b"]], _error("inputs[0]: " + ROW_SHAPE.format(1, "c0"), "inputs[0]")),
+    (TEXT, [{"text": "a"}], _error("inputs[0].c0: Field required (and 1 more problems)", "inputs[0].c0")),
+    (PAIR, ["a", [1]], _error("inputs[0]: " + ROW_SHAPE.format(2, "c0, c1") + " (and 1 more problems)",
+                              "inputs[0]")),
+    (PAIR, [[1, "yesterday"]], _error("inputs[0].c1: Input should be a valid datetime", "inputs[0].c1")),
+    (PAIR, [[1, 1700000000]], _error("inputs[0].c1: Input should be a valid datetime", "inputs[0].c1")),
+    (VECTOR, [[1, "2"]], _error("inputs[0].c0[1]: Input should be a valid number", "inputs[0].c0[1]")),
+    (HINTED, [{"role": 3}], _error("inputs[0].c0.role: Input should be a valid string", "inputs[0].c0.role")),
+])
+def test_a_bad_row_of_unnamed_columns_is_one_400_naming_it(inputs, rows, expected) -> None:
+    assert _post({"inputs": rows}, request_model=_request_model(inputs)) == [expected]
+
+
+class _Lengths(mlflow.pyfunc.PythonModel):
+    def predict(self, model_input: list[str], params=None) -> list[int]:
+        return [len(text) for text in model_input]
+
+
+def test_a_type_hinted_model_answers_bare_values_as_golden_records_keyed_rows(tmp_path) -> None:
+    """MLflow 3 logs `list[str]` as one unnamed string column; clients send `{"inputs": ["text"]}`."""
+    mlflow.pyfunc.save_model(str(tmp_path / "model"), python_model=_Lengths(), pip_requirements=["mlflow"])
+    inputs = json.loads(mlflow.models.Model.load(str(tmp_path / "model")).signature.to_dict()["inputs"])
+    assert inputs == TEXT
+    golden = pyfunc_answers.answers(str(tmp_path / "model"), inputs, [{"inputs": [{"c0": "ab"}, {"c0": "xyz"}]}],
+                                    mf_inputs, here=True)
+    predictor = mf_runtime.Predictor(str(tmp_path / "model"), {"signature": {"inputs": inputs},
+                                                               "flavor": {"loader": "pyfunc"}})
+    validated = _request_model(inputs).model_validate_json('{"inputs": ["ab", "xyz"]}')
+    assert [{"outputs": predictor.predict(validated.inputs, None)}] == golden == [{"outputs": [2, 3]}]

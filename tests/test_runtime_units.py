@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
 from factory.errors import BuildError
-from factory.runtime import BENTO_TEMPLATES, lock_pins, resolve_requirements
+from factory.runtime import BENTO_TEMPLATES, PYCACHE, interpreter_environment, lock_pins, resolve_requirements
 
 sys.path.insert(0, str(BENTO_TEMPLATES))
 import mf_flavors  # noqa: E402
@@ -349,3 +351,22 @@ def test_rows_answered_with_nan_fail_alone_when_outputs_are_records() -> None:
     outputs = predictor.predict(_rows([2.0, 1.0]))
     assert outputs[0] == {"score": 1.0}
     assert outputs[1][mf_http.FAILURE_MARK.decode()]["code"] == "non_finite_output"
+
+
+@pytest.mark.parametrize("serving_venv", [True, False])
+def test_bytecode_of_a_bentos_files_never_lands_beside_them(tmp_path: Path, monkeypatch, serving_venv: bool) -> None:
+    """A serving venv caches what its servers import in its own folder; any other interpreter writes nothing."""
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # as `make` exports it: the serving venv's cache overrides it
+    home, bento = tmp_path / "venv", tmp_path / "bento"
+    (home / "bin").mkdir(parents=True)
+    bento.mkdir()
+    (home / "bin" / "python").symlink_to(sys.executable)
+    if serving_venv:
+        (home / ".complete").write_text("", encoding="utf-8")
+    (bento / "mf_probe.py").write_text("ANSWER = 42\n", encoding="utf-8")
+    environment = interpreter_environment(home / "bin" / "python")
+    subprocess.run([str(home / "bin" / "python"), "-c", "import mf_probe"], cwd=bento, env=environment, check=True)
+    assert not list(bento.rglob("*.pyc")) and os.listdir(bento) == ["mf_probe.py"]
+    cached = {path.name for path in (home / PYCACHE).rglob("*.pyc")}
+    assert (f"mf_probe.{sys.implementation.cache_tag}.pyc" in cached) is serving_venv and (serving_venv or not cached)
+    assert ("PYTHONDONTWRITEBYTECODE" in environment) is not serving_venv

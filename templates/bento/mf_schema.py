@@ -9,11 +9,14 @@ single tensor. Copied verbatim into each model's folder by `factory render`; imp
 from __future__ import annotations
 
 import datetime
+import json
 import keyword
 import re
 from typing import Annotated, Any, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError,
+                      create_model)
+from pydantic_core import PydanticCustomError
 
 # MLflow's integer types, and the numpy dtypes of a tensor: a value the dtype cannot hold is a 400, not the
 # OverflowError numpy raises when the batch is built.
@@ -30,6 +33,9 @@ MAX_CONVERSIONS = 5_000
 # The longest list or map anywhere (an embedding of floats is one conversion, whatever its length).
 MAX_ITEMS = 100_000
 STRICT = ConfigDict(extra="forbid", populate_by_name=False, frozen=True)
+# Strict: an ISO 8601 string only; lax pydantic would also take a number as a Unix time.
+STRICT_DATETIME = Annotated[datetime.datetime, Field(strict=True)]
+DATETIME = TypeAdapter(STRICT_DATETIME)
 
 
 def value_type(spec: dict, where: str) -> Any:
@@ -53,8 +59,7 @@ def value_type(spec: dict, where: str) -> Any:
     if kind == "string":
         return Annotated[str, Field(strict=True)]
     if kind == "datetime":
-        # Strict: an ISO 8601 string only; lax pydantic would also take a number as a Unix time.
-        return Annotated[datetime.datetime, Field(strict=True)]
+        return STRICT_DATETIME
     if kind == "binary":
         return Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
     raise ValueError(f"{where}: MLflow type {kind!r} is not supported by the generated service")
@@ -112,7 +117,54 @@ def row_model(inputs: list[dict], name: str = "Row") -> Any:
     """A strict pydantic row model: a bad request is rejected alone, before it can join a batch."""
     if inputs and inputs[0].get("type") == "tensor":
         return _tensor_row(inputs[0]["tensor-spec"])
-    return _fields_model(inputs, name, STRICT)
+    model = _fields_model(inputs, name, STRICT)
+    if inputs and not any(spec.get("name") for spec in inputs):
+        return Annotated[model, BeforeValidator(_positional(inputs))]
+    return model
+
+
+def _positional(inputs: list[dict]) -> Any:
+    """Rows of a signature without column names (a type-hinted `predict(self, model_input: list[str])`, a model
+    fit on a list of lists) as `mlflow models serve` takes them: the value itself for one column
+    (`{"inputs": ["text"]}`), a list in column order for several; rows keyed c0, c1, … serve too."""
+    names = [f"c{index}" for index in range(len(inputs))]
+    specs = dict(zip(names, inputs))
+    kind = inputs[0]["type"] if len(inputs) == 1 else None
+
+    def keyed(row: Any) -> Any:
+        if isinstance(row, dict) and (kind not in ("object", "map") or set(row) <= {"c0"}):
+            value = row
+        elif kind is not None and (kind == "array" or not isinstance(row, list)):
+            value = {"c0": row}
+        elif isinstance(row, list) and len(row) == len(names):
+            value = dict(zip(names, row))
+        else:
+            raise PydanticCustomError(
+                "row_shape", "a row of this model's {count} unnamed columns is a list of {count} values in column "
+                "order, or an object keyed {keys}", {"count": len(names), "keys": ", ".join(names)})
+        return {name: _as_json_reads(item, specs[name]) if name in specs else item for name, item in value.items()}
+
+    return keyed
+
+
+def _as_json_reads(value: Any, spec: dict) -> Any:
+    """A value handed over by a validator is Python, where strict pydantic takes a datetime but not the ISO string
+    a request holds: such strings are read as the request's JSON reads them (one that does not read stays, and
+    is refused where it stands)."""
+    kind = spec.get("type")
+    if kind == "datetime" and isinstance(value, str):
+        try:
+            return DATETIME.validate_json(json.dumps(value))
+        except ValidationError:
+            return value
+    if kind == "array" and isinstance(value, list):
+        return [_as_json_reads(item, spec["items"]) for item in value]
+    if kind == "map" and isinstance(value, dict):
+        return {key: _as_json_reads(item, spec["values"]) for key, item in value.items()}
+    if kind == "object" and isinstance(value, dict):
+        return {key: _as_json_reads(item, spec["properties"][key]) if key in spec["properties"] else item
+                for key, item in value.items()}
+    return value
 
 
 def has_nested(inputs: list[dict]) -> bool:
