@@ -27,7 +27,7 @@ from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
 from factory.loader import load_catalog, select_models
-from factory.model_env import foreign_versions, recorded_requirements
+from factory.model_env import foreign_versions, loadable_bytecode, recorded_requirements
 from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, tracking_uri
 from factory.render import RUNTIME_DIR, render_catalog
 from factory.runtime import bento_module, resolve_requirements, runtime_python
@@ -248,9 +248,11 @@ class Builder:
         return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
 
     def _recorded(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> list[Requirement]:
-        """The model's own requirements, untrusted: only requirement lines pass (factory/model_env.py)."""
-        return recorded_requirements(model_dir, f"{self.catalog.where(model.name)}: {resolved.registered_as} "
-                                                f"version {resolved.version}")
+        """The model's own requirements, untrusted: only requirement lines pass (factory/model_env.py); first, a
+        model whose pickled code the factory's Python cannot run is refused before anything loads it."""
+        where = f"{self.catalog.where(model.name)}: {resolved.registered_as} version {resolved.version}"
+        loadable_bytecode(model_dir, where)
+        return recorded_requirements(model_dir, where)
 
     def _requirements(self, model: ModelSpec, recorded: list[Requirement], packages: list[str],
                       native: bool) -> tuple[str, ...]:

@@ -6,7 +6,9 @@ name is held to a small ASCII character set here, so templates never need to esc
 
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, model_validator
@@ -135,6 +137,12 @@ class Resources(_Strict):
             raise PydanticCustomError("gpu_type_without_gpu",
                                       "gpu_type is set but gpu is 0; set gpu: 1 (or more) or remove gpu_type")
         return self
+
+    @property
+    def threads(self) -> int:
+        """Threads for the model's native thread pools: its CPU budget rounded up, as BentoML's runners size them."""
+        cores = Fraction(self.cpu[:-1]) / 1000 if self.cpu.endswith("m") else Fraction(self.cpu)
+        return max(1, math.ceil(cores))
 
 
 class Scaling(_Strict):

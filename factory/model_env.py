@@ -13,6 +13,8 @@ own versions, as `mlflow models serve` would install them, and it serves nativel
 from __future__ import annotations
 
 import importlib.metadata
+import pickletools
+import sys
 from pathlib import Path
 
 import yaml
@@ -56,11 +58,54 @@ def foreign_versions(recorded: list[Requirement]) -> list[str]:
     return found
 
 
-def _conda_file(model_dir: Path, where: str) -> Path | None:
+def loadable_bytecode(model_dir: Path, where: str) -> None:
+    """A BuildError unless the factory's Python can run the code the model's pickles carry. cloudpickle saves a
+    class or function defined in a notebook or `__main__` by value, as bytecode of the Python that logged it; a
+    PythonModel logged from Python 3.12 and loaded by 3.11 crashed the factory's process (a segfault, no message).
+    Found by reading the pickles' opcodes (pickletools: nothing is loaded); other pickles load across versions."""
+    flavors = _mlmodel(model_dir, where).get("flavors") or {}
+    logged = str((flavors.get("python_function") or {}).get("python_version") or "")
+    ours = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not logged or logged.split(".")[:2] == ours.split("."):
+        return
+    for name in _pickles(model_dir, flavors):
+        if _carries_code(model_dir / name):
+            raise BuildError(f"{where}: {name} holds Python code pickled by value under Python {logged} (a class or "
+                             "function defined in a notebook or __main__, which cloudpickle saves as bytecode), and "
+                             f"the factory serves Python {ours}, which cannot run that bytecode; log the model from "
+                             f"Python {ours}, or as a model from code (python_model=\"model.py\") or with its "
+                             "classes in an importable module (code_paths), and register a new version")
+
+
+def _pickles(model_dir: Path, flavors: dict) -> list[str]:
+    names = {value for conf in flavors.values() if isinstance(conf, dict)
+             for key, value in conf.items() if key in _PICKLE_KEYS and isinstance(value, str)}
+    return sorted(name for name in names if name.endswith((".pkl", ".pickle")) and (model_dir / name).is_file())
+
+
+# Where MLflow's flavors name their pickle: a PythonModel, sklearn's model, LightGBM/XGBoost's sklearn models.
+_PICKLE_KEYS = ("python_model", "pickled_model", "data", "model_path")
+
+
+def _carries_code(pickle: Path) -> bool:
+    """cloudpickle rebuilds a code object through `_builtin_type("CodeType")`."""
+    try:
+        return any(arg == "CodeType" for opcode, arg, _ in pickletools.genops(pickle.read_bytes())
+                   if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"))
+    except (OSError, ValueError):  # not a pickle after all: its flavor's loader will say so
+        return False
+
+
+def _mlmodel(model_dir: Path, where: str) -> dict:
     try:
         mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise BuildError(f"{where}: its MLmodel file cannot be read ({exc}); register the model again") from exc
+    return mlmodel if isinstance(mlmodel, dict) else {}
+
+
+def _conda_file(model_dir: Path, where: str) -> Path | None:
+    mlmodel = _mlmodel(model_dir, where)
     env = ((mlmodel.get("flavors") or {}).get("python_function") or {}).get("env")
     name = env.get("conda") if isinstance(env, dict) else env  # MLflow < 2.0 wrote the file name alone
     if not isinstance(name, str) or not (model_dir / name).is_file():

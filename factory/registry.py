@@ -95,6 +95,7 @@ class Registry:
             raise RegistryError(f"{where}: {model.registered_as} version {version} has no input signature; "
                                 "log it with `signature=infer_signature(X, y)` and register a new version")
         signature = _signature(info.signature)
+        _answers_rows(info.flavors, f"{where}: {model.registered_as} version {version}")
         _servable(signature, f"{where}: {model.registered_as} version {version}")
         _pyfunc_loadable(info.flavors, f"{where}: {model.registered_as} version {version}")
         return ResolvedModel(registered_as=model.registered_as, version=version, run_id=info.run_id or "",
@@ -106,14 +107,16 @@ class Registry:
 
         try:
             if model.alias is not None and model.name in self.pinned:
-                return int(self.client.get_model_version(model.registered_as, str(self.pinned[model.name])).version)
-            if model.alias is not None:
-                return int(self.client.get_model_version_by_alias(model.registered_as, model.alias).version)
-            return int(self.client.get_model_version(model.registered_as, str(model.version)).version)
+                found = self.client.get_model_version(model.registered_as, str(self.pinned[model.name]))
+            elif model.alias is not None:
+                found = self.client.get_model_version_by_alias(model.registered_as, model.alias)
+            else:
+                found = self.client.get_model_version(model.registered_as, str(model.version))
         except MlflowException as exc:
             if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise
             raise RegistryError(f"{where}: {self._missing(model)}") from exc
+        return _ready(found, f"{where}: {model.registered_as} version {found.version}")
 
     def _missing(self, model: ModelSpec) -> str:
         from mlflow.exceptions import MlflowException
@@ -125,6 +128,13 @@ class Registry:
                     "`registry_name:` in models.yaml to its registered name")
         versions = sorted(int(v.version) for v in self.client.search_model_versions(f"name='{model.registered_as}'"))
         aliases = sorted(registered.aliases or {})
+        if model.alias in aliases and model.name not in self.pinned:
+            # A registry that deleted the version without its alias (MLflow's own stores drop both).
+            return (f"alias '{model.alias}' of '{model.registered_as}' points at version "
+                    f"{registered.aliases[model.alias]}, which the registry no longer has; versions: "
+                    f"{', '.join(map(str, versions)) or 'none'}. Point the alias at a version "
+                    f"(MlflowClient().set_registered_model_alias('{model.registered_as}', '{model.alias}', VERSION)) "
+                    "or fix models.yaml")
         wanted = f"alias '{model.alias}'" if model.alias else f"version {model.version}"
         if model.alias and model.name in self.pinned:
             wanted = f"version {self.pinned[model.name]} (pinned for alias '{model.alias}' by {PINNED_VERSIONS_ENV})"
@@ -135,6 +145,21 @@ class Registry:
         import mlflow.models
 
         return mlflow.models.get_model_info(f"models:/{name}/{version}")
+
+
+def _ready(version: Any, what: str) -> int:
+    """The version's number, once its registration finished: a registry that registers asynchronously
+    (MLflow's REST API allows it) holds PENDING_REGISTRATION or FAILED_REGISTRATION versions whose
+    artifacts may be missing or partial; MLflow's own `register_model` waits for READY likewise."""
+    status = version.status or "READY"
+    if status == "PENDING_REGISTRATION":
+        raise RegistryError(f"{what} is still being registered (status PENDING_REGISTRATION, not READY); build it "
+                            "once the registry shows it READY, or name a READY version in models.yaml")
+    if status != "READY":
+        detail = f": {version.status_message}" if version.status_message else ""
+        raise RegistryError(f"{what} failed to register (status {status}{detail}); its artifacts may be incomplete: "
+                            "register the model again and name the new version in models.yaml")
+    return int(version.version)
 
 
 def _signature(signature: Any) -> dict:
@@ -160,6 +185,25 @@ def _servable(signature: dict, what: str) -> None:
         raise RegistryError(f"{what}: {exc}; the served API takes rows of columns of those types (arrays, objects "
                             "and maps of them included) or one numeric tensor: log the model with such a signature "
                             "and register a new version") from exc
+
+
+def _answers_rows(flavors: dict, what: str) -> None:
+    """MLflow's GenAI interfaces are not row models: MLflow writes their signature (free-form `any` fields,
+    which no request can be generated from) and their pyfunc reads row 0 of a batch and answers one response
+    object, so neither the fuzzing nor the batching of a row API applies. Refused before the signature, whose
+    `any` type the author never wrote."""
+    loader_module = flavors.get("python_function", {}).get("loader_module") or ""
+    interface = _GENAI_LOADERS.get(loader_module)
+    if interface:
+        raise RegistryError(f"{what}: it is an MLflow {interface} ({loader_module}): MLflow fixes its request "
+                            "schema and it answers one chat request per call with one response object, not one "
+                            "prediction per row, so the factory cannot serve it; serve it with `mlflow models serve` "
+                            "or an agent-serving platform, or log its logic as an mlflow.pyfunc.PythonModel with a "
+                            "typed signature that answers one output per input row, and register a new version")
+
+
+_GENAI_LOADERS = {"mlflow.pyfunc.loaders.chat_model": "ChatModel", "mlflow.pyfunc.loaders.chat_agent": "ChatAgent",
+                  "mlflow.pyfunc.loaders.responses_agent": "ResponsesAgent"}
 
 
 def _pyfunc_loadable(flavors: dict, what: str) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
 from factory.errors import BuildError, RegistryError
-from factory.model_env import foreign_versions, recorded_requirements
+from factory.model_env import foreign_versions, loadable_bytecode, recorded_requirements
 from factory.registry import _pyfunc_loadable
 from factory.runtime import lock_pins, own_versions, resolve_requirements, venv_constraints
 
@@ -158,3 +159,24 @@ def test_a_real_mlflow_2_9_model_with_only_conda_yaml_is_served_in_its_own_versi
     served = resolve_requirements(recorded, ("scikit-learn", "cloudpickle", "pandas"), (), True, WHERE)
     assert {"scikit-learn==1.3.2", "numpy==1.26.4", "pandas"} <= set(served) and not any(
         line.startswith("mlflow") for line in served)
+
+
+FIXTURES = Path(__file__).parent / "model_fixtures"
+OURS = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def test_a_pickle_carrying_another_pythons_bytecode_is_refused_before_anything_loads_it(tmp_path: Path) -> None:
+    """A PythonModel logged from Python 3.12 crashed `factory build` (a segfault loading its 3.12 bytecode, every
+    later model unbuilt); a pickle without code (an sklearn estimator) loads across versions and passes."""
+    with pytest.raises(BuildError) as caught:
+        loadable_bytecode(FIXTURES / "python_3_12_pyfunc", WHERE)
+    assert str(caught.value) == (
+        f"{WHERE}: python_model.pkl holds Python code pickled by value under Python 3.12.1 (a class or function "
+        f"defined in a notebook or __main__, which cloudpickle saves as bytecode), and the factory serves Python "
+        f"{OURS}, which cannot run that bytecode; log the model from Python {OURS}, or as a model from code "
+        '(python_model="model.py") or with its classes in an importable module (code_paths), and register a new version')
+    loadable_bytecode(FIXTURES / "python_3_12_sklearn", WHERE)
+    same = shutil.copytree(FIXTURES / "python_3_12_pyfunc", tmp_path / "same")
+    (same / "MLmodel").write_text((same / "MLmodel").read_text().replace("python_version: 3.12.1",
+                                                                         f"python_version: {OURS}.0"))
+    loadable_bytecode(same, WHERE)  # logged by the factory's own Python: its bytecode runs

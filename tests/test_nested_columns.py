@@ -21,7 +21,8 @@ from mlflow.types.schema import ParamSchema, Schema
 from pydantic import BaseModel, ValidationError, create_model
 
 from factory import pyfunc_answers
-from factory.fuzz import _encode, invalid_requests_by_kind, signature_columns, signature_params, valid_request
+from factory.fuzz import (TENSOR_DTYPES, _encode, invalid_requests_by_kind, signature_columns, signature_params,
+                          valid_request)
 from factory.runtime import BENTO_TEMPLATES
 
 sys.path.insert(0, str(BENTO_TEMPLATES))
@@ -134,6 +135,40 @@ def test_invalid_requests_are_refused_naming_the_json_path(kind: str) -> None:
         assert field in mf_http.json_path(list(first["loc"])), (field, first)
 
     refused_at_the_field()
+
+
+# --- tensors: every numpy dtype the fuzzer draws, through the served schema to MLflow's enforcement -----
+
+FEW = settings(DETERMINISTIC, max_examples=20)  # 12 dtypes; a bool, or an integer out of range, comes up at once
+
+
+@pytest.mark.parametrize("dtype", TENSOR_DTYPES)
+def test_a_tensor_request_is_taken_whole_or_refused_before_the_model(dtype: str) -> None:
+    """A bool tensor took no request (400: "a valid integer") and an integer tensor took values its dtype cannot
+    hold, so numpy's OverflowError reached the client as a 500 (uint8 -1, int64 -2**63-1: stranger sweep 4)."""
+    import numpy as np
+    from mlflow.types.schema import TensorSpec
+
+    schema = Schema([TensorSpec(np.dtype(dtype), (-1, -1, 2))])
+    inputs = json.loads(schema.to_json())
+    request_model = _request_model(inputs)
+    columns = signature_columns({"inputs": schema.to_json()})
+
+    @FEW
+    @given(valid_request(columns, MAX_ROWS))
+    def taken(request: dict) -> None:
+        served = mf_inputs.tensor(request_model.model_validate_json(_encode(request)).inputs, inputs)
+        assert served.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(_enforce_schema(served, schema), np.asarray(request["inputs"], dtype=dtype))
+
+    @FEW
+    @given(invalid_requests_by_kind(columns, MAX_ROWS)["wrong_type"])
+    def refused(example: tuple) -> None:
+        with pytest.raises(ValidationError):
+            request_model.model_validate_json(example[1])
+
+    taken()
+    refused()
 
 
 # --- the pod's POST /predict: pinned messages ---------------------------------------------------------

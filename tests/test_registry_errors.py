@@ -148,3 +148,45 @@ def test_every_model_is_tried_and_each_one_that_did_not_build_is_named(factory_e
                                     "'eta_minutes_5_PHV' has no version 9; ")
     assert f"\n{catalog}:2: model 'no_such_model': no registered model named 'no_such_model' in " in result.stderr
     assert not list(state.glob("builds/*/record.json"))
+
+
+def test_a_version_not_ready_and_an_alias_left_on_a_deleted_version_are_named(factory_env: FactoryEnv,
+                                                                               registry) -> None:
+    """Registries MLflow's sqlite store does not produce: one that registers asynchronously (a version
+    PENDING_REGISTRATION or FAILED_REGISTRATION, written here in its own table) and one that deleted a version
+    but kept its alias. Before, the first built whatever the version held, the second said the alias did not
+    exist while listing it."""
+    import sqlite3
+
+    import mlflow
+
+    uri = factory_env.env["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    source = client.get_model_version("eta_minutes_5_PHV", "1").source
+    client.create_registered_model("registering_model")
+    for _ in range(2):
+        client.create_model_version("registering_model", source)
+    with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE model_versions SET status = 'PENDING_REGISTRATION' WHERE name = 'registering_model' "
+                   "AND version = 1")
+        db.execute("UPDATE model_versions SET status = 'FAILED_REGISTRATION', status_message = 'artifact upload "
+                   "failed' WHERE name = 'registering_model' AND version = 2")
+        db.execute("INSERT INTO registered_model_aliases (alias, version, name) VALUES ('stale', 7, "
+                   "'registering_model')")
+    client.set_registered_model_alias("registering_model", "champion", "1")
+    failures = {}
+    for entry in ("version: 1", "version: 2", "alias: champion", "alias: stale"):
+        with pytest.raises(RegistryError) as caught:
+            registry(f"{{name: registering_model, {entry}, endpoint: r}}")
+        failures[entry] = str(caught.value).removeprefix("models.yaml:1: model 'registering_model': ")
+    pending = ("registering_model version 1 is still being registered (status PENDING_REGISTRATION, not READY); "
+               "build it once the registry shows it READY, or name a READY version in models.yaml")
+    assert failures == {
+        "version: 1": pending,
+        "version: 2": "registering_model version 2 failed to register (status FAILED_REGISTRATION: artifact upload "
+                      "failed); its artifacts may be incomplete: register the model again and name the new version "
+                      "in models.yaml",
+        "alias: champion": pending,
+        "alias: stale": "alias 'stale' of 'registering_model' points at version 7, which the registry no longer has; "
+                        "versions: 1, 2. Point the alias at a version (MlflowClient().set_registered_model_alias("
+                        "'registering_model', 'stale', VERSION)) or fix models.yaml"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -200,3 +201,28 @@ def test_missing_file_is_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output == (f"{tmp_path / 'nope.yaml'}: file not found (hint: run from the repository root or "
                              "pass -f PATH/TO/models.yaml)\n")
+
+
+THREADS_CATALOG = textwrap.dedent("""\
+    - {name: m_half, version: 1, endpoint: a, resources: {cpu: 500m}}
+    - {name: m_one_and_half, version: 1, endpoint: b, resources: {cpu: "1.5"}}
+    - {name: m_two, version: 1, endpoint: c, resources: {cpu: "2"}}
+    - {name: m_three, version: 1, endpoint: d, resources: {cpu: "2.5"}}
+    """)
+
+
+def test_native_thread_pools_are_sized_from_the_cpu_budget_before_any_library_loads() -> None:
+    """OpenMP and BLAS pools start one thread per core the process sees; the service sizes them from resources.cpu
+    (rounded up) first thing, so the real pool of an OpenMP library loaded afterwards has that many threads."""
+    files = render_catalog(parse_catalog(THREADS_CATALOG))
+    for name, threads in (("m_half", 1), ("m_one_and_half", 2), ("m_two", 2), ("m_three", 3)):
+        service = files[f"models/{name}/service.py"]
+        prelude = service[:service.index("from typing import")]
+        assert f'os.environ.setdefault(_threads, "{threads}")' in prelude and "import bentoml" not in prelude
+    # 3 threads, which no 2-core CI machine would start by itself.
+    probe = (files["models/m_three/service.py"].split("from typing import")[0]
+             + "import sklearn.utils._openmp_helpers, threadpoolctl\n"
+             "print([pool['num_threads'] for pool in threadpoolctl.threadpool_info() if pool['user_api'] == 'openmp'])\n")
+    environment = {key: value for key, value in os.environ.items() if not key.endswith("_NUM_THREADS")}
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=environment, check=True)
+    assert ran.stdout.strip() == "[3]"
