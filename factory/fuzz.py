@@ -19,13 +19,13 @@ from factory.errors import ServeError
 from factory.exactness import compare
 from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, golden_problem,
                                  invalid_problem, minimal_failure, post_predict, strict_json, valid_problem)
-from factory.fuzz_requests import (DEFAULT_MAX_BODY_BYTES, Column, encode as _encode, invalid_request,
-                                   invalid_requests_by_kind, signature_columns, signature_params, valid_request,
-                                   valid_row)
+from factory.fuzz_requests import (DEFAULT_MAX_BODY_BYTES, TENSOR_DTYPES, Column, encode as _encode,
+                                   invalid_request, invalid_requests_by_kind, signature_columns, signature_params,
+                                   valid_request, valid_row)
 
 # The fuzzing API in one place: how requests are drawn lives in factory/fuzz_requests.py.
-__all__ = ["Column", "fuzz_service", "invalid_request", "invalid_requests_by_kind", "signature_columns",
-           "signature_params", "valid_request", "valid_row"]
+__all__ = ["TENSOR_DTYPES", "Column", "fuzz_service", "invalid_request", "invalid_requests_by_kind",
+           "signature_columns", "signature_params", "valid_request", "valid_row"]
 
 
 def fuzz_service(base_url: str, signature: Union[dict, list], max_batch_size: int, *, seed: int,
