@@ -43,7 +43,7 @@ def shown(value: Any) -> str:
         text = ascii(value)
         return text if len(text) <= 60 else text[:57] + "...'"
     if isinstance(value, (dict, list)):
-        return "a mapping" if isinstance(value, dict) else "a list"
+        return ("a" if value else "an empty") + (" mapping" if isinstance(value, dict) else " list")
     return str(value)
 
 
@@ -194,7 +194,8 @@ class ModelSpec(_Routed):
 
     name: Name
     registry_name: Optional[RegistryName] = None
-    version: Annotated[Optional[StrictInt], BeforeValidator(_version), Field(ge=1)] = None
+    # MLflow stores a version in an INTEGER column: 32 bits on MySQL and PostgreSQL; sqlite overflowed past 64.
+    version: Annotated[Optional[StrictInt], BeforeValidator(_version), Field(ge=1, le=2**31 - 1)] = None
     alias: Optional[Alias] = None
     batching: Batching = Batching()
     resources: Resources = Resources()

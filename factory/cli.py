@@ -10,6 +10,19 @@ import click
 from factory.boundary import translate
 from factory.settings import API_TOKEN_ENV, FUZZ_EXAMPLES_ENV, KEPT_VERSIONS_ENV, LOAD_SECONDS_ENV
 
+
+class Seconds(click.FloatRange):
+    """click's FloatRange lets nan through (no comparison with it is true)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 CATALOG_OPTION = click.option("-f", "--file", "catalog_path", type=click.Path(path_type=Path),
                               default=Path("models.yaml"), show_default=True, help="The catalog to read.")
 
@@ -113,9 +126,10 @@ def build(catalog_path: Path, names: tuple[str, ...], everything: bool, no_image
 @click.argument("names", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Test every model in the catalog.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Fuzzing seed (a failure prints it).")
-@click.option("--examples", type=int, default=60, show_default=True, envvar=FUZZ_EXAMPLES_ENV,
+@click.option("--examples", type=click.IntRange(min=0), default=60, show_default=True, envvar=FUZZ_EXAMPLES_ENV,
               help=f"Valid requests to generate; twice as many invalid ones. [env {FUZZ_EXAMPLES_ENV}]")
-@click.option("--load-seconds", type=float, default=6.0, show_default=True, envvar=LOAD_SECONDS_ENV,
+@click.option("--load-seconds", type=Seconds(min=0, max=3600), default=6.0, show_default=True,
+              envvar=LOAD_SECONDS_ENV,
               help=f"Length of the load phase, the capacity search. [env {LOAD_SECONDS_ENV}]")
 def test_models(catalog_path: Path, names: tuple[str, ...], everything: bool, seed: int, examples: int,
                 load_seconds: float) -> None:

@@ -8,6 +8,7 @@ from factory.catalog import ExperimentSpec, ModelSpec
 from factory.errors import Problem
 from factory.expand import Origin, suggest
 from factory.yamlsource import SourceMap, YamlPath, format_path
+from proxy.routing import CONTROL_PATHS, MAX_ROUTE_LENGTH
 
 
 # The proxy's manifests live in k8s/proxy/ and are named model-factory-proxy.
@@ -70,7 +71,13 @@ def _unique_routes(checker: _Checker, models: list[ModelSpec], origins: list[Ori
     claims = [(m.route, o.path + ("endpoint",), _where(o)) for m, o in zip(models, origins)]
     claims += [(e.route, ("experiments", i, "endpoint"), "") for i, e in enumerate(experiments)]
     for route, path, where in claims:
-        if route in owners:
+        if len(route) > MAX_ROUTE_LENGTH:
+            checker.add(path, f"route {route[:40]}... is {len(route)} characters long{where}; the proxy takes at most "
+                              f"{MAX_ROUTE_LENGTH}", "use fewer or shorter parameters")
+        elif route in CONTROL_PATHS:
+            checker.add(path, f"route {route} is the proxy's own endpoint{where} (it answers "
+                              f"{', '.join(sorted(CONTROL_PATHS))} itself)", "change endpoint or add parameters")
+        elif route in owners:
             checker.add(path, f"route {route} is already served by {checker.first_seen(owners[route])}{where}",
                         "change endpoint or parameters so every route is unique")
         else:

@@ -31,7 +31,7 @@ def deploy_command(dry_run: bool, skip_without_cluster: bool, progress: Progress
 
 
 def _documents(out: Path) -> list[dict]:
-    from factory.yamlsource import load_documents
+    from proxy.yamldoc import load_documents
 
     documents = []
     for path in sorted(out.rglob("*.yaml")):

@@ -18,6 +18,7 @@ from factory.errors import DeployError
 from factory.loader import load_catalog
 from factory.settings import KEPT_VERSIONS_ENV
 from factory.state import StateDir, write_atomic
+from proxy.yamldoc import read_regular_file
 
 COMMIT = re.compile(r"[0-9a-f]{7,64}")
 KEPT_ENTRY = re.compile(r"([A-Za-z][A-Za-z0-9_]{0,62})=([1-9][0-9]{0,9})")
@@ -31,13 +32,16 @@ class DeployRecord:
     @classmethod
     def load(cls, path: Path) -> Optional["DeployRecord"]:
         """None when there is no record (first deploy, or it could not be fetched): everything is deployed."""
-        if not path.is_file():
+        if not path.exists():
             return None
         fix = f"delete {path} to deploy every model, or fetch the last deploy's record again"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular_file(path))
         except (OSError, ValueError) as exc:
-            raise DeployError(f"{path}: not a deploy record ({exc}); {fix}") from exc
+            raise DeployError(f"{path}: not a deploy record ({exc.strerror if isinstance(exc, OSError) else exc}); "
+                              f"{fix}") from exc
+        except RecursionError as exc:
+            raise DeployError(f"{path}: not a deploy record (nested too deeply); {fix}") from exc
         commit, versions = data.get("commit") if isinstance(data, dict) else None, data.get("versions", {})
         if not isinstance(commit, str) or not COMMIT.fullmatch(commit):
             raise DeployError(f"{path}: field 'commit' must be a git commit hash (got {commit!r}); {fix}")

@@ -20,6 +20,7 @@ from factory.settings import Settings
 from factory.state import PushedImage, StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
+PROXY_TEMPLATE = "images/proxy.Dockerfile.j2"
 
 
 def image_registry(catalog_registry: str) -> str:
@@ -30,22 +31,43 @@ def image_registry(catalog_registry: str) -> str:
 def model_dockerfile(model: str, base: str, port: int) -> str:
     """Installing from the platform's package index when one is set (factory/pipindex.py): its URLs, never its
     credentials, are in the Dockerfile."""
+    return _dockerfile("images/model.Dockerfile.j2", model=model, base=base, port=port)
+
+
+def proxy_dockerfile(base: str) -> str:
+    """The proxy's image, its requirements installed as a model's are (model_dockerfile)."""
+    return _dockerfile(PROXY_TEMPLATE, base=base)
+
+
+def _dockerfile(template: str, **context: object) -> str:
     from factory.render import environment  # render imports manifests, which imports this module
 
     settings = Settings.from_env()
-    return environment().get_template("images/model.Dockerfile.j2").render(
-        model=model, base=base, port=port, index_options=pipindex.uv_options(settings),
-        netrc=f"{pipindex.NETRC_DIR}/netrc" if pipindex.netrc(settings) else "",
-        secret_label=pipindex.SECRET_STAGE_LABEL)
+    return environment().get_template(template).render(
+        index_options=pipindex.uv_options(settings), netrc=f"{pipindex.NETRC_DIR}/netrc" if pipindex.netrc(settings)
+        else "", secret_label=pipindex.SECRET_STAGE_LABEL, **context)
 
 
 def model_context(bento_export: Path, context: Path, dockerfile: str) -> Path:
-    """The exported Bento (service, env and its models) unpacked into `bento/`, the generated Dockerfile beside
-    it, and the package index's netrc (when its URLs carry credentials) in a folder only the first stage copies."""
-    shutil.rmtree(context, ignore_errors=True)
-    context.mkdir(parents=True)
+    """The exported Bento (service, env and its models) unpacked into `bento/`, beside what `_context` writes."""
+    _context(context, dockerfile)
     with tarfile.open(bento_export, "r:*") as archive:
         archive.extractall(context / "bento", filter="data")
+    return context
+
+
+def proxy_context(context: Path, dockerfile: str) -> Path:
+    """The proxy's sources and requirements in `proxy/`, beside what `_context` writes."""
+    _context(context, dockerfile)
+    shutil.copytree(ROOT / "proxy", context / "proxy", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return context
+
+
+def _context(context: Path, dockerfile: str) -> None:
+    """A fresh build context: the generated Dockerfile and the package index's netrc (when its URLs carry
+    credentials) in a folder only the first stage copies."""
+    shutil.rmtree(context, ignore_errors=True)
+    context.mkdir(parents=True)
     (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
     secret = pipindex.netrc(Settings.from_env())
     if secret:
@@ -53,7 +75,6 @@ def model_context(bento_export: Path, context: Path, dockerfile: str) -> Path:
         netrc = context / pipindex.NETRC_DIR / "netrc"
         netrc.touch(mode=0o600)
         netrc.write_text(secret, encoding="utf-8")
-    return context
 
 
 def build_and_push(context: Path, dockerfile: str, tag: str, log: Path, what: str,
@@ -111,16 +132,24 @@ def _forget_credentials(what: str) -> None:
 def proxy_tag(registry: str) -> str:
     """Tagged by a hash of what goes into the image, so an unchanged proxy is not rebuilt under a new name."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "proxy").glob("*")):
-        if path.is_file() and path.suffix != ".pyc":
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    sources = [path for path in sorted((ROOT / "proxy").glob("*")) if path.is_file() and path.suffix != ".pyc"]
+    for path in [*sources, ROOT / "templates" / PROXY_TEMPLATE, ROOT / "templates" / "images" / "_venv.j2"]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return f"{registry}/proxy:{digest.hexdigest()[:16]}"
 
 
-def build_proxy_image(registry: str, base: str, log: Path) -> PushedImage:
-    """proxy/Dockerfile from the repository root, on the same base image as the models."""
-    return build_and_push(ROOT, "proxy/Dockerfile", proxy_tag(registry), log, "proxy image",
-                          buildargs={"BASE_IMAGE": base})
+def build_proxy_image(registry: str, base: str, context: Path, log: Path) -> PushedImage:
+    """The proxy's image, built in `context` (deleted after), on the same base image as the models."""
+    return _built_in(proxy_context(context, proxy_dockerfile(base)), proxy_tag(registry), log, "proxy image")
+
+
+def _built_in(context: Path, tag: str, log: Path, what: str) -> PushedImage:
+    """Build and push the image of `context`; then delete the context and the stage that saw the credentials."""
+    try:
+        return build_and_push(context, "Dockerfile", tag, log, what)
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+        _forget_credentials(what)
 
 
 class ImageStep:
@@ -171,11 +200,7 @@ class ImageStep:
         what = f"{self.catalog.where(model.name)}: image {image}"
         context = model_context(Path(record.bento_export), self.state.image_context(model.name),
                                 model_dockerfile(model.name, self.base(), self.port))
-        try:
-            pushed = build_and_push(context, "Dockerfile", image, self.state.image_log(model.name), what)
-        finally:
-            shutil.rmtree(context, ignore_errors=True)
-            _forget_credentials(what)
+        pushed = _built_in(context, image, self.state.image_log(model.name), what)
         return {"image": image, "image_ref": pushed.reference, "image_size_bytes": pushed.size_bytes,
                 "image_build_seconds": pushed.build_seconds}
 
@@ -184,7 +209,8 @@ class ImageStep:
         if self.skipped:
             return ""
         try:
-            pushed = build_proxy_image(self.registry, self.base(), self.state.image_log("proxy"))
+            pushed = build_proxy_image(self.registry, self.base(), self.state.image_context("proxy"),
+                                       self.state.image_log("proxy"))
         except FactoryError as exc:
             return str(exc)
         pushed.save(self.state.proxy_image_path())

@@ -19,7 +19,7 @@ from kubernetes.utils import parse_quantity
 
 from factory.errors import ManifestError
 from factory.k8s_schemas import schema_dir, schema_findings
-from factory.yamlsource import load_documents
+from proxy.yamldoc import load_documents
 
 KUSTOMIZATION_FILE = "kustomization.yaml"
 KUSTOMIZE_API_VERSION = "kustomize.config.k8s.io/v1beta1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import os
 import typing
@@ -17,6 +18,7 @@ from factory.crosscheck import cross_check
 from factory.errors import CatalogError, Problem, UsageError
 from factory.expand import DEFAULT_KEYS, Expansion, Origin, expand_models, raw_value, source_of, suggest
 from factory.yamlsource import SourceMap, YamlPath, load_located
+from proxy.yamldoc import read_regular_file
 
 TOP_KEYS = ("kubernetes", "pipeline", "defaults", "models", "experiments")
 QUOTE_HINT = "YAML reads unquoted yes/no/on/off as booleans and 1.10 as a number: quote the value, e.g. 'NO'"
@@ -29,16 +31,26 @@ def load_catalog(path: Path) -> Catalog:
     # A symlinked catalog is named with its target, so every line says which file was really read.
     display = f"{path} -> {_target(path)}" if path.is_symlink() else str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path)
     except FileNotFoundError as exc:
         raise CatalogError([Problem(display, 0, 0, "", "file not found",
                                     "run from the repository root or pass -f PATH/TO/models.yaml")]) from exc
     except UnicodeDecodeError as exc:
-        raise CatalogError([Problem(display, 0, 0, "", f"not UTF-8 text (byte {exc.start})",
-                                    "save the file as UTF-8")]) from exc
+        raise CatalogError([_not_utf8(display, exc)]) from exc
     except OSError as exc:
-        raise CatalogError([Problem(display, 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
+        raise CatalogError([Problem(display, 0, 0, "", f"cannot read: {exc.strerror}",
+                                    "pass -f the path of the catalog file itself")]) from exc
     return parse_catalog(text, display)
+
+
+def _not_utf8(display: str, exc: UnicodeDecodeError) -> Problem:
+    data, start = exc.object, exc.start
+    line_start = data.rfind(b"\n", 0, start) + 1
+    column = len(data[line_start:start].decode("utf-8", errors="replace")) + 1
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    return Problem(display, data.count(b"\n", 0, start) + 1, column, "",
+                   f"not UTF-8 text: byte 0x{data[start]:02x}" + (" (the file is UTF-16)" if utf16 else ""),
+                   "save the file as UTF-8")
 
 
 def select_models(catalog: Catalog, names: Iterable[str], everything: bool) -> list[ModelSpec]:
@@ -51,7 +63,9 @@ def select_models(catalog: Catalog, names: Iterable[str], everything: bool) -> l
     known = {model.name: model for model in catalog.models}
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise UsageError(f"not in models.yaml: {', '.join(unknown)}; run `factory routes` to list the models")
+        # Echoed escaped: a name from the command line may hold a line break or a terminal escape sequence.
+        raise UsageError(f"not in models.yaml: {', '.join(map(shown, unknown))}; run `factory routes` to list the "
+                         "models")
     return [known[name] for name in names]
 
 
@@ -74,12 +88,15 @@ def _target(link: Path) -> str:
         return "(a symlink loop)"
 
 
+KINDS = {bool: "a boolean", int: "a number", float: "a number"}
+
+
 def _kind(data: Any) -> str:
     if data is None:
         return "an empty document"
     if isinstance(data, str):
         return f"a plain string of {len(data)} characters"
-    return f"a {type(data).__name__}"
+    return KINDS.get(type(data), f"a {type(data).__name__}")
 
 
 def _prefixed(problem: Problem) -> Problem:

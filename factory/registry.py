@@ -69,14 +69,16 @@ class Registry:
         # get_model_info and artifact downloads read the global URIs; unset, MLflow 3 would quietly
         # create an empty sqlite registry in the working directory.
         from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError  # a sqlite URI naming a file that is no MLflow database
 
         try:
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-        except MlflowException as exc:
-            raise RegistryError(f"MLflow cannot use the registry at {uri}: {exc.message.split(';')[0]}; set "
-                                "MLFLOW_TRACKING_URI to a tracking server, or unset it to use the project's "
+        except (MlflowException, SQLAlchemyError) as exc:
+            reason = exc.message if isinstance(exc, MlflowException) else str(getattr(exc, "orig", None) or exc)
+            raise RegistryError(f"MLflow cannot use the registry at {uri}: {reason.split(';')[0].splitlines()[0]}; "
+                                "set MLFLOW_TRACKING_URI to a tracking server, or unset it to use the project's "
                                 "registry/mlflow.db") from exc
 
     def resolve(self, model: ModelSpec) -> ResolvedModel:

@@ -226,22 +226,60 @@ def _check_child_pipeline(text: str) -> None:
     check_child_pipeline(pipeline)
 
 
+# Everything a render writes sits under these names: a directory holding anything else is not ours to replace.
+RENDERED_NAMES = frozenset({RUNTIME_DIR, "models", "child-pipeline.yml", SHARD_DIR, "routes.yaml", "k8s"})
+
+
 def write_tree(files: dict[str, str], out_dir: Path) -> RenderSummary:
     """Replace `out_dir` by exactly `files`, all at once: the new tree is complete before it is swapped in."""
-    out_dir = out_dir.resolve()
+    shown, out_dir = out_dir, out_dir.resolve()
+    _check_replaceable(shown, out_dir)
     if _tree_matches(files, out_dir):
         return RenderSummary(out_dir, len(files), changed=False)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
+    except OSError as exc:
+        raise _unwritable(shown, exc) from exc
+    try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would become the output directory's mode
         for name, text in files.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
         _swap(staging, out_dir)
+    except OSError as exc:
+        raise _unwritable(shown, exc) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return RenderSummary(out_dir, len(files), changed=True)
+
+
+def _check_replaceable(shown: Path, out_dir: Path) -> None:
+    """Render replaces the whole directory: refuse one holding anything a render does not write (`-o .`)."""
+    existing = next(path for path in (out_dir, *out_dir.parents) if path.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == out_dir else f"is under {existing}, which is a file"
+        raise RenderError(f"-o {shown}: {what}, not a directory; pass a directory for the rendered tree "
+                          "(it is created if missing)")
+    foreign = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in RENDERED_NAMES) \
+        if out_dir.is_dir() else []
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise RenderError(f"-o {shown}: holds {', '.join(repr(name) for name in foreign[:3])}{more}, which factory "
+                          "render did not write; render replaces the whole directory, so pass a new or empty "
+                          "directory (e.g. -o build) or the output of an earlier render")
+
+
+def _unwritable(shown: Path, exc: OSError) -> RenderError:
+    return RenderError(f"-o {shown}: cannot write the rendered tree ({exc.strerror or exc}); nothing was "
+                       "changed there: pass -o a directory on a writable disk with free space")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _swap(staging: Path, out_dir: Path) -> None:
@@ -250,7 +288,11 @@ def _swap(staging: Path, out_dir: Path) -> None:
         return
     retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
     os.rename(out_dir, retired)
-    os.rename(staging, out_dir)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:  # Ctrl-C or a failure between the renames: the previous tree goes back
+        os.rename(retired, out_dir)
+        raise
     shutil.rmtree(retired, ignore_errors=True)
 
 

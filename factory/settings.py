@@ -78,6 +78,7 @@ class Settings:
         """The settings, checked: a value the factory cannot use is one SettingsError naming the variable."""
         values = {f.name: environ.get(f.metadata["env"]) or None for f in fields(cls)}
         paths = {name: Path(values[name]) for name in ("runtime_python", "runtime_home") if values[name]}
+        _check_values(values, {f.name: f.metadata["env"] for f in fields(cls)})
         return cls(**{**values, **paths, "state_dir": Path(values["state_dir"] or STATE_DEFAULT).resolve(),
                       "pinned_versions": values["pinned_versions"] or "",
                       "torch_cpu_index": _torch_cpu_index(values["torch_cpu_index"] or TORCH_CPU_INDEX),
@@ -162,6 +163,32 @@ def _url_secrets(url: str) -> list[str]:
         return []
     userinfo = parts.netloc.rpartition("@")[0]
     return [userinfo, parts.password, unquote(parts.password)]
+
+
+def _check_values(values: dict[str, Optional[str]], variables: dict[str, str]) -> None:
+    """Values that would reach an HTTP client, the file system, the engine or a manifest unusable or unsafe."""
+    from factory.catalog import CI_IMAGE_PATTERN, IMAGE_REGISTRY_PATTERN  # pydantic: not for `factory --help`
+
+    uri = values["tracking_uri"]
+    if uri and re.search(r"[\s\x00-\x1f\x7f]", uri):
+        raise SettingsError(f"MLFLOW_TRACKING_URI: {ascii(uri[:80])} holds a space or control character; set it to "
+                            "one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db")
+    state = Path(values["state_dir"] or STATE_DEFAULT)
+    if state.exists() and not state.is_dir():
+        raise SettingsError(f"FACTORY_STATE: {state} is a file, not a directory; point it at a directory (it is "
+                            "created if missing)")
+    # They become image references the engine is asked for and a Deployment's `image:`: checked as models.yaml's are.
+    images = {"image_registry": (IMAGE_REGISTRY_PATTERN, "an image repository prefix such as registry.example.com/team"),
+              "base_cache": (IMAGE_REGISTRY_PATTERN, "an image repository such as registry.example.com/team/python-base"),
+              "proxy_image": (CI_IMAGE_PATTERN, "an image reference such as registry.example.com/team/proxy:1.2 (or "
+                                                "@sha256:...)"),
+              "base_rootfs": (CI_IMAGE_PATTERN, "an image reference such as debian:bookworm-20251229-slim")}
+    for name, (pattern, what) in images.items():
+        value = values[name]
+        if value is not None and not re.fullmatch(pattern, value):
+            shown = ascii(value) if len(value) <= 80 else ascii(value[:77]) + "..."
+            raise SettingsError(f"{variables[name]}: {shown} is not {what} (lowercase letters, digits and . _ - / :); "
+                                "set it to one, or unset it")
 
 
 def _torch_cpu_index(index: str) -> str:

@@ -16,11 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
-
-from proxy.app import CONTROL_PATHS
 from proxy.reload import describe_error
-from proxy.routing import compile_table, load_route_table
+from proxy.routing import load_compiled
 from proxy.serve import serve
 from proxy.settings import ProxySettings
 
@@ -41,8 +38,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         settings = ProxySettings.from_env(os.environ, **flags)
         # Fail fast on a bad file at start; later reloads keep the old table instead.
-        compile_table(load_route_table(settings.routes), CONTROL_PATHS)
-    except (ValueError, OSError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
+        load_compiled(settings.routes)
+    except ValueError as exc:  # pydantic's ValidationError (settings) is one; the table's name its file
         print(f"proxy: cannot start: {describe_error(exc)}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="proxy-metrics-") as metrics_dir:

@@ -19,11 +19,10 @@ from proxy.errors import error_body, not_ready
 from proxy.forward import UpstreamClient
 from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore
+from proxy.routing import CONTROL_PATHS
 from proxy.settings import ProxySettings
 from proxy.shadow import ShadowSender
 
-CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
-                           "/openapi.json"})
 
 
 def create_app(settings: ProxySettings) -> DataPlane:

@@ -61,6 +61,8 @@ def sticky_key(route: CompiledRoute, headers: dict[bytes, bytes], body: bytes) -
         document = json.loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
         raise errors.invalid_json(route.path, sticky.name, str(exc)) from None
+    except RecursionError:  # `[[[[...` a thousand deep: refused like any other body that is no JSON object
+        raise errors.invalid_json(route.path, sticky.name, "nested too deeply") from None
     value = document.get(sticky.name) if isinstance(document, dict) else None
     if value is None or isinstance(value, str):
         return value

@@ -14,11 +14,10 @@ import signal
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
 from pydantic import ValidationError
 
 from proxy.metrics import ProxyMetrics
-from proxy.routing import CompiledTable, compile_table, load_route_table
+from proxy.routing import CompiledTable, describe_invalid, load_compiled
 
 log = logging.getLogger("proxy.routes")
 
@@ -35,8 +34,8 @@ def _signature(path: Path) -> Signature:
 
 
 def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, ValidationError):  # the settings' (the table's name their file already)
+        return describe_invalid(exc)
     return " ".join(str(exc).split())
 
 
@@ -55,10 +54,10 @@ class RouteStore:
         # Stat before reading: a write that lands after the read changes the signature again.
         self._seen = _signature(self.path)
         try:
-            table = compile_table(load_route_table(self.path), self._reserved)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+            table = load_compiled(self.path, self._reserved)
+        except ValueError as exc:  # every problem with the file, naming it (proxy/routing.py)
             kept = "keeping the previous table" if self.table else "no table loaded yet"
-            log.error("routes reload (%s) failed, %s: %s: %s", reason, kept, self.path, describe_error(exc))
+            log.error("routes reload (%s) failed, %s: %s", reason, kept, describe_error(exc))
             self._metrics.reload(ok=False)
             return False
         self.table = table

@@ -14,21 +14,33 @@ from typing import Annotated, Literal, Optional
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError, model_validator
 
 from proxy.split import Split
+from proxy.yamldoc import load_documents, read_regular_file
 
 ROUTES_FORMAT_VERSION = 1
+# The proxy answers these paths itself: no route may take one (`factory validate` refuses such an endpoint).
+CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
+                           "/openapi.json"})
 
-RoutePath = Annotated[
-    str, StringConstraints(pattern=r"^(/[A-Za-z0-9][A-Za-z0-9._-]{0,62})+$", max_length=512)
-]
-UpstreamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,62}$")]
+ROUTE_PATH = r"^(/[A-Za-z0-9][A-Za-z0-9._-]{0,62})+$"
+UPSTREAM_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,62}$"
+UPSTREAM_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._/-]*)?$"
+MODEL_VERSION = r"^[A-Za-z0-9._-]{1,64}$"
+# What a value failing each pattern must look like, in words (pydantic's message quotes the regex).
+PATTERN_HELP = {
+    ROUTE_PATH: "must be /segment[/segment...], each segment a letter or digit then letters, digits, '.', '_', '-'",
+    UPSTREAM_NAME: "must be a letter then letters, digits and '_' (at most 63 characters)",
+    UPSTREAM_URL: "must be http(s)://host[:port][/path] with no user, query or fragment",
+    MODEL_VERSION: "must be 1 to 64 letters, digits, '.', '_' or '-'",
+}
+MAX_ROUTE_LENGTH = 512
+RoutePath = Annotated[str, StringConstraints(pattern=ROUTE_PATH, max_length=MAX_ROUTE_LENGTH)]
+UpstreamName = Annotated[str, StringConstraints(pattern=UPSTREAM_NAME)]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
-UpstreamUrl = Annotated[
-    str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._/-]*)?$")
-]
+UpstreamUrl = Annotated[str, StringConstraints(pattern=UPSTREAM_URL)]
 
 
 class _Strict(BaseModel):
@@ -39,7 +51,14 @@ class Upstream(_Strict):
     """One model service the proxy may contact."""
 
     url: UpstreamUrl
-    model_version: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    model_version: str = Field(pattern=MODEL_VERSION)
+
+    @model_validator(mode="after")
+    def _port_in_range(self) -> "Upstream":
+        netloc = urlsplit(self.url).netloc
+        if ":" in netloc and not 1 <= int(netloc.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError(f"the port of {self.url!r} is not in 1..65535")
+        return self
 
 
 class StickyKey(_Strict):
@@ -59,7 +78,7 @@ class StickyKey(_Strict):
 class Variant(_Strict):
     name: UpstreamName
     upstream: UpstreamName
-    weight: int = Field(ge=0, le=100)
+    weight: StrictInt = Field(ge=0, le=100)
 
 
 class Route(_Strict):
@@ -100,9 +119,18 @@ class RouteTable(_Strict):
         return yaml.dump(self.model_dump(mode="json"), Dumper=dumper, sort_keys=True, allow_unicode=False)
 
 
+def load_compiled(path: Path, reserved_paths: frozenset[str] = CONTROL_PATHS) -> "CompiledTable":
+    """The table at `path`, compiled; every ValueError names the file."""
+    table = load_route_table(path)
+    try:
+        return compile_table(table, reserved_paths)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
 def load_route_table(path: Path) -> RouteTable:
     """Read and validate a routing table: one file, or a directory of shards (every `*.yaml` in it, as
-    Kubernetes mounts several ConfigMaps); raises ValueError/OSError with the file named."""
+    Kubernetes mounts several ConfigMaps); raises ValueError naming the file."""
     if not path.is_dir():
         return _load_shard(path)
     shards = sorted(path.glob("*.yaml"))
@@ -116,14 +144,49 @@ def load_route_table(path: Path) -> RouteTable:
             if upstreams.setdefault(name, upstream) != upstream:
                 raise ValueError(f"{shard_path}: upstream {name!r} differs from the one in an earlier shard")
         routes += shard.routes
-    return RouteTable(upstreams=upstreams, routes=tuple(sorted(routes, key=lambda route: route.path)))
+    try:
+        return RouteTable(upstreams=upstreams, routes=tuple(sorted(routes, key=lambda route: route.path)))
+    except ValidationError as exc:  # shards that are each valid but not together (a route in two shards)
+        raise ValueError(f"{path}: {describe_invalid(exc)}") from exc
 
 
 def _load_shard(path: Path) -> RouteTable:
-    with open(path, encoding="utf-8") as handle:
-        # libyaml's parser where available: thousands of routes load ~10x faster.
-        data = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return RouteTable.model_validate(data)
+    """One file; every error it raises names the file, and a validation error the YAML path of the value."""
+    try:
+        documents = load_documents(read_regular_file(path))
+        if len(documents) != 1:
+            raise ValueError(f"expected one YAML document, found {len(documents)}")
+        return RouteTable.model_validate(documents[0])
+    except ValidationError as exc:
+        raise ValueError(f"{path}: {describe_invalid(exc)}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}{where}: {exc.problem}") from exc
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: {' '.join(str(exc).split())}") from exc
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """pydantic's errors on one line, each at its YAML path (routes[0].variants[1].weight)."""
+    return "; ".join(f"{_yaml_path(error['loc'])}: {_message(error)}" for error in exc.errors())
+
+
+def _message(error: dict) -> str:
+    pattern = error.get("ctx", {}).get("pattern") if error["type"] == "string_pattern_mismatch" else None
+    if pattern in PATTERN_HELP:
+        shown = repr(error["input"])
+        return f"{PATTERN_HELP[pattern]} (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def _yaml_path(loc: tuple) -> str:
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    return text or "<top>"
 
 
 # --- The table as the data path uses it -------------------------------------------------

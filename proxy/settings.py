@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
-from typing import Literal, Mapping, Optional
+from typing import Annotated, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from proxy.routing import HeaderName
 
 ENV_PREFIX = "PROXY_"
 
 
+def _ip_address(host: str) -> str:
+    """granian binds IP addresses only: anything else failed inside it, with a traceback."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address, such as 127.0.0.1, 0.0.0.0 or ::") from None
+    return host
+
+
 class ProxySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     routes: Path = Field(description="routes.yaml written by `factory render`")
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_ip_address)] = Field("127.0.0.1", description="the IP address to listen on")
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
 from click.testing import CliRunner
 
+from factory import yamlsource
 from factory.cli import main
 from factory.errors import CatalogError
 from factory.loader import parse_catalog
@@ -17,6 +19,8 @@ VALID_MODEL = """\
   endpoint: probability
   parameters: [2, TAXI]
 """
+
+LONG_SEGMENT = "Z" + "x" * 62  # the longest route segment
 
 CASES = [
     ("duplicate yaml key", """\
@@ -234,6 +238,46 @@ CASES = [
     ("merge key", "- {<<: {version: 1}, name: m_a, endpoint: p}\n", [
         "models.yaml:1:4: models[0]: YAML merge keys (<<) are not supported "
         "(hint: put shared settings under `defaults:` instead)"]),
+    ("a route the proxy answers itself", """\
+        - {name: m_a, version: 1, endpoint: metrics}
+        - matrix: {e: [docs]}
+          name: m_{e}
+          version: 1
+          endpoint: "{e}"
+          parameters: [oauth2-redirect]
+        """, ["models.yaml:1:37: models[0].endpoint: route /metrics is the proxy's own endpoint (it answers /docs, "
+              "/docs/oauth2-redirect, /healthz, /metrics, /openapi.json, /readyz, /redoc itself) (hint: change "
+              "endpoint or add parameters)",
+              "models.yaml:5:13: models[1].endpoint: route /docs/oauth2-redirect is the proxy's own endpoint "
+              "(matrix: e=docs) (it answers /docs, /docs/oauth2-redirect, /healthz, /metrics, /openapi.json, /readyz, "
+              "/redoc itself) (hint: change endpoint or add parameters)"]),
+    ("an experiment on a route the proxy answers itself", """\
+        models:
+          - {name: m_a, version: 1, endpoint: p, parameters: [a]}
+          - {name: m_b, version: 1, endpoint: p, parameters: [b]}
+        experiments:
+          - {name: ab, endpoint: readyz, variants: [{model: m_a, weight: 50}, {model: m_b, weight: 50}]}
+        """, ["models.yaml:5:26: experiments[0].endpoint: route /readyz is the proxy's own endpoint (it answers "
+              "/docs, /docs/oauth2-redirect, /healthz, /metrics, /openapi.json, /readyz, /redoc itself) (hint: change "
+              "endpoint or add parameters)"]),
+    ("a version past the registry's integer column", """\
+        - {name: m_a, version: 99999999999999999999, endpoint: p}
+        """, ["models.yaml:1:24: models[0].version: must be ≤ 2147483647 (got 99999999999999999999)"]),
+    ("a null key, echoed as written", "- {name: m_a, version: 1, endpoint: p, ~: x}\n", [
+        "models.yaml:1:40: models[0].~: unknown key (hint: allowed keys: endpoint, parameters, name, registry_name, "
+        "version, alias, batching, resources, scaling, serving, compile, slo)"]),
+    ("an empty models list", "models: []\n", [
+        "models.yaml:1:9: models: must be a non-empty list of models (got an empty list) (hint: see README: "
+        "models.yaml reference)"]),
+    ("a bare number", "42\n", [
+        "models.yaml:1:1: must be a list of models or a mapping with kubernetes, pipeline, defaults, models, "
+        "experiments (got a number) (hint: is this the right file? `factory validate -f PATH/TO/models.yaml`)"]),
+    ("a route longer than the proxy takes (render failed, 'a bug in the factory')",
+     "- {name: m_a, version: 1, endpoint: " + LONG_SEGMENT + ", parameters: [" + ", ".join([LONG_SEGMENT] * 8) + "]}\n",
+     ["models.yaml:1:37: models[0].endpoint: route /Zxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... is 576 characters "
+      "long; the proxy takes at most 512 (hint: use fewer or shorter parameters)"]),
+    ("a NUL byte, located", "- {name: m_a, version: 1,\n   endpoint: p\x00}\n", [
+        "models.yaml:2:15: not a text file: character #x0000 is not allowed in YAML (hint: is this the right file?)"]),
 ]
 
 
@@ -356,4 +400,67 @@ def test_symlink_loop_is_one_line(tmp_path) -> None:
     link.symlink_to(link.name)
     result = CliRunner().invoke(main, ["validate", "-f", str(link)])
     assert (result.exit_code, result.stderr) == (1, f"{link} -> (a symlink loop): cannot read: Too many levels of "
-                                                    "symbolic links\n")
+                                                    "symbolic links (hint: pass -f the path of the catalog file "
+                                                    "itself)\n")
+
+
+def _fifo(path) -> None:
+    os.mkfifo(path)
+
+
+FILE_CASES = [
+    ("a byte that is not UTF-8", lambda p: p.write_bytes(b"- {name: m_a,\n   version: 1, endpoint: p\xff}\n"),
+     "{file}:2:27: not UTF-8 text: byte 0xff (hint: save the file as UTF-8)"),
+    ("a UTF-16 file", lambda p: p.write_text("- {name: m_a, version: 1, endpoint: p}\n", encoding="utf-16"),
+     "{file}:1:1: not UTF-8 text: byte 0xff (the file is UTF-16) (hint: save the file as UTF-8)"),
+    ("a directory", lambda p: p.mkdir(), "{file}: cannot read: is a directory (hint: pass -f the path of the "
+                                         "catalog file itself)"),
+    ("a FIFO (reading it blocked forever)", _fifo, "{file}: cannot read: not a regular file (hint: pass -f the "
+                                                   "path of the catalog file itself)"),
+]
+
+
+@pytest.mark.parametrize("label, make, expected", FILE_CASES, ids=[case[0] for case in FILE_CASES])
+def test_a_catalog_file_that_is_no_utf8_text_file_is_one_located_line(tmp_path, label, make, expected) -> None:
+    path = tmp_path / "models.yaml"
+    make(path)
+    result = CliRunner().invoke(main, ["validate", "-f", str(path)])
+    assert (result.exit_code, result.stderr) == (1, expected.format(file=path) + "\n")
+
+
+@pytest.mark.parametrize("command", ["build", "test", "manifests"])
+def test_unknown_model_names_on_the_command_line_are_echoed_escaped(tmp_path, command: str) -> None:
+    """A name from the command line may hold a line break or a terminal escape: echoed as an escaped literal."""
+    (tmp_path / "models.yaml").write_text(VALID_MODEL)
+    result = CliRunner().invoke(main, [command, "-f", str(tmp_path / "models.yaml"), "m_a\n\x1b[2Jx", "m_z"],
+                                env={"FACTORY_STATE": str(tmp_path / "state")})
+    assert (result.exit_code, result.stderr) == (1, "not in models.yaml: 'm_a\\n\\x1b[2Jx', 'm_z'; run `factory "
+                                                    "routes` to list the models\n")
+
+
+LOCATED_ALIKE = [
+    "- {name: größe_ä, version: 1, endpoint: p, parameters: ['日本', x]}  # ü\n- {name: b, version: 0, endpoint: q}\n",
+    "\ufeff- {name: a, version: 1, endpoint: p, bogus: 1}\n",
+    "models:\r\n  - name: a\r\n    version: 1\r\n    version: 2\r\n    endpoint: p\r\n",
+    "models:\n  - name: >\n      folded\n      text\n    version: 1\n    endpoint: !shell p\n",
+]
+
+
+@pytest.mark.parametrize("text", LOCATED_ALIKE)
+def test_libyaml_and_the_python_composer_locate_every_value_alike(text: str, monkeypatch) -> None:
+    """libyaml composes large catalogs (factory/yamlsource.py `_compose`); every line:col must be as PyYAML's."""
+    fast = yamlsource.load_located(text, "models.yaml")
+    monkeypatch.setattr(yamlsource, "_FAST_LOADER", None)
+    slow = yamlsource.load_located(text, "models.yaml")
+    assert (fast[1].values, fast[1].keys, fast[2:]) == (slow[1].values, slow[1].keys, slow[2:])
+
+
+def test_a_large_catalogs_syntax_error_is_libyamls_at_the_same_place() -> None:
+    """Past REWORDED_CHARACTERS the Python composer is not run again only to word the error its own way."""
+    rows = "".join(f"  - {{name: m_{i}, version: 1, endpoint: p, parameters: [x{i}]}}\n" for i in range(5_000))
+    text = "models:\n" + rows + "  - {name: [unclosed\n"
+    assert len(text) > yamlsource.REWORDED_CHARACTERS
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(text)
+    assert caught.value.lines() == ["models.yaml:5003:1: YAML syntax error: did not find expected ',' or ']' "
+                                    "(hint: check indentation and quoting around this line)"]

@@ -206,9 +206,12 @@ def test_every_template_and_the_factory_itself_count(factory_repo: Path, name, o
     ('{"commit": "main"}', "field 'commit' must be a git commit hash (got 'main')"),
     ('{"commit": "abc1234", "versions": {"m": "3"}}', "field 'versions' must map model names to registry versions"),
     ('{"commit": "abc1234", "versions": {"m": 0}}', "field 'versions' must map model names to registry versions"),
+    pytest.param("[" * 100_000, "not a deploy record (nested too deeply)", id="nested-too-deeply"),
+    # A directory was taken for "no record", so every model was deployed.
+    pytest.param(None, "not a deploy record (is a directory)", id="a-directory"),
 ])
 def test_a_bad_deploy_record_is_refused_with_its_fix(tmp_path: Path, text: str, message: str) -> None:
-    (tmp_path / "deployed.json").write_text(text)
+    (tmp_path / "deployed.json").mkdir() if text is None else (tmp_path / "deployed.json").write_text(text)
     with pytest.raises(DeployError) as error:
         DeployRecord.load(tmp_path / "deployed.json")
     assert str(error.value).startswith(f"{tmp_path / 'deployed.json'}: {message}")

@@ -266,3 +266,27 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path, command: 
         "FACTORY_TORCH_CPU_INDEX: 'mirror.example/cpu' is not a package index URL; set it to the http(s):// address "
         "of PyTorch's CPU index or a mirror of it (a PEP 503 `simple` page), or unset it for "
         "https://download.pytorch.org/whl/cpu\n"))
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--examples", "-5", "Invalid value for '--examples': -5 is not in the range x>=0."),
+    ("--load-seconds", "nan", "Invalid value for '--load-seconds': 'nan' is not a number of seconds"),
+    ("--load-seconds", "1e309", "Invalid value for '--load-seconds': inf is not in the range 0<=x<=3600."),
+])
+def test_a_test_option_out_of_range_is_refused_before_anything_runs(tmp_path: Path, option: str, value: str,
+                                                                      message: str) -> None:
+    result = CliRunner().invoke(main, ["test", "--all", "-f", str(_catalog(tmp_path) / "models.yaml"), option, value],
+                                env={"FACTORY_STATE": str(tmp_path / "state")})
+    assert (result.exit_code, result.stderr.splitlines()[-1]) == (2, f"Error: {message}")
+
+
+def test_a_sqlite_uri_naming_no_mlflow_database_is_one_line(tmp_path: Path) -> None:
+    not_a_database = tmp_path / "passwd"
+    not_a_database.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    result = CliRunner().invoke(main, ["build", "--all", "--no-image", "-f", str(_catalog(tmp_path) / "models.yaml")],
+                                env={"FACTORY_STATE": str(tmp_path / "state"), "BENTOML_HOME": str(tmp_path / "b"),
+                                     "MLFLOW_TRACKING_URI": f"sqlite:///{not_a_database}"})
+    assert (result.exit_code, result.stderr) == (1, (
+        f"MLflow cannot use the registry at sqlite:///{not_a_database}: file is not a database; set "
+        "MLFLOW_TRACKING_URI to a tracking server, or unset it to use the project's registry/mlflow.db\n"))
+    assert not_a_database.read_text() == "root:x:0:0:root:/root:/bin/bash\n"

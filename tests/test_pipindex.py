@@ -144,3 +144,34 @@ def test_the_serving_venv_installs_from_a_private_index_with_basic_auth(tmp_path
     assert answer.stdout == f"{GREETING}\n"
     home = python.parent.parent
     assert not [path for path in home.glob("*.txt") if TOKEN in path.read_text() or USER in path.read_text()]
+
+
+def test_the_proxy_image_installs_as_a_model_image_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy's recipe shares the model's install (templates/images/_venv.j2): the base image's uv, the platform's
+    index URLs as options, the credential only in a labelled first stage's netrc; its build context holds the
+    proxy's sources, never their bytecode."""
+    monkeypatch.setenv(PIP_INDEX_URL_ENV, ARTIFACTORY)
+    dockerfile = images.proxy_dockerfile("model-factory/python-base:x")
+    assert "AKCp8t" not in dockerfile and "build-bot" not in dockerfile and "pip install" not in dockerfile.replace(
+        "uv pip install", "")
+    first, final = dockerfile.split("\nFROM model-factory/python-base:x\n")
+    assert "FROM model-factory/python-base:x AS requirements\nLABEL model-factory.index-credentials=true\n" in first
+    assert ("COPY proxy/requirements.txt /opt/proxy-requirements.txt\nCOPY index-auth/netrc /run/index-auth/netrc\n"
+            "RUN uv venv --quiet --python /usr/bin/python3 /opt/venv \\\n && uv pip install --quiet --compile-bytecode "
+            "--index-strategy unsafe-first-match --python /opt/venv/bin/python \\\n    --index-url "
+            "https://artifactory.example/api/pypi/pypi-remote/simple -r /opt/proxy-requirements.txt") in first
+    assert final.startswith("COPY --from=requirements /opt/venv /opt/venv\nCOPY proxy /app/proxy\n")
+    assert "index-auth" not in final and 'ENTRYPOINT ["python", "-m", "proxy"]' in final
+    (images.ROOT / "proxy" / "__pycache__").mkdir(exist_ok=True)  # as any test run that imported the proxy leaves
+    context = images.proxy_context(tmp_path / "context", dockerfile)
+    assert sorted(path.name for path in context.iterdir()) == ["Dockerfile", "index-auth", "proxy"]
+    assert stat.S_IMODE((context / "index-auth" / "netrc").stat().st_mode) == 0o600
+    assert sorted(path.name for path in (context / "proxy").iterdir()) == sorted(
+        path.name for path in (images.ROOT / "proxy").iterdir() if path.name != "__pycache__")
+
+
+def test_without_credentials_the_proxy_image_is_one_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PIP_EXTRA_INDEX_URL_ENV, "https://nexus.example/simple")
+    dockerfile = images.proxy_dockerfile("base:x")
+    assert dockerfile.count("FROM ") == 1 and "LABEL" not in dockerfile and "NETRC" not in dockerfile
+    assert "--extra-index-url https://nexus.example/simple -r /opt/proxy-requirements.txt" in dockerfile

@@ -199,6 +199,9 @@ ERROR_TABLE = [
                  "request body is not valid JSON (Expecting value: line 1 column 13 (char 12)); /models/field "
                  "reads the experiment key from the JSON field 'user_id', so the body must be a JSON object",
                  id="bad-json-with-field-key"),
+    pytest.param("POST", "/models/field", b'{"user_id": ' + b"[" * 1000, {}, 400, "invalid_json",
+                 "request body is not valid JSON (nested too deeply); /models/field reads the experiment key "
+                 "from the JSON field 'user_id', so the body must be a JSON object", id="json-nested-too-deeply"),
     pytest.param("POST", "/models/plain", b"x" * (MAX_BODY + 1), {}, 413, "body_too_large",
                  f"request body is larger than the proxy's limit of {MAX_BODY} bytes; send fewer rows per "
                  "request (the operator can raise PROXY_MAX_BODY_BYTES)", id="too-large-body"),

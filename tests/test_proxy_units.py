@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from proxy.errors import ProxyError
 from proxy.forward import UpstreamClient, UpstreamResponse, request_header_block, response_headers
 from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore, describe_error
-from proxy.routing import RouteTable, compile_table
+from proxy.routing import RouteTable, compile_table, load_compiled
 from proxy.settings import ProxySettings
 from tests.proxy_support.harness import REPO, experiment_route, plain_route, write_routes
 
@@ -92,12 +93,21 @@ def test_sticky_field_key(body, expected):
     assert sticky_key(route, {}, body) == expected
 
 
-def test_sticky_field_rejects_bad_json():
+@pytest.mark.parametrize("body, detail", [
+    (b"\xff", "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+    (b"[" * 100_000, "nested too deeply"),
+    (b'{"user_id": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nested too deeply"),
+    (b'{"user_id": 1' + b"0" * 5_000 + b"}", "Exceeds the limit (4300 digits) for integer string conversion: value "
+                                            "has 5001 digits; use sys.set_int_max_str_digits() to increase the limit"),
+])
+def test_sticky_field_rejects_bad_json(body, detail):
     route = compile_table(_table([experiment_route("/m", {"a": 50, "b": 50},
                                                    {"source": "field", "name": "user_id"})])).routes["/m"]
     with pytest.raises(ProxyError) as caught:
-        sticky_key(route, {}, b"\xff")
-    assert caught.value.status == 400
+        sticky_key(route, {}, body)
+    assert (caught.value.status, caught.value.message) == (400, f"request body is not valid JSON ({detail}); /m reads "
+                                                                "the experiment key from the JSON field 'user_id', so "
+                                                                "the body must be a JSON object")
 
 
 def test_invalid_reload_keeps_the_old_table_logs_once_and_counts(tmp_path, caplog):
@@ -283,6 +293,8 @@ def test_not_ready_until_a_table_loads(tmp_path):
     ("body_timeout_s", "0", "body_timeout_s: Input should be greater than 0"),
     ("max_response_bytes", "-1", "max_response_bytes: Input should be greater than or equal to 0"),
     ("drain_timeout_s", "0", "drain_timeout_s: Input should be greater than or equal to 1"),
+    ("host", "a b", "host: 'a b' is not an IP address, such as 127.0.0.1, 0.0.0.0 or ::"),  # granian's traceback
+    ("host", "localhost", "host: 'localhost' is not an IP address, such as 127.0.0.1, 0.0.0.0 or ::"),
 ])
 def test_edge_settings_out_of_range_are_refused_by_name(flag, value, message):
     with pytest.raises(ValidationError) as caught:
@@ -316,3 +328,59 @@ def test_deadlines_cancel_only_the_reads_still_running_and_not_other_cancellatio
     results = asyncio.run(scenario())
     assert results[:5] == ["timed out", "done", "timed out", "done", "timed out"]
     assert isinstance(results[5], asyncio.CancelledError)
+
+
+# --- a hostile routing table: one line naming the file, the place in it and what is wrong -----------
+
+GOOD_UPSTREAM = "upstreams:\n  a: {url: 'http://127.0.0.1:9/predict', model_version: '1'}\n"
+ROUTE = "routes:\n  - {path: /m, variants: [{name: a, upstream: a, weight: 100}]}\n"
+TABLE_CASES = [
+    ("nested past libyaml's safe depth (it crashed the interpreter)", "x: " + "[" * 100_000 + "]" * 100_000,
+     "{path}: nested deeper than 200 levels at line 1"),
+    ("a duplicate upstream (the second won, unseen)",
+     GOOD_UPSTREAM + "  a: {url: 'http://elsewhere:9/x', model_version: '1'}\n" + ROUTE,
+     "{path}:3:3: duplicate key 'a'"),
+    ("a duplicate top-level key", GOOD_UPSTREAM + ROUTE + "routes: []\n", "{path}:5:1: duplicate key 'routes'"),
+    ("a python tag", GOOD_UPSTREAM + "routes: !!python/object/apply:os.system ['id']\n",
+     "{path}:3:9: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+    ("two documents", GOOD_UPSTREAM + ROUTE + "---\n" + GOOD_UPSTREAM + ROUTE,
+     "{path}: expected one YAML document, found 2"),
+    ("an empty file", "", "{path}: expected one YAML document, found 0"),
+    ("a port out of range", GOOD_UPSTREAM.replace(":9/", ":99999/") + ROUTE,
+     "{path}: upstreams.a: the port of 'http://127.0.0.1:99999/predict' is not in 1..65535"),
+    ("port 0", GOOD_UPSTREAM.replace(":9/", ":0/") + ROUTE,
+     "{path}: upstreams.a: the port of 'http://127.0.0.1:0/predict' is not in 1..65535"),
+    ("CR/LF in an upstream URL", GOOD_UPSTREAM.replace("predict'", 'predict\\r\\nX-Injected: 1"').replace(
+        "url: 'http", 'url: "http') + ROUTE, "{path}: upstreams.a.url: must be http(s)://host[:port][/path] with no user, "
+                                    "query or fragment (got 'http://127.0.0.1:9/predict\\r\\nX-Injected: 1')"),
+    ("a weight as a string", GOOD_UPSTREAM + ROUTE.replace("weight: 100", "weight: '100'"),
+     "{path}: routes[0].variants[0].weight: Input should be a valid integer; routes[0].variants: Tuple should have "
+     "at least 1 item after validation, not 0"),
+    ("a weight as a boolean", GOOD_UPSTREAM + ROUTE.replace("weight: 100}", "weight: true}, {name: b, upstream: a, "
+                                                                             "weight: 99}"),
+     "{path}: routes[0].variants[0].weight: Input should be a valid integer"),
+    ("a path with ..", GOOD_UPSTREAM + ROUTE.replace("/m,", "/m/../x,"),
+     "{path}: routes[0].path: must be /segment[/segment...], each segment a letter or digit then letters, digits, "
+     "'.', '_', '-' (got '/m/../x')"),
+    ("a path over a proxy endpoint", GOOD_UPSTREAM + ROUTE.replace("/m,", "/readyz,"),
+     "{path}: route /readyz collides with the proxy's own endpoint of that path"),
+]
+
+
+@pytest.mark.parametrize("label, text, message", TABLE_CASES, ids=[case[0] for case in TABLE_CASES])
+def test_a_hostile_routing_table_is_one_line_naming_the_file(tmp_path, label, text, message):
+    path = tmp_path / "routes.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as caught:
+        load_compiled(path)
+    assert describe_error(caught.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize("kind, message", [("fifo", "not a regular file"), ("directory", "no *.yaml routing table "
+                                                                                            "shards in this directory")])
+def test_a_routes_path_that_is_no_file_is_refused_without_reading(tmp_path, kind, message):
+    path = tmp_path / "routes.yaml"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()  # reading a FIFO would block until a writer comes
+    with pytest.raises(ValueError) as caught:
+        load_compiled(path)
+    assert str(caught.value) in (f"{path}: cannot read ({message})", f"{path}: {message}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from factory.errors import StateError
+from factory.errors import SettingsError, StateError
 from factory.settings import Settings, documentation
 from factory.state import BuildRecord, StateDir, TestReport
 
@@ -80,6 +80,38 @@ def test_settings_read_every_variable() -> None:
     assert empty.state_dir == (Path.cwd() / "factory-state") and empty.tracking_uri is None
     assert empty.torch_cpu_index == "https://download.pytorch.org/whl/cpu"
     assert empty.pip_index_url is None and empty.pip_extra_index_url is None
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("FACTORY_IMAGE_REGISTRY", "reg.example.com/a\nkind: Secret", "'reg.example.com/a\\nkind: Secret' is not an "
+     "image repository prefix such as registry.example.com/team"),
+    ("FACTORY_IMAGE_REGISTRY", "Registry.Example.com/Team", "'Registry.Example.com/Team' is not an image repository "
+     "prefix such as registry.example.com/team"),
+    ("FACTORY_BASE_CACHE", "gl.io/p/base; docker rm -f x", "'gl.io/p/base; docker rm -f x' is not an image "
+     "repository such as registry.example.com/team/python-base"),
+    ("FACTORY_PROXY_IMAGE", "$(curl evil)/proxy", "'$(curl evil)/proxy' is not an image reference such as "
+     "registry.example.com/team/proxy:1.2 (or @sha256:...)"),
+    ("FACTORY_BASE_ROOTFS", "x" * 300, "'" + "x" * 77 + "'... is not an image reference such as "
+     "debian:bookworm-20251229-slim"),
+])
+def test_an_image_setting_that_is_no_image_name_is_refused_by_name(variable: str, value: str, message: str) -> None:
+    """They become references the engine is asked for and a Deployment's `image:` (a YAML document)."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    assert str(caught.value) == (f"{variable}: {message} (lowercase letters, digits and . _ - / :); set it to one, "
+                                 "or unset it")
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("MLFLOW_TRACKING_URI", "http://mlflow:5000\nX-Injected: 1", "MLFLOW_TRACKING_URI: 'http://mlflow:5000\\nX-Injected: "
+     "1' holds a space or control character; set it to one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db"),
+    ("FACTORY_STATE", __file__, f"FACTORY_STATE: {__file__} is a file, not a directory; point it at a directory (it "
+     "is created if missing)"),
+])
+def test_a_setting_the_factory_cannot_use_is_refused_by_name(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    assert str(caught.value) == message
 
 
 def test_readme_documents_every_variable() -> None:
