@@ -19,13 +19,14 @@ from factory.errors import ServeError
 from factory.exactness import compare
 from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, golden_problem,
                                  invalid_problem, minimal_failure, post_predict, strict_json, valid_problem)
-from factory.fuzz_requests import (DEFAULT_MAX_BODY_BYTES, TENSOR_DTYPES, Column, encode as _encode,
-                                   invalid_request, invalid_requests_by_kind, signature_columns, signature_params,
-                                   valid_request, valid_row)
+from factory.fuzz_requests import (DEFAULT_MAX_BODY_BYTES, TENSOR_DTYPES, Column, as_clients_send,
+                                   encode as _encode, invalid_request, invalid_requests_by_kind, signature_columns,
+                                   signature_params, unnamed_columns, valid_request, valid_row)
 
 # The fuzzing API in one place: how requests are drawn lives in factory/fuzz_requests.py.
-__all__ = ["TENSOR_DTYPES", "Column", "fuzz_service", "invalid_request", "invalid_requests_by_kind",
-           "signature_columns", "signature_params", "valid_request", "valid_row"]
+__all__ = ["TENSOR_DTYPES", "Column", "as_clients_send", "fuzz_service", "invalid_request",
+           "invalid_requests_by_kind", "signature_columns", "signature_params", "unnamed_columns", "valid_request",
+           "valid_row"]
 
 
 def fuzz_service(base_url: str, signature: Union[dict, list], max_batch_size: int, *, seed: int,
@@ -39,7 +40,7 @@ def fuzz_service(base_url: str, signature: Union[dict, list], max_batch_size: in
     columns, params = signature_columns(signature), signature_params(signature)
     pairs = _golden_pairs(golden)
     run = _Run(base_url.rstrip("/"), timeout_s, model, seed, Path(report_dir).resolve(), catalog)
-    checks = [run.valid(columns, max_batch_size, valid_examples, params),
+    checks = [run.valid(columns, max_batch_size, valid_examples, params, unnamed_columns(signature)),
               run.invalid(columns, max_batch_size, max_body_bytes, invalid_examples, params),
               run.golden(pairs, *golden_tolerance)]
     return FuzzResult(model=model, base_url=base_url, seed=seed, checks=checks, records=run.records)
@@ -59,7 +60,8 @@ class _Run:
         self.records: list[RequestRecord] = []
         self.down: Optional[_Failed] = None  # the request the service stopped answering at, if it did
 
-    def valid(self, columns: list[Column], max_batch_size: int, examples: int, params: list[dict]) -> CheckResult:
+    def valid(self, columns: list[Column], max_batch_size: int, examples: int, params: list[dict],
+              unnamed: bool = False) -> CheckResult:
         output_kinds: set[str] = set()  # every valid response must keep to the first one's JSON type
 
         def attempt(request: dict) -> None:
@@ -67,6 +69,8 @@ class _Run:
                           lambda response: valid_problem(response, len(request["inputs"]), output_kinds))
 
         strategy = valid_request(columns, max_batch_size, params)
+        if unnamed:
+            strategy = as_clients_send(strategy, columns)
         return self._check("valid requests", examples > 0, lambda: self._search("valid", strategy, examples, attempt))
 
     def invalid(self, columns: list[Column], max_batch_size: int, max_body_bytes: int, examples: int,

@@ -115,6 +115,32 @@ def valid_row(columns: list[Column]) -> st.SearchStrategy:
     return _rows(columns, 1, 1).map(lambda rows: rows[0])
 
 
+def unnamed_columns(signature: Union[dict, list, None]) -> bool:
+    """Whether the signature's columns have no names: its rows may then come as `mlflow models serve` takes
+    them (templates/bento/mf_schema.py), the value itself for one column or a list in column order."""
+    specs = _input_specs(signature)
+    return bool(specs) and specs[0].get("type") != "tensor" and not any(spec.get("name") for spec in specs)
+
+
+def as_clients_send(requests: st.SearchStrategy[dict], columns: list[Column]) -> st.SearchStrategy[dict]:
+    """Requests of an unnamed signature with any of their rows in the positional form, so fuzzing exercises
+    both (golden requests stay keyed: the golden recorder builds its frame from keyed rows)."""
+    return requests.flatmap(lambda request: st.lists(st.booleans(), min_size=len(request["inputs"]),
+                                                     max_size=len(request["inputs"])).map(
+        lambda flags: {**request, "inputs": [_positional(row, columns) if flag else row
+                                             for row, flag in zip(request["inputs"], flags)]}))
+
+
+def _positional(row: dict, columns: list[Column]) -> Any:
+    if not all(column.name in row for column in columns):
+        return row  # an optional column left out has no place in a list
+    if len(columns) > 1:
+        return [row[column.name] for column in columns]
+    value = row[columns[0].name]
+    # An object or map value keyed like the row itself ({} too) would be read as the row: it stays keyed.
+    return row if isinstance(value, dict) and set(value) <= {columns[0].name} else value
+
+
 def valid_request(columns: list[Column], max_batch_size: int, params: Sequence[dict] = ()) -> st.SearchStrategy[dict]:
     """`{"inputs": rows}` with 1..max_batch_size rows, full batches included, and, when the signature has
     params, maybe `"params"` with some of them."""

@@ -15,14 +15,15 @@ from typing import Any, Optional
 import httpx
 import mlflow
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, find, given, settings
+from hypothesis import strategies as st
 from mlflow.models.utils import _enforce_params_schema, _enforce_schema
 from mlflow.types.schema import ParamSchema, Schema
 from pydantic import BaseModel, ValidationError, create_model
 
 from factory import pyfunc_answers
-from factory.fuzz import (TENSOR_DTYPES, _encode, invalid_requests_by_kind, signature_columns, signature_params,
-                          valid_request)
+from factory.fuzz import (TENSOR_DTYPES, _encode, as_clients_send, invalid_requests_by_kind, signature_columns,
+                          signature_params, unnamed_columns, valid_request)
 from factory.runtime import BENTO_TEMPLATES
 
 sys.path.insert(0, str(BENTO_TEMPLATES))
@@ -382,3 +383,25 @@ def test_a_type_hinted_model_answers_bare_values_as_golden_records_keyed_rows(tm
                                                                "flavor": {"loader": "pyfunc"}})
     validated = _request_model(inputs).model_validate_json('{"inputs": ["ab", "xyz"]}')
     assert [{"outputs": predictor.predict(validated.inputs, None)}] == golden == [{"outputs": [2, 3]}]
+
+
+PARTLY_OPTIONAL = [{"type": "double", "required": True}, {"type": "string", "required": False}]
+
+
+@pytest.mark.parametrize("inputs", [TEXT, PAIR, VECTOR, HINTED, PARTLY_OPTIONAL])
+def test_the_fuzzer_sends_rows_of_unnamed_columns_both_ways_and_both_serve_alike(inputs) -> None:
+    columns, request_model = signature_columns(inputs), _request_model(inputs)
+    tensor = [{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 2]}}]
+    assert unnamed_columns(inputs) and not unnamed_columns(INPUTS) and not unnamed_columns(tensor)
+    keyed_and_sent = valid_request(columns, MAX_ROWS).flatmap(
+        lambda request: st.tuples(st.just(request), as_clients_send(st.just(request), columns)))
+
+    @DETERMINISTIC
+    @given(keyed_and_sent)
+    def served_alike(pair: tuple[dict, dict]) -> None:
+        keyed, sent = (request_model.model_validate_json(_encode(request)) for request in pair)
+        assert _served_records(sent) == _served_records(keyed)
+
+    served_alike()
+    keyed, sent = find(keyed_and_sent, lambda pair: pair[0] != pair[1])  # the positional form is drawn at all
+    assert any(row not in keyed["inputs"] for row in sent["inputs"])
