@@ -89,9 +89,8 @@ def served(bento_tag: str, log: Path, mode: Mode = "single", runtime_python: Pat
            ready_timeout_s: float = READY_TIMEOUT_S, port: int | None = None) -> Iterator[Served]:
     """Start the Bento, wait for /readyz, yield it; stop the whole process group on exit, whatever happens."""
     port = free_port(port or 0)
-    python = runtime_python or Path(sys.executable)
-    command, cwd = serve_command(bento_tag, port, mode, python)
-    environment = interpreter_environment(python if mode == "single" else Path(sys.executable))
+    command, cwd = serve_command(bento_tag, port, mode, runtime_python or Path(sys.executable))
+    environment = interpreter_environment(Path(command[0]))
     with process_served(command, cwd, log, port, "/readyz", ready_timeout_s, environment) as server:
         yield server
 
