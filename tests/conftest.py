@@ -4,11 +4,26 @@ engine runs or can be started) real images in a local registry, made once."""
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import pytest
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, FactoryEnv, make_factory_env
 from factory import engine
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_stay_the_tests_own() -> Iterator[None]:
+    """MLflow's set_tracking_uri / set_registry_uri (factory.registry calls both) also write os.environ, so a test
+    resolving models in process left MLFLOW_REGISTRY_URI behind: a later test's subprocess, given only
+    MLFLOW_TRACKING_URI, registered its model in that stale registry instead (test_e2e_tracking_server, once)."""
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
