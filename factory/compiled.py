@@ -102,23 +102,24 @@ def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict
     probed, asked, counts = _probe(predictor, candidate, signature, rows, answer, examples, settings)
     if not probed.agrees:
         return Decision("native", f"{label} differs from the registry model beyond rtol {settings.rtol:g}, atol "
-                                  f"{settings.atol:g} {' or '.join(where for where, _ in counts)} (the golden rows "
+                                  f"{settings.atol:g} {' or '.join(where for where, _, _ in counts)} (the golden rows "
                                   f"agree): {probed.describe([row for row, _ in asked])}", {}, asked)
     result = max(result, probed, key=lambda comparison: comparison.relative_error)
-    checked = " and ".join([f"{len(rows)} golden rows", *(f"{count} rows {where}" for where, count in counts)])
+    checked = " and ".join([f"{len(rows)} golden rows", *(f"{count} rows {of}" for _, of, count in counts)])
     return Decision("compiled", f"{label} reproduces the registry model on {checked} (max relative error "
                                 f"{result.relative_error:.1g}, rtol {settings.rtol:g})", compiled, asked)
 
 
 def _probe(predictor: Any, candidate: Candidate, signature: dict, golden_rows: list, answer: Optional[Answer],
-           examples: list, settings: Compile) -> tuple[Comparison, tuple, list[tuple[str, int]]]:
+           examples: list, settings: Compile) -> tuple[Comparison, tuple, list[tuple[str, str, int]]]:
     """The candidate against the registry model on its logged input example and near its split thresholds: the
-    comparison, the (row, registry output) pairs asked, and (where, how many rows) per kind asked."""
+    comparison, the (row, registry output) pairs asked, and (where, whose rows, how many) per kind asked."""
     near = probes.rows(candidate.onnx, candidate.feeds, signature, examples + golden_rows)
     asked_example, asked_near = _asked(answer, [examples, near])
     asked = tuple(asked_near + asked_example)
-    counts = [(where, len(found)) for where, found in (("near its split thresholds", asked_near),
-                                                      ("of its logged input example", asked_example)) if found]
+    counts = [(where, of, len(found)) for where, of, found in (
+        ("near its split thresholds", "near its split thresholds", asked_near),
+        ("on its logged input example", "of its logged input example", asked_example)) if found]
     if not asked:
         return Comparison(True, 0.0), asked, counts
     try:
