@@ -163,6 +163,12 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
+        # Counted as it arrives, status line and headers included: an upstream streaming an endless
+        # header section would otherwise be buffered by the parser until the upstream timeout.
+        self._size += len(data)
+        if self._size > self._pool.max_response:
+            self._too_large()
+            return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # 101: the proxy never asks to upgrade
@@ -193,10 +199,6 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > self._pool.max_response:
-            self._too_large()
-            return
         self._body.append(body)
 
     def _too_large(self) -> None:

@@ -298,7 +298,9 @@ def test_a_101_upgrade_is_a_protocol_error():
 @pytest.mark.parametrize("response", [
     b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n" + b"x" * 2000,
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"400\r\n" + b"x" * 1024 + b"\r\n" * 2,
-], ids=["content-length", "chunked"])
+    b"HTTP/1.1 200 OK\r\n" + b"x-pad: 1\r\n" * 200 + b"content-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nx-pad: " + b"p" * 5000,  # a header line that never ends: not buffered until the timeout
+], ids=["content-length", "chunked", "header-section", "endless-header"])
 def test_a_response_over_the_limit_is_an_error_and_the_connection_is_dropped(response):
     async def scenario():
         async def reply(reader, writer):
