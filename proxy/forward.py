@@ -32,8 +32,9 @@ HOP_BY_HOP = frozenset(
 # and so is RFC 7239's `Forwarded`, which carries the same claims (for=, proto=, host=) in one header.
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
                               b"x-forwarded-host", b"forwarded"}
-# Variant headers are the proxy's to set: an upstream must not be able to spoof them.
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-model-variant", b"x-model-version"}
+# Variant headers are the proxy's to set: an upstream must not be able to spoof them. The upstream's
+# `Server` (its software and version) is not passed on either, as nginx does by default; granian sets its own.
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-model-variant", b"x-model-version", b"server"}
 
 
 class UpstreamError(Exception):
