@@ -36,6 +36,7 @@ Send = Callable[[dict], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
+
 @dataclass(slots=True)
 class Reply:
     status: int
