@@ -28,11 +28,13 @@ HOP_BY_HOP = frozenset(
      b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 # The proxy sets framing, addressing and forwarding headers itself; `expect` is dropped because the
-# body is sent whole; a client-supplied X-Forwarded-Host is dropped, never passed on as if it were ours.
+# body is sent whole; a client-supplied X-Forwarded-Host is dropped, never passed on as if it were ours,
+# and so is RFC 7239's `Forwarded`, which carries the same claims (for=, proto=, host=) in one header.
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-                              b"x-forwarded-host"}
-# Variant headers are the proxy's to set: an upstream must not be able to spoof them.
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-model-variant", b"x-model-version"}
+                              b"x-forwarded-host", b"forwarded"}
+# Variant headers are the proxy's to set: an upstream must not be able to spoof them. The upstream's
+# `Server` (its software and version) is not passed on either, as nginx does by default; granian sets its own.
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-model-variant", b"x-model-version", b"server"}
 
 
 class UpstreamError(Exception):
@@ -162,11 +164,17 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
+        # Counted as it arrives, status line and headers included: an upstream streaming an endless
+        # header section would otherwise be buffered by the parser until the upstream timeout.
+        self._size += len(data)
+        if self._size > self._pool.max_response:
+            self._too_large()
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # 101: the proxy never asks to upgrade
             self.close()
-            self._finish(UpstreamError("protocol", f"unparseable response: {exc}"))
+            self._finish(UpstreamError("protocol", f"unparseable response: {exc!r}"))
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.close()
@@ -179,6 +187,8 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # a trailer field of a chunked response: never merged into the header section (RFC 9110 §6.5.1)
         name = name.lower()
         if name == b"connection":
             self._connection_header = value
@@ -190,10 +200,6 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > self._pool.max_response:
-            self._too_large()
-            return
         self._body.append(body)
 
     def _too_large(self) -> None:
@@ -203,6 +209,11 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._headers_done = False
+        if self._parser.get_status_code() < 200 and self._on_result is not None:
+            # An interim response (100 Continue, 103 Early Hints): the final one follows on this connection.
+            # ASGI cannot pass it on; nginx drops it too.
+            self._headers, self._connection_header, self._framed = [], None, False
+            return
         if not self._parser.should_keep_alive():
             self.reusable = False
         if self._on_result is None:
