@@ -21,8 +21,8 @@ from typing import Awaitable, Callable, MutableMapping, Optional, Union
 from proxy import errors
 from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError
-from proxy.forward import (UpstreamClient, UpstreamError, UpstreamResponse, request_header_block,
-                           response_headers)
+from proxy.forward import UpstreamClient, UpstreamError, UpstreamResponse
+from proxy.headers import request_header_block, response_headers
 from proxy.metrics import NO_VARIANT, UNKNOWN_ROUTE, ProxyMetrics
 from proxy.reload import RouteStore
 from proxy.routing import CompiledRoute, CompiledVariant

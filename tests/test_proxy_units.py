@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from proxy.dataplane import sticky_key
 from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError, upstream_failed
-from proxy.forward import UpstreamClient, UpstreamResponse, request_header_block, response_headers
+from proxy.forward import UpstreamClient, UpstreamResponse
+from proxy.headers import request_header_block, response_headers
 from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore, describe_error
 from proxy.routing import RouteTable, compile_table, load_compiled
