@@ -142,3 +142,25 @@ def test_probed_rows_join_golden_json_in_requests_of_the_batch_size(tmp_path: Pa
     assert json.loads(path.read_text()) == written
     assert [len(case["inputs"]) for case in written] == [1, 2, 2, 1]
     assert written[1] == {"inputs": [{"x": 0.0}, {"x": 1.0}], "outputs": [0.0, 2.0]}
+
+
+@pytest.mark.parametrize("features, path", [
+    ("integer", "compiled"),  # splits at x.5: float32 holds them exactly
+    ("cents", "native"),  # splits between prices with cents: double thresholds the converter stores as float32
+])
+def test_a_lightgbm_model_compiles_only_where_its_thresholds_survive_float32(features, path, tmp_path: Path) -> None:
+    import lightgbm
+
+    generator = np.random.default_rng(5)
+    first = generator.integers(0, 50, 300).astype(float)
+    if features == "cents":
+        first = np.round(generator.uniform(0, 50, 300), 2)
+    matrix = np.c_[first, generator.integers(0, 24, 300)]
+    model = lightgbm.train({"objective": "regression", "verbose": -1, "num_leaves": 8},
+                           lightgbm.Dataset(matrix, matrix[:, 0] * 0.7 + np.sin(matrix[:, 1])), 20)
+    decision = decide(lambda: model, {"loader": "lightgbm", "predict_fn": "predict"}, DOUBLES,
+                      _golden_cases(model.predict), Compile(), tmp_path / COMPILED_FILE, _answers(model.predict))
+    assert decision.path == path, decision.reason
+    assert len(decision.probes) == probes.MAX_ROWS
+    if path == "native":
+        assert "near its split thresholds (the golden rows agree)" in decision.reason
