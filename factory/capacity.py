@@ -10,7 +10,7 @@ how the model degrades (slower, or shedding with 503 + Retry-After) and drive it
 A closed loop never sends a request while its connections' requests are still being answered, and
 clients arriving at random do: at the rate one connection reached, a model taking 30 ms per run answered
 open-loop arrivals with p99 61 ms against 47 ms closed loop, and without batching it shed requests at half
-that rate (/tmp/s14/RUNS.md). So the capacity found is then offered open loop (Poisson arrivals, seeded)
+that rate (session 9's stranger sweep). So the capacity found is then offered open loop (Poisson arrivals, seeded)
 for one more step, and halved until it holds (at most CONFIRM_TRIES rates; 0 when none does): the capacity
 is a rate that random arrivals get within the objective with nothing shed, and its CPU the HPA's. Above
 OPEN_LOOP_MAX_RPS the factory's own client cannot offer the rate reliably on a small machine; such a model

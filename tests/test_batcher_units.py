@@ -199,7 +199,7 @@ def test_work_that_would_queue_past_the_budget_is_refused() -> None:
 
 def test_without_merging_every_queued_request_is_a_run_ahead() -> None:
     """batching.enabled false: the queue drains one request per run, so its budget counts requests, not rows
-    packed in max_rows (which let requests wait 1.8 s behind a 60 ms budget: /tmp/s14/RUNS.md)."""
+    packed in max_rows (which let requests wait 1.8 s behind a 60 ms budget in session 9's stranger sweep)."""
     async def scenario():
         model = GatedModel()
         batcher = mf_batch.Batcher(model, max_rows=32, budget_ms=100, merge=False)

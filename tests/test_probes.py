@@ -118,8 +118,8 @@ def test_the_logged_input_example_is_probed_and_its_rows_kept(tmp_path: Path) ->
     from sklearn.linear_model import Ridge
 
     frame = pd.DataFrame({"price": [1.25, 2.5, np.nan, 4.0], "hour": [1, 2, 3, 4]})
-    model = Ridge().fit(frame.fillna(0.0), [1.0, 2.0, 3.0, 4.0])
-    mlflow.sklearn.save_model(model, tmp_path / "m", signature=infer_signature(frame, model.predict(frame.fillna(0))),
+    model = Ridge().fit(frame.fillna(0.0).to_numpy(), [1.0, 2.0, 3.0, 4.0])
+    mlflow.sklearn.save_model(model, tmp_path / "m", signature=infer_signature(frame, np.arange(4.0)),
                               input_example=frame, pip_requirements=["scikit-learn"], serialization_format="cloudpickle")
     signature = {"inputs": [{"type": "double", "name": "price", "required": True},
                             {"type": "long", "name": "hour", "required": True}]}
