@@ -83,9 +83,10 @@ def capacity_note(report: TestReport) -> Optional[str]:
                 "connection: its capacity is 0; the failures below say why")
     if report.capacity.open_loop:
         last = report.capacity.open_loop[-1]
-        return (f"note: {report.model} holds its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, slo.p99_ms) "
-                f"one request at a time but not when requests arrive at random, even at {last.offered_rps:g} req/s (p99 "
-                f"{last.p99_ms:.1f} ms, {last.shed} shed): its capacity is 0; speed the model up or raise slo.p99_ms")
+        return (f"note: {report.model} holds its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, "
+                "slo.p99_ms) one request at a time but not when requests arrive at random, even at "
+                f"{last.offered_rps:g} req/s (p99 {last.p99_ms:.1f} ms, {last.shed} shed): its capacity is 0; speed "
+                "the model up or raise slo.p99_ms")
     return (f"note: {report.model} misses its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, "
             f"slo.p99_ms) or sheds even at one connection (p99 {first.p99_ms:.1f} ms, {first.shed} shed): "
             "its capacity is 0; speed the model up or raise slo.p99_ms")

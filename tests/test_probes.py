@@ -93,7 +93,8 @@ def test_thresholds_are_read_per_request_column_and_probed_on_both_sides(tmp_pat
                                float(np.nextafter(np.float32(3.67), np.float32(4)))}),
     # LightGBM splits at a double just above 13.33; its float32 form is below it
     (13.330000000000002, {13.330000000000002, 13.33, 13.330000000000004, float(np.float32(13.33)),
-                          float(np.nextafter(np.float32(13.33), 0)), float(np.nextafter(np.float32(13.33), np.float32(14)))}),
+                          float(np.nextafter(np.float32(13.33), 0)),
+                          float(np.nextafter(np.float32(13.33), np.float32(14)))}),
     (2.0, {2.0, math.nextafter(2.0, 0), math.nextafter(2.0, 3), float(np.nextafter(np.float32(2), 0)),
            float(np.nextafter(np.float32(2), np.float32(3)))}),
 ])
@@ -120,11 +121,13 @@ def test_the_logged_input_example_is_probed_and_its_rows_kept(tmp_path: Path) ->
     frame = pd.DataFrame({"price": [1.25, 2.5, np.nan, 4.0], "hour": [1, 2, 3, 4]})
     model = Ridge().fit(frame.fillna(0.0).to_numpy(), [1.0, 2.0, 3.0, 4.0])
     mlflow.sklearn.save_model(model, tmp_path / "m", signature=infer_signature(frame, np.arange(4.0)),
-                              input_example=frame, pip_requirements=["scikit-learn"], serialization_format="cloudpickle")
+                              input_example=frame, pip_requirements=["scikit-learn"],
+                              serialization_format="cloudpickle")
     signature = {"inputs": [{"type": "double", "name": "price", "required": True},
                             {"type": "long", "name": "hour", "required": True}]}
     examples = probes.example_rows(tmp_path / "m", signature)
-    assert examples == [{"price": 1.25, "hour": 1}, {"price": 2.5, "hour": 2}, {"price": 4.0, "hour": 4}]  # NaN left out
+    # the row with a NaN is left out: a request cannot carry one
+    assert examples == [{"price": 1.25, "hour": 1}, {"price": 2.5, "hour": 2}, {"price": 4.0, "hour": 4}]
     decision = decide(lambda: model, {"loader": "cloudpickle"}, signature, _golden_cases(model.predict), Compile(),
                       tmp_path / COMPILED_FILE, _answers(model.predict), examples)
     assert decision.reason.startswith("ONNX float64 reproduces the registry model on 84 golden rows and 3 rows of its "
