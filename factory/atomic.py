@@ -27,7 +27,12 @@ from typing import Callable, Iterator, Mapping, Optional, Union
 from factory.errors import WriteError
 
 Data = Union[str, bytes]
+# One file of a set: its new content, or None when the set no longer has it (it is removed with the others'
+# replacement, and put back with them when that fails).
+Member = Optional[Data]
 
+# Where to write instead, for what goes under the state directory (every command but render writes there).
+IN_STATE = "point FACTORY_STATE at a writable disk"
 FIXES = {
     errno.ENOSPC: "free space on that disk",
     errno.EDQUOT: "free space within your disk quota",
@@ -52,27 +57,30 @@ def write_file(path: Path, data: Data, elsewhere: str) -> None:
         raise write_error(path, exc, elsewhere) from exc
 
 
-def replace_files(files: Mapping[Path, Data], elsewhere: str) -> None:
-    """Every file of `files` replaced, or (on any failure, Ctrl-C included) none of them."""
-    staged: dict[Path, Path] = {}
+def replace_files(files: Mapping[Path, Member], elsewhere: str) -> None:
+    """Every file of `files` replaced (or removed), or (on any failure, Ctrl-C included) none of them."""
+    staged: dict[Path, Optional[Path]] = {}
     backups: dict[Path, Path] = {}
     replaced: list[Path] = []
     try:
         for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            staged[path] = _temp_beside(path, data)
+            staged[path] = None if data is None else _temp_beside(path, data)
         for path, temp in staged.items():
             if path.exists():
                 backups[path] = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.link(path, backups[path])
-            os.replace(temp, path)
+            if temp is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(temp, path)
             replaced.append(path)
         for directory in {path.parent for path in files}:
             _sync_dir(directory)
     except BaseException as exc:
         for path in reversed(replaced):
             _restore(path, backups.get(path))
-        _remove(*staged.values())
+        _remove(*filter(None, staged.values()))
         if isinstance(exc, OSError):
             raise write_error(_failed(exc, files), exc, elsewhere) from exc
         raise
@@ -96,13 +104,15 @@ def replace_tree(out_dir: Path, files: Mapping[str, Data], what: str, elsewhere:
 
 
 @contextlib.contextmanager
-def staged_tree(out_dir: Path, what: str, elsewhere: str, where: str | None = None) -> Iterator[Path]:
+def staged_tree(out_dir: Path, what: str, elsewhere: str, where: str | None = None,
+                prefix: str = "") -> Iterator[Path]:
     """An empty directory to build the new tree in; swapped in for `out_dir` when the block ends without an
     error. Any error, or Ctrl-C, leaves `out_dir` as it was and removes the staging directory. `where` names
-    `out_dir` in errors as the user gave it (default: the path)."""
+    `out_dir` in errors as the user gave it (default: the path); `prefix` names the staging directory
+    (default: hidden, `.<name>.new-`)."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
+        staging = Path(tempfile.mkdtemp(prefix=prefix or f".{out_dir.name}.new-", dir=out_dir.parent))
     except OSError as exc:
         raise write_error(out_dir, exc, elsewhere, what, where) from exc
     try:
@@ -217,7 +227,7 @@ def _sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _restore(path: Path, backup: Path | None) -> None:
+def _restore(path: Path, backup: Optional[Path]) -> None:
     with contextlib.suppress(OSError):
         if backup is None:
             path.unlink()
@@ -231,7 +241,7 @@ def _remove(*paths: Path) -> None:
             path.unlink()
 
 
-def _failed(exc: OSError, files: Mapping[Path, Data]) -> Path:
+def _failed(exc: OSError, files: Mapping[Path, Member]) -> Path:
     """The target whose write failed (an OSError names the temporary file or the target)."""
     name = Path(exc.filename) if exc.filename else None
     for path in files:

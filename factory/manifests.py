@@ -254,7 +254,7 @@ def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool
             if not name.endswith(".yaml") and not (proxy and name.startswith(f"{PROXY_DIR}/"))}
     tree = {**kept, **{name: text.encode("utf-8") for name, text in merged.items()}}
     if tree != on_disk:  # one swap of the whole directory: a failure part-way leaves the previous manifests
-        atomic.replace_tree(out, tree, "the manifests", "point FACTORY_STATE at a writable disk")
+        atomic.replace_tree(out, tree, "the manifests", atomic.IN_STATE)
     if sized:
         progress(sizing_table(sized))
     progress(f"{len(files)} manifests validated (Kubernetes 1.33, strict) and written to {out}")
