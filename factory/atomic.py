@@ -38,7 +38,7 @@ FIXES = {
     errno.EDQUOT: "free space within your disk quota",
     errno.EACCES: "make {dir} writable for this user",
     errno.EPERM: "make {dir} writable for this user",
-    errno.EROFS: "its file system is mounted read-only",
+    errno.EROFS: "remount its file system read-write",
 }
 
 
@@ -52,7 +52,7 @@ def write_file(path: Path, data: Data, elsewhere: str) -> None:
         except BaseException:
             _remove(temp)
             raise
-        _sync_dir(path.parent)
+        _settle(path.parent)
     except OSError as exc:
         raise write_error(path, exc, elsewhere) from exc
 
@@ -76,7 +76,7 @@ def replace_files(files: Mapping[Path, Member], elsewhere: str) -> None:
                 os.replace(temp, path)
             replaced.append(path)
         for directory in {path.parent for path in files}:
-            _sync_dir(directory)
+            _settle(directory)
     except BaseException as exc:
         for path in reversed(replaced):
             _restore(path, backups.get(path))
@@ -193,7 +193,7 @@ def _swap(staging: Path, out_dir: Path, lost_error: Callable[[OSError, Path], Wr
                 raise lost_error(lost, retired) from exc
             raise
         shutil.rmtree(retired, ignore_errors=True)
-    _sync_dir(out_dir.parent)
+    _settle(out_dir.parent)
 
 
 AT_FDCWD = -100
@@ -225,6 +225,13 @@ def _sync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _settle(directory: Path) -> None:
+    """Sync a directory after its rename: the new content is in place by then, so a failure here must not be
+    reported as a write that changed nothing (it only means the rename may not survive a power cut)."""
+    with contextlib.suppress(OSError):
+        _sync_dir(directory)
 
 
 def _restore(path: Path, backup: Optional[Path]) -> None:
