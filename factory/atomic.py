@@ -3,13 +3,14 @@
 - `write_file`: a temporary file beside the target, flushed to disk (fsync), renamed over it (os.replace).
 - `replace_files`: several such files, all or none: every new file is complete before the first rename, and a
   failure between renames puts back the files already replaced.
-- `staged_tree` / `replace_tree`: a directory built whole beside its target, then swapped in (one atomic
-  exchange where the kernel has renameat2, else two renames with rollback); the previous tree is intact until
-  then, and is put back when the swap fails or is interrupted.
+- `staged_tree` / `replace_tree`: a directory built whole beside its target, flushed (one syncfs, not an fsync
+  per file), then swapped in (one atomic exchange where the kernel has renameat2, else two renames with
+  rollback); the previous tree is intact until then, and is put back when the swap fails or is interrupted.
 
 Each writes files with the mode a plain `open` would give (the umask's), never mkstemp's private 0600, and
 turns a failure of the write itself (a full disk, a read-only or unwritable place) into one WriteError naming
-the path, why, and how to fix it. Ctrl-C at any point leaves the previous state and no temporary file behind.
+the path, why, and how to fix it. Ctrl-C before the last rename leaves the previous state, after it the new
+one (never a mix), and no temporary file behind.
 """
 
 from __future__ import annotations
@@ -98,9 +99,7 @@ def replace_tree(out_dir: Path, files: Mapping[str, Data], what: str, elsewhere:
             if target.parent not in directories:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 directories.add(target.parent)
-            _write_synced(target, data)
-        for directory in directories - {staging}:
-            _sync_dir(directory)
+            _write_new(target, data)
 
 
 @contextlib.contextmanager
@@ -118,7 +117,7 @@ def staged_tree(out_dir: Path, what: str, elsewhere: str, where: str | None = No
     try:
         staging.chmod(0o777 & ~umask())  # mkdtemp's 0700 would become the output directory's mode
         yield staging
-        _sync_dir(staging)
+        _sync_filesystem(staging)
         _swap(staging, out_dir, lambda lost, kept: write_error(
             out_dir, lost, f"move {kept} back to {out_dir}", what, where, f"the previous tree is kept at {kept}"))
     except WriteError:
@@ -169,11 +168,15 @@ def _temp_beside(path: Path, data: Data) -> Path:
     return temp
 
 
-def _write_synced(path: Path, data: Data) -> None:
-    with open(path, "wb") as sink:
-        sink.write(data.encode("utf-8") if isinstance(data, str) else data)
-        sink.flush()
-        os.fsync(sink.fileno())
+def _write_new(path: Path, data: Data) -> None:
+    """One file of a staged tree (flushed with the others by `_sync_filesystem`, not one fsync each)."""
+    view = memoryview(data.encode("utf-8") if isinstance(data, str) else data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _swap(staging: Path, out_dir: Path, lost_error: Callable[[OSError, Path], WriteError]) -> None:
@@ -201,13 +204,13 @@ RENAME_EXCHANGE = 2
 
 
 @functools.cache
-def _renameat2() -> Optional[Callable[..., int]]:
-    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+def _libc_function(name: str) -> Optional[Callable[..., int]]:
+    return getattr(ctypes.CDLL(None, use_errno=True), name, None)
 
 
 def _exchange(first: Path, second: Path) -> bool:
     """Swap two paths in one step (Linux renameat2); False where the C library, kernel or file system cannot."""
-    renameat2 = _renameat2()
+    renameat2 = _libc_function("renameat2")
     if renameat2 is None:
         return False
     if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
@@ -216,6 +219,18 @@ def _exchange(first: Path, second: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(code, os.strerror(code), str(second))
+
+
+def _sync_filesystem(directory: Path) -> None:
+    """Flush everything written under `directory` before it is swapped in: one syncfs(2) of its file system
+    (a render of 1,000 models writes ~6,000 files; an fsync each took 12 s on this VM's disk)."""
+    syncfs = _libc_function("syncfs")
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _sync_dir(directory: Path) -> None:

@@ -75,7 +75,7 @@ def test_a_disk_full_write_names_the_output_and_keeps_the_previous_tree(project:
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(atomic, "_write_synced", full)
+    monkeypatch.setattr(atomic, "_write_new", full)
     result = _render(project, "build")
     assert (result.exit_code, result.stderr) == (1, "-o build: cannot write the rendered tree (No space left on "
                                                     "device); nothing was changed there: free space on that disk, "
