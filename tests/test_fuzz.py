@@ -23,7 +23,8 @@ from factory.errors import ServeError
 from factory.fuzz import (Column, fuzz_service, invalid_request, invalid_requests_by_kind, signature_columns,
                           signature_params, valid_request, valid_row)
 from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, invalid_problem,
-                                 minimal_failure, valid_problem, json_text, junit_text)
+                                 minimal_failure, valid_problem, json_text, junit_error_text,
+                                 junit_text)
 from fuzz_support.server import LETS_NAN_THROUGH, make_app, parse_rows, request_model, serving
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None, max_examples=100,
@@ -461,3 +462,10 @@ def test_json_report_is_deterministic_with_sorted_keys():
     document = json.loads(text)
     assert list(document) == sorted(document)
     assert (document["latency_p50_ms"], document["latency_p99_ms"], document["failed_requests"]) == (2.0, 3.0, 1)
+
+
+def test_the_junit_of_a_model_that_never_answered_says_why():
+    root = ET.fromstring(junit_error_text("m", "not built\nrun `factory build m`"))
+    error = root.find("testsuite[@name='m']/testcase[@name='serve']/error")
+    assert (root.get("errors"), error.get("message"), error.text) == ("1", "not built",
+                                                                     "not built\nrun `factory build m`")
