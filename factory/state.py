@@ -16,9 +16,9 @@ naming the file and the command that writes it again. Commands create the folder
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, TypeVar
