@@ -97,13 +97,14 @@ def access_failure(exc: BaseException, uri: str, variable: str = "MLFLOW_TRACKIN
     if status == 401:
         return f"{shown} refused the request: HTTP 401, not authenticated ({_credentials_set(uri)}); {CREDENTIALS_FIX}"
     if status == 403:
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        user = Settings.from_env().tracking_username
         who = f"user '{user}' (MLFLOW_TRACKING_USERNAME)" if user else "these credentials"
         return (f"{shown} refused the request: HTTP 403, {who} may not read it ({_first_line(exc)}); ask its admin "
                 f"to grant READ on the registered model, or {CREDENTIALS_FIX}")
     cause = _network_cause(exc)
-    waits = (f"{_attempts()} attempts, MLFLOW_HTTP_REQUEST_TIMEOUT={os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT')} s "
-             "each")
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    waits = f"{_attempts()} attempts, MLFLOW_HTTP_REQUEST_TIMEOUT={MLFLOW_HTTP_REQUEST_TIMEOUT.get()} s each"
     if cause == "timeout":
         return (f"{shown} accepted the connection but did not answer ({waits}); check that the server is healthy "
                 "(its /health), or raise MLFLOW_HTTP_REQUEST_TIMEOUT if it is only slow")
@@ -111,6 +112,9 @@ def access_failure(exc: BaseException, uri: str, variable: str = "MLFLOW_TRACKIN
         return (f"{shown} cannot be reached: nothing answers at that address ({_attempts()} attempts: "
                 f"{_first_line(_innermost(exc))[:200]}); check {variable} (scheme, host and port) and that the "
                 "server runs")
+    if cause == "dropped":
+        return (f"{shown} closed the connection without answering ({_attempts()} attempts); a proxy or load balancer "
+                "in front of it may have dropped the request: check its log and that the server is up")
     if cause and cause.startswith("status"):
         return (f"{shown} answered HTTP {cause.split()[1]} to all {_attempts()} attempts; the server's own log says "
                 f"why: check that it and its database are up, then run the command again")
@@ -139,7 +143,9 @@ def artifact_failure(exc: BaseException, what: str) -> Optional[str]:
                 None)
     if boto is None:
         return None
-    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    from mlflow.environment_variables import MLFLOW_S3_ENDPOINT_URL
+
+    endpoint = MLFLOW_S3_ENDPOINT_URL.get()
     store = f"S3 (MLFLOW_S3_ENDPOINT_URL={endpoint})" if endpoint else "S3 (AWS: MLFLOW_S3_ENDPOINT_URL is unset)"
     name = type(boto).__name__
     if name in ("NoCredentialsError", "PartialCredentialsError"):
@@ -169,6 +175,8 @@ def _network_cause(exc: BaseException) -> Optional[str]:
             return "timeout"
         if kind in ("NewConnectionError", "ConnectTimeoutError", "ConnectTimeout", "NameResolutionError"):
             return "connect"
+        if kind in ("RemoteDisconnected", "ProtocolError"):
+            return "dropped"
         if kind == "ResponseError":  # urllib3: "too many 503 error responses", every retry spent
             words = [word for word in str(link).split() if word.isdigit()]
             return f"status {words[0] if words else '5xx'}"
@@ -193,11 +201,15 @@ def _innermost(exc: BaseException) -> BaseException:
 
 
 def _attempts() -> int:
-    return int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")) + 1
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+    return MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() + 1
 
 
 def _credentials_set(uri: str) -> str:
-    named = [name for name in TRACKING_CREDENTIALS if os.environ.get(name)]
+    settings = Settings.from_env()
+    values = (settings.tracking_username, settings.tracking_password, settings.tracking_token)
+    named = [name for name, value in zip(TRACKING_CREDENTIALS, values) if value]
     if urlsplit(uri).username is not None:
         named.insert(0, "the user:password in the URI")
     return f"sent with {' and '.join(named)}" if named else "none of " + ", ".join(TRACKING_CREDENTIALS) + " is set"

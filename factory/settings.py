@@ -34,20 +34,6 @@ class Settings:
                                                               "embedded `registry/mlflow.db` in the working "
                                                               "directory (`make registry` creates it), "
                                                               "wherever `-f` points")
-    registry_uri: Optional[str] = _env("MLFLOW_REGISTRY_URI", "the MLflow model registry, when it is not the tracking "
-                                                              "server (MLflow's precedence: this, else "
-                                                              "MLFLOW_TRACKING_URI); needs MLFLOW_TRACKING_URI set too")
-    tracking_username: Optional[str] = _env("MLFLOW_TRACKING_USERNAME", "with MLFLOW_TRACKING_PASSWORD: basic auth to "
-                                                                        "the tracking server and registry (MLflow's "
-                                                                        "`--app-name basic-auth`)")
-    tracking_password: Optional[str] = _env("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME's password (masked "
-                                                                        "CI/CD variable); like every registry "
-                                                                        "credential, kept from the processes the "
-                                                                        "factory starts, and from images, Bentos, "
-                                                                        "records and logs")
-    tracking_token: Optional[str] = _env("MLFLOW_TRACKING_TOKEN", "a bearer token for the tracking server and "
-                                                                  "registry, instead of a username and password "
-                                                                  "(masked CI/CD variable)")
     runtime_python: Optional[Path] = _env("FACTORY_RUNTIME_PYTHON", "serve Bentos with this interpreter "
                                                                     "instead of the managed runtime venv")
     runtime_home: Optional[Path] = _env("FACTORY_RUNTIME_HOME", "where the managed runtime venvs live "
@@ -86,6 +72,20 @@ class Settings:
     pip_extra_index_url: Optional[str] = _env(
         PIP_EXTRA_INDEX_URL_ENV, "one more package index searched besides that one (or PyPI): the platform's own "
                                  "packages; credentials kept out as for FACTORY_PIP_INDEX_URL")
+    registry_uri: Optional[str] = _env("MLFLOW_REGISTRY_URI", "the MLflow model registry, when it is not the tracking "
+                                                              "server (MLflow's precedence: this, else "
+                                                              "MLFLOW_TRACKING_URI); needs MLFLOW_TRACKING_URI set too")
+    tracking_username: Optional[str] = _env("MLFLOW_TRACKING_USERNAME", "with MLFLOW_TRACKING_PASSWORD: basic auth to "
+                                                                        "the tracking server and registry (MLflow's "
+                                                                        "`--app-name basic-auth`)")
+    tracking_password: Optional[str] = _env("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME's password (masked "
+                                                                        "CI/CD variable); like every registry "
+                                                                        "credential, kept from the processes the "
+                                                                        "factory starts, and from images, Bentos, "
+                                                                        "records and logs")
+    tracking_token: Optional[str] = _env("MLFLOW_TRACKING_TOKEN", "a bearer token for the tracking server and "
+                                                                  "registry, instead of a username and password "
+                                                                  "(masked CI/CD variable)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -149,6 +149,8 @@ def redact_text(text: str) -> str:
 def public_url(url: str) -> str:
     """The URL without its credentials: what a Dockerfile, record or message may show."""
     parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url  # as given: urlunsplit would turn sqlite:////abs into sqlite://abs
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
