@@ -22,7 +22,8 @@ from factory.settings import TRACKING_CREDENTIALS, Settings, public_url
 # answers, per request. Set only where the user has not set them: a hang now ends after 6 x 30 s + ~60 s of backoff.
 BOUNDED_WAITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5"}
 CREDENTIALS_FIX = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (MLflow's basic auth, `mlflow server "
-                   "--app-name basic-auth`) or MLFLOW_TRACKING_TOKEN (a bearer token) to credentials the server accepts")
+                   "--app-name basic-auth`) or MLFLOW_TRACKING_TOKEN (a bearer token) to credentials the server "
+                   "accepts")
 UNSUPPORTED_SCHEMES = {"databricks": "a Databricks workspace registry", "databricks-uc": "Databricks Unity Catalog",
                        "uc": "a Unity Catalog registry"}
 

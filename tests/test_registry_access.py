@@ -90,8 +90,8 @@ ACCESS = [
      f"refused the request: HTTP 401, not authenticated (sent with MLFLOW_TRACKING_TOKEN); {FIX}"),
     ("forbidden", (403, '{"error_code": "PERMISSION_DENIED", "message": "Permission denied"}'),
      {"MLFLOW_TRACKING_USERNAME": "ci", "MLFLOW_TRACKING_PASSWORD": SECRET},
-     "refused the request: HTTP 403, user 'ci' (MLFLOW_TRACKING_USERNAME) may not read it (PERMISSION_DENIED: Permission denied); ask "
-     f"its admin to grant READ on the registered model, or {FIX}"),
+     "refused the request: HTTP 403, user 'ci' (MLFLOW_TRACKING_USERNAME) may not read it (PERMISSION_DENIED: "
+     f"Permission denied); ask its admin to grant READ on the registered model, or {FIX}"),
     ("503", (503, "upstream unavailable"), {},
      "answered HTTP 503 to all 1 attempts; the server's own log says why: check that it and its database are up, "
      "then run the command again"),
@@ -169,7 +169,8 @@ URIS = [
     *[(uri, f"{what} is not supported: the factory reads MLflow's open-source registry (a tracking server over "
             "http(s), or its database) and was never run against Databricks; export the models to an MLflow tracking "
             "server (mlflow-export-import, or log and register them there) and point MLFLOW_TRACKING_URI at it")
-      for uri, what in (("databricks", "a Databricks workspace registry"), ("databricks-uc", "Databricks Unity Catalog"),
+      for uri, what in (("databricks", "a Databricks workspace registry"),
+                        ("databricks-uc", "Databricks Unity Catalog"),
                         ("databricks://prod-profile", "a Databricks workspace registry"),
                         ("uc:http://localhost:8080", "a Unity Catalog registry"))],
 ]
@@ -203,7 +204,8 @@ def test_a_sqlite_path_missing_its_fourth_slash_is_pointed_at(tmp_path: Path, mo
 
 
 def test_registry_uri_precedence_is_mlflows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """MLFLOW_REGISTRY_URI, else the tracking URI (mlflow.get_registry_uri); the tracking URI, else registry/mlflow.db."""
+    """MLFLOW_REGISTRY_URI, else the tracking URI (mlflow.get_registry_uri); the tracking URI, else the project's
+    registry/mlflow.db."""
     (tmp_path / "registry").mkdir()
     for name in ("registry.db", "registry/mlflow.db"):
         (tmp_path / name).write_bytes(b"")
@@ -255,8 +257,9 @@ def _artifact_cases() -> list[tuple[str, Exception, str]]:
          "its artifacts could not be read from S3 (MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:9000): "
          "EndpointConnectionError: Could not connect to the endpoint URL: \"http://127.0.0.1:9000/models\"; check "
          "MLFLOW_S3_ENDPOINT_URL (an S3-compatible store such as MinIO: its http(s) address) and that the store is up"),
-        ("wrong bucket", _raised_inside(MlflowException("Failed to list artifacts in s3://nope/1: The specified bucket "
-                                                        "does not exist", error_code="RESOURCE_DOES_NOT_EXIST"), bucket),
+        ("wrong bucket", _raised_inside(MlflowException("Failed to list artifacts in s3://nope/1: The specified "
+                                                        "bucket does not exist", error_code="RESOURCE_DOES_NOT_EXIST"),
+                                        bucket),
          "its artifacts could not be read from S3 (MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:9000): Failed to list "
          f"artifacts in s3://nope/1: The specified bucket does not exist; {check}"),
         # MLflow re-raises S3's AccessDenied as PERMISSION_DENIED (HTTP 403): the store's, not the registry's.
@@ -293,5 +296,6 @@ def test_credentials_are_redacted_from_any_printed_line(monkeypatch: pytest.Monk
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-" + SECRET)
     line = f"API request to http://ci:{SECRET}@mlflow/api failed; header Bearer tok-{SECRET}; body {SECRET}"
-    assert Settings.from_env().redact(line) == "API request to http://***@mlflow/api failed; header Bearer ***; body ***"
+    assert Settings.from_env().redact(line) == ("API request to http://***@mlflow/api failed; header Bearer ***; "
+                                                "body ***")
 
