@@ -24,6 +24,9 @@ from proxy.settings import ProxySettings
 from proxy.shadow import ShadowSender
 
 
+# HEAD wherever GET is (RFC 9110 §9.3.2): load balancers and uptime checkers probe with it; granian sends no body.
+READ_METHODS = ["GET", "HEAD"]
+
 
 def create_app(settings: ProxySettings) -> DataPlane:
     metrics = ProxyMetrics()
@@ -58,12 +61,12 @@ def create_app_from_env() -> DataPlane:
 
 
 def _add_control_routes(control: FastAPI, store: RouteStore, metrics: ProxyMetrics) -> None:
-    @control.get("/healthz")
+    @control.api_route("/healthz", methods=READ_METHODS)
     async def healthz() -> dict:
         """The process is up and serving (says nothing about routes)."""
         return {"status": "ok"}
 
-    @control.get("/readyz")
+    @control.api_route("/readyz", methods=READ_METHODS)
     async def readyz() -> Response:
         """200 once a routing table is loaded; 503 before."""
         table = store.table
@@ -72,7 +75,7 @@ def _add_control_routes(control: FastAPI, store: RouteStore, metrics: ProxyMetri
             return Response(error.body(), status_code=error.status, media_type="application/json")
         return JSONResponse({"status": "ready", "routes": len(table.routes)})
 
-    @control.get("/metrics")
+    @control.api_route("/metrics", methods=READ_METHODS)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 

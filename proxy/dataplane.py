@@ -5,7 +5,8 @@ FastAPI: its routing, Request and Response objects cost 100-250 µs per request 
 several times what forwarding costs. Control paths (/healthz, /readyz, /metrics, docs) and
 lifespan events go to the FastAPI control app. Edges the server does not enforce are here:
 the body limit (413 before reading a declared length), the body read timeout (408, then the
-connection is closed), the forwarding headers.
+connection is closed), a body that ends early or is badly chunked (400, closed), the Host header,
+the forwarding headers.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Awaitable, Callable, MutableMapping, Optional, Union
 from proxy import errors
 from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError
-from proxy.forward import (UpstreamClient, UpstreamError, UpstreamResponse, request_header_block,
-                           response_headers)
+from proxy.forward import UpstreamClient, UpstreamError, UpstreamResponse
+from proxy.headers import request_header_block, response_headers
 from proxy.metrics import NO_VARIANT, UNKNOWN_ROUTE, ProxyMetrics
 from proxy.reload import RouteStore
 from proxy.routing import CompiledRoute, CompiledVariant
@@ -35,8 +36,6 @@ Send = Callable[[dict], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
-CLIENT_CLOSED = 499  # nginx's convention: the client went away before its response
-
 
 @dataclass(slots=True)
 class Reply:
@@ -49,13 +48,27 @@ def error_reply(error: ProxyError) -> Reply:
     return Reply(error.status, [(b"content-type", b"application/json"), *error.headers], error.body())
 
 
-def sticky_key(route: CompiledRoute, headers: dict[bytes, bytes], body: bytes) -> Optional[str]:
+def single_header(headers: Headers, header_map: dict[bytes, bytes], name: bytes) -> Optional[bytes]:
+    """The one value of header `name` (lower-case), or None; more than one is a ValueError.
+
+    dict(headers) keeps the last of repeated fields silently; a sticky key or forced variant read
+    that way could differ from the value the upstream reads (often the first)."""
+    value = header_map.get(name)
+    if value is not None and len(header_map) != len(headers) and sum(n == name for n, _ in headers) > 1:
+        raise ValueError(name)
+    return value
+
+
+def sticky_key(route: CompiledRoute, headers: Headers, header_map: dict[bytes, bytes], body: bytes) -> Optional[str]:
     """The configured assignment key of this request, or None (then the split is random)."""
     sticky = route.sticky
     if sticky is None:
         return None
     if route.sticky_header is not None:
-        value = headers.get(route.sticky_header)
+        try:
+            value = single_header(headers, header_map, route.sticky_header)
+        except ValueError:
+            raise errors.ambiguous_header(sticky.name, route.path) from None
         return value.decode("latin-1") if value else None
     try:
         document = json.loads(body)
@@ -69,8 +82,14 @@ def sticky_key(route: CompiledRoute, headers: dict[bytes, bytes], body: bytes) -
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-class ClientDisconnected(Exception):
-    pass
+def routed_path(scope: Scope) -> str:
+    """The path routes are matched on: the server's percent-decoded path, except that an encoded slash
+    (%2F) is not a segment separator (RFC 3986 §2.2): `/a%2Fb` is one segment and matches no route,
+    so a front proxy that routes on the raw path cannot be bypassed through this one."""
+    raw = scope.get("raw_path")
+    if raw and b"%" in raw and b"%2f" in raw.lower():
+        return raw.decode("latin-1")
+    return scope["path"]
 
 
 class DataPlane:
@@ -108,15 +127,13 @@ class DataPlane:
                               time.perf_counter() - started)
         return error_reply(error)
 
-    def disconnected(self, route: CompiledRoute, started: float) -> None:
-        self._metrics.observe(route.path, NO_VARIANT, CLIENT_CLOSED, time.perf_counter() - started)
-
     async def forward(self, route: CompiledRoute, scope: Scope, body: bytes, started: float) -> Reply:
         """Pick the variant, send, and wait for the upstream; every failure becomes a reply."""
         headers = scope["headers"]
         header_map = dict(headers)
         try:
-            chosen = self._choose(route, header_map, body)
+            self._check_host(headers, header_map)
+            chosen = self._choose(route, headers, header_map, body)
         except ProxyError as error:
             return self.reject(route, error, started)
         client = scope.get("client")
@@ -145,14 +162,26 @@ class DataPlane:
         reply_headers.extend(chosen.response_headers)
         return Reply(result.status, reply_headers, result.body)
 
-    def _choose(self, route: CompiledRoute, headers: dict[bytes, bytes], body: bytes) -> CompiledVariant:
-        if self._force_header is not None and self._force_header in headers:
-            name = headers[self._force_header].decode("latin-1")
+    @staticmethod
+    def _check_host(headers: Headers, header_map: dict[bytes, bytes]) -> None:
+        """RFC 9112 §3.2: a request with more than one Host is answered 400. The value is never used (the
+        upstream gets its own), but two readers could take different ones. A missing Host cannot be told
+        from an empty one (allowed) here: granian passes both as an empty value."""
+        if len(header_map) != len(headers) and sum(name == b"host" for name, _ in headers) > 1:
+            raise errors.duplicate_host()
+
+    def _choose(self, route: CompiledRoute, headers: Headers, header_map: dict[bytes, bytes],
+                body: bytes) -> CompiledVariant:
+        if self._force_header is not None and self._force_header in header_map:
+            try:
+                name = single_header(headers, header_map, self._force_header).decode("latin-1")
+            except ValueError:
+                raise errors.ambiguous_header(self._force_name, route.path) from None
             forced = route.variants.get(name)
             if forced is None:
                 raise errors.unknown_variant(self._force_name, name, route.path, route.variants)
             return forced
-        key = sticky_key(route, headers, body)
+        key = sticky_key(route, headers, header_map, body)
         bucket = bucket_for_key(route.path, key) if key is not None else random_bucket(self._rng)
         return route.variants[route.split.pick(bucket)]
 
@@ -162,15 +191,13 @@ class DataPlane:
         if scope["type"] != "http" or scope["path"] in self.control_paths:
             return await self.control(scope, receive, send)
         started = time.perf_counter()
-        route, error = self.lookup(scope["method"], scope["path"])
+        route, error = self.lookup(scope["method"], routed_path(scope))
         try:
             if error is not None:
                 raise error
             body = await self._read_body(scope["headers"], receive)
         except ProxyError as problem:
             reply = self.reject(route, problem, started)
-        except ClientDisconnected:
-            return self.disconnected(route, started)
         else:
             reply = await self.forward(route, scope, body, started)
         reply.headers.append((b"content-length", str(len(reply.body)).encode()))
@@ -199,7 +226,9 @@ class DataPlane:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise ClientDisconnected()
+                # granian says this both when the client went away and when the chunked framing is invalid
+                # (a chunk size over 64 bits, a missing CRLF): answering costs nothing if the client is gone.
+                raise errors.incomplete_body()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:  # chunked uploads carry no Content-Length to check up front

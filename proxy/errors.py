@@ -36,7 +36,8 @@ def _shown(path: str) -> str:
 
 
 def not_a_route(method: str, path: str) -> ProxyError:
-    return ProxyError(404, "not_a_model_route", f"{method} {_shown(path)} is not a model route; {ROUTES_HINT}")
+    shown = _shown(path) if path else "(a target without a path)"
+    return ProxyError(404, "not_a_model_route", f"{method} {shown} is not a model route; {ROUTES_HINT}")
 
 
 def method_not_allowed(method: str, path: str) -> ProxyError:
@@ -62,6 +63,27 @@ def body_timeout(seconds: float) -> ProxyError:
         "(the operator can raise PROXY_BODY_TIMEOUT_S)",
         headers=((b"connection", b"close"),),
     )
+
+
+def incomplete_body() -> ProxyError:
+    return ProxyError(
+        400, "incomplete_body",
+        "the request body ended before it was complete, or its chunked framing is invalid; send the whole body, "
+        "framed by a Content-Length or by valid chunks",
+        headers=((b"connection", b"close"),),
+    )
+
+
+def ambiguous_header(name: str, path: str) -> ProxyError:
+    return ProxyError(
+        400, "ambiguous_header",
+        f"the request has more than one {name} header; {path} reads one value from it, so send it exactly once",
+    )
+
+
+def duplicate_host() -> ProxyError:
+    return ProxyError(400, "duplicate_host", "the request has more than one Host header; send one (any value: the "
+                      "proxy sets the upstream's own)")
 
 
 def invalid_json(path: str, field: str, detail: str) -> ProxyError:
@@ -96,5 +118,8 @@ def upstream_failed(kind: str, path: str, variant: str, timeout: float, limit: i
         return ProxyError(502, "upstream_response_too_large",
                           f"{service} answered with more than the proxy's limit of {limit} bytes; "
                           "send fewer rows per request (the operator can raise PROXY_MAX_RESPONSE_BYTES)")
+    if kind == "protocol":
+        return ProxyError(502, "upstream_error",
+                          f"{service} answered with a response that is not valid HTTP/1.1; retry the request")
     return ProxyError(502, "upstream_error",
                       f"{service} closed the connection without a complete response; retry the request")

@@ -23,17 +23,6 @@ from proxy.routing import Target
 
 log = logging.getLogger("proxy.forward")
 
-HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
-     b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
-)
-# The proxy sets framing, addressing and forwarding headers itself; `expect` is dropped because the
-# body is sent whole; a client-supplied X-Forwarded-Host is dropped, never passed on as if it were ours.
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-                              b"x-forwarded-host"}
-# Variant headers are the proxy's to set: an upstream must not be able to spoof them.
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-model-variant", b"x-model-version"}
-
 
 class UpstreamError(Exception):
     """A failed exchange. kind: connect | timeout | reset | protocol | too_large (a metric label)."""
@@ -50,35 +39,6 @@ class UpstreamResponse:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     connection: Optional[bytes] = None  # the Connection header's value, if any
-
-
-@functools.lru_cache(maxsize=256)  # nearly every response says "keep-alive": build that set once
-def _drop_set(connection: Optional[bytes], base: frozenset[bytes]) -> frozenset[bytes]:
-    """`base` plus the header names a `Connection:` value lists (hop-by-hop too, RFC 9110 §7.6.1)."""
-    if connection is None:
-        return base
-    return base | {token.strip().lower() for token in connection.split(b",")}
-
-
-def request_header_block(headers: list[tuple[bytes, bytes]], connection: Optional[bytes],
-                         client_ip: Optional[bytes], scheme: bytes) -> bytes:
-    """Client headers to pass on, already serialised, plus the forwarding headers: the client's
-    address appended to any X-Forwarded-For it sent, X-Forwarded-Proto set to the scheme it used.
-    Names arrive lower-cased from the server."""
-    drop = _drop_set(connection, _REQUEST_DROP)
-    lines = [name + b": " + value + b"\r\n" for name, value in headers if name not in drop]
-    chain = [value for name, value in headers if name == b"x-forwarded-for"]
-    if client_ip is not None:
-        chain.append(client_ip)
-    if chain:
-        lines.append(b"x-forwarded-for: " + b", ".join(chain) + b"\r\n")
-    lines.append(b"x-forwarded-proto: " + scheme + b"\r\n")
-    return b"".join(lines)
-
-
-def response_headers(response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
-    drop = _drop_set(response.connection, _RESPONSE_DROP)
-    return [(name, value) for name, value in response.headers if name not in drop]
 
 
 Result = Union[UpstreamResponse, UpstreamError]
@@ -162,11 +122,17 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
+        # Counted as it arrives, status line and headers included: an upstream streaming an endless
+        # header section would otherwise be buffered by the parser until the upstream timeout.
+        self._size += len(data)
+        if self._size > self._pool.max_response:
+            self._too_large()
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # 101: the proxy never asks to upgrade
             self.close()
-            self._finish(UpstreamError("protocol", f"unparseable response: {exc}"))
+            self._finish(UpstreamError("protocol", f"unparseable response: {exc!r}"))
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.close()
@@ -179,6 +145,8 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # a trailer field of a chunked response: never merged into the header section (RFC 9110 §6.5.1)
         name = name.lower()
         if name == b"connection":
             self._connection_header = value
@@ -190,10 +158,6 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > self._pool.max_response:
-            self._too_large()
-            return
         self._body.append(body)
 
     def _too_large(self) -> None:
@@ -203,6 +167,11 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._headers_done = False
+        if self._parser.get_status_code() < 200 and self._on_result is not None:
+            # An interim response (100 Continue, 103 Early Hints): the final one follows on this connection.
+            # ASGI cannot pass it on; nginx drops it too.
+            self._headers, self._connection_header, self._framed = [], None, False
+            return
         if not self._parser.should_keep_alive():
             self.reusable = False
         if self._on_result is None:

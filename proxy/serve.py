@@ -23,15 +23,30 @@ from granian.constants import HTTPModes, Interfaces, Loops
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import MPServer
+from prometheus_client.multiprocess import mark_process_dead
 
 from proxy.app import create_app
-from proxy.metrics import prepare_multiprocess
+from proxy.metrics import MULTIPROC_ENV, prepare_multiprocess
 from proxy.settings import ProxySettings
 
 log = logging.getLogger("proxy.serve")
 
 
 class _Server(MPServer):
+    def _respawn_workers(self, workers: list[int], *args: Any, **kwargs: Any) -> None:
+        """A worker that died (OOM-killed, crashed) is replaced; its counters stay in the shared metrics
+        files, as prometheus_client's multiprocess mode documents, and its live gauges are dropped.
+        Workers that exited cleanly were stopped by a signal sent to the whole process group (Ctrl-C,
+        `kill -- -PGID`): the proxy stops as asked instead of starting new ones."""
+        if all(self.wrks[idx].inner.exitcode == 0 for idx in workers):
+            self.signal_handler_interrupt()
+            return
+        dead = [self.wrks[idx].inner.pid for idx in workers]
+        super()._respawn_workers(workers, *args, **kwargs)
+        if MULTIPROC_ENV in os.environ:
+            for pid in dead:
+                mark_process_dead(pid)
+
     def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
         """SIGHUP re-reads the routes file in every worker, keeping each one's table if the file
         is bad; granian's own SIGHUP would respawn the workers, which then start without a table."""
@@ -75,5 +90,8 @@ def serve(settings: ProxySettings, metrics_dir: Path) -> None:
         log_level=LogLevels(settings.log_level), log_dictconfig=_log_config(settings.log_level),
         log_access=False,  # /metrics counts every request; an access log costs more CPU than forwarding
         workers_kill_timeout=settings.drain_timeout_s,
+        # One dead worker no longer stops the others; one that dies again within 5.5 s of its respawn
+        # (a crash loop) still ends the proxy, and Kubernetes restarts the container.
+        respawn_failed_workers=True,
     )
     server.serve(target_loader=functools.partial(create_app, settings), wrap_loader=False)

@@ -19,6 +19,7 @@ from factory.catalog import (ALIAS_PATTERN, CPU_PATTERN, GPU_TYPE_PATTERN, MEMOR
 from factory.errors import ManifestError
 from factory.state import CapacityReport, CapacityStep
 from factory.manifests import Sizing, kustomization, model_manifests, proxy_manifests, sizing_for, validate_manifests
+from proxy.settings import ProxySettings
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = KubernetesSettings()
@@ -117,6 +118,9 @@ def test_proxy_manifests_mount_every_shard_and_roll_on_change() -> None:
     # The kubelet's SIGKILL must come after the preStop sleep and the proxy's whole drain time.
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > pre_stop + 20
+    # The command sets no --upstream-timeout-s: every forwarded request ends (answered or 504) within the drain.
+    assert "--upstream-timeout-s" not in container["command"]
+    assert ProxySettings.model_fields["upstream_timeout_s"].default < 20
     assert container["volumeMounts"][0]["mountPath"] == "/etc/model-factory"
     assert [source["configMap"] for source in deployment["spec"]["template"]["spec"]["volumes"][0]["projected"]
             ["sources"]] == [{"name": f"model-factory-proxy-routes-00{i}", "items": [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.proxy_support.fixtures import upstreams  # noqa: F401 (pytest fixture)
-from tests.proxy_support.harness import Proxy, plain_route, start_proxy, write_routes
+from tests.proxy_support.harness import Proxy, experiment_route, plain_route, start_proxy, write_routes
 from tests.proxy_support.rawhttp import EOF_MARK, TIMEOUT_MARK, connect, exchange, post, read_until_quiet
 
 MAX_BODY = 4096
@@ -24,7 +24,9 @@ GOOD = post("/m", b'{"n": 1}')
 @pytest.fixture(scope="module")
 def proxy(upstreams, tmp_path_factory) -> Proxy:  # noqa: F811
     routes = write_routes(tmp_path_factory.mktemp("routes") / "routes.yaml",
-                          {"a": (upstreams["a"].url, "1")}, [plain_route("/m", "a")])
+                          {"a": (upstreams["a"].url, "1")},
+                          [plain_route("/m", "a"), plain_route("/p/2", "a"),
+                           experiment_route("/exp", {"a": 100}, {"source": "header", "name": "X-User"})])
     started = start_proxy(routes, max_body_bytes=MAX_BODY, max_response_bytes=MAX_RESPONSE,
                           header_timeout_s=1, body_timeout_s=1)
     yield started
@@ -213,3 +215,70 @@ def test_the_connection_stays_usable_after_each_answer(proxy):
             [reply] = read_until_quiet(sock, 5.0, expect=1).responses()
             assert reply.json()["body"] == '{"k": %d}' % i
         assert read_until_quiet(sock, 0.2).ended_by == TIMEOUT_MARK
+
+
+@pytest.mark.parametrize("chunks", [b"ffffffffffffffffff\r\n{}\r\n0\r\n\r\n", b"-2\r\n{}\r\n0\r\n\r\n",
+                                    b"2\r\n{}XX0\r\n\r\n", b"2\n{}\n0\n\n"],
+                         ids=["size-over-64-bits", "negative-size", "no-crlf-after-data", "bare-lf"])
+def test_badly_chunked_body_is_400_json_and_closed(proxy, posts, chunks):
+    """granian reports broken chunked framing to the app as a disconnect; without an answer it wrote a
+    text/plain 500 of its own."""
+    raw = b"POST /m HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+    result = exchange(proxy.port, raw)
+    [reply] = result.responses()
+    assert (reply.status, reply.headers["connection"]) == (400, "close")
+    assert reply.json() == {"error": {"code": "incomplete_body", "message":
+                            "the request body ended before it was complete, or its chunked framing is invalid; "
+                            "send the whole body, framed by a Content-Length or by valid chunks"}}
+    assert result.ended_by == EOF_MARK and posts() == 0
+
+
+def test_chunk_extensions_and_trailers_are_accepted_and_the_connection_stays_framed(proxy):
+    raw = (b"POST /m HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b'2;name=val;q="x"\r\n{}\r\n0\r\nX-Trailer: 1\r\n\r\n' + GOOD)
+    first, second = exchange(proxy.port, raw, expect=2).responses()
+    assert (first.status, first.json()["body"], second.status) == (200, "{}", 200)
+    assert "X-Trailer" not in first.json()["headers"]
+
+
+def test_two_host_headers_are_400(proxy, posts):
+    """RFC 9112 §3.2. (A missing Host reaches the app as an empty one, which is allowed: both are forwarded.)"""
+    [reply] = exchange(proxy.port, post("/m", b"{}", "Host: other.test"), expect=1).responses()
+    assert reply.status == 400 and reply.json()["error"] == {"code": "duplicate_host", "message":
+                                                            "the request has more than one Host header; send one "
+                                                            "(any value: the proxy sets the upstream's own)"}
+    assert posts() == 0
+
+
+def test_two_sticky_key_headers_are_400_not_a_silent_pick(proxy, posts):
+    [reply] = exchange(proxy.port, post("/exp", b"{}", "X-User: alice", "X-User: bob"), expect=1).responses()
+    assert reply.status == 400 and reply.json()["error"] == {"code": "ambiguous_header", "message":
+                                                            "the request has more than one X-User header; /exp reads "
+                                                            "one value from it, so send it exactly once"}
+    assert posts() == 0
+
+
+@pytest.mark.parametrize("target, status", [
+    ("/p/2", 200), ("/p/%32", 200), ("/%70/2?q=1", 200),  # percent-encoded unreserved characters are the same path
+    ("/p%2F2", 404), ("/p%2f2", 404),  # an encoded slash is not a separator (RFC 3986 §2.2)
+    ("/x/../m", 404), ("/./m", 404), ("/m/", 404), ("//m", 404),  # no normalisation: routes match exactly
+])
+def test_route_paths_match_exactly_after_percent_decoding(proxy, target, status):
+    [reply] = exchange(proxy.port, post(target, b"{}"), expect=1).responses()
+    assert reply.status == status
+    if status == 200:
+        assert reply.json()["path"] == "/predict"  # neither the client's path nor its query reach the upstream
+
+
+def test_connect_and_asterisk_targets_are_404_json(proxy):
+    raw = b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\nOPTIONS * HTTP/1.1\r\nHost: proxy.test\r\n\r\n"
+    connect_reply, star = exchange(proxy.port, raw, expect=2).responses()
+    assert (connect_reply.status, star.status) == (404, 404)
+    assert connect_reply.json()["error"]["message"].startswith("CONNECT (a target without a path) is not a model route")
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_head_on_control_endpoints_is_200_without_a_body(proxy, path):
+    raw = f"HEAD {path} HTTP/1.1\r\nHost: proxy.test\r\n\r\n".encode() + GOOD
+    head, after = exchange(proxy.port, raw, expect=2, head_only=frozenset({0})).responses(head_only=frozenset({0}))
+    assert (head.status, head.body, after.status) == (200, b"", 200)

@@ -127,3 +127,13 @@ def test_metrics_add_up_every_worker(tmp_path, make_proxy, upstreams):  # noqa: 
     # Every scrape, whichever worker answers it, sees all 40.
     assert {proxy.metric("proxy_requests_total", route="/m", status="200") for _ in range(10)} == {40}
     assert {proxy.metric("proxy_request_duration_seconds_count", route="/m") for _ in range(5)} == {40}
+
+    # A worker killed (as the OOM killer would) is replaced; the other kept serving, and the dead one's
+    # counts stay in the sum (prometheus_client's multiprocess mode keeps a dead process's counter files).
+    workers[0].kill()
+    wait_until(lambda: proxy.process.log().count("Started worker-") == 3, 15, "the worker's replacement")
+    assert workers[0].pid not in [w.pid for w in psutil.Process(proxy.process.popen.pid).children()]
+    for _ in range(10):
+        assert proxy.post("/m").status == 200
+    assert {proxy.metric("proxy_requests_total", route="/m", status="200") for _ in range(6)} == {50}
+    assert proxy.process.popen.poll() is None

@@ -180,6 +180,21 @@ def test_every_thread_of_the_proxy_runs_under_sched_batch(proxy):
     assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_BATCH}
 
 
+def test_two_force_headers_are_400_not_a_silent_pick(proxy):
+    conn = http.client.HTTPConnection(HOST, proxy.port, timeout=5)
+    conn.putrequest("POST", "/models/exp")
+    for variant in ("a", "b"):
+        conn.putheader(FORCE, variant)
+    conn.putheader("Content-Length", "2")
+    conn.endheaders(b"{}")
+    reply = conn.getresponse()
+    assert (reply.status, json.loads(reply.read())["error"]) == (400, {
+        "code": "ambiguous_header",
+        "message": f"the request has more than one {FORCE} header; /models/exp reads one value from it, so send it "
+                   "exactly once"})
+    conn.close()
+
+
 def test_metrics_labels_stay_bounded(proxy):
     for i in range(15):
         assert proxy.post(f"/no/such/route/{i}").status == 404

@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from proxy.dataplane import sticky_key
 from proxy.deadlines import Deadlines
-from proxy.errors import ProxyError
-from proxy.forward import UpstreamClient, UpstreamResponse, request_header_block, response_headers
+from proxy.errors import ProxyError, upstream_failed
+from proxy.forward import UpstreamClient, UpstreamResponse
+from proxy.headers import request_header_block, response_headers
 from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore, describe_error
 from proxy.routing import RouteTable, compile_table, load_compiled
@@ -71,7 +72,8 @@ def test_request_headers_drop_hop_by_hop_and_connection_listed():
      b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"),
 ])
 def test_forwarding_headers_append_the_client_and_replace_proto_and_host(sent, expected_for):
-    headers = [*sent, (b"x-forwarded-host", b"evil.example"), (b"x-forwarded-proto", b"https"), (b"x-user", b"u")]
+    headers = [*sent, (b"x-forwarded-host", b"evil.example"), (b"x-forwarded-proto", b"https"), (b"x-user", b"u"),
+               (b"forwarded", b"for=6.6.6.6;proto=https;host=evil.example")]
     block = request_header_block(headers, None, b"10.0.0.9", b"http")
     assert block == b"x-user: u\r\nx-forwarded-for: " + expected_for + b"\r\nx-forwarded-proto: http\r\n"
 
@@ -79,6 +81,7 @@ def test_forwarding_headers_append_the_client_and_replace_proto_and_host(sent, e
 def test_response_headers_drop_hop_by_hop_and_spoofed_variant():
     kept = response_headers(UpstreamResponse(200, [
         (b"transfer-encoding", b"chunked"), (b"x-model-variant", b"x"), (b"content-type", b"application/json"),
+        (b"server", b"uvicorn"),
         (b"content-length", b"2"), (b"connection", b"x-hop"), (b"x-hop", b"1")], b"", b"x-hop"))
     assert kept == [(b"content-type", b"application/json")]
 
@@ -90,7 +93,27 @@ def test_response_headers_drop_hop_by_hop_and_spoofed_variant():
 def test_sticky_field_key(body, expected):
     route = compile_table(_table([experiment_route("/m", {"a": 50, "b": 50},
                                                    {"source": "field", "name": "user_id"})])).routes["/m"]
-    assert sticky_key(route, {}, body) == expected
+    assert sticky_key(route, [], {}, body) == expected
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ([(b"x-user", b"u1")], "u1"),
+    ([(b"x-user", b"\xe9\xff")], "\xe9\xff"),  # not UTF-8: read as latin-1, so the same bytes pick the same variant
+    ([(b"x-other", b"1")], None),
+    ([(b"x-user", b"")], None),
+    ([(b"x-other", b"1"), (b"x-other", b"2"), (b"x-user", b"u1")], "u1"),  # other repeated headers do not matter
+    ([(b"x-user", b"alice"), (b"x-user", b"bob")], "the request has more than one X-User header; /m reads one value "
+                                                   "from it, so send it exactly once"),
+])
+def test_sticky_header_key(headers, expected):
+    route = compile_table(_table([experiment_route("/m", {"a": 50, "b": 50},
+                                                   {"source": "header", "name": "X-User"})])).routes["/m"]
+    try:
+        found = sticky_key(route, headers, dict(headers), b"{}")
+    except ProxyError as error:
+        found = error.message
+        assert (error.status, error.code) == (400, "ambiguous_header")
+    assert found == expected
 
 
 @pytest.mark.parametrize("body, detail", [
@@ -104,7 +127,7 @@ def test_sticky_field_rejects_bad_json(body, detail):
     route = compile_table(_table([experiment_route("/m", {"a": 50, "b": 50},
                                                    {"source": "field", "name": "user_id"})])).routes["/m"]
     with pytest.raises(ProxyError) as caught:
-        sticky_key(route, {}, body)
+        sticky_key(route, [], {}, body)
     assert (caught.value.status, caught.value.message) == (400, f"request body is not valid JSON ({detail}); /m reads "
                                                                 "the experiment key from the JSON field 'user_id', so "
                                                                 "the body must be a JSON object")
@@ -231,10 +254,55 @@ def test_chunked_and_close_delimited_responses_are_read_whole():
     assert asyncio.run(scenario(b"HTTP/1.1 201 Created\r\nconnection: close\r\n\r\n[1]")) == (201, b"[1]")
 
 
+@pytest.mark.parametrize("response, expected", [
+    (b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n\r\n{}",
+     (200, [(b"x-a", b"1"), (b"content-length", b"2")], b"{}")),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+     (201, [(b"content-length", b"0")], b"")),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;ext=1\r\n{}\r\n0\r\nset-cookie: t=1\r\nx-model-variant: t\r\n\r\n",
+     (200, [(b"transfer-encoding", b"chunked")], b"{}")),
+], ids=["103", "100-twice", "trailers"])
+def test_interim_responses_are_skipped_and_trailers_never_become_headers(response, expected):
+    async def scenario():
+        async def reply(reader, writer):
+            while True:
+                await _read_request(reader)
+                writer.write(response)
+                await writer.drain()
+
+        server, port = await _serve(reply)
+        client = UpstreamClient(1, 1.0, 1024)
+        results = [await client.exchange(_target(port), b"", b"{}", 2.0) for _ in range(2)]  # the connection stays usable
+        client.close()
+        server.close()
+        return [(r.status, r.headers, r.body) for r in results]
+
+    assert asyncio.run(scenario()) == [expected, expected]
+
+
+def test_a_101_upgrade_is_a_protocol_error():
+    async def scenario():
+        async def reply(reader, writer):
+            await _read_request(reader)
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81")
+            await writer.drain()
+
+        server, port = await _serve(reply)
+        client = UpstreamClient(1, 1.0, 1024)
+        result = await client.exchange(_target(port), b"", b"{}", 2.0)
+        client.close()
+        server.close()
+        return result.kind
+
+    assert asyncio.run(scenario()) == "protocol"
+
+
 @pytest.mark.parametrize("response", [
     b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n" + b"x" * 2000,
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"400\r\n" + b"x" * 1024 + b"\r\n" * 2,
-], ids=["content-length", "chunked"])
+    b"HTTP/1.1 200 OK\r\n" + b"x-pad: 1\r\n" * 200 + b"content-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nx-pad: " + b"p" * 5000,  # a header line that never ends: not buffered until the timeout
+], ids=["content-length", "chunked", "header-section", "endless-header"])
 def test_a_response_over_the_limit_is_an_error_and_the_connection_is_dropped(response):
     async def scenario():
         async def reply(reader, writer):
@@ -285,6 +353,23 @@ def test_not_ready_until_a_table_loads(tmp_path):
     assert [status for status, _ in before] == [503, 503]
     assert b'"not_ready"' in before[0][1] and b'"not_ready"' in before[1][1]
     assert reloaded and after == (200, b'{"status":"ready","routes":1}')
+
+
+SERVICE = "the model service behind /m (variant main)"
+
+
+@pytest.mark.parametrize("kind, status, code, message", [
+    ("connect", 503, "upstream_unavailable", f"{SERVICE} is not accepting connections; retry later"),
+    ("timeout", 504, "upstream_timeout", f"{SERVICE} did not answer within 2 s; retry later or send fewer rows"),
+    ("too_large", 502, "upstream_response_too_large", f"{SERVICE} answered with more than the proxy's limit of 9 bytes; "
+     "send fewer rows per request (the operator can raise PROXY_MAX_RESPONSE_BYTES)"),
+    ("protocol", 502, "upstream_error", f"{SERVICE} answered with a response that is not valid HTTP/1.1; retry the "
+     "request"),
+    ("reset", 502, "upstream_error", f"{SERVICE} closed the connection without a complete response; retry the request"),
+])
+def test_upstream_failures_say_what_the_upstream_did(kind, status, code, message):
+    error = upstream_failed(kind, "/m", "main", 2.0, 9)
+    assert (error.status, error.code, error.message) == (status, code, message)
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -63,7 +63,7 @@ def connect(port: int, timeout: float = 5.0) -> socket.socket:
 
 
 def read_until_quiet(sock: socket.socket, quiet: float, limit: float = 10.0,
-                     expect: Optional[int] = None) -> Exchange:
+                     expect: Optional[int] = None, head_only: frozenset[int] = frozenset()) -> Exchange:
     """Read until the peer closes, `expect` responses have fully arrived, or nothing came for `quiet` s."""
     data, deadline = b"", time.monotonic() + limit
     sock.settimeout(quiet)
@@ -77,23 +77,24 @@ def read_until_quiet(sock: socket.socket, quiet: float, limit: float = 10.0,
         if not chunk:
             return Exchange(data, EOF_MARK)
         data += chunk
-        if expect is not None and _complete(data, expect):
+        if expect is not None and _complete(data, expect, head_only):
             return Exchange(data, TIMEOUT_MARK)
     return Exchange(data, TIMEOUT_MARK)
 
 
-def _complete(data: bytes, count: int) -> bool:
+def _complete(data: bytes, count: int, head_only: frozenset[int]) -> bool:
     try:
-        return len(Exchange(data, TIMEOUT_MARK).responses()) >= count
+        return len(Exchange(data, TIMEOUT_MARK).responses(head_only)) >= count
     except Incomplete:
         return False
 
 
-def exchange(port: int, data: bytes, quiet: float = 1.0, expect: Optional[int] = None) -> Exchange:
-    """Send `data` on a fresh connection and read what comes back."""
+def exchange(port: int, data: bytes, quiet: float = 1.0, expect: Optional[int] = None,
+             head_only: frozenset[int] = frozenset()) -> Exchange:
+    """Send `data` on a fresh connection and read what comes back (`head_only`: as in Exchange.responses)."""
     with connect(port) as sock:
         sock.sendall(data)
-        return read_until_quiet(sock, quiet, expect=expect)
+        return read_until_quiet(sock, quiet, expect=expect, head_only=head_only)
 
 
 def post(path: str, body: bytes, *headers: str, version: str = "HTTP/1.1") -> bytes:

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 HOST = "127.0.0.1"
 SLOW_HEAD = b"POST %s HTTP/1.1\r\nHost: slow\r\n"
 SLOW_BODY = b"POST %s HTTP/1.1\r\nHost: slow\r\nContent-Length: 1000\r\n\r\n{"
+SLOW_CHUNKED = b"POST %s HTTP/1.1\r\nHost: slow\r\nTransfer-Encoding: chunked\r\n\r\n"
+START = {"head": SLOW_HEAD, "body": SLOW_BODY, "chunked": SLOW_CHUNKED}
+DRIP = {"head": b"X", "body": b" ", "chunked": b"1\r\n \r\n"}  # chunked: one 1-byte chunk each time
 
 
 @dataclass
 class SlowResult:
-    kind: str  # "head": never finishes its header section; "body": never finishes its body
+    kind: str  # "head": never finishes its header section; "body", "chunked": never finishes its body
     answer: bytes  # everything the proxy sent before closing
     closed: bool  # the proxy closed the connection (False: still open at the limit)
 
@@ -25,7 +28,7 @@ async def slow_client(port: int, kind: str, drip_every: float, limit: float, ope
     """Open, send the start of a request for `path` (a route, so that a slow body is read, not
     refused), then one more byte every `drip_every` s until the proxy closes the connection or `limit` s pass."""
     reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write((SLOW_HEAD if kind == "head" else SLOW_BODY) % path)
+    writer.write(START[kind] % path)
     await writer.drain()
     if opened is not None:
         opened.set()
@@ -33,7 +36,7 @@ async def slow_client(port: int, kind: str, drip_every: float, limit: float, ope
     async def drip() -> None:
         while True:
             await asyncio.sleep(drip_every)
-            writer.write(b"X" if kind == "head" else b" ")
+            writer.write(DRIP[kind])
 
     dripping = asyncio.create_task(drip())
     try:
