@@ -3,8 +3,8 @@ precedence), waits bounded, credentials kept to the factory's own process, and e
 (credentials refused, nobody listening, a server that hangs or answers 5xx, an artifact store out of reach) as one
 error naming the registry and the variables that fix it.
 
-MLflow's errors here are translated by what caused them (the HTTP status, or the requests/urllib3/botocore
-exception MLflow wrapped), never by their wording.
+MLflow's errors here are translated by what caused them: the HTTP status, or the type of the requests/urllib3/botocore
+exception MLflow wrapped (their wording is shown, never matched).
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ def check_uri(name: str, uri: str) -> None:
     if scheme.split("+")[0] == "sqlite":
         _check_sqlite(name, uri)
     elif scheme in UNSUPPORTED_SCHEMES or scheme.startswith("databricks"):
-        raise RegistryError(f"{name}={uri}: {UNSUPPORTED_SCHEMES.get(scheme, 'a Databricks registry')} is not "
-                            "supported: the factory reads MLflow's open-source registry (a tracking server over "
-                            "http(s), or its database) and was never run against Databricks; export the models to an "
-                            "MLflow tracking server (mlflow-export-import, or log and register them there) and point "
-                            f"{name} at it")
+        what = UNSUPPORTED_SCHEMES.get(scheme, "a Databricks registry")
+        raise RegistryError(f"{name}={public_url(uri)}: {what} is not supported: the factory reads MLflow's "
+                            "open-source registry (a tracking server over http(s), or its database) and was never run "
+                            "against Databricks; export the models to an MLflow tracking server (mlflow-export-import, "
+                            f"or log and register them there) and point {name} at it")
 
 
 def _check_sqlite(name: str, uri: str) -> None:
@@ -217,5 +217,6 @@ def _credentials_set(uri: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's text on one line, any credential in a URL it quotes taken out."""
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())[:300]
+    return Settings.from_env().redact(" ".join(str(text).split()))[:300]
