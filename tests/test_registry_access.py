@@ -299,3 +299,13 @@ def test_credentials_are_redacted_from_any_printed_line(monkeypatch: pytest.Monk
     assert Settings.from_env().redact(line) == ("API request to http://***@mlflow/api failed; header Bearer ***; "
                                                 "body ***")
 
+
+
+def test_an_artifact_store_error_met_anywhere_else_still_says_where_to_look() -> None:
+    from botocore.exceptions import NoCredentialsError
+
+    from factory.boundary import translate
+
+    assert str(translate(NoCredentialsError())) == (
+        "botocore: NoCredentialsError: Unable to locate credentials (hint: an S3 artifact store: check "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and MLFLOW_S3_ENDPOINT_URL (README, \"MLflow registries\"))")
