@@ -64,7 +64,7 @@ def fake_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadingHTTPServ
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
     server.daemon_threads = True
     server.behaviour, server.release = (200, "{}"), threading.Event()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # shut down in 50 ms
     server.url = f"http://127.0.0.1:{server.server_port}"
     yield server
     server.release.set()
