@@ -109,6 +109,10 @@ def access_failure(exc: BaseException, uri: str, variable: str = "MLFLOW_TRACKIN
     if cause == "timeout":
         return (f"{shown} accepted the connection but did not answer ({waits}); check that the server is healthy "
                 "(its /health), or raise MLFLOW_HTTP_REQUEST_TIMEOUT if it is only slow")
+    if cause == "tls":
+        return (f"{shown} presented a TLS certificate this machine does not trust ({_first_line(_innermost(exc))[:200]}"
+                "); set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA bundle that signed it (a company CA), or fix the "
+                "server's certificate")
     if cause == "connect":
         return (f"{shown} cannot be reached: nothing answers at that address ({_attempts()} attempts: "
                 f"{_first_line(_innermost(exc))[:200]}); check {variable} (scheme, host and port) and that the "
@@ -174,6 +178,8 @@ def _network_cause(exc: BaseException) -> Optional[str]:
         kind = type(link).__name__
         if kind in ("ReadTimeoutError", "ReadTimeout", "Timeout"):
             return "timeout"
+        if kind in ("SSLError", "SSLCertVerificationError"):
+            return "tls"
         if kind in ("NewConnectionError", "ConnectTimeoutError", "ConnectTimeout", "NameResolutionError"):
             return "connect"
         if kind in ("RemoteDisconnected", "ProtocolError"):
@@ -189,11 +195,10 @@ def _chain(exc: BaseException) -> list[BaseException]:
     found, pending = [], [exc]
     while pending and len(found) < 20:
         link = pending.pop(0)
-        if link is None or link in found:
-            continue
+        if not isinstance(link, BaseException) or any(link is seen for seen in found):
+            continue  # urllib3's reason and an exception's args are not always exceptions (SSLError.reason: a str)
         found.append(link)
-        pending.extend([link.__cause__, link.__context__, getattr(link, "reason", None),
-                        *[arg for arg in getattr(link, "args", ()) if isinstance(arg, BaseException)]])
+        pending.extend([link.__cause__, link.__context__, getattr(link, "reason", None), *link.args])
     return found
 
 

@@ -126,6 +126,41 @@ def test_a_server_that_drops_the_connection_is_said_so(fake_registry) -> None:
         "server is up")
 
 
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "company-ca.internal")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+                   .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def test_a_certificate_signed_by_a_company_ca_names_the_variable_that_trusts_it(fake_registry, tmp_path: Path) -> None:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*_self_signed(tmp_path))
+    fake_registry.socket = context.wrap_socket(fake_registry.socket, server_side=True)
+    url = f"https://localhost:{fake_registry.server_port}"
+    message = _refusal(url)
+    assert message.startswith(f"the MLflow server at {url} (MLFLOW_TRACKING_URI) presented a TLS certificate this "
+                              "machine does not trust (")
+    assert message.endswith("); set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA bundle that signed it (a company CA), "
+                            "or fix the server's certificate")
+
+
 def test_a_separate_registry_is_named_by_its_own_variable(fake_registry, tmp_path: Path) -> None:
     fake_registry.behaviour = (401, "no")
     message = _refusal(f"sqlite:///{tmp_path / 'tracking.db'}", fake_registry.url)
