@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from factory.errors import UsageError
+from factory import atomic
+from factory.errors import UsageError, WriteError
 
 Progress = Callable[[str], None]
 TIMEOUT_S = 60
@@ -98,7 +99,12 @@ def _fetch_one(api: GitLabApi, job: str, job_id: int, target: Path, progress: Pr
         archive = api.get(f"jobs/{job_id}/artifacts")
         with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
             _check_members(zipped)
-            zipped.extractall(target)
+            members = {target / info.filename: zipped.read(info) for info in zipped.infolist() if not info.is_dir()}
+        # All of a job's files or none: a record must not arrive without its golden predictions.
+        atomic.replace_files(members, "run the job in a writable working directory")
+    except WriteError as exc:
+        progress(f"{job}: artifacts could not be written: {exc}; its outputs are regenerated")
+        return False
     except urllib.error.HTTPError as exc:
         why = "expired or erased" if exc.code in GONE else "not readable with this job's token"
         progress(f"{job}: artifacts {why} (HTTP {exc.code}); its outputs are regenerated from git and the registry")

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Callable, Iterable, Optional
 
 from packaging.requirements import Requirement
 
-from factory import compiled, dockerapi, golden
+from factory import atomic, compiled, dockerapi, golden
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
@@ -144,19 +143,26 @@ class Builder:
         bento_model_tag = self._import(model, resolved)
         model_dir = _model_dir(bento_model_tag)
         recorded = self._recorded(model, resolved, model_dir)  # a refused line stops the build before any file
-        golden_path, cases = self._golden(model, resolved, model_dir, recorded)
-        source, decision = self._workspace(model, folder, resolved, bento_model_tag, model_dir, cases, recorded)
-        self.progress(f"{model.name}: serves {decision.path}: {decision.reason}")
-        bento_tag = self._bento_build(model, source, content_hash)
-        record = BuildRecord(
-            model=model.name, content_hash=content_hash,
-            registry={"name": resolved.registered_as, "version": resolved.version, "run_id": resolved.run_id,
-                      "ref": model.registry_ref, "uri": self.registry.uri},
-            bento_model_tag=bento_model_tag, bento_tag=bento_tag,
-            bento_export=str(self._export(model, bento_tag)),
-            golden=str(golden_path), serving_path=decision.path, serving_reason=decision.reason,
-            **self.image_step.unbuilt(model, bento_tag))
-        record.save(self.state.record_path(model.name))
+        # One build's files (golden, source, resolved signature, Bento export, record) land together: a failure
+        # part-way keeps the previous build whole, never a new golden beside an old record.
+        with atomic.staged_tree(self.state.build_dir(model.name), f"the build of {model.name}", atomic.IN_STATE,
+                                prefix=f"{model.name}.building-") as stage:  # not hidden: BentoML builds there
+            writes = self.state.staging(model.name, stage)
+            cases = self._golden(model, resolved, model_dir, recorded, writes)
+            source, decision = self._workspace(model, folder, resolved, bento_model_tag, model_dir, cases, recorded,
+                                               writes)
+            self.progress(f"{model.name}: serves {decision.path}: {decision.reason}")
+            bento_tag = self._bento_build(model, source, content_hash)
+            self._export(model, bento_tag, writes)
+            record = BuildRecord(
+                model=model.name, content_hash=content_hash,
+                registry={"name": resolved.registered_as, "version": resolved.version, "run_id": resolved.run_id,
+                          "ref": model.registry_ref, "uri": self.registry.uri},
+                bento_model_tag=bento_model_tag, bento_tag=bento_tag,
+                bento_export=str(_export_path(self.state, model)),
+                golden=str(self.state.golden_path(model.name)), serving_path=decision.path,
+                serving_reason=decision.reason, **self.image_step.unbuilt(model, bento_tag, writes))
+            record.save(writes.record_path(model.name))
         if self.image_step.skipped:
             return BuildOutcome(model.name, record, skipped=False, seconds=time.monotonic() - started)
         return self._with_image(model, record, started, skipped=False)
@@ -200,9 +206,8 @@ class Builder:
 
     def _workspace(self, model: ModelSpec, folder: dict[str, str], resolved: ResolvedModel,
                    bento_model_tag: str, model_dir: Path, cases: list[dict],
-                   recorded: list[Requirement]) -> tuple[Path, compiled.Decision]:
-        source = self.state.source_dir(model.name)
-        shutil.rmtree(source, ignore_errors=True)
+                   recorded: list[Requirement], writes: StateDir) -> tuple[Path, compiled.Decision]:
+        source = writes.source_dir(model.name)
         source.mkdir(parents=True)
         for name, text in folder.items():
             (source / name).write_text(text, encoding="utf-8")
@@ -210,7 +215,7 @@ class Builder:
         write_atomic(source / "requirements.txt", "".join(f"{line}\n" for line in requirements))
         ResolvedRecord(bento_model_tag=bento_model_tag, signature=resolved.signature, flavor=flavor,
                        registry={"name": resolved.registered_as, "version": resolved.version},
-                       requirements=list(requirements)).save(self.state.resolved_path(model.name))
+                       requirements=list(requirements)).save(writes.resolved_path(model.name))
         return source, decision
 
     def _dependencies(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path, cases: list[dict],
@@ -279,16 +284,14 @@ class Builder:
             raise BuildError(f"{self.catalog.where(model.name)}: `bentoml build` printed no tag:\n{output[-1000:]}")
         return tags[-1]
 
-    def _export(self, model: ModelSpec, bento_tag: str) -> Path:
+    def _export(self, model: ModelSpec, bento_tag: str, writes: StateDir) -> None:
         # CI jobs pass Bentos as artifacts; BentoML needs an absolute output path (FIELD_NOTES).
-        target = (self.state.build_dir(model.name) / f"{model.k8s_name}.bento").resolve()
-        target.unlink(missing_ok=True)
-        _run(BENTOML + ["export", bento_tag, str(target)], f"{self.catalog.where(model.name)}: `bentoml export` failed")
-        return target
+        _run(BENTOML + ["export", bento_tag, str(_export_path(writes, model))],
+             f"{self.catalog.where(model.name)}: `bentoml export` failed")
 
     def _golden(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path,
-                recorded: list[Requirement]) -> tuple[Path, list[dict]]:
-        path = self.state.golden_path(model.name)
+                recorded: list[Requirement], writes: StateDir) -> list[dict]:
+        path = writes.golden_path(model.name)
 
         foreign = foreign_versions(recorded)
 
@@ -322,7 +325,11 @@ class Builder:
                           f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "
                           "find the smallest such input")
         write_atomic(path, json.dumps(cases, indent=1, sort_keys=True) + "\n")
-        return path, cases
+        return cases
+
+
+def _export_path(state: StateDir, model: ModelSpec) -> Path:
+    return (state.build_dir(model.name) / f"{model.k8s_name}.bento").resolve()
 
 
 def unrecorded(state: StateDir, model: str) -> str:

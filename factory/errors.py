@@ -93,3 +93,8 @@ class EngineError(FactoryError):
 
 class ImageError(FactoryError):
     """Building or pushing an image failed."""
+
+
+class WriteError(FactoryError):
+    """A file or tree could not be written (full disk, no permission, read-only); factory/atomic.py says whether
+    anything was changed."""

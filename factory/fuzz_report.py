@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlsplit
 
+from factory import atomic
 from factory.exactness import compare
 
 # XML 1.0 cannot carry these characters even escaped, and generated strings contain them.
@@ -206,9 +207,8 @@ def minimal_failure(report_dir: Path, model: str, seed: int, base_url: str, slug
                     catalog: Optional[str] = None) -> Failure:
     """Writes the minimal failing body into report_dir: the replay lines name that file, so no body
     text ever lands in a shell line."""
-    report_dir.mkdir(parents=True, exist_ok=True)
     body_file = report_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}.{slug}.minimal.json"
-    body_file.write_bytes(body)
+    atomic.write_file(body_file, body, atomic.IN_STATE)
     curl = ["curl", "-sS", "-X", "POST", f"{base_url}/predict", "-H", "Content-Type: application/json",
             "--data-binary", f"@{body_file}"]
     return Failure(kind=kind, field=field, reason=reason, status=response.status, request_excerpt=excerpt(body),
@@ -220,13 +220,12 @@ def minimal_failure(report_dir: Path, model: str, seed: int, base_url: str, slug
 # --- report files -------------------------------------------------------------------------------
 
 
-def write_json(result: FuzzResult, path: str | Path) -> None:
+def json_text(result: FuzzResult) -> str:
     document = {**asdict(result), **result.summary()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(document, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    return json.dumps(document, sort_keys=True, indent=2) + "\n"
 
 
-def write_junit(results: list[FuzzResult], path: str | Path) -> None:
+def junit_text(results: list[FuzzResult]) -> bytes:
     """One testsuite per model; one testcase per check, failing with the minimal request and its replay."""
     root = _element(None, "testsuites", name="factory fuzz", tests=sum(len(r.checks) for r in results),
                     failures=sum(len(r.failures) for r in results))
@@ -244,9 +243,21 @@ def write_junit(results: list[FuzzResult], path: str | Path) -> None:
             elif check.failure:
                 _element(case, "failure", _failure_text(check.failure), message=check.failure.reason,
                          type=check.failure.kind)
+    return _xml(root)
+
+
+def junit_error_text(model: str, error: str) -> bytes:
+    """The JUnit of a model that never answered: one errored testcase saying why."""
+    root = _element(None, "testsuites", name="factory fuzz", tests=1, failures=0, errors=1)
+    suite = _element(root, "testsuite", name=model, tests=1, failures=0, errors=1, skipped=0)
+    case = _element(suite, "testcase", classname=f"fuzz.{model}", name="serve")
+    _element(case, "error", error, message=error.splitlines()[0] if error else "", type="not served")
+    return _xml(root)
+
+
+def _xml(root: ET.Element) -> bytes:
     ET.indent(root)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 def _failure_text(failure: Failure) -> str:

@@ -17,7 +17,7 @@ from typing import Optional
 from factory import dockerapi, pipindex
 from factory.errors import EngineError, FactoryError, ImageError
 from factory.settings import Settings
-from factory.state import PushedImage, StateDir
+from factory.state import PushedImage, StateDir, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 PROXY_TEMPLATE = "images/proxy.Dockerfile.j2"
@@ -180,15 +180,14 @@ class ImageStep:
                 raise ImageError(f"the base image could not be built: {exc}") from exc
         return self._base
 
-    def unbuilt(self, model, bento_tag: str) -> dict:
-        """The record's image fields before any image exists, with the Dockerfile CI would build."""
+    def unbuilt(self, model, bento_tag: str, writes: StateDir) -> dict:
+        """The record's image fields before any image exists, with the Dockerfile CI would build (written
+        where `writes` stages the build, recorded where the build lands)."""
         from factory.baseimage import recipe_tags
 
-        dockerfile = self.state.dockerfile_path(model.name)
-        dockerfile.parent.mkdir(parents=True, exist_ok=True)
-        dockerfile.write_text(model_dockerfile(model.name, recipe_tags()[1], self.port), encoding="utf-8")
+        write_atomic(writes.dockerfile_path(model.name), model_dockerfile(model.name, recipe_tags()[1], self.port))
         return {"image": self.tag(model, bento_tag), "image_ref": "", "image_size_bytes": 0,
-                "image_build_seconds": 0.0, "dockerfile": str(dockerfile)}
+                "image_build_seconds": 0.0, "dockerfile": str(self.state.dockerfile_path(model.name))}
 
     def tag(self, model, bento_tag: str) -> str:
         return f"{self.registry}/{model.k8s_name}:{bento_tag.split(':', 1)[1]}"

@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import posixpath
-import shutil
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -27,6 +26,7 @@ import jinja2
 import yaml
 from kubernetes.utils import parse_quantity
 
+from factory import atomic
 from factory.autoscaling import autoscaling_for
 from factory.catalog import Catalog, KubernetesSettings, ModelSpec, Resources
 from factory.errors import ManifestError, RenderError, StateError
@@ -242,29 +242,38 @@ def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool
     if proxy:
         files.update(_proxy_files(catalog, catalog_path.name, state))
     out = state.manifests_dir()
-    existing = {p.relative_to(out).as_posix(): _written(p) for p in sorted(out.rglob("*.yaml")) if p.is_file()}
+    on_disk = _on_disk(out)
+    existing = {name: _written(out / name, data) for name, data in on_disk.items() if name.endswith(".yaml")}
     if proxy:  # written whole: fewer shards than last time must not leave stale ConfigMaps behind
         existing = {name: text for name, text in existing.items() if not name.startswith(f"{PROXY_DIR}/")}
     merged = {**existing, **files}
     merged.pop(KUSTOMIZATION_FILE, None)
     merged[KUSTOMIZATION_FILE] = kustomization(catalog.kubernetes, sorted(merged))
     validate_manifests(merged)  # all of it, before anything is written
-    if proxy and (out / PROXY_DIR).is_dir():
-        shutil.rmtree(out / PROXY_DIR)
-    for name, text in sorted({**files, KUSTOMIZATION_FILE: merged[KUSTOMIZATION_FILE]}.items()):
-        target = out / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+    kept = {name: data for name, data in on_disk.items()
+            if not name.endswith(".yaml") and not (proxy and name.startswith(f"{PROXY_DIR}/"))}
+    tree = {**kept, **{name: text.encode("utf-8") for name, text in merged.items()}}
+    if tree != on_disk:  # one swap of the whole directory: a failure part-way leaves the previous manifests
+        atomic.replace_tree(out, tree, "the manifests", atomic.IN_STATE)
     if sized:
         progress(sizing_table(sized))
     progress(f"{len(files)} manifests validated (Kubernetes 1.33, strict) and written to {out}")
     return sized
 
 
-def _written(path: Path) -> str:
+def _on_disk(out: Path) -> dict[str, bytes]:
+    """Every file under `out` (the manifests a run keeps, and anything a user put beside them)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    except OSError as exc:
+        raise StateError(f"{exc.filename or out}: unreadable ({exc.strerror or exc}); delete it and run "
+                         "`factory manifests` again") from exc
+
+
+def _written(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise StateError(f"{path}: unreadable ({type(exc).__name__}); delete it and run `factory manifests` "
                          "again") from exc
 

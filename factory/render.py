@@ -9,10 +9,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
-import os
-import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,7 +17,7 @@ from typing import Optional
 import jinja2
 import yaml
 
-from factory import manifests
+from factory import atomic, manifests
 from factory.catalog import Catalog, ModelSpec
 from factory.changes import ChangeSet, changed_since, everything, kept_versions_text
 from factory.errors import OutOfDateError, RenderError
@@ -236,22 +233,8 @@ def write_tree(files: dict[str, str], out_dir: Path) -> RenderSummary:
     _check_replaceable(shown, out_dir)
     if _tree_matches(files, out_dir):
         return RenderSummary(out_dir, len(files), changed=False)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
-    except OSError as exc:
-        raise _unwritable(shown, exc) from exc
-    try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would become the output directory's mode
-        for name, text in files.items():
-            target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-        _swap(staging, out_dir)
-    except OSError as exc:
-        raise _unwritable(shown, exc) from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    atomic.replace_tree(out_dir, files, "the rendered tree", "pass -o a directory on a writable disk",
+                        where=f"-o {shown}")
     return RenderSummary(out_dir, len(files), changed=True)
 
 
@@ -269,31 +252,6 @@ def _check_replaceable(shown: Path, out_dir: Path) -> None:
         raise RenderError(f"-o {shown}: holds {', '.join(repr(name) for name in foreign[:3])}{more}, which factory "
                           "render did not write; render replaces the whole directory, so pass a new or empty "
                           "directory (e.g. -o build) or the output of an earlier render")
-
-
-def _unwritable(shown: Path, exc: OSError) -> RenderError:
-    return RenderError(f"-o {shown}: cannot write the rendered tree ({exc.strerror or exc}); nothing was "
-                       "changed there: pass -o a directory on a writable disk with free space")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _swap(staging: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.rename(out_dir, retired)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:  # Ctrl-C or a failure between the renames: the previous tree goes back
-        os.rename(retired, out_dir)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def stale_files(files: dict[str, str], out_dir: Path) -> list[str]:

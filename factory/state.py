@@ -16,6 +16,7 @@ naming the file and the command that writes it again. Commands create the folder
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any, Literal, Optional, TypeVar
 
 import pydantic
 
+from factory import atomic
 from factory.errors import StateError
 from factory.fuzz_report import Failure
 from factory.settings import Settings
@@ -37,7 +39,10 @@ class Record(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     def save(self, path: Path) -> None:
-        write_atomic(path, json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+        write_atomic(path, self.text())
+
+    def text(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def load_from(cls: type[RecordT], path: Path, fix: str) -> RecordT:
@@ -186,6 +191,8 @@ class Summary(Record):
 @dataclass(frozen=True)
 class StateDir:
     root: Path
+    # (model, directory): that model's build directory is being staged there (`staging`), swapped in whole later
+    staged_build: Optional[tuple[str, Path]] = None
 
     @classmethod
     def from_env(cls) -> "StateDir":
@@ -200,7 +207,13 @@ class StateDir:
 
     # --- paths: the only place they are spelled ----------------------------------------------------
     def build_dir(self, model: str) -> Path:
+        if self.staged_build and self.staged_build[0] == model:
+            return self.staged_build[1]
         return self.root / "builds" / model
+
+    def staging(self, model: str, directory: Path) -> "StateDir":
+        """This state directory, but with `model`'s build written into `directory` (factory/atomic.py)."""
+        return dataclasses.replace(self, staged_build=(model, directory))
 
     def source_dir(self, model: str) -> Path:
         return self.build_dir(model) / "src"
@@ -294,17 +307,14 @@ def read_json(path: Path, fix: str) -> Any:
         raise StateError(f"{path}: nested too deeply to read; {fix}") from exc
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Readers never see half a file: write beside it, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise StateError(f"{path}: could not write ({_reason(exc)}); check the state directory's permissions "
-                         "and free space (or point FACTORY_STATE elsewhere)") from exc
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Readers never see half a file (factory/atomic.py)."""
+    atomic.write_file(path, data, atomic.IN_STATE)
+
+
+def write_set(files: dict[Path, Optional[str | bytes]]) -> None:
+    """Files that belong together (a report and its JUnit), replaced all or none; None removes one."""
+    atomic.replace_files(files, atomic.IN_STATE)
 
 
 def _reason(exc: Exception) -> str:

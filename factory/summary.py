@@ -12,7 +12,7 @@ from factory import manifests
 from factory.capacity import capacity_cell
 from factory.catalog import Catalog, ModelSpec
 from factory.loader import load_catalog
-from factory.state import StateDir, Summary, SummaryRow, write_atomic
+from factory.state import StateDir, Summary, SummaryRow, write_set
 from factory.tables import markdown_table, table
 
 
@@ -25,9 +25,9 @@ def summary_command(catalog_path: Path) -> str:
     state = StateDir.from_env()
     summary = Summary(rows=summary_rows(catalog, state))
     rows = [list(row.model_dump().values()) for row in summary.rows]
-    summary.save(state.summary_json())
     markdown = state.summary_markdown()
-    write_atomic(markdown, "## Model Factory summary\n\n" + markdown_table(HEADERS, rows) + "\n")
+    write_set({state.summary_json(): summary.text(),
+               markdown: "## Model Factory summary\n\n" + markdown_table(HEADERS, rows) + "\n"})
     return "\n".join([table(HEADERS, rows), "", f"reports:   {state.reports_root()}/<model>/ (JSON, JUnit)",
                       f"manifests: {state.manifests_dir()} (kustomization.yaml)", f"summary:   {markdown}"])
 

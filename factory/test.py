@@ -21,13 +21,13 @@ from factory.engine import engine_answers
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, ServeError, StateError
 from factory.fuzz import fuzz_service
-from factory.fuzz_report import write_json, write_junit
+from factory.fuzz_report import json_text, junit_error_text, junit_text
 from factory.loader import load_catalog, select_models
 from factory.golden import sample_requests
 from factory.memory import MemoryProfile
 from factory.runtime import bento_python
 from factory.serve import OOMKilled, container_served, served, stable_port, stop_on_sigterm
-from factory.state import BuildRecord, StateDir, TestReport
+from factory.state import BuildRecord, StateDir, TestReport, write_set
 from factory.tables import table
 
 Progress = Callable[[str], None]
@@ -61,7 +61,7 @@ def test_command(catalog_path: Path, names: Iterable[str], everything: bool, set
             report = qualify(catalog, catalog_path, model, state, settings)
         except FactoryError as exc:
             report = TestReport(model=model.name, route=model.route, passed=False, error=str(exc))
-            report.save(state.report_path(model.name))
+            save_report(state, report, junit_error_text(model.name, report.error), None)
         reports.append(report)
         progress(f"[{position}/{len(models)}] {model.name}: {_verdict(report)}")
     progress(summary_table(reports))
@@ -128,15 +128,21 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
     if memory.peak_bytes <= 0:
         raise ServeError(f"{catalog.where(model.name)}: no memory sample of the served model was taken "
                          f"({memory.report()['sampler']}); its process ended early? See {report_dir / 'serve.log'}")
-    write_junit([fuzz], report_dir / "junit.xml")
-    write_json(fuzz, report_dir / "fuzz.json")
     report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
                         url=url, serve_log=str(report_dir / "serve.log"), catalog=str(catalog_path),
                         passed=fuzz.passed and capacity.failures == 0, fuzz=fuzz.summary(), capacity=capacity,
                         memory={**memory.report(), "memory_limit": limit if record.image_built else None},
                         peak_bytes=memory.peak_bytes, failures=list(fuzz.failures))
-    report.save(state.report_path(model.name))
+    save_report(state, report, junit_text([fuzz]), json_text(fuzz))
     return report
+
+
+def save_report(state: StateDir, report: TestReport, junit: bytes, fuzz: Optional[str]) -> None:
+    """The report, its JUnit and its fuzz details, replaced together: never one run's beside another's.
+    A model that never answered has no fuzz details (an older run's are removed)."""
+    report_dir = state.report_dir(report.model)
+    write_set({state.report_path(report.model): report.text(), report_dir / "junit.xml": junit,
+               report_dir / "fuzz.json": fuzz})
 
 
 def _previous_peak(state: StateDir, model: str) -> Optional[int]:

@@ -20,7 +20,7 @@ from factory.loader import load_catalog
 from factory.routes import routes_yaml
 from factory.runtime import bento_python
 from factory.serve import container_served, free_port, process_served, served, stop_on_sigterm
-from factory.state import StateDir
+from factory.state import StateDir, write_atomic
 
 Progress = Callable[[str], None]
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +55,8 @@ def running(catalog_path: Path, progress: Progress, containers: bool = False) ->
             raise ServeError("no model started; see the causes above")
         routes = logs / "routes.yaml"
         # A route of a model that did not start points at a closed port: the proxy answers 503 there.
-        routes.write_text(routes_yaml(catalog, catalog_path.name,
-                                      lambda model: f"{urls.get(model.name, 'http://127.0.0.1:9')}/predict"),
-                          encoding="utf-8")
+        write_atomic(routes, routes_yaml(catalog, catalog_path.name,
+                                         lambda model: f"{urls.get(model.name, 'http://127.0.0.1:9')}/predict"))
         if failed:
             progress(f"not serving ({len(failed)}): {', '.join(sorted(failed))}")
         proxy = _proxy_container(state, routes, logs) if containers else _proxy_process(routes, logs)

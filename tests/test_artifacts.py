@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from e2e_support.gitlab_api import TOKEN, GitLabArtifactsApi
+from factory import atomic
 from factory.artifacts import GitLabApi, fetch_artifacts
 from factory.cli import main
 from factory.errors import UsageError
@@ -96,3 +99,29 @@ def test_a_job_name_that_is_not_one_is_a_usage_error() -> None:
         fetch_artifacts(None, ["build-m", "../x"], Path("."), print)
     assert str(error.value) == ("fetch-artifacts: '../x' are not GitLab job names of the child pipeline (lowercase "
                                 "letters, digits, '-')")
+
+
+def test_a_job_whose_files_cannot_all_be_written_leaves_none(api: GitLabArtifactsApi, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    golden = "factory-state/builds/m/golden.json"
+    (tmp_path / "jobs" / "build-m" / golden).write_text("[]")
+    written = []
+    real_replace = os.replace
+
+    def full_after_one(source, target):
+        if written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        written.append(target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(atomic.os, "replace", full_after_one)
+    fetched, messages = _fetch(_client(api), ["build-m"], tmp_path / "work")
+    assert fetched == [] and len(written) == 1
+    assert _files(tmp_path / "work") == []  # the first file arrived and was taken back: never one without the other
+    assert messages == [f"build-m: artifacts could not be written: {tmp_path}/work/factory-state/builds/m/record.json: "
+                        "cannot write (No space left on device); nothing was changed there: free space on that disk, "
+                        "or run the job in a writable working directory; its outputs are regenerated"]
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []

@@ -101,17 +101,20 @@ def test_an_oom_kill_fails_the_test_naming_the_limit(imaged: FactoryEnv, tmp_pat
     catalog = tmp_path / "models.yaml"
     catalog.write_text(f"- {{name: {ALIAS_MODEL}, alias: champion, endpoint: eta, parameters: [5, PHV], "
                        "resources: {memory: 40Mi, memory_limit_factor: 1.0}}\n")
-    # The failing run replaces the model's report in the session's shared state: put the real one back
-    # afterwards, or later tests (and `factory manifests`) would see this model as failed.
-    report = imaged.state / "reports" / ALIAS_MODEL / "report.json"
-    kept = report.read_bytes() if report.exists() else None
+    # The failing run replaces the model's report (report.json, junit.xml, fuzz.json, one set) in the session's
+    # shared state: put the real set back afterwards, or later tests (and `factory manifests`) would see this model
+    # as failed.
+    reports = imaged.state / "reports" / ALIAS_MODEL
+    kept = {name: (reports / name).read_bytes() if (reports / name).exists() else None
+            for name in ("report.json", "junit.xml", "fuzz.json")}
     try:
         result = imaged.run("test", "-f", str(catalog), ALIAS_MODEL, "--examples", "5", check=False)
     finally:
-        if kept is None:
-            report.unlink(missing_ok=True)
-        else:
-            report.write_bytes(kept)
+        for name, data in kept.items():
+            if data is None:
+                (reports / name).unlink(missing_ok=True)
+            else:
+                (reports / name).write_bytes(data)
     assert result.returncode == 1
     assert f"{ALIAS_MODEL} was OOM-killed at the memory limit 40Mi its manifest carries" in result.stderr
     assert "Traceback" not in result.stderr

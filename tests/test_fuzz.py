@@ -23,7 +23,8 @@ from factory.errors import ServeError
 from factory.fuzz import (Column, fuzz_service, invalid_request, invalid_requests_by_kind, signature_columns,
                           signature_params, valid_request, valid_row)
 from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord, Response, invalid_problem,
-                                 minimal_failure, valid_problem, write_json, write_junit)
+                                 minimal_failure, valid_problem, json_text, junit_error_text,
+                                 junit_text)
 from fuzz_support.server import LETS_NAN_THROUGH, make_app, parse_rows, request_model, serving
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None, max_examples=100,
@@ -326,11 +327,9 @@ def test_a_correct_server_passes_and_the_reports_say_so(tmp_path):
     assert 0 < result.latency_ms(50) <= result.latency_ms(99)
     assert not (tmp_path / "report").exists()  # nothing to replay
 
-    write_junit([result], tmp_path / "junit.xml")
-    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    suite = ET.fromstring(junit_text([result])).find("testsuite")
     assert (suite.get("name"), suite.get("tests"), suite.get("failures")) == ("breast_cancer", "3", "0")
-    write_json(result, tmp_path / "fuzz.json")
-    assert json.loads((tmp_path / "fuzz.json").read_text())["requests_fuzzed"] == result.requests_fuzzed
+    assert json.loads(json_text(result))["requests_fuzzed"] == result.requests_fuzzed
 
 
 @pytest.mark.parametrize("name", ["float32 image", "int8 ragged", "bool scalars"])
@@ -361,8 +360,7 @@ def test_a_planted_crash_is_reported_with_the_minimal_request_and_its_replay(tmp
             replayed = subprocess.run(shlex.split(failure.replay_curl), capture_output=True, timeout=10, check=True)
             assert b"negative" in replayed.stdout
 
-    write_junit([result], tmp_path / "junit.xml")
-    case = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite/testcase[@name='valid requests']")
+    case = ET.fromstring(junit_text([result])).find("testsuite/testcase[@name='valid requests']")
     assert case.find("failure").get("message") == "expected 200, got 500"
     assert failure.replay_curl in case.find("failure").text and failure.request_excerpt in case.find("failure").text
 
@@ -449,9 +447,8 @@ def _nasty_result() -> FuzzResult:
     return FuzzResult(model=f"m{nasty}", base_url="http://127.0.0.1:1", seed=1, checks=checks, records=records)
 
 
-def test_junit_escapes_everything_and_stays_well_formed(tmp_path):
-    write_junit([_nasty_result()], tmp_path / "junit.xml")
-    root = ET.parse(tmp_path / "junit.xml").getroot()
+def test_junit_escapes_everything_and_stays_well_formed():
+    root = ET.fromstring(junit_text([_nasty_result()]))
     failure = root.find("testsuite/testcase[@name='invalid requests']/failure")
     assert failure.get("type") == "wrong_type"
     assert "]]></failure>" in failure.text and "\\u0000" in failure.text and "\\ud800" in failure.text
@@ -459,11 +456,16 @@ def test_junit_escapes_everything_and_stays_well_formed(tmp_path):
     assert (root.get("tests"), root.get("failures")) == ("3", "1")
 
 
-def test_json_report_is_deterministic_with_sorted_keys(tmp_path):
-    write_json(_nasty_result(), tmp_path / "a.json")
-    write_json(_nasty_result(), tmp_path / "b.json")
-    text = (tmp_path / "a.json").read_text()
-    assert text == (tmp_path / "b.json").read_text()
+def test_json_report_is_deterministic_with_sorted_keys():
+    text = json_text(_nasty_result())
+    assert text == json_text(_nasty_result())
     document = json.loads(text)
     assert list(document) == sorted(document)
     assert (document["latency_p50_ms"], document["latency_p99_ms"], document["failed_requests"]) == (2.0, 3.0, 1)
+
+
+def test_the_junit_of_a_model_that_never_answered_says_why():
+    root = ET.fromstring(junit_error_text("m", "not built\nrun `factory build m`"))
+    error = root.find("testsuite[@name='m']/testcase[@name='serve']/error")
+    assert (root.get("errors"), error.get("message"), error.text) == ("1", "not built",
+                                                                     "not built\nrun `factory build m`")
