@@ -26,7 +26,7 @@ from factory.engine import ENGINE_HOME, docker_host, engine_answers
 from factory.errors import EngineError
 from factory.images import registry_auth
 from factory.render import environment
-from factory.settings import Settings
+from factory.settings import Settings, child_environment
 
 SUITE = "bookworm"
 # The `uv` the factory itself runs (requirements.lock): serving venvs and images install with one version.
@@ -185,7 +185,7 @@ def _uv_binary(target: Path) -> None:
 
 
 def _run(command: list[str], what: str) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=child_environment())
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
         raise EngineError(f"{what} failed (`{command[0]} {command[1]}` exit {result.returncode}):\n{tail}")

@@ -24,7 +24,10 @@ LIBRARY_HINTS = {
               "factory writes Dockerfiles and serves Bentos directly)",
     "bentoml": "if BentoML names an item that already exists in the store, a failed build left it behind: "
                "`bentoml delete -y TAG` (with the same BENTOML_HOME) and run the command again",
-    "mlflow": "check MLFLOW_TRACKING_URI (unset: the project's registry/mlflow.db; `make registry` creates it)",
+    "mlflow": "check MLFLOW_TRACKING_URI (unset: the project's registry/mlflow.db; `make registry` creates it) and "
+              "MLFLOW_REGISTRY_URI (README, \"MLflow registries\")",
+    "botocore": "an S3 artifact store: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and MLFLOW_S3_ENDPOINT_URL "
+                "(README, \"MLflow registries\")",
     "kubernetes": "check KUBECONFIG and that the cluster answers `kubectl version`",
     "yaml": "check the YAML file's syntax around that line",
     "jinja2": "a template under templates/ failed: run `factory render` to see which",

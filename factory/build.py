@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,10 +26,10 @@ from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
 from factory.loader import load_catalog, select_models
 from factory.model_env import foreign_versions, loadable_bytecode, recorded_requirements
-from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, tracking_uri
+from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, registry_uris
 from factory.render import RUNTIME_DIR, render_catalog
 from factory.runtime import bento_module, resolve_requirements, runtime_python
-from factory.settings import Settings
+from factory.settings import Settings, child_environment
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
 BENTOML = [sys.executable, "-m", "bentoml"]
@@ -58,7 +57,7 @@ def build_command(catalog_path: Path, names: Iterable[str], everything: bool, pr
     if image_step.skipped:
         progress(f"images skipped: {image_step.skipped}; wrote Dockerfiles instead (see each build record)")
     builder = Builder(catalog, render_catalog(catalog, source=catalog_path.name),
-                      Registry(catalog, tracking_uri(Path.cwd())), state, progress, image_step)
+                      Registry(catalog, *registry_uris(Path.cwd())), state, progress, image_step)
     outcomes = []
     for position, model in enumerate(models, start=1):
         # One model the registry cannot serve (no signature, a version gone) must not stop the others.
@@ -429,7 +428,7 @@ def _in_store(get, tag: str) -> bool:
 
 
 def _run(command: list[str], failure: str, cwd: Optional[Path] = None) -> str:
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    env = {**child_environment(), "BENTOML_DO_NOT_TRACK": "true"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
     if result.returncode != 0:
         raise BuildError(f"{failure} (exit {result.returncode}):\n{(result.stderr or result.stdout)[-2000:]}")

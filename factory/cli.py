@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from factory.boundary import translate
-from factory.settings import API_TOKEN_ENV, FUZZ_EXAMPLES_ENV, KEPT_VERSIONS_ENV, LOAD_SECONDS_ENV
+from factory.settings import API_TOKEN_ENV, FUZZ_EXAMPLES_ENV, KEPT_VERSIONS_ENV, LOAD_SECONDS_ENV, redact_text
 
 
 class Seconds(click.FloatRange):
@@ -41,8 +41,13 @@ class FactoryGroup(click.Group):
         except Exception as exc:  # the boundary: every library's errors become one FactoryError
             error = translate(exc)
             for line in error.lines():
-                click.echo(line, err=True)
+                click.echo(redact_text(line), err=True)
             sys.exit(error.exit_code)
+
+
+def echo(line: str) -> None:
+    """A command's progress line: a registry's or index's credential never reaches a job log."""
+    click.echo(redact_text(line))
 
 
 # Commands import their modules lazily: `factory validate` must not pay for importing mlflow or bentoml.
@@ -118,7 +123,7 @@ def build(catalog_path: Path, names: tuple[str, ...], everything: bool, no_image
     """Import models from MLflow, build their Bentos, build and push their images (skipping unchanged ones)."""
     from factory.build import build_command
 
-    build_command(catalog_path, names, everything, progress=click.echo, images=not no_image, proxy=proxy)
+    build_command(catalog_path, names, everything, progress=echo, images=not no_image, proxy=proxy)
 
 
 @main.command(name="test")
@@ -138,7 +143,7 @@ def test_models(catalog_path: Path, names: tuple[str, ...], everything: bool, se
 
     settings = TestSettings(seed=seed, valid_examples=examples, invalid_examples=2 * examples,
                             load_seconds=load_seconds)
-    test_command(catalog_path, names, everything, settings, progress=click.echo)
+    test_command(catalog_path, names, everything, settings, progress=echo)
 
 
 @main.command(name="manifests")
@@ -152,7 +157,7 @@ def manifests_cmd(catalog_path: Path, names: tuple[str, ...], everything: bool, 
     """Write Kubernetes manifests sized from measured memory, validated offline."""
     from factory.manifests import manifests_command
 
-    manifests_command(catalog_path, names, everything, proxy, progress=click.echo, allow_failed=allow_failed)
+    manifests_command(catalog_path, names, everything, proxy, progress=echo, allow_failed=allow_failed)
 
 
 @main.command()
@@ -162,7 +167,7 @@ def deploy(dry_run: bool, skip_without_cluster: bool) -> None:
     """Server-side apply the written manifests to the current kubeconfig's cluster."""
     from factory.deploy import deploy_command
 
-    deploy_command(dry_run, skip_without_cluster, progress=click.echo)
+    deploy_command(dry_run, skip_without_cluster, progress=echo)
 
 
 
@@ -176,7 +181,7 @@ def record_deploy(catalog_path: Path, commit: str, kept: str, out: Path) -> None
     """Record what this pipeline deployed: the commit and every alias model's registry version."""
     from factory.deploy_record import record_deploy as write_record
 
-    write_record(catalog_path, commit, kept, out, progress=click.echo)
+    write_record(catalog_path, commit, kept, out, progress=echo)
 
 
 @main.command(name="fetch-artifacts")
@@ -192,7 +197,7 @@ def fetch_artifacts(jobs: tuple[str, ...], api: str, project: str, pipeline: str
     from factory.artifacts import GitLabApi, fetch_artifacts as fetch
 
     fetch(GitLabApi.configured(api, project, pipeline, api_token, job_token), list(jobs), Path.cwd(),
-          progress=click.echo)
+          progress=echo)
 
 
 @main.command()
@@ -203,7 +208,7 @@ def serve(catalog_path: Path, name: str, port: int | None) -> None:
     """Serve one built model on 127.0.0.1 as its pod would, until Ctrl-C (replays `factory test` failures)."""
     from factory.up import serve_command
 
-    serve_command(catalog_path, name, port, progress=click.echo)
+    serve_command(catalog_path, name, port, progress=echo)
 
 
 @main.command()
@@ -213,7 +218,7 @@ def up(catalog_path: Path, containers: bool) -> None:
     """Serve every built model and the proxy on 127.0.0.1 until Ctrl-C or SIGTERM; print curl examples."""
     from factory.up import up_command
 
-    up_command(catalog_path, progress=click.echo, containers=containers)
+    up_command(catalog_path, progress=echo, containers=containers)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 
 from factory.dockerapi import answers as engine_answers
 from factory.errors import EngineError
-from factory.settings import Settings
+from factory.settings import Settings, child_environment
 
 RUN_DIR = Path("/run/model-factory")
 ENGINE_HOME = Path("/var/lib/model-factory")
@@ -65,7 +65,8 @@ class Daemon:
             try:
                 with open(self.log, "ab") as sink:
                     process = subprocess.Popen(self.command, stdout=sink, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, start_new_session=True, cwd=RUN_DIR)
+                                               stdin=subprocess.DEVNULL, start_new_session=True, cwd=RUN_DIR,
+                                               env=child_environment())
                 self.pid_file.write_text(f"{process.pid}\n")
             finally:
                 os._exit(0)

@@ -10,11 +10,12 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from factory import registry_access
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import RegistryError, ServeError
-from factory.settings import PINNED_VERSIONS_ENV, Settings
+from factory.settings import PINNED_VERSIONS_ENV, Settings, public_url
 
 # What the runtime adds to a model's own requirements when it serves the model through mlflow.pyfunc.
 PYFUNC_PACKAGES = ("mlflow", "pandas")
@@ -45,9 +46,15 @@ class ResolvedModel:
 def tracking_uri(project_dir: Path) -> str:
     """MLFLOW_TRACKING_URI when set (a tracking server), else the project's embedded sqlite registry,
     `registry/mlflow.db` in the directory `factory` runs from (as `make` does), wherever -f points."""
-    configured = Settings.from_env().tracking_uri
-    if configured:
-        return configured
+    settings = Settings.from_env()
+    if settings.tracking_uri:
+        return settings.tracking_uri
+    if settings.registry_uri:
+        # Artifacts (`runs:/`, `mlflow-artifacts:/`, a version's `models:/m-...` source) resolve through the
+        # tracking server: the embedded registry's would be the wrong one.
+        raise RegistryError("MLFLOW_REGISTRY_URI is set but MLFLOW_TRACKING_URI is not: MLflow finds a version's "
+                            "artifacts through the tracking server; set MLFLOW_TRACKING_URI too (the same URI when "
+                            "one server holds both)")
     database = (project_dir / REGISTRY_DIR / "mlflow.db").resolve()
     if not database.is_file():
         raise RegistryError(f"no MLflow registry at {database}: run `make registry` to create the example "
@@ -55,15 +62,23 @@ def tracking_uri(project_dir: Path) -> str:
     return f"sqlite:///{database}"
 
 
+def registry_uris(project_dir: Path) -> tuple[str, str]:
+    """(tracking URI, registry URI): MLflow's precedence, README "MLflow registries"."""
+    return registry_access.registry_uris(tracking_uri(project_dir))
+
+
 class Registry:
-    def __init__(self, catalog: Catalog, uri: str):
+    def __init__(self, catalog: Catalog, uri: str, registry_uri: Optional[str] = None):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         import mlflow
 
         from factory.deploy_record import parse_kept_versions
 
         self.catalog = catalog
-        self.uri = uri
+        registry_uri = registry_uri or uri
+        self.uri = public_url(registry_uri)  # shown and recorded: never a credential in it
+        self.variable = "MLFLOW_REGISTRY_URI" if registry_uri != uri else "MLFLOW_TRACKING_URI"
+        self.registry_uri = registry_uri
         # A sharded pipeline's render job resolved its alias models once: every job builds that version.
         self.pinned = parse_kept_versions(Settings.from_env().pinned_versions, catalog, PINNED_VERSIONS_ENV)
         # get_model_info and artifact downloads read the global URIs; unset, MLflow 3 would quietly
@@ -71,25 +86,34 @@ class Registry:
         from mlflow.exceptions import MlflowException
         from sqlalchemy.exc import SQLAlchemyError  # a sqlite URI naming a file that is no MLflow database
 
+        registry_access.bound_waits()
         try:
             mlflow.set_tracking_uri(uri)
-            mlflow.set_registry_uri(uri)
-            self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+            mlflow.set_registry_uri(registry_uri)
+            self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
         except (MlflowException, SQLAlchemyError) as exc:
             reason = exc.message if isinstance(exc, MlflowException) else str(getattr(exc, "orig", None) or exc)
-            raise RegistryError(f"MLflow cannot use the registry at {uri}: {reason.split(';')[0].splitlines()[0]}; "
-                                "set MLFLOW_TRACKING_URI to a tracking server, or unset it to use the project's "
-                                "registry/mlflow.db") from exc
+            raise RegistryError(f"MLflow cannot use the registry at {self.uri}: "
+                                f"{reason.split(';')[0].splitlines()[0]}; set MLFLOW_TRACKING_URI to a tracking "
+                                "server, or unset it to use the project's registry/mlflow.db") from exc
+        registry_access.probe(self.client, uri, registry_uri)
 
     def resolve(self, model: ModelSpec) -> ResolvedModel:
         from mlflow.exceptions import MlflowException
 
         where = self.catalog.where(model.name)
+        version = None
         try:
             version = self._version(model, where)
             info = self._model_info(model.registered_as, version)
-        except MlflowException as exc:
-            raise RegistryError(f"{where}: the registry at {self.uri} failed: {exc.message}; check "
+        except RegistryError:
+            raise
+        except Exception as exc:  # MLflow's, or the artifact store's (boto3 missing, botocore's errors)
+            failure = registry_access.explain(exc, self.registry_uri, self.variable, where,
+                                              f"{model.registered_as} version {version}")
+            if failure is None and not isinstance(exc, MlflowException):
+                raise
+            raise RegistryError(failure or f"{where}: the registry at {self.uri} failed: {exc.message}; check "
                                 "MLFLOW_TRACKING_URI and that the server is up") from exc
         if info.signature is None or info.signature.inputs is None:
             raise RegistryError(f"{where}: {model.registered_as} version {version} has no input signature; "

@@ -92,9 +92,9 @@ def _resolver(catalog: Catalog, catalog_path: Path):
 
     def resolve(model: ModelSpec) -> int:
         if not registry:
-            from factory.registry import Registry, tracking_uri
+            from factory.registry import Registry, registry_uris
 
-            registry.append(Registry(catalog, tracking_uri(catalog_path.resolve().parent)))
+            registry.append(Registry(catalog, *registry_uris(catalog_path.resolve().parent)))
         return registry[0].resolve(model).version
 
     return resolve

@@ -13,7 +13,6 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from uv import find_uv_bin
 
 from factory import pipindex
 from factory.errors import BuildError, ServeError
-from factory.settings import Settings
+from factory.settings import Settings, child_environment
 from factory.state import StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,7 +248,7 @@ def interpreter_environment(python: Path) -> dict[str, str]:
     A serving venv of ours keeps the bytecode of what its servers import in its own cache (PYTHONPYCACHEPREFIX),
     so only the first start compiles (the native flavors' imports: 14.5 s uncompiled, 5.5 s compiled, measured
     here). Any other interpreter (the factory's own, FACTORY_RUNTIME_PYTHON) writes none."""
-    environment = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    environment = {name: value for name, value in child_environment().items() if name != "PYTHONDONTWRITEBYTECODE"}
     home = python.parent.parent
     if (home / ".complete").is_file():
         return {**environment, "PYTHONPYCACHEPREFIX": str(home / PYCACHE)}
@@ -260,7 +259,7 @@ def _uv(home: Path, *arguments: str) -> None:
     # The platform's index (credentials too) reaches uv through its environment only: factory/pipindex.py.
     settings = Settings.from_env()
     result = subprocess.run([find_uv_bin(), "--native-tls", *arguments], capture_output=True, text=True,
-                            env={**os.environ, **pipindex.uv_environment(settings)})
+                            env={**child_environment(), **pipindex.uv_environment(settings)})
     if result.returncode != 0:
         raise ServeError(f"could not create the serving venv in {home} (`uv {arguments[0]}` exit "
                          f"{result.returncode}):\n{settings.redact(result.stderr[-2000:])}")

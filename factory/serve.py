@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Literal, Optional
 from factory import dockerapi
 from factory.errors import ServeError
 from factory.runtime import interpreter_environment
+from factory.settings import child_environment
 
 Mode = Literal["single", "bentoml"]
 READY_TIMEOUT_S = 120.0
@@ -102,7 +103,7 @@ def process_served(command: list[str], cwd: Path, log: Path, port: int, ready_pa
     """Any HTTP server process on 127.0.0.1:`port`, in its own process group, stopped on exit; `environment`
     (default: ours, writing no bytecode) says where its .pyc files go (runtime.interpreter_environment)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**(environment or {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}), "BENTOML_DO_NOT_TRACK": "true"}
+    env = {**(environment or {**child_environment(), "PYTHONDONTWRITEBYTECODE": "1"}), "BENTOML_DO_NOT_TRACK": "true"}
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)

@@ -72,6 +72,20 @@ class Settings:
     pip_extra_index_url: Optional[str] = _env(
         PIP_EXTRA_INDEX_URL_ENV, "one more package index searched besides that one (or PyPI): the platform's own "
                                  "packages; credentials kept out as for FACTORY_PIP_INDEX_URL")
+    registry_uri: Optional[str] = _env("MLFLOW_REGISTRY_URI", "the MLflow model registry, when it is not the tracking "
+                                                              "server (MLflow's precedence: this, else "
+                                                              "MLFLOW_TRACKING_URI); needs MLFLOW_TRACKING_URI set too")
+    tracking_username: Optional[str] = _env("MLFLOW_TRACKING_USERNAME", "with MLFLOW_TRACKING_PASSWORD: basic auth to "
+                                                                        "the tracking server and registry (MLflow's "
+                                                                        "`--app-name basic-auth`)")
+    tracking_password: Optional[str] = _env("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME's password (masked "
+                                                                        "CI/CD variable); like every registry "
+                                                                        "credential, kept from the processes the "
+                                                                        "factory starts, and from images, Bentos, "
+                                                                        "records and logs")
+    tracking_token: Optional[str] = _env("MLFLOW_TRACKING_TOKEN", "a bearer token for the tracking server and "
+                                                                  "registry, instead of a username and password "
+                                                                  "(masked CI/CD variable)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -86,8 +100,9 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Credential strings a message must never show, longest first (a password inside its userinfo)."""
-        found = [secret for url in (self.pip_index_url, self.pip_extra_index_url) if url
-                 for secret in _url_secrets(url)]
+        found = [secret for url in (self.pip_index_url, self.pip_extra_index_url, self.tracking_uri, self.registry_uri)
+                 if url for secret in _url_secrets(url)]
+        found += [secret for secret in (self.tracking_password, self.tracking_token) if secret and len(secret) >= 4]
         return sorted(set(found), key=len, reverse=True)
 
     def redact(self, text: str) -> str:
@@ -98,6 +113,23 @@ class Settings:
         return text
 
 
+TRACKING_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# What only the factory's own process needs, to read the registry and its artifact store. The processes it starts
+# (bentoml, uv, the golden script, served models, the engine) read local files: they never get these.
+CREDENTIAL_VARIABLES = frozenset({
+    *TRACKING_CREDENTIALS, "MLFLOW_TRACKING_CLIENT_CERT_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY", "AZURE_CLIENT_SECRET",
+    "GOOGLE_APPLICATION_CREDENTIALS", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET"})
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+def child_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`environ` without the registry's and artifact store's credentials, and its URIs without userinfo."""
+    kept = {name: value for name, value in environ.items() if name not in CREDENTIAL_VARIABLES}
+    for name in URI_VARIABLES:
+        if name in kept:
+            kept[name] = public_url(kept[name])
+    return kept
+
+
 # A package index URL reaches a Dockerfile's RUN line and uv's environment: only characters no shell or
 # requirements parser treats specially (a credential's other characters are percent-encoded).
 _INDEX_URL = re.compile(r"https?://[A-Za-z0-9._~:/@%+=,-]+")
@@ -106,9 +138,19 @@ INDEX_FIX = ("set it to one http(s):// URL of a PEP 503 `simple` index, nothing 
              "`;`), with any credential as `user:token@` before the host and its other characters percent-encoded")
 
 
+def redact_text(text: str) -> str:
+    """`Settings.redact` where the environment itself may be what is wrong (the CLI's last word on any line)."""
+    try:
+        return Settings.from_env().redact(text)
+    except SettingsError:
+        return _USERINFO.sub(r"\1***@", text)
+
+
 def public_url(url: str) -> str:
     """The URL without its credentials: what a Dockerfile, record or message may show."""
     parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url  # as given: urlunsplit would turn sqlite:////abs into sqlite://abs
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
@@ -169,10 +211,11 @@ def _check_values(values: dict[str, Optional[str]], variables: dict[str, str]) -
     """Values that would reach an HTTP client, the file system, the engine or a manifest unusable or unsafe."""
     from factory.catalog import CI_IMAGE_PATTERN, IMAGE_REGISTRY_PATTERN  # pydantic: not for `factory --help`
 
-    uri = values["tracking_uri"]
-    if uri and re.search(r"[\s\x00-\x1f\x7f]", uri):
-        raise SettingsError(f"MLFLOW_TRACKING_URI: {ascii(uri[:80])} holds a space or control character; set it to "
-                            "one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db")
+    for name in ("tracking_uri", "registry_uri"):
+        uri = values[name]
+        if uri and re.search(r"[\s\x00-\x1f\x7f]", uri):
+            raise SettingsError(f"{variables[name]}: {ascii(public_url(uri)[:80])} holds a space or control character; "
+                                "set it to one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db")
     state = Path(values["state_dir"] or STATE_DEFAULT)
     if state.exists() and not state.is_dir():
         raise SettingsError(f"FACTORY_STATE: {state} is a file, not a directory; point it at a directory (it is "

@@ -1,6 +1,6 @@
-"""The registry as GitLab's jobs reach it: a real `mlflow server` over HTTP, its artifacts proxied
-(`mlflow-artifacts:/`, never a path on this disk), a model found by alias. The other end-to-end tests read
-the embedded sqlite registry, where MLflow opens artifact files directly."""
+"""The registry as GitLab's jobs reach it: a real `mlflow server` over HTTP behind a gateway that wants a bearer
+token (MLFLOW_TRACKING_TOKEN), its artifacts proxied (`mlflow-artifacts:/`, never a path on this disk), a model found
+by alias. The other end-to-end tests read the embedded sqlite registry, where MLflow opens artifact files directly."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 
 from e2e_support.factory_env import FACTORY, ROOT
+from e2e_support.token_proxy import TOKEN, token_gateway
 from factory.serve import free_port
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +50,8 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(url, process, folder / "server.log")
-        yield url
+        with token_gateway(url) as gateway:
+            yield gateway
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # a scratch server: nothing of it is kept
         process.wait(timeout=30)
@@ -68,7 +70,8 @@ def _wait_until_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
 
 
 def test_a_model_on_a_tracking_server_builds_by_alias(tracking_server: str, tmp_path: Path) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server, "MLFLOW_DISABLE_TELEMETRY": "true",
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server, "MLFLOW_TRACKING_TOKEN": TOKEN,
+           "MLFLOW_DISABLE_TELEMETRY": "true",
            "FACTORY_STATE": str(tmp_path / "state"), "BENTOML_HOME": str(tmp_path / "state" / "bentoml"),
            "BENTOML_DO_NOT_TRACK": "true"}
     logged = subprocess.run([sys.executable, "-c", LOGGED], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -86,3 +89,7 @@ def test_a_model_on_a_tracking_server_builds_by_alias(tracking_server: str, tmp_
                                   "run_id": record["registry"]["run_id"]}
     cases = json.loads(Path(record["golden"]).read_text())
     assert cases and all(len(row) == 2 for case in cases for row in case["outputs"])  # both classes' probabilities
+    # The token opened the gateway, and went nowhere else: not the output, the records, the Bento or its store.
+    assert TOKEN not in result.stdout + result.stderr
+    written = [path for path in (tmp_path / "state").rglob("*") if path.is_file()]
+    assert written and not [path for path in written if TOKEN.encode() in path.read_bytes()]

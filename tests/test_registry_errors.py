@@ -103,19 +103,6 @@ def test_no_registry_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
                                  "to create the example registry, or set MLFLOW_TRACKING_URI to your tracking server")
 
 
-def test_unreachable_tracking_server_names_the_entry(registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    from factory.registry import Registry
-
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    catalog = parse_catalog("- {name: eta_minutes_5_PHV, version: 1, endpoint: eta}\n")
-    with pytest.raises(RegistryError) as caught:
-        Registry(catalog, "http://127.0.0.1:9").resolve(catalog.models[0])
-    assert str(caught.value).startswith("models.yaml:1: model 'eta_minutes_5_PHV': the registry at "
-                                        "http://127.0.0.1:9 failed:")
-    assert "check MLFLOW_TRACKING_URI and that the server is up" in str(caught.value)
-
-
 def test_a_pinned_alias_model_builds_the_version_the_render_job_resolved(registry,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A sharded pipeline pins alias models (FACTORY_PINNED_VERSIONS): the pin, not the alias, decides."""

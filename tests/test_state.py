@@ -72,10 +72,13 @@ def test_settings_read_every_variable() -> None:
                                   "CI_REGISTRY": "gl.io", "CI_REGISTRY_USER": "u", "CI_REGISTRY_PASSWORD": "p",
                                   "FACTORY_TORCH_CPU_INDEX": "http://mirror/cpu",
                                   "FACTORY_PIP_INDEX_URL": "https://u:t@art.example/simple",
-                                  "FACTORY_PIP_EXTRA_INDEX_URL": "http://127.0.0.1:8/simple"})
+                                  "FACTORY_PIP_EXTRA_INDEX_URL": "http://127.0.0.1:8/simple",
+                                  "MLFLOW_REGISTRY_URI": "sqlite:////r.db", "MLFLOW_TRACKING_USERNAME": "ci",
+                                  "MLFLOW_TRACKING_PASSWORD": "pw", "MLFLOW_TRACKING_TOKEN": "tok"})
     assert settings == Settings(Path("/s"), "http://mlflow:5000", Path("/py"), Path("/rt"), "r/proxy:1", "ci/r",
                                 "tcp://docker:2376", "m=2", "debian:b", "gl.io/p/base", "gl.io", "u", "p",
-                                "http://mirror/cpu", "https://u:t@art.example/simple", "http://127.0.0.1:8/simple")
+                                "http://mirror/cpu", "https://u:t@art.example/simple", "http://127.0.0.1:8/simple",
+                                "sqlite:////r.db", "ci", "pw", "tok")
     empty = Settings.from_env({})
     assert empty.state_dir == (Path.cwd() / "factory-state") and empty.tracking_uri is None
     assert empty.torch_cpu_index == "https://download.pytorch.org/whl/cpu"
