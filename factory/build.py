@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional
 
 from packaging.requirements import Requirement
 
-from factory import atomic, compiled, dockerapi, golden
+from factory import atomic, compiled, dockerapi, golden, probes
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
@@ -151,6 +151,9 @@ class Builder:
             cases = self._golden(model, resolved, model_dir, recorded, writes)
             source, decision = self._workspace(model, folder, resolved, bento_model_tag, model_dir, cases, recorded,
                                                writes)
+            if decision.probes:  # `factory test` asks the served model them too
+                golden.extend(writes.golden_path(model.name), cases, decision.probes,
+                              min(8, model.batching.max_batch_size))
             self.progress(f"{model.name}: serves {decision.path}: {decision.reason}")
             bento_tag = self._bento_build(model, source, content_hash)
             self._export(model, bento_tag, writes)
@@ -233,7 +236,9 @@ class Builder:
                 packages.append("pandas")  # the pod picks frame or array when it loads the model
             return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
         decision = compiled.decide(lambda: native(model_dir, flavor), flavor, resolved.signature, cases,
-                                  model.compile, source / compiled.COMPILED_FILE)
+                                  model.compile, source / compiled.COMPILED_FILE,
+                                  golden.answerer(model_dir, resolved.signature["inputs"]),
+                                  probes.example_rows(model_dir, resolved.signature))
         if decision.compiled:
             requirements = resolve_requirements([], compiled.COMPILED_PACKAGES, model.serving.packages, True,
                                                 self.catalog.where(model.name))
@@ -324,7 +329,7 @@ class Builder:
             self.progress(f"warning: {model.name}: the registry's own model raised on {len(errors)} of "
                           f"{len(errors) + len(cases)} sampled requests ({errors[0]}); `factory test` will "
                           "find the smallest such input")
-        write_atomic(path, json.dumps(cases, indent=1, sort_keys=True) + "\n")
+        golden.write(path, cases)
         return cases
 
 

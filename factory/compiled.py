@@ -2,8 +2,10 @@
 
 The candidate runs through the very code the Bento serves with (`mf_runtime.Predictor` on the
 `onnx` loader of `mf_flavors`) on the golden requests, and must answer what the registry model
-answered there (`mlflow.pyfunc`, recorded at build time) within the model's `compile` tolerance.
-Otherwise the model serves natively and the decision says why, in one line.
+answered there (`mlflow.pyfunc`, recorded at build time) within the model's `compile` tolerance; then
+on rows near its split thresholds and the model's logged input example (`factory/probes.py`), answered
+by the registry model through `answer`. Otherwise the model serves natively and the decision says why,
+in one line. The probe rows and the registry model's answers come back in the decision, for golden.json.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
+from factory import probes
 from factory.catalog import Compile
-from factory.exactness import compare
+from factory.exactness import Comparison, compare
 from factory.fuzz_values import NESTED_TYPES
 from factory.onnx_convert import Candidate, NotConvertible, candidates
 from factory.runtime import bento_module
@@ -22,6 +25,9 @@ from factory.runtime import bento_module
 COMPILED_FILE = "model.onnx"
 # What the compiled form's serving venv holds besides the runtime's own pins (factory/runtime.py).
 COMPILED_PACKAGES = ("onnxruntime",)
+PROBES_PER_REQUEST = 64
+# The registry model's answers to requests ({"inputs": rows}): {"outputs": [...]} or {"error": ...} each.
+Answer = Callable[[list[dict]], list[dict]]
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class Decision:
     path: str  # "compiled" or "native" (factory/build.py makes it "pyfunc" where MLflow's pyfunc loader serves)
     reason: str  # one line, shown in the build output and kept in the build record
     flavor: dict  # the compiled loader for resolved.json; {} when native
+    probes: tuple = ()  # (row, the registry model's output) pairs the last candidate was checked on
 
     @property
     def compiled(self) -> bool:
@@ -36,8 +43,10 @@ class Decision:
 
 
 def decide(load_native: Callable[[], Any], flavor: dict, signature: dict, cases: list[dict], settings: Compile,
-           target: Path) -> Decision:
-    """Write `target` (the ONNX file beside the Bento's service) and answer "compiled" only when it is exact."""
+           target: Path, answer: Optional[Answer] = None, examples: Sequence[Any] = ()) -> Decision:
+    """Write `target` (the ONNX file beside the Bento's service) and answer "compiled" only when it is exact:
+    on the golden `cases`, then (when `answer` is given) on the logged input's `examples` and rows near the
+    candidate's split thresholds."""
     target.unlink(missing_ok=True)
     if not settings.enabled:
         return _native("compile.enabled is false in models.yaml")
@@ -57,21 +66,22 @@ def decide(load_native: Callable[[], Any], flavor: dict, signature: dict, cases:
         model = load_native()
     except Exception as exc:  # whatever the flavor's library raises: the native path reports it on its own
         return _native(f"the model did not load for conversion ({type(exc).__name__}: {str(exc)[:150]})")
-    failures = []
+    failures, checked = [], ()
     for candidate in candidates(model, flavor, signature):
         if isinstance(candidate, NotConvertible):
             failures.append(str(candidate))
             continue
-        decision = _check(candidate, flavor, signature, cases, settings, target)
+        decision = _check(candidate, flavor, signature, cases, settings, target, answer, list(examples))
         if decision.compiled:
             return decision
         failures.append(decision.reason)
+        checked = decision.probes or checked
     target.unlink(missing_ok=True)
-    return _native("no exact compiled form: " + "; ".join(failures))
+    return Decision("native", "no exact compiled form: " + "; ".join(failures), {}, checked)
 
 
 def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict], settings: Compile,
-           target: Path) -> Decision:
+           target: Path, answer: Optional[Answer], examples: list[Any]) -> Decision:
     rows = [row for case in cases for row in case["inputs"]]
     expected = [output for case in cases for output in case["outputs"]]
     compiled = {"loader": "onnx", "model_file": COMPILED_FILE, "compiled_from": flavor["loader"],
@@ -89,8 +99,48 @@ def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict
     if not result.agrees:
         return _native(f"{label} differs from the registry model beyond rtol {settings.rtol:g}, atol "
                        f"{settings.atol:g}: {result.describe(rows)}")
-    return Decision("compiled", f"{label} reproduces the registry model on {len(rows)} golden rows (max relative "
-                                f"error {result.relative_error:.1g}, rtol {settings.rtol:g})", compiled)
+    probed, asked, counts = _probe(predictor, candidate, signature, rows, answer, examples, settings)
+    if not probed.agrees:
+        return Decision("native", f"{label} differs from the registry model beyond rtol {settings.rtol:g}, atol "
+                                  f"{settings.atol:g} {' or '.join(where for where, _, _ in counts)} (the golden rows "
+                                  f"agree): {probed.describe([row for row, _ in asked])}", {}, asked)
+    result = max(result, probed, key=lambda comparison: comparison.relative_error)
+    checked = " and ".join([f"{len(rows)} golden rows", *(f"{count} rows {of}" for _, of, count in counts)])
+    return Decision("compiled", f"{label} reproduces the registry model on {checked} (max relative error "
+                                f"{result.relative_error:.1g}, rtol {settings.rtol:g})", compiled, asked)
+
+
+def _probe(predictor: Any, candidate: Candidate, signature: dict, golden_rows: list, answer: Optional[Answer],
+           examples: list, settings: Compile) -> tuple[Comparison, tuple, list[tuple[str, str, int]]]:
+    """The candidate against the registry model on its logged input example and near its split thresholds: the
+    comparison, the (row, registry output) pairs asked, and (where, whose rows, how many) per kind asked."""
+    near = probes.rows(candidate.onnx, candidate.feeds, signature, examples + golden_rows)
+    asked_example, asked_near = _asked(answer, [examples, near])
+    asked = tuple(asked_near + asked_example)
+    counts = [(where, of, len(found)) for where, of, found in (
+        ("near its split thresholds", "near its split thresholds", asked_near),
+        ("on its logged input example", "of its logged input example", asked_example)) if found]
+    if not asked:
+        return Comparison(True, 0.0), asked, counts
+    try:
+        actual = bento_module("mf_inputs").nulled(predictor.run([row for row, _ in asked]))
+    except Exception as exc:  # a probe value the compiled graph cannot take is a reason not to serve it
+        return Comparison(False, float("inf"), 0, "an answer", f"{type(exc).__name__}: {str(exc)[:100]}"), asked, counts
+    return compare([output for _, output in asked], actual, settings.rtol, settings.atol), asked, counts
+
+
+def _asked(answer: Optional[Answer], groups: list[list[Any]]) -> list[list[tuple[Any, Any]]]:
+    """Per group of rows, (row, the registry model's output) for those it answers (a request it raises on is left
+    out), asked in one call."""
+    requests = [(group, {"inputs": rows[start:start + PROBES_PER_REQUEST]}) for group, rows in enumerate(groups)
+                for start in range(0, len(rows), PROBES_PER_REQUEST)]
+    found: list[list[tuple[Any, Any]]] = [[] for _ in groups]
+    if answer is None or not requests:
+        return found
+    nulled = bento_module("mf_inputs").nulled
+    for (group, request), answered in zip(requests, answer([request for _, request in requests])):
+        found[group] += [(row, nulled(output)) for row, output in zip(request["inputs"], answered.get("outputs", ()))]
+    return found
 
 
 def _native(reason: str) -> Decision:

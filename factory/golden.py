@@ -10,7 +10,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as fixed_seed
@@ -19,6 +19,7 @@ from factory import fuzz, pyfunc_answers
 from factory.errors import BuildError
 from factory.registry import ResolvedModel
 from factory.runtime import bento_module, interpreter_environment
+from factory.state import write_atomic
 
 ANSWER_TIMEOUT_S = 600
 
@@ -84,6 +85,31 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
         cases.append({**request, "outputs": values.nulled(outputs)})
     return Golden(cases, errors, non_finite, _one_row_only(cases, failed, ask),
                   any(answer.get("miscounted") for answer in answered))
+
+
+def answerer(model_dir: Path, inputs: list[dict]) -> Callable[[list[dict]], list[dict]]:
+    """The registry model's answers in the factory's process, to more requests than the golden ones (the rows a
+    compiled form is probed on, compiled.decide); a model this process cannot load answers none of them."""
+    def answer(requests: list[dict]) -> list[dict]:
+        try:
+            return pyfunc_answers.answers(str(model_dir), inputs, requests, bento_module("mf_inputs"), here=True)
+        except pyfunc_answers.MissingLibrary as exc:
+            return [{"error": str(exc)} for _ in requests]
+    return answer
+
+
+def extend(path: Path, cases: list[dict], answered: Sequence[tuple[Any, Any]], batch_size: int) -> list[dict]:
+    """Rewrite golden.json with `answered` (row, registry output) pairs added as requests of `batch_size` rows."""
+    pairs = list(answered)
+    cases = cases + [{"inputs": [row for row, _ in pairs[start:start + batch_size]],
+                      "outputs": [output for _, output in pairs[start:start + batch_size]]}
+                     for start in range(0, len(pairs), batch_size)]
+    write(path, cases)
+    return cases
+
+
+def write(path: Path, cases: list[dict]) -> None:
+    write_atomic(path, json.dumps(cases, indent=1, sort_keys=True) + "\n")
 
 
 def _one_row_only(cases: list[dict], failed: list[dict], ask: Callable[[list[dict]], list[dict]]) -> bool:

@@ -1,5 +1,7 @@
-"""A bounded closed-loop load of valid requests against a served model: `concurrency` keep-alive
-connections, each sending its next request as soon as the previous answer is in.
+"""Bounded loads of valid requests against a served model. Closed loop (`run_load`): `concurrency`
+keep-alive connections, each sending its next request as soon as the previous answer is in. Open loop
+(`run_open_load`): requests arrive at a rate (Poisson, seeded) whatever the server's pace, over a pool of
+keep-alive connections, as clients behind a proxy send them; only there do requests arrive while others wait.
 
 asyncio over raw sockets, one pre-encoded request per body: a client built on http.client threads
 spends more CPU per request than the server it measures (FIELD_NOTES), which would cap the capacity
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import random
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -26,6 +30,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     malformed_sheds: int = 0  # 503s without the error shape or Retry-After
+    connections: int = 0  # opened, reconnects included
 
     @property
     def requests(self) -> int:
@@ -85,25 +90,61 @@ async def _client(host: str, port: int, requests: list[bytes], budget, deadline:
         for index in budget:
             if time.perf_counter() >= deadline:
                 break
-            sent = time.perf_counter()
-            try:
-                if connection is None:
-                    connection = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-                reader, writer = connection
-                writer.write(requests[index % len(requests)])
-                status, headers, payload = await asyncio.wait_for(_response(reader), timeout_s)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ValueError) as exc:
-                result.count(type(exc).__name__, (time.perf_counter() - sent) * 1000)
-                connection = await _closed(connection)  # reconnects on the next request
-                continue
-            result.count(status, (time.perf_counter() - sent) * 1000)
-            if status == "503" and not well_formed_shed(headers, payload):
-                result.malformed_sheds += 1
-            if headers.get("connection") == "close":
-                connection = await _closed(connection)
+            connection = await _exchange(host, port, connection, requests[index % len(requests)], timeout_s, result)
     finally:
         await _closed(connection)
+
+
+async def _exchange(host: str, port: int, connection, request: bytes, timeout_s: float, result: LoadResult):
+    """One request on `connection` (opened when None), counted in `result`; the connection to go on with, or
+    None where it failed or the server closed it."""
+    sent = time.perf_counter()
+    try:
+        if connection is None:
+            result.connections += 1
+            connection = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        reader, writer = connection
+        writer.write(request)
+        status, headers, payload = await asyncio.wait_for(_response(reader), timeout_s)
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        result.count(type(exc).__name__, (time.perf_counter() - sent) * 1000)
+        return await _closed(connection)  # reconnects on the next request
+    result.count(status, (time.perf_counter() - sent) * 1000)
+    if status == "503" and not well_formed_shed(headers, payload):
+        result.malformed_sheds += 1
+    return await _closed(connection) if headers.get("connection") == "close" else connection
+
+
+def run_open_load(base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int = 0,
+                  timeout_s: float = 30.0) -> LoadResult:
+    """ceil(`rate` × `duration_s`) requests (POST /predict, cycling through `bodies`) arriving at `rate` per second."""
+    return asyncio.run(_open_load(base_url, bodies, rate, duration_s, seed, timeout_s))
+
+
+async def _open_load(base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int,
+                     timeout_s: float) -> LoadResult:
+    parts = urlsplit(base_url)
+    requests = [_request(parts.hostname, parts.port, body) for body in bodies]
+    result, idle, sending = LoadResult(), [], []
+    arrivals = random.Random(seed)
+    started = arrival = time.perf_counter()
+    for index in range(max(1, math.ceil(rate * duration_s))):
+        arrival += arrivals.expovariate(rate)
+        await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
+        sending.append(asyncio.create_task(_pooled(parts.hostname, parts.port, idle, requests[index % len(requests)],
+                                                   timeout_s, result)))
+    await asyncio.gather(*sending)
+    result.seconds = time.perf_counter() - started
+    for connection in idle:
+        await _closed(connection)
+    return result
+
+
+async def _pooled(host: str, port: int, idle: list, request: bytes, timeout_s: float, result: LoadResult) -> None:
+    """The most recently idle connection (the pool's oldest ones are the ones a server times out), or a new one."""
+    connection = await _exchange(host, port, idle.pop() if idle else None, request, timeout_s, result)
+    if connection is not None:
+        idle.append(connection)
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:

@@ -110,7 +110,8 @@ class FuzzSummary(Record):
 
 
 class CapacityStep(Record):
-    """One rung of the capacity ladder: closed-loop load at `connections` keep-alive connections."""
+    """One rung of the capacity ladder: closed-loop load at `connections` keep-alive connections; or, with
+    `offered_rps`, open-loop load arriving at that rate (`connections`: how many its pool opened)."""
 
     connections: int = pydantic.Field(ge=1)
     requests: int = pydantic.Field(ge=0)
@@ -122,6 +123,7 @@ class CapacityStep(Record):
     statuses: dict[str, int]
     cpu_percent: Optional[float] = pydantic.Field(None, ge=0)  # the server's CPU, one core = 100
     attempts: int = pydantic.Field(1, ge=1, le=2)  # 2: it missed the objective once and was measured again
+    offered_rps: Optional[float] = pydantic.Field(None, gt=0)  # open loop: the arrival rate; None: closed loop
 
 
 class CapacityReport(Record):
@@ -133,10 +135,12 @@ class CapacityReport(Record):
     p99_ms: float = pydantic.Field(ge=0)
     cpu_percent: Optional[float] = pydantic.Field(None, ge=0)  # None: the server's CPU was not visible
     steps: list[CapacityStep]
+    # The closed-loop capacity re-checked with requests arriving at random (factory/capacity.py): each rate tried
+    open_loop: list[CapacityStep] = []
 
     @property
     def failures(self) -> int:
-        return sum(step.failures for step in self.steps)
+        return sum(step.failures for step in self.steps + self.open_loop)
 
     @property
     def shed(self) -> int:

@@ -81,6 +81,12 @@ def capacity_note(report: TestReport) -> Optional[str]:
     if first.failures:
         return (f"note: {report.model} failed {first.failures} of {first.requests} load requests even at one "
                 "connection: its capacity is 0; the failures below say why")
+    if report.capacity.open_loop:
+        last = report.capacity.open_loop[-1]
+        return (f"note: {report.model} holds its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, "
+                "slo.p99_ms) one request at a time but not when requests arrive at random, even at "
+                f"{last.offered_rps:g} req/s (p99 {last.p99_ms:.1f} ms, {last.shed} shed): its capacity is 0; speed "
+                "the model up or raise slo.p99_ms")
     return (f"note: {report.model} misses its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, "
             f"slo.p99_ms) or sheds even at one connection (p99 {first.p99_ms:.1f} ms, {first.shed} shed): "
             "its capacity is 0; speed the model up or raise slo.p99_ms")
@@ -224,6 +230,8 @@ def _failure_lines(report: TestReport) -> str:
                   f"          {failure.replay_curl}", f"  rerun:  {failure.replay_factory}"]
     if report.capacity.failures:
         wrong = {step.connections: step.statuses for step in report.capacity.steps if step.failures}
+        wrong.update({f"{step.offered_rps:g} req/s arriving at random": step.statuses
+                      for step in report.capacity.open_loop if step.failures})
         lines.append(f"  load phase: {report.capacity.failures} failed requests (503s without the error shape "
                      f"and Retry-After count too), statuses by connections: {wrong}")
     return "\n".join(lines)

@@ -197,6 +197,28 @@ def test_work_that_would_queue_past_the_budget_is_refused() -> None:
     asyncio.run(scenario())
 
 
+def test_without_merging_every_queued_request_is_a_run_ahead() -> None:
+    """batching.enabled false: the queue drains one request per run, so its budget counts requests, not rows
+    packed in max_rows (which let requests wait 1.8 s behind a 60 ms budget in session 9's stranger sweep)."""
+    async def scenario():
+        model = GatedModel()
+        batcher = mf_batch.Batcher(model, max_rows=32, budget_ms=100, merge=False)
+        first = asyncio.create_task(batcher.submit([1]))
+        assert await asyncio.to_thread(model.entered.wait, GUARD_S)
+        batcher.run_s = 0.04
+        accepted = [asyncio.create_task(batcher.submit([value])) for value in (2,)]
+        await _turns()
+        assert batcher.expected_wait_s(1) == pytest.approx(0.08)  # the run in progress and one queued request
+        accepted.append(asyncio.create_task(batcher.submit([3])))
+        await _turns()
+        with pytest.raises(mf_batch.Overloaded, match="120 ms of queued work ahead, over its 100 ms budget"):
+            await batcher.submit([4])
+        model.gate.set()
+        assert [await task for task in [first, *accepted]] == [[2], [4], [6]]
+
+    asyncio.run(scenario())
+
+
 def test_the_overload_answer_has_the_error_shape_and_retry_after() -> None:
     response = mf_http.overloaded("the model server is overloaded", 2)
     assert response.status_code == 503 and response.headers["retry-after"] == "2"

@@ -148,9 +148,69 @@ def test_the_first_step_that_is_only_too_slow_is_measured_once_more(monkeypatch:
     import factory.capacity as capacity_module
 
     measured = iter([step(1, 100, 900), step(1, 100, 10), step(2, 180, 20), step(4, 200, 300), step(8, 210, 400)])
+    offered = []
     monkeypatch.setattr(capacity_module, "_step", lambda *args: next(measured))
+    monkeypatch.setattr(capacity_module, "_open_step", lambda url, bodies, rate, seconds, cpu: offered.append(
+        (rate, seconds)) or open_step(rate, 30))
     capacity = capacity_module.find_capacity("http://unused", [], 100, 4, lambda: None, ladder=(1, 2, 4, 8))
     # The stall at one connection was measured again and passed; the miss at 4 is not re-measured.
     assert [(s.connections, s.p99_ms, s.attempts) for s in capacity.steps] == [
         (1, 10, 2), (2, 20, 1), (4, 300, 1), (8, 400, 1)]
     assert (capacity.rps, capacity.connections) == (180, 2)
+    assert offered == [(180, 1)]  # then offered open loop for one step's time: 180 arrivals
+
+
+@pytest.mark.parametrize("rate, step_s, seconds", [
+    (1000.0, 1.0, 1.0), (50.0, 1.0, 2.0), (10.0, 1.0, 5.0), (1.0, 1.0, 5.0), (1.0, 8.0, 8.0)])
+def test_an_open_loop_step_waits_for_enough_arrivals_within_a_bound(rate, step_s, seconds) -> None:
+    from factory.capacity import open_seconds
+
+    assert open_seconds(rate, step_s) == seconds
+
+
+def open_step(rate: float, p99_ms: float, shed: int = 0, failures: int = 0, cpu: float = 20.0) -> CapacityStep:
+    return step(3, rate, p99_ms, shed, failures, cpu=cpu).model_copy(update={"offered_rps": rate})
+
+
+CLOSED = capacity_of([step(1, 31.2, 47, cpu=17.5), step(2, 36, 89)], 50)
+
+
+@pytest.mark.parametrize("capacity, answers, rates, rps, cpu", [
+    (CLOSED, [open_step(31.2, 45)], [31.2], 31.2, 20.0),  # holds: the open-loop step's CPU is the HPA's
+    (CLOSED, [open_step(31.2, 61), open_step(15.6, 44)], [31.2, 15.6], 15.6, 20.0),  # p99 61 ms open loop: halved
+    (CLOSED, [open_step(31.2, 40, shed=1), open_step(15.6, 40, failures=1), open_step(7.8, 49)], [31.2, 15.6, 7.8],
+     7.8, 20.0),  # a shed or a failure misses too
+    (CLOSED, [open_step(31.2, 61), open_step(15.6, 55), open_step(7.8, 51)], [31.2, 15.6, 7.8], 0.0, None),
+    (capacity_of([step(1, 1500, 2)], 50), [], [], 1500, 50.0),  # beyond what the client offers: as measured
+    (capacity_of([step(1, 30, 70)], 50), [], [], 0.0, None),  # no closed-loop capacity: nothing to offer
+])
+def test_the_capacity_is_offered_open_loop_and_halved_until_it_holds(capacity, answers, rates, rps, cpu) -> None:
+    from factory.capacity import confirmed
+
+    asked, replies = [], iter(answers)
+    result = confirmed(capacity, lambda rate: asked.append(rate) or next(replies))
+    assert (asked, result.rps, result.cpu_percent, result.open_loop) == (rates, rps, cpu, answers)
+    assert result.steps == capacity.steps
+
+
+def test_a_capacity_lost_to_random_arrivals_says_so() -> None:
+    from factory.capacity import confirmed
+    from factory.test import capacity_note
+
+    lost = confirmed(CLOSED, lambda rate: open_step(rate, 70, shed=2))
+    report = TestReport(model="m", route="/m/a", passed=True, capacity=lost)
+    assert capacity_note(report) == (
+        "note: m holds its latency objective (p99 ≤ 50 ms, slo.p99_ms) one request at a time but not when requests "
+        "arrive at random, even at 7.8 req/s (p99 70.0 ms, 2 shed): its capacity is 0; speed the model up or raise "
+        "slo.p99_ms")
+    assert autoscaling_for(MODEL, lost).source == "unmeasured default"
+
+
+def test_open_loop_load_sends_its_arrivals_and_judges_every_503(answering: str) -> None:
+    from factory.loadgen import run_open_load
+
+    bodies = [json.dumps({"kind": kind}).encode() for kind in ("ok", "shed", "bare")]
+    load = run_open_load(answering, bodies, rate=200, duration_s=0.03)  # ceil(6) arrivals
+    assert load.statuses == {"200": 2, "503": 4}
+    assert (load.shed, load.malformed_sheds, load.failures) == (4, 2, 2)
+    assert load.connections >= 1

@@ -95,11 +95,12 @@ class Batcher:
         return await future
 
     def expected_wait_s(self, rows: int) -> float:
-        """Runs ahead of `rows` (the one in progress, then the queue packed in max_rows) × one run's duration."""
+        """Runs ahead of `rows` (the one in progress, then the queue packed in max_rows, or one run per queued
+        request when requests never merge) × one run's duration."""
         if self.run_s is None:
             return 0.0
-        runs_ahead = (1 if self.busy else 0) + math.ceil((self.queued_rows + rows) / self.max_rows) - 1
-        return runs_ahead * self.run_s
+        queued_runs = math.ceil((self.queued_rows + rows) / self.max_rows) - 1 if self.merge else len(self.queue)
+        return ((1 if self.busy else 0) + queued_runs) * self.run_s
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
