@@ -11,8 +11,6 @@ import functools
 import hashlib
 import json
 import re
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Callable, Iterable, Optional
 
 from packaging.requirements import Requirement
 
-from factory import atomic, compiled, dockerapi, golden, probes
+from factory import atomic, bento_store, compiled, dockerapi, golden, probes
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
@@ -29,10 +27,9 @@ from factory.model_env import foreign_versions, loadable_bytecode, recorded_requ
 from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, registry_uris
 from factory.render import RUNTIME_DIR, render_catalog
 from factory.runtime import bento_module, resolve_requirements, runtime_python
-from factory.settings import Settings, child_environment
+from factory.settings import Settings
 from factory.state import BuildRecord, ResolvedRecord, StateDir, write_atomic
 
-BENTOML = [sys.executable, "-m", "bentoml"]
 FACTORY_PACKAGE = Path(__file__).resolve().parent
 Progress = Callable[[str], None]
 
@@ -132,7 +129,7 @@ class Builder:
         content_hash = _content_hash(folder, resolved, model.serving.model_dump_json() + model.compile.model_dump_json()
                                      + Settings.from_env().torch_cpu_index)
         previous = self._previous(model)
-        if previous and previous.content_hash == content_hash and _restored(previous):
+        if previous and previous.content_hash == content_hash and bento_store.restored(previous):
             # An image pushed under another registry (an earlier FACTORY_IMAGE_REGISTRY) is pushed here too.
             pushed_here = previous.image_built and previous.image == self.image_step.tag(model, previous.bento_tag)
             if self.image_step.skipped or (pushed_here and not dockerapi.gone(previous.image_ref)):
@@ -141,7 +138,7 @@ class Builder:
                 self.progress(f"{model.name}: its image {previous.image_ref} is gone from its registry; building it again")
             return self._with_image(model, previous, started, skipped=True)
         bento_model_tag = self._import(model, resolved)
-        model_dir = _model_dir(bento_model_tag)
+        model_dir = bento_store.model_dir(bento_model_tag)
         recorded = self._recorded(model, resolved, model_dir)  # a refused line stops the build before any file
         # One build's files (golden, source, resolved signature, Bento export, record) land together: a failure
         # part-way keeps the previous build whole, never a new golden beside an old record.
@@ -195,7 +192,7 @@ class Builder:
         import bentoml
 
         tag = f"{model.name.lower()}:r{resolved.version}-{resolved.fingerprint[:12]}"
-        if _model_exists(tag):
+        if bento_store.model_exists(tag):
             return tag
         try:
             bentoml.mlflow.import_model(
@@ -270,10 +267,10 @@ class Builder:
 
     def _bento_build(self, model: ModelSpec, source: Path, content_hash: str) -> str:
         # BentoML refuses build contexts outside its working directory and under hidden folders.
-        command = BENTOML + ["build", ".", "--version", content_hash[:16], "-o", "tag"]
+        command = bento_store.BENTOML + ["build", ".", "--version", content_hash[:16], "-o", "tag"]
         failure = f"{self.catalog.where(model.name)}: `bentoml build` failed"
         try:
-            output = _run(command, failure, cwd=source)
+            output = bento_store.run(command, failure, cwd=source)
         except BuildError as exc:
             # Same version = same content hash: a Bento an interrupted build left without a record.
             leftover = re.search(r"Item '([^']+)' already exists in the store", str(exc))
@@ -281,9 +278,10 @@ class Builder:
                 raise
             self.progress(f"{model.name}: a Bento of this very content, {leftover[1]}, is already in the store, but "
                           f"{unrecorded(self.state, model.name)}; deleting it and building again")
-            _run(BENTOML + ["delete", "-y", leftover[1]], f"`bentoml delete -y {leftover[1]}` failed (delete it "
-                                                         "yourself, with the same BENTOML_HOME, and build again)")
-            output = _run(command, failure, cwd=source)
+            bento_store.run(bento_store.BENTOML + ["delete", "-y", leftover[1]],
+                            f"`bentoml delete -y {leftover[1]}` failed (delete it yourself, with the same "
+                            "BENTOML_HOME, and build again)")
+            output = bento_store.run(command, failure, cwd=source)
         tags = [line.split("__tag__:", 1)[1].strip() for line in output.splitlines() if "__tag__:" in line]
         if not tags:
             raise BuildError(f"{self.catalog.where(model.name)}: `bentoml build` printed no tag:\n{output[-1000:]}")
@@ -291,8 +289,8 @@ class Builder:
 
     def _export(self, model: ModelSpec, bento_tag: str, writes: StateDir) -> None:
         # CI jobs pass Bentos as artifacts; BentoML needs an absolute output path (FIELD_NOTES).
-        _run(BENTOML + ["export", bento_tag, str(_export_path(writes, model))],
-             f"{self.catalog.where(model.name)}: `bentoml export` failed")
+        bento_store.run(bento_store.BENTOML + ["export", bento_tag, str(_export_path(writes, model))],
+                        f"{self.catalog.where(model.name)}: `bentoml export` failed")
 
     def _golden(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path,
                 recorded: list[Requirement], writes: StateDir) -> list[dict]:
@@ -350,35 +348,6 @@ def unrecorded(state: StateDir, model: str) -> str:
     return f"its build record {path} names {named}, built since from other content (a change undone?)"
 
 
-def ensure_in_store(record: BuildRecord) -> None:
-    """A CI job downloads the build job's exported Bento as an artifact: import it once into this store."""
-    if _bento_exists(record.bento_tag):
-        return
-    export = _export_file(record)
-    if export is None:
-        raise BuildError(f"Bento {record.bento_tag} is neither in the BentoML store nor at {record.bento_export}; "
-                         f"run `factory build {record.model}` again")
-    _run(BENTOML + ["import", str(export)], f"importing {export} failed")
-
-
-def _export_file(record: BuildRecord) -> Optional[Path]:
-    """The exported Bento: where the build wrote it, or beside the record (a CI job's workspace moves)."""
-    for candidate in (Path(record.bento_export),
-                      StateDir.from_env().build_dir(record.model) / Path(record.bento_export).name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _restored(record: BuildRecord) -> bool:
-    """Whether the recorded Bento is in the store, imported from its export if need be."""
-    try:
-        ensure_in_store(record)
-    except BuildError:
-        return False
-    return True
-
-
 def _content_hash(folder: dict[str, str], resolved: ResolvedModel, serving: str) -> str:
     digest = hashlib.sha256((factory_digest(FACTORY_PACKAGE) + resolved.fingerprint + serving).encode())
     for name in sorted(folder):
@@ -396,40 +365,3 @@ def factory_digest(package: Path) -> str:
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
-
-
-def _model_dir(bento_model_tag: str) -> Path:
-    """The registry model's MLflow directory, as imported into the BentoML model store."""
-    import bentoml
-
-    return Path(bentoml.models.get(bento_model_tag).path_of("mlflow_model"))
-
-
-def _model_exists(tag: str) -> bool:
-    import bentoml
-
-    return _in_store(bentoml.models.get, tag)
-
-
-def _bento_exists(tag: str) -> bool:
-    import bentoml
-
-    return _in_store(bentoml.get, tag)
-
-
-def _in_store(get, tag: str) -> bool:
-    import bentoml
-
-    try:
-        get(tag)
-        return True
-    except bentoml.exceptions.NotFound:
-        return False
-
-
-def _run(command: list[str], failure: str, cwd: Optional[Path] = None) -> str:
-    env = {**child_environment(), "BENTOML_DO_NOT_TRACK": "true"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
-    if result.returncode != 0:
-        raise BuildError(f"{failure} (exit {result.returncode}):\n{(result.stderr or result.stdout)[-2000:]}")
-    return result.stdout

@@ -105,7 +105,8 @@ def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict
                                   f"{settings.atol:g} {' or '.join(where for where, _, _ in counts)} (the golden rows "
                                   f"agree): {probed.describe([row for row, _ in asked])}", {}, asked)
     result = max(result, probed, key=lambda comparison: comparison.relative_error)
-    checked = " and ".join([f"{len(rows)} golden rows", *(f"{count} rows {of}" for _, of, count in counts)])
+    checked = " and ".join([f"{len(rows)} golden rows", *(f"{count} row{'' if count == 1 else 's'} {of}"
+                                                         for _, of, count in counts)])
     return Decision("compiled", f"{label} reproduces the registry model on {checked} (max relative error "
                                 f"{result.relative_error:.1g}, rtol {settings.rtol:g})", compiled, asked)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from factory import manifests
-from factory.build import ensure_in_store
+from factory.bento_store import ensure_in_store
 from factory.capacity import CpuClock, capacity_cell, find_capacity, tree_cpu_seconds
 from factory.engine import engine_answers
 from factory.catalog import Catalog, ModelSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from factory import manifests
-from factory.build import ensure_in_store
+from factory.bento_store import ensure_in_store
 from factory.catalog import Catalog
 from factory.errors import FactoryError, ServeError
 from factory.images import proxy_image_ref

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 from click.testing import CliRunner
 
-from factory import build, registry_access, runtime
+from factory import bento_store, registry_access, runtime
 from factory.cli import main
 from factory.errors import RegistryError
 from factory.loader import parse_catalog
@@ -320,7 +320,7 @@ def test_spawned_processes_get_no_registry_credentials(monkeypatch: pytest.Monke
         monkeypatch.setenv(name, SECRET)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://ci:{SECRET}@mlflow.internal")
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://registry.internal:5000")
-    seen = build._run([sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"], "printing")
+    seen = bento_store.run([sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"], "printing")
     for environment in (json.loads(seen), runtime.interpreter_environment(Path(sys.executable)), child_environment()):
         assert not CREDENTIAL_VARIABLES & set(environment) and SECRET not in json.dumps(environment)
         assert environment["MLFLOW_TRACKING_URI"] == "https://mlflow.internal"
