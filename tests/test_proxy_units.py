@@ -280,21 +280,27 @@ def test_interim_responses_are_skipped_and_trailers_never_become_headers(respons
     assert asyncio.run(scenario()) == [expected, expected]
 
 
-def test_a_101_upgrade_is_a_protocol_error():
+def _failure_kind(response: bytes, max_response: int) -> str:
+    """What the upstream client makes of one canned upstream answer to one request."""
     async def scenario():
         async def reply(reader, writer):
             await _read_request(reader)
-            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81")
+            writer.write(response)
             await writer.drain()
 
         server, port = await _serve(reply)
-        client = UpstreamClient(1, 1.0, 1024)
+        client = UpstreamClient(1, 1.0, max_response)
         result = await client.exchange(_target(port), b"", b"{}", 2.0)
         client.close()
         server.close()
         return result.kind
 
-    assert asyncio.run(scenario()) == "protocol"
+    return asyncio.run(scenario())
+
+
+def test_a_101_upgrade_is_a_protocol_error():
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81"
+    assert _failure_kind(upgrade, 1024) == "protocol"
 
 
 @pytest.mark.parametrize("response", [
@@ -304,20 +310,7 @@ def test_a_101_upgrade_is_a_protocol_error():
     b"HTTP/1.1 200 OK\r\nx-pad: " + b"p" * 5000,  # a header line that never ends: not buffered until the timeout
 ], ids=["content-length", "chunked", "header-section", "endless-header"])
 def test_a_response_over_the_limit_is_an_error_and_the_connection_is_dropped(response):
-    async def scenario():
-        async def reply(reader, writer):
-            await _read_request(reader)
-            writer.write(response)
-            await writer.drain()
-
-        server, port = await _serve(reply)
-        client = UpstreamClient(1, 1.0, 1000)
-        result = await client.exchange(_target(port), b"", b"{}", 2.0)
-        client.close()
-        server.close()
-        return result.kind
-
-    assert asyncio.run(scenario()) == "too_large"
+    assert _failure_kind(response, 1000) == "too_large"
 
 
 def test_not_ready_until_a_table_loads(tmp_path):
