@@ -121,6 +121,8 @@ CREDENTIAL_VARIABLES = frozenset({
     "AWS_SESSION_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY", "AZURE_CLIENT_SECRET",
     "GOOGLE_APPLICATION_CREDENTIALS", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET"})
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def child_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """`environ` without the registry's and artifact store's credentials, and its URIs without userinfo."""
     kept = {name: value for name, value in environ.items() if name not in CREDENTIAL_VARIABLES}

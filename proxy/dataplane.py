@@ -167,8 +167,10 @@ class DataPlane:
         """RFC 9112 §3.2: a request with more than one Host is answered 400. The value is never used (the
         upstream gets its own), but two readers could take different ones. A missing Host cannot be told
         from an empty one (allowed) here: granian passes both as an empty value."""
-        if len(header_map) != len(headers) and sum(name == b"host" for name, _ in headers) > 1:
-            raise errors.duplicate_host()
+        try:
+            single_header(headers, header_map, b"host")
+        except ValueError:
+            raise errors.duplicate_host() from None
 
     def _choose(self, route: CompiledRoute, headers: Headers, header_map: dict[bytes, bytes],
                 body: bytes) -> CompiledVariant:
