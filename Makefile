@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_INSTALL := $(BIN)/uv pip install --quiet --compile-bytecode --native-tls --python $(BIN)/python
-APT_TOOLS := rsync wrk nginx
+APT_TOOLS := rsync wrk nginx git
 GITLAB_CI_LOCAL := .tools/node_modules/.bin/gitlab-ci-local
 # Pinned: 4.74+ crash on Node 20 (FIELD_NOTES).
 GITLAB_CI_LOCAL_VERSION := 4.73.0
