@@ -44,15 +44,22 @@ $(STAMP): requirements.lock pyproject.toml
 
 # System tools (apt) that tests and benchmarks drive as real processes; each package provides the
 # command of the same name. As root apt-get runs directly, otherwise through sudo (tests/test_makefile.py).
+# npm keeps its cache and logs in ~/.npm: where HOME cannot be written it fails, saying only that its logs could not be.
 tools: apt-tools
 	@test "$$($(GITLAB_CI_LOCAL) --version 2>/dev/null)" = "$(GITLAB_CI_LOCAL_VERSION)" || \
-	  (mkdir -p .tools && cd .tools && npm install --silent --no-audit --no-fund gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION))
+	  (mkdir -p .tools && cd .tools && npm install --loglevel=error --no-audit --no-fund \
+	    gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION)) || \
+	  { echo "make tools: npm could not install gitlab-ci-local $(GITLAB_CI_LOCAL_VERSION) into .tools/ (its error is" \
+	    "above); where HOME is not writable, set npm_config_cache to a writable folder" >&2; exit 1; }
 
 apt-tools:
 	@missing=""; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  if [ -n "$$SUDO" ] && ! command -v sudo >/dev/null; then \
+	    echo "make apt-tools: missing:$$missing; not root and no sudo: as root run" \
+	      "apt-get install -y$$missing" >&2; exit 1; fi; \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq $$missing >/dev/null; \
 	fi
