@@ -35,8 +35,12 @@ venv: $(STAMP)
 # pip installs only the pinned `uv`; uv installs the lock (faster than pip: bench/venvs.py; the same uv builds the
 # serving venvs and images). --native-tls: the system's CA store, as pip trusts it, so TLS-inspecting proxies work.
 # --compile-bytecode, as pip does: with PYTHONDONTWRITEBYTECODE (above) nothing would ever write the .pyc files.
+# A venv that `python -m venv` left half made (Debian without python3.11-venv: no pip in it) is removed, not reused.
 $(STAMP): requirements.lock pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: the factory" \
+	  "runs on Python 3.11; install it (Debian: apt-get install python3.11 python3.11-venv; elsewhere: uv python" \
+	  "install 3.11) or name one: make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 	$(BIN)/pip install --quiet "$$(grep '^uv==' requirements.lock)"
 	$(UV_INSTALL) -r requirements.lock
 	$(UV_INSTALL) --no-deps -e .

@@ -104,3 +104,23 @@ def test_an_npm_that_cannot_install_gitlab_ci_local_says_which_variable_helps(tm
         "npm error Log files were not written",
         "make tools: npm could not install gitlab-ci-local 4.73.0 into .tools/ (its error is above); where HOME is not "
         "writable, set npm_config_cache to a writable folder"]
+
+
+def test_no_python_311_is_one_line_and_a_half_made_venv_is_removed(tmp_path: Path) -> None:
+    """A fresh machine without python3.11 got `python3.11: command not found`; one without python3.11-venv kept a
+    venv with no pip, which every later `make` reused and failed in (session 10)."""
+    def venv(python: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-s", "--no-print-directory", "venv", f"VENV={tmp_path / 'venv'}",
+                               f"PYTHON={python}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    missing = venv(str(tmp_path / "python3.11"))
+    assert missing.returncode == 2 and missing.stderr.splitlines()[0] == (
+        f"make: {tmp_path / 'python3.11'} not found: the factory runs on Python 3.11; install it (Debian: apt-get "
+        "install python3.11 python3.11-venv; elsewhere: uv python install 3.11) or name one: make "
+        "PYTHON=/path/to/python3.11")
+    _shim(tmp_path, "python3.11", 'mkdir -p "$3/bin" && ln -s /bin/true "$3/bin/python"; '
+                                  'echo "The virtual environment was not created successfully because ensurepip is not '
+                                  'available." >&2; exit 1\n')
+    half = venv(str(tmp_path / "python3.11"))
+    assert half.returncode == 2 and "ensurepip is not available" in half.stderr
+    assert not (tmp_path / "venv").exists()
