@@ -44,10 +44,11 @@ def test_capacity_is_the_best_rate_before_the_first_miss(steps: list, rps: float
 
 
 @pytest.mark.parametrize("first, note", [
-    (step(1, 100, 34, failures=14, requests=16),
-     "note: m failed 14 of 16 load requests even at one connection: its capacity is 0; the failures below say why"),
-    (step(1, 100, 101), "note: m misses its latency objective (p99 ≤ 100 ms, slo.p99_ms) or sheds even at one "
-                        "connection (p99 101.0 ms, 0 shed): its capacity is 0; speed the model up or raise slo.p99_ms"),
+    (step(1, 100, 34, failures=14, requests=16), "note: models.yaml:3: model 'm': failed 14 of 16 load requests "
+                                                 "even at one connection: its capacity is 0; the failures below say why"),
+    (step(1, 100, 101), "note: models.yaml:3: model 'm': misses its latency objective (p99 ≤ 100 ms, slo.p99_ms) or "
+                        "sheds even at one connection (p99 101.0 ms, 0 shed): its capacity is 0, and its HPA keeps the "
+                        "default CPU target (70 %); speed the model up or raise slo.p99_ms"),
     (step(1, 100, 10), None),
     (step(1, 0, 0, requests=0), None),
 ])
@@ -56,7 +57,7 @@ def test_a_capacity_of_zero_says_whether_errors_or_latency_made_it(first: Capaci
     from factory.test import capacity_note
 
     report = TestReport(model="m", route="/m/a", passed=False, capacity=capacity_of([first], slo_p99_ms=100))
-    assert capacity_note(report) == note
+    assert capacity_note(report, "models.yaml:3: model 'm'") == note
 
 
 class _Answers(BaseHTTPRequestHandler):
@@ -99,17 +100,28 @@ def test_a_503_without_the_error_shape_or_retry_after_is_a_failure(answering: st
 
 
 MODEL = ModelSpec.model_validate({"name": "iris", "version": 1, "endpoint": "iris", "resources": {"cpu": "500m"}})
-MEASURED = capacity_of([step(1, 100, 10, cpu=30.0), step(2, 180, 40, cpu=60.0), step(4, 190, 120, cpu=95.0)], 100)
+# Measured as `factory test` runs the container: under a quota of the model's CPU request (500m).
+MEASURED = capacity_of([step(1, 100, 10, cpu=20.0), step(2, 180, 40, cpu=36.0), step(4, 190, 120, cpu=49.0)],
+                       100).model_copy(update={"cpu_limit": 0.5})
 
 
 @pytest.mark.parametrize("model, capacity, target, source", [
-    # 60 % of a core at capacity is 120 % of a 500m request; scale at 80 % of that.
-    (MODEL, MEASURED, 96, "slo.p99_ms capacity"),
+    # 36 % of a core at capacity is 72 % of a 500m request; scale at 80 % of that.
+    (MODEL, MEASURED, 57, "slo.p99_ms capacity"),
+    # 60 % of a core (measured without a quota) is 120 % of the request, more than a pod on a busy node gets:
+    # the target stays at what the request guarantees, × 0.8
+    (MODEL, capacity_of([step(1, 100, 10, cpu=60.0)], 100), 80, "slo.p99_ms capacity"),
+    (MODEL, capacity_of([step(1, 50_000, 1, cpu=1900.0)], 100), 80, "slo.p99_ms capacity"),  # 19 cores of 0.5
+    (MODEL, capacity_of([step(1, 0.5, 90, cpu=0.1)], 100), 1, "slo.p99_ms capacity"),  # 0.2 % of the request
+    (MODEL.model_copy(update={"resources": MODEL.resources.model_copy(update={"cpu": "64"})}),
+     capacity_of([step(1, 100, 10, cpu=90.0)], 100), 1, "slo.p99_ms capacity"),  # 1.4 % of 64 cores
+    (MODEL.model_copy(update={"resources": MODEL.resources.model_copy(update={"gpu": 1})}), MEASURED, 70,
+     "gpu model (capacity measured without a GPU)"),
     (MODEL.model_copy(update={"scaling": MODEL.scaling.model_copy(update={"target_cpu_percent": 50})}), MEASURED,
      50, "scaling.target_cpu_percent"),
     (MODEL, None, 70, "unmeasured default"),
-    (MODEL, capacity_of([step(1, 100, 200)], 100), 70, "unmeasured default"),  # no capacity to derive from
-    (MODEL, capacity_of([step(1, 100, 10, cpu=None)], 100), 70, "unmeasured default"),  # CPU not visible
+    (MODEL, capacity_of([step(1, 100, 200)], 100), 70, "capacity 0 (see `factory test`)"),  # nothing to derive from
+    (MODEL, capacity_of([step(1, 100, 10, cpu=None)], 100), 70, "unmeasured default (CPU not visible)"),
 ])
 def test_hpa_target_from_capacity(model: ModelSpec, capacity, target: int, source: str) -> None:
     scaling = autoscaling_for(model, capacity)
@@ -120,11 +132,11 @@ def test_the_hpa_carries_the_target_and_the_capacity_figures() -> None:
     files = model_manifests(MODEL, KubernetesSettings(), "r/iris:1", sizing_for(MODEL, None), MEASURED)
     validate_manifests(files)
     hpa = yaml.safe_load(files["iris/hpa.yaml"])
-    assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 96}
+    assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 57}
     assert hpa["metadata"]["annotations"] == {
         "model-factory/capacity-rps": "180", "model-factory/capacity-slo-p99-ms": "100",
         "model-factory/capacity-p99-ms": "40", "model-factory/capacity-connections": "2",
-        "model-factory/capacity-cpu-percent-of-core": "60"}
+        "model-factory/capacity-cpu-percent-of-core": "36", "model-factory/capacity-measured-on-cpus": "0.5"}
     unmeasured = yaml.safe_load(model_manifests(MODEL, KubernetesSettings(), "r/iris:1", sizing_for(MODEL, None))
                                 ["iris/hpa.yaml"])
     assert "annotations" not in unmeasured["metadata"]
@@ -141,7 +153,7 @@ def test_the_summary_shows_capacity_against_the_objective(tmp_path: Path) -> Non
                capacity=MEASURED, memory={"peak_mib": 190.0, "sampler": "psutil process tree", "phases": {}},
                peak_bytes=190 * 2**20).save(state.report_path("iris"))
     rows = summary_rows(catalog, state)
-    assert [(row.model, row.capacity_rps) for row in rows] == [("iris", "180 @ p99≤100"), ("rose", "")]
+    assert [(row.model, row.capacity_rps) for row in rows] == [("iris", "180 @ p99≤100 on 0.5 cpu"), ("rose", "")]
 
 
 def test_the_first_step_that_is_only_too_slow_is_measured_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,7 +173,8 @@ def test_the_first_step_that_is_only_too_slow_is_measured_once_more(monkeypatch:
 
 
 @pytest.mark.parametrize("rate, step_s, seconds", [
-    (1000.0, 1.0, 1.0), (50.0, 1.0, 2.0), (10.0, 1.0, 5.0), (1.0, 1.0, 5.0), (1.0, 8.0, 8.0)])
+    (1000.0, 1.0, 1.0), (50.0, 1.0, 2.0), (10.0, 1.0, 10.0), (3.5, 1.0, 100 / 3.5), (1.0, 1.0, 30.0),
+    (1.0, 40.0, 40.0)])
 def test_an_open_loop_step_waits_for_enough_arrivals_within_a_bound(rate, step_s, seconds) -> None:
     from factory.capacity import open_seconds
 
@@ -199,11 +212,11 @@ def test_a_capacity_lost_to_random_arrivals_says_so() -> None:
 
     lost = confirmed(CLOSED, lambda rate: open_step(rate, 70, shed=2))
     report = TestReport(model="m", route="/m/a", passed=True, capacity=lost)
-    assert capacity_note(report) == (
-        "note: m holds its latency objective (p99 ≤ 50 ms, slo.p99_ms) one request at a time but not when requests "
-        "arrive at random, even at 7.8 req/s (p99 70.0 ms, 2 shed): its capacity is 0; speed the model up or raise "
-        "slo.p99_ms")
-    assert autoscaling_for(MODEL, lost).source == "unmeasured default"
+    assert capacity_note(report, "models.yaml:3: model 'm'") == (
+        "note: models.yaml:3: model 'm': holds its latency objective (p99 ≤ 50 ms, slo.p99_ms) one request at a time "
+        "but not when requests arrive at random, even at 7.8 req/s (p99 70.0 ms, 2 shed): its capacity is 0, and its "
+        "HPA keeps the default CPU target (70 %); speed the model up or raise slo.p99_ms")
+    assert autoscaling_for(MODEL, lost).source == "capacity 0 (see `factory test`)"
 
 
 def test_open_loop_load_sends_its_arrivals_and_judges_every_503(answering: str) -> None:
