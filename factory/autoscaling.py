@@ -46,7 +46,7 @@ def autoscaling_for(model: ModelSpec, capacity: Optional[CapacityReport]) -> Aut
     if capacity is None or not capacity.steps:
         return Autoscaling(UNMEASURED_TARGET_PERCENT, "unmeasured default", annotations)
     if not capacity.rps:
-        return Autoscaling(UNMEASURED_TARGET_PERCENT, "capacity 0 (see `factory test`)", annotations)
+        return Autoscaling(UNMEASURED_TARGET_PERCENT, "capacity 0: see `factory test`", annotations)
     if not capacity.cpu_percent:
         return Autoscaling(UNMEASURED_TARGET_PERCENT, "unmeasured default (CPU not visible)", annotations)
     # % of the request, as the HPA counts it; no more than the request guarantees

@@ -120,7 +120,7 @@ MEASURED = capacity_of([step(1, 100, 10, cpu=20.0), step(2, 180, 40, cpu=36.0), 
     (MODEL.model_copy(update={"scaling": MODEL.scaling.model_copy(update={"target_cpu_percent": 50})}), MEASURED,
      50, "scaling.target_cpu_percent"),
     (MODEL, None, 70, "unmeasured default"),
-    (MODEL, capacity_of([step(1, 100, 200)], 100), 70, "capacity 0 (see `factory test`)"),  # nothing to derive from
+    (MODEL, capacity_of([step(1, 100, 200)], 100), 70, "capacity 0: see `factory test`"),  # nothing to derive from
     (MODEL, capacity_of([step(1, 100, 10, cpu=None)], 100), 70, "unmeasured default (CPU not visible)"),
 ])
 def test_hpa_target_from_capacity(model: ModelSpec, capacity, target: int, source: str) -> None:
@@ -216,7 +216,7 @@ def test_a_capacity_lost_to_random_arrivals_says_so() -> None:
         "note: models.yaml:3: model 'm': holds its latency objective (p99 ≤ 50 ms, slo.p99_ms) one request at a time "
         "but not when requests arrive at random, even at 7.8 req/s (p99 70.0 ms, 2 shed): its capacity is 0, and its "
         "HPA keeps the default CPU target (70 %); speed the model up or raise slo.p99_ms")
-    assert autoscaling_for(MODEL, lost).source == "capacity 0 (see `factory test`)"
+    assert autoscaling_for(MODEL, lost).source == "capacity 0: see `factory test`"
 
 
 def test_open_loop_load_sends_its_arrivals_and_judges_every_503(answering: str) -> None:
@@ -227,3 +227,20 @@ def test_open_loop_load_sends_its_arrivals_and_judges_every_503(answering: str) 
     assert load.statuses == {"200": 2, "503": 4}
     assert (load.shed, load.malformed_sheds, load.failures) == (4, 2, 2)
     assert load.connections >= 1
+
+
+class _ClosesIdle(_Answers):
+    """Closes a keep-alive connection idle for 20 ms, as uvicorn does after 5 s."""
+
+    timeout = 0.02
+
+
+def test_open_loop_load_does_not_reuse_a_connection_the_server_closed_while_idle() -> None:
+    """At a low rate the pool's connections sit idle past the server's keep-alive timeout: a client library
+    checks a pooled connection before reusing it (the proxy does too), and so does the load generator."""
+    from factory.loadgen import run_open_load
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _ClosesIdle)) as server:
+        load = run_open_load(f"http://127.0.0.1:{server.server_address[1]}", [b'{"kind": "ok"}'], rate=25,
+                             duration_s=1.2)
+    assert load.statuses == {"200": 30}
