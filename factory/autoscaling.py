@@ -42,7 +42,7 @@ def autoscaling_for(model: ModelSpec, capacity: Optional[CapacityReport]) -> Aut
     if model.scaling.target_cpu_percent is not None:
         return Autoscaling(model.scaling.target_cpu_percent, "scaling.target_cpu_percent", annotations)
     if model.resources.gpu:
-        return Autoscaling(UNMEASURED_TARGET_PERCENT, "gpu model (capacity measured without a GPU)", annotations)
+        return Autoscaling(UNMEASURED_TARGET_PERCENT, "gpu model: capacity measured without a GPU", annotations)
     if capacity is None or not capacity.steps:
         return Autoscaling(UNMEASURED_TARGET_PERCENT, "unmeasured default", annotations)
     if not capacity.rps:

@@ -116,7 +116,7 @@ MEASURED = capacity_of([step(1, 100, 10, cpu=20.0), step(2, 180, 40, cpu=36.0), 
     (MODEL.model_copy(update={"resources": MODEL.resources.model_copy(update={"cpu": "64"})}),
      capacity_of([step(1, 100, 10, cpu=90.0)], 100), 1, "slo.p99_ms capacity"),  # 1.4 % of 64 cores
     (MODEL.model_copy(update={"resources": MODEL.resources.model_copy(update={"gpu": 1})}), MEASURED, 70,
-     "gpu model (capacity measured without a GPU)"),
+     "gpu model: capacity measured without a GPU"),
     (MODEL.model_copy(update={"scaling": MODEL.scaling.model_copy(update={"target_cpu_percent": 50})}), MEASURED,
      50, "scaling.target_cpu_percent"),
     (MODEL, None, 70, "unmeasured default"),
@@ -244,3 +244,29 @@ def test_open_loop_load_does_not_reuse_a_connection_the_server_closed_while_idle
         load = run_open_load(f"http://127.0.0.1:{server.server_address[1]}", [b'{"kind": "ok"}'], rate=25,
                              duration_s=1.2)
     assert load.statuses == {"200": 30}
+
+
+def _spec(**fields) -> ModelSpec:
+    return ModelSpec.model_validate({"name": "iris", "version": 1, "endpoint": "iris", **fields})
+
+
+@pytest.mark.parametrize("model, capacity, target, rps", [
+    (_spec(), capacity_of([step(1, 0.5, 90, cpu=0.3)], 100).model_copy(update={"cpu_limit": 1.0}), 1, "0.5"),
+    (_spec(resources={"cpu": "250m"}), capacity_of([step(64, 50_000, 3, cpu=25.0)], 100).model_copy(
+        update={"cpu_limit": 0.25}), 80, "50000"),
+    (_spec(resources={"cpu": "250m"}), capacity_of([step(64, 50_000, 3, cpu=190.0)], 100), 80, "50000"),  # host
+    (_spec(), None, 70, None),  # `factory test` skipped: no report
+    (_spec(), capacity_of([step(1, 0, 0, requests=0)], 100), 70, "0"),  # --load-seconds 0
+    (_spec(scaling={"min_replicas": 4, "max_replicas": 4}), MEASURED, 28, "180"),
+    (_spec(scaling={"min_replicas": 0, "max_replicas": 1}), MEASURED, 28, "180"),
+    (_spec(resources={"cpu": 2, "gpu": 1, "gpu_type": "nvidia-tesla-t4"}), MEASURED, 70, "180"),
+    (_spec(resources={"cpu": "1m"}), MEASURED, 80, "180"),
+])
+def test_hostile_but_valid_capacity_figures_render_a_valid_hpa_with_a_target_the_request_can_reach(
+        model: ModelSpec, capacity, target: int, rps: Optional[str]) -> None:
+    files = model_manifests(model, KubernetesSettings(), "r/iris:1", sizing_for(model, 200 * 2**20), capacity)
+    validate_manifests(files)  # strict Kubernetes 1.33 schemas and the factory's own checks
+    hpa = yaml.safe_load(files["iris/hpa.yaml"])
+    assert 1 <= hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == target <= 100
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] == model.scaling.max_replicas
+    assert hpa["metadata"].get("annotations", {}).get("model-factory/capacity-rps") == rps
