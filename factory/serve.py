@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -123,24 +124,45 @@ def process_served(command: list[str], cwd: Path, log: Path, port: int, ready_pa
 
 
 def wait_ready(server: Served, timeout_s: float, path: str = "/readyz") -> None:
-    wait_until_ready(server.url + path, timeout_s, lambda: server.process.poll() is None, server.log)
+    wait_until_ready(server.url + path, timeout_s, lambda: server.process.poll() is None, server.log,
+                     server.process.pid)
 
 
-def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log: Path) -> None:
-    """Poll `url` until it answers 200; fail early, with the log's tail, if the server dies."""
+def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log: Path,
+                     owner: Optional[int] = None) -> None:
+    """Poll `url` until it answers 200 from `owner`'s process tree (when given); fail early, with the log's
+    tail, if the server dies. A model's test port is the same run after run (stable_port): two runs testing
+    one model at once can both find it free, and the later one's server then fails to bind it while the
+    earlier one's answers, so an answer alone would have a run measure another run's server."""
     deadline = time.monotonic() + timeout_s
+    port = urllib.parse.urlsplit(url).port
     while time.monotonic() < deadline:
         if not alive():
             raise ServeError(f"the model server exited before it was ready: {last_error(log)}\n"
                              f"full serve log: {log}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
+                if response.status == 200 and (owner is None or listens(owner, port)):
                     return
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
     raise ServeError(f"{url} was not ready after {timeout_s:.0f} s: {last_error(log)}\nfull serve log: {log}")
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether `pid` or a process under it listens on `port` (True where this user may not look)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return any(connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+                   for process in [root, *root.children(recursive=True)]
+                   for connection in process.net_connections("tcp"))
+    except psutil.AccessDenied:
+        return True
+    except psutil.NoSuchProcess:
+        return False
 
 
 def model_command(port: int) -> list[str]:
@@ -194,7 +216,7 @@ def container_served(image: str, log: Path, memory_limit: str, command: Callable
         return container.status in ("created", "running")
 
     try:
-        wait_until_ready(f"{served.url}/readyz", ready_timeout_s, alive, log)
+        wait_until_ready(f"{served.url}/readyz", ready_timeout_s, alive, log, container_pid(container))
         yield served
     finally:
         oom = False
@@ -205,6 +227,13 @@ def container_served(image: str, log: Path, memory_limit: str, command: Callable
         container.remove(force=True)
         if oom:
             raise killed  # the root cause of whatever the block saw (refused connections, resets)
+
+
+def container_pid(container) -> Optional[int]:
+    """The container's first process as this host sees it (0 from a remote engine's API: not ours to read)."""
+    container.reload()
+    pid = container.attrs.get("State", {}).get("Pid") or 0
+    return pid if pid and Path(f"/proc/{pid}").exists() else None
 
 
 def stop_on_sigterm(exit_code: int = 0) -> None:

@@ -27,7 +27,7 @@ from factory.loader import load_catalog, select_models
 from factory.golden import sample_requests
 from factory.memory import MemoryProfile
 from factory.runtime import bento_python
-from factory.serve import OOMKilled, container_served, served, stable_port, stop_on_sigterm
+from factory.serve import OOMKilled, container_pid, container_served, served, stable_port, stop_on_sigterm
 from factory.state import BuildRecord, StateDir, TestReport, write_set
 from factory.tables import table
 
@@ -181,19 +181,12 @@ def measured_server(record: BuildRecord, log: Path, runtime: Path, memory_limit:
         cpus = min(cores, dockerapi.cpus())
         with container_served(record.image_ref, log, memory_limit, port=stable_port(record.model),
                               cpus=cpus) as container, MemoryProfile.of_container(container.container) as memory:
-            pid = _container_pid(container.container)
+            pid = container_pid(container.container)
             yield container.url, memory, lambda: tree_cpu_seconds(pid) if pid else None, float(cpus)
         return
     with served(record.bento_tag, log, "single", runtime, port=stable_port(record.model)) as server, \
             MemoryProfile.of_process(server.pid) as memory:
         yield server.url, memory, lambda: tree_cpu_seconds(server.pid), None
-
-
-def _container_pid(container) -> Optional[int]:
-    """The container's first process as this host sees it (0 from a remote engine's API: not ours to read)."""
-    container.reload()
-    pid = container.attrs.get("State", {}).get("Pid") or 0
-    return pid if pid and Path(f"/proc/{pid}").exists() else None
 
 
 def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:

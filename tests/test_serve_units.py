@@ -82,3 +82,31 @@ def test_a_measured_container_gets_its_cpu_request_as_a_short_period_quota(cores
     from factory.serve import cfs_quota
 
     assert cfs_quota(Fraction(cores)) == (period_us, quota_us)
+
+
+def test_a_server_that_lost_its_port_to_another_is_not_taken_for_ready(tmp_path) -> None:
+    """Two runs testing one model at once can both find its stable port free; the later server then fails to
+    bind it while the earlier one answers /readyz: that answer is not this run's server."""
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from e2e_support.background import serving
+    from factory.serve import process_served
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Ready)) as other:
+        port = other.server_address[1]
+        late = [sys.executable, "-c", "import socket, time; time.sleep(0.5); socket.socket().bind(('127.0.0.1', "
+                f"{port}))"]
+        with pytest.raises(ServeError, match=r"^the model server exited before it was ready: OSError: \[Errno 98\] "
+                                             "Address already in use"):
+            with process_served(late, tmp_path, tmp_path / "server.log", port, "/readyz"):
+                pass
