@@ -44,8 +44,9 @@ def test_capacity_is_the_best_rate_before_the_first_miss(steps: list, rps: float
 
 
 @pytest.mark.parametrize("first, note", [
-    (step(1, 100, 34, failures=14, requests=16), "note: models.yaml:3: model 'm': failed 14 of 16 load requests "
-                                                 "even at one connection: its capacity is 0; the failures below say why"),
+    (step(1, 100, 34, failures=14, requests=16),
+     "note: models.yaml:3: model 'm': failed 14 of 16 load requests even at one connection: its capacity is 0; the "
+     "failures below say why"),
     (step(1, 100, 101), "note: models.yaml:3: model 'm': misses its latency objective (p99 ≤ 100 ms, slo.p99_ms) or "
                         "sheds even at one connection (p99 101.0 ms, 0 shed): its capacity is 0, and its HPA keeps the "
                         "default CPU target (70 %); speed the model up or raise slo.p99_ms"),
