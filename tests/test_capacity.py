@@ -173,13 +173,14 @@ def test_the_first_step_that_is_only_too_slow_is_measured_once_more(monkeypatch:
     assert offered == [(180, 1)]  # then offered open loop for one step's time: 180 arrivals
 
 
-@pytest.mark.parametrize("rate, step_s, seconds", [
-    (1000.0, 1.0, 1.0), (50.0, 1.0, 2.0), (10.0, 1.0, 10.0), (3.5, 1.0, 100 / 3.5), (1.0, 1.0, 30.0),
-    (1.0, 40.0, 40.0)])
-def test_an_open_loop_step_waits_for_enough_arrivals_within_a_bound(rate, step_s, seconds) -> None:
+@pytest.mark.parametrize("rate, step_s, load_s, seconds", [
+    (1000.0, 1.0, 6, 1.0), (50.0, 1.0, 6, 2.0), (10.0, 1.0, 6, 10.0), (3.5, 1.0, 6, 15.0),  # 2.5 × the load phase
+    (10.0, 0.3, 2, 5.0), (3.5, 0.1, 1, 5.0),  # at least 5 s
+    (1.0, 1.0, 20, 50.0), (1.0, 60.0, 20, 60.0)])
+def test_an_open_loop_step_waits_for_enough_arrivals_within_a_bound(rate, step_s, load_s, seconds) -> None:
     from factory.capacity import open_seconds
 
-    assert open_seconds(rate, step_s) == seconds
+    assert open_seconds(rate, step_s, load_s) == seconds
 
 
 def open_step(rate: float, p99_ms: float, shed: int = 0, failures: int = 0, cpu: float = 20.0) -> CapacityStep:
