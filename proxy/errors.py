@@ -74,6 +74,18 @@ def incomplete_body() -> ProxyError:
     )
 
 
+def unsupported_transfer_coding(codings: str) -> ProxyError:
+    """RFC 9112 §6.1: 501 for a coding the server does not understand. The proxy decodes only `chunked`;
+    passed on after that, a gzip-coded body would reach the model as if it were plain JSON, and a body
+    chunked twice would arrive still chunk-framed."""
+    return ProxyError(
+        501, "unsupported_transfer_coding",
+        f"the request's Transfer-Encoding is {codings!r}; the proxy decodes only 'chunked' (once): send the "
+        "body uncompressed, with a Content-Length or as 'Transfer-Encoding: chunked'",
+        headers=((b"connection", b"close"),),
+    )
+
+
 def ambiguous_header(name: str, path: str) -> ProxyError:
     return ProxyError(
         400, "ambiguous_header",

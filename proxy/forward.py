@@ -130,7 +130,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # 101: the proxy never asks to upgrade
+        # 101: the proxy never asks to upgrade; HttpParserCallbackError: a callback below refused the response
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self.close()
             self._finish(UpstreamError("protocol", f"unparseable response: {exc!r}"))
 
@@ -150,12 +151,20 @@ class _Connection(asyncio.Protocol):
         name = name.lower()
         if name == b"connection":
             self._connection_header = value
-        elif name == b"content-length" or name == b"transfer-encoding":
+        elif name == b"content-length":
             self._framed = True
+        elif name == b"transfer-encoding":
+            self._framed = True
+            if value.strip().lower() != b"chunked":
+                # httptools decodes the chunks only: a `gzip, chunked` body would reach the client still
+                # gzip-coded with nothing saying so (the header is hop-by-hop and not passed on).
+                raise ValueError(f"transfer coding {value!r} (the proxy decodes only chunked)")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        if self._parser.get_status_code() > 599:  # RFC 9110 §15: three digits, 1xx to 5xx
+            raise ValueError(f"status {self._parser.get_status_code()}")
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)

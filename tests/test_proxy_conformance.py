@@ -282,3 +282,29 @@ def test_head_on_control_endpoints_is_200_without_a_body(proxy, path):
     raw = f"HEAD {path} HTTP/1.1\r\nHost: proxy.test\r\n\r\n".encode() + GOOD
     head, after = exchange(proxy.port, raw, expect=2, head_only=frozenset({0})).responses(head_only=frozenset({0}))
     assert (head.status, head.body, after.status) == (200, b"", 200)
+
+
+@pytest.mark.parametrize("fields", [["gzip, chunked"], ["chunked, chunked"], ["identity", "chunked"]],
+                         ids=["gzip-chunked", "chunked-twice", "two-fields"])
+def test_a_transfer_coding_other_than_chunked_is_501_json_and_closed(proxy, posts, fields):
+    """granian frames these by the final `chunked` and hands over what is left: gzip bytes, or a body still
+    chunk-framed, which would reach the model as if it were the plain body."""
+    tes = "".join(f"Transfer-Encoding: {value}\r\n" for value in fields).encode()
+    raw = b"POST /m HTTP/1.1\r\nHost: proxy.test\r\n" + tes + b"\r\n7\r\n2\r\n{}\r\n\r\n0\r\n\r\n" + GOOD
+    result = exchange(proxy.port, raw)
+    [reply] = result.responses()
+    assert (reply.status, reply.headers["connection"]) == (501, "close")
+    assert reply.json()["error"] == {"code": "unsupported_transfer_coding", "message":
+                                     f"the request's Transfer-Encoding is {', '.join(fields)!r}; the proxy decodes "
+                                     "only 'chunked' (once): send the body uncompressed, with a Content-Length or "
+                                     "as 'Transfer-Encoding: chunked'"}
+    assert result.ended_by == EOF_MARK and posts() == 0
+
+
+def test_underscore_spellings_of_forwarding_headers_never_reach_the_upstream(proxy):
+    raw = post("/m", b"{}", "X_Forwarded_For: 6.6.6.6", "X_Forwarded_Host: evil.example", "Transfer_Encoding: chunked",
+               "X_Kept: yes")
+    [reply] = exchange(proxy.port, raw, expect=1).responses()
+    sent = {name.lower(): value for name, value in reply.json()["headers"].items()}
+    assert (sent["x-forwarded-for"], sent["x_kept"]) == ("127.0.0.1", "yes")
+    assert not {"x_forwarded_for", "x_forwarded_host", "transfer_encoding"} & set(sent)

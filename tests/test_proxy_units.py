@@ -78,11 +78,21 @@ def test_forwarding_headers_append_the_client_and_replace_proto_and_host(sent, e
     assert block == b"x-user: u\r\nx-forwarded-for: " + expected_for + b"\r\nx-forwarded-proto: http\r\n"
 
 
+@pytest.mark.parametrize("name", [b"x_forwarded_for", b"x_forwarded-host", b"transfer_encoding", b"content_length",
+                                  b"forwarded", b"x_private"])
+def test_underscore_spellings_of_the_proxys_own_headers_are_dropped(name):
+    """A WSGI/CGI upstream reads `X_Forwarded_For` as HTTP_X_FORWARDED_FOR, the header the proxy sets itself."""
+    headers = [(name, b"6.6.6.6"), (b"x_user", b"u")]
+    block = request_header_block(headers, b"x-private", b"10.0.0.9", b"http")
+    assert block == b"x_user: u\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n"
+
+
 def test_response_headers_drop_hop_by_hop_and_spoofed_variant():
     kept = response_headers(UpstreamResponse(200, [
         (b"transfer-encoding", b"chunked"), (b"x-model-variant", b"x"), (b"content-type", b"application/json"),
         (b"server", b"uvicorn"),
-        (b"content-length", b"2"), (b"connection", b"x-hop"), (b"x-hop", b"1")], b"", b"x-hop"))
+        (b"content-length", b"2"), (b"connection", b"x-hop"), (b"x-hop", b"1"), (b"x_model_variant", b"spoof"),
+        (b"x_hop", b"1")], b"", b"x-hop"))
     assert kept == [(b"content-type", b"application/json")]
 
 
@@ -298,9 +308,14 @@ def _failure_kind(response: bytes, max_response: int) -> str:
     return asyncio.run(scenario())
 
 
-def test_a_101_upgrade_is_a_protocol_error():
-    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81"
-    assert _failure_kind(upgrade, 1024) == "protocol"
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81",
+    # httptools decodes only the chunks: the client would get gzip bytes with nothing saying so
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    b"HTTP/1.1 600 Weird\r\ncontent-length: 2\r\n\r\n{}",  # RFC 9110 §15: status codes are 100-599
+], ids=["101", "gzip-chunked", "status-600"])
+def test_a_response_the_proxy_cannot_pass_on_is_a_protocol_error(response):
+    assert _failure_kind(response, 1024) == "protocol"
 
 
 @pytest.mark.parametrize("response", [
