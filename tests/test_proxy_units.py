@@ -4,8 +4,10 @@ upstream client against in-process asyncio servers."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -244,6 +246,42 @@ def test_pool_limit_queues_requests_and_the_deadline_applies():
     assert asyncio.run(scenario()) == ("timeout", [200, 200])
 
 
+def test_a_wait_for_a_busy_pool_that_leaves_no_time_to_connect_is_a_timeout_not_unavailable():
+    """The upstream never accepts (a full backlog: SYNs are dropped) and holds the pool's one connection; the
+    request waiting for it gets it back with 0.1 s left. Connecting then fails on the request's own deadline:
+    before, that was "not accepting connections" (503), which sent the operator to a healthy model."""
+    async def scenario():
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            client = UpstreamClient(1, 1.0, 1024)
+            target = _target(listener.getsockname()[1])
+            first = asyncio.ensure_future(client.exchange(target, b"", b"{}", 0.2))
+            await asyncio.sleep(0.1)
+            second = await client.exchange(target, b"", b"{}", 0.2)
+            results = [(await first).kind, second.kind]
+            client.close()
+            return results
+
+    assert asyncio.run(scenario()) == ["timeout", "timeout"]
+
+
+def test_no_file_descriptor_left_is_the_proxys_own_failure():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+
+        async def out_of_fds(*args, **kwargs):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        loop.create_connection = out_of_fds
+        client = UpstreamClient(1, 1.0, 1024)
+        result = await client.exchange(_target(9), b"", b"{}", 1.0)
+        client.close()
+        return result.kind
+
+    assert asyncio.run(scenario()) == "local"
+
+
 def test_chunked_and_close_delimited_responses_are_read_whole():
     async def scenario(response: bytes):
         async def reply(reader, writer):
@@ -374,6 +412,8 @@ SERVICE = "the model service behind /m (variant main)"
     ("protocol", 502, "upstream_error", f"{SERVICE} answered with a response that is not valid HTTP/1.1; retry the "
      "request"),
     ("reset", 502, "upstream_error", f"{SERVICE} closed the connection without a complete response; retry the request"),
+    ("local", 503, "proxy_overloaded", f"the proxy has no free file descriptor for a connection to {SERVICE}; retry "
+     "later (the operator raises the proxy's open-file limit, ulimit -n, or adds proxy replicas)"),
 ])
 def test_upstream_failures_say_what_the_upstream_did(kind, status, code, message):
     error = upstream_failed(kind, "/m", "main", 2.0, 9)
