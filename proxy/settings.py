@@ -44,6 +44,8 @@ class ProxySettings(BaseModel):
     header_timeout_s: float = Field(10.0, ge=0.001, le=60, description="reading a request's header section, also "
                                     "on an idle keep-alive connection; over it the connection is closed")
     body_timeout_s: float = Field(10.0, gt=0, description="reading a whole request body; over it → 408 and close")
+    send_timeout_s: float = Field(30.0, ge=0.001, le=3600, description="a client that takes none of an answer's "
+                                  "bytes for this long is disconnected (TCP_USER_TIMEOUT; nginx: send_timeout)")
     max_response_bytes: int = Field(16_777_216, ge=0, description="larger upstream responses → 502")
     drain_timeout_s: int = Field(20, ge=1, le=1800, description="on SIGTERM, time in-flight requests get to finish "
                                  "before the proxy exits (the Deployment's grace period covers it)")

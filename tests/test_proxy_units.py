@@ -24,6 +24,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore, describe_error
 from proxy.routing import RouteTable, compile_table, load_compiled
 from proxy.settings import ProxySettings
+from proxy.sockets import limit_unread_time
 from tests.proxy_support.harness import REPO, experiment_route, plain_route, write_routes
 
 UPSTREAMS = {"a": ("http://127.0.0.1:9001/predict", "1"), "b": ("https://models.internal/v2/predict", "7")}
@@ -517,3 +518,13 @@ def test_a_routes_path_that_is_no_file_is_refused_without_reading(tmp_path, kind
     with pytest.raises(ValueError) as caught:
         load_compiled(path)
     assert str(caught.value) in (f"{path}: cannot read ({message})", f"{path}: {message}")
+
+
+def test_the_send_timeout_is_set_on_listening_tcp_sockets_only():
+    with socket.socket() as listener, socket.socket() as other:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        other.bind(("127.0.0.1", 0))
+        assert limit_unread_time(1.5) >= 1
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 1500
+        assert other.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
