@@ -35,6 +35,10 @@ class ProxySettings(BaseModel):
     connect_timeout_s: float = Field(1.0, gt=0, description="opening one upstream connection; over it → 503")
     max_body_bytes: int = Field(1_048_576, ge=0, description="larger request bodies → 413")
     max_connections_per_upstream: int = Field(256, ge=1)
+    max_client_connections: int = Field(
+        4096, ge=16, le=1_000_000, description="open client connections per worker; more wait unaccepted in the "
+        "listen backlog (granian's backpressure, whose default of 1024 let 1,100 idle connections lock new clients "
+        "out until the header timeout; each idle connection costs ~2.3 KB)")
     shadow_timeout_s: float = Field(5.0, gt=0)
     max_shadow_in_flight: int = Field(64, ge=0, description="shadow copies over this are dropped and counted")
     force_variant_header: Optional[HeaderName] = Field(
