@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_INSTALL := $(BIN)/uv pip install --quiet --compile-bytecode --native-tls --python $(BIN)/python
-APT_TOOLS := rsync wrk nginx
+APT_TOOLS := rsync wrk nginx git
 GITLAB_CI_LOCAL := .tools/node_modules/.bin/gitlab-ci-local
 # Pinned: 4.74+ crash on Node 20 (FIELD_NOTES).
 GITLAB_CI_LOCAL_VERSION := 4.73.0
@@ -35,8 +35,12 @@ venv: $(STAMP)
 # pip installs only the pinned `uv`; uv installs the lock (faster than pip: bench/venvs.py; the same uv builds the
 # serving venvs and images). --native-tls: the system's CA store, as pip trusts it, so TLS-inspecting proxies work.
 # --compile-bytecode, as pip does: with PYTHONDONTWRITEBYTECODE (above) nothing would ever write the .pyc files.
+# A venv that `python -m venv` left half made (Debian without python3.11-venv: no pip in it) is removed, not reused.
 $(STAMP): requirements.lock pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: the factory" \
+	  "runs on Python 3.11; install it (Debian: apt-get install python3.11 python3.11-venv; elsewhere: uv python" \
+	  "install 3.11) or name one: make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 	$(BIN)/pip install --quiet "$$(grep '^uv==' requirements.lock)"
 	$(UV_INSTALL) -r requirements.lock
 	$(UV_INSTALL) --no-deps -e .
@@ -44,15 +48,22 @@ $(STAMP): requirements.lock pyproject.toml
 
 # System tools (apt) that tests and benchmarks drive as real processes; each package provides the
 # command of the same name. As root apt-get runs directly, otherwise through sudo (tests/test_makefile.py).
+# npm keeps its cache and logs in ~/.npm: where HOME cannot be written it fails, saying only that its logs could not be.
 tools: apt-tools
 	@test "$$($(GITLAB_CI_LOCAL) --version 2>/dev/null)" = "$(GITLAB_CI_LOCAL_VERSION)" || \
-	  (mkdir -p .tools && cd .tools && npm install --silent --no-audit --no-fund gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION))
+	  (mkdir -p .tools && cd .tools && npm install --loglevel=error --no-audit --no-fund \
+	    gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION)) || \
+	  { echo "make tools: npm could not install gitlab-ci-local $(GITLAB_CI_LOCAL_VERSION) into .tools/ (its error is" \
+	    "above); where HOME is not writable, set npm_config_cache to a writable folder" >&2; exit 1; }
 
 apt-tools:
 	@missing=""; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  if [ -n "$$SUDO" ] && ! command -v sudo >/dev/null; then \
+	    echo "make apt-tools: missing:$$missing; not root and no sudo: as root run" \
+	      "apt-get install -y$$missing" >&2; exit 1; fi; \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq $$missing >/dev/null; \
 	fi

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import yaml
 
+from factory import archives
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, RenderError
 from factory.loader import parse_catalog
@@ -169,7 +170,7 @@ def _extract(root: Path, ref: str, paths: list[str], target: Path) -> bool:
     if listed:
         archive = subprocess.run(["git", "archive", ref, "--", *listed], cwd=root, capture_output=True, check=True)
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            tar.extractall(target, filter="data")
+            archives.unpack(tar, target)
     return True
 
 

@@ -9,8 +9,10 @@ into one log; a failed step raises StepFailed with its last lines, never a third
 from __future__ import annotations
 
 import json
+import tarfile
+import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import IO, Any, Iterable, Optional
 
 from factory.errors import FactoryError
 
@@ -69,13 +71,36 @@ def repository(tag: str) -> tuple[str, Optional[str]]:
 
 def build(context: Path, dockerfile: str, tag: str, log: Path, buildargs: Optional[dict[str, str]] = None,
           nocache: bool = False) -> None:
-    """`docker build --network host -f DOCKERFILE -t TAG CONTEXT` (the context honours its .dockerignore);
+    """`docker build --network host -f DOCKERFILE -t TAG CONTEXT`, the context as `context_archive` sends it;
     `nocache`: `--no-cache`, every step run again (bench.images times a cold build with it)."""
     args = " ".join([*(f"--build-arg {key}={value}" for key, value in sorted((buildargs or {}).items())),
                      *(["--no-cache"] if nocache else [])])
-    _run("build", log, f"build --network host -f {dockerfile} -t {tag} {args} {context}".replace("  ", " "),
-         lambda api: api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs or {},
-                               network_mode="host", rm=True, forcerm=True, decode=True, nocache=nocache))
+    with context_archive(context) as archive:
+        _run("build", log, f"build --network host -f {dockerfile} -t {tag} {args} {context}".replace("  ", " "),
+             lambda api: api.build(fileobj=archive, custom_context=True, dockerfile=dockerfile, tag=tag,
+                                   buildargs=buildargs or {}, network_mode="host", rm=True, forcerm=True, decode=True,
+                                   nocache=nocache))
+
+
+def context_archive(context: Path) -> IO[bytes]:
+    """The build context (a folder the factory wrote, no .dockerignore) as a tar whose every entry any user may
+    read: files 0644 (0755 when their owner may run them), folders 0755, owned by root. `COPY` keeps a context
+    file's mode, and a checkout or state folder made under umask 077 holds 0600 files: copied as they are, the
+    image's user (uid 1034) could not read its own code. Modes in an image protect no secret (whoever has the image
+    reads every layer), and the same sources now give the same layers whatever the umask."""
+    archive = tempfile.TemporaryFile()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for child in sorted(context.iterdir()):
+            tar.add(child, arcname=child.name, filter=_readable)
+    archive.seek(0)
+    return archive
+
+
+def _readable(entry: tarfile.TarInfo) -> tarfile.TarInfo:
+    entry.mode = 0o755 if entry.isdir() or entry.mode & 0o100 else 0o644
+    entry.uid = entry.gid = 0
+    entry.uname = entry.gname = ""
+    return entry
 
 
 def remove(tag: str) -> None:

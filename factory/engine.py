@@ -147,9 +147,13 @@ def _which(tool: str) -> bool:
 def _locked() -> Iterator[None]:
     """Parallel test workers and CI jobs must not start two engines at once."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    with open(RUN_DIR / "engine.lock", "w") as lock:
+    # Read-only: a lock needs no write access, and the socket's other users (its group) lock root's file too.
+    lock = os.open(RUN_DIR / "engine.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(lock)
 
 
 def up(progress=print) -> Optional[str]:
@@ -203,18 +207,29 @@ def down(progress=print) -> None:
 
 
 def hold(pid: Optional[int] = None) -> None:
-    """Mark a process (a test session, a `make demo`) as using the engine, so another's release keeps it up."""
+    """Mark a process (a test session, a `make demo`) as using the project's engine, so another's release keeps it
+    up. Any user its socket lets in (the `docker` group) may: as in /tmp, anyone adds a file, only its owner removes
+    it. Another engine (a laptop's Docker) is not the project's to stop, so nothing is held, nor written in /run."""
+    if docker_host() != PROJECT_HOST:
+        return
     holders = RUN_DIR / "holders"
     holders.mkdir(parents=True, exist_ok=True)
+    if holders.stat().st_uid == os.geteuid():
+        holders.chmod(0o1777)
     (holders / str(pid or os.getpid())).touch()
 
 
 def release(progress=print) -> None:
     """This process is done with the engine: stop the project's daemons unless some other live process,
-    not one of ours (the `make test` that started this session), still holds it."""
+    not one of ours (the `make test` that started this session), still holds it. They are root's (only root
+    starts them), so another user only lets go."""
+    if docker_host() != PROJECT_HOST:
+        return
     holders = RUN_DIR / "holders"
     with _locked():
         (holders / str(os.getpid())).unlink(missing_ok=True)
+        if os.geteuid() != 0:
+            return
         ours = _ancestors()
         others = [path for path in holders.glob("*")
                   if path.name.isdigit() and int(path.name) not in ours and _alive(int(path.name))]

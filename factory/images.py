@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from factory import dockerapi, pipindex
+from factory import archives, dockerapi, pipindex
 from factory.errors import EngineError, FactoryError, ImageError
 from factory.settings import Settings
 from factory.state import PushedImage, StateDir, write_atomic
@@ -52,7 +52,7 @@ def model_context(bento_export: Path, context: Path, dockerfile: str) -> Path:
     """The exported Bento (service, env and its models) unpacked into `bento/`, beside what `_context` writes."""
     _context(context, dockerfile)
     with tarfile.open(bento_export, "r:*") as archive:
-        archive.extractall(context / "bento", filter="data")
+        archives.unpack(archive, context / "bento")
     return context
 
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import quote
 
 from factory import registry_access
 from factory.catalog import Catalog, ModelSpec
@@ -59,7 +60,8 @@ def tracking_uri(project_dir: Path) -> str:
     if not database.is_file():
         raise RegistryError(f"no MLflow registry at {database}: run `make registry` to create the example "
                             "registry, or set MLFLOW_TRACKING_URI to your tracking server")
-    return f"sqlite:///{database}"
+    # A URI holds no spaces: SQLAlchemy, which opens it, percent-decodes the path (a checkout under "/home/Jane Doe/").
+    return f"sqlite:///{quote(str(database))}"
 
 
 def registry_uris(project_dir: Path) -> tuple[str, str]:

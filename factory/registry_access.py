@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from factory.errors import RegistryError
 from factory.settings import TRACKING_CREDENTIALS, Settings, public_url
@@ -55,7 +55,7 @@ def _check_sqlite(name: str, uri: str) -> None:
     if path in ("", ":memory:") or path.startswith(":memory:"):
         raise RegistryError(f"{name}={uri}: an in-memory sqlite database holds no registry; set it to "
                             "sqlite:////absolute/path/mlflow.db")
-    database = Path(path.split("?", 1)[0])
+    database = Path(unquote(path.split("?", 1)[0]))  # as SQLAlchemy reads it: %20 is a space
     if database.is_file():
         return
     hint = ""

@@ -261,5 +261,8 @@ def _uv(home: Path, *arguments: str) -> None:
     result = subprocess.run([find_uv_bin(), "--native-tls", *arguments], capture_output=True, text=True,
                             env={**child_environment(), **pipindex.uv_environment(settings)})
     if result.returncode != 0:
+        # uv's cache defaults to ~/.cache/uv: a read-only or missing HOME (a locked-down host, a CI user) stops it.
+        hint = ("\nuv's cache folder cannot be written: set UV_CACHE_DIR (or XDG_CACHE_HOME) to a writable folder"
+                if "Failed to initialize cache" in result.stderr else "")
         raise ServeError(f"could not create the serving venv in {home} (`uv {arguments[0]}` exit "
-                         f"{result.returncode}):\n{settings.redact(result.stderr[-2000:])}")
+                         f"{result.returncode}):\n{settings.redact(result.stderr[-2000:])}{hint}")

@@ -217,7 +217,8 @@ def _check_values(values: dict[str, Optional[str]], variables: dict[str, str]) -
         uri = values[name]
         if uri and re.search(r"[\s\x00-\x1f\x7f]", uri):
             raise SettingsError(f"{variables[name]}: {ascii(public_url(uri)[:80])} holds a space or control character; "
-                                "set it to one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db")
+                                "set it to one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db (a space in a "
+                                "path written %20)")
     state = Path(values["state_dir"] or STATE_DEFAULT)
     if state.exists() and not state.is_dir():
         raise SettingsError(f"FACTORY_STATE: {state} is a file, not a directory; point it at a directory (it is "

@@ -1,9 +1,15 @@
-"""Engine API helpers: how a tag splits for the API, and which pushes carry GitLab's job credentials."""
+"""Engine API helpers: how a tag splits for the API, which pushes carry GitLab's job credentials, and the modes a
+build context reaches the engine with."""
 
 from __future__ import annotations
 
+import os
+import tarfile
+from types import SimpleNamespace
+
 import pytest
 
+from factory import dockerapi
 from factory.dockerapi import repository, unreachable
 from factory.images import registry_auth
 
@@ -50,3 +56,33 @@ def test_an_engine_that_does_not_answer_says_why_in_one_line(monkeypatch: pytest
     for name, value in environ.items():
         monkeypatch.setenv(name, value.format(tmp=tmp_path))
     assert unreachable() == reason
+
+
+def test_a_build_context_written_under_umask_077_reaches_the_engine_readable_by_the_images_user(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`COPY` keeps each context file's mode: a checkout made under umask 077 gave a proxy image whose uid 1034 got
+    `PermissionError: '/app/proxy/__init__.py'` (session 10). The engine now gets every entry readable by all, as
+    root's, executables still executable, whatever the umask."""
+    context = tmp_path / "context"
+    previous = os.umask(0o077)
+    try:
+        (context / "proxy" / "sub").mkdir(parents=True)
+        (context / "Dockerfile").write_text("FROM scratch\n")
+        (context / "proxy" / "sub" / "app.py").write_text("")
+        (context / "uv").write_bytes(b"\x7fELF")
+        (context / "uv").chmod(0o700)
+    finally:
+        os.umask(previous)
+    sent: dict = {}
+
+    class Engine:
+        def build(self, fileobj, custom_context, **_):
+            with tarfile.open(fileobj=fileobj) as tar:
+                sent.update({entry.name: (oct(entry.mode), entry.uid, entry.gid) for entry in tar})
+            sent["custom_context"] = custom_context
+            return iter([{"stream": "Successfully built 0123\n"}])
+
+    monkeypatch.setattr(dockerapi, "_client", lambda *_: SimpleNamespace(api=Engine()))
+    dockerapi.build(context, "Dockerfile", "t:1", tmp_path / "image.log")
+    assert sent == {"Dockerfile": ("0o644", 0, 0), "proxy": ("0o755", 0, 0), "proxy/sub": ("0o755", 0, 0),
+                    "proxy/sub/app.py": ("0o644", 0, 0), "uv": ("0o755", 0, 0), "custom_context": True}

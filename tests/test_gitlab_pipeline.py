@@ -16,7 +16,7 @@ from check_jsonschema.cli.main_command import main as check_jsonschema
 from click.testing import CliRunner
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, ROOT, FactoryEnv
-from e2e_support.gitlab import artifact, artifacts_api, commit, git, run_pipeline, scratch_repository
+from e2e_support.gitlab import artifact, artifacts_api, commit, git, project_files, run_pipeline, scratch_repository
 from e2e_support.oci import registry_serves
 from factory import engine
 from factory.baseimage import ensure_base_image, recipe_tags
@@ -401,3 +401,20 @@ def test_the_build_job_builds_and_pushes_its_image_to_ci_registry_image_without_
     assert record["image"].startswith(f"{registry_image}/{MIXED_SLUG}:")
     assert record["image_ref"].startswith(f"{registry_image}/{MIXED_SLUG}@sha256:")
     assert registry_serves(record["image_ref"])
+
+
+def test_a_source_archive_without_git_gives_the_pipelines_the_files_a_checkout_tracks(tmp_path: Path) -> None:
+    """A stranger who downloaded the source archive (`git archive`, no .git) ran the pipeline tests: all five that
+    copy the project into a scratch repository failed on `git ls-files` (session 10). Without .git, the files are
+    what .gitignore lets through: those a checkout of the same tree tracks, never its venv or build output."""
+    tree = {".gitignore": ".venv/\n/build/\n*.pyc\n", "Makefile": "", "factory/cli.py": "", "models yaml é.txt": "",
+            ".venv/bin/python": "", "build/child-pipeline.yml": "", "factory/cli.pyc": ""}
+    archive, checkout = tmp_path / "archive", tmp_path / "checkout"
+    for root in (archive, checkout):
+        for name, text in tree.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+    git(checkout, "init", "-q")
+    git(checkout, "add", "-A")
+    assert project_files(archive) == project_files(checkout) == [
+        ".gitignore", "Makefile", "factory/cli.py", "models yaml é.txt"]

@@ -80,3 +80,47 @@ def test_installing_the_engine_starts_no_service_and_puts_the_policy_back(tmp_pa
         "-o DPkg::Lock::Timeout=120 update -qq",
         "-o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends docker.io", "docker start: 101"]
     assert (policy.read_text(encoding="utf-8") if policy.exists() else None) == earlier_policy
+
+
+def test_a_user_without_sudo_is_told_what_is_missing_and_the_command_to_install_it(tmp_path: Path) -> None:
+    """Not root and no sudo (session 10): one line naming the package and root's command, never `sudo: not found`."""
+    _shim(tmp_path, "id", '[ "$1" = -u ] && echo 1000 || exec /usr/bin/id "$@"\n')
+    for tool in ("make", "sh", "bash", "env", "echo", "apt-get", "dpkg-query"):  # a PATH of these, without sudo
+        (tmp_path / tool).symlink_to(Path("/usr/bin", tool) if Path("/usr/bin", tool).exists() else Path("/bin", tool))
+    result = _apt_tools(str(tmp_path))
+    assert (result.returncode, result.stdout) == (2, f"installing: {PACKAGE}\n")
+    assert result.stderr.splitlines()[0] == (f"make apt-tools: missing: {PACKAGE}; not root and no sudo: as root run "
+                                             f"apt-get install -y {PACKAGE}")
+
+
+def test_an_npm_that_cannot_install_gitlab_ci_local_says_which_variable_helps(tmp_path: Path) -> None:
+    """npm with a read-only HOME fails saying only that its logs could not be written (session 10)."""
+    _shim(tmp_path, "npm", 'echo "npm error Log files were not written" >&2; exit 1\n')
+    result = subprocess.run(["make", "-s", "--no-print-directory", "tools", "APT_TOOLS=", "GITLAB_CI_LOCAL=/none"],
+                            cwd=ROOT, env={**os.environ, "PATH": f"{tmp_path}:{SYSTEM_PATH}"}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[:2] == [
+        "npm error Log files were not written",
+        "make tools: npm could not install gitlab-ci-local 4.73.0 into .tools/ (its error is above); where HOME is not "
+        "writable, set npm_config_cache to a writable folder"]
+
+
+def test_no_python_311_is_one_line_and_a_half_made_venv_is_removed(tmp_path: Path) -> None:
+    """A fresh machine without python3.11 got `python3.11: command not found`; one without python3.11-venv kept a
+    venv with no pip, which every later `make` reused and failed in (session 10)."""
+    def venv(python: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-s", "--no-print-directory", "venv", f"VENV={tmp_path / 'venv'}",
+                               f"PYTHON={python}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    missing = venv(str(tmp_path / "python3.11"))
+    assert missing.returncode == 2 and missing.stderr.splitlines()[0] == (
+        f"make: {tmp_path / 'python3.11'} not found: the factory runs on Python 3.11; install it (Debian: apt-get "
+        "install python3.11 python3.11-venv; elsewhere: uv python install 3.11) or name one: make "
+        "PYTHON=/path/to/python3.11")
+    _shim(tmp_path, "python3.11", 'mkdir -p "$3/bin" && ln -s /bin/true "$3/bin/python"; '
+                                  'echo "The virtual environment was not created successfully because ensurepip is not '
+                                  'available." >&2; exit 1\n')
+    half = venv(str(tmp_path / "python3.11"))
+    assert half.returncode == 2 and "ensurepip is not available" in half.stderr
+    assert not (tmp_path / "venv").exists()

@@ -259,6 +259,26 @@ def test_registry_uri_precedence_is_mlflows(tmp_path: Path, monkeypatch: pytest.
                                  "when one server holds both)")
 
 
+def test_a_checkout_under_a_path_with_spaces_and_accents_reads_its_embedded_registry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make demo` in "/tmp/s10 env/Model Factory (copy)/mf-é" failed every model: the embedded registry's URI held
+    the path's spaces, and once MLflow had exported it (mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI) the
+    factory's own check refused it. The URI is percent-encoded; SQLAlchemy decodes it back to the file."""
+    from sqlalchemy.engine import make_url
+
+    database = tmp_path / "Model Factory (copy)" / "mf-é" / "registry" / "mlflow.db"
+    database.parent.mkdir(parents=True)
+    database.write_bytes(b"")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    uri = tracking_uri(database.parent.parent)
+    assert uri.endswith("/Model%20Factory%20%28copy%29/mf-%C3%A9/registry/mlflow.db")
+    assert make_url(uri).database == str(database)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert Settings.from_env().tracking_uri == uri
+    assert registry_uris(database.parent.parent) == (uri, uri)
+
+
 def _raised_inside(outer: Exception, inner: Exception) -> Exception:
     """`outer` raised while handling `inner`, as MLflow's S3 repository re-raises botocore's errors."""
     try:

@@ -370,3 +370,24 @@ def test_bytecode_of_a_bentos_files_never_lands_beside_them(tmp_path: Path, monk
     cached = {path.name for path in (home / PYCACHE).rglob("*.pyc")}
     assert (f"mf_probe.{sys.implementation.cache_tag}.pyc" in cached) is serving_venv and (serving_venv or not cached)
     assert ("PYTHONDONTWRITEBYTECODE" in environment) is not serving_venv
+
+
+def test_a_serving_venv_that_uv_cannot_cache_for_names_the_variable_that_fixes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user whose HOME is read-only (session 10: `factory test` as a non-root user) got uv's own line only;
+    uv's cache defaults to $HOME/.cache/uv. (A HOME below a file: unwritable even for root.)"""
+    from factory import runtime
+    from factory.errors import ServeError
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("HOME", str(tmp_path / "file" / "home"))
+    for name in ("UV_CACHE_DIR", "XDG_CACHE_HOME", "UV_NO_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ServeError) as caught:
+        runtime._uv(tmp_path / "venv", "venv", "--quiet", "--python", sys.executable, str(tmp_path / "venv"))
+    message = str(caught.value)
+    assert message.startswith(f"could not create the serving venv in {tmp_path / 'venv'} (`uv venv` exit ")
+    # uv's own lines, which it wraps at long paths
+    assert f"Failed to initialize cache at `{tmp_path}/file/home/.cache/uv`" in " ".join(message.split())
+    assert message.endswith("\nuv's cache folder cannot be written: set UV_CACHE_DIR (or XDG_CACHE_HOME) to a "
+                            "writable folder")

@@ -107,7 +107,8 @@ def test_an_image_setting_that_is_no_image_name_is_refused_by_name(variable: str
 
 @pytest.mark.parametrize("variable, value, message", [
     ("MLFLOW_TRACKING_URI", "http://mlflow:5000\nX-Injected: 1", "MLFLOW_TRACKING_URI: 'http://mlflow:5000\\nX-Injected: "
-     "1' holds a space or control character; set it to one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db"),
+     "1' holds a space or control character; set it to one URI such as http://mlflow:5000 or sqlite:////abs/mlflow.db "
+     "(a space in a path written %20)"),
     ("FACTORY_STATE", __file__, f"FACTORY_STATE: {__file__} is a file, not a directory; point it at a directory (it "
      "is created if missing)"),
 ])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,10 @@ class PipelineRun:
 
 
 def scratch_repository(target: Path, files: dict[str, str] | None = None) -> Path:
-    """The committed files of this repository (or `files`), in a fresh git repository at `target`."""
+    """The project's files (or `files`) committed in a fresh git repository at `target`: a GitLab pipeline runs on
+    a commit, and gitlab-ci-local needs a repository, even where the project came as a source archive."""
     target.mkdir(parents=True)
-    names = files or {name: None for name in
-                      subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
-                      .stdout.splitlines()}
+    names = files or {name: None for name in project_files(ROOT)}
     for name, text in names.items():
         destination = target / name
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +59,19 @@ def scratch_repository(target: Path, files: dict[str, str] | None = None) -> Pat
     (target / ".git" / "info" / "exclude").write_text(f"/{STATE_DIR}/\n")
     commit(target, "scratch")
     return target
+
+
+def project_files(root: Path) -> list[str]:
+    """The files git tracks in a checkout; in an unpacked source archive (no .git), every file its .gitignore
+    does not exclude (git answering against an empty repository), so venvs and build output stay out."""
+    if (root / ".git").exists():
+        listed = git(root, "ls-files", "-z")
+    else:
+        with tempfile.TemporaryDirectory() as empty:
+            git(Path(empty), "init", "-q")
+            listed = git(root, f"--git-dir={empty}/.git", f"--work-tree={root}", "ls-files", "-z", "--others",
+                         "--exclude-standard")
+    return [name for name in listed.split("\0") if name]  # -z: names as they are, spaces and accents unquoted
 
 
 def git(repository: Path, *args: str) -> str:
