@@ -22,10 +22,10 @@ DOUBLES = {"inputs": [{"type": "double", "name": "price", "required": True},
 XGBOOST = {"loader": "xgboost", "predict_fn": "predict"}
 
 
-def _answers(predict):
+def _answers(predict, signature: dict = DOUBLES):
     """The registry model's answers as golden.answerer gives them: one {"outputs"} per request."""
     values = bento_module("mf_inputs")
-    return lambda requests: [{"outputs": np.asarray(predict(values.array(request["inputs"], DOUBLES["inputs"])))
+    return lambda requests: [{"outputs": np.asarray(predict(values.array(request["inputs"], signature["inputs"])))
                               .tolist()} for request in requests]
 
 
@@ -276,3 +276,50 @@ def test_rows_around_the_logged_example_are_drawn_like_its_values() -> None:
     assert {row["hour"] for row in rows} == set(range(7, 21)) and {row["city"] for row in rows} == {"Oslo", "Rome"}
     assert all(0.25 <= row["ratio"] <= 0.75 and float(np.float32(row["ratio"])) == row["ratio"] for row in rows)
     assert probes.around(signature, []) == [] and probes.around(signature, [{"price": None}]) == []
+
+
+RATIOS = {"inputs": [{"type": "double", "name": "ratio", "required": True},
+                     {"type": "long", "name": "hour", "required": True}]}
+
+
+def test_a_binarizers_threshold_is_probed(tmp_path: Path) -> None:
+    """skl2onnx binarizes with `x < threshold -> 0`, sklearn with `x > threshold -> 1`: a ratio of exactly 0.37 (two
+    decimals, as ratios come) is answered 1 instead of 0. No golden row lands there (the sweep: 21 of 2,000 rows,
+    answers 34.4 instead of -14.6)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Binarizer
+
+    generator = np.random.default_rng(4)
+    matrix = np.c_[np.round(generator.uniform(0, 1, 300), 2), generator.integers(0, 24, 300)]
+    binarize = ColumnTransformer([("ratio", Binarizer(threshold=0.37), [0]), ("hour", "passthrough", [1])])
+    model = make_pipeline(binarize, Ridge()).fit(matrix, (matrix[:, 0] > 0.37) * 50.0 + matrix[:, 1])
+    answer = _answers(model.predict, RATIOS)
+    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(RATIOS, 12, 8)]
+    golden_only = decide(lambda: model, {"loader": "cloudpickle"}, RATIOS, cases, Compile(), tmp_path / COMPILED_FILE)
+    assert golden_only.compiled, golden_only.reason
+    assert onnx_columns.thresholds((tmp_path / COMPILED_FILE).read_bytes(), golden_only.flavor["feeds"], RATIOS) == {
+        0: [0.37]}
+    probed = decide(lambda: model, {"loader": "cloudpickle"}, RATIOS, cases, Compile(), tmp_path / COMPILED_FILE,
+                    answer)
+    assert probed.path == "native"
+    assert probed.reason.startswith(
+        "no exact compiled form: ONNX float64 differs from the registry model beyond rtol 1e-06, atol 0 near its split "
+        'thresholds (the golden rows agree): max relative error 0.99 at input {"hour": 0, "ratio": 0.37}: registry '
+        "model 0.5095708431857631, compiled 49.73616208035995; "), probed.reason
+
+
+def test_bin_edges_are_read_per_column() -> None:
+    """KBinsDiscretizer compares each column, picked from the matrix, with its bin edges."""
+    from sklearn.preprocessing import KBinsDiscretizer
+
+    from factory.onnx_convert import candidates
+
+    generator = np.random.default_rng(4)
+    matrix = np.c_[np.round(generator.uniform(0, 1, 300), 2), generator.integers(0, 24, 300)]
+    model = KBinsDiscretizer(n_bins=4, encode="ordinal", strategy="uniform").fit(matrix)
+    candidate = next(candidates(model, {"loader": "cloudpickle"}, RATIOS))
+    found = onnx_columns.thresholds(candidate.onnx, candidate.feeds, RATIOS)
+    assert sorted(found) == [0, 1]
+    assert np.allclose(found[0], model.bin_edges_[0][1:-1]) and np.allclose(found[1], model.bin_edges_[1][1:-1])
