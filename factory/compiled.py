@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from factory import probes
+from factory import precision, probes
 from factory.catalog import Compile
 from factory.exactness import Comparison, compare
 from factory.fuzz_values import NESTED_TYPES
@@ -27,10 +27,6 @@ COMPILED_FILE = "model.onnx"
 # What the compiled form's serving venv holds besides the runtime's own pins (factory/runtime.py).
 COMPILED_PACKAGES = ("onnxruntime",)
 PROBES_PER_REQUEST = 64
-# SVM operators compute kernels in float32 (onnxruntime 1.32), also on double inputs: measured against
-# scikit-learn on 2,000 ordinary rows, NuSVR 1.4e-06 and SVC probabilities 1.0e-06 relative at most, never 1e-05.
-FLOAT32_KERNELS = {"SVMClassifier", "SVMRegressor"}
-KERNELS_RTOL = 1e-5
 REFUSED = {"refused": "the model raises on this row"}  # what either side answers to a row it raises on
 # The registry model's answers to requests ({"inputs": rows}): {"outputs": [...]} or {"error": ...} each.
 Answer = Callable[[list[dict]], list[dict]]
@@ -96,12 +92,9 @@ def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict
                 "flatten": not isinstance(expected[0], list), **({"guard": candidate.guard} if candidate.guard else {})}
     target.write_bytes(candidate.onnx)
     label = f"ONNX {candidate.precision}"
-    kernels = sorted(FLOAT32_KERNELS & _operators(candidate.onnx))
-    if kernels and settings.rtol < KERNELS_RTOL and _scores(expected[0]):
-        return _native(f"{label}: onnxruntime computes {' and '.join(kernels)} in float32 whatever the input type, "
-                       f"and such kernels' sums differ from the registry model's by up to 1.4e-06 relative on ordinary "
-                       f"inputs (measured), beyond rtol {settings.rtol:g}; set compile.rtol to {KERNELS_RTOL:g} in "
-                       "models.yaml to serve it compiled")
+    kernels = precision.kernels(candidate.onnx, expected[0], settings)
+    if kernels:
+        return _native(f"{label}: {kernels}")
     try:
         predictor = _runtime().Predictor("", {"signature": signature, "flavor": {**compiled, "model_file": str(target)}})
         actual = bento_module("mf_inputs").nulled(predictor.run(rows))
@@ -122,6 +115,10 @@ def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict
                                   f"rows agree): {outcome.describe(extreme)}", {}, asked)
     if extreme:
         counts.append(("", "of extreme values", len(extreme)))
+    leaves = precision.leaves(candidate.onnx, candidate.precision, flavor["loader"],
+                              expected + [output for _, output in compared], settings)
+    if leaves:
+        return Decision("native", f"{label}: {leaves}", {}, asked)
     result = max(result, probed, outcome, key=lambda comparison: comparison.relative_error)
     checked = " and ".join([f"{len(rows)} golden rows", *(f"{count} row{'' if count == 1 else 's'} {of}"
                                                          for _, of, count in counts)])
@@ -175,19 +172,6 @@ def _served(predictor: Any, row: Any) -> Any:
         return bento_module("mf_inputs").nulled(predictor.run([row])[0])
     except Exception:  # the guard's refusal, or the graph failing on that value: a refusal either way
         return REFUSED
-
-
-def _operators(onnx_bytes: bytes) -> set[str]:
-    import onnx
-
-    return {node.op_type for node in onnx.load_from_string(onnx_bytes).graph.node}
-
-
-def _scores(output: Any) -> bool:
-    """Whether an output holds scores (floats), not only classes."""
-    if isinstance(output, (list, dict)):
-        return any(_scores(item) for item in (output.values() if isinstance(output, dict) else output))
-    return isinstance(output, float)
 
 
 def _asked(answer: Optional[Answer], groups: list[list[Any]]) -> list[list[tuple[Any, Any]]]:

@@ -1,8 +1,8 @@
 """A compiled form must refuse what the registry model refuses and answer what it answers, also on extreme values a
 request may carry (the largest doubles, beyond float32's range, subnormals, the widest integers, a missing optional
-value): sklearn raises "Input X contains infinity" where an ONNX graph computes on (factory/guard.py). And SVM
-kernels, which onnxruntime computes in float32, are not served compiled at the default tolerance. In-process
-models, fit in milliseconds."""
+value): sklearn raises "Input X contains infinity" where an ONNX graph computes on (factory/guard.py). And float32
+arithmetic that cannot hold the tolerance (factory/precision.py): SVM kernels, and float32 sums of tree leaves where
+a regression's answers change sign. In-process models, fit in milliseconds."""
 
 from __future__ import annotations
 
@@ -139,6 +139,48 @@ def test_svm_kernels_computed_in_float32_need_a_tolerance_that_allows_it(rtol, p
             "type, and such kernels' sums differ from the registry model's by up to 1.4e-06 relative on ordinary "
             "inputs (measured), beyond rtol 1e-06; set compile.rtol to 1e-05 in models.yaml to serve it compiled; "
             "ONNX float32: "), decision.reason
+
+
+@pytest.mark.parametrize("trees, atol", [(20, 1e-4), (1, 0.0)])
+def test_a_forest_compiles_given_an_atol_for_its_leaf_sums_and_one_tree_without(trees, atol, tmp_path: Path) -> None:
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    features, target = _frame(DOUBLES)
+    model = ExtraTreesRegressor(n_estimators=trees, random_state=0).fit(features, target - target.mean())
+    decision = _decide(model, DOUBLES, tmp_path, settings=Compile(atol=atol))
+    assert decision.compiled and decision.flavor["precision"] == "float32", decision.reason
+
+
+@pytest.mark.parametrize("trees, loader, answers, atol, refused", [
+    (20, "cloudpickle", [-1.5, 2.0], 0.0, True),
+    (20, "lightgbm", [-1.5, 2.0], 0.0, True),  # LightGBM sums in double too
+    (20, "xgboost", [-1.5, 2.0], 0.0, False),  # XGBoost sums float32 leaves itself
+    (20, "cloudpickle", [1.5, 2.0], 0.0, False),  # answers of one sign stay away from zero
+    (20, "cloudpickle", [-1.5, 2.0], 1e-4, False),
+    (20, "cloudpickle", [[-1.5, 0.5], [2.0, 0.1]], 0.0, False),  # rows of probabilities: relative to their largest
+    (1, "cloudpickle", [-1.5, 2.0], 0.0, False),  # one tree answers one leaf
+])
+def test_float32_leaf_sums_cannot_serve_answers_near_zero(trees, loader, answers, atol, refused) -> None:
+    """A forest's float32 form errs by a fraction of its leaves, not of its answer: -0.01137006 for -0.01137 (8e-06
+    relative) on 3 of 2,000 ordinary rows of the sweep's ExtraTreesRegressor, which no row checked held."""
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    from factory import precision
+    from factory.onnx_convert import candidates
+
+    features, target = _frame(DOUBLES)
+    model = ExtraTreesRegressor(n_estimators=trees, random_state=0).fit(features, target - target.mean())
+    single = [candidate for candidate in candidates(model, {"loader": "cloudpickle"}, DOUBLES)
+              if getattr(candidate, "precision", "") == "float32"][0]
+    error = precision.leaf_error(single.onnx)
+    assert (error > 1e-6) is (trees > 1)
+    reason = precision.leaves(single.onnx, "float32", loader, answers, Compile(atol=atol))
+    assert (reason is not None) is refused
+    if refused:
+        assert reason == (f"its float32 trees sum leaf values with an error up to {error:.1g} (2**-23 of the largest "
+                          "leaves), and the registry model's answers change sign, so the answers near zero differ "
+                          "beyond rtol 1e-06; set compile.atol to 5e-06 in models.yaml to serve it compiled")
+    assert precision.leaves(single.onnx, "float64", loader, answers, Compile()) is None
 
 
 def test_extreme_rows_hold_one_extreme_value_each_in_a_realistic_row() -> None:
