@@ -6,6 +6,7 @@ a regression's answers change sign. In-process models, fit in milliseconds."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -163,15 +164,9 @@ def test_a_forest_compiles_given_an_atol_for_its_leaf_sums_and_one_tree_without(
 def test_float32_leaf_sums_cannot_serve_answers_near_zero(trees, loader, answers, atol, refused) -> None:
     """A forest's float32 form errs by a fraction of its leaves, not of its answer: -0.01137006 for -0.01137 (8e-06
     relative) on 3 of 2,000 ordinary rows of the sweep's ExtraTreesRegressor, which no row checked held."""
-    from sklearn.ensemble import ExtraTreesRegressor
-
     from factory import precision
-    from factory.onnx_convert import candidates
 
-    features, target = _frame(DOUBLES)
-    model = ExtraTreesRegressor(n_estimators=trees, random_state=0).fit(features, target - target.mean())
-    single = [candidate for candidate in candidates(model, {"loader": "cloudpickle"}, DOUBLES)
-              if getattr(candidate, "precision", "") == "float32"][0]
+    single = _forest_float32(trees)
     error = precision.leaf_error(single.onnx)
     assert (error > 1e-6) is (trees > 1)
     reason = precision.leaves(single.onnx, "float32", loader, answers, Compile(atol=atol))
@@ -181,6 +176,17 @@ def test_float32_leaf_sums_cannot_serve_answers_near_zero(trees, loader, answers
                           "leaves), and the registry model's answers change sign, so the answers near zero differ "
                           "beyond rtol 1e-06; set compile.atol to 5e-06 in models.yaml to serve it compiled")
     assert precision.leaves(single.onnx, "float64", loader, answers, Compile()) is None
+
+
+@functools.cache
+def _forest_float32(trees: int):
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    from factory.onnx_convert import _convert
+
+    features, target = _frame(DOUBLES)
+    model = ExtraTreesRegressor(n_estimators=trees, random_state=0).fit(features, target - target.mean())
+    return _convert(model, {"loader": "cloudpickle"}, DOUBLES, "float32")
 
 
 def test_extreme_rows_hold_one_extreme_value_each_in_a_realistic_row() -> None:
