@@ -3,9 +3,12 @@
 The candidate runs through the very code the Bento serves with (`mf_runtime.Predictor` on the
 `onnx` loader of `mf_flavors`) on the golden requests, and must answer what the registry model
 answered there (`mlflow.pyfunc`, recorded at build time) within the model's `compile` tolerance; then
-on rows near its split thresholds and the model's logged input example (`factory/probes.py`), answered
-by the registry model through `answer`. Otherwise the model serves natively and the decision says why,
-in one line. The probe rows and the registry model's answers come back in the decision, for golden.json.
+on rows near the constants it compares columns with, at its encoders' categories, on the model's logged input
+example and rows drawn around it (`factory/probes.py`), answered by the registry model through `answer`; then on
+rows of extreme values, where it must refuse exactly what the registry model raises on (`factory/guard.py`); and
+float32 arithmetic that cannot hold the tolerance is refused (`factory/precision.py`). Otherwise the model serves
+natively and the decision says why, in one line. The probe rows and the registry model's answers come back in the
+decision, for golden.json.
 """
 
 from __future__ import annotations
