@@ -12,7 +12,11 @@ clients arriving at random do: at the rate one connection reached, a model takin
 open-loop arrivals with p99 61 ms against 47 ms closed loop, and without batching it shed requests at half
 that rate (session 9's stranger sweep). So the capacity found is then offered open loop (Poisson arrivals, seeded)
 for one more step, and halved until it holds (at most CONFIRM_TRIES rates; 0 when none does): the capacity
-is a rate that random arrivals get within the objective with nothing shed, and its CPU the HPA's. Above
+is a rate that random arrivals get within the objective with nothing shed, and its CPU the HPA's. A step
+lasts for OPEN_LOOP_ARRIVALS arrivals, up to OPEN_LOOP_BOUND × the load phase's time (at least
+OPEN_LOOP_MIN_S): the p99 of fewer is their slowest, which a lucky few arrivals keep low (a model taking 64
+ms per run, objective 100 ms, held 3.5 req/s over 18 arrivals in 5 s; 116 arrivals at that rate had p99
+121 ms). Above
 OPEN_LOOP_MAX_RPS the factory's own client cannot offer the rate reliably on a small machine; such a model
 answers in about a millisecond, far below any objective's scale, and keeps its closed-loop figure.
 """
@@ -27,9 +31,11 @@ from factory.state import CapacityReport, CapacityStep
 LADDER = (1, 2, 4, 8, 16, 32, 64)
 CONFIRM_TRIES = 3
 OPEN_LOOP_MAX_RPS = 1000.0  # measured: the open-loop client offered 2,300 rps at most on the shared 2-core machine
-# An open-loop step lasts long enough for this many arrivals (a p99 of fewer is their slowest), up to OPEN_LOOP_MAX_S.
+# An open-loop step lasts long enough for this many arrivals (a p99 of fewer is their slowest), up to
+# OPEN_LOOP_BOUND × --load-seconds, at least OPEN_LOOP_MIN_S: by default 15 s, 100 arrivals down to 6.7 req/s.
 OPEN_LOOP_ARRIVALS = 100
-OPEN_LOOP_MAX_S = 5.0
+OPEN_LOOP_BOUND = 2.5
+OPEN_LOOP_MIN_S = 5.0
 CpuClock = Callable[[], Optional[float]]
 
 
@@ -47,12 +53,13 @@ def find_capacity(url: str, bodies: list[bytes], slo_p99_ms: int, seconds: float
         steps.append(step)
     step_s = seconds / len(ladder)
     return confirmed(capacity_of(steps, slo_p99_ms), lambda rate: _open_step(url, bodies, rate, open_seconds(
-        rate, step_s), cpu_seconds))
+        rate, step_s, seconds), cpu_seconds))
 
 
-def open_seconds(rate: float, step_s: float) -> float:
-    """A ladder step's time, or longer where that holds fewer than OPEN_LOOP_ARRIVALS arrivals (≤ OPEN_LOOP_MAX_S)."""
-    return max(step_s, min(OPEN_LOOP_ARRIVALS / rate, OPEN_LOOP_MAX_S))
+def open_seconds(rate: float, step_s: float, load_s: float) -> float:
+    """A ladder step's time, or longer where that holds fewer than OPEN_LOOP_ARRIVALS arrivals (up to
+    OPEN_LOOP_BOUND × `load_s`, the load phase's time, and at least OPEN_LOOP_MIN_S)."""
+    return max(step_s, min(OPEN_LOOP_ARRIVALS / rate, max(OPEN_LOOP_MIN_S, OPEN_LOOP_BOUND * load_s)))
 
 
 def confirmed(capacity: CapacityReport, measure: Callable[[float], CapacityStep]) -> CapacityReport:
@@ -92,10 +99,12 @@ def capacity_of(steps: list[CapacityStep], slo_p99_ms: int) -> CapacityReport:
 
 
 def capacity_cell(capacity: Optional[CapacityReport]) -> str:
-    """`412 @ p99≤100` : the rate sustained within the objective it was measured against."""
+    """`412 @ p99≤100 on 0.5 cpu`: the rate sustained within the objective it was measured against, and the
+    CPUs the server had (`all cpus`: no quota, the host process on every core of the test machine)."""
     if capacity is None or not capacity.steps:
         return "-"
-    return f"{capacity.rps:.0f} @ p99≤{capacity.slo_p99_ms}"
+    cpus = f"{capacity.cpu_limit:g} cpu" if capacity.cpu_limit else "all cpus"
+    return f"{capacity.rps:.0f} @ p99≤{capacity.slo_p99_ms} on {cpus}"
 
 
 def tree_cpu_seconds(pid: int) -> Optional[float]:

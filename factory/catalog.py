@@ -139,10 +139,14 @@ class Resources(_Strict):
         return self
 
     @property
+    def cores(self) -> Fraction:
+        """The CPU request in cores (`500m`: 1/2)."""
+        return Fraction(self.cpu[:-1]) / 1000 if self.cpu.endswith("m") else Fraction(self.cpu)
+
+    @property
     def threads(self) -> int:
         """Threads for the model's native thread pools: its CPU budget rounded up, as BentoML's runners size them."""
-        cores = Fraction(self.cpu[:-1]) / 1000 if self.cpu.endswith("m") else Fraction(self.cpu)
-        return max(1, math.ceil(cores))
+        return max(1, math.ceil(self.cores))
 
 
 class Scaling(_Strict):

@@ -127,15 +127,26 @@ def import_tar(chunks: Iterable[bytes], tag: str, changes: list[str], log: Path)
                                                   stream_src=True)))
 
 
-def run(image: str, command: list[str], memory_bytes: int, volumes: Optional[dict] = None) -> Any:
-    """`docker run -d --network host --memory M --memory-swap M [-v …] IMAGE COMMAND`, pulling a missing image;
-    the container object (the SDK's) is the caller's to stop and remove."""
+def run(image: str, command: list[str], memory_bytes: int, volumes: Optional[dict] = None,
+        cpu_quota: Optional[tuple[int, int]] = None) -> Any:
+    """`docker run -d --network host --memory M --memory-swap M [--cpu-period P --cpu-quota Q] [-v …] IMAGE COMMAND`,
+    pulling a missing image; the container object (the SDK's) is the caller's to stop and remove."""
+    period, quota = cpu_quota or (None, None)
     try:
         return _client().containers.run(image, command=command, detach=True, network_mode="host",
-                                        mem_limit=memory_bytes, memswap_limit=memory_bytes, volumes=volumes or {})
+                                        mem_limit=memory_bytes, memswap_limit=memory_bytes, volumes=volumes or {},
+                                        cpu_period=period, cpu_quota=quota)
     except _failures() as exc:
         cause = getattr(exc, "explanation", None) or str(exc)  # the engine's own words, not the SDK's URL
         raise StepFailed("run", [f"the image {image} did not start: {' '.join(cause.split())[:400]}"]) from exc
+
+
+def cpus() -> int:
+    """The engine's CPU count (its machine's, not necessarily this one's)."""
+    try:
+        return int(_client(PROBE_TIMEOUT_S).info()["NCPU"])
+    except (*_failures(), KeyError, TypeError) as exc:
+        raise StepFailed("info", [f"the engine did not say how many CPUs it has: {exc}"]) from exc
 
 
 def gone(reference: str) -> bool:

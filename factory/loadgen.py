@@ -142,9 +142,21 @@ async def _open_load(base_url: str, bodies: list[bytes], rate: float, duration_s
 
 async def _pooled(host: str, port: int, idle: list, request: bytes, timeout_s: float, result: LoadResult) -> None:
     """The most recently idle connection (the pool's oldest ones are the ones a server times out), or a new one."""
-    connection = await _exchange(host, port, idle.pop() if idle else None, request, timeout_s, result)
+    connection = await _exchange(host, port, await _live(idle), request, timeout_s, result)
     if connection is not None:
         idle.append(connection)
+
+
+async def _live(idle: list):
+    """The most recently idle connection the server has not closed, or None. At a few requests a second a
+    pooled connection sits idle past the server's keep-alive timeout (uvicorn's: 5 s); a client library checks
+    before reusing one (the proxy does too), or its request fails on the closed connection."""
+    while idle:
+        connection = idle.pop()
+        if not connection[0].at_eof():
+            return connection
+        await _closed(connection)
+    return None
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:

@@ -28,6 +28,7 @@ from kubernetes.utils import parse_quantity
 
 from factory import atomic
 from factory.autoscaling import autoscaling_for
+from factory.capacity import capacity_cell
 from factory.catalog import Catalog, KubernetesSettings, ModelSpec, Resources
 from factory.errors import ManifestError, RenderError, StateError
 from factory.images import image_registry, proxy_image_ref, proxy_tag
@@ -223,6 +224,8 @@ class SizedModel:
     route: str
     peak_mib: Optional[float]
     sizing: Sizing
+    capacity: str  # capacity_cell
+    target: str  # the HPA's CPU target and where it comes from
 
 
 def manifests_command(catalog_path: Path, names: Iterable[str], everything: bool, proxy: bool,
@@ -289,10 +292,12 @@ def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[d
     sizing = sizing_for(model, peak)
     # By digest once pushed: the pod runs exactly the image that was tested; the tag only before that.
     report = state.test_report(model.name)
-    files = model_manifests(model, catalog.kubernetes, record.image_ref or record.image, sizing,
-                            report.capacity if report else None)
+    capacity = report.capacity if report else None
+    files = model_manifests(model, catalog.kubernetes, record.image_ref or record.image, sizing, capacity)
     peak_mib = round(peak / MIB, 1) if peak else None
-    return files, SizedModel(model.name, model.route, peak_mib, sizing)
+    scaling = autoscaling_for(model, capacity)
+    return files, SizedModel(model.name, model.route, peak_mib, sizing, capacity_cell(capacity),
+                             f"{scaling.target_cpu_percent} % ({scaling.source})")
 
 
 def _refuse_untested(models: list[ModelSpec], state: StateDir) -> None:
@@ -326,5 +331,6 @@ def _proxy_files(catalog: Catalog, source: str, state: StateDir) -> dict[str, st
 
 def sizing_table(sized: list[SizedModel]) -> str:
     rows = [[s.model, s.route, f"{s.peak_mib:.0f}" if s.peak_mib else "override", s.sizing.memory_request,
-             s.sizing.memory_limit] for s in sized]
-    return table(["model", "route", "peak MiB", "memory request", "memory limit"], rows)
+             s.sizing.memory_limit, s.capacity, s.target] for s in sized]
+    return table(["model", "route", "peak MiB", "memory request", "memory limit", "capacity rps", "HPA cpu target"],
+                 rows)

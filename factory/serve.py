@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import math
 import os
 import re
 import signal
@@ -18,9 +19,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional
 
@@ -33,6 +36,11 @@ Mode = Literal["single", "bentoml"]
 READY_TIMEOUT_S = 120.0
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b:?")
 STOP_TIMEOUT_S = 15.0
+# The CFS period of a measured container's CPU quota. Docker's and a Kubernetes limit's is 100 ms: a server
+# at 250m would then run 25 ms and stall 75, a latency no pod with a CPU request and no limit (the
+# manifests set none) sees; at 10 ms the stalls are as short as the scheduler's own time slices. The
+# kernel's shortest quota is 1 ms, and longest period 1 s.
+CFS_PERIOD_US, CFS_MIN_QUOTA_US, CFS_MAX_PERIOD_US = 10_000, 1_000, 1_000_000
 
 
 @dataclass(frozen=True)
@@ -116,24 +124,45 @@ def process_served(command: list[str], cwd: Path, log: Path, port: int, ready_pa
 
 
 def wait_ready(server: Served, timeout_s: float, path: str = "/readyz") -> None:
-    wait_until_ready(server.url + path, timeout_s, lambda: server.process.poll() is None, server.log)
+    wait_until_ready(server.url + path, timeout_s, lambda: server.process.poll() is None, server.log,
+                     server.process.pid)
 
 
-def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log: Path) -> None:
-    """Poll `url` until it answers 200; fail early, with the log's tail, if the server dies."""
+def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool], log: Path,
+                     owner: Optional[int] = None) -> None:
+    """Poll `url` until it answers 200 from `owner`'s process tree (when given); fail early, with the log's
+    tail, if the server dies. A model's test port is the same run after run (stable_port): two runs testing
+    one model at once can both find it free, and the later one's server then fails to bind it while the
+    earlier one's answers, so an answer alone would have a run measure another run's server."""
     deadline = time.monotonic() + timeout_s
+    port = urllib.parse.urlsplit(url).port
     while time.monotonic() < deadline:
         if not alive():
             raise ServeError(f"the model server exited before it was ready: {last_error(log)}\n"
                              f"full serve log: {log}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
+                if response.status == 200 and (owner is None or listens(owner, port)):
                     return
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
     raise ServeError(f"{url} was not ready after {timeout_s:.0f} s: {last_error(log)}\nfull serve log: {log}")
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether `pid` or a process under it listens on `port` (True where this user may not look)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return any(connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+                   for process in [root, *root.children(recursive=True)]
+                   for connection in process.net_connections("tcp"))
+    except psutil.AccessDenied:
+        return True
+    except psutil.NoSuchProcess:
+        return False
 
 
 def model_command(port: int) -> list[str]:
@@ -151,17 +180,25 @@ class ServedContainer:
     container: object
 
 
+def cfs_quota(cores: Fraction) -> tuple[int, int]:
+    """(period, quota) in µs giving the container `cores` CPUs (0.001 ≤ cores)."""
+    period = min(CFS_MAX_PERIOD_US, max(CFS_PERIOD_US, math.ceil(CFS_MIN_QUOTA_US / cores)))
+    return period, max(CFS_MIN_QUOTA_US, round(cores * period))
+
+
 @contextlib.contextmanager
 def container_served(image: str, log: Path, memory_limit: str, command: Callable[[int], list[str]] = model_command,
                      volumes: Optional[dict] = None, ready_timeout_s: float = READY_TIMEOUT_S,
-                     port: int = 0) -> Iterator[ServedContainer]:
-    """The built image, run as the Deployment runs it (one process, its memory limit), on host networking
-    bound to 127.0.0.1 only. An OOM kill at the limit, while starting or inside the block, raises OOMKilled."""
+                     port: int = 0, cpus: Optional[Fraction] = None) -> Iterator[ServedContainer]:
+    """The built image, run as the Deployment runs it (one process, its memory limit, and with `cpus` the CPU
+    its pod is guaranteed, as a CFS quota), on host networking bound to 127.0.0.1 only. An OOM kill at the
+    limit, while starting or inside the block, raises OOMKilled."""
     from kubernetes.utils import parse_quantity
 
     port = free_port(port)
     try:
-        container = dockerapi.run(image, command(port), int(parse_quantity(memory_limit)), volumes)
+        container = dockerapi.run(image, command(port), int(parse_quantity(memory_limit)), volumes,
+                                  cfs_quota(cpus) if cpus else None)
     except dockerapi.StepFailed as exc:
         # A registry that lost the image (wiped, garbage-collected) or an engine that may not pull from it.
         raise ServeError(f"{exc.lines[-1]}; build and push it again "
@@ -179,7 +216,7 @@ def container_served(image: str, log: Path, memory_limit: str, command: Callable
         return container.status in ("created", "running")
 
     try:
-        wait_until_ready(f"{served.url}/readyz", ready_timeout_s, alive, log)
+        wait_until_ready(f"{served.url}/readyz", ready_timeout_s, alive, log, container_pid(container))
         yield served
     finally:
         oom = False
@@ -190,6 +227,13 @@ def container_served(image: str, log: Path, memory_limit: str, command: Callable
         container.remove(force=True)
         if oom:
             raise killed  # the root cause of whatever the block saw (refused connections, resets)
+
+
+def container_pid(container) -> Optional[int]:
+    """The container's first process as this host sees it (0 from a remote engine's API: not ours to read)."""
+    container.reload()
+    pid = container.attrs.get("State", {}).get("Pid") or 0
+    return pid if pid and Path(f"/proc/{pid}").exists() else None
 
 
 def stop_on_sigterm(exit_code: int = 0) -> None:

@@ -134,6 +134,9 @@ class CapacityReport(Record):
     connections: int = pydantic.Field(ge=0)
     p99_ms: float = pydantic.Field(ge=0)
     cpu_percent: Optional[float] = pydantic.Field(None, ge=0)  # None: the server's CPU was not visible
+    # The CPUs the server was given (a quota: its pod's CPU request, at most the engine's CPUs); None: no quota
+    # (the host process, on every core of the test machine; and reports written before quotas).
+    cpu_limit: Optional[float] = pydantic.Field(None, gt=0)
     steps: list[CapacityStep]
     # The closed-loop capacity re-checked with requests arriving at random (factory/capacity.py): each rate tried
     open_loop: list[CapacityStep] = []

@@ -11,10 +11,11 @@ import signal
 import time
 import urllib.parse
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
-from factory import manifests
+from factory import dockerapi, manifests
 from factory.bento_store import ensure_in_store
 from factory.capacity import CpuClock, capacity_cell, find_capacity, tree_cpu_seconds
 from factory.engine import engine_answers
@@ -26,7 +27,7 @@ from factory.loader import load_catalog, select_models
 from factory.golden import sample_requests
 from factory.memory import MemoryProfile
 from factory.runtime import bento_python
-from factory.serve import OOMKilled, container_served, served, stable_port, stop_on_sigterm
+from factory.serve import OOMKilled, container_pid, container_served, served, stable_port, stop_on_sigterm
 from factory.state import BuildRecord, StateDir, TestReport, write_set
 from factory.tables import table
 
@@ -65,7 +66,7 @@ def test_command(catalog_path: Path, names: Iterable[str], everything: bool, set
         reports.append(report)
         progress(f"[{position}/{len(models)}] {model.name}: {_verdict(report)}")
     progress(summary_table(reports))
-    for note in filter(None, map(capacity_note, reports)):
+    for note in filter(None, (capacity_note(report, catalog.where(report.model)) for report in reports)):
         progress(note)
     failed = [report for report in reports if not report.passed]
     if failed:
@@ -73,23 +74,24 @@ def test_command(catalog_path: Path, names: Iterable[str], everything: bool, set
     return reports
 
 
-def capacity_note(report: TestReport) -> Optional[str]:
-    """Why a model that answered load has capacity 0: errors (a model failing every request is not slow) or latency."""
+def capacity_note(report: TestReport, where: str) -> Optional[str]:
+    """Why a model that answered load has capacity 0 (`where`: its models.yaml entry): errors (a model failing
+    every request is not slow) or latency."""
     first = report.capacity.steps[0] if report.capacity and report.capacity.steps else None
     if not (first and first.requests and not report.capacity.rps):
         return None
     if first.failures:
-        return (f"note: {report.model} failed {first.failures} of {first.requests} load requests even at one "
+        return (f"note: {where}: failed {first.failures} of {first.requests} load requests even at one "
                 "connection: its capacity is 0; the failures below say why")
+    slo = f"its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, slo.p99_ms)"
+    fix = ("its capacity is 0, and its HPA keeps the default CPU target (70 %); speed the model up or raise "
+           "slo.p99_ms")
     if report.capacity.open_loop:
         last = report.capacity.open_loop[-1]
-        return (f"note: {report.model} holds its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, "
-                "slo.p99_ms) one request at a time but not when requests arrive at random, even at "
-                f"{last.offered_rps:g} req/s (p99 {last.p99_ms:.1f} ms, {last.shed} shed): its capacity is 0; speed "
-                "the model up or raise slo.p99_ms")
-    return (f"note: {report.model} misses its latency objective (p99 ≤ {report.capacity.slo_p99_ms} ms, "
-            f"slo.p99_ms) or sheds even at one connection (p99 {first.p99_ms:.1f} ms, {first.shed} shed): "
-            "its capacity is 0; speed the model up or raise slo.p99_ms")
+        return (f"note: {where}: holds {slo} one request at a time but not when requests arrive at random, even "
+                f"at {last.offered_rps:g} req/s (p99 {last.p99_ms:.1f} ms, {last.shed} shed): {fix}")
+    return (f"note: {where}: misses {slo} or sheds even at one connection (p99 {first.p99_ms:.1f} ms, "
+            f"{first.shed} shed): {fix}")
 
 
 def _verdict(report: TestReport) -> str:
@@ -114,7 +116,8 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
     runtime = bento_python(state, model.name)
     limit = manifests.sizing_for(model, _previous_peak(state, model.name)).memory_limit
     try:
-        with measured_server(record, report_dir / "serve.log", runtime, limit) as (url, memory, cpu_seconds):
+        with measured_server(record, report_dir / "serve.log", runtime, limit, model.resources.cores) as \
+                (url, memory, cpu_seconds, cpu_limit):
             with memory.phase("idle"):
                 time.sleep(IDLE_SECONDS)
             with memory.phase("fuzz"):
@@ -126,7 +129,8 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
                                     golden_tolerance=_golden_tolerance(model, record))
             with memory.phase("load"):
                 capacity = find_capacity(url, _load_bodies(signature, model.batching.max_batch_size),
-                                         model.slo.p99_ms, settings.load_seconds, cpu_seconds)
+                                         model.slo.p99_ms, settings.load_seconds, cpu_seconds).model_copy(
+                    update={"cpu_limit": cpu_limit})
     except OOMKilled as exc:
         raise ServeError(f"{catalog.where(model.name)}: {model.name} was OOM-killed at the memory limit {limit} "
                          "its manifest carries; raise resources.memory (or memory_limit_factor) in models.yaml. "
@@ -161,32 +165,28 @@ def _previous_peak(state: StateDir, model: str) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def measured_server(record: BuildRecord, log: Path, runtime: Path,
-                    memory_limit: str) -> Iterator[tuple[str, MemoryProfile, CpuClock]]:
+def measured_server(record: BuildRecord, log: Path, runtime: Path, memory_limit: str,
+                    cores: Fraction) -> Iterator[tuple[str, MemoryProfile, CpuClock, Optional[float]]]:
     """The pushed image as a container under the manifest's memory limit, measured as its cgroup counts it
-    (what the kubelet enforces); without an engine, the Bento in the lean runtime venv, one process, as the
-    pod runs it (memory of the process tree). The report's `memory.sampler` says which. The CPU clock reads
-    the server's CPU seconds (None where its process is not visible from here: a remote engine)."""
+    (what the kubelet enforces), and given the CPU its pod is guaranteed (`resources.cpu`, the request: as a
+    CFS quota, at most the engine's CPUs); without an engine, the Bento in the lean runtime venv, one process,
+    as the pod runs it (memory of the process tree), on every core of this machine. The report's
+    `memory.sampler` says which, and `capacity.cpu_limit` the CPUs (None: no quota). The CPU clock reads the
+    server's CPU seconds (None where its process is not visible from here: a remote engine)."""
     if record.image_built and engine_answers():
         # The page cache of the image's files is charged to the first container that reads them: on a node
         # that has run the image before (every replica but the first) a pod is not. Warm it, then measure.
         with container_served(record.image_ref, log, WARM_UP_LIMIT):
             pass
-        with container_served(record.image_ref, log, memory_limit, port=stable_port(record.model)) as container, \
-                MemoryProfile.of_container(container.container) as memory:
-            pid = _container_pid(container.container)
-            yield container.url, memory, lambda: tree_cpu_seconds(pid) if pid else None
+        cpus = min(cores, dockerapi.cpus())
+        with container_served(record.image_ref, log, memory_limit, port=stable_port(record.model),
+                              cpus=cpus) as container, MemoryProfile.of_container(container.container) as memory:
+            pid = container_pid(container.container)
+            yield container.url, memory, lambda: tree_cpu_seconds(pid) if pid else None, float(cpus)
         return
     with served(record.bento_tag, log, "single", runtime, port=stable_port(record.model)) as server, \
             MemoryProfile.of_process(server.pid) as memory:
-        yield server.url, memory, lambda: tree_cpu_seconds(server.pid)
-
-
-def _container_pid(container) -> Optional[int]:
-    """The container's first process as this host sees it (0 from a remote engine's API: not ours to read)."""
-    container.reload()
-    pid = container.attrs.get("State", {}).get("Pid") or 0
-    return pid if pid and Path(f"/proc/{pid}").exists() else None
+        yield server.url, memory, lambda: tree_cpu_seconds(server.pid), None
 
 
 def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:

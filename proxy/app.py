@@ -22,6 +22,7 @@ from proxy.reload import RouteStore
 from proxy.routing import CONTROL_PATHS
 from proxy.settings import ProxySettings
 from proxy.shadow import ShadowSender
+from proxy.sockets import limit_unread_time_once_listening
 
 
 # HEAD wherever GET is (RFC 9110 §9.3.2): load balancers and uptime checkers probe with it; granian sends no body.
@@ -40,6 +41,7 @@ def create_app(settings: ProxySettings) -> DataPlane:
         loop = asyncio.get_running_loop()
         store.reload("startup")
         store.listen_for_sighup(loop)
+        limit_unread_time_once_listening(loop, settings.send_timeout_s)
         watcher = loop.create_task(store.watch(settings.reload_interval_s)) if settings.reload_interval_s else None
         try:
             yield

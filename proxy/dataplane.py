@@ -82,6 +82,16 @@ def sticky_key(route: CompiledRoute, headers: Headers, header_map: dict[bytes, b
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def check_transfer_coding(headers: Headers) -> None:
+    """The body's transfer codings, over every Transfer-Encoding field, must be `chunked` alone. granian
+    refuses a final coding other than chunked (400) but decodes `gzip, chunked` or `chunked, chunked` by the
+    last one only and hands the app what is left, which the proxy would forward as the plain body."""
+    codings = [coding.strip().lower() for name, value in headers if name == b"transfer-encoding"
+               for coding in value.split(b",")]
+    if codings != [b"chunked"]:
+        raise errors.unsupported_transfer_coding(", ".join(c.decode("latin-1") for c in codings))
+
+
 def routed_path(scope: Scope) -> str:
     """The path routes are matched on: the server's percent-decoded path, except that an encoded slash
     (%2F) is not a segment separator (RFC 3986 §2.2): `/a%2Fb` is one segment and matches no route,
@@ -210,7 +220,10 @@ class DataPlane:
         """The whole body within the body timeout, refused early on Content-Length and again on
         the bytes counted. Nothing is read before the Content-Length check, so a client sending
         `Expect: 100-continue` gets the 413 instead of a 100."""
-        declared = dict(headers).get(b"content-length")
+        header_map = dict(headers)
+        if b"transfer-encoding" in header_map:
+            check_transfer_coding(headers)
+        declared = header_map.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise errors.body_too_large(self.max_body)
         task = self._body_deadlines.start()

@@ -74,6 +74,18 @@ def incomplete_body() -> ProxyError:
     )
 
 
+def unsupported_transfer_coding(codings: str) -> ProxyError:
+    """RFC 9112 §6.1: 501 for a coding the server does not understand. The proxy decodes only `chunked`;
+    passed on after that, a gzip-coded body would reach the model as if it were plain JSON, and a body
+    chunked twice would arrive still chunk-framed."""
+    return ProxyError(
+        501, "unsupported_transfer_coding",
+        f"the request's Transfer-Encoding is {codings!r}; the proxy decodes only 'chunked' (once): send the "
+        "body uncompressed, with a Content-Length or as 'Transfer-Encoding: chunked'",
+        headers=((b"connection", b"close"),),
+    )
+
+
 def ambiguous_header(name: str, path: str) -> ProxyError:
     return ProxyError(
         400, "ambiguous_header",
@@ -114,6 +126,10 @@ def upstream_failed(kind: str, path: str, variant: str, timeout: float, limit: i
     if kind == "timeout":
         return ProxyError(504, "upstream_timeout",
                           f"{service} did not answer within {timeout:g} s; retry later or send fewer rows")
+    if kind == "local":
+        return ProxyError(503, "proxy_overloaded",
+                          f"the proxy has no free file descriptor for a connection to {service}; retry later (the "
+                          "operator raises the proxy's open-file limit, ulimit -n, or adds proxy replicas)")
     if kind == "too_large":
         return ProxyError(502, "upstream_response_too_large",
                           f"{service} answered with more than the proxy's limit of {limit} bytes; "

@@ -10,6 +10,7 @@ connection, to addresses taken from the compiled routing table.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import ssl
@@ -25,7 +26,8 @@ log = logging.getLogger("proxy.forward")
 
 
 class UpstreamError(Exception):
-    """A failed exchange. kind: connect | timeout | reset | protocol | too_large (a metric label)."""
+    """A failed exchange. kind: connect | timeout | reset | protocol | too_large | local (a metric label;
+    local: the proxy itself is out of file descriptors)."""
 
     def __init__(self, kind: str, detail: str, *, before_response: bool = False):
         super().__init__(f"{kind}: {detail}")
@@ -130,7 +132,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # 101: the proxy never asks to upgrade
+        # 101: the proxy never asks to upgrade; HttpParserCallbackError: a callback below refused the response
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self.close()
             self._finish(UpstreamError("protocol", f"unparseable response: {exc!r}"))
 
@@ -150,12 +153,20 @@ class _Connection(asyncio.Protocol):
         name = name.lower()
         if name == b"connection":
             self._connection_header = value
-        elif name == b"content-length" or name == b"transfer-encoding":
+        elif name == b"content-length":
             self._framed = True
+        elif name == b"transfer-encoding":
+            self._framed = True
+            if value.strip().lower() != b"chunked":
+                # httptools decodes the chunks only: a `gzip, chunked` body would reach the client still
+                # gzip-coded with nothing saying so (the header is hop-by-hop and not passed on).
+                raise ValueError(f"transfer coding {value!r} (the proxy decodes only chunked)")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        if self._parser.get_status_code() > 599:  # RFC 9110 §15: three digits, 1xx to 5xx
+            raise ValueError(f"status {self._parser.get_status_code()}")
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -292,7 +303,8 @@ class _Pool:
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         self.open += 1
         target = self._target
-        timeout = max(0.0, min(self._connect_timeout, deadline - loop.time()))
+        remaining = deadline - loop.time()
+        timeout = max(0.0, min(self._connect_timeout, remaining))
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self, loop), target.host, target.port, ssl=self._ssl),
@@ -300,9 +312,14 @@ class _Pool:
             )
         except asyncio.TimeoutError:
             self._closed_one()
-            raise UpstreamError("connect", f"no connection within {timeout:.3g} s") from None
+            # A request that waited for a busy pool may have little time left: its deadline passed, which says
+            # nothing about whether the upstream accepts connections (503 would send the operator to the model).
+            kind = "connect" if remaining > self._connect_timeout else "timeout"
+            raise UpstreamError(kind, f"no connection within {timeout:.3g} s") from None
         except OSError as exc:
             self._closed_one()
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # the proxy's own limit, not the upstream's fault
+                raise UpstreamError("local", exc.strerror) from None
             raise UpstreamError("connect", exc.strerror or str(exc)) from None
         except BaseException:
             self._closed_one()

@@ -33,13 +33,20 @@ def _drop_set(connection: Optional[bytes], base: frozenset[bytes]) -> frozenset[
     return base | {token.strip().lower() for token in connection.split(b",")}
 
 
+def _dropped(name: bytes, drop: frozenset[bytes]) -> bool:
+    """`X_Forwarded_For` counts as `X-Forwarded-For`: CGI-style servers (WSGI, PHP, nginx's $http_ variables)
+    turn `-` and `_` alike into `_`, so a client could pass the proxy's own headers under the other spelling
+    and a WSGI model service would read them as the proxy's (nginx drops every such name by default)."""
+    return name in drop or (b"_" in name and name.replace(b"_", b"-") in drop)
+
+
 def request_header_block(headers: list[tuple[bytes, bytes]], connection: Optional[bytes],
                          client_ip: Optional[bytes], scheme: bytes) -> bytes:
     """Client headers to pass on, already serialised, plus the forwarding headers: the client's
     address appended to any X-Forwarded-For it sent, X-Forwarded-Proto set to the scheme it used.
     Names arrive lower-cased from the server."""
     drop = _drop_set(connection, _REQUEST_DROP)
-    lines = [name + b": " + value + b"\r\n" for name, value in headers if name not in drop]
+    lines = [name + b": " + value + b"\r\n" for name, value in headers if not _dropped(name, drop)]
     chain = [value for name, value in headers if name == b"x-forwarded-for"]
     if client_ip is not None:
         chain.append(client_ip)
@@ -51,4 +58,4 @@ def request_header_block(headers: list[tuple[bytes, bytes]], connection: Optiona
 
 def response_headers(response: "UpstreamResponse") -> list[tuple[bytes, bytes]]:
     drop = _drop_set(response.connection, _RESPONSE_DROP)
-    return [(name, value) for name, value in response.headers if name not in drop]
+    return [(name, value) for name, value in response.headers if not _dropped(name, drop)]

@@ -90,6 +90,7 @@ def serve(settings: ProxySettings, metrics_dir: Path) -> None:
         log_level=LogLevels(settings.log_level), log_dictconfig=_log_config(settings.log_level),
         log_access=False,  # /metrics counts every request; an access log costs more CPU than forwarding
         workers_kill_timeout=settings.drain_timeout_s,
+        backpressure=settings.max_client_connections,  # granian counts open connections against it, idle ones too
         # One dead worker no longer stops the others; one that dies again within 5.5 s of its respawn
         # (a crash loop) still ends the proxy, and Kubernetes restarts the container.
         respawn_failed_workers=True,

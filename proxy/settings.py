@@ -35,6 +35,10 @@ class ProxySettings(BaseModel):
     connect_timeout_s: float = Field(1.0, gt=0, description="opening one upstream connection; over it → 503")
     max_body_bytes: int = Field(1_048_576, ge=0, description="larger request bodies → 413")
     max_connections_per_upstream: int = Field(256, ge=1)
+    max_client_connections: int = Field(
+        4096, ge=16, le=1_000_000, description="open client connections per worker; more wait unaccepted in the "
+        "listen backlog (granian's backpressure, whose default of 1024 let 1,100 idle connections lock new clients "
+        "out until the header timeout; each idle connection costs ~2.3 KB)")
     shadow_timeout_s: float = Field(5.0, gt=0)
     max_shadow_in_flight: int = Field(64, ge=0, description="shadow copies over this are dropped and counted")
     force_variant_header: Optional[HeaderName] = Field(
@@ -44,6 +48,8 @@ class ProxySettings(BaseModel):
     header_timeout_s: float = Field(10.0, ge=0.001, le=60, description="reading a request's header section, also "
                                     "on an idle keep-alive connection; over it the connection is closed")
     body_timeout_s: float = Field(10.0, gt=0, description="reading a whole request body; over it → 408 and close")
+    send_timeout_s: float = Field(30.0, ge=0.001, le=3600, description="a client that takes none of an answer's "
+                                  "bytes for this long is disconnected (TCP_USER_TIMEOUT; nginx: send_timeout)")
     max_response_bytes: int = Field(16_777_216, ge=0, description="larger upstream responses → 502")
     drain_timeout_s: int = Field(20, ge=1, le=1800, description="on SIGTERM, time in-flight requests get to finish "
                                  "before the proxy exits (the Deployment's grace period covers it)")

@@ -45,9 +45,11 @@ def test_capacity_is_the_best_rate_before_the_first_miss(steps: list, rps: float
 
 @pytest.mark.parametrize("first, note", [
     (step(1, 100, 34, failures=14, requests=16),
-     "note: m failed 14 of 16 load requests even at one connection: its capacity is 0; the failures below say why"),
-    (step(1, 100, 101), "note: m misses its latency objective (p99 ≤ 100 ms, slo.p99_ms) or sheds even at one "
-                        "connection (p99 101.0 ms, 0 shed): its capacity is 0; speed the model up or raise slo.p99_ms"),
+     "note: models.yaml:3: model 'm': failed 14 of 16 load requests even at one connection: its capacity is 0; the "
+     "failures below say why"),
+    (step(1, 100, 101), "note: models.yaml:3: model 'm': misses its latency objective (p99 ≤ 100 ms, slo.p99_ms) or "
+                        "sheds even at one connection (p99 101.0 ms, 0 shed): its capacity is 0, and its HPA keeps the "
+                        "default CPU target (70 %); speed the model up or raise slo.p99_ms"),
     (step(1, 100, 10), None),
     (step(1, 0, 0, requests=0), None),
 ])
@@ -56,7 +58,7 @@ def test_a_capacity_of_zero_says_whether_errors_or_latency_made_it(first: Capaci
     from factory.test import capacity_note
 
     report = TestReport(model="m", route="/m/a", passed=False, capacity=capacity_of([first], slo_p99_ms=100))
-    assert capacity_note(report) == note
+    assert capacity_note(report, "models.yaml:3: model 'm'") == note
 
 
 class _Answers(BaseHTTPRequestHandler):
@@ -99,17 +101,28 @@ def test_a_503_without_the_error_shape_or_retry_after_is_a_failure(answering: st
 
 
 MODEL = ModelSpec.model_validate({"name": "iris", "version": 1, "endpoint": "iris", "resources": {"cpu": "500m"}})
-MEASURED = capacity_of([step(1, 100, 10, cpu=30.0), step(2, 180, 40, cpu=60.0), step(4, 190, 120, cpu=95.0)], 100)
+# Measured as `factory test` runs the container: under a quota of the model's CPU request (500m).
+MEASURED = capacity_of([step(1, 100, 10, cpu=20.0), step(2, 180, 40, cpu=36.0), step(4, 190, 120, cpu=49.0)],
+                       100).model_copy(update={"cpu_limit": 0.5})
 
 
 @pytest.mark.parametrize("model, capacity, target, source", [
-    # 60 % of a core at capacity is 120 % of a 500m request; scale at 80 % of that.
-    (MODEL, MEASURED, 96, "slo.p99_ms capacity"),
+    # 36 % of a core at capacity is 72 % of a 500m request; scale at 80 % of that.
+    (MODEL, MEASURED, 57, "slo.p99_ms capacity"),
+    # 60 % of a core (measured without a quota) is 120 % of the request, more than a pod on a busy node gets:
+    # the target stays at what the request guarantees, × 0.8
+    (MODEL, capacity_of([step(1, 100, 10, cpu=60.0)], 100), 80, "slo.p99_ms capacity"),
+    (MODEL, capacity_of([step(1, 50_000, 1, cpu=1900.0)], 100), 80, "slo.p99_ms capacity"),  # 19 cores of 0.5
+    (MODEL, capacity_of([step(1, 0.5, 90, cpu=0.1)], 100), 1, "slo.p99_ms capacity"),  # 0.2 % of the request
+    (MODEL.model_copy(update={"resources": MODEL.resources.model_copy(update={"cpu": "64"})}),
+     capacity_of([step(1, 100, 10, cpu=90.0)], 100), 1, "slo.p99_ms capacity"),  # 1.4 % of 64 cores
+    (MODEL.model_copy(update={"resources": MODEL.resources.model_copy(update={"gpu": 1})}), MEASURED, 70,
+     "gpu model: capacity measured without a GPU"),
     (MODEL.model_copy(update={"scaling": MODEL.scaling.model_copy(update={"target_cpu_percent": 50})}), MEASURED,
      50, "scaling.target_cpu_percent"),
     (MODEL, None, 70, "unmeasured default"),
-    (MODEL, capacity_of([step(1, 100, 200)], 100), 70, "unmeasured default"),  # no capacity to derive from
-    (MODEL, capacity_of([step(1, 100, 10, cpu=None)], 100), 70, "unmeasured default"),  # CPU not visible
+    (MODEL, capacity_of([step(1, 100, 200)], 100), 70, "capacity 0: see `factory test`"),  # nothing to derive from
+    (MODEL, capacity_of([step(1, 100, 10, cpu=None)], 100), 70, "unmeasured default (CPU not visible)"),
 ])
 def test_hpa_target_from_capacity(model: ModelSpec, capacity, target: int, source: str) -> None:
     scaling = autoscaling_for(model, capacity)
@@ -120,11 +133,11 @@ def test_the_hpa_carries_the_target_and_the_capacity_figures() -> None:
     files = model_manifests(MODEL, KubernetesSettings(), "r/iris:1", sizing_for(MODEL, None), MEASURED)
     validate_manifests(files)
     hpa = yaml.safe_load(files["iris/hpa.yaml"])
-    assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 96}
+    assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 57}
     assert hpa["metadata"]["annotations"] == {
         "model-factory/capacity-rps": "180", "model-factory/capacity-slo-p99-ms": "100",
         "model-factory/capacity-p99-ms": "40", "model-factory/capacity-connections": "2",
-        "model-factory/capacity-cpu-percent-of-core": "60"}
+        "model-factory/capacity-cpu-percent-of-core": "36", "model-factory/capacity-measured-on-cpus": "0.5"}
     unmeasured = yaml.safe_load(model_manifests(MODEL, KubernetesSettings(), "r/iris:1", sizing_for(MODEL, None))
                                 ["iris/hpa.yaml"])
     assert "annotations" not in unmeasured["metadata"]
@@ -141,7 +154,7 @@ def test_the_summary_shows_capacity_against_the_objective(tmp_path: Path) -> Non
                capacity=MEASURED, memory={"peak_mib": 190.0, "sampler": "psutil process tree", "phases": {}},
                peak_bytes=190 * 2**20).save(state.report_path("iris"))
     rows = summary_rows(catalog, state)
-    assert [(row.model, row.capacity_rps) for row in rows] == [("iris", "180 @ p99≤100"), ("rose", "")]
+    assert [(row.model, row.capacity_rps) for row in rows] == [("iris", "180 @ p99≤100 on 0.5 cpu"), ("rose", "")]
 
 
 def test_the_first_step_that_is_only_too_slow_is_measured_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,12 +173,14 @@ def test_the_first_step_that_is_only_too_slow_is_measured_once_more(monkeypatch:
     assert offered == [(180, 1)]  # then offered open loop for one step's time: 180 arrivals
 
 
-@pytest.mark.parametrize("rate, step_s, seconds", [
-    (1000.0, 1.0, 1.0), (50.0, 1.0, 2.0), (10.0, 1.0, 5.0), (1.0, 1.0, 5.0), (1.0, 8.0, 8.0)])
-def test_an_open_loop_step_waits_for_enough_arrivals_within_a_bound(rate, step_s, seconds) -> None:
+@pytest.mark.parametrize("rate, step_s, load_s, seconds", [
+    (1000.0, 1.0, 6, 1.0), (50.0, 1.0, 6, 2.0), (10.0, 1.0, 6, 10.0), (3.5, 1.0, 6, 15.0),  # 2.5 × the load phase
+    (10.0, 0.3, 2, 5.0), (3.5, 0.1, 1, 5.0),  # at least 5 s
+    (1.0, 1.0, 20, 50.0), (1.0, 60.0, 20, 60.0)])
+def test_an_open_loop_step_waits_for_enough_arrivals_within_a_bound(rate, step_s, load_s, seconds) -> None:
     from factory.capacity import open_seconds
 
-    assert open_seconds(rate, step_s) == seconds
+    assert open_seconds(rate, step_s, load_s) == seconds
 
 
 def open_step(rate: float, p99_ms: float, shed: int = 0, failures: int = 0, cpu: float = 20.0) -> CapacityStep:
@@ -199,11 +214,11 @@ def test_a_capacity_lost_to_random_arrivals_says_so() -> None:
 
     lost = confirmed(CLOSED, lambda rate: open_step(rate, 70, shed=2))
     report = TestReport(model="m", route="/m/a", passed=True, capacity=lost)
-    assert capacity_note(report) == (
-        "note: m holds its latency objective (p99 ≤ 50 ms, slo.p99_ms) one request at a time but not when requests "
-        "arrive at random, even at 7.8 req/s (p99 70.0 ms, 2 shed): its capacity is 0; speed the model up or raise "
-        "slo.p99_ms")
-    assert autoscaling_for(MODEL, lost).source == "unmeasured default"
+    assert capacity_note(report, "models.yaml:3: model 'm'") == (
+        "note: models.yaml:3: model 'm': holds its latency objective (p99 ≤ 50 ms, slo.p99_ms) one request at a time "
+        "but not when requests arrive at random, even at 7.8 req/s (p99 70.0 ms, 2 shed): its capacity is 0, and its "
+        "HPA keeps the default CPU target (70 %); speed the model up or raise slo.p99_ms")
+    assert autoscaling_for(MODEL, lost).source == "capacity 0: see `factory test`"
 
 
 def test_open_loop_load_sends_its_arrivals_and_judges_every_503(answering: str) -> None:
@@ -214,3 +229,49 @@ def test_open_loop_load_sends_its_arrivals_and_judges_every_503(answering: str) 
     assert load.statuses == {"200": 2, "503": 4}
     assert (load.shed, load.malformed_sheds, load.failures) == (4, 2, 2)
     assert load.connections >= 1
+
+
+class _ClosesIdle(_Answers):
+    """Closes each keep-alive connection once it is idle, as uvicorn does after 5 s (here: at once, without
+    saying so in the answer, so the client keeps it in its pool)."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        super().do_POST()
+        self.close_connection = True
+
+
+def test_open_loop_load_does_not_reuse_a_connection_the_server_closed_while_idle() -> None:
+    """At a low rate the pool's connections sit idle past the server's keep-alive timeout: a client library
+    checks a pooled connection before reusing it (the proxy does too), and so does the load generator."""
+    from factory.loadgen import run_open_load
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _ClosesIdle)) as server:
+        load = run_open_load(f"http://127.0.0.1:{server.server_address[1]}", [b'{"kind": "ok"}'], rate=25,
+                             duration_s=1.2)
+    assert load.statuses == {"200": 30}
+
+
+def _spec(**fields) -> ModelSpec:
+    return ModelSpec.model_validate({"name": "iris", "version": 1, "endpoint": "iris", **fields})
+
+
+@pytest.mark.parametrize("model, capacity, target, rps", [
+    (_spec(), capacity_of([step(1, 0.5, 90, cpu=0.3)], 100).model_copy(update={"cpu_limit": 1.0}), 1, "0.5"),
+    (_spec(resources={"cpu": "250m"}), capacity_of([step(64, 50_000, 3, cpu=25.0)], 100).model_copy(
+        update={"cpu_limit": 0.25}), 80, "50000"),
+    (_spec(resources={"cpu": "250m"}), capacity_of([step(64, 50_000, 3, cpu=190.0)], 100), 80, "50000"),  # host
+    (_spec(), None, 70, None),  # `factory test` skipped: no report
+    (_spec(), capacity_of([step(1, 0, 0, requests=0)], 100), 70, "0"),  # --load-seconds 0
+    (_spec(scaling={"min_replicas": 4, "max_replicas": 4}), MEASURED, 28, "180"),
+    (_spec(scaling={"min_replicas": 0, "max_replicas": 1}), MEASURED, 28, "180"),
+    (_spec(resources={"cpu": 2, "gpu": 1, "gpu_type": "nvidia-tesla-t4"}), MEASURED, 70, "180"),
+    (_spec(resources={"cpu": "1m"}), MEASURED, 80, "180"),
+])
+def test_hostile_but_valid_capacity_figures_render_a_valid_hpa_with_a_target_the_request_can_reach(
+        model: ModelSpec, capacity, target: int, rps: Optional[str]) -> None:
+    files = model_manifests(model, KubernetesSettings(), "r/iris:1", sizing_for(model, 200 * 2**20), capacity)
+    validate_manifests(files)  # strict Kubernetes 1.33 schemas and the factory's own checks
+    hpa = yaml.safe_load(files["iris/hpa.yaml"])
+    assert 1 <= hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == target <= 100
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] == model.scaling.max_replicas
+    assert hpa["metadata"].get("annotations", {}).get("model-factory/capacity-rps") == rps

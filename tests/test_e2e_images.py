@@ -66,8 +66,10 @@ def test_proxy_manifest_references_the_pushed_proxy_image(imaged: FactoryEnv) ->
 
 @pytest.mark.parametrize("model", MODELS)
 def test_reports_say_memory_was_measured_in_the_container(imaged: FactoryEnv, model: str) -> None:
-    memory = json.loads((imaged.state / "reports" / model / "report.json").read_text())["memory"]
+    report = json.loads((imaged.state / "reports" / model / "report.json").read_text())
+    memory = report["memory"]
     assert memory["sampler"].startswith("container cgroup")
+    assert report["capacity"]["cpu_limit"] == 0.5  # measured on the CPU its pod requests (models.yaml: 500m)
     assert parse_quantity(memory["memory_limit"]) > 0
     assert set(memory["phases"]) == {"idle", "fuzz", "load"}
 

@@ -8,12 +8,14 @@ large upstream response, forwarding headers).
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from tests.proxy_support.fixtures import upstreams  # noqa: F401 (pytest fixture)
-from tests.proxy_support.harness import Proxy, experiment_route, plain_route, start_proxy, write_routes
+from tests.proxy_support.fixtures import make_proxy, upstreams  # noqa: F401 (pytest fixtures)
+from tests.proxy_support.harness import (Proxy, experiment_route, plain_route, start_proxy, wait_until,
+                                         write_routes)
 from tests.proxy_support.rawhttp import EOF_MARK, TIMEOUT_MARK, connect, exchange, post, read_until_quiet
 
 MAX_BODY = 4096
@@ -282,3 +284,59 @@ def test_head_on_control_endpoints_is_200_without_a_body(proxy, path):
     raw = f"HEAD {path} HTTP/1.1\r\nHost: proxy.test\r\n\r\n".encode() + GOOD
     head, after = exchange(proxy.port, raw, expect=2, head_only=frozenset({0})).responses(head_only=frozenset({0}))
     assert (head.status, head.body, after.status) == (200, b"", 200)
+
+
+@pytest.mark.parametrize("fields", [["gzip, chunked"], ["chunked, chunked"], ["identity", "chunked"]],
+                         ids=["gzip-chunked", "chunked-twice", "two-fields"])
+def test_a_transfer_coding_other_than_chunked_is_501_json_and_closed(proxy, posts, fields):
+    """granian frames these by the final `chunked` and hands over what is left: gzip bytes, or a body still
+    chunk-framed, which would reach the model as if it were the plain body."""
+    tes = "".join(f"Transfer-Encoding: {value}\r\n" for value in fields).encode()
+    raw = b"POST /m HTTP/1.1\r\nHost: proxy.test\r\n" + tes + b"\r\n7\r\n2\r\n{}\r\n\r\n0\r\n\r\n" + GOOD
+    result = exchange(proxy.port, raw)
+    [reply] = result.responses()
+    assert (reply.status, reply.headers["connection"]) == (501, "close")
+    assert reply.json()["error"] == {"code": "unsupported_transfer_coding", "message":
+                                     f"the request's Transfer-Encoding is {', '.join(fields)!r}; the proxy decodes "
+                                     "only 'chunked' (once): send the body uncompressed, with a Content-Length or "
+                                     "as 'Transfer-Encoding: chunked'"}
+    assert result.ended_by == EOF_MARK and posts() == 0
+
+
+def test_underscore_spellings_of_forwarding_headers_never_reach_the_upstream(proxy):
+    raw = post("/m", b"{}", "X_Forwarded_For: 6.6.6.6", "X_Forwarded_Host: evil.example", "Transfer_Encoding: chunked",
+               "X_Kept: yes")
+    [reply] = exchange(proxy.port, raw, expect=1).responses()
+    sent = {name.lower(): value for name, value in reply.json()["headers"].items()}
+    assert (sent["x-forwarded-for"], sent["x_kept"]) == ("127.0.0.1", "yes")
+    assert not {"x_forwarded_for", "x_forwarded_host", "transfer_encoding"} & set(sent)
+
+
+def _established(local_port: int, remote_port: int) -> bool:
+    """Whether the kernel still has this TCP connection open on the proxy's side (/proc/net/tcp, IPv4)."""
+    wanted = f":{local_port:04X} 0100007F:{remote_port:04X} 01 "
+    return wanted in Path("/proc/net/tcp").read_text()
+
+
+def test_a_client_that_never_reads_its_answer_is_disconnected(upstreams, make_proxy, tmp_path):  # noqa: F811
+    """Without a send timeout granian kept the answer (and the connection) for as long as the client stayed."""
+    routes = write_routes(tmp_path / "routes.yaml", {"a": (upstreams["a"].url, "1")}, [plain_route("/m", "a")])
+    proxy = make_proxy(routes, send_timeout_s=1, max_body_bytes=4 << 20, max_response_bytes=8 << 20)
+    body = b'"' + b"x" * (2 << 20) + b'"'  # echoed back: a 2 MiB answer
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small receive window
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.sendall(post("/m", body))
+        # The proxy's unacknowledged bytes time out after 1 s, at its next zero-window probe; nothing is sent then.
+        wait_until(lambda: not _established(proxy.port, sock.getsockname()[1]), 10, "the proxy to drop the connection")
+        received, ended = 0, None
+        sock.settimeout(5)
+        while ended is None:
+            try:
+                chunk = sock.recv(1 << 20)
+            except ConnectionResetError:
+                ended = "reset"
+            else:
+                received += len(chunk)
+                ended = None if chunk else "eof"
+    assert ended in ("reset", "eof") and received < len(body)

@@ -5,6 +5,8 @@ or chunked: 408, then closed). Latency under this attack is measured in bench/sl
 from __future__ import annotations
 
 import asyncio
+import resource
+import socket
 
 from tests.proxy_support.fixtures import make_proxy, upstreams  # noqa: F401 (pytest fixtures)
 from tests.proxy_support.harness import plain_route, write_routes
@@ -47,3 +49,29 @@ def test_slow_clients_do_not_starve_normal_ones_and_are_cut_off(tmp_path, make_p
     assert all(r.closed and r.answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n") for r in bodies)
     assert proxy.metric("proxy_requests_total", route="/m", status="408") == len(bodies)
     assert upstreams["a"].posts() >= NORMAL
+
+
+IDLE = 1100  # over granian's default backpressure (1024 per worker), which also counts idle connections
+
+
+def test_idle_connections_over_granians_default_cap_do_not_lock_new_clients_out(tmp_path, make_proxy,
+                                                                                  upstreams):  # noqa: F811
+    """Before --max-client-connections, the 1,025th open connection was not accepted until an idle one hit the header
+    timeout (10 s here): 1,100 connections that send nothing locked every new client out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 3 * IDLE:  # this process and the proxy it starts each hold one descriptor per connection
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * IDLE), hard))
+    routes = write_routes(tmp_path / "routes.yaml", {"a": (upstreams["a"].url, "1")}, [plain_route("/m", "a")])
+    proxy = make_proxy(routes, header_timeout_s=10)
+    idle = []
+    try:
+        for _ in range(IDLE):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex((HOST, proxy.port))
+            idle.append(sock)
+        answer = asyncio.run(asyncio.wait_for(_normal_request(proxy.port), 3))  # would wait for the 10 s timeout
+    finally:
+        for sock in idle:
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")

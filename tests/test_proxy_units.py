@@ -4,8 +4,10 @@ upstream client against in-process asyncio servers."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore, describe_error
 from proxy.routing import RouteTable, compile_table, load_compiled
 from proxy.settings import ProxySettings
+from proxy.sockets import limit_unread_time
 from tests.proxy_support.harness import REPO, experiment_route, plain_route, write_routes
 
 UPSTREAMS = {"a": ("http://127.0.0.1:9001/predict", "1"), "b": ("https://models.internal/v2/predict", "7")}
@@ -78,11 +81,21 @@ def test_forwarding_headers_append_the_client_and_replace_proto_and_host(sent, e
     assert block == b"x-user: u\r\nx-forwarded-for: " + expected_for + b"\r\nx-forwarded-proto: http\r\n"
 
 
+@pytest.mark.parametrize("name", [b"x_forwarded_for", b"x_forwarded-host", b"transfer_encoding", b"content_length",
+                                  b"forwarded", b"x_private"])
+def test_underscore_spellings_of_the_proxys_own_headers_are_dropped(name):
+    """A WSGI/CGI upstream reads `X_Forwarded_For` as HTTP_X_FORWARDED_FOR, the header the proxy sets itself."""
+    headers = [(name, b"6.6.6.6"), (b"x_user", b"u")]
+    block = request_header_block(headers, b"x-private", b"10.0.0.9", b"http")
+    assert block == b"x_user: u\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n"
+
+
 def test_response_headers_drop_hop_by_hop_and_spoofed_variant():
     kept = response_headers(UpstreamResponse(200, [
         (b"transfer-encoding", b"chunked"), (b"x-model-variant", b"x"), (b"content-type", b"application/json"),
         (b"server", b"uvicorn"),
-        (b"content-length", b"2"), (b"connection", b"x-hop"), (b"x-hop", b"1")], b"", b"x-hop"))
+        (b"content-length", b"2"), (b"connection", b"x-hop"), (b"x-hop", b"1"), (b"x_model_variant", b"spoof"),
+        (b"x_hop", b"1")], b"", b"x-hop"))
     assert kept == [(b"content-type", b"application/json")]
 
 
@@ -234,6 +247,42 @@ def test_pool_limit_queues_requests_and_the_deadline_applies():
     assert asyncio.run(scenario()) == ("timeout", [200, 200])
 
 
+def test_a_wait_for_a_busy_pool_that_leaves_no_time_to_connect_is_a_timeout_not_unavailable():
+    """The upstream never accepts (a full backlog: SYNs are dropped) and holds the pool's one connection; the
+    request waiting for it gets it back with 0.1 s left. Connecting then fails on the request's own deadline:
+    before, that was "not accepting connections" (503), which sent the operator to a healthy model."""
+    async def scenario():
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            client = UpstreamClient(1, 1.0, 1024)
+            target = _target(listener.getsockname()[1])
+            first = asyncio.ensure_future(client.exchange(target, b"", b"{}", 0.2))
+            await asyncio.sleep(0.1)
+            second = await client.exchange(target, b"", b"{}", 0.2)
+            results = [(await first).kind, second.kind]
+            client.close()
+            return results
+
+    assert asyncio.run(scenario()) == ["timeout", "timeout"]
+
+
+def test_no_file_descriptor_left_is_the_proxys_own_failure():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+
+        async def out_of_fds(*args, **kwargs):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        loop.create_connection = out_of_fds
+        client = UpstreamClient(1, 1.0, 1024)
+        result = await client.exchange(_target(9), b"", b"{}", 1.0)
+        client.close()
+        return result.kind
+
+    assert asyncio.run(scenario()) == "local"
+
+
 def test_chunked_and_close_delimited_responses_are_read_whole():
     async def scenario(response: bytes):
         async def reply(reader, writer):
@@ -298,9 +347,14 @@ def _failure_kind(response: bytes, max_response: int) -> str:
     return asyncio.run(scenario())
 
 
-def test_a_101_upgrade_is_a_protocol_error():
-    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81"
-    assert _failure_kind(upgrade, 1024) == "protocol"
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81",
+    # httptools decodes only the chunks: the client would get gzip bytes with nothing saying so
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    b"HTTP/1.1 600 Weird\r\ncontent-length: 2\r\n\r\n{}",  # RFC 9110 §15: status codes are 100-599
+], ids=["101", "gzip-chunked", "status-600"])
+def test_a_response_the_proxy_cannot_pass_on_is_a_protocol_error(response):
+    assert _failure_kind(response, 1024) == "protocol"
 
 
 @pytest.mark.parametrize("response", [
@@ -359,6 +413,8 @@ SERVICE = "the model service behind /m (variant main)"
     ("protocol", 502, "upstream_error", f"{SERVICE} answered with a response that is not valid HTTP/1.1; retry the "
      "request"),
     ("reset", 502, "upstream_error", f"{SERVICE} closed the connection without a complete response; retry the request"),
+    ("local", 503, "proxy_overloaded", f"the proxy has no free file descriptor for a connection to {SERVICE}; retry "
+     "later (the operator raises the proxy's open-file limit, ulimit -n, or adds proxy replicas)"),
 ])
 def test_upstream_failures_say_what_the_upstream_did(kind, status, code, message):
     error = upstream_failed(kind, "/m", "main", 2.0, 9)
@@ -462,3 +518,13 @@ def test_a_routes_path_that_is_no_file_is_refused_without_reading(tmp_path, kind
     with pytest.raises(ValueError) as caught:
         load_compiled(path)
     assert str(caught.value) in (f"{path}: cannot read ({message})", f"{path}: {message}")
+
+
+def test_the_send_timeout_is_set_on_listening_tcp_sockets_only():
+    with socket.socket() as listener, socket.socket() as other:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        other.bind(("127.0.0.1", 0))
+        assert limit_unread_time(1.5) >= 1
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 1500
+        assert other.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0

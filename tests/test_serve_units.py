@@ -1,8 +1,9 @@
-"""factory.serve in process: the port probe agrees with the servers it starts."""
+"""factory.serve in process: the port probe agrees with the servers it starts; the CPU quota of a measured container."""
 
 from __future__ import annotations
 
 import socket
+from fractions import Fraction
 
 import pytest
 
@@ -70,3 +71,42 @@ def test_sigterm_stops_the_servers_a_command_started(tmp_path) -> None:
     assert command.wait(timeout=30) == 143
     with pytest.raises(ProcessLookupError):
         os.kill(server, 0)
+
+
+@pytest.mark.parametrize("cores, period_us, quota_us", [
+    ("1", 10_000, 10_000), ("2", 10_000, 20_000), ("0.5", 10_000, 5_000), ("0.25", 10_000, 2_500),
+    ("0.1", 10_000, 1_000),  # the kernel's shortest quota, 1 ms, in the usual period
+    ("0.05", 20_000, 1_000), ("0.001", 1_000_000, 1_000),  # below it the period grows, up to 1 s
+])
+def test_a_measured_container_gets_its_cpu_request_as_a_short_period_quota(cores, period_us, quota_us) -> None:
+    from factory.serve import cfs_quota
+
+    assert cfs_quota(Fraction(cores)) == (period_us, quota_us)
+
+
+def test_a_server_that_lost_its_port_to_another_is_not_taken_for_ready(tmp_path) -> None:
+    """Two runs testing one model at once can both find its stable port free; the later server then fails to
+    bind it while the earlier one answers /readyz: that answer is not this run's server."""
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from e2e_support.background import serving
+    from factory.serve import process_served
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Ready)) as other:
+        port = other.server_address[1]
+        late = [sys.executable, "-c", "import socket, time; time.sleep(0.5); socket.socket().bind(('127.0.0.1', "
+                f"{port}))"]
+        with pytest.raises(ServeError, match=r"^the model server exited before it was ready: OSError: \[Errno 98\] "
+                                             "Address already in use"):
+            with process_served(late, tmp_path, tmp_path / "server.log", port, "/readyz"):
+                pass
