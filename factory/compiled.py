@@ -3,19 +3,23 @@
 The candidate runs through the very code the Bento serves with (`mf_runtime.Predictor` on the
 `onnx` loader of `mf_flavors`) on the golden requests, and must answer what the registry model
 answered there (`mlflow.pyfunc`, recorded at build time) within the model's `compile` tolerance; then
-on rows near its split thresholds and the model's logged input example (`factory/probes.py`), answered
-by the registry model through `answer`. Otherwise the model serves natively and the decision says why,
-in one line. The probe rows and the registry model's answers come back in the decision, for golden.json.
+on rows near the constants it compares columns with, at its encoders' categories, on the model's logged input
+example and rows drawn around it (`factory/probes.py`), answered by the registry model through `answer`; then on
+rows of extreme values, where it must refuse exactly what the registry model raises on (`factory/guard.py`); and
+float32 arithmetic that cannot hold the tolerance is refused (`factory/precision.py`). Otherwise the model serves
+natively and the decision says why, in one line. The probe rows and the registry model's answers come back in the
+decision, for golden.json.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from factory import probes
+from factory import precision, probes
 from factory.catalog import Compile
 from factory.exactness import Comparison, compare
 from factory.fuzz_values import NESTED_TYPES
@@ -26,6 +30,7 @@ COMPILED_FILE = "model.onnx"
 # What the compiled form's serving venv holds besides the runtime's own pins (factory/runtime.py).
 COMPILED_PACKAGES = ("onnxruntime",)
 PROBES_PER_REQUEST = 64
+REFUSED = {"refused": "the model raises on this row"}  # what either side answers to a row it raises on
 # The registry model's answers to requests ({"inputs": rows}): {"outputs": [...]} or {"error": ...} each.
 Answer = Callable[[list[dict]], list[dict]]
 
@@ -87,9 +92,12 @@ def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict
     compiled = {"loader": "onnx", "model_file": COMPILED_FILE, "compiled_from": flavor["loader"],
                 "precision": candidate.precision, "feeds": candidate.feeds, "output": candidate.output,
                 # The registry model answers one value per row (a regression, a class): ONNX gives [rows, 1].
-                "flatten": not isinstance(expected[0], list)}
+                "flatten": not isinstance(expected[0], list), **({"guard": candidate.guard} if candidate.guard else {})}
     target.write_bytes(candidate.onnx)
     label = f"ONNX {candidate.precision}"
+    kernels = precision.kernels(candidate.onnx, expected[0], settings)
+    if kernels:
+        return _native(f"{label}: {kernels}")
     try:
         predictor = _runtime().Predictor("", {"signature": signature, "flavor": {**compiled, "model_file": str(target)}})
         actual = bento_module("mf_inputs").nulled(predictor.run(rows))
@@ -99,12 +107,22 @@ def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict
     if not result.agrees:
         return _native(f"{label} differs from the registry model beyond rtol {settings.rtol:g}, atol "
                        f"{settings.atol:g}: {result.describe(rows)}")
-    probed, asked, counts = _probe(predictor, candidate, signature, rows, answer, examples, settings)
+    probed, asked, compared, counts = _probe(predictor, candidate, signature, rows, answer, examples, settings)
     if not probed.agrees:
         return Decision("native", f"{label} differs from the registry model beyond rtol {settings.rtol:g}, atol "
                                   f"{settings.atol:g} {' or '.join(where for where, _, _ in counts)} (the golden rows "
-                                  f"agree): {probed.describe([row for row, _ in asked])}", {}, asked)
-    result = max(result, probed, key=lambda comparison: comparison.relative_error)
+                                  f"agree): {probed.describe([row for row, _ in compared])}", {}, asked)
+    extreme, outcome = _extremes(predictor, signature, examples + rows, answer, settings)
+    if not outcome.agrees:
+        return Decision("native", f"{label} answers an extreme input otherwise than the registry model (the golden "
+                                  f"rows agree): {outcome.describe(extreme)}", {}, asked)
+    if extreme:
+        counts.append(("", "of extreme values", len(extreme)))
+    leaves = precision.leaves(candidate.onnx, candidate.precision, flavor["loader"],
+                              expected + [output for _, output in compared], settings)
+    if leaves:
+        return Decision("native", f"{label}: {leaves}", {}, asked)
+    result = max(result, probed, outcome, key=lambda comparison: comparison.relative_error)
     checked = " and ".join([f"{len(rows)} golden rows", *(f"{count} row{'' if count == 1 else 's'} {of}"
                                                          for _, of, count in counts)])
     return Decision("compiled", f"{label} reproduces the registry model on {checked} (max relative error "
@@ -112,22 +130,51 @@ def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict
 
 
 def _probe(predictor: Any, candidate: Candidate, signature: dict, golden_rows: list, answer: Optional[Answer],
-           examples: list, settings: Compile) -> tuple[Comparison, tuple, list[tuple[str, str, int]]]:
-    """The candidate against the registry model on its logged input example and near its split thresholds: the
-    comparison, the (row, registry output) pairs asked, and (where, whose rows, how many) per kind asked."""
+           examples: list, settings: Compile) -> tuple[Comparison, tuple, tuple, list[tuple[str, str, int]]]:
+    """The candidate against the registry model on its logged input example, near its split thresholds and
+    categories, and on rows around the example: the comparison, the (row, registry output) pairs for golden.json
+    (all but the rows around the example), the pairs compared, and (where, whose rows, how many) per kind asked."""
     near = probes.rows(candidate.onnx, candidate.feeds, signature, examples + golden_rows)
-    asked_example, asked_near = _asked(answer, [examples, near])
+    asked_example, asked_near, asked_around = _asked(answer, [examples, near, probes.around(signature, examples)])
     asked = tuple(asked_near + asked_example)
+    compared = asked + tuple(asked_around)
+    near_what = probes.described(candidate.onnx, candidate.feeds, signature)
     counts = [(where, of, len(found)) for where, of, found in (
-        ("near its split thresholds", "near its split thresholds", asked_near),
-        ("on its logged input example", "of its logged input example", asked_example)) if found]
-    if not asked:
-        return Comparison(True, 0.0), asked, counts
+        (near_what, near_what, asked_near),
+        ("on its logged input example", "of its logged input example", asked_example),
+        ("around its logged input example", "around its logged input example", asked_around)) if found]
+    if not compared:
+        return Comparison(True, 0.0), asked, compared, counts
     try:
-        actual = bento_module("mf_inputs").nulled(predictor.run([row for row, _ in asked]))
+        actual = bento_module("mf_inputs").nulled(predictor.run([row for row, _ in compared]))
     except Exception as exc:  # a probe value the compiled graph cannot take is a reason not to serve it
-        return Comparison(False, float("inf"), 0, "an answer", f"{type(exc).__name__}: {str(exc)[:100]}"), asked, counts
-    return compare([output for _, output in asked], actual, settings.rtol, settings.atol), asked, counts
+        failed = Comparison(False, float("inf"), 0, "an answer", f"{type(exc).__name__}: {str(exc)[:100]}")
+        return failed, asked, compared, counts
+    return compare([output for _, output in compared], actual, settings.rtol, settings.atol), asked, compared, counts
+
+
+def _extremes(predictor: Any, signature: dict, base: list, answer: Optional[Answer],
+              settings: Compile) -> tuple[list, Comparison]:
+    """The candidate against the registry model on rows holding one extreme value each (probes.extremes), one row
+    per request: where the registry model raises, the compiled form must refuse too (its guard), and answer alike
+    elsewhere. The rows and the comparison."""
+    extreme = probes.extremes(signature, base) if answer is not None else []
+    if not extreme:
+        return [], Comparison(True, 0.0)
+    nulled = bento_module("mf_inputs").nulled
+    with warnings.catch_warnings():  # numpy's overflow warnings, on both sides: the point of these rows
+        warnings.simplefilter("ignore")
+        expected = [nulled(answered["outputs"][0]) if "outputs" in answered else REFUSED
+                    for answered in answer([{"inputs": [row]} for row in extreme])]
+        actual = [_served(predictor, row) for row in extreme]
+    return extreme, compare(expected, actual, settings.rtol, settings.atol)
+
+
+def _served(predictor: Any, row: Any) -> Any:
+    try:
+        return bento_module("mf_inputs").nulled(predictor.run([row])[0])
+    except Exception:  # the guard's refusal, or the graph failing on that value: a refusal either way
+        return REFUSED
 
 
 def _asked(answer: Optional[Answer], groups: list[list[Any]]) -> list[list[tuple[Any, Any]]]:

@@ -13,6 +13,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from factory import guard
+
 # ai.onnx.ml 3 holds the tree operators every converter here emits; onnxruntime 1.32 runs both.
 OPSETS = {"": 17, "ai.onnx.ml": 3}
 ONNXMLTOOLS_OPSET = 15  # the highest onnxmltools 1.16's LightGBM and XGBoost converters support
@@ -30,6 +32,7 @@ class Candidate:
     onnx: bytes
     feeds: list  # [[ONNX input name, numpy dtype, [signature columns] or None for a tensor], ...]
     output: str  # the ONNX output answering the flavor's predict_fn
+    guard: str = ""  # the ONNX output flagging rows the registry model refuses (sklearn's finiteness checks), if any
 
 
 def candidates(model: Any, flavor: dict, signature: dict) -> Iterator[Candidate | NotConvertible]:
@@ -50,10 +53,11 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
         raise NotConvertible(f"flavor '{loader}' has no ONNX converter (only sklearn, LightGBM and XGBoost do)")
     # Only skl2onnx picks columns by name; the boosters' converters take one matrix in signature order.
     feeds, types = _feeds(model, signature["inputs"], precision, by_name=sklearn)
+    guard = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if sklearn:
-            onnx_model = _sklearn_onnx(model, types)
+            onnx_model, guard = _sklearn_onnx(model, types)
         else:
             import onnxmltools
 
@@ -70,7 +74,7 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
     feeds = [[name, *feed[1:]] for name, feed in zip(names, feeds)]
     output = (_booster_output(onnx_model) if type(model).__name__ == "Booster"
               else _output(onnx_model, flavor.get("predict_fn", "predict")))
-    return Candidate(precision, onnx_model.SerializeToString(), feeds, output)
+    return Candidate(precision, onnx_model.SerializeToString(), feeds, output, guard)
 
 
 def _unnamed(model: Any) -> Any:
@@ -123,12 +127,26 @@ def _picks_columns(model: Any) -> bool:
     return any(isinstance(part, ColumnTransformer) for part in parts)
 
 
-def _sklearn_onnx(model: Any, types: list) -> Any:
+def _sklearn_onnx(model: Any, types: list) -> tuple[Any, str]:
+    """The ONNX model and its guard output: every sklearn step checks its input as `check_array` does (no infinity;
+    no NaN unless the step takes missing values), so the registry model raises where the graph would go on."""
     from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 
     _register_double_imputer()
     options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
-    return convert_sklearn(model, initial_types=types, options=options, target_opset=OPSETS)
+    onnx_model, topology = convert_sklearn(model, initial_types=types, options=options, target_opset=OPSETS,
+                                           intermediate=True)
+    checked: dict[tuple[str, str], bool] = {}
+    for operator in topology.unordered_operator_iterator():
+        tags = getattr(operator.raw_operator, "__sklearn_tags__", None)
+        if tags is None:  # the converter's own glue (concatenations), not an sklearn step
+            continue
+        for variable in operator.inputs:
+            if isinstance(variable.type, (DoubleTensorType, FloatTensorType)):
+                key = (variable.onnx_name, "double" if isinstance(variable.type, DoubleTensorType) else "float")
+                checked[key] = checked.get(key, False) or not tags().input_tags.allow_nan
+    return onnx_model, guard.add(onnx_model, [(name, dtype, nan) for (name, dtype), nan in sorted(checked.items())])
 
 
 def _output(onnx_model: Any, predict_fn: str) -> str:

@@ -9,56 +9,109 @@ prices with cents splits at float32(3.67), and a request holding the double 3.67
 agreeing on every golden row). So the check also asks, per feature a tree splits on, the threshold
 itself, its float32 and float64 neighbours and the shortest decimal that rounds to it, combined into rows
 (one feature at a time on a base row, then all features at once, seeded), plus the rows of the model's own
-logged input example. A threshold maps to a request column only where the tree reads a graph input
-directly (one matrix in signature order, or a tensor); trees behind a scaler or encoder are not probed.
+logged input example. Likewise the constants other comparisons hold (bin edges, a binarizer's threshold) and the
+categories an encoder was fit on (factory/onnx_columns.py traces them to request columns, through concatenations;
+a tree behind a scaler compares scaled values and is not probed). Last, rows holding one extreme value each
+(`extremes`): where the registry model raises on them, the compiled form must refuse too (factory/guard.py).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from factory import onnx_columns
+
 MAX_ROWS = 1024  # ~1,000 rows answer in milliseconds on both sides, and stay small in golden.json
 EXAMPLE_ROWS = 64
-TREE_OPS = {"TreeEnsembleRegressor", "TreeEnsembleClassifier"}
-PASS_THROUGH = {"Cast", "Identity"}
+_DOUBLES = (1e308, -1e308, 3.5e38, -3.5e38, 5e-324, -0.0)
+EXTREMES = {**dict.fromkeys(("double", "float", "float64", "float32"), _DOUBLES),
+            **dict.fromkeys(("long", "int64"), (2**63 - 1, -(2**63), 2**53 + 1)),
+            **dict.fromkeys(("integer", "int32"), (2**31 - 1, -(2**31)))}
+AROUND_ROWS = 1024  # measured: a float32 rounding beyond 1e-06 on 1 to 30 of 2,000 ordinary rows
 FLOAT_TYPES = {"double", "float", "float64", "float32"}
 INTEGER_TYPES = {"long", "integer", "int64", "int32"}
 
 
-def thresholds(onnx_bytes: bytes, feeds: list) -> dict[int, list[float]]:
-    """Split thresholds per request column index, read from the candidate's tree operators."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load_from_string(onnx_bytes).graph
-    if len(feeds) != 1:  # one input per column: trees read a concatenation, not a column
-        return {}
-    producers = {output: node for node in graph.node for output in node.output}
-    found: dict[int, set[float]] = {}
-    for node in graph.node:
-        if node.op_type not in TREE_OPS or _source(node.input[0], producers) != feeds[0][0]:
-            continue
-        attributes = {attribute.name: attribute for attribute in node.attribute}
-        if "nodes_values_as_tensor" in attributes:
-            values = numpy_helper.to_array(attributes["nodes_values_as_tensor"].t).tolist()
-        else:
-            values = list(attributes["nodes_values"].floats)
-        modes = [mode.decode() for mode in attributes["nodes_modes"].strings]
-        for feature, value, mode in zip(attributes["nodes_featureids"].ints, values, modes):
-            if mode != "LEAF" and math.isfinite(value):
-                found.setdefault(feature, set()).add(float(value))
-    return {feature: sorted(values) for feature, values in sorted(found.items())}
+def values(onnx_bytes: bytes, feeds: list, signature: dict) -> dict[int, list]:
+    """Probe values per signature column index: beside the split thresholds of the trees reading it (typed as the
+    column holds them), and the categories the encoders reading a string column know."""
+    columns = onnx_columns.request_columns(signature)
+    found = {index: _typed(columns[index][1], [value for threshold in splits for value in near(threshold)])
+             for index, splits in onnx_columns.thresholds(onnx_bytes, feeds, signature).items()}
+    for index, known in onnx_columns.categories(onnx_bytes, feeds, signature).items():
+        found[index] = sorted(set(found.get(index, [])) | set(known))
+    return {index: probed for index, probed in sorted(found.items()) if probed}
 
 
-def _source(name: str, producers: dict) -> str:
-    """The graph input `name` is read from through casts, or `name` itself where something computes it."""
-    while name in producers and producers[name].op_type in PASS_THROUGH:
-        name = producers[name].input[0]
-    return name
+def described(onnx_bytes: bytes, feeds: list, signature: dict) -> str:
+    """Where `rows` probes: near split thresholds (and other constants compared with), at encoders' categories."""
+    kinds = [what for what, found in (
+        ("near its split thresholds", onnx_columns.thresholds(onnx_bytes, feeds, signature)),
+        ("at its encoders' categories", onnx_columns.categories(onnx_bytes, feeds, signature))) if found]
+    return " and ".join(kinds) or "near its split thresholds"
+
+
+def extremes(signature: dict, base: list[Any]) -> list[Any]:
+    """Rows holding one extreme value each, in one numeric column of the first `base` row: what a request may carry
+    beyond any realistic input (the largest doubles, beyond float32's range, subnormal, negative zero, the widest
+    integers, a missing optional value). A registry model raises on some of them; a compiled form must too."""
+    columns = onnx_columns.request_columns(signature)
+    as_list = next((row for row in (_as_list(row, columns) for row in base) if None not in row), None)
+    if as_list is None:
+        return []
+    made = []
+    for index, (_, kind) in enumerate(columns):
+        optional = not _tensor(signature) and not signature["inputs"][index].get("required", True)
+        for value in EXTREMES.get(kind, ()) + ((None,) if optional else ()):
+            made.append([*as_list[:index], value, *as_list[index + 1:]])
+    return made if _tensor(signature) else [dict(zip((name for name, _ in columns), row)) for row in made]
+
+
+def around(signature: dict, examples: list[Any], seed: int = 0) -> list[Any]:
+    """AROUND_ROWS rows like the logged input example's (seeded): per row, each numeric column drawn between the
+    smallest and largest value the example holds in it (half to one and a half times a lone value), rounded to as
+    many decimals as its values have (prices with cents); other columns take one of the example's values. Where a
+    conversion computes in float32, its rounding shows on ordinary values like these, not on golden rows.
+    [] without an example."""
+    columns = onnx_columns.request_columns(signature)
+    table = [row for row in (_as_list(row, columns) for row in examples) if None not in row]
+    if not table:
+        return []
+    generator = np.random.default_rng(seed)
+    drawn = [_drawn(kind, [row[index] for row in table], generator) for index, (_, kind) in enumerate(columns)]
+    made = [list(row) for row in zip(*drawn)]
+    return made if _tensor(signature) else [dict(zip((name for name, _ in columns), row)) for row in made]
+
+
+def _drawn(kind: str, seen: list, generator: Any) -> list:
+    """AROUND_ROWS values of a column of `kind`, like the `seen` ones."""
+    numbers = [value for value in seen if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if kind not in FLOAT_TYPES | INTEGER_TYPES or len(numbers) != len(seen):
+        return [seen[at] for at in generator.integers(0, len(seen), AROUND_ROWS)]
+    low, high = min(numbers), max(numbers)
+    if low == high:
+        low, high = sorted((low * 0.5, low * 1.5)) if low else (-1.0, 1.0)
+    if kind in INTEGER_TYPES:
+        return generator.integers(math.floor(low), math.floor(high) + 1, AROUND_ROWS).tolist()
+    decimals = max(_decimals(value) for value in numbers)
+    drawn = np.round(generator.uniform(low, high, AROUND_ROWS), decimals)
+    return [float(np.float32(value)) if kind in ("float", "float32") else float(value) for value in drawn]
+
+
+def _decimals(value: float) -> int:
+    """How many decimals `value` is written with (3.67: 2), at most 15."""
+    text = repr(float(value))
+    return 15 if "e" in text else min(15, len(text.partition(".")[2].rstrip("0")))
+
+
+def _tensor(signature: dict) -> bool:
+    inputs = signature["inputs"]
+    return bool(inputs) and inputs[0].get("type") == "tensor"
 
 
 def near(threshold: float) -> list[float]:
@@ -75,10 +128,8 @@ def rows(onnx_bytes: bytes, feeds: list, signature: dict, base: list[Any], seed:
     thresholds; `base` (example rows, then golden rows) supplies the other columns' values."""
     if not base:
         return []
-    columns = _columns(signature, feeds)
-    probes = {index: _typed(columns[index][1], [value for threshold in found for value in near(threshold)])
-              for index, found in thresholds(onnx_bytes, feeds).items() if index < len(columns)}
-    probes = {index: values for index, values in probes.items() if values}
+    columns = onnx_columns.request_columns(signature)
+    probes = values(onnx_bytes, feeds, signature)
     if not probes:
         return []
     as_list = [row for row in (_as_list(row, columns) for row in base) if None not in row]
@@ -86,27 +137,23 @@ def rows(onnx_bytes: bytes, feeds: list, signature: dict, base: list[Any], seed:
         return []
     made: list[list] = []
     per_column = max(1, MAX_ROWS // 2 // len(probes))
-    for index, values in probes.items():  # one feature at a time: every tree's root split sees each of them
-        for value in _spread(values, per_column):
+    for index, probed in probes.items():  # one feature at a time: every tree's root split sees each of them
+        for value in _spread(probed, per_column):
             made.append([*as_list[0][:index], value, *as_list[0][index + 1:]])
     # All at once, each column cycling through its own shuffle of its values: deeper splits see them, and every
-    # value of a column with fewer than the rows left appears at least once.
+    # value of a column with fewer than the rows left appears at least once. Repeated rows are asked once.
     generator = np.random.default_rng(seed)
     pools = [list(generator.permutation(np.array(probes.get(index) or [row[index] for row in as_list], dtype=object)))
              for index in range(len(columns))]
-    made += [[pool[step % len(pool)] for pool in pools] for step in range(MAX_ROWS - len(made))]
+    distinct = {json.dumps(row): row for row in made}
+    for step in range(4 * MAX_ROWS):
+        if len(distinct) >= MAX_ROWS:
+            break
+        row = [pool[step % len(pool)] for pool in pools]
+        distinct.setdefault(json.dumps(row), row)
     tensor = feeds[0][2] is None
-    return [row if tensor else dict(zip((name for name, _ in columns), row)) for row in made[:MAX_ROWS]]
-
-
-def _columns(signature: dict, feeds: list) -> list[tuple[str, str]]:
-    """(name, type) per matrix column: the signature's columns, or a tensor's features under its dtype."""
-    inputs = signature["inputs"]
-    if feeds[0][2] is None:
-        spec = inputs[0]["tensor-spec"]
-        return [(str(index), spec["dtype"]) for index in range(spec["shape"][1])]
-    kinds = {spec.get("name", f"c{index}"): spec["type"] for index, spec in enumerate(inputs)}
-    return [(name, kinds[name]) for name in feeds[0][2]]
+    kept = list(distinct.values())[:MAX_ROWS]
+    return [row if tensor else dict(zip((name for name, _ in columns), row)) for row in kept]
 
 
 def _typed(kind: str, values: list[float]) -> list:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory import golden, probes
+from factory import golden, onnx_columns, probes
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, decide
 from factory.golden import sample_requests
@@ -22,10 +22,10 @@ DOUBLES = {"inputs": [{"type": "double", "name": "price", "required": True},
 XGBOOST = {"loader": "xgboost", "predict_fn": "predict"}
 
 
-def _answers(predict):
+def _answers(predict, signature: dict = DOUBLES):
     """The registry model's answers as golden.answerer gives them: one {"outputs"} per request."""
     values = bento_module("mf_inputs")
-    return lambda requests: [{"outputs": np.asarray(predict(values.array(request["inputs"], DOUBLES["inputs"])))
+    return lambda requests: [{"outputs": np.asarray(predict(values.array(request["inputs"], signature["inputs"])))
                               .tolist()} for request in requests]
 
 
@@ -60,7 +60,7 @@ def test_a_conversion_wrong_only_near_split_thresholds_is_caught_there(tmp_path:
     probed = decide(lambda: model, XGBOOST, DOUBLES, cases, loose, tmp_path / COMPILED_FILE, _answers(model.predict))
     assert probed.flavor["precision"] == "float32", probed.reason
     assert probed.reason.startswith("ONNX float32 reproduces the registry model on 84 golden rows and 1024 rows near "
-                                    "its split thresholds (max relative error ")
+                                    "its split thresholds and 9 rows of extreme values (max relative error ")
     assert len(probed.probes) == probes.MAX_ROWS
 
     # between the float64 form's error on golden rows (2.7e-06) and the float32 form's (7.2e-06)
@@ -77,7 +77,7 @@ def test_thresholds_are_read_per_request_column_and_probed_on_both_sides(tmp_pat
     model, _ = _priced_model()
     decision = decide(lambda: model, XGBOOST, DOUBLES, _golden_cases(model.predict), Compile(rtol=1e-4),
                       tmp_path / COMPILED_FILE)
-    found = probes.thresholds((tmp_path / COMPILED_FILE).read_bytes(), decision.flavor["feeds"])
+    found = onnx_columns.thresholds((tmp_path / COMPILED_FILE).read_bytes(), decision.flavor["feeds"], DOUBLES)
     assert sorted(found) == [0, 1] and all(0 < value < 50 for value in found[0])
     rows = probes.rows((tmp_path / COMPILED_FILE).read_bytes(), decision.flavor["feeds"], DOUBLES,
                        [{"price": 1.5, "hour": 3}])
@@ -131,7 +131,8 @@ def test_the_logged_input_example_is_probed_and_its_rows_kept(tmp_path: Path) ->
     decision = decide(lambda: model, {"loader": "cloudpickle"}, signature, _golden_cases(model.predict), Compile(),
                       tmp_path / COMPILED_FILE, _answers(model.predict), examples)
     assert decision.reason.startswith("ONNX float64 reproduces the registry model on 84 golden rows and 3 rows of its "
-                                      "logged input example (max relative error ")
+                                      "logged input example and 1024 rows around its logged input example and 9 rows "
+                                      "of extreme values (max relative error ")
     assert [row for row, _ in decision.probes] == examples
     mlflow.sklearn.save_model(model, tmp_path / "bare", pip_requirements=["scikit-learn"])
     assert probes.example_rows(tmp_path / "bare", signature) == []
@@ -167,3 +168,158 @@ def test_a_lightgbm_model_compiles_only_where_its_thresholds_survive_float32(fea
     assert len(decision.probes) == probes.MAX_ROWS
     if path == "native":
         assert "near its split thresholds (the golden rows agree)" in decision.reason
+
+
+MIXED = {"inputs": [{"type": "double", "name": "price", "required": True},
+                    {"type": "long", "name": "hour", "required": True},
+                    {"type": "string", "name": "city", "required": True}]}
+
+
+def _mixed(n: int = 400):
+    import pandas as pd
+
+    generator = np.random.default_rng(8)
+    frame = pd.DataFrame({"price": np.round(generator.uniform(1, 200, n), 2), "hour": generator.integers(0, 24, n),
+                          "city": generator.choice(["Oslo", "Rome", "Lima", "Kyiv"], n)})
+    return frame, frame.price * 0.3 + np.sin(frame.hour) * 5 + (frame.city == "Rome") * 7.0
+
+
+def _mixed_answers(predict):
+    """As golden.answerer: {"error"} for a request the model raises on (an extreme value beyond float32)."""
+    values = bento_module("mf_inputs")
+
+    def answer(requests: list[dict]) -> list[dict]:
+        answered = []
+        for request in requests:
+            try:
+                answered.append({"outputs": np.asarray(predict(values.frame(request["inputs"], MIXED["inputs"])))
+                                 .tolist()})
+            except ValueError as exc:
+                answered.append({"error": str(exc)})
+        return answered
+    return answer
+
+
+def _mixed_decision(model, tmp_path: Path, probed: bool):
+    answer = _mixed_answers(model.predict)
+    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(MIXED, 12, 8)]
+    example = [{"price": 1.5, "hour": 0, "city": "Oslo"}, {"price": 199.99, "hour": 23, "city": "Rome"}]
+    return decide(lambda: model, {"loader": "cloudpickle", "predict_fn": "predict"}, MIXED, cases, Compile(),
+                  tmp_path / COMPILED_FILE, answer if probed else None, example if probed else ())
+
+
+def test_a_tree_behind_a_column_transformer_is_probed_at_its_passed_through_columns(tmp_path: Path) -> None:
+    """Encoded categories beside numbers passed through: the tree reads a concatenation, not a graph input, so its
+    thresholds went unprobed and a float64 form (double inputs against sklearn's float32 comparisons) served."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OrdinalEncoder
+    from sklearn.tree import DecisionTreeRegressor
+
+    frame, target = _mixed()
+    encode = ColumnTransformer([("city", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+                                 ["city"]), ("numbers", "passthrough", ["price", "hour"])])
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(encode, DecisionTreeRegressor(random_state=0)).fit(frame, target)
+    golden_only = _mixed_decision(model, tmp_path, probed=False)
+    assert golden_only.flavor["precision"] == "float64", golden_only.reason
+    onnx_bytes = (tmp_path / COMPILED_FILE).read_bytes()
+    found = onnx_columns.thresholds(onnx_bytes, golden_only.flavor["feeds"], MIXED)
+    # price and hour; the city's codes are the encoder's, no request value
+    assert sorted(found) == [0, 1] and all(1 <= value <= 200 for value in found[0])
+    assert onnx_columns.categories(onnx_bytes, golden_only.flavor["feeds"], MIXED) == {2: ["Kyiv", "Lima", "Oslo", "Rome"]}
+    predictor = bento_module("mf_runtime").Predictor("", {"signature": MIXED, "flavor": {
+        **golden_only.flavor, "model_file": str(tmp_path / COMPILED_FILE)}})
+    near = [{"price": value, "hour": 3, "city": "Oslo"} for threshold in found[0] for value in probes.near(threshold)]
+    served = np.asarray(predictor.run(near))
+    assert (served != model.predict(bento_module("mf_inputs").frame(near, MIXED["inputs"]))).any()  # wrong before
+
+    probed = _mixed_decision(model, tmp_path, probed=True)
+    assert probed.flavor["precision"] == "float32", probed.reason
+    assert probed.reason.startswith("ONNX float32 reproduces the registry model on 71 golden rows and 1024 rows near "
+                                    "its split thresholds and at its encoders' categories and 2 rows of its logged "
+                                    "input example and 1024 rows around its logged input example and 9 rows of "
+                                    "extreme values (max relative error "), probed.reason
+
+
+def test_an_encoders_categories_are_probed(tmp_path: Path) -> None:
+    """TargetEncoder's encodings become float32 constants in the ONNX graph. Golden rows hold made-up cities, which
+    all get the mean, beside numbers up to 1e12 that drown the rounding; ordinary rows of known cities whose answer
+    is near zero show it (the stranger sweep: 17 of 2,000 realistic rows beyond 1e-06, every golden row within)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler, TargetEncoder
+
+    frame, _ = _mixed()
+    noise = np.random.default_rng(3).normal(0, 3, len(frame))
+    target = frame.city.map({"Oslo": 40.123, "Rome": -10.456, "Lima": 20.789, "Kyiv": 60.3}) - frame.price * 0.4 + noise
+    encode = ColumnTransformer([("city", TargetEncoder(random_state=0), ["city"]),
+                                ("numbers", StandardScaler(), ["price", "hour"])])
+    model = make_pipeline(encode, Ridge()).fit(frame, target)
+    assert _mixed_decision(model, tmp_path, probed=False).compiled
+    decision = _mixed_decision(model, tmp_path, probed=True)
+    assert decision.path == "native", decision.reason
+    assert decision.reason.startswith(
+        "no exact compiled form: ONNX float64 differs from the registry model beyond rtol 1e-06, atol 0 at its "
+        "encoders' categories or on its logged input example or around its logged input example (the golden rows "
+        "agree): max relative error "), decision.reason
+
+
+def test_rows_around_the_logged_example_are_drawn_like_its_values() -> None:
+    signature = {"inputs": [*MIXED["inputs"], {"type": "float", "name": "ratio", "required": True}]}
+    example = [{"price": 3.25, "hour": 7, "city": "Oslo", "ratio": 0.5}, {"price": 80.1, "hour": 20, "city": "Rome",
+                                                                            "ratio": 0.5}]
+    rows = probes.around(signature, example)
+    assert len(rows) == probes.AROUND_ROWS == 1024 and rows == probes.around(signature, example)  # seeded
+    assert all(3.25 <= row["price"] <= 80.1 and round(row["price"], 2) == row["price"] for row in rows)  # cents
+    assert {row["hour"] for row in rows} == set(range(7, 21)) and {row["city"] for row in rows} == {"Oslo", "Rome"}
+    assert all(0.25 <= row["ratio"] <= 0.75 and float(np.float32(row["ratio"])) == row["ratio"] for row in rows)
+    assert probes.around(signature, []) == [] and probes.around(signature, [{"price": None}]) == []
+
+
+RATIOS = {"inputs": [{"type": "double", "name": "ratio", "required": True},
+                     {"type": "long", "name": "hour", "required": True}]}
+
+
+def test_a_binarizers_threshold_is_probed(tmp_path: Path) -> None:
+    """skl2onnx binarizes with `x < threshold -> 0`, sklearn with `x > threshold -> 1`: a ratio of exactly 0.37 (two
+    decimals, as ratios come) is answered 1 instead of 0. No golden row lands there (the sweep: 21 of 2,000 rows,
+    answers 34.4 instead of -14.6)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Binarizer
+
+    generator = np.random.default_rng(4)
+    matrix = np.c_[np.round(generator.uniform(0, 1, 300), 2), generator.integers(0, 24, 300)]
+    binarize = ColumnTransformer([("ratio", Binarizer(threshold=0.37), [0]), ("hour", "passthrough", [1])])
+    model = make_pipeline(binarize, Ridge()).fit(matrix, (matrix[:, 0] > 0.37) * 50.0 + matrix[:, 1])
+    answer = _answers(model.predict, RATIOS)
+    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(RATIOS, 12, 8)]
+    golden_only = decide(lambda: model, {"loader": "cloudpickle"}, RATIOS, cases, Compile(), tmp_path / COMPILED_FILE)
+    assert golden_only.compiled, golden_only.reason
+    assert onnx_columns.thresholds((tmp_path / COMPILED_FILE).read_bytes(), golden_only.flavor["feeds"], RATIOS) == {
+        0: [0.37]}
+    probed = decide(lambda: model, {"loader": "cloudpickle"}, RATIOS, cases, Compile(), tmp_path / COMPILED_FILE,
+                    answer)
+    assert probed.path == "native"
+    assert probed.reason.startswith(
+        "no exact compiled form: ONNX float64 differs from the registry model beyond rtol 1e-06, atol 0 near its split "
+        'thresholds (the golden rows agree): max relative error 0.99 at input {"hour": 0, "ratio": 0.37}: registry '
+        "model 0.5095708431857631, compiled 49.73616208035995; "), probed.reason
+
+
+def test_bin_edges_are_read_per_column() -> None:
+    """KBinsDiscretizer compares each column, picked from the matrix, with its bin edges."""
+    from sklearn.preprocessing import KBinsDiscretizer
+
+    from factory.onnx_convert import candidates
+
+    generator = np.random.default_rng(4)
+    matrix = np.c_[np.round(generator.uniform(0, 1, 300), 2), generator.integers(0, 24, 300)]
+    model = KBinsDiscretizer(n_bins=4, encode="ordinal", strategy="uniform").fit(matrix)
+    candidate = next(candidates(model, {"loader": "cloudpickle"}, RATIOS))
+    found = onnx_columns.thresholds(candidate.onnx, candidate.feeds, RATIOS)
+    assert sorted(found) == [0, 1]
+    assert np.allclose(found[0], model.bin_edges_[0][1:-1]) and np.allclose(found[1], model.bin_edges_[1][1:-1])

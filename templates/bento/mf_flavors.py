@@ -130,10 +130,13 @@ def _onnx(flavor: dict) -> LoadedModel:
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path if path.is_absolute() else Path(__file__).parent / path),
                                            options, providers=["CPUExecutionProvider"])
-    output, flatten = [flavor["output"]], flavor["flatten"]
+    outputs, flatten, guard = [flavor["output"]], flavor["flatten"], flavor.get("guard")
 
     def predict(feeds: dict) -> Any:
-        result = session.run(output, feeds)[0]
-        return result.reshape(-1) if flatten else result
+        results = session.run(outputs + ([guard] if guard else []), feeds)
+        if guard and results[1].any():  # factory/guard.py: rows the registry model's sklearn raises on
+            raise ValueError("Input X contains NaN, infinity or a value too large for the model's arithmetic, as "
+                             "scikit-learn checks each step's input (the registry model raises on this row too)")
+        return results[0].reshape(-1) if flatten else results[0]
 
     return LoadedModel(predict, "feeds", feeds=tuple(tuple(feed) for feed in flavor["feeds"]))

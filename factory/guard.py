@@ -1,0 +1,47 @@
+"""Rows a compiled sklearn form must refuse because the registry model does: sklearn checks every step's input
+(`check_array`: no infinity, no NaN unless the step takes missing values) and raises, where an ONNX graph computes on.
+A finite request overflows there all the same: 1e308 divided by a scaler's deviation, or any value beyond float32's
+range once a tree (which compares float32) or a float32 graph reads it. The guard is one more graph output, 1 for a
+row any checked tensor holds such a value in; the served model refuses those rows as the registry model does
+(templates/bento/mf_flavors.py), and `factory build` checks both refuse the same extreme rows (factory/compiled.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+GUARD = "refused_rows"
+
+
+def add(onnx_model: Any, checked: list[tuple[str, str, bool]]) -> str:
+    """Add the guard over `checked` (tensor name, "double" or "float", NaN refused too) to `onnx_model`; its output
+    name, or "" for none. Comparisons only (Abs, Less, Greater, Not: in every opset skl2onnx picks; IsInf needs 10)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    graph = onnx_model.graph
+    flags = []
+    for index, (name, dtype, nan) in enumerate(checked):
+        element = TensorProto.DOUBLE if dtype == "double" else TensorProto.FLOAT
+        # |x| < inf fails for infinity and NaN; |x| > the largest finite value only for infinity
+        bound = math.inf if nan else float(np.finfo(np.float64 if dtype == "double" else np.float32).max)
+        graph.initializer.append(helper.make_tensor(f"{GUARD}_bound{index}", element, [], [bound]))
+        nodes = [helper.make_node("Abs", [name], [f"{GUARD}_abs{index}"])]
+        if nan:
+            nodes += [helper.make_node("Less", [f"{GUARD}_abs{index}", f"{GUARD}_bound{index}"], [f"{GUARD}_ok{index}"]),
+                      helper.make_node("Not", [f"{GUARD}_ok{index}"], [f"{GUARD}_bad{index}"])]
+        else:
+            nodes.append(helper.make_node("Greater", [f"{GUARD}_abs{index}", f"{GUARD}_bound{index}"],
+                                          [f"{GUARD}_bad{index}"]))
+        nodes += [helper.make_node("Cast", [f"{GUARD}_bad{index}"], [f"{GUARD}_f{index}"], to=TensorProto.FLOAT),
+                  helper.make_node("Flatten", [f"{GUARD}_f{index}"], [f"{GUARD}_flat{index}"], axis=1),
+                  helper.make_node("ReduceMax", [f"{GUARD}_flat{index}"], [f"{GUARD}_row{index}"], axes=[1],
+                                   keepdims=0)]
+        graph.node.extend(nodes)
+        flags.append(f"{GUARD}_row{index}")
+    if not flags:
+        return ""
+    graph.node.append(helper.make_node("Max", flags, [GUARD]))
+    graph.output.append(helper.make_tensor_value_info(GUARD, TensorProto.FLOAT, [None]))
+    return GUARD
