@@ -118,6 +118,11 @@ def not_ready() -> ProxyError:
     return ProxyError(503, "not_ready", "the proxy has not loaded a routing table yet; retry in a few seconds")
 
 
+def still_starting() -> ProxyError:
+    return ProxyError(503, "not_ready", "the proxy is still starting (setting the send timeout on its listening "
+                                        "socket); retry in a moment")
+
+
 def upstream_failed(kind: str, path: str, variant: str, timeout: float, limit: int) -> ProxyError:
     service = f"the model service behind {path} (variant {variant})"
     if kind == "connect":

@@ -4,6 +4,7 @@ upstream client against in-process asyncio servers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -367,8 +368,9 @@ def test_a_response_over_the_limit_is_an_error_and_the_connection_is_dropped(res
     assert _failure_kind(response, 1000) == "too_large"
 
 
-def test_not_ready_until_a_table_loads(tmp_path):
-    """In process: an app whose routes file is missing serves 503 on /readyz and model routes."""
+def test_not_ready_until_a_table_loads_and_the_send_timeout_is_set(tmp_path):
+    """In process: an app whose routes file is missing serves 503 on /readyz and model routes; with a table but
+    before its server listens (the send timeout goes on the listening socket), /readyz is still 503."""
     from proxy.app import create_app
 
     async def call(app, method: str, path: str) -> tuple[int, bytes]:
@@ -386,19 +388,27 @@ def test_not_ready_until_a_table_loads(tmp_path):
         await app(scope, receive, send)
         return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
-    async def scenario():
+    async def scenario(listener: socket.socket):
         path = tmp_path / "routes.yaml"
-        app = create_app(ProxySettings(routes=path, reload_interval_s=0))
+        app = create_app(ProxySettings(routes=path, reload_interval_s=0, send_timeout_s=2))
         async with app.control.router.lifespan_context(app.control):
             before = [await call(app, "GET", "/readyz"), await call(app, "POST", "/m")]
             write_routes(path, UPSTREAMS, [plain_route("/m", "a")])
             app_store_reloaded = app.store.reload("test")
+            starting = await call(app, "GET", "/readyz")
+            listener.listen()  # as granian's worker does once the app's startup is over
+            await asyncio.sleep(0.1)
             after = await call(app, "GET", "/readyz")
-        return before, app_store_reloaded, after
+        return before, app_store_reloaded, starting, after
 
-    before, reloaded, after = asyncio.run(scenario())
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        before, reloaded, starting, after = asyncio.run(scenario(listener))
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2000
     assert [status for status, _ in before] == [503, 503]
     assert b'"not_ready"' in before[0][1] and b'"not_ready"' in before[1][1]
+    assert starting == (503, b'{"error": {"code": "not_ready", "message": "the proxy is still starting (setting the '
+                             b'send timeout on its listening socket); retry in a moment"}}')
     assert reloaded and after == (200, b'{"status":"ready","routes":1}')
 
 
@@ -520,11 +530,18 @@ def test_a_routes_path_that_is_no_file_is_refused_without_reading(tmp_path, kind
     assert str(caught.value) in (f"{path}: cannot read ({message})", f"{path}: {message}")
 
 
-def test_the_send_timeout_is_set_on_listening_tcp_sockets_only():
-    with socket.socket() as listener, socket.socket() as other:
-        listener.bind(("127.0.0.1", 0))
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
+def test_the_send_timeout_is_set_on_listeners_and_what_they_accepted_before_only(address):
+    """A client that connected before the option was set (a loaded machine's slow startup) gets it too; the
+    process's own outgoing connections (the proxy's upstream pool) and unconnected sockets do not."""
+    with contextlib.ExitStack() as stack:
+        listener, other, client = (stack.enter_context(socket.socket()) for _ in range(3))
+        listener.bind((address, 0))
         listener.listen()
         other.bind(("127.0.0.1", 0))
+        client.connect(("127.0.0.1", listener.getsockname()[1]))
+        accepted = stack.enter_context(listener.accept()[0])
         assert limit_unread_time(1.5) >= 1
-        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 1500
-        assert other.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
+        timeouts = [sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                    for sock in (listener, accepted, client, other)]
+        assert timeouts == [1500, 1500, 0, 0]
