@@ -32,7 +32,7 @@ READ_METHODS = ["GET", "HEAD"]
 def create_app(settings: ProxySettings) -> DataPlane:
     metrics = ProxyMetrics()
     client = UpstreamClient(settings.max_connections_per_upstream, settings.connect_timeout_s,
-                            settings.max_response_bytes)
+                            settings.max_response_bytes, settings.max_buffered_bytes)
     store = RouteStore(settings.routes, metrics, CONTROL_PATHS, on_swap=lambda t: client.retain_only(t.origins))
     shadows = ShadowSender(client, metrics, settings.max_shadow_in_flight, settings.shadow_timeout_s)
     send_timeout_set = asyncio.Event()
