@@ -43,7 +43,7 @@ class Reply:
     status: int
     headers: Headers  # without content-length: whoever writes the reply frames it
     body: bytes
-    held: Optional[Held] = None  # the answer's bytes of the response budget: given back once the reply is gone
+    held: Optional[Held] = None  # the answer's bytes of the buffer budget: given back once the reply is gone
 
 
 def error_reply(error: ProxyError) -> Reply:

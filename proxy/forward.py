@@ -20,7 +20,7 @@ from typing import Any, Callable, Coroutine, Optional, Union
 
 import httptools
 
-from proxy.budget import Held, BufferBudget
+from proxy.budget import BufferBudget, Held
 from proxy.routing import Target
 
 log = logging.getLogger("proxy.forward")
@@ -42,7 +42,7 @@ class UpstreamResponse:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     connection: Optional[bytes] = None  # the Connection header's value, if any
-    held: Optional[Held] = None  # its bytes of the response budget, for as long as the answer lives
+    held: Optional[Held] = None  # its bytes of the buffer budget, for as long as the answer lives
 
 
 Result = Union[UpstreamResponse, UpstreamError]
