@@ -169,9 +169,10 @@ def _in_processes(processes: int, base_url: str, bodies: list[bytes], rate: floa
         for index, client in enumerate(clients):
             client.stdin.write(json.dumps({**share, "seed": seed + index}) + "\n")
             client.stdin.flush()
-        for client in clients:
+        for index, client in enumerate(clients):
             if client.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"a load client process ended before it was ready (exit {client.wait()})")
+                raise RuntimeError(f"load client process {index + 1} of {processes} (python -m factory.loadgen) "
+                                   f"exited {client.wait()} before it was ready; its error is above")
         started = time.perf_counter()
         for client in clients:
             client.stdin.write("go\n")
