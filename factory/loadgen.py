@@ -2,6 +2,10 @@
 keep-alive connections, each sending its next request as soon as the previous answer is in. Open loop
 (`run_open_load`): requests arrive at a rate (Poisson, seeded) whatever the server's pace, over a pool of
 keep-alive connections, as clients behind a proxy send them; only there do requests arrive while others wait.
+Above PROCESS_RPS the arrivals come from several client processes, each a Poisson stream of its share of
+the rate (together one Poisson stream of the whole rate), and an open-loop load says how late it sent its
+arrivals (`LoadResult.late_ms`, their p99): a client that cannot keep up offers less than it was asked to,
+and its own delay shows in every latency it measures.
 
 asyncio over raw sockets, one pre-encoded request per body: a client built on http.client threads
 spends more CPU per request than the server it measures (FIELD_NOTES), which would cap the capacity
@@ -12,25 +16,39 @@ spends more CPU per request than the server it measures (FIELD_NOTES), which wou
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 from urllib.parse import urlsplit
 
 from factory.fuzz_report import nearest_rank
 
 HEAD_LIMIT = 64 * 1024
+# One client process keeps to its schedule up to this rate on the shared 2-core machine (bench/shedding.py).
+PROCESS_RPS = 3000.0
+# Open loop: at most this many connections (the proxy's max_connections_per_upstream), shared among the client
+# processes; an arrival finding all busy waits for one, and its latency counts from its arrival. Unbounded, a
+# client past a pod's capacity opened a connection per arrival (4,914 in one step), overflowing the pod's listen
+# backlog: answers took seconds of SYN retries, a wait no server can see or refuse.
+OPEN_LOOP_CONNECTIONS = 256
 
 
 @dataclass
 class LoadResult:
     statuses: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    answered_ms: list[float] = field(default_factory=list)  # the 200s' alone
     seconds: float = 0.0
     malformed_sheds: int = 0  # 503s without the error shape or Retry-After
     connections: int = 0  # opened, reconnects included
+    late_ms: float = 0.0  # open loop: how late the client sent its arrivals (p99; its own delay, not the server's)
 
     @property
     def requests(self) -> int:
@@ -56,6 +74,19 @@ class LoadResult:
     def count(self, status: str, latency_ms: float) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
         self.latencies_ms.append(latency_ms)
+        if status == "200":
+            self.answered_ms.append(latency_ms)
+
+    def merge(self, other: "LoadResult") -> None:
+        """`other`'s requests added to these, as one load over the longer of the two spans."""
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+        self.latencies_ms += other.latencies_ms
+        self.answered_ms += other.answered_ms
+        self.seconds = max(self.seconds, other.seconds)
+        self.malformed_sheds += other.malformed_sheds
+        self.connections += other.connections
+        self.late_ms = max(self.late_ms, other.late_ms)
 
 
 def run_load(base_url: str, bodies: list[bytes], concurrency: int, duration_s: float,
@@ -95,10 +126,11 @@ async def _client(host: str, port: int, requests: list[bytes], budget, deadline:
         await _closed(connection)
 
 
-async def _exchange(host: str, port: int, connection, request: bytes, timeout_s: float, result: LoadResult):
-    """One request on `connection` (opened when None), counted in `result`; the connection to go on with, or
-    None where it failed or the server closed it."""
-    sent = time.perf_counter()
+async def _exchange(host: str, port: int, connection, request: bytes, timeout_s: float, result: LoadResult,
+                    sent: Optional[float] = None):
+    """One request on `connection` (opened when None), counted in `result` with its latency from `sent` (now
+    when None); the connection to go on with, or None where it failed or the server closed it."""
+    sent = time.perf_counter() if sent is None else sent
     try:
         if connection is None:
             result.connections += 1
@@ -117,22 +149,73 @@ async def _exchange(host: str, port: int, connection, request: bytes, timeout_s:
 
 def run_open_load(base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int = 0,
                   timeout_s: float = 30.0) -> LoadResult:
-    """ceil(`rate` × `duration_s`) requests (POST /predict, cycling through `bodies`) arriving at `rate` per second."""
-    return asyncio.run(_open_load(base_url, bodies, rate, duration_s, seed, timeout_s))
+    """ceil(`rate` × `duration_s`) requests (POST /predict, cycling through `bodies`) arriving at `rate` per second,
+    from one client process per PROCESS_RPS of the rate (at most one per core)."""
+    processes = min(os.cpu_count() or 1, math.ceil(rate / PROCESS_RPS))
+    if processes <= 1:
+        return asyncio.run(_open_load(base_url, bodies, rate, duration_s, seed, timeout_s))
+    return _in_processes(processes, base_url, bodies, rate, duration_s, seed, timeout_s)
+
+
+def _in_processes(processes: int, base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int,
+                  timeout_s: float) -> LoadResult:
+    """`processes` clients (`python -m factory.loadgen`), each sending rate / `processes` with a seed of its
+    own, started together once all are ready; their results as one load."""
+    share = {"url": base_url, "bodies": [body.decode("latin-1") for body in bodies], "rate": rate / processes,
+             "duration_s": duration_s, "timeout_s": timeout_s, "connections": OPEN_LOOP_CONNECTIONS // processes}
+    clients = [subprocess.Popen([sys.executable, "-m", "factory.loadgen"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    try:
+        for index, client in enumerate(clients):
+            client.stdin.write(json.dumps({**share, "seed": seed + index}) + "\n")
+            client.stdin.flush()
+        for index, client in enumerate(clients):
+            if client.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"load client process {index + 1} of {processes} (python -m factory.loadgen) "
+                                   f"exited {client.wait()} before it was ready; its error is above")
+        started = time.perf_counter()
+        for client in clients:
+            client.stdin.write("go\n")
+            client.stdin.close()
+        result = LoadResult()
+        for client in clients:
+            result.merge(LoadResult(**json.loads(client.stdout.read())))
+        result.seconds = time.perf_counter() - started
+        return result
+    finally:
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+            client.wait()
+
+
+def _client_process() -> None:
+    """One client process's share of an open-loop load: its parameters, "ready", then on "go" the load, its
+    result as JSON."""
+    share = json.loads(sys.stdin.readline())
+    bodies = [body.encode("latin-1") for body in share["bodies"]]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    result = asyncio.run(_open_load(share["url"], bodies, share["rate"], share["duration_s"], share["seed"],
+                                    share["timeout_s"], share["connections"]))
+    print(json.dumps(dataclasses.asdict(result)), flush=True)
 
 
 async def _open_load(base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int,
-                     timeout_s: float) -> LoadResult:
+                     timeout_s: float, connections: int = OPEN_LOOP_CONNECTIONS) -> LoadResult:
     parts = urlsplit(base_url)
     requests = [_request(parts.hostname, parts.port, body) for body in bodies]
-    result, idle, sending = LoadResult(), [], []
+    result, idle, sending, slots = LoadResult(), [], [], asyncio.Semaphore(connections)
     arrivals = random.Random(seed)
+    late_ms = []
     started = arrival = time.perf_counter()
     for index in range(max(1, math.ceil(rate * duration_s))):
         arrival += arrivals.expovariate(rate)
         await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
-        sending.append(asyncio.create_task(_pooled(parts.hostname, parts.port, idle, requests[index % len(requests)],
-                                                   timeout_s, result)))
+        late_ms.append((time.perf_counter() - arrival) * 1000)
+        sending.append(asyncio.create_task(_pooled(parts.hostname, parts.port, idle, slots, arrival,
+                                                   requests[index % len(requests)], timeout_s, result)))
+    result.late_ms = nearest_rank(late_ms, 99)
     await asyncio.gather(*sending)
     result.seconds = time.perf_counter() - started
     for connection in idle:
@@ -140,11 +223,14 @@ async def _open_load(base_url: str, bodies: list[bytes], rate: float, duration_s
     return result
 
 
-async def _pooled(host: str, port: int, idle: list, request: bytes, timeout_s: float, result: LoadResult) -> None:
-    """The most recently idle connection (the pool's oldest ones are the ones a server times out), or a new one."""
-    connection = await _exchange(host, port, await _live(idle), request, timeout_s, result)
-    if connection is not None:
-        idle.append(connection)
+async def _pooled(host: str, port: int, idle: list, slots: asyncio.Semaphore, arrival: float, request: bytes,
+                  timeout_s: float, result: LoadResult) -> None:
+    """Once one of the `slots` is free: the most recently idle connection (the pool's oldest ones are the ones a
+    server times out), or a new one; the latency counts from `arrival`."""
+    async with slots:
+        connection = await _exchange(host, port, await _live(idle), request, timeout_s, result, sent=arrival)
+        if connection is not None:
+            idle.append(connection)
 
 
 async def _live(idle: list):
@@ -194,3 +280,7 @@ async def _closed(connection) -> None:
         except OSError:
             pass
     return None
+
+
+if __name__ == "__main__":
+    _client_process()

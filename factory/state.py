@@ -124,6 +124,7 @@ class CapacityStep(Record):
     cpu_percent: Optional[float] = pydantic.Field(None, ge=0)  # the server's CPU, one core = 100
     attempts: int = pydantic.Field(1, ge=1, le=2)  # 2: it missed the objective once and was measured again
     offered_rps: Optional[float] = pydantic.Field(None, gt=0)  # open loop: the arrival rate; None: closed loop
+    client_late_ms: Optional[float] = pydantic.Field(None, ge=0)  # open loop: how late the client sent (p99)
 
 
 class CapacityReport(Record):
@@ -140,6 +141,8 @@ class CapacityReport(Record):
     steps: list[CapacityStep]
     # The closed-loop capacity re-checked with requests arriving at random (factory/capacity.py): each rate tried
     open_loop: list[CapacityStep] = []
+    # The highest rate tried open loop that the client could not offer (capacity.CLIENT_LATE_SHARE): not confirmed.
+    unconfirmed_rps: Optional[float] = pydantic.Field(None, gt=0)
 
     @property
     def failures(self) -> int:

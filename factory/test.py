@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from factory import dockerapi, manifests
 from factory.bento_store import ensure_in_store
-from factory.capacity import CpuClock, capacity_cell, find_capacity, tree_cpu_seconds
+from factory.capacity import CpuClock, capacity_cell, find_capacity, offered, tree_cpu_seconds
 from factory.engine import engine_answers
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, ServeError, StateError
@@ -88,6 +88,11 @@ def capacity_note(report: TestReport, where: str) -> Optional[str]:
            "slo.p99_ms")
     if report.capacity.open_loop:
         last = report.capacity.open_loop[-1]
+        if not offered(last, report.capacity.slo_p99_ms):
+            return (f"note: {where}: the load client could not keep to its schedule even at {last.offered_rps:g} "
+                    f"req/s (its arrivals up to {last.client_late_ms:g} ms late, p99): the machine is too busy to "
+                    "confirm any rate, so its capacity is 0 and its HPA keeps the default CPU target (70 %); "
+                    "run `factory test` again on a quieter machine")
         return (f"note: {where}: holds {slo} one request at a time but not when requests arrive at random, even "
                 f"at {last.offered_rps:g} req/s (p99 {last.p99_ms:.1f} ms, {last.shed} shed): {fix}")
     return (f"note: {where}: misses {slo} or sheds even at one connection (p99 {first.p99_ms:.1f} ms, "

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import threading
+import time
 
 import httpx
 import numpy
@@ -21,6 +23,7 @@ import mf_batch  # noqa: E402
 import mf_fast  # noqa: E402
 import mf_flavors  # noqa: E402
 import mf_http  # noqa: E402
+import mf_lag  # noqa: E402
 import mf_runtime  # noqa: E402
 import mf_schema  # noqa: E402
 
@@ -189,7 +192,8 @@ def test_work_that_would_queue_past_the_budget_is_refused() -> None:
         with pytest.raises(mf_batch.Overloaded) as refused:
             await batcher.submit([6])
         assert refused.value.retry_after_s == 1
-        assert "150 ms of queued work ahead, over its 100 ms budget (batching.max_latency_ms)" in str(refused.value)
+        assert str(refused.value) == ("the model server is overloaded: about 0 ms waiting to be read and 150 ms of queued "
+                                      "work ahead, over its 100 ms budget (batching.max_latency_ms)")
         model.gate.set()
         assert [await task for task in accepted] == [[4], [6], [8], [10]]
         assert all(6 not in run for run in model.runs)
@@ -211,10 +215,80 @@ def test_without_merging_every_queued_request_is_a_run_ahead() -> None:
         assert batcher.expected_wait_s(1) == pytest.approx(0.08)  # the run in progress and one queued request
         accepted.append(asyncio.create_task(batcher.submit([3])))
         await _turns()
-        with pytest.raises(mf_batch.Overloaded, match="120 ms of queued work ahead, over its 100 ms budget"):
+        with pytest.raises(mf_batch.Overloaded, match="0 ms waiting to be read and 120 ms of queued work ahead, over its 100 ms budget"):
             await batcher.submit([4])
         model.gate.set()
         assert [await task for task in [first, *accepted]] == [[2], [4], [6]]
+
+    asyncio.run(scenario())
+
+
+def test_a_request_read_after_the_loop_was_held_past_the_budget_is_refused() -> None:
+    """Runs on the event loop (a compiled model): past capacity the queue stays empty and the wait is in
+    requests not yet read. The loop's lag counts it: a turn held 150 ms refuses what is read next, at once,
+    and once turns are short again requests are served."""
+    async def scenario():
+        batcher = mf_batch.Batcher(lambda rows, params=None: rows, max_rows=32, budget_ms=100)
+        assert await batcher.submit([1]) == [1]  # starts the loop's timer
+        time.sleep(0.15)  # a turn that holds the loop, as a backlog of inline runs does
+        with pytest.raises(mf_batch.Overloaded) as refused:
+            await batcher.submit([2])
+        assert refused.value.retry_after_s == 1 and not batcher.queue
+        assert re.fullmatch(r"the model server is overloaded: about (1\d\d|[2-9]\d\d) ms waiting to be read and 0 ms "
+                            r"of queued work ahead, over its 100 ms budget \(batching.max_latency_ms\)", str(refused.value))
+        await asyncio.sleep(mf_lag.INTERVAL_S * 3)  # the timer fires on time again
+        assert await batcher.submit([3]) == [3]
+
+    asyncio.run(scenario())
+
+
+def test_waiting_to_be_read_and_queued_work_add_up() -> None:
+    async def scenario():
+        model = GatedModel()
+        batcher = mf_batch.Batcher(model, max_rows=32, budget_ms=100)
+        first = asyncio.create_task(batcher.submit([1]))
+        assert await asyncio.to_thread(model.entered.wait, GUARD_S)
+        batcher.run_s = 0.06  # the run in progress: 60 ms ahead of the next request, within 100 ms alone
+        time.sleep(0.05)  # and 50 ms without reading anything
+        with pytest.raises(mf_batch.Overloaded, match=r"waiting to be read and 60 ms of queued work ahead"):
+            await batcher.submit([2])
+        model.gate.set()
+        assert await first == [2]
+
+    asyncio.run(scenario())
+
+
+def test_the_loop_timer_runs_only_while_requests_arrive() -> None:
+    """An idle pod never wakes for it; the first request after idling has waited for nothing."""
+    async def scenario():
+        lag = mf_lag.LoopLag(interval_s=0.005, idle_s=0.05)
+        assert lag.seen() == 0.0 and lag.due is not None
+        await asyncio.sleep(0.01)
+        assert lag.seen() < 0.05 and lag.due is not None
+        await asyncio.sleep(0.2)  # no request for longer than idle_s: the timer stopped
+        assert lag.due is None and not [handle for handle in asyncio.get_running_loop()._scheduled
+                                        if not handle.cancelled()]
+        time.sleep(0.1)  # a loop held while no timer ran is no request's wait
+        assert lag.seen() == 0.0
+        return lag
+
+    lag = asyncio.run(scenario())
+    time.sleep(0.05)
+
+    async def on_a_new_loop():  # the old loop's timer never fires again: its overdue time is no wait
+        return lag.seen()
+
+    assert asyncio.run(on_a_new_loop()) == 0.0
+
+
+def test_a_loop_busy_in_short_turns_refuses_nothing() -> None:
+    """Below capacity the loop is busy but each turn is short: nothing waits near the budget, nothing refused."""
+    async def scenario():
+        batcher = mf_batch.Batcher(lambda rows, params=None: rows, max_rows=32, budget_ms=100)
+        for value in range(200):
+            time.sleep(0.001)  # each turn holds the loop 1 ms, as an inline run does
+            assert await batcher.submit([value]) == [value]
+            await asyncio.sleep(0)
 
     asyncio.run(scenario())
 

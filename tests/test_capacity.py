@@ -183,29 +183,41 @@ def test_an_open_loop_step_waits_for_enough_arrivals_within_a_bound(rate, step_s
     assert open_seconds(rate, step_s, load_s) == seconds
 
 
-def open_step(rate: float, p99_ms: float, shed: int = 0, failures: int = 0, cpu: float = 20.0) -> CapacityStep:
-    return step(3, rate, p99_ms, shed, failures, cpu=cpu).model_copy(update={"offered_rps": rate})
+def open_step(rate: float, p99_ms: float, shed: int = 0, failures: int = 0, cpu: float = 20.0,
+              late_ms: float = 0.5) -> CapacityStep:
+    return step(3, rate, p99_ms, shed, failures, cpu=cpu).model_copy(update={"offered_rps": rate,
+                                                                            "client_late_ms": late_ms})
 
 
 CLOSED = capacity_of([step(1, 31.2, 47, cpu=17.5), step(2, 36, 89)], 50)
 
 
-@pytest.mark.parametrize("capacity, answers, rates, rps, cpu", [
-    (CLOSED, [open_step(31.2, 45)], [31.2], 31.2, 20.0),  # holds: the open-loop step's CPU is the HPA's
-    (CLOSED, [open_step(31.2, 61), open_step(15.6, 44)], [31.2, 15.6], 15.6, 20.0),  # p99 61 ms open loop: halved
+FAST = capacity_of([step(32, 9736, 9, cpu=49.0)], 100)
+LATE = 10.1  # ms behind schedule: more than a tenth of a 100 ms objective
+
+
+@pytest.mark.parametrize("capacity, answers, rates, rps, cpu, unconfirmed", [
+    (CLOSED, [open_step(31.2, 45)], [31.2], 31.2, 20.0, None),  # holds: the open-loop step's CPU is the HPA's
+    (CLOSED, [open_step(31.2, 61), open_step(15.6, 44)], [31.2, 15.6], 15.6, 20.0, None),  # p99 61 ms open: halved
     (CLOSED, [open_step(31.2, 40, shed=1), open_step(15.6, 40, failures=1), open_step(7.8, 49)], [31.2, 15.6, 7.8],
-     7.8, 20.0),  # a shed or a failure misses too
-    (CLOSED, [open_step(31.2, 61), open_step(15.6, 55), open_step(7.8, 51)], [31.2, 15.6, 7.8], 0.0, None),
-    (capacity_of([step(1, 1500, 2)], 50), [], [], 1500, 50.0),  # beyond what the client offers: as measured
-    (capacity_of([step(1, 30, 70)], 50), [], [], 0.0, None),  # no closed-loop capacity: nothing to offer
+     7.8, 20.0, None),  # a shed or a failure misses too
+    (CLOSED, [open_step(31.2, 61), open_step(15.6, 55), open_step(7.8, 51)], [31.2, 15.6, 7.8], 0.0, None, None),
+    # The client could not keep to 9,736 req/s: unconfirmed, halved without counting as a try.
+    (FAST, [open_step(9736, 9, late_ms=LATE), open_step(4868, 4, cpu=24.0)], [9736, 4868], 4868, 24.0, 9736),
+    (FAST, [open_step(9736, 9, late_ms=LATE), open_step(4868, 140), open_step(2434, 150), open_step(1217, 120)],
+     [9736, 4868, 2434, 1217], 0.0, None, 9736),  # three offered rates missed: 0, whatever could not be offered
+    (FAST, [open_step(9736 / 2 ** n, 1, late_ms=LATE) for n in range(8)], [9736, 4868, 2434, 1217, 608.5, 304.2, 152.1, 76.0],
+     0.0, None, 9736),  # a client that never keeps up: bounded, and nothing confirmed
+    (capacity_of([step(1, 30, 70)], 50), [], [], 0.0, None, None),  # no closed-loop capacity: nothing to offer
 ])
-def test_the_capacity_is_offered_open_loop_and_halved_until_it_holds(capacity, answers, rates, rps, cpu) -> None:
+def test_the_capacity_is_offered_open_loop_and_halved_until_it_holds(capacity, answers, rates, rps, cpu,
+                                                                     unconfirmed) -> None:
     from factory.capacity import confirmed
 
     asked, replies = [], iter(answers)
     result = confirmed(capacity, lambda rate: asked.append(rate) or next(replies))
     assert (asked, result.rps, result.cpu_percent, result.open_loop) == (rates, rps, cpu, answers)
-    assert result.steps == capacity.steps
+    assert result.steps == capacity.steps and result.unconfirmed_rps == unconfirmed
 
 
 def test_a_capacity_lost_to_random_arrivals_says_so() -> None:
@@ -221,6 +233,19 @@ def test_a_capacity_lost_to_random_arrivals_says_so() -> None:
     assert autoscaling_for(MODEL, lost).source == "capacity 0: see `factory test`"
 
 
+def test_a_capacity_no_rate_of_which_could_be_offered_says_so() -> None:
+    from factory.capacity import confirmed
+    from factory.test import capacity_note
+
+    unoffered = confirmed(FAST, lambda rate: open_step(rate, 3, late_ms=250))
+    report = TestReport(model="m", route="/m/a", passed=True, capacity=unoffered)
+    assert (unoffered.rps, unoffered.unconfirmed_rps, len(unoffered.open_loop)) == (0.0, 9736, 8)
+    assert capacity_note(report, "models.yaml:3: model 'm'") == (
+        "note: models.yaml:3: model 'm': the load client could not keep to its schedule even at 76 req/s (its "
+        "arrivals up to 250 ms late, p99): the machine is too busy to confirm any rate, so its capacity is 0 and its "
+        "HPA keeps the default CPU target (70 %); run `factory test` again on a quieter machine")
+
+
 def test_open_loop_load_sends_its_arrivals_and_judges_every_503(answering: str) -> None:
     from factory.loadgen import run_open_load
 
@@ -229,6 +254,20 @@ def test_open_loop_load_sends_its_arrivals_and_judges_every_503(answering: str) 
     assert load.statuses == {"200": 2, "503": 4}
     assert (load.shed, load.malformed_sheds, load.failures) == (4, 2, 2)
     assert load.connections >= 1
+
+
+def test_a_rate_above_one_client_process_is_sent_from_several(answering: str, monkeypatch) -> None:
+    """Each process a Poisson stream of its share with a seed of its own, started together; one result: every
+    arrival counted, every 503 judged, and the client's lateness the latest process's."""
+    from factory import loadgen
+
+    monkeypatch.setattr(loadgen, "PROCESS_RPS", 100.0)
+    monkeypatch.setattr(loadgen.os, "cpu_count", lambda: 2)
+    bodies = [json.dumps({"kind": kind}).encode() for kind in ("ok", "shed", "bare")]
+    load = loadgen.run_open_load(answering, bodies, rate=400, duration_s=0.05)  # 2 processes × ceil(10) arrivals
+    assert load.statuses == {"200": 8, "503": 12} and len(load.answered_ms) == 8
+    assert (load.shed, load.malformed_sheds) == (12, 6)
+    assert 0 <= load.late_ms < 1000 and load.connections >= 2
 
 
 class _ClosesIdle(_Answers):

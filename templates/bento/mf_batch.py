@@ -17,6 +17,10 @@ capacity"). Requests still merge: whatever arrived while a run held the loop is 
 turn and goes together into the next run. A slow model keeps its thread, so a long run never holds up
 health checks.
 
+What a request must wait for counts twice: the queue ahead of it, and the wait it already had before the
+app saw it (mf_lag: the event loop's lag). With runs on the loop the queue stays empty past capacity, and
+the wait is all in the second.
+
 Copied verbatim into each model's folder by `factory render`; imports nothing heavy.
 """
 
@@ -30,6 +34,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
+import mf_lag
+
 # Weight of the newest run in the running estimate of one run's duration.
 SMOOTHING = 0.2
 # Runs take place on the event loop while the median CPU time of the last RECENT_RUNS is below this: the
@@ -42,12 +48,13 @@ RECENT_RUNS = 9
 
 
 class Overloaded(Exception):
-    """The queue ahead of this request would take longer than the budget to drain."""
+    """The wait this request already had to be read, and the queue ahead of it, add up to more than the budget."""
 
-    def __init__(self, expected_wait_s: float, budget_s: float):
-        super().__init__(f"the model server is overloaded: about {expected_wait_s * 1000:.0f} ms of queued work "
-                         f"ahead, over its {budget_s * 1000:.0f} ms budget (batching.max_latency_ms)")
-        self.retry_after_s = max(1, math.ceil(expected_wait_s))
+    def __init__(self, waited_s: float, queued_s: float, budget_s: float):
+        super().__init__(f"the model server is overloaded: about {waited_s * 1000:.0f} ms waiting to be read and "
+                         f"{queued_s * 1000:.0f} ms of queued work ahead, over its {budget_s * 1000:.0f} ms budget "
+                         "(batching.max_latency_ms)")
+        self.retry_after_s = max(1, math.ceil(waited_s + queued_s))
 
 
 class Batcher:
@@ -71,15 +78,16 @@ class Batcher:
         self.recent_cpu: collections.deque[float] = collections.deque(maxlen=RECENT_RUNS)
         self.recent_wall: collections.deque[float] = collections.deque(maxlen=RECENT_RUNS)
         self.runs = 0
+        self.lag = mf_lag.LoopLag()
         # One thread: the model runs one batch at a time, while the event loop keeps parsing requests.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     async def submit(self, rows: list, params: Any = None) -> list:
-        """The outputs for `rows` (with `params`, None for the model's defaults), or Overloaded when the work
-        queued ahead would not drain in time."""
-        wait = self.expected_wait_s(len(rows))
-        if wait > self.budget_s:
-            raise Overloaded(wait, self.budget_s)
+        """The outputs for `rows` (with `params`, None for the model's defaults), or Overloaded when the wait it
+        had before the app saw it and the work queued ahead would not be done within the budget."""
+        waited, queued = self.lag.seen(), self.expected_wait_s(len(rows))
+        if waited + queued > self.budget_s:
+            raise Overloaded(waited, queued, self.budget_s)
         if not self.busy and self.inline() and (len(rows) >= self.max_rows or not self.merge):
             # Nothing could join it and nothing can queue while it holds the loop: straight to the model,
             # without the queue, a task and two loop turns (~70 µs of a full batch's ~350).
