@@ -11,9 +11,9 @@ per request, 4 connections). Fresh and after-burst figures are medians over ever
 so one noisy second on a shared machine moves neither; the server's CPU time per request (all its
 threads) is printed beside them: it does not count time spent waiting for a core. The in-process floor
 is Predictor.predict on the same full batch, in the model's own serving venv, on the server's core, sampled
-in a process kept beside the server just before each full-batch run (--pairs): this VM's floor moves up to
-2x from minute to minute, so the goal's ratio is the median of per-pair ratios, never one floor against
-runs made elsewhere.
+in a process kept beside the server just before each full-batch run (--pairs): on this VM the floor has
+measured 2x apart from one run to the next, so the goal's ratio is the median of per-pair ratios, never
+one floor against runs made elsewhere.
 Our server runs --rounds rounds, mlflow's one. ~80 s per model on a quiet machine.
 --full-batch-only measures just our server's idle RSS and full batches against the floor (~20 s per model).
 """
@@ -274,12 +274,13 @@ def print_full_batch(spec: ModelSpec, ours: Measured) -> None:
 
 def _print_pairs(ours: Measured) -> None:
     """The goal's figure: per pair (a floor sample, then the served run after it on the same core), served rows/s
-    over the floor's; their median. The floor moves up to 2x between samples on this VM (BENCHMARKS.md, session 8)."""
+    over the floor's; their median. The floor has measured 2x apart between runs on this VM (BENCHMARKS.md,
+    session 8)."""
     ratios = ours.pair_ratios()
     cpu_shares = [floor["full_batch_ms"] * 1000 / cpu for floor, cpu in zip(ours.floors, ours.full_batch.cpu_us)]
-    print(f"{'ours full-batch / floor':32} {statistics.median(ratios):>16.0%}   (goal ≥ 70 %; median of {len(ratios)} "
-          f"pairs: {', '.join(f'{ratio:.0%}' for ratio in ratios)}; the floor's µs over ours' CPU µs per request: "
-          f"{', '.join(f'{share:.0%}' for share in cpu_shares)})")
+    print(f"{'ours full-batch / floor':32} {statistics.median(ratios):>16.0%}   (goal ≥ 70 %; median of "
+          f"{len(ratios)} pairs: {', '.join(f'{ratio:.0%}' for ratio in ratios)}; the floor's µs over ours' "
+          f"CPU µs per request: {', '.join(f'{share:.0%}' for share in cpu_shares)})")
 
 
 def _line(label: str, ours: float, mlflow: float, fmt: str, note: str = "") -> None:
@@ -293,7 +294,8 @@ def main() -> None:
     parser.add_argument("--burst-seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=2, help="fresh servers of ours, each burst once")
     parser.add_argument("--pairs", type=int, default=5,
-                        help="full-batch runs, each after a floor sample on the same core (the goal's ratio is their median)")
+                        help="full-batch runs, each after a floor sample on the same core (the goal's ratio is "
+                             "their median)")
     parser.add_argument("--full-batch-only", action="store_true",
                         help="only our idle RSS and full-batch rows/s vs the in-process floor (no mlflow, no latency)")
     args = parser.parse_args()
