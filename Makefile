@@ -125,6 +125,7 @@ bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.sizing
 	$(BIN)/python -m bench.proxy --duration 3 --runs 7
 	$(BIN)/python -m bench.slowloris --duration 3 --runs 3
+	$(BIN)/python -m bench.proxy_memory
 
 clean:
 	-test -x $(BIN)/python && $(BIN)/python -m factory.engine down

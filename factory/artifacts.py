@@ -68,7 +68,7 @@ def fetch_artifacts(api: Optional[GitLabApi], jobs: list[str], target: Path, pro
         ids = _successful_jobs(api)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         progress(f"cannot list the jobs of pipeline {api.pipeline} ({_reason(exc)}): outputs of earlier jobs are "
-                 "regenerated from git and the registry")
+                 f"regenerated from git and the registry{_token_hint(api, exc)}")
         return []
     fetched = []
     for job in jobs:
@@ -114,6 +114,16 @@ def _fetch_one(api: GitLabApi, job: str, job_id: int, target: Path, progress: Pr
         return False
     progress(f"{job}: artifacts fetched (job {job_id})")
     return True
+
+
+def _token_hint(api: GitLabApi, exc: Exception) -> str:
+    """How to let the next pipeline fetch instead of regenerating, when the token was what GitLab refused."""
+    if not isinstance(exc, urllib.error.HTTPError) or exc.code not in (401, 403):
+        return ""
+    if api.header[0] == "JOB-TOKEN":  # GitLab documents which endpoints a job token reaches: not the jobs list
+        return ("; GitLab's CI_JOB_TOKEN may not list a pipeline's jobs on any tier: to fetch artifacts instead, set "
+                "FACTORY_API_TOKEN, a read_api token, as a masked CI/CD variable")
+    return "; FACTORY_API_TOKEN was refused: it needs the read_api scope and at least the Reporter role in this project"
 
 
 def _check_members(zipped: zipfile.ZipFile) -> None:

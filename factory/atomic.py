@@ -10,7 +10,8 @@
 Each writes files with the mode a plain `open` would give (the umask's), never mkstemp's private 0600, and
 turns a failure of the write itself (a full disk, a read-only or unwritable place) into one WriteError naming
 the path, why, and how to fix it. Ctrl-C before the last rename leaves the previous state, after it the new
-one (never a mix), and no temporary file behind.
+one (never a mix), and no temporary file behind. A staging directory a killed process (SIGKILL, the OOM killer)
+left behind is removed by the next write of the same tree.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import functools
+import glob
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Union
 
@@ -41,6 +45,10 @@ FIXES = {
     errno.EPERM: "make {dir} writable for this user",
     errno.EROFS: "remount its file system read-write",
 }
+# A staging directory holds its writer's lock (flock) while in use: one that is unlocked and older than this
+# belongs to a writer that was killed (SIGKILL, the OOM killer, a lost CI runner) before it could remove it.
+# The age covers the moment between a new staging directory's creation and its lock.
+ABANDONED_AFTER_S = 60.0
 
 
 def write_file(path: Path, data: Data, elsewhere: str) -> None:
@@ -106,15 +114,20 @@ def replace_tree(out_dir: Path, files: Mapping[str, Data], what: str, elsewhere:
 def staged_tree(out_dir: Path, what: str, elsewhere: str, where: str | None = None,
                 prefix: str = "") -> Iterator[Path]:
     """An empty directory to build the new tree in; swapped in for `out_dir` when the block ends without an
-    error. Any error, or Ctrl-C, leaves `out_dir` as it was and removes the staging directory. `where` names
+    error. Any error, or Ctrl-C, leaves `out_dir` as it was and removes the staging directory; staging directories of
+    killed writers (`_sweep_abandoned`) go first. `where` names
     `out_dir` in errors as the user gave it (default: the path); `prefix` names the staging directory
     (default: hidden, `.<name>.new-`)."""
+    prefix = prefix or f".{out_dir.name}.new-"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=prefix or f".{out_dir.name}.new-", dir=out_dir.parent))
+        _sweep_abandoned(out_dir.parent, prefix)
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
     except OSError as exc:
         raise write_error(out_dir, exc, elsewhere, what, where) from exc
+    lock: Optional[int] = None
     try:
+        lock = _lock(staging)
         staging.chmod(0o777 & ~umask())  # mkdtemp's 0700 would become the output directory's mode
         yield staging
         _sync_filesystem(staging)
@@ -126,6 +139,8 @@ def staged_tree(out_dir: Path, what: str, elsewhere: str, where: str | None = No
         raise write_error(out_dir, exc, elsewhere, what, where) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 def write_error(path: Path, exc: OSError, elsewhere: str, what: str = "", where: str | None = None,
@@ -150,6 +165,33 @@ def umask() -> int:
 
 
 # --- internals ---------------------------------------------------------------------------------
+
+
+def _lock(directory: Path) -> Optional[int]:
+    """An open descriptor holding `directory`'s lock until it is closed; None where the file system has no
+    flock (there no sweeper can take the lock either, so nothing is swept)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _sweep_abandoned(parent: Path, prefix: str) -> None:
+    """Remove the staging directories (`prefix`*) that killed writers left in `parent`. Best effort: one that
+    cannot be examined or removed stays, and never fails the write that found it."""
+    for candidate in parent.glob(glob.escape(prefix) + "*"):
+        with contextlib.suppress(OSError):
+            if candidate.is_symlink() or time.time() - candidate.stat().st_mtime < ABANDONED_AFTER_S:
+                continue
+            lock = _lock(candidate)
+            if lock is not None:  # no live writer holds it
+                try:
+                    shutil.rmtree(candidate)
+                finally:
+                    os.close(lock)
 
 
 def _temp_beside(path: Path, data: Data) -> Path:

@@ -9,6 +9,7 @@ into one log; a failed step raises StepFailed with its last lines, never a third
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ PROBE_TIMEOUT_S = 10.0
 # Read timeout of a step: a `RUN uv pip install --quiet` can stay silent for minutes.
 STEP_TIMEOUT_S = 3600.0
 TAIL_LINES = 12
+# On every container the factory runs: the pid of the factory process that started it.
+PID_LABEL = "model-factory.pid"
 
 
 class StepFailed(FactoryError):
@@ -154,13 +157,15 @@ def import_tar(chunks: Iterable[bytes], tag: str, changes: list[str], log: Path)
 
 def run(image: str, command: list[str], memory_bytes: int, volumes: Optional[dict] = None,
         cpu_quota: Optional[tuple[int, int]] = None) -> Any:
-    """`docker run -d --network host --memory M --memory-swap M [--cpu-period P --cpu-quota Q] [-v …] IMAGE COMMAND`,
-    pulling a missing image; the container object (the SDK's) is the caller's to stop and remove."""
+    """`docker run -d --network host --memory M --memory-swap M [--cpu-period P --cpu-quota Q] [-v …] --label
+    model-factory.pid=PID IMAGE COMMAND`, pulling a missing image; the container object (the SDK's) is the caller's
+    to stop and remove. The label names this process: the containers a killed `factory up` or `factory test` left
+    running are `docker ps --filter label=model-factory.pid=PID`."""
     period, quota = cpu_quota or (None, None)
     try:
         return _client().containers.run(image, command=command, detach=True, network_mode="host",
                                         mem_limit=memory_bytes, memswap_limit=memory_bytes, volumes=volumes or {},
-                                        cpu_period=period, cpu_quota=quota)
+                                        cpu_period=period, cpu_quota=quota, labels={PID_LABEL: str(os.getpid())})
     except _failures() as exc:
         cause = getattr(exc, "explanation", None) or str(exc)  # the engine's own words, not the SDK's URL
         raise StepFailed("run", [f"the image {image} did not start: {' '.join(cause.split())[:400]}"]) from exc

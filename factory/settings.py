@@ -256,14 +256,14 @@ GITLAB_VARIABLES = {"CI_API_V4_URL": "`factory fetch-artifacts --api`: GitLab's 
                     "CI_PROJECT_ID": "`factory fetch-artifacts --project` (predefined in jobs)",
                     "CI_PIPELINE_ID": "`factory fetch-artifacts --pipeline`: the pipeline whose jobs' artifacts are "
                                       "fetched (predefined in jobs)",
-                    "CI_JOB_TOKEN": "`factory fetch-artifacts`: the job's token, used when FACTORY_API_TOKEN is unset "
-                                    "(predefined in jobs; GitLab Premium reads artifacts with it)"}
+                    "CI_JOB_TOKEN": "`factory fetch-artifacts`: the job's token, tried when FACTORY_API_TOKEN is unset "
+                                    "(predefined in jobs; GitLab refuses it a pipeline's jobs list on every tier)"}
 CLI_VARIABLES = {FUZZ_EXAMPLES_ENV: "`factory test --examples`: valid requests to generate per model",
                  LOAD_SECONDS_ENV: "`factory test --load-seconds`: length of the load phase (the capacity search)",
                  KEPT_VERSIONS_ENV: "`factory record-deploy --kept`: alias models a pipeline kept (set by the "
                                     "generated child pipeline)",
                  API_TOKEN_ENV: "`factory fetch-artifacts`: a `read_api` token (masked CI/CD variable) for the "
-                                "job artifacts API where CI_JOB_TOKEN may not read it (GitLab Free)",
+                                "jobs and job artifacts APIs; without it jobs regenerate their inputs",
                  **GITLAB_VARIABLES}
 
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy.dataplane import DataPlane
-from proxy.errors import error_body, not_ready
+from proxy.errors import error_body, not_ready, still_starting
 from proxy.forward import UpstreamClient
 from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore
@@ -32,16 +32,17 @@ READ_METHODS = ["GET", "HEAD"]
 def create_app(settings: ProxySettings) -> DataPlane:
     metrics = ProxyMetrics()
     client = UpstreamClient(settings.max_connections_per_upstream, settings.connect_timeout_s,
-                            settings.max_response_bytes)
+                            settings.max_response_bytes, settings.max_buffered_bytes)
     store = RouteStore(settings.routes, metrics, CONTROL_PATHS, on_swap=lambda t: client.retain_only(t.origins))
     shadows = ShadowSender(client, metrics, settings.max_shadow_in_flight, settings.shadow_timeout_s)
+    send_timeout_set = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         store.reload("startup")
         store.listen_for_sighup(loop)
-        limit_unread_time_once_listening(loop, settings.send_timeout_s)
+        limit_unread_time_once_listening(loop, settings.send_timeout_s, send_timeout_set.set)
         watcher = loop.create_task(store.watch(settings.reload_interval_s)) if settings.reload_interval_s else None
         try:
             yield
@@ -53,7 +54,7 @@ def create_app(settings: ProxySettings) -> DataPlane:
 
     control = FastAPI(title="Model Factory proxy", summary="Control endpoints; model routes are POST <route path>",
                       lifespan=lifespan)
-    _add_control_routes(control, store, metrics)
+    _add_control_routes(control, store, metrics, send_timeout_set)
     return DataPlane(settings, store, client, shadows, metrics, control, CONTROL_PATHS)
 
 
@@ -62,7 +63,8 @@ def create_app_from_env() -> DataPlane:
     return create_app(ProxySettings.from_env())
 
 
-def _add_control_routes(control: FastAPI, store: RouteStore, metrics: ProxyMetrics) -> None:
+def _add_control_routes(control: FastAPI, store: RouteStore, metrics: ProxyMetrics,
+                        send_timeout_set: asyncio.Event) -> None:
     @control.api_route("/healthz", methods=READ_METHODS)
     async def healthz() -> dict:
         """The process is up and serving (says nothing about routes)."""
@@ -70,10 +72,10 @@ def _add_control_routes(control: FastAPI, store: RouteStore, metrics: ProxyMetri
 
     @control.api_route("/readyz", methods=READ_METHODS)
     async def readyz() -> Response:
-        """200 once a routing table is loaded; 503 before."""
+        """200 once a routing table is loaded and the send timeout is on the listening socket; 503 before."""
         table = store.table
-        if table is None:
-            error = not_ready()
+        if table is None or not send_timeout_set.is_set():
+            error = not_ready() if table is None else still_starting()
             return Response(error.body(), status_code=error.status, media_type="application/json")
         return JSONResponse({"status": "ready", "routes": len(table.routes)})
 

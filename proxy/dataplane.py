@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, MutableMapping, Optional, Union
 
 from proxy import errors
+from proxy.budget import Held
 from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError
 from proxy.forward import UpstreamClient, UpstreamError, UpstreamResponse
@@ -42,6 +43,7 @@ class Reply:
     status: int
     headers: Headers  # without content-length: whoever writes the reply frames it
     body: bytes
+    held: Optional[Held] = None  # the answer's bytes of the buffer budget: given back once the reply is gone
 
 
 def error_reply(error: ProxyError) -> Reply:
@@ -159,7 +161,7 @@ class DataPlane:
         if isinstance(result, UpstreamError):
             self._metrics.upstream_failure(route.path, chosen.name, result.kind)
             error = errors.upstream_failed(result.kind, route.path, chosen.name, self._timeout,
-                                           self._client.max_response)
+                                           self._client.max_response, self._client.budget.limit)
             self._metrics.observe(route.path, chosen.name, error.status, time.perf_counter() - started)
             return error_reply(error)
         if result.status >= 500:
@@ -170,7 +172,7 @@ class DataPlane:
         self._metrics.observe(route.path, chosen.name, result.status, time.perf_counter() - started)
         reply_headers = response_headers(result)
         reply_headers.extend(chosen.response_headers)
-        return Reply(result.status, reply_headers, result.body)
+        return Reply(result.status, reply_headers, result.body, result.held)
 
     @staticmethod
     def _check_host(headers: Headers, header_map: dict[bytes, bytes]) -> None:
@@ -207,7 +209,7 @@ class DataPlane:
         try:
             if error is not None:
                 raise error
-            body = await self._read_body(scope["headers"], receive)
+            body, held = await self._read_body(scope["headers"], receive)  # held: until the reply is written
         except ProxyError as problem:
             reply = self.reject(route, problem, started)
         else:
@@ -216,7 +218,7 @@ class DataPlane:
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body})
 
-    async def _read_body(self, headers: Headers, receive: Receive) -> bytes:
+    async def _read_body(self, headers: Headers, receive: Receive) -> tuple[bytes, Held]:
         """The whole body within the body timeout, refused early on Content-Length and again on
         the bytes counted. Nothing is read before the Content-Length check, so a client sending
         `Expect: 100-continue` gets the 413 instead of a 100."""
@@ -239,13 +241,13 @@ class DataPlane:
         finally:
             self._body_deadlines.stop(task)
 
-    async def _receive_all(self, receive: Receive, expected: Optional[int]) -> bytes:
-        """Messages up to the last one, or up to `expected` bytes: granian hands over a Content-Length body
-        whole but flagged `more_body`, then an empty last message, and every `receive()` is a round trip
-        through its Rust and Python threads; not waiting for the empty one saves 9 of 47 system calls and 3
-        of 14 context switches per request (BENCHMARKS.md, "Proxy"). The server frames the body, so no
-        byte past `expected` arrives."""
-        chunks, size = [], 0
+    async def _receive_all(self, receive: Receive, expected: Optional[int]) -> tuple[bytes, Held]:
+        """The body, up to the last message or to `expected` bytes, and its bytes of the worker's buffer budget
+        (given back when `held` goes). granian hands over a Content-Length body whole but flagged `more_body`,
+        then an empty last message, and every `receive()` is a round trip through its Rust and Python threads;
+        not waiting for the empty one saves 9 of 47 system calls and 3 of 14 context switches per request
+        (BENCHMARKS.md, "Proxy"). The server frames the body, so no byte past `expected` arrives."""
+        chunks, held = [], Held(self._client.budget, 0)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -253,9 +255,11 @@ class DataPlane:
                 # (a chunk size over 64 bits, a missing CRLF): answering costs nothing if the client is gone.
                 raise errors.incomplete_body()
             chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:  # chunked uploads carry no Content-Length to check up front
+            if held.size + len(chunk) > self.max_body:  # chunked uploads carry no Content-Length to check up front
                 raise errors.body_too_large(self.max_body)
+            if not held.budget.take(len(chunk)):
+                raise errors.buffers_full(held.budget.limit)
+            held.size += len(chunk)
             chunks.append(chunk)
-            if size == expected or not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if held.size == expected or not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks), held

@@ -9,7 +9,7 @@ request and what to change. They never name upstream hosts, ports or other route
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from typing import Iterable, Optional
 
 ROUTES_HINT = "check the route list in models.yaml (each model is served at POST /<its route path>)"
 
@@ -24,6 +24,9 @@ class ProxyError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.code, self.message)
+
+
+RETRY_AFTER = ((b"retry-after", b"1"),)
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -74,6 +77,19 @@ def incomplete_body() -> ProxyError:
     )
 
 
+def buffers_full(budget: int, service: Optional[str] = None) -> ProxyError:
+    """The worker holds its budget of request and answer bytes (proxy.budget): a passing state of the proxy,
+    neither the client's fault nor the model's. Refused while its body arrived, a request's connection is
+    closed (the rest of the body is never read); an answer refused is `service`'s."""
+    dropped = f" and dropped the answer of {service}" if service else ""
+    return ProxyError(
+        503, "proxy_overloaded",
+        f"the proxy holds its limit of {budget} bytes of requests and answers in flight{dropped}; retry in a moment "
+        "(the operator raises PROXY_MAX_BUFFERED_BYTES with the proxy's memory limit, or adds proxy replicas)",
+        headers=RETRY_AFTER if service else RETRY_AFTER + ((b"connection", b"close"),),
+    )
+
+
 def unsupported_transfer_coding(codings: str) -> ProxyError:
     """RFC 9112 §6.1: 501 for a coding the server does not understand. The proxy decodes only `chunked`;
     passed on after that, a gzip-coded body would reach the model as if it were plain JSON, and a body
@@ -118,8 +134,15 @@ def not_ready() -> ProxyError:
     return ProxyError(503, "not_ready", "the proxy has not loaded a routing table yet; retry in a few seconds")
 
 
-def upstream_failed(kind: str, path: str, variant: str, timeout: float, limit: int) -> ProxyError:
+def still_starting() -> ProxyError:
+    return ProxyError(503, "not_ready", "the proxy is still starting (setting the send timeout on its listening "
+                                        "socket); retry in a moment")
+
+
+def upstream_failed(kind: str, path: str, variant: str, timeout: float, limit: int, budget: int) -> ProxyError:
     service = f"the model service behind {path} (variant {variant})"
+    if kind == "over_budget":
+        return buffers_full(budget, service)
     if kind == "connect":
         return ProxyError(503, "upstream_unavailable",
                           f"{service} is not accepting connections; retry later")

@@ -20,14 +20,15 @@ from typing import Any, Callable, Coroutine, Optional, Union
 
 import httptools
 
+from proxy.budget import BufferBudget, Held
 from proxy.routing import Target
 
 log = logging.getLogger("proxy.forward")
 
 
 class UpstreamError(Exception):
-    """A failed exchange. kind: connect | timeout | reset | protocol | too_large | local (a metric label;
-    local: the proxy itself is out of file descriptors)."""
+    """A failed exchange. kind: connect | timeout | reset | protocol | too_large | local | over_budget (a metric
+    label; local: the proxy itself is out of file descriptors; over_budget: of answer bytes, proxy.budget)."""
 
     def __init__(self, kind: str, detail: str, *, before_response: bool = False):
         super().__init__(f"{kind}: {detail}")
@@ -41,6 +42,7 @@ class UpstreamResponse:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     connection: Optional[bytes] = None  # the Connection header's value, if any
+    held: Optional[Held] = None  # its bytes of the buffer budget, for as long as the answer lives
 
 
 Result = Union[UpstreamResponse, UpstreamError]
@@ -54,11 +56,9 @@ def _retryable(result: Result, reused: bool) -> bool:
 
 
 class _Connection(asyncio.Protocol):
-    """One upstream connection carrying at most one exchange at a time.
-
-    Completion is a plain callback, not a future: on the hot path that saves a task wake-up
-    and a coroutine resumption per request, which cost more than the rest of the forwarding.
-    """
+    """One upstream connection carrying at most one exchange at a time. Completion is a plain callback, not a
+    future: on the hot path that saves a task wake-up and a coroutine resumption per request, which cost more
+    than the rest of the forwarding."""
 
     def __init__(self, pool: "_Pool", loop: asyncio.AbstractEventLoop):
         self._pool = pool
@@ -72,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self._connection_header: Optional[bytes] = None
         self._body: list[bytes] = []
         self._size = 0
+        self._taken = 0  # of the pool's BufferBudget, given back when the exchange ends
         self._received = False
         self._headers_done = False
         self._framed = False
@@ -88,19 +89,16 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     def _check_deadline(self) -> None:
-        """One timer per connection, re-armed lazily: a timer per request costs ~3 µs in uvloop.
-
-        Deadlines only grow (same timeout, later start), so a timer armed for an earlier
-        exchange fires early, finds the current exchange still in time and re-arms for it.
-        """
+        """One timer per connection, re-armed lazily (a timer per request costs ~3 µs in uvloop): deadlines only
+        grow (same timeout, later start), so a timer armed for an earlier exchange fires early, finds the
+        current exchange still in time and re-arms for it."""
         self._timer = None
         if self._on_result is None:
             return
         if self._loop.time() < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._check_deadline)
             return
-        self.close()
-        self._finish(UpstreamError("timeout", "no complete response in time"))
+        self._fail("timeout", "no complete response in time")
 
     def close(self) -> None:
         self.reusable = False
@@ -111,6 +109,8 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def _finish(self, result: Result) -> None:
+        self._pool.budget.give_back(self._taken)
+        self._taken = 0
         on_result, self._on_result = self._on_result, None
         if on_result is not None:
             try:
@@ -128,14 +128,15 @@ class _Connection(asyncio.Protocol):
         # header section would otherwise be buffered by the parser until the upstream timeout.
         self._size += len(data)
         if self._size > self._pool.max_response:
-            self._too_large()
-            return
+            return self._fail("too_large", f"response over {self._pool.max_response} bytes")
+        if not self._pool.budget.take(len(data)):
+            return self._fail("over_budget", f"answers in flight over {self._pool.budget.limit} bytes")
+        self._taken += len(data)
         try:
             self._parser.feed_data(data)
         # 101: the proxy never asks to upgrade; HttpParserCallbackError: a callback below refused the response
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self.close()
-            self._finish(UpstreamError("protocol", f"unparseable response: {exc!r}"))
+            self._fail("protocol", f"unparseable response: {exc!r}")
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.close()
@@ -171,10 +172,10 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
-    def _too_large(self) -> None:
-        """Stop reading at once: the rest of the response is never buffered."""
+    def _fail(self, kind: str, detail: str) -> None:
+        """Stop reading at once (the rest of the response is never buffered) and say why."""
         self.close()
-        self._finish(UpstreamError("too_large", f"response over {self._pool.max_response} bytes"))
+        self._finish(UpstreamError(kind, detail))
 
     def on_message_complete(self) -> None:
         self._headers_done = False
@@ -188,8 +189,10 @@ class _Connection(asyncio.Protocol):
         if self._on_result is None:
             self.close()  # an unsolicited or late response: the connection's state is unknown
             return
-        self._finish(UpstreamResponse(self._parser.get_status_code(), self._headers, b"".join(self._body),
-                                      self._connection_header))
+        body, self._body = b"".join(self._body), []  # an idle pooled connection keeps no answer alive
+        response = UpstreamResponse(self._parser.get_status_code(), self._headers, body, self._connection_header)
+        response.held, self._taken = Held(self._pool.budget, self._taken), 0
+        self._finish(response)
 
 
 def resolve(future: asyncio.Future, value: object) -> None:
@@ -206,8 +209,9 @@ def _expire(waiter: asyncio.Future, detail: str) -> None:
 class _Pool:
     """Connections to one origin: LIFO idle reuse, a cap on open connections, FIFO waiters."""
 
-    def __init__(self, target: Target, limit: int, connect_timeout: float, max_response: int):
+    def __init__(self, target: Target, limit: int, connect_timeout: float, max_response: int, budget: BufferBudget):
         self.max_response = max_response
+        self.budget = budget
         # Kept: asyncio.get_running_loop() makes a getpid() system call on every use.
         self.loop = asyncio.get_running_loop()
         self._target = target
@@ -361,8 +365,9 @@ class _Pool:
 class UpstreamClient:
     """Pools keyed by origin; every address comes from a compiled routing-table Target."""
 
-    def __init__(self, limit_per_upstream: int, connect_timeout: float, max_response: int):
+    def __init__(self, limit_per_upstream: int, connect_timeout: float, max_response: int, max_buffered: int = 1 << 62):
         self.max_response = max_response
+        self.budget = BufferBudget(max_buffered)  # shared by every upstream's pool: memory is the worker's
         self._limit = limit_per_upstream
         self._connect_timeout = connect_timeout
         self._pools: dict[tuple[str, str, int], _Pool] = {}
@@ -372,14 +377,13 @@ class UpstreamClient:
         pool = self._pools.get(target.origin)
         if pool is None:
             pool = self._pools[target.origin] = _Pool(target, self._limit, self._connect_timeout,
-                                                                  self.max_response)
+                                                      self.max_response, self.budget)
         head = b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n" % (
             target.request_target, target.host_header, len(body))
         deadline = pool.loop.time() + timeout
         pool.send(head + header_block + b"\r\n" + body, deadline, on_result)
 
-    async def exchange(self, target: Target, header_block: bytes, body: bytes,
-                       timeout: float) -> Union[UpstreamResponse, UpstreamError]:
+    async def exchange(self, target: Target, header_block: bytes, body: bytes, timeout: float) -> Result:
         """`send` for coroutines: the response, or the UpstreamError that ended the exchange (returned, not
         raised: raising costs the data plane a traceback object per failed request)."""
         future = asyncio.get_running_loop().create_future()

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Mapping, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from proxy.routing import HeaderName
 
@@ -51,12 +51,25 @@ class ProxySettings(BaseModel):
     send_timeout_s: float = Field(30.0, ge=0.001, le=3600, description="a client that takes none of an answer's "
                                   "bytes for this long is disconnected (TCP_USER_TIMEOUT; nginx: send_timeout)")
     max_response_bytes: int = Field(16_777_216, ge=0, description="larger upstream responses → 502")
+    max_buffered_bytes: int = Field(
+        33_554_432, ge=0, description="request and answer bytes one worker holds at once; the request or answer that "
+        "would cross it → 503 proxy_overloaded (bytes live ~3-4 times over on their way through: the Deployment's "
+        "256 Mi hold the default with one worker)")
     drain_timeout_s: int = Field(20, ge=1, le=1800, description="on SIGTERM, time in-flight requests get to finish "
                                  "before the proxy exits (the Deployment's grace period covers it)")
     reload_interval_s: float = Field(1.0, ge=0, description="routes file mtime poll; 0 = reload on SIGHUP only")
     cpu_scheduling: Literal["batch", "normal"] = Field(
         "batch", description="Linux scheduling policy of the proxy's threads; batch: a thread woken by another does "
         "not preempt it (README, \"The proxy\")")
+
+    @field_validator("max_buffered_bytes")
+    @classmethod
+    def _one_answer_fits(cls, value: int, info: ValidationInfo) -> int:
+        largest = info.data.get("max_response_bytes", 0)
+        if value < largest:
+            raise ValueError(f"{value} is below max_response_bytes ({largest}): an answer the size limit allows could "
+                             "never be held; raise this or lower max_response_bytes")
+        return value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **flags: object) -> "ProxySettings":

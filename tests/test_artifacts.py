@@ -56,8 +56,12 @@ def test_the_cli_reads_gitlabs_predefined_variables(api: GitLabArtifactsApi, tmp
 @pytest.mark.parametrize("case, message", [
     ("erased", "build-m: artifacts expired or erased (HTTP 404); its outputs are regenerated from git and the "
                "registry"),
+    ("job token", "cannot list the jobs of pipeline 1001 (Unauthorized): outputs of earlier jobs are regenerated "
+                  "from git and the registry; GitLab's CI_JOB_TOKEN may not list a pipeline's jobs on any tier: to "
+                  "fetch artifacts instead, set FACTORY_API_TOKEN, a read_api token, as a masked CI/CD variable"),
     ("wrong token", "cannot list the jobs of pipeline 1001 (Unauthorized): outputs of earlier jobs are regenerated "
-                    "from git and the registry"),
+                    "from git and the registry; FACTORY_API_TOKEN was refused: it needs the read_api scope and at "
+                    "least the Reporter role in this project"),
     ("unknown job", "test-m: no successful run in pipeline 1001; its outputs are regenerated"),
     ("no token", "no GitLab API token in this job (FACTORY_API_TOKEN, CI_JOB_TOKEN): outputs of earlier jobs are "
                  "regenerated from git and the registry"),
@@ -77,8 +81,10 @@ def test_what_cannot_be_fetched_is_said_and_left_to_regeneration(api: GitLabArti
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         client = GitLabApi.configured(f"http://127.0.0.1:{port}/api/v4", "1217", "1001", TOKEN, "")
-    elif case == "wrong token":  # the job token, used when no API token is set, is one this API refuses
+    elif case == "job token":  # used when no API token is set; GitLab refuses it the jobs list, as this API does
         client = GitLabApi.configured(f"{api.url}/api/v4", "1217", "1001", "", "job-token")
+    elif case == "wrong token":
+        client = GitLabApi.configured(f"{api.url}/api/v4", "1217", "1001", "glpat-revoked", "")
     fetched, messages = _fetch(client, [job], tmp_path / "work")
     assert fetched == []
     assert messages == [message]

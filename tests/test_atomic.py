@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -303,3 +307,33 @@ def test_a_really_full_disk_keeps_the_previous_files_and_trees(tmp_path: Path) -
                                          f"was changed there: free space on that disk, or {IN_STATE}")
         assert _tree(disk) == {"record.json": b"old\n", "k8s/a.yaml": b"old\n"}
         assert sorted(os.listdir(disk)) == ["k8s", "record.json"]
+
+
+def test_a_killed_writers_staging_directory_is_swept_by_the_next_write(tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, a lost CI runner) mid-build leaves its staging directory; the next build of that
+    model removes it, but never one a live writer holds, one just made, or another model's."""
+    out_dir = tmp_path / "builds" / "alpha"
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\nfrom pathlib import Path\nfrom factory import atomic\n"
+        "with atomic.staged_tree(Path(sys.argv[1]), 'the build of alpha', '', prefix='alpha.building-') as stage:\n"
+        "    (stage / 'golden.json').write_text('[1]')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"), str(out_dir)], cwd=Path(__file__).parents[1])
+    assert killed.returncode == -signal.SIGKILL
+    (abandoned,) = out_dir.parent.glob("alpha.building-*")
+    live, fresh, other = (out_dir.parent / name for name in ("alpha.building-live", "alpha.building-fresh",
+                                                             "alpha2.building-old"))
+    for directory in (live, fresh, other):
+        directory.mkdir()
+    long_ago = time.time() - atomic.ABANDONED_AFTER_S - 1
+    for directory in (abandoned, live, other):
+        os.utime(directory, (long_ago, long_ago))
+    holder = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with atomic.staged_tree(out_dir, "the build of alpha", IN_STATE, prefix="alpha.building-") as stage:
+            (stage / "golden.json").write_text("[2]")
+    finally:
+        os.close(holder)
+    assert sorted(path.name for path in out_dir.parent.iterdir()) == [
+        "alpha", "alpha.building-fresh", "alpha.building-live", "alpha2.building-old"]
+    assert (out_dir / "golden.json").read_text() == "[2]"

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from e2e_support.factory_env import ALIAS_MODEL, MIXED_MODEL, ROOT, FactoryEnv
+from factory.dockerapi import PID_LABEL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bento")]
 
@@ -64,9 +65,10 @@ def test_up_serves_models_through_the_proxy_and_stops_everything(built: FactoryE
                                            for child in children)
 
 
-def _containers(env: FactoryEnv) -> set[str]:
-    listed = subprocess.run(["docker", "ps", "-aq", "--no-trunc"], env=env.env, capture_output=True, text=True,
-                            check=True)
+def _containers(env: FactoryEnv, pid: int) -> set[str]:
+    """The containers process `pid` started (others on a shared engine are not this test's)."""
+    listed = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={PID_LABEL}={pid}"], env=env.env,
+                            capture_output=True, text=True, check=True)
     return set(listed.stdout.split())
 
 
@@ -74,7 +76,6 @@ def test_up_containers_serves_the_images_and_stops_them_on_sigterm(built: Factor
                                                                     tmp_path: Path) -> None:
     catalog = tmp_path / "models.yaml"
     catalog.write_text(CATALOG)
-    before = _containers(built)
     up = subprocess.Popen([sys.executable, "-m", "factory.cli", "up", "-f", str(catalog), "--containers"], cwd=ROOT,
                           env={**built.env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -86,7 +87,7 @@ def test_up_containers_serves_the_images_and_stops_them_on_sigterm(built: Factor
             assert line, "".join(lines)
             lines.append(line)
         proxy = re.search(r"proxy at (http://127\.0\.0\.1:\d+)", "".join(lines)).group(1)
-        started = _containers(built) - before
+        started = _containers(built, up.pid)
         assert len(started) == 3  # two models and the proxy
         golden = json.loads((built.state / "builds" / ALIAS_MODEL / "golden.json").read_text())
         status, headers, outputs = post(proxy + "/eta/5/PHV", {"inputs": golden[0]["inputs"]})
@@ -95,4 +96,4 @@ def test_up_containers_serves_the_images_and_stops_them_on_sigterm(built: Factor
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=120)
-    assert not started & _containers(built)
+    assert not _containers(built, up.pid)

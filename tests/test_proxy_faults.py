@@ -137,3 +137,20 @@ def test_metrics_add_up_every_worker(tmp_path, make_proxy, upstreams):  # noqa: 
         assert proxy.post("/m").status == 200
     assert {proxy.metric("proxy_requests_total", route="/m", status="200") for _ in range(6)} == {50}
     assert proxy.process.popen.poll() is None
+
+
+def test_bytes_over_the_buffer_budget_get_503_and_leave_nothing_taken(tmp_path, make_proxy, upstreams):  # noqa: F811
+    """A worker holds at most its budget of request and answer bytes (16 clients of 8 MiB answers took it past its
+    Deployment's memory limit): what would cross it is a 503 with Retry-After, and every byte comes back after.
+    Which answers overlap is the machine's timing; the exact refusals are pinned in the unit tests."""
+    routes = write_routes(tmp_path / "routes.yaml", {"a": (upstreams["a"].url, "1")}, [plain_route("/m", "a")])
+    proxy = make_proxy(routes, max_response_bytes=1 << 20, max_buffered_bytes=1 << 20)
+    padded = {"x-test-behaviour": "pad:600000"}  # a ~600 KB answer: two of them cross the budget
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda _: proxy.post("/m", b"{}", padded), range(24)))
+    refused = [reply for reply in replies if reply.status != 200]
+    assert all(reply.status == 503 and reply.json()["error"]["code"] == "proxy_overloaded"
+               and reply.headers.get("retry-after") == "1" for reply in refused), refused[:1]
+    dropped = sum("dropped the answer" in reply.json()["error"]["message"] for reply in refused)
+    assert proxy.metric("proxy_upstream_failures_total", route="/m", kind="over_budget") == dropped
+    assert [proxy.post("/m", b"{}", padded).status for _ in range(3)] == [200, 200, 200]  # nothing left taken

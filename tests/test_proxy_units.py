@@ -4,7 +4,9 @@ upstream client against in-process asyncio servers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import json
 import logging
 import os
 import socket
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 from proxy.dataplane import sticky_key
 from proxy.deadlines import Deadlines
 from proxy.errors import ProxyError, upstream_failed
-from proxy.forward import UpstreamClient, UpstreamResponse
+from proxy.forward import UpstreamClient, UpstreamError, UpstreamResponse
 from proxy.headers import request_header_block, response_headers
 from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore, describe_error
@@ -221,6 +223,47 @@ def test_a_request_dropped_unanswered_on_a_reused_connection_is_retried_once():
     assert seen[2].endswith(b"x-a: 1\r\n\r\n{}")
 
 
+def test_answers_over_the_in_flight_budget_are_dropped_and_every_byte_comes_back():
+    """Three answers arriving at once against a budget of two: one is dropped (over_budget); the others hold
+    their bytes for as long as the answers live; an exchange that times out mid-answer gives its bytes back."""
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 1000
+
+    async def scenario():
+        gate = asyncio.Event()
+
+        async def in_two_parts(reader, writer):
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the proxy dropped it
+                while True:
+                    await _read_request(reader)
+                    writer.write(answer[:600])
+                    await writer.drain()
+                    await gate.wait()
+                    writer.write(answer[600:])
+                    await writer.drain()
+
+        server, port = await _serve(in_two_parts)
+        client = UpstreamClient(4, 1.0, 4096, max_buffered=2 * len(answer) + 400)
+        target = _target(port)
+        exchanges = [asyncio.ensure_future(client.exchange(target, b"", b"{}", 5.0)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        partial = client.budget.held
+        gate.set()
+        results = [await exchange for exchange in exchanges]
+        outcomes = sorted(r.kind if isinstance(r, UpstreamError) else str(r.status) for r in results)
+        while_held = client.budget.held
+        gate.clear()
+        alone = UpstreamClient(1, 1.0, 4096, max_buffered=len(answer))
+        timed_out = await alone.exchange(target, b"", b"{}", 0.3)
+        for each in (client, alone):
+            each.close()
+        server.close()
+        return client, (partial, outcomes, while_held, timed_out.kind, alone.budget.held)
+
+    client, seen = asyncio.run(scenario())
+    assert seen == (3 * 600, ["200", "200", "over_budget"], 2 * len(answer), "timeout", 0)
+    assert client.budget.held == 0  # the answers are gone, and with them their bytes
+
+
 def test_pool_limit_queues_requests_and_the_deadline_applies():
     async def scenario():
         gate = asyncio.Event()
@@ -367,38 +410,75 @@ def test_a_response_over_the_limit_is_an_error_and_the_connection_is_dropped(res
     assert _failure_kind(response, 1000) == "too_large"
 
 
-def test_not_ready_until_a_table_loads(tmp_path):
-    """In process: an app whose routes file is missing serves 503 on /readyz and model routes."""
+async def _call(app, method: str, path: str, chunks: tuple[bytes, ...] = (b"{}",)) -> tuple[int, bytes, dict]:
+    """One request through an ASGI app in process, its body in `chunks`: status, body and headers."""
+    sent: list[dict] = []
+    messages = iter([{"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+                     for index, chunk in enumerate(chunks)])
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "headers": [],
+             "query_string": b"", "http_version": "1.1", "scheme": "http", "root_path": "",
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), dict(sent[0].get("headers", []))
+
+
+def test_a_request_body_over_the_buffer_budget_is_refused_while_it_arrives(tmp_path):
+    """Request bodies count against the worker's budget as they arrive (4,096 clients x 1 MiB bodies would be
+    4 GiB): the one that would cross it is a 503 with Retry-After, its connection closed; its bytes come back."""
+    from proxy.app import create_app
+
+    async def scenario():
+        routes = write_routes(tmp_path / "routes.yaml", UPSTREAMS, [plain_route("/m", "a")])
+        app = create_app(ProxySettings(routes=routes, reload_interval_s=0, max_response_bytes=1000,
+                                       max_buffered_bytes=1000))
+        async with app.control.router.lifespan_context(app.control):
+            refused = await _call(app, "POST", "/m", (b"[" + b"1," * 300, b"1," * 300 + b"1]"))
+            return refused, app._client.budget.held
+
+    (status, body, headers), held = asyncio.run(scenario())
+    assert (status, json.loads(body)["error"]["code"], held) == (503, "proxy_overloaded", 0)
+    assert (headers[b"retry-after"], headers[b"connection"]) == (b"1", b"close")
+    assert json.loads(body)["error"]["message"] == (
+        "the proxy holds its limit of 1000 bytes of requests and answers in flight; retry in a moment (the operator "
+        "raises PROXY_MAX_BUFFERED_BYTES with the proxy's memory limit, or adds proxy replicas)")
+
+
+def test_not_ready_until_a_table_loads_and_the_send_timeout_is_set(tmp_path):
+    """In process: an app whose routes file is missing serves 503 on /readyz and model routes; with a table but
+    before its server listens (the send timeout goes on the listening socket), /readyz is still 503."""
     from proxy.app import create_app
 
     async def call(app, method: str, path: str) -> tuple[int, bytes]:
-        sent: list[dict] = []
+        return (await _call(app, method, path))[:2]
 
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"{}", "more_body": False}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "headers": [],
-                 "query_string": b"", "http_version": "1.1", "scheme": "http", "root_path": "",
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
-        await app(scope, receive, send)
-        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
-
-    async def scenario():
+    async def scenario(listener: socket.socket):
         path = tmp_path / "routes.yaml"
-        app = create_app(ProxySettings(routes=path, reload_interval_s=0))
+        app = create_app(ProxySettings(routes=path, reload_interval_s=0, send_timeout_s=2))
         async with app.control.router.lifespan_context(app.control):
             before = [await call(app, "GET", "/readyz"), await call(app, "POST", "/m")]
             write_routes(path, UPSTREAMS, [plain_route("/m", "a")])
             app_store_reloaded = app.store.reload("test")
+            starting = await call(app, "GET", "/readyz")
+            listener.listen()  # as granian's worker does once the app's startup is over
+            await asyncio.sleep(0.1)
             after = await call(app, "GET", "/readyz")
-        return before, app_store_reloaded, after
+        return before, app_store_reloaded, starting, after
 
-    before, reloaded, after = asyncio.run(scenario())
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        before, reloaded, starting, after = asyncio.run(scenario(listener))
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2000
     assert [status for status, _ in before] == [503, 503]
     assert b'"not_ready"' in before[0][1] and b'"not_ready"' in before[1][1]
+    assert starting == (503, b'{"error": {"code": "not_ready", "message": "the proxy is still starting (setting the '
+                             b'send timeout on its listening socket); retry in a moment"}}')
     assert reloaded and after == (200, b'{"status":"ready","routes":1}')
 
 
@@ -424,7 +504,7 @@ def test_the_body_is_read_up_to_its_declared_length(tmp_path, headers, messages,
         consumed.append(body)
         return {"type": "http.request", "body": body, "more_body": more}
 
-    body = asyncio.run(app._read_body(headers, receive))
+    body, _ = asyncio.run(app._read_body(headers, receive))
     assert (body, len(consumed)) == (b"".join(b for b, _ in messages), read)
 
 
@@ -441,10 +521,14 @@ SERVICE = "the model service behind /m (variant main)"
     ("reset", 502, "upstream_error", f"{SERVICE} closed the connection without a complete response; retry the request"),
     ("local", 503, "proxy_overloaded", f"the proxy has no free file descriptor for a connection to {SERVICE}; retry "
      "later (the operator raises the proxy's open-file limit, ulimit -n, or adds proxy replicas)"),
+    ("over_budget", 503, "proxy_overloaded", f"the proxy holds its limit of 20 bytes of requests and answers in flight "
+     f"and dropped the answer of {SERVICE}; retry in a moment (the operator raises PROXY_MAX_BUFFERED_BYTES with the "
+     "proxy's memory limit, or adds proxy replicas)"),
 ])
 def test_upstream_failures_say_what_the_upstream_did(kind, status, code, message):
-    error = upstream_failed(kind, "/m", "main", 2.0, 9)
+    error = upstream_failed(kind, "/m", "main", 2.0, 9, 20)
     assert (error.status, error.code, error.message) == (status, code, message)
+    assert error.headers == (((b"retry-after", b"1"),) if kind == "over_budget" else ())
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -452,6 +536,8 @@ def test_upstream_failures_say_what_the_upstream_did(kind, status, code, message
     ("header_timeout_s", "61", "header_timeout_s: Input should be less than or equal to 60"),
     ("body_timeout_s", "0", "body_timeout_s: Input should be greater than 0"),
     ("max_response_bytes", "-1", "max_response_bytes: Input should be greater than or equal to 0"),
+    ("max_buffered_bytes", "1000", "max_buffered_bytes: 1000 is below max_response_bytes "
+     "(16777216): an answer the size limit allows could never be held; raise this or lower max_response_bytes"),
     ("drain_timeout_s", "0", "drain_timeout_s: Input should be greater than or equal to 1"),
     ("host", "a b", "host: 'a b' is not an IP address, such as 127.0.0.1, 0.0.0.0 or ::"),  # granian's traceback
     ("host", "localhost", "host: 'localhost' is not an IP address, such as 127.0.0.1, 0.0.0.0 or ::"),
@@ -546,11 +632,18 @@ def test_a_routes_path_that_is_no_file_is_refused_without_reading(tmp_path, kind
     assert str(caught.value) in (f"{path}: cannot read ({message})", f"{path}: {message}")
 
 
-def test_the_send_timeout_is_set_on_listening_tcp_sockets_only():
-    with socket.socket() as listener, socket.socket() as other:
-        listener.bind(("127.0.0.1", 0))
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
+def test_the_send_timeout_is_set_on_listeners_and_what_they_accepted_before_only(address):
+    """A client that connected before the option was set (a loaded machine's slow startup) gets it too; the
+    process's own outgoing connections (the proxy's upstream pool) and unconnected sockets do not."""
+    with contextlib.ExitStack() as stack:
+        listener, other, client = (stack.enter_context(socket.socket()) for _ in range(3))
+        listener.bind((address, 0))
         listener.listen()
         other.bind(("127.0.0.1", 0))
+        client.connect(("127.0.0.1", listener.getsockname()[1]))
+        accepted = stack.enter_context(listener.accept()[0])
         assert limit_unread_time(1.5) >= 1
-        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 1500
-        assert other.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
+        timeouts = [sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                    for sock in (listener, accepted, client, other)]
+        assert timeouts == [1500, 1500, 0, 0]

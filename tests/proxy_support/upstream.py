@@ -1,8 +1,8 @@
 """A stand-in model service for proxy tests, run as its own process.
 
 Every POST answers JSON naming this upstream and echoing what arrived. A request header
-`x-test-behaviour` makes it misbehave: `status:<code>`, `sleep:<seconds>` or `close`
-(drop the connection without answering); `--sleep` delays every answer. GET /_stats counts
+`x-test-behaviour` makes it misbehave: `status:<code>`, `sleep:<seconds>`, `close`
+(drop the connection without answering) or `pad:<bytes>` (that many more bytes in the answer); `--sleep` delays every answer. GET /_stats counts
 POSTs received, which is how tests observe shadow copies.
 """
 
@@ -31,6 +31,8 @@ def make_app(name: str, sleep: float) -> web.Application:
         status = int(behaviour[7:]) if behaviour.startswith("status:") else 200
         echo = {"upstream": name, "path": request.path_qs, "headers": dict(request.headers),
                 "body": body.decode("utf-8", "replace")}
+        if behaviour.startswith("pad:"):
+            echo["pad"] = "x" * int(behaviour[4:])
         headers = {}
         if "x-test-hop" in request.headers:
             # Hop-by-hop and spoofed headers the proxy must not pass on to its client.
