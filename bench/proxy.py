@@ -1,11 +1,12 @@
 """Benchmark the proxy against nginx, both in front of the same fast upstream.
 
     .venv/bin/python -m bench.proxy [--duration 5] [--runs 3] [--connections 4 16] [--servers proxy uvicorn]
-                                    [--layouts shared own-core]
+                                    [--layouts shared own-core] [--baseline REV]
 
 Each round measures direct → upstream, nginx → upstream, the proxy (`python -m proxy`, granian) →
 upstream and the same app on uvicorn + httptools; rounds are interleaved so drift on a shared
-machine hits all alike, and the tables report medians over rounds.
+machine hits all alike, and the tables report medians over rounds. `--baseline REV` adds the proxy of an
+earlier git revision (its `proxy/` package, as `proxy@REV`) to the same rounds: a change measured side by side.
 
 Two placements of the same processes on the 2 CPUs (`--layouts`), every proxy (nginx, ours,
 uvicorn) placed alike:
@@ -230,8 +231,8 @@ class Servers:
         self.work = work
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, args: list[str], env: Optional[dict[str, str]] = None) -> psutil.Process:
-        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *args], cwd=REPO, start_new_session=True, env=env,
+    def start(self, args: list[str], env: Optional[dict[str, str]] = None, cwd: Path = REPO) -> psutil.Process:
+        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *args], cwd=cwd, start_new_session=True, env=env,
                                 stdout=subprocess.DEVNULL, stderr=open(self.work / "servers.log", "ab"))
         self.procs.append(proc)
         return psutil.Process(proc.pid)
@@ -254,9 +255,22 @@ Targets = dict[str, tuple[str, list[psutil.Process]]]
 Samples = dict[tuple[str, str, int], list[Sample]]  # (layout, path, connections) -> one sample per round
 
 
-def start_targets(servers: Servers, work: Path, names: list[str]) -> tuple[Targets, list[psutil.Process]]:
-    """direct (the upstream itself), nginx and each server in `names`: URL and processes to account;
-    and the upstream's processes."""
+def baseline_tree(rev: str, work: Path) -> Path:
+    """The `proxy` package of git revision `rev`, unpacked under `work`; `python -m proxy` started there runs it."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "proxy"], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"bench/proxy.py: --baseline {rev}: git archive failed: {archive.stderr.decode().strip()} "
+                         "(give a commit, branch or tag of this repository that has proxy/)")
+    tree = work / "baseline"
+    tree.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def start_targets(servers: Servers, work: Path, names: list[str],
+                  baseline: Optional[str] = None) -> tuple[Targets, list[psutil.Process]]:
+    """direct (the upstream itself), nginx, each server in `names` and `proxy@<baseline>` if given: URL and
+    processes to account; and the upstream's processes."""
     up_port, ref_port = free_port(), free_port()
     upstream = servers.nginx("upstream", upstream_http(up_port))
     reference = servers.nginx("reference", reference_proxy_http(ref_port, up_port))
@@ -268,6 +282,10 @@ def start_targets(servers: Servers, work: Path, names: list[str]) -> tuple[Targe
     for name in names:
         port = free_port()
         targets[name] = (f"http://127.0.0.1:{port}{ROUTE}", [servers.start(SERVERS[name](port), env)])
+    if baseline is not None:
+        port, tree = free_port(), baseline_tree(baseline, work)
+        targets[f"proxy@{baseline}"] = (f"http://127.0.0.1:{port}{ROUTE}",
+                                        [servers.start(SERVERS["proxy"](port), env, cwd=tree)])
     for url, _ in targets.values():
         wait_port(int(url.split(":")[2].split("/")[0]))
     return targets, [upstream]
@@ -310,7 +328,7 @@ def measure(args: argparse.Namespace, work: Path) -> tuple[Samples, Samples, dic
     connection count: `--paced-fraction` of that layout's slowest proxy's saturated rate)."""
     servers = Servers(work)
     try:
-        targets, upstream = start_targets(servers, work, args.servers)
+        targets, upstream = start_targets(servers, work, args.servers, args.baseline)
         saturated_script, paced_script = work / "post.lua", work / "paced.lua"
         saturated_script.write_text(WRK_SCRIPT)
         paced_script.write_text(PACED_SCRIPT)
@@ -407,6 +425,7 @@ def main() -> int:
                         help="CPU placements to measure (module docstring)")
     parser.add_argument("--paced-connections", type=int, nargs="*", default=[16],
                         help="connection counts (of --connections) also measured paced; none: skip that phase")
+    parser.add_argument("--baseline", metavar="REV", help="also run the proxy of this git revision, as proxy@REV")
     parser.add_argument("--paced-fraction", type=float, default=0.5,
                         help="paced offered load, as a fraction of the slowest proxy's saturated req/s")
     args = parser.parse_args()
@@ -420,7 +439,7 @@ def main() -> int:
     print(f"load average before: {os.getloadavg()[0]:.1f} (2 cores; above ~1 the machine is shared)")
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as work:
         saturated, paced, rates = measure(args, Path(work))
-    names = ["direct", "nginx", *args.servers]
+    names = ["direct", "nginx", *args.servers, *([f"proxy@{args.baseline}"] if args.baseline else [])]
     placement = "; ".join(f"{name}: wrk on CPU {layout.load_cpu}, upstream on CPU {layout.upstream_cpu}, proxy "
                           f"under test on CPU {layout.proxy_cpu}" for name, layout in LAYOUTS.items()
                           if name in args.layouts)

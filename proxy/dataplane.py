@@ -223,14 +223,17 @@ class DataPlane:
         the bytes counted. Nothing is read before the Content-Length check, so a client sending
         `Expect: 100-continue` gets the 413 instead of a 100."""
         header_map = dict(headers)
-        if b"transfer-encoding" in header_map:
+        chunked = b"transfer-encoding" in header_map
+        if chunked:
             check_transfer_coding(headers)
         declared = header_map.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        if length is not None and length > self.max_body:
             raise errors.body_too_large(self.max_body)
         task = self._body_deadlines.start()
         try:
-            return await self._receive_all(receive)
+            # chunked framing wins over a Content-Length (RFC 9112 §6.3): then only the last chunk ends the body
+            return await self._receive_all(receive, None if chunked else length)
         except asyncio.CancelledError:
             if self._body_deadlines.expired(task):
                 raise errors.body_timeout(self._body_deadlines.timeout) from None
@@ -238,8 +241,12 @@ class DataPlane:
         finally:
             self._body_deadlines.stop(task)
 
-    async def _receive_all(self, receive: Receive) -> tuple[bytes, Held]:
-        """The body and its bytes of the worker's buffer budget (given back when `held` goes)."""
+    async def _receive_all(self, receive: Receive, expected: Optional[int]) -> tuple[bytes, Held]:
+        """The body, up to the last message or to `expected` bytes, and its bytes of the worker's buffer budget
+        (given back when `held` goes). granian hands over a Content-Length body whole but flagged `more_body`,
+        then an empty last message, and every `receive()` is a round trip through its Rust and Python threads;
+        not waiting for the empty one saves 9 of 47 system calls and 3 of 14 context switches per request
+        (BENCHMARKS.md, "Proxy"). The server frames the body, so no byte past `expected` arrives."""
         chunks, held = [], Held(self._client.budget, 0)
         while True:
             message = await receive()
@@ -254,5 +261,5 @@ class DataPlane:
                 raise errors.buffers_full(held.budget.limit)
             held.size += len(chunk)
             chunks.append(chunk)
-            if not message.get("more_body", False):
+            if held.size == expected or not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks), held

@@ -482,6 +482,32 @@ def test_not_ready_until_a_table_loads_and_the_send_timeout_is_set(tmp_path):
     assert reloaded and after == (200, b'{"status":"ready","routes":1}')
 
 
+@pytest.mark.parametrize("headers, messages, read", [
+    # granian flags a Content-Length body `more_body` and sends an empty last message: a round trip not waited for
+    ([(b"content-length", b"7")], [(b'{"a":1}', True), (b"", False)], 1),
+    ([(b"content-length", b"7")], [(b'{"a"', True), (b":1}", True), (b"", False)], 2),
+    ([(b"content-length", b"0")], [(b"", False)], 1),
+    ([(b"transfer-encoding", b"chunked")], [(b"{}", True), (b"", False)], 2),
+    # both framings: the chunks decide where the body ends (RFC 9112 §6.3), not the length
+    ([(b"transfer-encoding", b"chunked"), (b"content-length", b"2")], [(b"{}", True), (b"{}", True), (b"", False)], 3),
+    ([], [(b"{}", False)], 1),
+], ids=["length-whole", "length-in-parts", "length-0", "chunked", "chunked-and-length", "unframed"])
+def test_the_body_is_read_up_to_its_declared_length(tmp_path, headers, messages, read):
+    from proxy.app import create_app
+
+    app = create_app(ProxySettings(routes=tmp_path / "routes.yaml", reload_interval_s=0))
+    script = iter(messages)
+    consumed = []
+
+    async def receive() -> dict:
+        body, more = next(script)
+        consumed.append(body)
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    body, _ = asyncio.run(app._read_body(headers, receive))
+    assert (body, len(consumed)) == (b"".join(b for b, _ in messages), read)
+
+
 SERVICE = "the model service behind /m (variant main)"
 
 
