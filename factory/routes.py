@@ -60,7 +60,8 @@ def _text(table: RouteTable, source: str) -> str:
 
 def route_table(catalog: Catalog, upstream_url: UpstreamUrl | None = None) -> RouteTable:
     url = upstream_url or cluster_upstream(catalog)
-    upstreams = {model.name: Upstream(url=url(model), model_version=model.registry_ref.lstrip("@"))
+    upstreams = {model.name: Upstream(url=url(model), model_version=model.registry_ref.lstrip("@"),
+                                      queue_ms=model.batching.max_latency_ms)
                  for model in catalog.models}
     routes = [_model_route(model) for model in catalog.models]
     routes += [_experiment_route(experiment) for experiment in catalog.experiments]

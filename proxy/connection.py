@@ -24,8 +24,9 @@ log = logging.getLogger("proxy.forward")
 
 
 class UpstreamError(Exception):
-    """A failed exchange. kind: connect | timeout | reset | protocol | too_large | local | over_budget (a metric
-    label; local: the proxy itself is out of file descriptors; over_budget: of answer bytes, proxy.budget)."""
+    """A failed exchange. kind: connect | timeout | reset | protocol | too_large | local | over_budget | saturated
+    (a metric label; local: the proxy itself is out of file descriptors; over_budget: of answer bytes,
+    proxy.budget; saturated: every connection stayed busy past the upstream's queue_ms)."""
 
     def __init__(self, kind: str, detail: str, *, before_response: bool = False):
         super().__init__(f"{kind}: {detail}")

@@ -146,6 +146,11 @@ def upstream_failed(kind: str, path: str, variant: str, timeout: float, limit: i
     if kind == "connect":
         return ProxyError(503, "upstream_unavailable",
                           f"{service} is not accepting connections; retry later")
+    if kind == "saturated":
+        return ProxyError(503, "upstream_overloaded",
+                          f"{service} is saturated: every connection to it stayed busy for longer than its latency "
+                          "budget (batching.max_latency_ms in models.yaml); retry in a moment (its HPA adds replicas "
+                          "as its CPU rises)", RETRY_AFTER)
     if kind == "timeout":
         return ProxyError(504, "upstream_timeout",
                           f"{service} did not answer within {timeout:g} s; retry later or send fewer rows")

@@ -35,9 +35,9 @@ def resolve(future: asyncio.Future, value: object) -> None:
         future.set_result(value)
 
 
-def _expire(waiter: asyncio.Future, detail: str) -> None:
+def _expire(waiter: asyncio.Future, kind: str, detail: str) -> None:
     if not waiter.done():
-        waiter.set_exception(UpstreamError("timeout", detail))
+        waiter.set_exception(UpstreamError(kind, detail))
 
 
 class UpstreamPool:
@@ -57,18 +57,19 @@ class UpstreamPool:
         self.open = 0
         self._retired = False
 
-    def send(self, data: bytes, deadline: float, on_result: OnResult) -> None:
-        """Common case without a coroutine: an idle keep-alive connection takes the request."""
+    def send(self, data: bytes, deadline: float, queued_until: float, on_result: OnResult) -> None:
+        """Common case without a coroutine: an idle keep-alive connection takes the request. Otherwise it may
+        wait for one until `queued_until` (at most `deadline`)."""
         conn = self._idle_connection()
         if conn is None:
-            self._spawn(self._exchange(data, deadline, attempts=2), on_result)
+            self._spawn(self._exchange(data, deadline, queued_until, attempts=2), on_result)
             return
 
         def done(result: Result) -> None:
             if isinstance(result, UpstreamError):
                 conn.close()
                 if _retryable(result, reused=True):
-                    self._spawn(self._exchange(data, deadline, attempts=1), on_result)
+                    self._spawn(self._exchange(data, deadline, queued_until, attempts=1), on_result)
                     return
             else:
                 self._release(conn)
@@ -87,12 +88,12 @@ class UpstreamPool:
 
         self.loop.create_task(exchange).add_done_callback(done)
 
-    async def _exchange(self, data: bytes, deadline: float, attempts: int) -> Result:
+    async def _exchange(self, data: bytes, deadline: float, queued_until: float, attempts: int) -> Result:
         """The slow path: open or wait for a connection; failures are returned, not raised."""
         loop = self.loop
         for attempt in range(1, attempts + 1):
             try:
-                conn, reused = await self._acquire(loop, deadline)
+                conn, reused = await self._acquire(loop, deadline, queued_until)
             except UpstreamError as exc:
                 return exc
             waiter = loop.create_future()
@@ -117,22 +118,25 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> tuple[UpstreamConnection, bool]:
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float,
+                       queued_until: float) -> tuple[UpstreamConnection, bool]:
         while True:
             conn = self._idle_connection()
             if conn is not None:
                 return conn, True
             if self.open < self._limit:
                 return await self._connect(loop, deadline), False
-            conn = await self._wait_for_release(loop, deadline)
+            kind = "saturated" if queued_until < deadline else "timeout"
+            conn = await self._wait_for_release(loop, queued_until, kind)
             if conn is not None:
                 return conn, True
 
-    async def _wait_for_release(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Optional[UpstreamConnection]:
-        """Wait for a released connection (returned) or freed capacity (None)."""
+    async def _wait_for_release(self, loop: asyncio.AbstractEventLoop, until: float,
+                                kind: str) -> Optional[UpstreamConnection]:
+        """Wait for a released connection (returned) or freed capacity (None); past `until`, UpstreamError(kind)."""
         waiter = loop.create_future()
         self._waiters.append(waiter)
-        timer = loop.call_at(deadline, _expire, waiter, "all connections busy")
+        timer = loop.call_at(until, _expire, waiter, kind, "all connections busy")
         try:
             return await waiter
         finally:
@@ -214,8 +218,10 @@ class UpstreamClient:
                                                       self.max_response, self.budget)
         head = b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n" % (
             target.request_target, target.host_header, len(body))
-        deadline = pool.loop.time() + timeout
-        pool.send(head + header_block + b"\r\n" + body, deadline, on_result)
+        now = pool.loop.time()
+        deadline = now + timeout
+        queued_until = min(deadline, now + target.queue_s) if target.queue_s else deadline
+        pool.send(head + header_block + b"\r\n" + body, deadline, queued_until, on_result)
 
     async def exchange(self, target: Target, header_block: bytes, body: bytes, timeout: float) -> Result:
         """`send` for coroutines: the response, or the UpstreamError that ended the exchange (returned, not

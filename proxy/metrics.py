@@ -98,7 +98,8 @@ class ProxyMetrics:
         self._upstream_failures = Counter("proxy_upstream_failures",
                                           "Failed upstream exchanges by kind: connect, timeout, reset, protocol, "
                                           "too_large, local (no file descriptor left), over_budget (answer bytes in "
-                                          "flight), 5xx.", ["route", "variant", "kind"], registry=r)
+                                          "flight), saturated (every connection busy past queue_ms), 5xx.",
+                                          ["route", "variant", "kind"], registry=r)
         self._shadows = Counter("proxy_shadow_requests", "Shadow copies by outcome: 2xx, 3xx, 4xx, 5xx, "
                                 "connect, timeout, reset, protocol, too_large, dropped (over the in-flight bound).",
                                 ["route", "upstream", "outcome"], registry=r)

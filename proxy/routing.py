@@ -52,6 +52,10 @@ class Upstream(_Strict):
 
     url: UpstreamUrl
     model_version: str = Field(pattern=MODEL_VERSION)
+    # How long a request may wait for one of the proxy's connections to this upstream, all busy, before it is
+    # answered 503 upstream_overloaded (the model's batching.max_latency_ms: a request that waited longer in
+    # front of the pod cannot be answered within it); unset, until the upstream timeout (then 504).
+    queue_ms: Optional[int] = Field(None, ge=1, le=600_000)
 
     @model_validator(mode="after")
     def _port_in_range(self) -> "Upstream":
@@ -206,6 +210,7 @@ class Target:
     host_header: bytes
     model_version: str
     origin: tuple[str, str, int]  # the connection-pool key
+    queue_s: Optional[float] = None  # Upstream.queue_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +250,7 @@ def _target(name: str, upstream: Upstream) -> Target:
         host_header=host_header.encode("ascii"),
         model_version=upstream.model_version,
         origin=(parts.scheme, parts.hostname or "", port),
+        queue_s=upstream.queue_ms / 1000 if upstream.queue_ms else None,
     )
 
 

@@ -8,6 +8,8 @@ import signal
 import time
 from collections import Counter
 
+import yaml
+
 from tests.proxy_support.fixtures import make_proxy, make_upstream, upstreams  # noqa: F401 (pytest fixtures)
 from tests.proxy_support.harness import experiment_route, plain_route, wait_until, write_routes
 from tests.proxy_support.load import CLIENT_FAILED, Load
@@ -154,3 +156,29 @@ def test_bytes_over_the_buffer_budget_get_503_and_leave_nothing_taken(tmp_path, 
     dropped = sum("dropped the answer" in reply.json()["error"]["message"] for reply in refused)
     assert proxy.metric("proxy_upstream_failures_total", route="/m", kind="over_budget") == dropped
     assert [proxy.post("/m", b"{}", padded).status for _ in range(3)] == [200, 200, 200]  # nothing left taken
+
+
+def test_requests_that_wait_for_a_saturated_pod_past_its_budget_get_503_not_a_late_504(tmp_path, make_proxy,
+                                                                                      upstreams):  # noqa: F811
+    """All connections to a pod busy (past its capacity): a request waits in the proxy's pool, where the pod cannot
+    refuse it, for at most the model's budget (queue_ms, rendered from batching.max_latency_ms), then gets 503 with
+    Retry-After, instead of waiting out the upstream timeout for a 504."""
+    routes = write_routes(tmp_path / "routes.yaml", {"a": (upstreams["a"].url, "1")}, [plain_route("/m", "a")])
+    table = yaml.safe_load(routes.read_text())
+    table["upstreams"]["a"]["queue_ms"] = 100
+    routes.write_text(yaml.safe_dump(table, sort_keys=False))
+    proxy = make_proxy(routes, max_connections_per_upstream=2, upstream_timeout_s=TIMEOUT)
+
+    def timed(_: int) -> tuple[float, object]:
+        started = time.monotonic()
+        reply = proxy.post("/m", b"{}", {"x-test-behaviour": "sleep:0.6"})
+        return time.monotonic() - started, reply
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(timed, range(8)))
+    answered = [seconds for seconds, reply in replies if reply.status == 200]
+    refused = [(seconds, reply) for seconds, reply in replies if reply.status != 200]
+    assert len(answered) >= 2 and refused, [reply.status for _, reply in replies]
+    assert all(reply.status == 503 and reply.json()["error"]["code"] == "upstream_overloaded"
+               and reply.headers.get("retry-after") == "1" and seconds < 0.5 for seconds, reply in refused), refused[:1]
+    assert proxy.metric("proxy_upstream_failures_total", route="/m", kind="saturated") == len(refused)

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -184,9 +185,9 @@ async def _serve(handler) -> tuple[asyncio.AbstractServer, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-def _target(port: int):
+def _target(port: int, **upstream: object):
     table = compile_table(RouteTable.model_validate({
-        "upstreams": {"u": {"url": f"http://127.0.0.1:{port}/p", "model_version": "1"}},
+        "upstreams": {"u": {"url": f"http://127.0.0.1:{port}/p", "model_version": "1", **upstream}},
         "routes": [plain_route("/m", "u")]}))
     return table.routes["/m"].variants["main"].target
 
@@ -264,30 +265,41 @@ def test_answers_over_the_in_flight_budget_are_dropped_and_every_byte_comes_back
     assert client.budget.held == 0  # the answers are gone, and with them their bytes
 
 
-def test_pool_limit_queues_requests_and_the_deadline_applies():
+@pytest.mark.parametrize("upstream, timeout, kind", [({}, 0.1, "timeout"), ({"queue_ms": 50}, 5.0, "saturated")],
+                         ids=["until-the-deadline", "past-the-queue-budget"])
+def test_pool_limit_queues_requests_until_the_deadline_or_the_upstreams_queue_budget(upstream, timeout, kind):
+    """A request waits for the pool's one busy connection until its deadline (a timeout, 504), or, where the
+    upstream has a queue budget, only that long: past its capacity a pod's queue is the proxy's pool, where the pod
+    cannot refuse it, and a request that waited longer than the model's latency budget (queue_ms) could not be
+    answered within it (saturated: 503 upstream_overloaded, not a 504 seconds later)."""
     async def scenario():
         gate = asyncio.Event()
 
         async def slow(reader, writer):
-            while True:
-                await _read_request(reader)
-                await gate.wait()
-                writer.write(RESPONSE)
-                await writer.drain()
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    await _read_request(reader)
+                    await gate.wait()
+                    writer.write(RESPONSE)
+                    await writer.drain()
 
         server, port = await _serve(slow)
         client = UpstreamClient(1, 1.0, 1024)
-        target = _target(port)
+        target = _target(port, **upstream)
         first = asyncio.ensure_future(client.exchange(target, b"", b"{}", 5.0))
         await asyncio.sleep(0.05)
-        late = await client.exchange(target, b"", b"{}", 0.1)  # waits for the single connection, then times out
+        started = time.perf_counter()
+        late = await client.exchange(target, b"", b"{}", timeout)  # waits for the single connection
+        waited = time.perf_counter() - started
         gate.set()
         results = [await first, await client.exchange(target, b"", b"{}", 5.0)]
         client.close()
         server.close()
-        return late.kind, [r.status for r in results]
+        return late.kind, waited, [r.status for r in results]
 
-    assert asyncio.run(scenario()) == ("timeout", [200, 200])
+    refused, waited, statuses = asyncio.run(scenario())
+    assert (refused, statuses) == (kind, [200, 200])
+    assert 0.04 < waited < 1.0
 
 
 def test_a_wait_for_a_busy_pool_that_leaves_no_time_to_connect_is_a_timeout_not_unavailable():
@@ -521,6 +533,9 @@ SERVICE = "the model service behind /m (variant main)"
     ("reset", 502, "upstream_error", f"{SERVICE} closed the connection without a complete response; retry the request"),
     ("local", 503, "proxy_overloaded", f"the proxy has no free file descriptor for a connection to {SERVICE}; retry "
      "later (the operator raises the proxy's open-file limit, ulimit -n, or adds proxy replicas)"),
+    ("saturated", 503, "upstream_overloaded", f"{SERVICE} is saturated: every connection to it stayed busy for longer "
+     "than its latency budget (batching.max_latency_ms in models.yaml); retry in a moment (its HPA adds replicas as "
+     "its CPU rises)"),
     ("over_budget", 503, "proxy_overloaded", f"the proxy holds its limit of 20 bytes of requests and answers in flight "
      f"and dropped the answer of {SERVICE}; retry in a moment (the operator raises PROXY_MAX_BUFFERED_BYTES with the "
      "proxy's memory limit, or adds proxy replicas)"),
@@ -528,7 +543,7 @@ SERVICE = "the model service behind /m (variant main)"
 def test_upstream_failures_say_what_the_upstream_did(kind, status, code, message):
     error = upstream_failed(kind, "/m", "main", 2.0, 9, 20)
     assert (error.status, error.code, error.message) == (status, code, message)
-    assert error.headers == (((b"retry-after", b"1"),) if kind == "over_budget" else ())
+    assert error.headers == (((b"retry-after", b"1"),) if kind in ("over_budget", "saturated") else ())
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -83,7 +83,10 @@ def test_any_valid_catalog_renders_to_valid_outputs(text: str) -> None:
             list(yaml.safe_load_all(content))
         elif name.endswith(".py"):
             compile(content, name, "exec")
-    RouteTable.model_validate(yaml.safe_load(files["routes.yaml"]))
+    table = RouteTable.model_validate(yaml.safe_load(files["routes.yaml"]))
+    # The proxy refuses a request that waited in its pool longer than the model's own budget (queue_ms).
+    assert {name: upstream.queue_ms for name, upstream in table.upstreams.items()} == {
+        model.name: model.batching.max_latency_ms for model in catalog.models}
     errors = sorted(GITLAB_SCHEMA.iter_errors(yaml.safe_load(files["child-pipeline.yml"])), key=str)
     assert errors == []
     preview = {name[len("k8s/"):]: text for name, text in files.items() if name.startswith("k8s/")}
