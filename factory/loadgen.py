@@ -148,21 +148,21 @@ async def _exchange(host: str, port: int, connection, request: bytes, timeout_s:
 
 
 def run_open_load(base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int = 0,
-                  timeout_s: float = 30.0) -> LoadResult:
+                  timeout_s: float = 30.0, connections: int = OPEN_LOOP_CONNECTIONS) -> LoadResult:
     """ceil(`rate` × `duration_s`) requests (POST /predict, cycling through `bodies`) arriving at `rate` per second,
-    from one client process per PROCESS_RPS of the rate (at most one per core)."""
+    from one client process per PROCESS_RPS of the rate (at most one per core), over at most `connections`."""
     processes = min(os.cpu_count() or 1, math.ceil(rate / PROCESS_RPS))
     if processes <= 1:
-        return asyncio.run(_open_load(base_url, bodies, rate, duration_s, seed, timeout_s))
-    return _in_processes(processes, base_url, bodies, rate, duration_s, seed, timeout_s)
+        return asyncio.run(_open_load(base_url, bodies, rate, duration_s, seed, timeout_s, connections))
+    return _in_processes(processes, base_url, bodies, rate, duration_s, seed, timeout_s, connections)
 
 
 def _in_processes(processes: int, base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int,
-                  timeout_s: float) -> LoadResult:
+                  timeout_s: float, connections: int) -> LoadResult:
     """`processes` clients (`python -m factory.loadgen`), each sending rate / `processes` with a seed of its
     own, started together once all are ready; their results as one load."""
     share = {"url": base_url, "bodies": [body.decode("latin-1") for body in bodies], "rate": rate / processes,
-             "duration_s": duration_s, "timeout_s": timeout_s, "connections": OPEN_LOOP_CONNECTIONS // processes}
+             "duration_s": duration_s, "timeout_s": timeout_s, "connections": connections // processes}
     clients = [subprocess.Popen([sys.executable, "-m", "factory.loadgen"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for _ in range(processes)]
     try:
