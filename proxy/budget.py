@@ -6,7 +6,7 @@ written), so memory follows the bodies in flight: 16 clients of 8 MiB answers to
 to 266–306 MiB, past the Deployment's 256 Mi limit, where the kubelet kills it with every request in
 flight (bench/proxy_memory.py). Bytes are taken as they arrive and held (`Held`) until the request's
 reply is written, or until the answer is gone however it goes (written to its client, dropped as a
-shadow's, or as a request's whose client left); a failed exchange gives its bytes back when it ends.
+shadow's, or as a request's whose client left, or with the exchange that failed to receive it).
 The body that would cross the limit is refused and its client told to retry (503 `proxy_overloaded`):
 a few refused requests instead of a killed proxy.
 """
@@ -38,9 +38,16 @@ class Held:
 
     __slots__ = ("budget", "size")
 
-    def __init__(self, budget: BufferBudget, size: int):
+    def __init__(self, budget: BufferBudget, size: int = 0):
         self.budget = budget
         self.size = size
+
+    def take(self, size: int) -> bool:
+        """`size` more bytes held here, or none when the budget cannot spare them."""
+        if not self.budget.take(size):
+            return False
+        self.size += size
+        return True
 
     def __del__(self) -> None:
         self.budget.give_back(self.size)

@@ -20,7 +20,7 @@ from proxy.budget import Held
 if TYPE_CHECKING:  # the pool owns its connections; a connection only reports back to it
     from proxy.forward import UpstreamPool
 
-log = logging.getLogger("proxy.forward")
+log = logging.getLogger("proxy.connection")
 
 
 class UpstreamError(Exception):
@@ -64,7 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._connection_header: Optional[bytes] = None
         self._body: list[bytes] = []
         self._size = 0
-        self._taken = 0  # of the pool's BufferBudget, given back when the exchange ends
+        self._held = Held(pool.budget)  # this exchange's bytes: the answer takes them, a failure drops them
         self._received = False
         self._headers_done = False
         self._framed = False
@@ -101,8 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
     def _finish(self, result: Result) -> None:
-        self._pool.budget.give_back(self._taken)
-        self._taken = 0
+        self._held = Held(self._pool.budget)
         on_result, self._on_result = self._on_result, None
         if on_result is not None:
             try:
@@ -121,9 +120,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._size += len(data)
         if self._size > self._pool.max_response:
             return self._fail("too_large", f"response over {self._pool.max_response} bytes")
-        if not self._pool.budget.take(len(data)):
+        if not self._held.take(len(data)):
             return self._fail("over_budget", f"answers in flight over {self._pool.budget.limit} bytes")
-        self._taken += len(data)
         try:
             self._parser.feed_data(data)
         # 101: the proxy never asks to upgrade; HttpParserCallbackError: a callback below refused the response
@@ -182,6 +180,5 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # an unsolicited or late response: the connection's state is unknown
             return
         body, self._body = b"".join(self._body), []  # an idle pooled connection keeps no answer alive
-        response = UpstreamResponse(self._parser.get_status_code(), self._headers, body, self._connection_header)
-        response.held, self._taken = Held(self._pool.budget, self._taken), 0
-        self._finish(response)
+        self._finish(UpstreamResponse(self._parser.get_status_code(), self._headers, body, self._connection_header,
+                                      self._held))
