@@ -9,8 +9,8 @@ and its own delay shows in every latency it measures.
 
 asyncio over raw sockets, one pre-encoded request per body: a client built on http.client threads
 spends more CPU per request than the server it measures (FIELD_NOTES), which would cap the capacity
-`factory test` finds at the client's own speed. Every 503 must be the server's overload answer
-(the error shape, code `overloaded`, a `Retry-After`): anything else is counted as a malformed shed.
+`factory test` finds at the client's own speed. Every 503 must be an overload answer (the error shape with a
+pod's or the proxy's overload code, SHED_CODES, and a `Retry-After`): anything else is counted as a malformed shed.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import urlsplit
 
+from factory.errors import ServeError
 from factory.fuzz_report import nearest_rank
 
 HEAD_LIMIT = 64 * 1024
@@ -38,6 +39,9 @@ PROCESS_RPS = 3000.0
 # client past a pod's capacity opened a connection per arrival (4,914 in one step), overflowing the pod's listen
 # backlog: answers took seconds of SYN retries, a wait no server can see or refuse.
 OPEN_LOOP_CONNECTIONS = 256
+# The 503 codes that mean "come back later": a pod's queue budget (mf_http), and in front of it the proxy's queue
+# budget for a saturated model and its own buffer budget (proxy/errors.py).
+SHED_CODES = ("overloaded", "upstream_overloaded", "proxy_overloaded")
 
 
 @dataclass
@@ -167,19 +171,18 @@ def _in_processes(processes: int, base_url: str, bodies: list[bytes], rate: floa
                                 stdout=subprocess.PIPE, text=True) for _ in range(processes)]
     try:
         for index, client in enumerate(clients):
-            client.stdin.write(json.dumps({**share, "seed": seed + index}) + "\n")
-            client.stdin.flush()
-        for index, client in enumerate(clients):
             if client.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"load client process {index + 1} of {processes} (python -m factory.loadgen) "
-                                   f"exited {client.wait()} before it was ready; its error is above")
+                raise _client_died(index, processes, client, "before it was ready")
+            _tell(client, json.dumps({**share, "seed": seed + index}) + "\n")
         started = time.perf_counter()
         for client in clients:
-            client.stdin.write("go\n")
-            client.stdin.close()
+            _tell(client, "go\n", last=True)
         result = LoadResult()
-        for client in clients:
-            result.merge(LoadResult(**json.loads(client.stdout.read())))
+        for index, client in enumerate(clients):
+            try:
+                result.merge(LoadResult(**json.loads(client.stdout.read())))
+            except ValueError:
+                raise _client_died(index, processes, client, "during the load") from None
         result.seconds = time.perf_counter() - started
         return result
     finally:
@@ -189,12 +192,29 @@ def _in_processes(processes: int, base_url: str, bodies: list[bytes], rate: floa
             client.wait()
 
 
+def _tell(client: subprocess.Popen, line: str, last: bool = False) -> None:
+    """A line to a client process; one that has died is found when its result is read."""
+    try:
+        client.stdin.write(line)
+        client.stdin.flush()
+        if last:
+            client.stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+def _client_died(index: int, processes: int, client: subprocess.Popen, when: str) -> ServeError:
+    return ServeError(f"load client process {index + 1} of {processes} (python -m factory.loadgen) exited "
+                      f"{client.wait()} {when}; its error is above. The load was not measured: run `factory test` "
+                      "again, and if it happens again, report the error above")
+
+
 def _client_process() -> None:
-    """One client process's share of an open-loop load: its parameters, "ready", then on "go" the load, its
-    result as JSON."""
+    """One client process's share of an open-loop load: "ready" once imported, then its parameters, then on "go"
+    the load, its result as JSON."""
+    print("ready", flush=True)
     share = json.loads(sys.stdin.readline())
     bodies = [body.encode("latin-1") for body in share["bodies"]]
-    print("ready", flush=True)
     sys.stdin.readline()
     result = asyncio.run(_open_load(share["url"], bodies, share["rate"], share["duration_s"], share["seed"],
                                     share["timeout_s"], share["connections"]))
@@ -261,12 +281,12 @@ async def _response(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], 
 
 
 def well_formed_shed(headers: dict[str, str], payload: bytes) -> bool:
-    """A 503 a client can act on: `Retry-After` in whole seconds and the error shape with code `overloaded`."""
+    """A 503 a client can act on: `Retry-After` in whole seconds and the error shape with an overload code."""
     try:
         error = json.loads(payload)["error"]
     except (ValueError, KeyError, TypeError):
         return False
-    return headers.get("retry-after", "").isdigit() and isinstance(error, dict) and error.get("code") == "overloaded"
+    return headers.get("retry-after", "").isdigit() and isinstance(error, dict) and error.get("code") in SHED_CODES
 
 
 async def _closed(connection) -> None:

@@ -157,7 +157,7 @@ def upstream_failed(kind: str, path: str, variant: str, timeout: float, limit: i
     if kind == "local":
         return ProxyError(503, "proxy_overloaded",
                           f"the proxy has no free file descriptor for a connection to {service}; retry later (the "
-                          "operator raises the proxy's open-file limit, ulimit -n, or adds proxy replicas)")
+                          "operator raises the proxy's open-file limit, ulimit -n, or adds proxy replicas)", RETRY_AFTER)
     if kind == "too_large":
         return ProxyError(502, "upstream_response_too_large",
                           f"{service} answered with more than the proxy's limit of {limit} bytes; "

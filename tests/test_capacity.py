@@ -14,6 +14,7 @@ from e2e_support.background import serving
 from factory.autoscaling import autoscaling_for
 from factory.capacity import capacity_of
 from factory.catalog import KubernetesSettings, ModelSpec
+from factory.errors import ServeError
 from factory.loader import parse_catalog
 from factory.loadgen import run_load
 from factory.manifests import model_manifests, sizing_for, validate_manifests
@@ -314,3 +315,35 @@ def test_hostile_but_valid_capacity_figures_render_a_valid_hpa_with_a_target_the
     assert 1 <= hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == target <= 100
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] == model.scaling.max_replicas
     assert hpa["metadata"].get("annotations", {}).get("model-factory/capacity-rps") == rps
+
+
+@pytest.mark.parametrize("script, when", [
+    ("exit 3", "exited 3 before it was ready"),
+    ("echo ready; read share; read go; exit 4", "exited 4 during the load"),
+])
+def test_a_load_client_process_that_dies_is_one_clear_error(answering: str, monkeypatch, tmp_path, script: str,
+                                                             when: str) -> None:
+    from factory import loadgen
+
+    client = tmp_path / "client"
+    client.write_text(f"#!/bin/sh\n{script}\n")
+    client.chmod(0o755)
+    monkeypatch.setattr(loadgen, "PROCESS_RPS", 100.0)
+    monkeypatch.setattr(loadgen.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(loadgen.sys, "executable", str(client))
+    with pytest.raises(ServeError) as raised:
+        loadgen.run_open_load(answering, [b"{}"], rate=400, duration_s=0.05)
+    assert str(raised.value) == (
+        f"load client process 1 of 2 (python -m factory.loadgen) {when}; its error is above. The load was not "
+        "measured: run `factory test` again, and if it happens again, report the error above")
+
+
+def test_the_proxys_overload_answers_are_well_formed_sheds() -> None:
+    from factory.loadgen import well_formed_shed
+
+    for code in ("overloaded", "upstream_overloaded", "proxy_overloaded"):
+        body = json.dumps({"error": {"code": code, "message": "busy", "field": None}}).encode()
+        assert well_formed_shed({"retry-after": "1"}, body)
+        assert not well_formed_shed({}, body)
+    bad_gateway = json.dumps({"error": {"code": "upstream_unavailable", "message": "down", "field": None}}).encode()
+    assert not well_formed_shed({"retry-after": "1"}, bad_gateway)

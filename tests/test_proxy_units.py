@@ -543,7 +543,7 @@ SERVICE = "the model service behind /m (variant main)"
 def test_upstream_failures_say_what_the_upstream_did(kind, status, code, message):
     error = upstream_failed(kind, "/m", "main", 2.0, 9, 20)
     assert (error.status, error.code, error.message) == (status, code, message)
-    assert error.headers == (((b"retry-after", b"1"),) if kind in ("over_budget", "saturated") else ())
+    assert error.headers == (((b"retry-after", b"1"),) if kind in ("over_budget", "saturated", "local") else ())
 
 
 @pytest.mark.parametrize("flag, value, message", [
