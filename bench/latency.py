@@ -62,8 +62,8 @@ import bentoml, mf_runtime, mf_schema
 resolved = mf_runtime.load_resolved("service.py")
 model = bentoml.models.get(resolved["bento_model_tag"])
 predictor = mf_runtime.Predictor(model.path_of("mlflow_model"), resolved)
-Row = mf_schema.row_model(resolved["signature"]["inputs"])
-rows = [Row.model_validate(row) for row in json.loads(sys.argv[1])]
+from pydantic import TypeAdapter
+rows = TypeAdapter(list[mf_schema.row_model(resolved["signature"]["inputs"])]).validate_json(sys.argv[1])
 def seconds(batch, budget_s):
     samples, until = [], time.perf_counter() + budget_s
     while not samples or time.perf_counter() < until:

@@ -242,8 +242,8 @@ sys.path.insert(0, sys.argv[1])
 import mf_runtime, mf_schema
 resolved = mf_runtime.load_resolved(sys.argv[1] + "/service.py")
 predictor = mf_runtime.Predictor("", resolved)
-Row = mf_schema.row_model(resolved["signature"]["inputs"])
-rows = [Row.model_validate(row) for row in json.loads(sys.argv[2])]
+from pydantic import TypeAdapter
+rows = TypeAdapter(list[mf_schema.row_model(resolved["signature"]["inputs"])]).validate_json(sys.argv[2])
 print(json.dumps({"outputs": predictor.predict(rows), "modules": sorted(sys.modules)}))
 """
 

@@ -28,7 +28,7 @@ class _Inputs(BaseModel):
 
 class _Service:
     async def answer(self, rows: list, params: object = None) -> list:
-        return [row.x * 2 for row in rows]
+        return [row["x"] * 2 for row in rows]
 
 
 def _app(pod: mf_serve.Pod):

@@ -246,14 +246,14 @@ def test_bentoml_errors_are_rewritten_into_one_shape() -> None:
     ('{"when": "not a date"}', "datetime_parsing"),
 ])
 def test_datetime_columns_take_iso_strings_only(body: str, error: str) -> None:
-    from pydantic import ValidationError
+    from pydantic import TypeAdapter, ValidationError
 
-    row = mf_schema.row_model([{"type": "datetime", "name": "when", "required": True}])
+    row = TypeAdapter(mf_schema.row_model([{"type": "datetime", "name": "when", "required": True}]))
     if error is None:
-        assert row.model_validate_json(body).when.year == 2026
+        assert row.validate_json(body)["when"].year == 2026
         return
     with pytest.raises(ValidationError) as raised:
-        row.model_validate_json(body)
+        row.validate_json(body)
     assert raised.value.errors()[0]["type"] == error
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import mf_inputs
-import mf_schema
 from mf_http import FAILURE_MARK
 
 LOG = logging.getLogger("mf_runtime")
@@ -42,15 +41,10 @@ class Predictor:
         self.model = mf_flavors.load(Path(mlflow_model_dir), resolved["flavor"])
 
     def predict(self, rows: list[Any], params: Optional[Any] = None) -> list[Any]:
-        """`params`: the request's validated params model (mf_schema.params_model), None for the signature's
-        defaults. An object's optional property left out stays out (exclude_unset), as MLflow passes it on."""
-        if self.tensor:
-            records = rows
-        else:
-            unset = mf_schema.has_nested(self.inputs)
-            records = [row.model_dump(by_alias=True, exclude_unset=unset) for row in rows]
+        """`rows` as validated (mf_schema.row_model: dicts keyed by column, a tensor's lists); `params`: the
+        request's validated params model (mf_schema.params_model), None for the signature's defaults."""
         given = None if params is None or not type(params).model_fields else params.model_dump(by_alias=True)
-        return self._isolated(records, given)
+        return self._isolated(rows, given)
 
     def _isolated(self, records: list[Any], params: Optional[dict]) -> list[Any]:
         try:

@@ -1,4 +1,4 @@
-"""The request's schema, from the MLflow signature: strict pydantic models for rows and for `params`.
+"""The request's schema, from the MLflow signature: strict pydantic types for rows and for `params`.
 
 A bad request is rejected alone, before it can join a batch, with the JSON path of the first bad value
 (`inputs[3].tokens[2]`, mf_http.json_path). Scalar columns, MLflow's nested types (`array` of any type,
@@ -14,9 +14,10 @@ import keyword
 import re
 from typing import Annotated, Any, Optional
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError,
-                      create_model)
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, create_model,
+                      with_config)
 from pydantic_core import PydanticCustomError
+from typing_extensions import NotRequired, TypedDict
 
 # MLflow's integer types, and the numpy dtypes of a tensor: a value the dtype cannot hold is a 400, not the
 # OverflowError numpy raises when the batch is built.
@@ -33,6 +34,7 @@ MAX_CONVERSIONS = 5_000
 # The longest list or map anywhere (an embedding of floats is one conversion, whatever its length).
 MAX_ITEMS = 100_000
 STRICT = ConfigDict(extra="forbid", populate_by_name=False, frozen=True)
+CLOSED = ConfigDict(extra="forbid")
 # Strict: an ISO 8601 string only; lax pydantic would also take a number as a Unix time.
 STRICT_DATETIME = Annotated[datetime.datetime, Field(strict=True)]
 DATETIME = TypeAdapter(STRICT_DATETIME)
@@ -48,7 +50,7 @@ def value_type(spec: dict, where: str) -> Any:
         return Annotated[dict[str, value_type(spec["values"], where)], Field(max_length=MAX_ITEMS)]
     if kind == "object":
         properties = [{"name": name, **prop} for name, prop in sorted(spec["properties"].items())]
-        return _fields_model(properties, "Object", STRICT)
+        return _fields_dict(properties, "Object")
     if kind in FLOATS:
         return Annotated[float, Field(strict=True, allow_inf_nan=False)]
     if kind in INT_BOUNDS:
@@ -66,25 +68,24 @@ def value_type(spec: dict, where: str) -> Any:
 
 
 def _field_name(index: int, column: str) -> str:
-    # MLflow column names can be anything ("mean radius"); pydantic fields must be identifiers.
+    # MLflow param names can be anything ("max tokens"); pydantic model fields must be identifiers.
     simple = re.sub(r"\W", "_", column)
     if simple.isidentifier() and not keyword.iskeyword(simple) and not simple.startswith("_") and simple == column:
         return column
     return f"col_{index}"
 
 
-def _fields_model(specs: list[dict], name: str, config: Any) -> Any:
-    """One field per named spec (a column, an object's property), aliased to the MLflow name; an optional
-    one may be absent or null."""
+def _fields_dict(specs: list[dict], name: str) -> Any:
+    """A dict keyed by MLflow name (a column, an object's property), one typed value each; an optional one may be
+    absent or null, and stays absent, as MLflow passes it on. Validated straight into plain dicts, the rows the
+    model's batch is built from: pydantic model instances took 45 µs to validate and 25 more to dump for
+    trafficaware's 32-row request, a TypedDict 26 in all (BENCHMARKS.md)."""
     fields: dict[str, Any] = {}
     for index, spec in enumerate(specs):
-        column = spec.get("name", f"c{index}")
-        annotation = value_type(spec, column)
-        if spec.get("required", True):
-            fields[_field_name(index, column)] = (annotation, Field(alias=column))
-        else:
-            fields[_field_name(index, column)] = (Optional[annotation], Field(default=None, alias=column))
-    return create_model(name, __config__=config, **fields)
+        annotation = value_type(spec, spec.get("name", f"c{index}"))
+        fields[spec.get("name", f"c{index}")] = (annotation if spec.get("required", True)
+                                                 else NotRequired[Optional[annotation]])
+    return with_config(CLOSED)(TypedDict(name, fields))
 
 
 def inputs_type(inputs: list[dict], max_rows: int) -> Any:
@@ -94,8 +95,7 @@ def inputs_type(inputs: list[dict], max_rows: int) -> Any:
 
 
 def _bounded(rows: list) -> list:
-    count = sum(_conversions(value) for row in rows for value in row.__dict__.values()
-                if isinstance(value, (BaseModel, dict, list)))
+    count = sum(_conversions(value) for row in rows for value in row.values() if isinstance(value, (dict, list)))
     if count > MAX_CONVERSIONS:
         raise ValueError(f"the rows' array, object and map values hold {count} parts MLflow converts one by one "
                          f"(each list, object and map, and each value not in a list), over the limit of "
@@ -104,8 +104,6 @@ def _bounded(rows: list) -> list:
 
 
 def _conversions(value: Any, in_list: bool = False) -> int:
-    if isinstance(value, BaseModel):
-        return 1 + sum(_conversions(item) for item in value.__dict__.values())
     if isinstance(value, dict):
         return 1 + sum(_conversions(item) for item in value.values())
     if isinstance(value, list):
@@ -114,10 +112,11 @@ def _conversions(value: Any, in_list: bool = False) -> int:
 
 
 def row_model(inputs: list[dict], name: str = "Row") -> Any:
-    """A strict pydantic row model: a bad request is rejected alone, before it can join a batch."""
+    """A strict row type (a TypedDict; a tensor's nested lists): a bad request is rejected alone, before it can
+    join a batch."""
     if inputs and inputs[0].get("type") == "tensor":
         return _tensor_row(inputs[0]["tensor-spec"])
-    model = _fields_model(inputs, name, STRICT)
+    model = _fields_dict(inputs, name)
     if inputs and not any(spec.get("name") for spec in inputs):
         return Annotated[model, BeforeValidator(_positional(inputs))]
     return model
