@@ -1,5 +1,5 @@
 """Proxy memory with large answers in flight: the peak RSS of the proxy's process tree (what its
-Deployment's 256 Mi limit counts) with the in-flight answer budget at its default, against the budget
+Deployment's memory limit counts) with the in-flight answer budget at its default, against the budget
 off, side by side in one run (alternating), and what the clients got.
 
 Usage: python -m bench.proxy_memory [--answer-mib 8] [--clients 16] [--rounds 2] [--runs 3]
@@ -24,7 +24,7 @@ from proxy.settings import ProxySettings
 from tests.proxy_support.harness import plain_route, start_proxy, start_upstream, write_routes
 
 MIB = 1 << 20
-DEPLOYMENT_LIMIT_MIB = 256
+DEPLOYMENT_LIMIT_MIB = 384  # factory.manifests.PROXY_MEMORY_LIMIT
 CONFIGS = {"budget (default)": ProxySettings.model_fields["max_buffered_bytes"].default,
            "no budget": 1 << 50}
 

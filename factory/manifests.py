@@ -52,6 +52,10 @@ MODEL_MANIFESTS = {"deployment": "model-deployment", "service": "service", "hpa"
 PROXY_MANIFESTS = {"deployment": "proxy-deployment", "service": "service"}  # + routes-NNN.yaml ConfigMaps
 PROXY_DIR = "proxy"
 PROXY_NAME = "model-factory-proxy"
+# One worker under its default buffer budget (proxy --max-buffered-bytes, 32 MiB) peaked at 210-255 MiB with 16
+# clients of 8 MiB answers (bench/proxy_memory.py): 256Mi left 1 MiB at worst, and an OOM kill fails every request
+# in flight. 384Mi is 1.5x the worst peak measured. The request stays what an idle proxy needs to be scheduled.
+PROXY_MEMORY_LIMIT = "384Mi"
 PROXY_PORT = 8000
 ROUTES_DIR = "/etc/model-factory"
 
@@ -145,6 +149,7 @@ def proxy_manifests(settings: KubernetesSettings, image: Optional[str], routes_s
         "configmaps": {name: f"{name.removeprefix(PROXY_NAME + '-')}.yaml" for name in shards},
         "routes_dir": ROUTES_DIR,
         "routes_checksum": "sha256:" + hashlib.sha256("\0".join(routes_shards).encode()).hexdigest(),
+        "memory_limit": PROXY_MEMORY_LIMIT,
     }
     files = _render_all(PROXY_DIR, PROXY_MANIFESTS, context)
     for name, text in shards.items():

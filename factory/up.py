@@ -24,8 +24,6 @@ from factory.state import StateDir, write_atomic
 
 Progress = Callable[[str], None]
 ROOT = Path(__file__).resolve().parent.parent
-# The proxy's own Deployment limit (templates/k8s/proxy-deployment.yaml.j2).
-PROXY_MEMORY_LIMIT = "256Mi"
 
 
 @contextlib.contextmanager
@@ -109,7 +107,7 @@ def _proxy_container(state: StateDir, routes: Path, logs: Path) -> Iterator[str]
         return ["--routes", f"/etc/model-factory/{routes.name}", "--host", "127.0.0.1", "--port", str(port)]
 
     volumes = {str(routes.parent): {"bind": "/etc/model-factory", "mode": "ro"}}
-    with container_served(image, logs / "proxy.log", PROXY_MEMORY_LIMIT, command, volumes) as proxy:
+    with container_served(image, logs / "proxy.log", manifests.PROXY_MEMORY_LIMIT, command, volumes) as proxy:
         yield proxy.url
 
 

@@ -3,7 +3,7 @@
 The proxy buffers each request body and each answer whole (their sizes and status decide what happens
 next), and an answer exists about twice more on its way out (joined, then the server's copy being
 written), so memory follows the bodies in flight: 16 clients of 8 MiB answers took the proxy from 108
-to 266–306 MiB, past the Deployment's 256 Mi limit, where the kubelet kills it with every request in
+to 266–306 MiB, past the Deployment's limit (then 256 Mi), where the kubelet kills it with every request in
 flight (bench/proxy_memory.py). Bytes are taken as they arrive and held (`Held`) until the request's
 reply is written, or until the answer is gone however it goes (written to its client, dropped as a
 shadow's, or as a request's whose client left, or with the exchange that failed to receive it).

@@ -54,7 +54,7 @@ class ProxySettings(BaseModel):
     max_buffered_bytes: int = Field(
         33_554_432, ge=0, description="request and answer bytes one worker holds at once; the request or answer that "
         "would cross it → 503 proxy_overloaded (bytes live ~3-4 times over on their way through: the Deployment's "
-        "256 Mi hold the default with one worker)")
+        "384 Mi hold the default with one worker, with room: its peak measured 210-255 MiB)")
     drain_timeout_s: int = Field(20, ge=1, le=1800, description="on SIGTERM, time in-flight requests get to finish "
                                  "before the proxy exits (the Deployment's grace period covers it)")
     reload_interval_s: float = Field(1.0, ge=0, description="routes file mtime poll; 0 = reload on SIGHUP only")

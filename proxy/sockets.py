@@ -3,7 +3,7 @@
 granian hands a response to hyper whole and hyper buffers what the socket cannot take, with no write
 timeout of its own, so a client that sends requests and never reads the answers held every answer in
 memory for as long as it kept the connection open (measured: 40 such clients of an 8 MB answer, 715 MiB
-held for as long as they stayed, over the Deployment's 256 MiB limit). The kernel's TCP_USER_TIMEOUT
+held for as long as they stayed, over the Deployment's memory limit (then 256 MiB)). The kernel's TCP_USER_TIMEOUT
 bounds how long sent bytes may stay unacknowledged, a closed receive window included (Linux ≥ 4.20), then
 aborts the connection, and hyper frees what it held. Accepted connections inherit it from the listening
 socket, which granian creates in each worker once the app's startup is over: the option is set as soon

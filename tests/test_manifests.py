@@ -121,6 +121,8 @@ def test_proxy_manifests_mount_every_shard_and_roll_on_change() -> None:
     # The command sets no --upstream-timeout-s: every forwarded request ends (answered or 504) within the drain.
     assert "--upstream-timeout-s" not in container["command"]
     assert ProxySettings.model_fields["upstream_timeout_s"].default < 20
+    # One worker under its buffer budget peaked at 210-255 MiB (bench/proxy_memory.py); the limit leaves room.
+    assert "--workers" not in container["command"] and container["resources"]["limits"]["memory"] == "384Mi"
     assert container["volumeMounts"][0]["mountPath"] == "/etc/model-factory"
     assert [source["configMap"] for source in deployment["spec"]["template"]["spec"]["volumes"][0]["projected"]
             ["sources"]] == [{"name": f"model-factory-proxy-routes-00{i}", "items": [
