@@ -16,6 +16,9 @@ measured 2x apart from one run to the next, so the goal's ratio is the median of
 one floor against runs made elsewhere.
 Our server runs --rounds rounds, mlflow's one. ~80 s per model on a quiet machine.
 --full-batch-only measures just our server's idle RSS and full batches against the floor (~20 s per model).
+Beside the full batches, "HTTP alone": uvicorn with the pod's options in the same venv on the same core, answering
+every full batch with our server's answer to it, canned: the CPU per request no served model can go below, against
+what the goal leaves for a whole request (the floor / 0.7).
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Optional
@@ -42,7 +47,7 @@ from factory.catalog import ModelSpec
 from factory.loader import load_catalog
 from factory.memory import MIB, tree_sample
 from factory.runtime import bento_python
-from factory.serve import Served, bento_source, served
+from factory.serve import Served, bento_source, free_port, served
 from factory.state import StateDir
 
 DEFAULT_MODELS = ["match_probability_2_TAXI_trafficaware", "eta_minutes_5_PHV"]
@@ -75,6 +80,22 @@ for line in sys.stdin:
     print(json.dumps({"one_row_ms": seconds(rows[:1], budget_s / 4) * 1000,
                       "full_batch_ms": seconds(rows, budget_s) * 1000}), flush=True)
 """
+# HTTP alone: the pod's server (uvicorn, httptools, uvloop; mf_serve's options) reading each body and answering it
+# with a canned answer of the real size. argv: port, the answer's file.
+CANNED = """import sys, uvicorn
+ANSWER = open(sys.argv[2], "rb").read()
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": ANSWER})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False, log_level="warning", proxy_headers=False,
+            lifespan="off")
+"""
 
 
 @dataclass
@@ -102,6 +123,8 @@ class Measured:
     rounds: list[float] = field(default_factory=list)  # after / fresh p50, per round
     levels: dict[int, WrkResult] = field(default_factory=dict)
     full_batch: Loaded = field(default_factory=Loaded)
+    answer: bytes = b""  # our server's answer to the full batch
+    http_alone: Loaded = field(default_factory=Loaded)
     floors: list[dict] = field(default_factory=list)  # the floor sampled just before each full-batch run
 
     def floor(self, key: str) -> float:
@@ -181,10 +204,40 @@ def full_batches(serve: Callable[[], ContextManager[Served]], full: str, floor: 
 def _full_batch_pairs(server: Served, url: str, full: str, floor: Optional[Floor], pairs: int,
                       into: Measured) -> None:
     """Floor sample, served run, floor sample, served run, ...: both on core 1, never at once."""
+    request = urllib.request.Request(url, full.encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        into.answer = answer.read()
     for _ in range(pairs):
         if floor:
             into.floors.append(floor.sample())
         _loaded(server.pid, url, full, FULL_BATCH_S, FULL_BATCH_CONNECTIONS, into.full_batch)
+
+
+def http_alone(python: Path, full: str, into: Measured) -> None:
+    """FULL_BATCH_CONNECTIONS of full batches against CANNED (answering `into.answer`) on core 1, as many runs as
+    the pairs."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as answer:
+        answer.write(into.answer)
+        answer.flush()
+        port = free_port()
+        server = subprocess.Popen(["taskset", "-c", "1", str(python), "-c", CANNED, str(port), answer.name])
+        try:
+            _wait_for(port, server)
+            for _ in range(len(into.full_batch.runs)):
+                _loaded(server.pid, f"http://127.0.0.1:{port}/predict", full, FULL_BATCH_S, FULL_BATCH_CONNECTIONS,
+                        into.http_alone)
+        finally:
+            server.kill()
+            server.wait()
+
+
+def _wait_for(port: int, server: subprocess.Popen) -> None:
+    until = time.monotonic() + 30
+    while time.monotonic() < until and server.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the canned HTTP server did not listen on {port} within 30 s; its error is above")
 
 
 def _loaded(pid: int, url: str, body: str, seconds: float, connections: int, into: Loaded) -> WrkResult:
@@ -215,10 +268,13 @@ def bench_model(state: StateDir, spec: ModelSpec, burst_s: float, rounds: int, l
     serve = lambda: served(record.bento_tag, logs / f"{spec.name}.log", "single", python)  # noqa: E731
     with Floor(python, bento_source(record.bento_tag), batch) as floor:
         if full_batch_only:
-            print_full_batch(spec, full_batches(serve, json.dumps({"inputs": batch}), floor, pairs))
+            ours = full_batches(serve, json.dumps({"inputs": batch}), floor, pairs)
+            http_alone(python, json.dumps({"inputs": batch}), ours)
+            print_full_batch(spec, ours)
             return
         ours = measure("our Bento (one process)", serve, "/predict",
                        json.dumps({"inputs": rows[:1]}), json.dumps({"inputs": batch}), burst_s, rounds, floor, pairs)
+    http_alone(python, json.dumps({"inputs": batch}), ours)
     model_uri = f"models:/{record.registry['name']}/{record.registry['version']}"
     mlflow = measure("mlflow models serve", lambda: mlflow_served(model_uri, logs / f"{spec.name}-mlflow.log"),
                      "/invocations", json.dumps({"dataframe_records": rows[:1]}),
@@ -258,6 +314,7 @@ def print_model(spec: ModelSpec, results: list[Measured]) -> None:
           f"(the floor's {floor_ms * 1000:,.0f} µs is {floor_ms * 1000 / ours.full_batch.cpu:.0%} of ours; "
           f"the rest HTTP, JSON, validation)")
     _print_pairs(ours)
+    _print_http_alone(ours)
 
 
 def print_full_batch(spec: ModelSpec, ours: Measured) -> None:
@@ -270,6 +327,7 @@ def print_full_batch(spec: ModelSpec, ours: Measured) -> None:
           f"{', '.join(f'{run.rps * rows:,.0f}' for run in runs)} rows/s (non-2xx {sum(r.errors for r in runs)}); "
           f"CPU µs/req {', '.join(f'{cpu:,.0f}' for cpu in ours.full_batch.cpu_us)}")
     _print_pairs(ours)
+    _print_http_alone(ours)
 
 
 def _print_pairs(ours: Measured) -> None:
@@ -281,6 +339,15 @@ def _print_pairs(ours: Measured) -> None:
     print(f"{'ours full-batch / floor':32} {statistics.median(ratios):>16.0%}   (goal ≥ 70 %; median of "
           f"{len(ratios)} pairs: {', '.join(f'{ratio:.0%}' for ratio in ratios)}; the floor's µs over ours' "
           f"CPU µs per request: {', '.join(f'{share:.0%}' for share in cpu_shares)})")
+
+
+def _print_http_alone(ours: Measured) -> None:
+    """What the goal leaves for a whole served request (the floor / 0.7) beside what HTTP alone costs."""
+    allowed = ours.floor("full_batch_ms") * 1000 / 0.7
+    print(f"{'HTTP alone CPU µs/req':32} {ours.http_alone.cpu:>16,.0f}   (uvicorn as the pod runs it, the same full "
+          f"batches answered with our {len(ours.answer):,}-byte answer, canned; runs: "
+          f"{', '.join(f'{cpu:,.0f}' for cpu in ours.http_alone.cpu_us)}; 70 % of the floor leaves {allowed:,.0f} "
+          f"µs for a whole request, ours takes {ours.full_batch.cpu:,.0f})")
 
 
 def _line(label: str, ours: float, mlflow: float, fmt: str, note: str = "") -> None:
