@@ -82,9 +82,9 @@ def _fields_dict(specs: list[dict], name: str) -> Any:
     trafficaware's 32-row request, a TypedDict 26 in all (BENCHMARKS.md)."""
     fields: dict[str, Any] = {}
     for index, spec in enumerate(specs):
-        annotation = value_type(spec, spec.get("name", f"c{index}"))
-        fields[spec.get("name", f"c{index}")] = (annotation if spec.get("required", True)
-                                                 else NotRequired[Optional[annotation]])
+        column = spec.get("name", f"c{index}")
+        annotation = value_type(spec, column)
+        fields[column] = annotation if spec.get("required", True) else NotRequired[Optional[annotation]]
     return with_config(CLOSED)(TypedDict(name, fields))
 
 
