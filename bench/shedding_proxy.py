@@ -64,7 +64,8 @@ def main() -> None:
                         load = run_open_load(url, bodies, args.capacity * multiple, args.seconds, seed=round_,
                                              connections=args.client_connections)
                         print(f"round {round_} {multiple:g}x ({args.capacity * multiple:,.0f} req/s) queue_ms "
-                              f"{queue or 'off':>4}: statuses {dict(sorted(load.statuses.items()))}, p99 "
+                              f"{queue or 'off':>4}: statuses {dict(sorted(load.statuses.items()))} (503s without the error shape "
+                              f"or Retry-After: {load.malformed_sheds}), p99 "
                               f"{nearest_rank(load.latencies_ms, 99):,.1f} ms (200s "
                               f"{nearest_rank(load.answered_ms, 99):,.1f}), "
                               f"client connections {load.connections}, client late {load.late_ms:.1f} ms", flush=True)
