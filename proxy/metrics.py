@@ -101,7 +101,8 @@ class ProxyMetrics:
                                           "flight), saturated (every connection busy past queue_ms), 5xx.",
                                           ["route", "variant", "kind"], registry=r)
         self._shadows = Counter("proxy_shadow_requests", "Shadow copies by outcome: 2xx, 3xx, 4xx, 5xx, "
-                                "connect, timeout, reset, protocol, too_large, dropped (over the in-flight bound).",
+                                "connect, timeout, reset, protocol, too_large, dropped (over the in-flight bound), "
+                                "over_budget (the worker's buffer budget could not hold the body or the answer).",
                                 ["route", "upstream", "outcome"], registry=r)
         self.shadows_in_flight = Gauge("proxy_shadow_in_flight", "Shadow copies not finished yet.", registry=r,
                                        multiprocess_mode="livesum")

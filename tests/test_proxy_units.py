@@ -27,6 +27,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.reload import RouteStore, describe_error
 from proxy.routing import RouteTable, compile_table, load_compiled
 from proxy.settings import ProxySettings
+from proxy.shadow import ShadowSender
 from proxy.sockets import limit_unread_time
 from tests.proxy_support.harness import REPO, experiment_route, plain_route, write_routes
 
@@ -662,3 +663,42 @@ def test_the_send_timeout_is_set_on_listeners_and_what_they_accepted_before_only
         timeouts = [sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
                     for sock in (listener, accepted, client, other)]
         assert timeouts == [1500, 1500, 0, 0]
+
+
+class _HeldCopies:
+    """An upstream client whose copies stay in flight until the test finishes them."""
+
+    def __init__(self, budget: int):
+        from proxy.budget import BufferBudget
+
+        self.budget = BufferBudget(budget)
+        self.in_flight: list = []
+
+    def send(self, target, header_block, body, timeout, done) -> None:
+        self.in_flight.append(done)
+
+
+def test_shadow_copies_hold_their_body_in_the_buffer_budget_until_the_last_is_done(tmp_path):
+    client, metrics = _HeldCopies(budget=100), ProxyMetrics()
+    table = load_compiled(write_routes(tmp_path / "routes.yaml", UPSTREAMS, [plain_route("/m", "a")]))
+    targets = (table.routes["/m"].variants["main"].target,) * 2
+    shadows = ShadowSender(client, metrics, limit=64, timeout=1.0)
+
+    async def scenario():
+        shadows.submit("/m", targets, b"", b"x" * 60)
+        await asyncio.sleep(0)
+        held_while_in_flight = client.budget.held
+        shadows.submit("/m", targets, b"", b"y" * 60)  # 120 bytes would cross the budget of 100: not copied
+        await asyncio.sleep(0)
+        first, second = client.in_flight
+        first(UpstreamResponse(200, [], b"ok"))
+        held_after_one = client.budget.held
+        second(UpstreamResponse(200, [], b"ok"))
+        return held_while_in_flight, held_after_one
+
+    assert asyncio.run(scenario()) == (60, 60)
+    client.in_flight.clear()  # the copies' callbacks, the last references to the body's bytes
+    assert client.budget.held == 0
+    text = metrics.render().decode()
+    assert 'proxy_shadow_requests_total{outcome="over_budget",route="/m",upstream="a"} 2.0' in text
+    assert 'proxy_shadow_requests_total{outcome="2xx",route="/m",upstream="a"} 2.0' in text
