@@ -271,6 +271,17 @@ def test_a_dataframe_of_predictions_answers_named_records_as_mlflow_serve_does()
     assert mf_inputs.as_outputs(np.array([[0.25, 0.75]])) == [[0.25, 0.75]]
 
 
+def test_predictions_known_finite_at_once_are_numeric_arrays_without_nan_or_infinity() -> None:
+    import numpy as np
+    import pandas as pd
+
+    known = [np.array([[0.25, 0.75]]), np.array([1, 2]), np.array([True]), np.zeros((0, 2))]
+    checked_by_row = [np.array([0.5, np.nan]), np.array([np.inf]), np.array(["a"], dtype=object),
+                      pd.DataFrame({"score": [0.5]}), [0.5], {"p": np.array([0.5])}, np.array([1 + 2j])]
+    assert [mf_inputs.known_finite(value) for value in known] == [True] * len(known)
+    assert [mf_inputs.known_finite(value) for value in checked_by_row] == [False] * len(checked_by_row)
+
+
 def test_datetimes_in_predictions_answer_iso_strings_as_mlflow_serve_encodes_them() -> None:
     """A Prophet forecast is a frame with a `ds` datetime column; json.dumps refused its Timestamps."""
     import numpy as np

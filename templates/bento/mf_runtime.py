@@ -48,19 +48,23 @@ class Predictor:
 
     def _isolated(self, records: list[Any], params: Optional[dict]) -> list[Any]:
         try:
-            outputs = self.run(records, params)
+            outputs, finite = self._outputs(records, params)
         except Exception as exc:  # the model's own failure, whatever its type
             if len(records) == 1:
                 LOG.warning("the model raised on one row", exc_info=True)
                 return [failure("model_error", f"the model raised {type(exc).__name__}: {str(exc)[:300]}")]
             middle = len(records) // 2
             return self._isolated(records[:middle], params) + self._isolated(records[middle:], params)
-        return [self._finite(output) for output in outputs]
+        return outputs if finite else [self._finite(output) for output in outputs]
 
     def run(self, records: list[Any], params: Optional[dict] = None) -> list[Any]:
         """The model on the whole batch, raising what it raises. Records are dicts keyed by signature
         column (tensor rows are lists); `factory build` checks a compiled form through this too. `params`
         reach only a pyfunc model (the only loader for a signature with params, factory/registry.py)."""
+        return self._outputs(records, params)[0]
+
+    def _outputs(self, records: list[Any], params: Optional[dict]) -> tuple[list[Any], bool]:
+        """`run`'s outputs, and whether all of them are known finite (mf_inputs.known_finite)."""
         import numpy as np
 
         if self.model.wants == "feeds":
@@ -75,7 +79,7 @@ class Predictor:
         outputs = mf_inputs.as_outputs(predictions)
         if not isinstance(outputs, list) or len(outputs) != len(records):
             raise ValueError(f"the model returned {np.shape(outputs)} outputs for {len(records)} rows")
-        return outputs
+        return outputs, mf_inputs.known_finite(predictions)
 
     def _finite(self, output: Any) -> Any:
         if mf_inputs.all_finite(output):
