@@ -179,6 +179,8 @@ def test_requests_that_wait_for_a_saturated_pod_past_its_budget_get_503_not_a_la
     answered = [seconds for seconds, reply in replies if reply.status == 200]
     refused = [(seconds, reply) for seconds, reply in replies if reply.status != 200]
     assert len(answered) >= 2 and refused, [reply.status for _, reply in replies]
+    # Refused before the first of the pod's connections frees (its answers take 0.6 s): by the 100 ms budget, on a
+    # loaded machine up to 0.51 s late, never by waiting for a connection or for the upstream timeout.
     assert all(reply.status == 503 and reply.json()["error"]["code"] == "upstream_overloaded"
-               and reply.headers.get("retry-after") == "1" and seconds < 0.5 for seconds, reply in refused), refused[:1]
+               and reply.headers.get("retry-after") == "1" and seconds < 0.6 for seconds, reply in refused), refused[:1]
     assert proxy.metric("proxy_upstream_failures_total", route="/m", kind="saturated") == len(refused)
