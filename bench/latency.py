@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ from factory.catalog import ModelSpec
 from factory.loader import load_catalog
 from factory.memory import MIB, tree_sample
 from factory.runtime import bento_python
-from factory.serve import Served, bento_source, free_port, served
+from factory.serve import Served, bento_source, free_port, process_served, served
 from factory.state import StateDir
 
 DEFAULT_MODELS = ["match_probability_2_TAXI_trafficaware", "eta_minutes_5_PHV"]
@@ -203,7 +202,8 @@ def full_batches(serve: Callable[[], ContextManager[Served]], full: str, floor: 
 
 def _full_batch_pairs(server: Served, url: str, full: str, floor: Optional[Floor], pairs: int,
                       into: Measured) -> None:
-    """Floor sample, served run, floor sample, served run, ...: both on core 1, never at once."""
+    """Floor sample, served run, floor sample, served run, ...: both on core 1, never at once. First, our answer
+    to one full batch, which http_alone answers canned."""
     request = urllib.request.Request(url, full.encode(), {"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as answer:
         into.answer = answer.read()
@@ -213,31 +213,18 @@ def _full_batch_pairs(server: Served, url: str, full: str, floor: Optional[Floor
         _loaded(server.pid, url, full, FULL_BATCH_S, FULL_BATCH_CONNECTIONS, into.full_batch)
 
 
-def http_alone(python: Path, full: str, into: Measured) -> None:
+def http_alone(python: Path, full: str, into: Measured, logs: Path) -> None:
     """FULL_BATCH_CONNECTIONS of full batches against CANNED (answering `into.answer`) on core 1, as many runs as
     the pairs."""
     with tempfile.NamedTemporaryFile(suffix=".json") as answer:
         answer.write(into.answer)
         answer.flush()
         port = free_port()
-        server = subprocess.Popen(["taskset", "-c", "1", str(python), "-c", CANNED, str(port), answer.name])
-        try:
-            _wait_for(port, server)
+        command = ["taskset", "-c", "1", str(python), "-c", CANNED, str(port), answer.name]
+        with process_served(command, ROOT, logs / "http-alone.log", port, "/") as server:
             for _ in range(len(into.full_batch.runs)):
-                _loaded(server.pid, f"http://127.0.0.1:{port}/predict", full, FULL_BATCH_S, FULL_BATCH_CONNECTIONS,
+                _loaded(server.pid, server.url + "/predict", full, FULL_BATCH_S, FULL_BATCH_CONNECTIONS,
                         into.http_alone)
-        finally:
-            server.kill()
-            server.wait()
-
-
-def _wait_for(port: int, server: subprocess.Popen) -> None:
-    until = time.monotonic() + 30
-    while time.monotonic() < until and server.poll() is None:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"the canned HTTP server did not listen on {port} within 30 s; its error is above")
 
 
 def _loaded(pid: int, url: str, body: str, seconds: float, connections: int, into: Loaded) -> WrkResult:
@@ -266,15 +253,16 @@ def bench_model(state: StateDir, spec: ModelSpec, burst_s: float, rounds: int, l
     batch = [rows[index % len(rows)] for index in range(spec.batching.max_batch_size)]
     python = bento_python(state, spec.name)
     serve = lambda: served(record.bento_tag, logs / f"{spec.name}.log", "single", python)  # noqa: E731
+    full = json.dumps({"inputs": batch})
     with Floor(python, bento_source(record.bento_tag), batch) as floor:
         if full_batch_only:
-            ours = full_batches(serve, json.dumps({"inputs": batch}), floor, pairs)
-            http_alone(python, json.dumps({"inputs": batch}), ours)
+            ours = full_batches(serve, full, floor, pairs)
+            http_alone(python, full, ours, logs)
             print_full_batch(spec, ours)
             return
-        ours = measure("our Bento (one process)", serve, "/predict",
-                       json.dumps({"inputs": rows[:1]}), json.dumps({"inputs": batch}), burst_s, rounds, floor, pairs)
-    http_alone(python, json.dumps({"inputs": batch}), ours)
+        ours = measure("our Bento (one process)", serve, "/predict", json.dumps({"inputs": rows[:1]}), full, burst_s,
+                       rounds, floor, pairs)
+    http_alone(python, full, ours, logs)
     model_uri = f"models:/{record.registry['name']}/{record.registry['version']}"
     mlflow = measure("mlflow models serve", lambda: mlflow_served(model_uri, logs / f"{spec.name}-mlflow.log"),
                      "/invocations", json.dumps({"dataframe_records": rows[:1]}),

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import psutil
 
+from factory.manifests import PROXY_MEMORY_LIMIT
 from proxy.settings import ProxySettings
 from tests.proxy_support.harness import plain_route, start_proxy, start_upstream, write_routes
 
 MIB = 1 << 20
-DEPLOYMENT_LIMIT_MIB = 384  # factory.manifests.PROXY_MEMORY_LIMIT
+DEPLOYMENT_LIMIT_MIB = int(PROXY_MEMORY_LIMIT.removesuffix("Mi"))
 CONFIGS = {"budget (default)": ProxySettings.model_fields["max_buffered_bytes"].default,
            "no budget": 1 << 50}
 
