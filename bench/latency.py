@@ -18,7 +18,8 @@ Our server runs --rounds rounds, mlflow's one. ~80 s per model on a quiet machin
 --full-batch-only measures just our server's idle RSS and full batches against the floor (~20 s per model).
 Beside the full batches, "HTTP alone": uvicorn with the pod's options in the same venv on the same core, answering
 every full batch with our server's answer to it, canned: the CPU per request no served model can go below, against
-what the goal leaves for a whole request (the floor / 0.7).
+what the goal leaves for a whole request (the floor / 0.7). And beside each floor sample, in the same process, the
+full batch's body decoded by the API's pydantic model and by the pod's shortcut (templates/bento/mf_decode.py).
 """
 
 from __future__ import annotations
@@ -61,23 +62,29 @@ FLOOR_S = 1.0
 # The floor as a process of its own, kept running beside the server: each line on stdin asks for one sample
 # (median of as many full-batch predicts as fit in FLOOR_S), so floor samples and served runs alternate on
 # one core and each served run has a floor measured next to it, not minutes earlier in another process.
+# Beside it, what decoding the full batch's body costs in the same process: the API's pydantic model, and the pod's
+# shortcut (mf_decode) when the signature has one.
 FLOOR = """import json, statistics, sys, time
-import bentoml, mf_runtime, mf_schema
-resolved = mf_runtime.load_resolved("service.py")
+import bentoml, mf_decode, mf_runtime
+from service import MAX_ROWS, RESOLVED as resolved, ModelService
 model = bentoml.models.get(resolved["bento_model_tag"])
 predictor = mf_runtime.Predictor(model.path_of("mlflow_model"), resolved)
-from pydantic import TypeAdapter
-rows = TypeAdapter(list[mf_schema.row_model(resolved["signature"]["inputs"])]).validate_json(sys.argv[1])
-def seconds(batch, budget_s):
+body = json.dumps({"inputs": json.loads(sys.argv[1])}).encode()
+request_model = ModelService.apis["predict"].input_spec
+rows = request_model.model_validate_json(body).inputs
+shortcut = mf_decode.decoder(resolved["signature"]["inputs"], MAX_ROWS)
+def seconds(call, budget_s):
     samples, until = [], time.perf_counter() + budget_s
     while not samples or time.perf_counter() < until:
-        started = time.perf_counter(); predictor.predict(batch); samples.append(time.perf_counter() - started)
+        started = time.perf_counter(); call(); samples.append(time.perf_counter() - started)
     return statistics.median(samples)
-seconds(rows, 0.1)
+seconds(lambda: predictor.predict(rows), 0.1)
 for line in sys.stdin:
     budget_s = float(line)
-    print(json.dumps({"one_row_ms": seconds(rows[:1], budget_s / 4) * 1000,
-                      "full_batch_ms": seconds(rows, budget_s) * 1000}), flush=True)
+    print(json.dumps({"one_row_ms": seconds(lambda: predictor.predict(rows[:1]), budget_s / 4) * 1000,
+                      "full_batch_ms": seconds(lambda: predictor.predict(rows), budget_s) * 1000,
+                      "pydantic_ms": seconds(lambda: request_model.model_validate_json(body), budget_s / 4) * 1000,
+                      "shortcut_ms": shortcut and seconds(lambda: shortcut(body), budget_s / 4) * 1000}), flush=True)
 """
 # HTTP alone: the pod's server (uvicorn, httptools, uvloop; mf_serve's options) reading each body and answering it
 # with a canned answer of the real size. argv: port, the answer's file.
@@ -303,6 +310,7 @@ def print_model(spec: ModelSpec, results: list[Measured]) -> None:
           f"the rest HTTP, JSON, validation)")
     _print_pairs(ours)
     _print_http_alone(ours)
+    _print_decoding(ours)
 
 
 def print_full_batch(spec: ModelSpec, ours: Measured) -> None:
@@ -316,6 +324,7 @@ def print_full_batch(spec: ModelSpec, ours: Measured) -> None:
           f"CPU µs/req {', '.join(f'{cpu:,.0f}' for cpu in ours.full_batch.cpu_us)}")
     _print_pairs(ours)
     _print_http_alone(ours)
+    _print_decoding(ours)
 
 
 def _print_pairs(ours: Measured) -> None:
@@ -336,6 +345,17 @@ def _print_http_alone(ours: Measured) -> None:
           f"batches answered with our {len(ours.answer):,}-byte answer, canned; runs: "
           f"{', '.join(f'{cpu:,.0f}' for cpu in ours.http_alone.cpu_us)}; 70 % of the floor leaves {allowed:,.0f} "
           f"µs for a whole request, ours takes {ours.full_batch.cpu:,.0f})")
+
+
+def _print_decoding(ours: Measured) -> None:
+    """The full batch's body decoded in process, beside the floor: the API's pydantic model and the pod's shortcut."""
+    pydantic_us = ours.floor("pydantic_ms") * 1000
+    if ours.floors[0]["shortcut_ms"] is None:
+        print(f"{'decoding the full batch µs':32} {pydantic_us:>16,.1f}   (pydantic; this signature has no shortcut)")
+        return
+    shortcut_us = ours.floor("shortcut_ms") * 1000
+    print(f"{'decoding the full batch µs':32} {shortcut_us:>16,.1f}   (the pod's shortcut, mf_decode; pydantic "
+          f"{pydantic_us:,.1f}: {shortcut_us / pydantic_us:.2f}x; in process, medians of {len(ours.floors)} samples)")
 
 
 def _line(label: str, ours: float, mlflow: float, fmt: str, note: str = "") -> None:

@@ -25,12 +25,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    import mf_fast
-    from service import MAX_BODY_BYTES, RESOLVED, ModelService
+    import mf_serve
+    from service import RESOLVED, ModelService
 
     service = ModelService()
-    app = mf_fast.FastPredict(None, ModelService.apis["predict"].input_spec, lambda: service.answer,
-                              max_bytes=MAX_BODY_BYTES)
+    app = mf_serve.fast_predict(None, lambda: service.answer)
     example = RESOLVED["signature"]["inputs"]
     body = json.dumps({"inputs": [_row(example)]}).encode()
     timings = {"answered": [], "refused": []}

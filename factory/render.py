@@ -30,7 +30,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 RUNTIME_DIR = "bento-runtime"
 ROUTES_CONFIGMAP = "/routes-"  # k8s/proxy/routes-NNN.yaml
 RUNTIME_FILES = ("mf_runtime.py", "mf_serve.py", "mf_flavors.py", "mf_inputs.py", "mf_http.py", "mf_batch.py",
-                 "mf_fast.py", "mf_schema.py", "mf_lag.py")
+                 "mf_fast.py", "mf_schema.py", "mf_decode.py", "mf_lag.py")
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

@@ -34,12 +34,13 @@ LOCK_FILE = ROOT / "requirements.lock"
 BENTO_TEMPLATES = ROOT / "templates" / "bento"
 # What every Bento's service imports, whatever the model. uvicorn picks httptools and uvloop when installed:
 # its pure-Python h11 parser and asyncio's loop cost ~40 % of a one-row request's CPU (bench/flavors.py).
-# orjson encodes the outputs (templates/bento/mf_fast.py): 3 µs per 32-row answer where json.dumps took 21.
-BASE_PACKAGES = ("bentoml", "httptools", "numpy", "orjson", "pydantic", "uvicorn", "uvloop")
+# orjson encodes the outputs (templates/bento/mf_fast.py): 3 µs per 32-row answer where json.dumps took 21. msgspec
+# decodes the rows of a tabular signature (templates/bento/mf_decode.py) in about half pydantic's time.
+BASE_PACKAGES = ("bentoml", "httptools", "msgspec", "numpy", "orjson", "pydantic", "uvicorn", "uvloop")
 # A natively loaded model needs its library, not mlflow (FIELD_NOTES: mlflow costs ~110 MiB per process).
 NOT_NEEDED_NATIVE = frozenset({"mlflow", "mlflow-skinny"})
 # The served API's own framework (the Bento's code runs on these versions): always the lock's.
-SERVICE_PACKAGES = frozenset({"bentoml", "httptools", "orjson", "pydantic", "uvicorn", "uvloop"})
+SERVICE_PACKAGES = frozenset({"bentoml", "httptools", "msgspec", "orjson", "pydantic", "uvicorn", "uvloop"})
 # The same import package without its CUDA code, published alongside each release since the version given:
 # xgboost's Linux wheel pulls nvidia-nccl-cu12 (~300 MB); tensorflow's x86_64 wheel is 546 MB against
 # tensorflow-cpu's 261 MB (2.21.0). Models with a GPU keep the CUDA build.

@@ -98,8 +98,8 @@ def test_foreign_versions_are_the_model_pins_the_factory_does_not_have(recorded,
 def test_a_model_of_older_versions_is_served_in_them() -> None:
     model = [Requirement(line) for line in MLFLOW_2_16]
     native = resolve_requirements(model, ("scikit-learn", "cloudpickle", "pandas"), (), True, WHERE)
-    service = tuple(f"{name}=={PINS[name]}" for name in ("bentoml", "httptools", "orjson", "pydantic", "uvicorn",
-                                                          "uvloop"))
+    service = tuple(f"{name}=={PINS[name]}" for name in ("bentoml", "httptools", "msgspec", "orjson", "pydantic",
+                                                          "uvicorn", "uvloop"))
     assert native == tuple(sorted((*service, "cloudpickle==3.1.3", "numpy==1.26.4", "pandas", "scikit-learn==1.3.2",
                                    "scipy==1.17.1")))
     pyfunc = resolve_requirements(model, ("mlflow", "pandas"), (), False, WHERE)

@@ -4,9 +4,10 @@ BentoML's path for one request goes through Starlette's routing and exception mi
 OpenTelemetry's ASGI middleware, BentoML's request context and IO descriptors before the API method
 runs: on the served example models that machinery cost more CPU per request than a small model's
 predict (BENCHMARKS.md, "Latency and capacity"). Here the body is validated with the very input model
-BentoML generated for the API (`model_validate_json`, as its JSON serde does) and handed to the
-service's batcher; everything else (other paths, other content types, probes) goes to the app behind
-it (`mf_serve.Pod` in the pod's one process, inside `mf_http.ErrorShape`).
+BentoML generated for the API (`model_validate_json`, as its JSON serde does), or first by mf_decode's
+shortcut for a signature of named scalar columns, and handed to the service's batcher; everything else
+(other paths, other content types, probes) goes to the app behind it (`mf_serve.Pod` in the pod's one
+process, inside `mf_http.ErrorShape`).
 Its own answers keep ErrorShape's rules (the one error shape, the body limit, a request holding a failed
 row answered 500) without ErrorShape's wrapping: that buffers every response and scans, and for a
 failure re-parses, its JSON, which the outputs list answers directly. Outputs are encoded with orjson:
@@ -20,6 +21,7 @@ import json
 import logging
 from typing import Any, Callable, Optional
 
+import msgspec
 import orjson
 
 import mf_http
@@ -32,9 +34,10 @@ class FastPredict:
     """`submit()` returns the running service's batcher submit, or None before the service exists."""
 
     def __init__(self, app: Any, input_model: Any, submit: Callable[[], Optional[Callable]], max_bytes: int,
-                 path: str = "/predict"):
+                 path: str = "/predict", rows_of: Optional[Callable[[bytes], list]] = None):
         self.app = app
         self.input_model = input_model
+        self.rows_of = rows_of  # mf_decode.decoder's, when the signature has one
         self.submit = submit
         self.max_bytes = max_bytes
         self.path = path
@@ -51,14 +54,14 @@ class FastPredict:
             await _answer(send, 413, mf_http.too_large(self.max_bytes))
             return
         try:
-            request = self.input_model.model_validate_json(body or b"{}")
+            rows, params = self._decoded(body or b"{}")
         except ValueError as exc:  # pydantic's ValidationError, with the JSON path of the first bad value
             errors = exc.errors(include_context=False, include_input=False) if hasattr(exc, "errors") else []
             await _answer(send, 400, mf_http._validation(errors) if errors else mf_http.error_body(
                 "invalid_input", str(exc)[:300]))
             return
         try:
-            outputs = await submit(request.inputs, getattr(request, "params", None))
+            outputs = await submit(rows, params)
             status, answer = _encoded(outputs) if isinstance(outputs, list) else (503, outputs)
         except Exception:  # a defect of ours, not the model's (the predictor isolates those)
             LOG.exception("predict failed")
@@ -68,6 +71,17 @@ class FastPredict:
             await _answer(send, status, answer)
         else:  # a finished response (mf_http.overloaded)
             await answer(scope, receive, send)
+
+    def _decoded(self, body: bytes) -> tuple[list, Any]:
+        """The rows and params: mf_decode's shortcut when it takes the body, else the API's pydantic model, which
+        raises the error a bad body gets."""
+        if self.rows_of is not None:
+            try:
+                return self.rows_of(body), None
+            except msgspec.MsgspecError:
+                pass
+        request = self.input_model.model_validate_json(body)
+        return request.inputs, getattr(request, "params", None)
 
     def _ours(self, scope: dict) -> Optional[bytes]:
         """The declared content-length (b"" when none) of a JSON POST to the predict path; None otherwise."""

@@ -75,6 +75,16 @@ class Pod:
                 return
 
 
+def fast_predict(app: Any, answer: Callable[[], Optional[Callable]]) -> mf_fast.FastPredict:
+    """POST /predict in front of `app`, as the pod serves it: the API's own input model, mf_decode's shortcut when
+    the signature has one, `answer()` the running service's."""
+    import mf_decode
+    from service import MAX_BODY_BYTES, MAX_ROWS, RESOLVED, ModelService
+
+    return mf_fast.FastPredict(app, ModelService.apis["predict"].input_spec, answer, max_bytes=MAX_BODY_BYTES,
+                               rows_of=mf_decode.decoder(RESOLVED["signature"]["inputs"], MAX_ROWS))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve this Bento in one process.")
     parser.add_argument("--host", default=os.environ.get("MF_HOST", "0.0.0.0"))
@@ -87,8 +97,7 @@ def main() -> None:
     from service import MAX_BODY_BYTES, ModelService
 
     pod = Pod(ModelService)
-    app = mf_fast.FastPredict(mf_http.ErrorShape(pod, max_bytes=MAX_BODY_BYTES), ModelService.apis["predict"].input_spec,
-                              pod.answer, max_bytes=MAX_BODY_BYTES)
+    app = fast_predict(mf_http.ErrorShape(pod, max_bytes=MAX_BODY_BYTES), pod.answer)
     # proxy_headers off: nothing here reads the client's address, and the middleware costs ~3 % of a request.
     # lifespan "on": a model that fails to load stops the server instead of serving without a model.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning", proxy_headers=False,
