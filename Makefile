@@ -119,6 +119,7 @@ bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.row_costs
 	$(BIN)/python -m bench.flavors
 	$(BIN)/python -m bench.compiled
 	$(BIN)/python -m bench.isolation
