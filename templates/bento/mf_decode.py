@@ -1,6 +1,6 @@
 """A request body decoded in one pass when every column is a named scalar (the common tabular signature).
 
-pydantic validates trafficaware's full batch (32 rows of 6 columns) in ~43 µs, as long as its compiled model takes
+pydantic validates trafficaware's full batch (32 rows of 6 columns) in 30–45 µs, half what its compiled model takes
 to predict them (BENCHMARKS.md, session 14); msgspec decodes and checks the same body into the same dicts in about
 half that time: JSON numbers for float columns (integers too, as floats), integers within the column's bounds,
 no infinity, strict booleans and strings, no unknown or missing column, 1 to max_rows rows, an optional column
