@@ -59,25 +59,27 @@ FULL_BATCH_S = 2
 FULL_BATCH_CONNECTIONS = 4
 P50, P99, RPS = (lambda run: run.p50_ms), (lambda run: run.p99_ms), (lambda run: run.rps)
 FLOOR_S = 1.0
-# The floor as a process of its own, kept running beside the server: each line on stdin asks for one sample
-# (median of as many full-batch predicts as fit in FLOOR_S), so floor samples and served runs alternate on
-# one core and each served run has a floor measured next to it, not minutes earlier in another process.
-# Beside it, what decoding the full batch's body costs in the same process: the API's pydantic model, and the pod's
-# shortcut (mf_decode) when the signature has one.
-FLOOR = """import json, statistics, sys, time
+# The start of every script run in a model's own serving venv from its Bento's source directory (here and in
+# bench.row_costs): the pod's service module, its predictor, and the median time of a call sampled for a while.
+IN_POD = """import json, statistics, sys, time
 import bentoml, mf_decode, mf_runtime
 from service import MAX_ROWS, RESOLVED as resolved, ModelService
-model = bentoml.models.get(resolved["bento_model_tag"])
-predictor = mf_runtime.Predictor(model.path_of("mlflow_model"), resolved)
-body = json.dumps({"inputs": json.loads(sys.argv[1])}).encode()
-request_model = ModelService.apis["predict"].input_spec
-rows = request_model.model_validate_json(body).inputs
-shortcut = mf_decode.decoder(resolved["signature"]["inputs"], MAX_ROWS)
+predictor = mf_runtime.Predictor(bentoml.models.get(resolved["bento_model_tag"]).path_of("mlflow_model"), resolved)
 def seconds(call, budget_s):
     samples, until = [], time.perf_counter() + budget_s
     while not samples or time.perf_counter() < until:
         started = time.perf_counter(); call(); samples.append(time.perf_counter() - started)
     return statistics.median(samples)
+"""
+# The floor as a process of its own, kept running beside the server: each line on stdin asks for one sample
+# (median of as many full-batch predicts as fit in FLOOR_S), so floor samples and served runs alternate on
+# one core and each served run has a floor measured next to it, not minutes earlier in another process.
+# Beside it, what decoding the full batch's body costs in the same process: the API's pydantic model, and the pod's
+# shortcut (mf_decode) when the signature has one.
+FLOOR = IN_POD + """body = json.dumps({"inputs": json.loads(sys.argv[1])}).encode()
+request_model = ModelService.apis["predict"].input_spec
+rows = request_model.model_validate_json(body).inputs
+shortcut = mf_decode.decoder(resolved["signature"]["inputs"], MAX_ROWS)
 seconds(lambda: predictor.predict(rows), 0.1)
 for line in sys.stdin:
     budget_s = float(line)

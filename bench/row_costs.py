@@ -18,25 +18,20 @@ import sys
 from pathlib import Path
 
 from bench import use_example_registry
+from bench.latency import IN_POD
 from bench.serving import ROOT, complete_rows
 from factory.runtime import bento_python
 from factory.serve import bento_source
 from factory.state import StateDir
 
 DEFAULT_MODELS = ["match_probability_2_TAXI_trafficaware", "eta_minutes_5_PHV"]
-# Run in the model's venv from its Bento's source directory; argv: the rows, the sizes, the seconds per figure.
-PROBE = """import json, statistics, sys, time
-import bentoml, mf_decode, mf_fast, mf_runtime, mf_schema
+# After bench.latency's IN_POD; argv: the rows, the sizes, the seconds per figure. Each size gets a request model of
+# its own (the pod's stops at MAX_ROWS).
+PROBE = IN_POD + """import mf_fast, mf_schema
 from pydantic import create_model
-resolved = mf_runtime.load_resolved("service.py")
 inputs = resolved["signature"]["inputs"]
-predictor = mf_runtime.Predictor(bentoml.models.get(resolved["bento_model_tag"]).path_of("mlflow_model"), resolved)
 golden, sizes, budget_s = json.loads(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3])
-def us(call):
-    samples, until = [], time.perf_counter() + budget_s
-    while not samples or time.perf_counter() < until:
-        started = time.perf_counter(); call(); samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1e6
+us = lambda call: seconds(call, budget_s) * 1e6
 for size in sizes:
     body = json.dumps({"inputs": [golden[index % len(golden)] for index in range(size)]}).encode()
     request_model = create_model("Request", inputs=(mf_schema.inputs_type(inputs, size), ...))
