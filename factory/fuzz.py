@@ -21,7 +21,7 @@ from factory.fuzz_report import (CheckResult, Failure, FuzzResult, RequestRecord
                                  invalid_problem, minimal_failure, post_predict, strict_json, valid_problem)
 from factory.fuzz_requests import (DEFAULT_MAX_BODY_BYTES, TENSOR_DTYPES, Column, as_clients_send,
                                    encode as _encode, invalid_request, invalid_requests_by_kind, signature_columns,
-                                   signature_params, unnamed_columns, valid_request, valid_row)
+                                   signature_params, unnamed_columns, valid_request, valid_row, within_body_limit)
 
 # The fuzzing API in one place: how requests are drawn lives in factory/fuzz_requests.py.
 __all__ = ["TENSOR_DTYPES", "Column", "as_clients_send", "fuzz_service", "invalid_request",
@@ -40,7 +40,7 @@ def fuzz_service(base_url: str, signature: Union[dict, list], max_batch_size: in
     columns, params = signature_columns(signature), signature_params(signature)
     pairs = _golden_pairs(golden)
     run = _Run(base_url.rstrip("/"), timeout_s, model, seed, Path(report_dir).resolve(), catalog)
-    checks = [run.valid(columns, max_batch_size, valid_examples, params, unnamed_columns(signature)),
+    checks = [run.valid(columns, max_batch_size, max_body_bytes, valid_examples, params, unnamed_columns(signature)),
               run.invalid(columns, max_batch_size, max_body_bytes, invalid_examples, params),
               run.golden(pairs, *golden_tolerance)]
     return FuzzResult(model=model, base_url=base_url, seed=seed, checks=checks, records=run.records)
@@ -60,11 +60,12 @@ class _Run:
         self.records: list[RequestRecord] = []
         self.down: Optional[_Failed] = None  # the request the service stopped answering at, if it did
 
-    def valid(self, columns: list[Column], max_batch_size: int, examples: int, params: list[dict],
-              unnamed: bool = False) -> CheckResult:
+    def valid(self, columns: list[Column], max_batch_size: int, max_body_bytes: int, examples: int,
+              params: list[dict], unnamed: bool = False) -> CheckResult:
         output_kinds: set[str] = set()  # every valid response must keep to the first one's JSON type
 
-        def attempt(request: dict) -> None:
+        def attempt(drawn: dict) -> None:
+            request = within_body_limit(drawn, max_body_bytes)
             self.exchange("valid", _encode(request), None,
                           lambda response: valid_problem(response, len(request["inputs"]), output_kinds))
 

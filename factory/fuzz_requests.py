@@ -313,6 +313,18 @@ class _RawJson:
 _RAW_MARK = "\x00raw-json\x00"
 
 
+def within_body_limit(request: dict, max_body_bytes: int) -> dict:
+    """`request` with as many of its rows as fit in `max_body_bytes` encoded (at least one): a valid request is
+    also one the server reads. A wide signature's full batch can be larger than the body limit (8 doubles ×
+    10,000 rows is ~1.6 MB against 1 MiB); the server answers that 413, which says nothing about the model."""
+    rows = request["inputs"]
+    size = len(encode(request))
+    while size > max_body_bytes and len(rows) > 1:
+        rows = rows[:max(1, min(len(rows) - 1, len(rows) * max_body_bytes // size))]
+        size = len(encode({**request, "inputs": rows}))
+    return {**request, "inputs": rows}
+
+
 def encode(document: Any) -> bytes:
     """JSON as a client would send it; _RawJson leaves become the bare NaN/Infinity tokens json.dumps refuses."""
     text = json.dumps(document, ensure_ascii=False, allow_nan=False, default=lambda raw: _RAW_MARK + raw.token)

@@ -138,6 +138,8 @@ class CapacityReport(Record):
     # The CPUs the server was given (a quota: its pod's CPU request, at most the engine's CPUs); None: no quota
     # (the host process, on every core of the test machine; and reports written before quotas).
     cpu_limit: Optional[float] = pydantic.Field(None, gt=0)
+    # models.yaml's resources.cpu when it was measured (None: reports written before it was kept)
+    cpu_request: Optional[str] = None
     steps: list[CapacityStep]
     # The closed-loop capacity re-checked with requests arriving at random (factory/capacity.py): each rate tried
     open_loop: list[CapacityStep] = []

@@ -22,6 +22,7 @@ from factory.engine import engine_answers
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import FactoryError, ServeError, StateError
 from factory.fuzz import fuzz_service
+from factory.fuzz_requests import DEFAULT_MAX_BODY_BYTES, within_body_limit
 from factory.fuzz_report import json_text, junit_error_text, junit_text
 from factory.loader import load_catalog, select_models
 from factory.golden import sample_requests
@@ -76,7 +77,10 @@ def test_command(catalog_path: Path, names: Iterable[str], everything: bool, set
 
 def capacity_note(report: TestReport, where: str) -> Optional[str]:
     """Why a model that answered load has capacity 0 (`where`: its models.yaml entry): errors (a model failing
-    every request is not slow) or latency."""
+    every request is not slow) or latency; or that its capacity was not measured."""
+    if report.fuzz is not None and report.capacity is None:
+        return (f"note: {where}: no load phase (--load-seconds 0), so its capacity is not measured and its HPA "
+                "keeps the default CPU target (70 %); run `factory test` without --load-seconds 0 before deploying")
     first = report.capacity.steps[0] if report.capacity and report.capacity.steps else None
     if not (first and first.requests and not report.capacity.rps):
         return None
@@ -132,10 +136,12 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
                                     golden=golden, model=model.name, report_dir=report_dir,
                                     catalog=str(catalog_path),
                                     golden_tolerance=_golden_tolerance(model, record))
-            with memory.phase("load"):
-                capacity = find_capacity(url, _load_bodies(signature, model.batching.max_batch_size),
-                                         model.slo.p99_ms, settings.load_seconds, cpu_seconds).model_copy(
-                    update={"cpu_limit": cpu_limit})
+            capacity = None  # --load-seconds 0: no load phase, so no capacity: unmeasured, not 0
+            if settings.load_seconds:
+                with memory.phase("load"):
+                    capacity = find_capacity(url, _load_bodies(signature, model.batching.max_batch_size),
+                                             model.slo.p99_ms, settings.load_seconds, cpu_seconds).model_copy(
+                        update={"cpu_limit": cpu_limit, "cpu_request": model.resources.cpu})
     except OOMKilled as exc:
         raise ServeError(f"{catalog.where(model.name)}: {model.name} was OOM-killed at the memory limit {limit} "
                          "its manifest carries; raise resources.memory (or memory_limit_factor) in models.yaml. "
@@ -145,7 +151,8 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
                          f"({memory.report()['sampler']}); its process ended early? See {report_dir / 'serve.log'}")
     report = TestReport(model=model.name, route=model.route, bento_tag=record.bento_tag, seed=settings.seed,
                         url=url, serve_log=str(report_dir / "serve.log"), catalog=str(catalog_path),
-                        passed=fuzz.passed and capacity.failures == 0, fuzz=fuzz.summary(), capacity=capacity,
+                        passed=fuzz.passed and not (capacity and capacity.failures), fuzz=fuzz.summary(),
+                        capacity=capacity,
                         memory={**memory.report(), "memory_limit": limit if record.image_built else None},
                         peak_bytes=memory.peak_bytes, failures=list(fuzz.failures))
     save_report(state, report, junit_text([fuzz]), json_text(fuzz))
@@ -198,7 +205,8 @@ def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:
     """Valid requests from the signature plus one full batch: the largest input accepted, for the memory peak."""
     requests = sample_requests(signature, count=16, batch_size=min(4, max_batch_size), seed=1)
     rows = [row for request in requests for row in request["inputs"]]
-    full = {"inputs": [rows[index % len(rows)] for index in range(max_batch_size)]}
+    full = within_body_limit({"inputs": [rows[index % len(rows)] for index in range(max_batch_size)]},
+                             DEFAULT_MAX_BODY_BYTES)
     return [json.dumps(request).encode() for request in requests + [full]]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,6 +43,19 @@ def test_capacity_is_the_best_rate_before_the_first_miss(steps: list, rps: float
     capacity = capacity_of(steps, slo_p99_ms=100)
     assert (capacity.rps, capacity.connections) == (rps, connections)
     assert capacity.steps == steps
+
+
+def test_a_test_without_a_load_phase_says_its_capacity_is_not_measured() -> None:
+    """--load-seconds 0 is a quick check, not a capacity of 0: the HPA keeps its default and the summary says '-'."""
+    from factory.state import FuzzSummary
+    from factory.test import capacity_note
+
+    fuzzed = FuzzSummary(passed=True, requests_fuzzed=3, failed_requests=0, latency_p50_ms=1.0, latency_p99_ms=2.0)
+    report = TestReport(model="m", route="/m/a", passed=True, fuzz=fuzzed, capacity=None)
+    assert capacity_note(report, "models.yaml:3: model 'm'") == (
+        "note: models.yaml:3: model 'm': no load phase (--load-seconds 0), so its capacity is not measured and its "
+        "HPA keeps the default CPU target (70 %); run `factory test` without --load-seconds 0 before deploying")
+    assert autoscaling_for(MODEL, report.capacity).source == "unmeasured default"
 
 
 @pytest.mark.parametrize("first, note", [
@@ -245,6 +259,43 @@ def test_a_capacity_no_rate_of_which_could_be_offered_says_so() -> None:
         "note: models.yaml:3: model 'm': the load client could not keep to its schedule even at 76 req/s (its "
         "arrivals up to 250 ms late, p99): the machine is too busy to confirm any rate, so its capacity is 0 and its "
         "HPA keeps the default CPU target (70 %); run `factory test` again on a quieter machine")
+
+
+@pytest.mark.parametrize("slo_p99_ms, late_ms, offered", [
+    (100, 10.0, True), (100, 10.1, False),  # a tenth of the objective
+    (5, 3.0, True), (20, 10.0, True), (20, 10.1, False),  # at least 10 ms: the timer's own jitter is not falling behind
+    (1000, 99.0, True), (1000, 101.0, False),
+])
+def test_a_rate_is_offered_unless_the_client_fell_behind(slo_p99_ms, late_ms, offered) -> None:
+    from factory.capacity import offered as was_offered
+
+    assert was_offered(open_step(500, 1, late_ms=late_ms), slo_p99_ms) is offered
+
+
+def test_a_tight_objective_confirms_a_rate_its_client_sent_a_few_ms_late() -> None:
+    """Session 15's stranger: a compiled model held 1,700 req/s with p99 5.3 ms against a 20 ms objective, its
+    client's arrivals 2.8 ms late at p99; a tenth of the objective (2 ms) had left it no capacity at all."""
+    from factory.capacity import confirmed
+
+    tight = capacity_of([step(4, 3400, 4, cpu=60.0)], 20)
+    held = confirmed(tight, lambda rate: open_step(rate, 5.3, late_ms=2.8))
+    assert (held.rps, held.unconfirmed_rps) == (3400, None)
+
+
+def test_latency_counts_from_when_the_client_sent_not_from_its_schedule(answering: str, monkeypatch) -> None:
+    """A client whose timer wakes 50 ms late says so (late_ms), but the server answered at once: no latency of
+    its requests holds the client's own delay."""
+    from factory import loadgen
+
+    slept = asyncio.sleep
+
+    async def oversleeping(seconds: float) -> None:
+        await slept(seconds + 0.05)
+
+    monkeypatch.setattr(loadgen.asyncio, "sleep", oversleeping)
+    load = loadgen.run_open_load(answering, [json.dumps({"kind": "ok"}).encode()], rate=200, duration_s=0.02)
+    assert load.statuses == {"200": 4} and load.late_ms >= 50
+    assert max(load.latencies_ms) < 50
 
 
 def test_open_loop_load_sends_its_arrivals_and_judges_every_503(answering: str) -> None:

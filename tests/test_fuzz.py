@@ -332,6 +332,30 @@ def test_a_correct_server_passes_and_the_reports_say_so(tmp_path):
     assert json.loads(json_text(result))["requests_fuzzed"] == result.requests_fuzzed
 
 
+def test_a_full_batch_larger_than_the_body_limit_is_sent_as_many_rows_as_fit(tmp_path):
+    """max_batch_size 10,000 is a valid batcher size for small requests merged; one request of 10,000 rows of this
+    signature is over the body limit, and the server's 413 for it says nothing about the model."""
+    with serving(make_app(signature_columns(ALL_TYPES), 10_000, max_body_bytes=MAX_BODY)) as url:
+        result = fuzz_service(url, ALL_TYPES, 10_000, seed=SEED, valid_examples=15, invalid_examples=0,
+                              model="breast_cancer", report_dir=tmp_path / "report", max_body_bytes=MAX_BODY)
+    assert result.passed, result.failures
+    assert {r.status for r in result.records} == {200}
+
+
+@pytest.mark.parametrize("rows, limit, kept", [
+    (3, 1000, 3),  # fits: unchanged
+    (1000, 1000, 38),  # 1,000 rows of 26 bytes each: 38 fit in exactly 1,000 bytes, 39 would not
+    (2, 10, 1),  # one row over the limit stays: the request must carry a row
+])
+def test_a_request_keeps_as_many_rows_as_fit_in_the_body_limit(rows, limit, kept):
+    from factory.fuzz_requests import encode, within_body_limit
+
+    request = {"inputs": [{"x": 1.5, "name": "ab"}] * rows}
+    fitted = within_body_limit(request, limit)
+    assert len(fitted["inputs"]) == kept
+    assert kept == 1 or len(encode(fitted)) <= limit
+
+
 @pytest.mark.parametrize("name", ["float32 image", "int8 ragged", "bool scalars"])
 def test_tensor_signatures_pass_against_a_correct_server(tmp_path, name):
     columns = signature_columns(SIGNATURES[name])
