@@ -306,20 +306,34 @@ def _sized_model(catalog: Catalog, model: ModelSpec, state: StateDir) -> tuple[d
 
 
 def _refuse_untested(models: list[ModelSpec], state: StateDir) -> None:
-    """Manifests only for models whose last `factory test` passed: a failed one must not be deployed."""
-    verdicts = {model.name: _last_test(state, model.name) for model in models}
+    """Manifests only for models whose last `factory test` passed, and tested what is built and declared now: a
+    failed one must not be deployed, nor one sized and scaled from a test of another build or objective."""
+    verdicts = {model.name: last_test(state, model) for model in models}
     refused = sorted(name for name, verdict in verdicts.items() if verdict != "passed")
     if refused:
         listed = ", ".join(f"{name} ({verdicts[name]})" for name in refused)
-        raise ManifestError(f"refusing to write manifests for models whose last test did not pass: {listed}; run "
-                            f"`factory test {' '.join(refused)}` and fix them, or pass --allow-failed")
+        raise ManifestError(f"refusing to write manifests for models whose last test did not pass or no longer "
+                            f"applies: {listed}; run `factory test {' '.join(refused)}` and fix them, or pass "
+                            "--allow-failed")
 
 
-def _last_test(state: StateDir, model: str) -> str:
-    report = state.test_report(model)
+def last_test(state: StateDir, model: ModelSpec) -> str:
+    """"passed", or why the last test does not vouch for the model as built and declared now."""
+    report = state.test_report(model.name)
     if report is None:
         return "not tested"
-    return "passed" if report.passed else "failed"
+    if not report.passed:
+        return "failed"
+    record = state.build_record(model.name)
+    if record is not None and report.bento_tag and report.bento_tag != record.bento_tag:
+        return f"tested {report.bento_tag}, built since as {record.bento_tag}"
+    capacity = report.capacity
+    if capacity is not None and capacity.slo_p99_ms != model.slo.p99_ms:
+        return f"tested against slo.p99_ms {capacity.slo_p99_ms}, models.yaml now says {model.slo.p99_ms}"
+    if capacity is not None and capacity.cpu_request is not None and \
+            Resources(cpu=capacity.cpu_request).cores != model.resources.cores:
+        return f"tested with resources.cpu {capacity.cpu_request}, models.yaml now says {model.resources.cpu}"
+    return "passed"
 
 
 def measured_peak(state: StateDir, model: str) -> Optional[int]:

@@ -402,3 +402,28 @@ def test_gpu_models_get_gpus_node_selector_and_toleration(model: ModelSpec) -> N
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     expected_selector = {"nvidia.com/gpu.product": model.resources.gpu_type} if model.resources.gpu_type else None
     assert pod.get("nodeSelector") == expected_selector
+
+
+@pytest.mark.parametrize("change, verdict", [
+    ({}, "passed"),
+    ({"report": {"passed": False}}, "failed"),
+    ({"build": {"bento_tag": "m:2"}}, "tested m:1, built since as m:2"),  # rebuilt (a new version) after the test
+    ({"model": {"slo": {"p99_ms": 10}}}, "tested against slo.p99_ms 100, models.yaml now says 10"),
+    ({"model": {"resources": {"cpu": "250m"}}}, "tested with resources.cpu 1, models.yaml now says 250m"),
+    ({"model": {"resources": {"cpu": "1000m"}}}, "passed"),  # the same request written another way
+    ({"capacity": {"cpu_request": None}}, "passed"),  # a report from before the request was kept
+    ({"report": {"capacity": None}}, "passed"),  # tested with --load-seconds 0
+])
+def test_manifests_take_only_a_passed_test_of_what_is_built_and_declared_now(tmp_path: Path, change: dict,
+                                                                             verdict: str) -> None:
+    from factory.manifests import last_test
+    from factory.state import BuildRecord, StateDir, TestReport
+    from test_state import BUILD, REPORT
+
+    state = StateDir(tmp_path)
+    BuildRecord(**{**BUILD, **change.get("build", {})}).save(state.record_path("m"))
+    capacity = {**REPORT["capacity"], "cpu_request": "1", **change.get("capacity", {})}
+    TestReport(**{**REPORT, "capacity": capacity, **change.get("report", {})}).save(state.report_path("m"))
+    model = ModelSpec.model_validate({"name": "m", "version": 1, "endpoint": "m", **change.get("model", {})})
+    assert last_test(state, model) == verdict
+    assert last_test(state, model.model_copy(update={"name": "untested"})) == "not tested"
