@@ -266,6 +266,23 @@ def test_waiting_to_be_read_and_queued_work_add_up() -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("late_ms, before_ms, overdue_ms, waited_ms", [
+    (150, 140, -5, 139),  # turn after turn held: past capacity, what is read now waited
+    (6, 0, -5, 0),  # one stall: a lone client's request read after it arrived once it was over
+    (0.9, 0.9, -4, 0),  # a timer within its grain (uvloop counts whole milliseconds) is on time
+    (0, 0, 30, 29),  # the timer is overdue now: the loop is held as the request is read
+])
+def test_a_late_tick_counts_once_the_loop_stays_late(late_ms, before_ms, overdue_ms, waited_ms) -> None:
+    async def scenario():
+        lag = mf_lag.LoopLag(interval_s=3600)
+        lag.seen()  # starts it on this loop
+        now = asyncio.get_running_loop().time()
+        lag.late_s, lag.before_s, lag.due = late_ms / 1000, before_ms / 1000, now - overdue_ms / 1000
+        return lag.seen() * 1000
+
+    assert asyncio.run(scenario()) == pytest.approx(waited_ms, abs=0.5)
+
+
 def test_the_loop_timer_runs_only_while_requests_arrive() -> None:
     """An idle pod never wakes for it; the first request after idling has waited for nothing."""
     async def scenario():
