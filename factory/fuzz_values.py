@@ -93,7 +93,8 @@ def wrong_value(spec: Any) -> st.SearchStrategy:
     if kind in _NOT_A_CONTAINER:
         return st.sampled_from(_NOT_A_CONTAINER[kind])
     if kind in FLOAT_BITS:
-        return st.sampled_from(["1.5", True, [1.0], {"value": 1.0}])
+        beyond = [1e39, -1e39] if FLOAT_BITS[kind] == 32 else [1e5, -1e5] if FLOAT_BITS[kind] == 16 else []
+        return st.sampled_from(["1.5", True, [1.0], {"value": 1.0}, *beyond])  # beyond: a float32's or float16's range
     if kind in INT_BOUNDS:
         low, high = INT_BOUNDS[kind]
         return st.sampled_from([1.5, True, "3", low - 1, high + 1])

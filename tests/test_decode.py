@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from typing import Any, Optional
 
@@ -28,8 +29,11 @@ KINDS = ("double", "float", "long", "integer", "boolean", "string")
 # Text spliced into the JSON where these strings stand: numbers json.dumps never writes.
 RAW = {"__1e400__": "1e400", "__-1e400__": "-1e400", "__1.0__": "1.0", "__-0__": "-0", "__1e2__": "1e2",
        "__big__": "1" + "0" * 40, "__tiny__": "1e-400"}
+# The double next to float32's largest value as mf_schema writes it (3.4028235e38): the least a float column refuses.
+BEYOND_FLOAT32 = math.nextafter(mf_schema.FLOAT_MAX["float"], math.inf)
 EDGES = [None, True, False, 0, 1, -1, 2**31, -(2**31) - 1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 0.5, -0.0,
-         1.7976931348623157e308, "", "x", "1", "surge multiplier", [], {}, [1.0], {"a": 1}, *RAW]
+         1.7976931348623157e308, mf_schema.FLOAT_MAX["float"], BEYOND_FLOAT32, "", "x", "1", "surge multiplier", [], {},
+         [1.0], {"a": 1}, *RAW]
 
 
 def _request_model(inputs: list[dict]) -> Any:
@@ -45,7 +49,10 @@ def _canonical(rows: list[dict]) -> list:
 
 def _near_miss(kind: str) -> st.SearchStrategy:
     """Values just outside what the column takes."""
-    if kind in ("double", "float"):
+    if kind == "float":  # a double beyond float32's range (mf_schema.FLOAT_MAX["float"]) too
+        return st.sampled_from(["__1e400__", "__-1e400__", "__big__", 1e39, -1e39, BEYOND_FLOAT32, -BEYOND_FLOAT32,
+                                "1.5", True, None])
+    if kind == "double":
         return st.sampled_from(["__1e400__", "__-1e400__", "1.5", True, None])
     if kind in ("long", "integer"):
         low, high = mf_schema.INT_BOUNDS[kind]
@@ -54,7 +61,10 @@ def _near_miss(kind: str) -> st.SearchStrategy:
 
 
 def _valid(kind: str) -> st.SearchStrategy:
-    if kind in ("double", "float"):
+    if kind == "float":  # float32's range, its bounds included
+        return st.one_of(st.floats(-mf_schema.FLOAT_MAX["float"], mf_schema.FLOAT_MAX["float"]), st.integers(-(2**70), 2**70),
+                         st.sampled_from([mf_schema.FLOAT_MAX["float"], -mf_schema.FLOAT_MAX["float"]]))
+    if kind == "double":
         return st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**70), 2**70))
     if kind in ("long", "integer"):
         low, high = mf_schema.INT_BOUNDS[kind]
@@ -143,6 +153,23 @@ def test_a_number_beyond_a_float_is_refused_by_msgspec_itself() -> None:
     for number in (b"1e400", b"-1e400", b"1" + b"0" * 400):
         with pytest.raises(msgspec.ValidationError, match="Number out of range"):
             rows_of(b'{"inputs": [{"x": %s}]}' % number)
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+@pytest.mark.parametrize("number, refused", [
+    (b"1e39", "less than or equal to"), (b"-1e39", "greater than or equal to"), (b"3.40282351e38", "less than"),
+    (b"1" + b"0" * 40, "less than"),  # a JSON integer
+    (b"3.4028235e38", None), (b"-3.4028235e38", None), (b"1e38", None),
+])
+def test_a_float_column_takes_float32s_range_and_names_a_value_beyond_it(number: bytes, refused: Optional[str],
+                                                                         shortcut: bool) -> None:
+    """MLflow's `float` is float32: 1e39 would reach the model as infinity and fail its row with a 500."""
+    body = b'{"inputs": [{"f": %s, "d": %s}]}' % (number, number)
+    status, answer = _served([{"type": "float", "name": "f"}, {"type": "double", "name": "d"}], body, shortcut)
+    if refused is None:
+        assert status == 200 and answer == [{"f": float(number), "d": float(number)}]
+    else:
+        assert status == 400 and answer["error"]["field"] == "inputs[0].f" and refused in answer["error"]["message"]
 
 
 TRIP = [{"type": "double", "name": "surge multiplier", "required": True},

@@ -2,9 +2,9 @@
 
 pydantic validates trafficaware's full batch (32 rows of 6 columns) in 30–45 µs, half what its compiled model takes
 to predict them (BENCHMARKS.md, session 14); msgspec decodes and checks the same body into the same dicts in about
-half that time: JSON numbers for float columns (integers too, as floats), integers within the column's bounds,
-no infinity, strict booleans and strings, no unknown or missing column, 1 to max_rows rows, an optional column
-null or absent (and then left out).
+half that time: JSON numbers for float columns (integers too, as floats; within float32's range for `float`),
+integers within the column's bounds, no infinity, strict booleans and strings, no unknown or missing column, 1 to
+max_rows rows, an optional column null or absent (and then left out).
 It is a shortcut, not a second schema: a body it refuses for any reason (a bad value, a `params` object, another
 top-level key) goes on to the pydantic model generated for the API (mf_schema), which accepts it or answers the
 error with the JSON path of the first bad value. tests/test_decode.py checks on generated bodies that whatever
@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Optional, Union
 
 import msgspec
 
-from mf_schema import FLOATS, INT_BOUNDS
+from mf_schema import FLOAT_MAX, FLOATS, INT_BOUNDS
 
 # MLflow's column types whose strict pydantic check (mf_schema.value_type) has an exact msgspec equal. Datetimes
 # (pydantic reads more ISO 8601 forms than RFC 3339), binary (a pattern), nested values and tensors are left to
@@ -27,6 +27,8 @@ SCALARS: dict[str, Any] = {
     # pydantic's allow_inf_nan=False holds as is: JSON has no NaN, and msgspec refuses a number beyond a float's
     # range (1e400) where Python's json reads infinity.
     **{kind: float for kind in FLOATS},
+    # float32's range, as pydantic's
+    "float": Annotated[float, msgspec.Meta(ge=-FLOAT_MAX["float"], le=FLOAT_MAX["float"])],
     **{kind: Annotated[int, msgspec.Meta(ge=INT_BOUNDS[kind][0], le=INT_BOUNDS[kind][1])]
        for kind in ("long", "integer")},
     "boolean": bool,

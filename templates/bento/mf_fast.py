@@ -50,8 +50,8 @@ class FastPredict:
             return
         try:
             body = await self._body(receive, declared)
-        except mf_http.BodyTooLarge:
-            await _answer(send, 413, mf_http.too_large(self.max_bytes))
+        except mf_http.BodyTooLarge as refused:
+            await mf_http.refuse_too_large(scope, receive, send, self.max_bytes, refused)
             return
         try:
             rows, params = self._decoded(body or b"{}")
@@ -93,14 +93,14 @@ class FastPredict:
 
     async def _body(self, receive: Any, declared: bytes) -> bytes:
         if declared.isdigit() and int(declared) > self.max_bytes:
-            raise mf_http.BodyTooLarge()
+            raise mf_http.BodyTooLarge(declared=int(declared))
         chunks, seen = [], 0
         while True:
             message = await receive()
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self.max_bytes:
-                raise mf_http.BodyTooLarge()
+                raise mf_http.BodyTooLarge(seen=seen, more=message.get("more_body", False))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

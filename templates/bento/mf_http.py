@@ -1,7 +1,7 @@
 """ASGI middleware giving every error of a model service one shape, as the proxy's:
 `{"error": {"code": ..., "message": ..., "field": ...}}`.
 
-- bodies over `max_bytes` → 413 before they are parsed;
+- bodies over `max_bytes` → 413 before they are parsed (after the rest is read and dropped: `refuse_too_large`);
 - BentoML's validation errors (400) → the JSON path of the first bad field in `field`;
 - overload (mf_batch refusing work, `overloaded()`; BentoML's own "process is overloaded") → 503
   `overloaded` with `Retry-After`;
@@ -22,6 +22,9 @@ RETRY_AFTER_S = "1"
 CODES = {400: "invalid_input", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
          415: "unsupported_media_type", 422: "invalid_input", 500: "internal", 503: "overloaded"}
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# How much of a body over the limit is read (and dropped) before its 413 goes out; past it the 413 goes out at once
+# and the connection closes, so a client cannot keep the server reading. 16 times the 1 MiB limit.
+DRAIN_BYTES = 16 << 20
 
 
 def error_body(code: str, message: str, field: Optional[str] = None) -> bytes:
@@ -60,7 +63,7 @@ class ErrorShape:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._send(send, 413, too_large(self.max_bytes))
+            await refuse_too_large(scope, receive, send, self.max_bytes, BodyTooLarge(declared=int(declared)))
             return
         seen = 0
         response = _Response(send)
@@ -70,14 +73,14 @@ class ErrorShape:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise BodyTooLarge()
+                raise BodyTooLarge(seen=seen, more=message.get("more_body", False))
             return message
 
         try:
             await self.app(scope, counting_receive, response.send)
-        except BodyTooLarge:
+        except BodyTooLarge as refused:
             if not response.started:
-                await self._send(send, 413, too_large(self.max_bytes))
+                await refuse_too_large(scope, receive, send, self.max_bytes, refused)
 
     @staticmethod
     async def _send(send: Any, status: int, body: bytes, headers: Optional[list] = None) -> None:
@@ -174,5 +177,27 @@ def too_large(max_bytes: int) -> bytes:
     return error_body("body_too_large", f"request body is larger than {max_bytes} bytes; send fewer rows per request")
 
 
+async def refuse_too_large(scope: dict, receive: Any, send: Any, max_bytes: int, refused: "BodyTooLarge") -> None:
+    """The 413 for a body over `max_bytes`, once the rest of it is read and dropped, as nginx's lingering close
+    does: a connection closed with request bytes unread is reset by the kernel, and the reset destroys the 413
+    before the client reads it (what every client sending `Connection: close` got). A body past DRAIN_BYTES, or
+    one a client holds back until told to continue (`Expect: 100-continue`), is not read: the 413 goes out at once
+    and the connection closes."""
+    headers = dict(scope.get("headers") or [])
+    waiting = refused.seen == 0 and headers.get(b"expect", b"").lower() == b"100-continue"
+    seen, more = refused.seen, refused.more and not waiting
+    while more and max(refused.declared, seen) <= DRAIN_BYTES:
+        message = await receive()
+        seen += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    closing = [(b"connection", b"close")] if more or waiting else None
+    await ErrorShape._send(send, 413, too_large(max_bytes), closing)
+
+
 class BodyTooLarge(Exception):
-    pass
+    """A body over the limit, as far as it was read: its declared length (0: none), the bytes read, and whether
+    more are left to read."""
+
+    def __init__(self, declared: int = 0, seen: int = 0, more: bool = True):
+        super().__init__(f"request body over the limit: {declared or seen} bytes")
+        self.declared, self.seen, self.more = declared, seen, more

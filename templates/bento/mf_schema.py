@@ -25,6 +25,11 @@ INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1),
               **{f"int{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
               **{f"uint{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)}}
 FLOATS = ("double", "float", "float16", "float32", "float64")
+# MLflow's `float` column reaches the model as float32 (as a float32 or float16 tensor does): a larger value (1e39)
+# turns into infinity when the batch is built, and the model then fails the row (a 500) where the request should
+# get a 400 naming the value. The largest value of each as numpy prints it (np.finfo(...).max): every value up to
+# it rounds to a finite one.
+FLOAT_MAX = {"float": 3.4028235e38, "float32": 3.4028235e38, "float16": 65504.0}
 NESTED = ("array", "object", "map")
 # MLflow's schema enforcement converts each nested value through a pandas Series of its own, an array of
 # scalars in one: 88 µs per non-empty array, 94-230 µs per map value, 27 ms for one array of 100,000 floats
@@ -51,6 +56,8 @@ def value_type(spec: dict, where: str) -> Any:
     if kind == "object":
         properties = [{"name": name, **prop} for name, prop in sorted(spec["properties"].items())]
         return _fields_dict(properties, "Object")
+    if kind in FLOAT_MAX:
+        return Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-FLOAT_MAX[kind], le=FLOAT_MAX[kind])]
     if kind in FLOATS:
         return Annotated[float, Field(strict=True, allow_inf_nan=False)]
     if kind in INT_BOUNDS:

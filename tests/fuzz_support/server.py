@@ -32,13 +32,20 @@ def _bounded_int(dtype: str) -> Any:
     return Annotated[int, Field(ge=int(info.min), le=int(info.max))]
 
 
-COLUMN_TYPES = {"double": float, "float": float, "long": _bounded_int("int64"), "integer": _bounded_int("int32"),
-                "boolean": bool, "string": str, "datetime": datetime, "binary": bytes}
+def _bounded_float(dtype: str) -> Any:
+    info = np.finfo(dtype)
+    return Annotated[float, Field(ge=float(info.min), le=float(info.max))]
+
+
+COLUMN_TYPES = {"double": float, "float": _bounded_float("float32"), "long": _bounded_int("int64"),
+                "integer": _bounded_int("int32"), "boolean": bool, "string": str, "datetime": datetime, "binary": bytes}
 
 
 def _tensor_leaf(dtype: str) -> Any:
     kind = np.dtype(dtype).kind
-    return {"f": float, "b": bool}.get(kind) or _bounded_int(dtype)
+    if kind == "f":
+        return _bounded_float(dtype)
+    return bool if kind == "b" else _bounded_int(dtype)
 
 
 def _tensor_row(dims: tuple[int, ...], dtype: str) -> Any:

@@ -1,0 +1,137 @@
+"""A body over the pod's limit gets its 413 (templates/bento/mf_http.py `refuse_too_large`, on both of the pod's paths:
+mf_fast's POST /predict and mf_http.ErrorShape for everything else). The rest of the body is read and dropped
+before the 413 goes out: a server that closes a connection with request bytes unread is reset by the kernel, and
+the reset destroyed the 413 before a client sending `Connection: close` read it (stranger sweep A, B3)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import sys
+import threading
+import time
+from typing import Union
+
+import pytest
+import uvicorn
+from pydantic import BaseModel, Field
+
+from factory.runtime import BENTO_TEMPLATES
+
+sys.path.insert(0, str(BENTO_TEMPLATES))
+import mf_fast  # noqa: E402
+import mf_http  # noqa: E402
+import mf_schema  # noqa: E402
+import mf_serve  # noqa: E402
+
+LIMIT = 1000
+ROW = mf_schema.row_model([{"type": "double", "name": "x", "required": True}])
+
+
+class _Inputs(BaseModel):
+    inputs: list[ROW] = Field(min_length=1, max_length=4)
+
+
+class _Service:
+    async def answer(self, rows: list, params: object = None) -> list:
+        return [row["x"] * 2 for row in rows]
+
+
+def _app() -> mf_fast.FastPredict:
+    pod = mf_serve.Pod(_Service)
+    pod.instance = _Service()
+    # As mf_serve stacks them: mf_fast's POST /predict in front of ErrorShape around the Pod.
+    return mf_fast.FastPredict(mf_http.ErrorShape(pod, max_bytes=LIMIT), _Inputs, pod.answer, max_bytes=LIMIT)
+
+
+def _asked(path: str, chunks: list[bytes], declared: bool = True, expect: bool = False,
+           content_type: bytes = b"application/json") -> tuple[list, int, dict]:
+    """One request through the pod's app: what happened in order (("read", bytes) per body message, ("answer",
+    status) at the response's start), how many bytes it read, and the response's headers."""
+    headers = [(b"content-type", content_type)]
+    headers += [(b"content-length", str(sum(map(len, chunks))).encode())] if declared else []
+    headers += [(b"expect", b"100-continue")] if expect else []
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    events: list[tuple[str, int]] = []
+    start: dict = {}
+
+    async def receive() -> dict:
+        index = sum(1 for kind, _ in events if kind == "read")
+        events.append(("read", len(chunks[index])))
+        return {"type": "http.request", "body": chunks[index], "more_body": index + 1 < len(chunks)}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            events.append(("answer", message["status"]))
+
+    asyncio.run(_app()(scope, receive, send))
+    return events, sum(size for kind, size in events if kind == "read"), dict(start["headers"])
+
+
+@pytest.mark.parametrize("path, content_type, declared", [
+    ("/predict", b"application/json", True), ("/predict", b"application/json", False),  # mf_fast's
+    ("/predict", b"text/plain", True), ("/elsewhere", b"application/json", True),  # ErrorShape's
+])
+def test_a_body_over_the_limit_is_read_to_its_end_before_its_413(path: str, content_type: bytes,
+                                                                 declared: bool) -> None:
+    events, read, headers = _asked(path, [b"x" * 600] * 5, declared=declared, content_type=content_type)
+    assert events[-1] == ("answer", 413) and read == 3000 and b"connection" not in headers
+
+
+def test_a_body_declared_past_the_drain_bound_is_answered_at_once_and_the_connection_closed() -> None:
+    huge = b"x" * (1 << 20)
+    events, read, headers = _asked("/predict", [huge] * 17)
+    assert events == [("answer", 413)] and headers[b"connection"] == b"close"
+
+
+def test_a_streamed_body_is_read_no_further_than_the_drain_bound() -> None:
+    huge = b"x" * (1 << 20)
+    events, read, headers = _asked("/predict", [huge] * 40, declared=False)
+    assert events[-1] == ("answer", 413) and headers[b"connection"] == b"close"
+    assert mf_http.DRAIN_BYTES < read <= mf_http.DRAIN_BYTES + len(huge)
+
+
+@pytest.mark.parametrize("path", ["/predict", "/elsewhere"])
+def test_a_client_waiting_to_be_told_to_continue_is_answered_without_being_asked_for_its_body(path: str) -> None:
+    """Reading would send `100 Continue` and make the client send what is refused anyway (curl does so past 1 MiB)."""
+    events, read, headers = _asked(path, [b"x" * 600] * 5, expect=True)
+    assert events == [("answer", 413)] and headers[b"connection"] == b"close"
+
+
+@pytest.fixture(scope="module")
+def served_port():
+    """The pod's app under uvicorn, as mf_serve runs it, on a free port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(_app(), access_log=False, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield listener.getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+
+
+def _post(port: int, path: str, body: bytes, close: bool) -> Union[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json",
+                                                             **({"Connection": "close"} if close else {})})
+        return connection.getresponse().status
+    except OSError as exc:  # what the reset showed: BrokenPipeError, ConnectionResetError
+        return type(exc).__name__
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("path", ["/predict", "/elsewhere"])
+@pytest.mark.parametrize("close", [True, False])
+def test_a_client_sending_too_large_a_body_reads_its_413_over_a_real_socket(served_port: int, path: str,
+                                                                             close: bool) -> None:
+    big = b'{"inputs": [{"x": 1}], "pad": "' + b"x" * (2 << 20) + b'"}'
+    assert [_post(served_port, path, big, close) for _ in range(10)] == [413] * 10
+    assert _post(served_port, "/predict", b'{"inputs": [{"x": 1.5}]}', close) == 200
