@@ -35,6 +35,8 @@ EXTREMES = {**dict.fromkeys(("double", "float", "float64", "float32"), _DOUBLES)
 AROUND_ROWS = 1024  # measured: a float32 rounding beyond 1e-06 on 1 to 30 of 2,000 ordinary rows
 FLOAT_TYPES = {"double", "float", "float64", "float32"}
 INTEGER_TYPES = {"long", "integer", "int64", "int32"}
+# A typical value per column type, for a base row no golden row or example fills (complete_rows).
+PLAIN = {**dict.fromkeys(FLOAT_TYPES, 1.0), **dict.fromkeys(INTEGER_TYPES, 1), "boolean": False, "string": "a"}
 
 
 def values(onnx_bytes: bytes, feeds: list, signature: dict) -> dict[int, list]:
@@ -57,14 +59,14 @@ def described(onnx_bytes: bytes, feeds: list, signature: dict) -> str:
 
 
 def extremes(signature: dict, base: list[Any]) -> list[Any]:
-    """Rows holding one extreme value each, in one numeric column of the first `base` row: what a request may carry
+    """Rows holding one extreme value each, in one column of the first complete `base` row: what a request may carry
     beyond any realistic input (the largest doubles, beyond float32's range, subnormal, negative zero, the widest
     integers, a missing optional value). A registry model raises on some of them; a compiled form must too."""
     columns = onnx_columns.request_columns(signature)
-    as_list = next((row for row in (_as_list(row, columns) for row in base) if None not in row), None)
-    if as_list is None:
+    complete = complete_rows(base, columns)
+    if not complete:
         return []
-    made = []
+    as_list, made = complete[0], []
     for index, (_, kind) in enumerate(columns):
         optional = not _tensor(signature) and not signature["inputs"][index].get("required", True)
         for value in EXTREMES.get(kind, ()) + ((None,) if optional else ()):
@@ -132,8 +134,8 @@ def rows(onnx_bytes: bytes, feeds: list, signature: dict, base: list[Any], seed:
     probes = values(onnx_bytes, feeds, signature)
     if not probes:
         return []
-    as_list = [row for row in (_as_list(row, columns) for row in base) if None not in row]
-    if not as_list:  # an optional column no base row holds: nothing to fill it with
+    as_list = complete_rows(base, columns)
+    if not as_list:  # a column no base row holds, of a type without a plain value
         return []
     made: list[list] = []
     per_column = max(1, MAX_ROWS // 2 // len(probes))
@@ -172,6 +174,21 @@ def _spread(values: list, count: int) -> list:
     if len(values) <= count:
         return values
     return [values[round(step * (len(values) - 1) / (count - 1))] for step in range(count)] if count > 1 else values[:1]
+
+
+def complete_rows(base: list[Any], columns: list[tuple[str, str]]) -> list[list]:
+    """The `base` rows holding a value in every column, as lists. Where none does (every golden row lacks an
+    optional column, as when the registry model answered only such requests; a logged example's rows are all
+    complete), one row: the first with each gap filled by the first value another row holds there, else by PLAIN's
+    value of its type. Without it no probe and no extreme value (a missing optional one included) would be checked
+    at all. [] when a column has neither (a datetime column no row holds)."""
+    rows = [_as_list(row, columns) for row in base]
+    complete = [row for row in rows if None not in row]
+    if complete or not rows:
+        return complete
+    filled = [next((row[index] for row in rows if row[index] is not None), PLAIN.get(kind))
+              for index, (_, kind) in enumerate(columns)]
+    return [] if None in filled else [filled]
 
 
 def _as_list(row: Any, columns: list[tuple[str, str]]) -> list:

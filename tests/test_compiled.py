@@ -31,6 +31,13 @@ MIXED = {"inputs": [*DOUBLES["inputs"], {"type": "string", "name": "segment", "r
     ([1.0], [1.0 + 1e-5], 1e-6, 0.0, False, 1e-5),
     ([[1.0, 6e-90]], [[1.0, 0.0]], 1e-6, 0.0, True, 6e-90),  # norm-wise: relative to the row's largest value
     ([[0.4, 0.6]], [[0.5, 0.5]], 1e-6, 0.0, False, 1 / 6),
+    ([{"yes": 1.0, "no": 6e-90}], [{"yes": 1.0, "no": 0.0}], 1e-6, 0.0, True, 6e-90),  # probabilities by class name
+    # Not probabilities: each output relative to itself. A KNN regressor's [y, 1e9 + y], y 12 % off, had
+    # passed as 2e-08 relative to the row's largest value.
+    ([[46.32, 1e9 + 46.32]], [[51.99, 1e9 + 51.99]], 1e-6, 0.0, False, 0.109),
+    ([[0.2, 0.3]], [[0.2, 0.3 + 1e-7]], 1e-6, 0.0, True, 1e-7 / 0.3),  # in [0, 1], not summing to 1: element-wise
+    ([[0.2, 6e-90]], [[0.2, 0.0]], 1e-6, 0.0, True, 3e-80),  # noise next to a far larger output (ROW_FLOOR)
+    ([[0.2, 6e-9]], [[0.2, 0.0]], 1e-6, 0.0, False, 1.0),
     ([1e-12], [2e-12], 1e-6, 1e-9, True, 0.5),  # atol covers values near zero
     ([1], [1.0], 1e-6, 0.0, False, math.inf),  # a class answered as a float is another answer
     ([2], [3], 1e-6, 0.0, False, math.inf),
