@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional
 
 from packaging.requirements import Requirement
 
-from factory import atomic, bento_store, compiled, dockerapi, golden, probes
+from factory import atomic, bento_store, categorical, compiled, dockerapi, golden, probes
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
@@ -140,6 +140,7 @@ class Builder:
         bento_model_tag = self._import(model, resolved)
         model_dir = bento_store.model_dir(bento_model_tag)
         recorded = self._recorded(model, resolved, model_dir)  # a refused line stops the build before any file
+        resolved = self._categorized(model, resolved, model_dir, recorded)  # before golden requests are drawn
         # One build's files (golden, source, resolved signature, Bento export, record) land together: a failure
         # part-way keeps the previous build whole, never a new golden beside an old record.
         with atomic.staged_tree(self.state.build_dir(model.name), f"the build of {model.name}", atomic.IN_STATE,
@@ -252,6 +253,22 @@ class Builder:
         if flavor["loader"] == "pyfunc":  # no native loader (a PythonModel) or it failed here: MLflow's serves
             decision = dataclasses.replace(decision, path="pyfunc")
         return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
+
+    def _categorized(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path,
+                     recorded: list[Requirement]) -> ResolvedModel:
+        """`resolved` with its categorical columns' categories in its signature (factory/categorical.py): golden
+        and fuzz requests draw them, the served row model refuses other strings. A model in versions of its own is
+        not loaded here (factory/model_env.py): its string columns stay free-form."""
+        if foreign_versions(recorded):
+            return resolved
+        flavor = {key: value for key, value in resolved.flavor.items() if key != "packages"}
+        found = categorical.find(lambda: bento_module("mf_flavors").native_model(model_dir, flavor), flavor,
+                                 resolved.signature, golden.answerer(model_dir, resolved.signature["inputs"]),
+                                 probes.example_rows(model_dir, resolved.signature))
+        if not found:
+            return resolved
+        self.progress(f"{model.name}: {categorical.described(found)}")
+        return dataclasses.replace(resolved, signature=categorical.annotated(resolved.signature, found))
 
     def _recorded(self, model: ModelSpec, resolved: ResolvedModel, model_dir: Path) -> list[Requirement]:
         """The model's own requirements, untrusted: only requirement lines pass (factory/model_env.py); first, a

@@ -38,9 +38,13 @@ class Column:
     required: bool = True
     shape: Optional[tuple[int, ...]] = None  # a tensor row's shape: the signature's shape minus the batch dim
     spec: Optional[dict] = None  # an array, object or map column's whole MLflow type
+    # A categorical string column's categories (resolved.json, factory/categorical.py): the only values it takes.
+    categories: Optional[tuple[str, ...]] = None
 
     @property
     def value_type(self) -> Any:
+        if self.categories is not None:
+            return {"type": self.type, "categories": list(self.categories)}
         return self.spec if self.spec is not None else self.type
 
     @property
@@ -96,9 +100,15 @@ def _column(index: int, spec: dict) -> Column:
     if not isinstance(name, str):
         raise ServeError(f"input column {index} has a name that is not a string: {name!r}")
     check_type(spec, f"input column {repr(name) if spec.get('name') else f'{index} (unnamed)'}")
+    categories = spec.get("categories")
+    if categories is not None and (type_name != "string" or not isinstance(categories, list) or not categories
+                                   or not all(isinstance(value, str) for value in categories)):
+        raise ServeError(f"input column {name!r} has categories {categories!r}: only a string column has them, "
+                         "a non-empty list of strings (resolved.json is not what `factory build` writes: build again)")
     return Column(name, type_name, required=spec.get("required", True) is not False,
                   spec={key: value for key, value in spec.items() if key not in ("name", "required")}
-                  if type_name in NESTED_TYPES else None)
+                  if type_name in NESTED_TYPES else None,
+                  categories=None if categories is None else tuple(categories))
 
 
 def _tensor_column(spec: dict) -> Column:
@@ -258,6 +268,7 @@ def _row_corruptions(columns: list[Column]) -> dict[str, Corruption]:
         return column.name, {**row, column.name: value}
 
     nested = [c for c in columns if c.spec is not None]
+    categorical = [c for c in columns if c.categories is not None]
     corruptions: dict[str, Corruption] = {
         "wrong_type": lambda row: st.sampled_from(columns).flatmap(
             lambda c: wrong_value(c.value_type).map(lambda value: setting(row, c, value))),
@@ -275,6 +286,10 @@ def _row_corruptions(columns: list[Column]) -> dict[str, Corruption]:
 
     if nested:  # a wrong value anywhere inside: the error names its whole path (inputs[3].tokens[2])
         corruptions["wrong_nested"] = wrong_inside
+    if categorical:  # a string the model was not fit on: the error names the column
+        corruptions["unknown_category"] = lambda row: st.sampled_from(categorical).flatmap(
+            lambda c: st.text(max_size=16).filter(lambda text: text not in c.categories).map(
+                lambda value: setting(row, c, value)))
     if floats:
         corruptions["non_finite"] = lambda row: st.tuples(st.sampled_from(floats), st.sampled_from(_NON_FINITE)).map(
             lambda pair: setting(row, pair[0], _RawJson(pair[1])))

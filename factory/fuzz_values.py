@@ -66,6 +66,8 @@ def check_type(spec: Any, where: str) -> None:
 def valid_value(spec: Any) -> st.SearchStrategy:
     """`spec`: a scalar or tensor dtype name, or an MLflow type dict."""
     kind = spec["type"] if isinstance(spec, dict) else spec
+    if isinstance(spec, dict) and "categories" in spec:  # a categorical column (fuzz_requests.Column.categories)
+        return st.sampled_from(spec["categories"])
     if kind == "array":
         return st.lists(valid_value(spec["items"]), max_size=MAX_NESTED_ITEMS)
     if kind == "map":

@@ -47,8 +47,12 @@ def _canonical(rows: list[dict]) -> list:
     return [sorted((key, type(value).__name__, repr(value)) for key, value in row.items()) for row in rows]
 
 
-def _near_miss(kind: str) -> st.SearchStrategy:
+def _near_miss(spec: dict) -> st.SearchStrategy:
     """Values just outside what the column takes."""
+    kind = spec["type"]
+    if "categories" in spec:  # a string it was not fit on
+        return st.one_of(st.text(max_size=6).filter(lambda text: text not in spec["categories"]),
+                         st.sampled_from([1, None, True, ["x"]]))
     if kind == "float":  # a double beyond float32's range (mf_schema.FLOAT_MAX["float"]) too
         return st.sampled_from(["__1e400__", "__-1e400__", "__big__", 1e39, -1e39, BEYOND_FLOAT32, -BEYOND_FLOAT32,
                                 "1.5", True, None])
@@ -60,7 +64,10 @@ def _near_miss(kind: str) -> st.SearchStrategy:
     return st.sampled_from([0, 1, "true", None]) if kind == "boolean" else st.sampled_from([1, None, True, ["x"]])
 
 
-def _valid(kind: str) -> st.SearchStrategy:
+def _valid(spec: dict) -> st.SearchStrategy:
+    kind = spec["type"]
+    if "categories" in spec:
+        return st.sampled_from(spec["categories"])
     if kind == "float":  # float32's range, its bounds included
         return st.one_of(st.floats(-mf_schema.FLOAT_MAX["float"], mf_schema.FLOAT_MAX["float"]), st.integers(-(2**70), 2**70),
                          st.sampled_from([mf_schema.FLOAT_MAX["float"], -mf_schema.FLOAT_MAX["float"]]))
@@ -72,7 +79,11 @@ def _valid(kind: str) -> st.SearchStrategy:
     return st.booleans() if kind == "boolean" else st.text()
 
 
-COLUMN = st.fixed_dictionaries({"type": st.sampled_from(KINDS), "required": st.booleans()})
+COLUMN = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(KINDS), "required": st.booleans()}),
+    # a categorical column (factory/categorical.py): near-identical categories, so a near miss is close to one
+    st.fixed_dictionaries({"type": st.just("string"), "required": st.booleans(),
+                           "categories": st.lists(st.text(max_size=3), min_size=1, max_size=4, unique=True)}))
 # Any name msgspec can match (mf_decode._renamable): spaces, punctuation, any script.
 NAME = st.text(st.characters(codec="utf-8", min_codepoint=0x20, exclude_characters='\\"'), min_size=1, max_size=12)
 SIGNATURE = st.lists(NAME, min_size=1, max_size=5, unique=True).flatmap(
@@ -84,7 +95,7 @@ def _row(draw: Any, inputs: list[dict]) -> dict:
     row = {}
     for spec in inputs:
         if spec["required"] or draw(st.booleans()):
-            row[spec["name"]] = draw(_valid(spec["type"]))
+            row[spec["name"]] = draw(_valid(spec))
         elif draw(st.booleans()):
             row[spec["name"]] = None
     return row
@@ -98,7 +109,7 @@ def _body(draw: Any, inputs: list[dict], mutate: bool) -> bytes:
     change = draw(st.sampled_from(["cell", "cell", "cell", "missing", "extra", "top", "count"])) if mutate else None
     row, spec = draw(st.sampled_from(rows)), draw(st.sampled_from(inputs))
     if change == "cell":
-        row[spec["name"]] = draw(st.one_of(_near_miss(spec["type"]), st.sampled_from(EDGES)))
+        row[spec["name"]] = draw(st.one_of(_near_miss(spec), st.sampled_from(EDGES)))
     elif change == "missing":
         row.pop(spec["name"], None)
     elif change == "extra":
@@ -170,6 +181,23 @@ def test_a_float_column_takes_float32s_range_and_names_a_value_beyond_it(number:
         assert status == 200 and answer == [{"f": float(number), "d": float(number)}]
     else:
         assert status == 400 and answer["error"]["field"] == "inputs[0].f" and refused in answer["error"]["message"]
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+@pytest.mark.parametrize("categories, value, message", [
+    (["PHV", "TAXI"], "BUS", "inputs[0].segment: Input should be 'PHV' or 'TAXI'"),
+    (["TAXI"], "taxi", "inputs[0].segment: Input should be 'TAXI'"),
+    ([f"c{index:02}" for index in range(12)], "c12", "inputs[0].segment: Input should be one of the 12 categories "
+     "the model was fit on: 'c00', 'c01', 'c02', 'c03', 'c04', 'c05', 'c06', 'c07', 'c08', 'c09', …"),
+    (["PHV", "TAXI"], 1, "inputs[0].segment: Input should be a valid string"),
+])
+def test_a_categorical_column_refuses_another_value_naming_the_field_and_its_categories(
+        categories: list[str], value: Any, message: str, shortcut: bool) -> None:
+    inputs = [{"type": "string", "name": "segment", "categories": categories}, {"type": "double", "name": "km"}]
+    status, answer = _served(inputs, json.dumps({"inputs": [{"segment": value, "km": 1}]}).encode(), shortcut)
+    assert (status, answer["error"]["field"], answer["error"]["message"]) == (400, "inputs[0].segment", message)
+    assert _served(inputs, json.dumps({"inputs": [{"segment": categories[-1], "km": 1}]}).encode(), shortcut) == (
+        200, [{"segment": categories[-1], "km": 1.0}])
 
 
 TRIP = [{"type": "double", "name": "surge multiplier", "required": True},

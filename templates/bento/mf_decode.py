@@ -3,8 +3,9 @@
 pydantic validates trafficaware's full batch (32 rows of 6 columns) in 30–45 µs, half what its compiled model takes
 to predict them (BENCHMARKS.md, session 14); msgspec decodes and checks the same body into the same dicts in about
 half that time: JSON numbers for float columns (integers too, as floats; within float32's range for `float`),
-integers within the column's bounds, no infinity, strict booleans and strings, no unknown or missing column, 1 to
-max_rows rows, an optional column null or absent (and then left out).
+integers within the column's bounds, no infinity, strict booleans and strings (a categorical column's own
+categories only), no unknown or missing column, 1 to max_rows rows, an optional column null or absent (and then
+left out).
 It is a shortcut, not a second schema: a body it refuses for any reason (a bad value, a `params` object, another
 top-level key) goes on to the pydantic model generated for the API (mf_schema), which accepts it or answers the
 error with the JSON path of the first bad value. tests/test_decode.py checks on generated bodies that whatever
@@ -14,7 +15,7 @@ Copied verbatim into each model's folder by `factory render`; imports nothing he
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import msgspec
 
@@ -41,7 +42,8 @@ def decoder(inputs: list[dict], max_rows: int) -> Optional[Callable[[bytes], lis
     body it does not take; None when a column is not a named scalar of SCALARS."""
     fields: list[tuple] = []
     for index, spec in enumerate(inputs):
-        kind = SCALARS.get(spec.get("type", ""))
+        # A categorical column takes its categories only, as mf_schema's check: msgspec's Literal of them.
+        kind = Literal[tuple(spec["categories"])] if "categories" in spec else SCALARS.get(spec.get("type", ""))
         if kind is None or not _renamable(spec.get("name")):
             return None
         # Struct fields are identifiers; columns keep their own names ("surge multiplier") through `rename`.

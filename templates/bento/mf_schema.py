@@ -43,6 +43,8 @@ CLOSED = ConfigDict(extra="forbid")
 # Strict: an ISO 8601 string only; lax pydantic would also take a number as a Unix time.
 STRICT_DATETIME = Annotated[datetime.datetime, Field(strict=True)]
 DATETIME = TypeAdapter(STRICT_DATETIME)
+# A categorical column's error lists at most this many of its categories: a model may know thousands.
+MAX_SHOWN = 10
 
 
 def value_type(spec: dict, where: str) -> Any:
@@ -65,6 +67,8 @@ def value_type(spec: dict, where: str) -> Any:
         return Annotated[int, Field(strict=True, ge=low, le=high)]
     if kind in ("boolean", "bool"):
         return Annotated[bool, Field(strict=True)]
+    if kind == "string" and "categories" in spec:
+        return Annotated[str, Field(strict=True), AfterValidator(_one_of(spec["categories"]))]
     if kind == "string":
         return Annotated[str, Field(strict=True)]
     if kind == "datetime":
@@ -72,6 +76,24 @@ def value_type(spec: dict, where: str) -> Any:
     if kind == "binary":
         return Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
     raise ValueError(f"{where}: MLflow type {kind!r} is not supported by the generated service")
+
+
+def _one_of(categories: list[str]) -> Any:
+    """The check of a categorical column (factory/categorical.py: the registry model raises on any other string).
+    Its error lists the categories as pydantic's Literal does, the first MAX_SHOWN of a longer list."""
+    known = frozenset(categories)
+    shown = [repr(value) for value in categories[:MAX_SHOWN]]
+    if len(categories) > MAX_SHOWN:
+        listed = f"one of the {len(categories)} categories the model was fit on: {', '.join(shown)}, …"
+    else:
+        listed = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+    def check(value: str) -> str:
+        if value not in known:
+            raise PydanticCustomError("category", "Input should be {listed}", {"listed": listed})
+        return value
+
+    return check
 
 
 def _field_name(index: int, column: str) -> str:
