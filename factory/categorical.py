@@ -4,22 +4,24 @@ An encoder fit with handle_unknown="error" (scikit-learn's default for OneHotEnc
 "Found unknown categories" on any string it was not fit on. Requests sampled from the signature hold made-up
 strings, so such a model answered none of them: no golden predictions, a 500 for every valid fuzz request, a
 capacity of 0. So `factory build` reads each string column's categories where the model's ONNX form holds them
-(the categories its encoders were fit on, traced to request columns by factory/onnx_columns.py), and asks the
+(the categories its encoders were fit on, traced to request columns by factory/onnx_columns.py), or, for a
+scikit-learn model skl2onnx does not convert (a HistGradientBoosting model after an OrdinalEncoder, the usual
+way to feed it categories), off its fitted encoders by the column names they were fit on; and asks the
 registry model itself: a column is categorical only where it answers every one of them and raises on a made-up
 string. An encoder with handle_unknown="ignore" (or "use_encoded_value") answers any string: that column stays
 free-form. The column's spec in resolved.json's signature then carries them (`"categories": [...]`): golden and
 fuzz requests draw its values from them, and the served row model refuses any other string with a 400 naming the
 field and the values it takes (templates/bento/mf_schema.py).
 
-A model with no ONNX form here (a custom PythonModel, a converter failing on some step) keeps its string columns
-free-form: the values of its logged input example would be a guess at the categories, and a served model refusing
+A model with neither (a custom PythonModel, a converter failing on some step of another library) keeps its string
+columns free-form: the values of its logged input example would be a guess at the categories, and a served model refusing
 a category its encoders know, because the example lacked it, is worse than the 500 an unknown one gets.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from factory import onnx_columns, probes
 from factory.onnx_convert import Candidate, candidates
@@ -54,7 +56,8 @@ def find(load_native: Callable[[], Any], flavor: dict, signature: dict, answer: 
 
 
 def _encoded(load_native: Callable[[], Any], flavor: dict, signature: dict) -> dict[int, list[str]]:
-    """The categories the first ONNX form of the model holds per string column; {} without one."""
+    """The categories the first ONNX form of the model holds per string column, else its fitted scikit-learn
+    encoders'; {} without either."""
     try:
         model = load_native()
     except Exception:  # whatever the flavor's library raises: the build's compile step reports it on its own
@@ -62,7 +65,33 @@ def _encoded(load_native: Callable[[], Any], flavor: dict, signature: dict) -> d
     for candidate in candidates(model, flavor, signature):
         if isinstance(candidate, Candidate):
             return onnx_columns.categories(candidate.onnx, candidate.feeds, signature)
-    return {}
+    return _fitted(model, signature)
+
+
+def _fitted(model: Any, signature: dict) -> dict[int, list[str]]:
+    """Per string column, the string categories of the scikit-learn encoders fit on a column of its name (an encoder
+    fit on a DataFrame keeps the names, `feature_names_in_`)."""
+    index = {name: i for i, (name, kind) in enumerate(onnx_columns.request_columns(signature)) if kind == "string"}
+    found: dict[int, set[str]] = {}
+    for encoder in _encoders(model):
+        for name, values in zip(getattr(encoder, "feature_names_in_", ()), encoder.categories_):
+            strings = {value for value in values.tolist() if isinstance(value, str)}  # not NaN, fit on missing
+            if name in index and strings:
+                found.setdefault(index[name], set()).update(strings)
+    return {column: sorted(values) for column, values in sorted(found.items())}
+
+
+def _encoders(estimator: Any) -> Iterator[Any]:
+    """The fitted one-hot and ordinal encoders in `estimator`, through pipelines, column transformers and unions."""
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    if isinstance(estimator, (OneHotEncoder, OrdinalEncoder)) and hasattr(estimator, "categories_"):
+        yield estimator
+    parts = [*(step for _, step in getattr(estimator, "steps", ())),
+             *(part for _, part, _ in getattr(estimator, "transformers_", ())),
+             *(part for _, part in getattr(estimator, "transformer_list", ()))]
+    for part in parts:
+        yield from _encoders(part)
 
 
 def _confirmed(answer: Answer, base: dict, name: str, values: list[str]) -> bool:
@@ -93,4 +122,5 @@ def annotated(signature: dict, found: dict[str, list[str]]) -> dict:
 def described(found: dict[str, list[str]]) -> str:
     """One line for the build output: which columns are categorical, with how many categories."""
     return "categorical columns (the registry model raises on any other value; requests outside them get a 400): " \
-        + ", ".join(f"{json.dumps(name)} ({len(values)} categories)" for name, values in sorted(found.items()))
+        + ", ".join(f"{json.dumps(name)} ({len(values)} categor{'y' if len(values) == 1 else 'ies'})"
+                    for name, values in sorted(found.items()))

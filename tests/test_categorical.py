@@ -72,6 +72,27 @@ def test_a_column_is_categorical_where_the_registry_model_refuses_other_strings(
     assert categorical.find(lambda: model, flavor, SIGNATURE, _answers(model)) == found
 
 
+@pytest.mark.parametrize("encoder, found", [
+    ("ordinal, sklearn's default", {"segment": SEGMENTS}),
+    ("ordinal, encoded value", {}),  # answers any string: free-form
+])
+def test_a_model_skl2onnx_does_not_convert_has_its_encoders_read_off_the_fitted_pipeline(encoder: str,
+                                                                                        found: dict) -> None:
+    """HistGradientBoosting after an OrdinalEncoder, the usual way to feed it categories, has no ONNX form here."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+
+    frame = pd.DataFrame({"distance km": np.arange(90.0), "segment": SEGMENTS * 30, "note": "x"})
+    encode = ColumnTransformer([("segment", _encoders()[encoder], ["segment"])], remainder="passthrough")
+    model = Pipeline([("encode", encode), ("classify", HistGradientBoostingClassifier(max_iter=5))]).fit(
+        frame[["distance km", "segment"]], frame["distance km"] > 40)
+    assert not [c for c in categorical.candidates(model, SKLEARN, SIGNATURE) if isinstance(c, categorical.Candidate)]
+    assert categorical.find(lambda: model, SKLEARN, SIGNATURE, _answers(model)) == found
+
+
 def test_categories_the_registry_model_does_not_answer_are_not_categorical() -> None:
     """A model raising on every row (here: on any distance) confirms nothing: its columns stay free-form."""
     model = _pipeline(_encoders()["one-hot, sklearn's default"])
@@ -100,7 +121,7 @@ def test_the_signature_carries_the_categories_and_the_build_says_so() -> None:
     assert categorical.annotated(SIGNATURE, {}) is SIGNATURE
     assert categorical.described({"segment": SEGMENTS, "a b": ["x"]}) == (
         'categorical columns (the registry model raises on any other value; requests outside them get a 400): '
-        '"a b" (1 categories), "segment" (3 categories)')
+        '"a b" (1 category), "segment" (3 categories)')
 
 
 ANNOTATED = categorical.annotated(SIGNATURE, {"segment": SEGMENTS})
