@@ -10,8 +10,8 @@ Usage: python -m bench.shedding --state OLD_STATE --state NEW_STATE --model NAME
 Each state directory holds a `factory build` of the models (and `factory test`'s report, whose
 `capacity.rps` sets the rates: from --capacity-from, the same absolute rates for every state). The client
 is factory.loadgen's open loop, in one process per loadgen.PROCESS_RPS of the rate, in processes of its own;
-`late` is how late it sent its arrivals (p99, ms): its own delay, in every latency it measures. Prints one JSON line per step, then a table of
-medians over rounds.
+`late` is how late it sent its arrivals (p99, ms): its own delay, not in the latencies (counted from sending).
+Prints one JSON line per step, then a table of medians over rounds.
 """
 
 from __future__ import annotations
