@@ -73,7 +73,7 @@ def test_planted_crash_is_found_and_printed_with_a_replay(built: FactoryEnv, tmp
     assert result.returncode == 1
     assert f"{PLANTED_MODEL}: failed" in result.stderr
     assert "expected 200, got 500" in result.stderr
-    assert '"traffic_level"' in result.stderr  # the minimal failing request is printed
+    assert '"hour_of_day"' in result.stderr  # the minimal failing request is printed
     assert "  response: " in result.stderr and "the model raised " in result.stderr  # and what the model raised
     assert f"rerun:  {shlex.join(['factory', 'test', '-f', str(catalog), PLANTED_MODEL, '--seed', '0'])}" in result.stderr
     serve_line = next(line for line in result.stderr.splitlines() if "replay: factory serve" in line)

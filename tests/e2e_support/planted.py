@@ -1,6 +1,8 @@
-"""Register a model with a real-world bug: its encoder raises on a category it never saw in training.
+"""Register a model with a real-world bug: it one-hot encodes the hour of day, and its encoder raises on an hour it
+never saw in training (24, -1, 1e6).
 
-The signature only says "string", so per-row validation cannot catch it; only fuzzing finds it.
+The signature only says "long", so per-row validation cannot catch it; only fuzzing finds it. (A string column
+encoded so is a categorical column the build finds and the pod refuses other values of: factory/categorical.py.)
 Run as a script: python planted.py REGISTRY_DIR
 """
 
@@ -21,8 +23,9 @@ def _strict_encoder_model():
     from sklearn.preprocessing import OneHotEncoder
 
     encode = ColumnTransformer([
-        ("numeric", SimpleImputer(strategy="median"), [0, 1, 2, 5]),
-        ("traffic", OneHotEncoder(handle_unknown="error"), [3]),  # the bug
+        ("numeric", SimpleImputer(strategy="median"), [0, 2, 5]),
+        ("hour", OneHotEncoder(handle_unknown="error"), [1]),  # the bug
+        ("traffic", OneHotEncoder(handle_unknown="ignore"), [3]),
         ("airport", "passthrough", [4]),
     ])
     return make_pipeline(encode, LogisticRegression(max_iter=500))
