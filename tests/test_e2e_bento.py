@@ -105,6 +105,15 @@ def test_bad_row_gets_4xx_naming_the_field(servers: dict, label: str, row: dict,
     assert error["field"] in (f"inputs[0].{field}", "inputs[0]") and field in error["message"], body
 
 
+def test_an_unknown_request_key_is_refused_naming_it(servers: dict) -> None:
+    """Dropped, a misspelled "params" ran the model with its defaults."""
+    body = {"inputs": [{"trip distance km": 3, "mean speed kmh": 30}], "parmas": {"horizon": 2}}
+    code, answer = post(servers[ALIAS_MODEL], json.dumps(body).encode())
+    error = json.loads(answer)["error"]
+    assert (code, error["code"], error["field"]) == (400, "invalid_input", "parmas"), answer
+    assert "Extra inputs are not permitted" in error["message"], answer
+
+
 RAW_BAD_BODIES = [
     ("NaN", b'{"inputs": [{"trip distance km": NaN, "mean speed kmh": 30}]}', 400),
     ("Infinity", b'{"inputs": [{"trip distance km": Infinity, "mean speed kmh": 30}]}', 400),

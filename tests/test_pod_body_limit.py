@@ -8,41 +8,22 @@ from __future__ import annotations
 import asyncio
 import http.client
 import socket
-import sys
 import threading
 import time
 from typing import Union
 
 import pytest
 import uvicorn
-from pydantic import BaseModel, Field
 
-from factory.runtime import BENTO_TEMPLATES
-
-sys.path.insert(0, str(BENTO_TEMPLATES))
-import mf_fast  # noqa: E402
-import mf_http  # noqa: E402
-import mf_schema  # noqa: E402
-import mf_serve  # noqa: E402
+from pod_support import Service, mf_fast, mf_http, mf_serve, pod_app
 
 LIMIT = 1000
-ROW = mf_schema.row_model([{"type": "double", "name": "x", "required": True}])
-
-
-class _Inputs(BaseModel):
-    inputs: list[ROW] = Field(min_length=1, max_length=4)
-
-
-class _Service:
-    async def answer(self, rows: list, params: object = None) -> list:
-        return [row["x"] * 2 for row in rows]
 
 
 def _app() -> mf_fast.FastPredict:
-    pod = mf_serve.Pod(_Service)
-    pod.instance = _Service()
-    # As mf_serve stacks them: mf_fast's POST /predict in front of ErrorShape around the Pod.
-    return mf_fast.FastPredict(mf_http.ErrorShape(pod, max_bytes=LIMIT), _Inputs, pod.answer, max_bytes=LIMIT)
+    pod = mf_serve.Pod(Service)
+    pod.instance = Service()
+    return pod_app(pod, max_bytes=LIMIT)
 
 
 def _asked(path: str, chunks: list[bytes], declared: bool = True, expect: bool = False,

@@ -5,34 +5,15 @@ the service once it exists."""
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import httpx
 import pytest
-from pydantic import BaseModel, Field
 
-from factory.runtime import BENTO_TEMPLATES
-
-sys.path.insert(0, str(BENTO_TEMPLATES))
-import mf_fast  # noqa: E402
-import mf_http  # noqa: E402
-import mf_schema  # noqa: E402
-import mf_serve  # noqa: E402
-
-ROW = mf_schema.row_model([{"type": "double", "name": "x", "required": True}])
-
-
-class _Inputs(BaseModel):
-    inputs: list[ROW] = Field(min_length=1, max_length=4)
-
-
-class _Service:
-    async def answer(self, rows: list, params: object = None) -> list:
-        return [row["x"] * 2 for row in rows]
+from pod_support import Service, mf_serve, pod_app
 
 
 def _app(pod: mf_serve.Pod):
-    return mf_fast.FastPredict(mf_http.ErrorShape(pod, max_bytes=1000), _Inputs, pod.answer, max_bytes=1000)  # as mf_serve
+    return pod_app(pod, max_bytes=1000)
 
 
 def _requests(pod: mf_serve.Pod, *requests: tuple) -> list[tuple[int, object]]:
@@ -63,7 +44,7 @@ def _lifespan(pod: mf_serve.Pod) -> list[dict]:
 
 
 def test_startup_creates_the_service_and_predict_reaches_it() -> None:
-    pod = mf_serve.Pod(_Service)
+    pod = mf_serve.Pod(Service)
     assert _requests(pod, ("GET", "/readyz", {}))[0][0] == 503  # still loading
     assert _lifespan(pod) == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
     answers = _requests(pod, ("GET", "/readyz", {}), ("GET", "/livez", {}), ("GET", "/healthz", {}),
@@ -89,7 +70,7 @@ def test_a_service_that_fails_to_start_fails_the_startup_with_its_error() -> Non
 ])
 def test_what_nothing_serves_gets_the_error_shape(method: str, path: str, options: dict, status: int,
                                                   code: str) -> None:
-    pod = mf_serve.Pod(_Service)
+    pod = mf_serve.Pod(Service)
     _lifespan(pod)
     (answered, body), = _requests(pod, (method, path, options))
     assert answered == status and body["error"]["code"] == code and body["error"]["message"]
