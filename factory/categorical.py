@@ -69,29 +69,45 @@ def _encoded(load_native: Callable[[], Any], flavor: dict, signature: dict) -> d
 
 
 def _fitted(model: Any, signature: dict) -> dict[int, list[str]]:
-    """Per string column, the string categories of the scikit-learn encoders fit on a column of its name (an encoder
-    fit on a DataFrame keeps the names, `feature_names_in_`)."""
+    """Per string column, the string categories of the scikit-learn encoders fit on a column of its name."""
     index = {name: i for i, (name, kind) in enumerate(onnx_columns.request_columns(signature)) if kind == "string"}
     found: dict[int, set[str]] = {}
-    for encoder in _encoders(model):
-        for name, values in zip(getattr(encoder, "feature_names_in_", ()), encoder.categories_):
+    for encoder, names in _encoders(model, ()):
+        for name, values in zip(names, encoder.categories_):
             strings = {value for value in values.tolist() if isinstance(value, str)}  # not NaN, fit on missing
             if name in index and strings:
                 found.setdefault(index[name], set()).update(strings)
     return {column: sorted(values) for column, values in sorted(found.items())}
 
 
-def _encoders(estimator: Any) -> Iterator[Any]:
-    """The fitted one-hot and ordinal encoders in `estimator`, through pipelines, column transformers and unions."""
+def _encoders(estimator: Any, names: Sequence[str]) -> Iterator[tuple[Any, Sequence[str]]]:
+    """The fitted one-hot and ordinal encoders in `estimator`, through pipelines, column transformers and unions,
+    each with the request columns it encodes: the names it was fit on (`feature_names_in_`: fit on a DataFrame), else
+    the columns a ColumnTransformer gave the pipeline it ends, where only imputers come before it (an imputer
+    hands on an array, nameless, of the same columns: SimpleImputer(strategy="constant") then OneHotEncoder)."""
+    from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 
     if isinstance(estimator, (OneHotEncoder, OrdinalEncoder)) and hasattr(estimator, "categories_"):
-        yield estimator
-    parts = [*(step for _, step in getattr(estimator, "steps", ())),
-             *(part for _, part, _ in getattr(estimator, "transformers_", ())),
-             *(part for _, part in getattr(estimator, "transformer_list", ()))]
-    for part in parts:
-        yield from _encoders(part)
+        yield estimator, list(getattr(estimator, "feature_names_in_", names))
+    for _, step in getattr(estimator, "steps", ()):
+        yield from _encoders(step, names)
+        names = names if isinstance(step, SimpleImputer) else ()
+    known = list(getattr(estimator, "feature_names_in_", ()))
+    for _, part, columns in getattr(estimator, "transformers_", ()):
+        yield from _encoders(part, _column_names(columns, known))
+    for _, part in getattr(estimator, "transformer_list", ()):
+        yield from _encoders(part, names)
+
+
+def _column_names(columns: Any, known: list[str]) -> list[str]:
+    """A ColumnTransformer's column selection as names: names as given, positions among the names it was fit on."""
+    picked = list(columns) if isinstance(columns, (list, tuple)) else []
+    if all(isinstance(column, str) for column in picked):
+        return picked
+    if known and all(isinstance(column, int) and 0 <= column < len(known) for column in picked):
+        return [known[column] for column in picked]
+    return []
 
 
 def _confirmed(answer: Answer, base: dict, name: str, values: list[str]) -> bool:

@@ -93,6 +93,25 @@ def test_a_model_skl2onnx_does_not_convert_has_its_encoders_read_off_the_fitted_
     assert categorical.find(lambda: model, SKLEARN, SIGNATURE, _answers(model)) == found
 
 
+@pytest.mark.parametrize("columns", [["segment"], [1]])  # by name, and by position among the names fit on
+def test_an_encoder_after_an_imputer_encodes_the_columns_its_column_transformer_gave(columns: list) -> None:
+    """SimpleImputer hands the encoder a nameless array of the same columns: the names come from the selection."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+
+    frame = pd.DataFrame({"distance km": np.arange(90.0), "segment": SEGMENTS * 30})
+    fill = Pipeline([("fill", SimpleImputer(strategy="constant", fill_value="none")),
+                     ("encode", _encoders()["ordinal, sklearn's default"])])
+    encode = ColumnTransformer([("segment", fill, columns)], remainder="passthrough")
+    model = Pipeline([("encode", encode), ("classify", HistGradientBoostingClassifier(max_iter=5))]).fit(
+        frame, frame["distance km"] > 40)
+    assert categorical.find(lambda: model, SKLEARN, SIGNATURE, _answers(model)) == {"segment": SEGMENTS}
+
+
 def test_categories_the_registry_model_does_not_answer_are_not_categorical() -> None:
     """A model raising on every row (here: on any distance) confirms nothing: its columns stay free-form."""
     model = _pipeline(_encoders()["one-hot, sklearn's default"])
