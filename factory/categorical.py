@@ -24,13 +24,12 @@ import json
 from typing import Any, Callable, Iterator, Sequence
 
 from factory import onnx_columns, probes
+from factory.golden import Answer
 from factory.onnx_convert import Candidate, candidates
 
 KEY = "categories"  # the key of a categorical column's spec in resolved.json's signature
 ROWS_PER_REQUEST = 64
 MADE_UP = "unknown category"  # a string no encoder was fit on (made longer, should one have been)
-# The registry model's answers to requests ({"inputs": rows}): {"outputs": [...]} or {"error": ...} each.
-Answer = Callable[[list[dict]], list[dict]]
 
 
 def find(load_native: Callable[[], Any], flavor: dict, signature: dict, answer: Answer,

@@ -26,6 +26,7 @@ from factory import precision, probes
 from factory.catalog import Compile
 from factory.exactness import Comparison, compare
 from factory.fuzz_values import NESTED_TYPES
+from factory.golden import Answer
 from factory.onnx_convert import Candidate, NotConvertible, candidates
 from factory.runtime import bento_module
 
@@ -40,8 +41,6 @@ PROBES_PER_REQUEST = 64
 # model raises on).
 MIN_DISTINCT_ROWS = 8
 REFUSED = {"refused": "the model raises on this row"}  # what either side answers to a row it raises on
-# The registry model's answers to requests ({"inputs": rows}): {"outputs": [...]} or {"error": ...} each.
-Answer = Callable[[list[dict]], list[dict]]
 
 
 @dataclass(frozen=True)

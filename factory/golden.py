@@ -87,7 +87,11 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
                   any(answer.get("miscounted") for answer in answered))
 
 
-def answerer(model_dir: Path, inputs: list[dict]) -> Callable[[list[dict]], list[dict]]:
+# The registry model's answers to requests ({"inputs": rows}): {"outputs": [...]} or {"error": ...} each.
+Answer = Callable[[list[dict]], list[dict]]
+
+
+def answerer(model_dir: Path, inputs: list[dict]) -> Answer:
     """The registry model's answers in the factory's process, to more requests than the golden ones (the rows a
     compiled form is probed on, compiled.decide); a model this process cannot load answers none of them."""
     def answer(requests: list[dict]) -> list[dict]:
