@@ -76,9 +76,8 @@ def _floats(value: Any) -> Iterator[float]:
 
 
 def _magnitude(value: Any) -> float:
-    if isinstance(value, (list, dict)):
-        return max(map(_magnitude, value.values() if isinstance(value, dict) else value), default=0.0)
-    return abs(value) if isinstance(value, float) and math.isfinite(value) else 0.0
+    """The largest finite float anywhere in `value`, unsigned; 0 without one."""
+    return max((abs(item) for item in _floats(value) if math.isfinite(item)), default=0.0)
 
 
 def _numbers(want: Any, got: Any, json_numbers: bool) -> bool:
