@@ -40,7 +40,7 @@ for size in sizes:
     outputs = predictor.predict(rows)
     print(json.dumps({"rows": size, "pydantic": us(lambda: request_model.model_validate_json(body)),
                       "shortcut": shortcut and us(lambda: shortcut(body)), "predict": us(lambda: predictor.predict(rows)),
-                      "encode": us(lambda: mf_fast._encoded(outputs))}), flush=True)
+                      "encode": us(lambda: mf_fast.settled(outputs))}), flush=True)
 """
 
 

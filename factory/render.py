@@ -30,7 +30,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 RUNTIME_DIR = "bento-runtime"
 ROUTES_CONFIGMAP = "/routes-"  # k8s/proxy/routes-NNN.yaml
 RUNTIME_FILES = ("mf_runtime.py", "mf_serve.py", "mf_flavors.py", "mf_inputs.py", "mf_http.py", "mf_batch.py",
-                 "mf_fast.py", "mf_schema.py", "mf_decode.py", "mf_lag.py")
+                 "mf_fast.py", "mf_schema.py", "mf_decode.py", "mf_lag.py", "mf_protocol.py")
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -175,7 +175,7 @@ def pack_shards(files: dict[str, str]) -> str:
 
 def _bento_folder(env: jinja2.Environment, model: ModelSpec, source: str) -> dict[str, str]:
     folder = f"models/{model.name}"
-    context = {"model": model, "source": source}
+    context = {"model": model, "source": source, "runtime_files": RUNTIME_FILES}
     return {
         f"{folder}/service.py": _template(env, "bento/service.py.j2", **context),
         f"{folder}/bentofile.yaml": _template(env, "bento/bentofile.yaml.j2", **context),

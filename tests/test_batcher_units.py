@@ -340,10 +340,14 @@ def test_a_loop_busy_in_short_turns_refuses_nothing() -> None:
 
 
 def test_the_overload_answer_has_the_error_shape_and_retry_after() -> None:
-    response = mf_http.overloaded("the model server is overloaded", 2)
-    assert response.status_code == 503 and response.headers["retry-after"] == "2"
-    assert json.loads(response.body) == {"error": {"code": "overloaded", "message": "the model server is overloaded",
-                                                   "field": None}}
+    reply = mf_http.overloaded("the model server is overloaded", 2)
+    assert reply.status == 503 and reply.headers == ((b"retry-after", b"2"),)
+    assert json.loads(reply.body) == {"error": {"code": "overloaded", "message": "the model server is overloaded",
+                                                "field": None}}
+    # As BentoML's own API path answers it (`bentoml serve`), with its Retry-After.
+    response = mf_http.response(reply)
+    assert (response.status_code, response.headers["retry-after"], response.body) == (503, "2", reply.body)
+    assert response.headers["content-type"] == "application/json"
     # Already in shape: the middleware passes it through with its Retry-After.
     assert mf_http._rewrite(503, response.body) is None
 
@@ -407,7 +411,7 @@ class _Inputs(BaseModel):  # what BentoML generates for `predict(self, inputs: l
 
 
 async def _bentoml(scope, receive, send) -> None:
-    await mf_fast._answer(send, 299, b'"bentoml answered"')
+    await mf_fast._answer(send, mf_http.Reply(299, b'"bentoml answered"'))
 
 
 def _client(answer) -> httpx.AsyncClient:

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import socket
-import threading
-import time
 from typing import Union
 
 import pytest
-import uvicorn
 
-from pod_support import Service, mf_fast, mf_http, mf_serve, pod_app
+from pod_support import Service, mf_fast, mf_http, mf_serve, pod_app, serving
 
 LIMIT = 1000
 
@@ -84,17 +80,8 @@ def test_a_client_waiting_to_be_told_to_continue_is_answered_without_being_asked
 @pytest.fixture(scope="module")
 def served_port():
     """The pod's app under uvicorn, as mf_serve runs it, on a free port."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(_app(), access_log=False, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield listener.getsockname()[1]
-    server.should_exit = True
-    thread.join(10)
+    with serving(_app()) as server:
+        yield server.port
 
 
 def _post(port: int, path: str, body: bytes, close: bool) -> Union[int, str]:

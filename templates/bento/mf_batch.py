@@ -83,8 +83,14 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     async def submit(self, rows: list, params: Any = None) -> list:
-        """The outputs for `rows` (with `params`, None for the model's defaults), or Overloaded when the wait it
-        had before the app saw it and the work queued ahead would not be done within the budget."""
+        """The outputs for `rows` (with `params`, None for the model's defaults), or Overloaded (`answer`)."""
+        answered = self.answer(rows, params)
+        return await answered if isinstance(answered, asyncio.Future) else answered
+
+    def answer(self, rows: list, params: Any = None) -> "list | asyncio.Future[list]":
+        """The outputs for `rows` when they run at once, else a future of them (the request queues); Overloaded when
+        the wait it had before the app saw it and the work queued ahead would not be done within the budget.
+        Called on the event loop, it never yields to it: the pod's protocol (mf_protocol) answers without a task."""
         waited, queued = self.lag.seen(), self.expected_wait_s(len(rows))
         if waited + queued > self.budget_s:
             raise Overloaded(waited, queued, self.budget_s)
@@ -100,7 +106,7 @@ class Batcher:
         if not self.busy:
             self.busy = True
             asyncio.get_running_loop().create_task(self._drain())
-        return await future
+        return future
 
     def expected_wait_s(self, rows: int) -> float:
         """Runs ahead of `rows` (the one in progress, then the queue packed in max_rows, or one run per queued

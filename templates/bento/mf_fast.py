@@ -7,7 +7,8 @@ predict (BENCHMARKS.md, "Latency and capacity"). Here the body is validated with
 BentoML generated for the API (`model_validate_json`, as its JSON serde does), or first by mf_decode's
 shortcut for a signature of named scalar columns, and handed to the service's batcher; everything else
 (other paths, other content types, probes) goes to the app behind it (`mf_serve.Pod` in the pod's one
-process, inside `mf_http.ErrorShape`).
+process, inside `mf_http.ErrorShape`). `reply` does a request's work without yielding to the event loop, so the
+pod's protocol (mf_protocol) answers most requests with it directly, without the ASGI path above it.
 Its own answers keep ErrorShape's rules (the one error shape, the body limit, a request holding a failed
 row answered 500) without ErrorShape's wrapping: that buffers every response and scans, and for a
 failure re-parses, its JSON, which the outputs list answers directly. Outputs are encoded with orjson:
@@ -17,6 +18,8 @@ batches"). Copied verbatim into each model's folder by `factory render`.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 from typing import Any, Callable, Optional
@@ -31,7 +34,8 @@ JSON = b"application/json"
 
 
 class FastPredict:
-    """`submit()` returns the running service's batcher submit, or None before the service exists."""
+    """`submit()` returns the running service's `answer`, or None before the service exists. `answer(rows, params)`
+    gives the outputs, an awaitable of them (the request queued), or an mf_http.Reply (a refusal)."""
 
     def __init__(self, app: Any, input_model: Any, submit: Callable[[], Optional[Callable]], max_bytes: int,
                  path: str = "/predict", rows_of: Optional[Callable[[bytes], list]] = None):
@@ -43,9 +47,8 @@ class FastPredict:
         self.path = path
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        declared = self._ours(scope)
-        submit = None if declared is None else self.submit()
-        if submit is None:
+        declared = self.ours(scope)
+        if declared is None or self.submit() is None:
             await self.app(scope, receive, send)
             return
         try:
@@ -53,24 +56,26 @@ class FastPredict:
         except mf_http.BodyTooLarge as refused:
             await mf_http.refuse_too_large(scope, receive, send, self.max_bytes, refused)
             return
+        reply = self.reply(body)
+        if isinstance(reply, asyncio.Future):
+            await asyncio.wait([reply])
+            reply = finished(reply)
+        await _answer(send, reply)
+
+    def reply(self, body: bytes) -> "mf_http.Reply | asyncio.Future":
+        """The whole answer to a POST /predict `body` when the model ran at once or the body was refused, else a
+        future of the outputs (`finished` makes it the answer). Never yields to the event loop."""
         try:
             rows, params = self._decoded(body or b"{}")
         except ValueError as exc:  # pydantic's ValidationError, with the JSON path of the first bad value
             errors = exc.errors(include_context=False, include_input=False) if hasattr(exc, "errors") else []
-            await _answer(send, 400, mf_http._validation(errors) if errors else mf_http.error_body(
+            return mf_http.Reply(400, mf_http._validation(errors) if errors else mf_http.error_body(
                 "invalid_input", str(exc)[:300]))
-            return
         try:
-            outputs = await submit(rows, params)
-            status, answer = _encoded(outputs) if isinstance(outputs, list) else (503, outputs)
-        except Exception:  # a defect of ours, not the model's (the predictor isolates those)
-            LOG.exception("predict failed")
-            await _answer(send, 500, mf_http.error_body("internal", "the model server failed; see its log"))
-            return
-        if isinstance(answer, bytes):
-            await _answer(send, status, answer)
-        else:  # a finished response (mf_http.overloaded)
-            await answer(scope, receive, send)
+            answered = self.submit()(rows, params)
+        except Exception as exc:  # a defect of ours, not the model's (the predictor isolates those)
+            return settled(exc)
+        return asyncio.ensure_future(answered) if inspect.isawaitable(answered) else settled(answered)
 
     def _decoded(self, body: bytes) -> tuple[list, Any]:
         """The rows and params: mf_decode's shortcut when it takes the body, else the API's pydantic model, which
@@ -83,7 +88,7 @@ class FastPredict:
         request = self.input_model.model_validate_json(body)
         return request.inputs, getattr(request, "params", None)
 
-    def _ours(self, scope: dict) -> Optional[bytes]:
+    def ours(self, scope: dict) -> Optional[bytes]:
         """The declared content-length (b"" when none) of a JSON POST to the predict path; None otherwise."""
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             return None
@@ -106,10 +111,26 @@ class FastPredict:
                 return b"".join(chunks)
 
 
-def _encoded(outputs: list) -> tuple[int, bytes]:
-    """200 and the outputs, or 500 for the first row that failed (the request fails as a whole)."""
-    failed = mf_http.row_failure(outputs)
-    return (200, _dumps(outputs)) if failed is None else (500, failed)
+def settled(answered: Any) -> mf_http.Reply:
+    """The answer to what the service gave: outputs (200, or 500 for the first row that failed: the request fails as a
+    whole), a refusal as it is, an exception (a defect of ours; the predictor isolates the model's) a 500."""
+    if isinstance(answered, mf_http.Reply):
+        return answered
+    if isinstance(answered, list):
+        failed = mf_http.row_failure(answered)
+        if failed is not None:
+            return mf_http.Reply(500, failed)
+        try:
+            return mf_http.Reply(200, _dumps(answered))
+        except (TypeError, ValueError) as exc:  # outputs JSON has no form for
+            answered = exc
+    LOG.error("predict failed: %r", answered, exc_info=answered if isinstance(answered, BaseException) else None)
+    return mf_http.Reply(500, mf_http.error_body("internal", "the model server failed; see its log"))
+
+
+def finished(future: asyncio.Future) -> mf_http.Reply:
+    """`settled` for a done future of outputs (`FastPredict.reply`'s)."""
+    return settled(future.exception() or future.result())
 
 
 def _dumps(outputs: list) -> bytes:
@@ -119,7 +140,7 @@ def _dumps(outputs: list) -> bytes:
         return json.dumps(outputs).encode()
 
 
-async def _answer(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+async def _answer(send: Any, reply: mf_http.Reply) -> None:
+    await send({"type": "http.response.start", "status": reply.status,
+                "headers": [(b"content-type", JSON), (b"content-length", str(len(reply.body)).encode()), *reply.headers]})
+    await send({"type": "http.response.body", "body": reply.body})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 FAILURE_MARK = b"__model_factory_failure__"
 MARK_KEY = FAILURE_MARK.decode()
@@ -44,12 +44,25 @@ def json_path(loc: list) -> str:
     return path or "$"
 
 
-def overloaded(message: str, retry_after_s: int) -> Any:
+class Reply(NamedTuple):
+    """A whole answer of the pod's own: status, JSON body, headers beyond content-type and content-length."""
+
+    status: int
+    body: bytes
+    headers: tuple = ()
+
+
+def overloaded(message: str, retry_after_s: int) -> Reply:
     """The 503 a request refused at the door gets: the error shape and when to come back."""
+    return Reply(503, error_body("overloaded", message), ((b"retry-after", str(retry_after_s).encode()),))
+
+
+def response(reply: Reply) -> Any:
+    """`reply` as a Starlette response, for BentoML's own API path (`bentoml serve`)."""
     from starlette.responses import Response
 
-    return Response(error_body("overloaded", message), status_code=503, media_type="application/json",
-                    headers={"retry-after": str(retry_after_s)})
+    return Response(reply.body, status_code=reply.status, media_type="application/json",
+                    headers={name.decode(): value.decode() for name, value in reply.headers})
 
 
 class ErrorShape:

@@ -1,4 +1,4 @@
-"""Serve this Bento as ONE process, the way its pod runs it: uvicorn, POST /predict (mf_fast), probes.
+"""Serve this Bento as ONE process, the way its pod runs it: uvicorn, POST /predict (mf_fast, mf_protocol), probes.
 
 `bentoml serve` runs an arbiter (~80 MiB) beside the worker; in a Kubernetes pod the kubelet already
 restarts a failed container, so the arbiter buys nothing there but memory. BentoML's service app is not
@@ -44,7 +44,7 @@ class Pod:
         elif scope["type"] == "http":
             status, code, message = self._route(scope["method"], scope["path"])
             body = b'"ok"' if status == 200 else mf_http.error_body(code, message)
-            await mf_fast._answer(send, status, body)
+            await mf_fast._answer(send, mf_http.Reply(status, body))
 
     def _route(self, method: str, path: str) -> tuple[int, str, str]:
         if path in PROBES:
@@ -98,10 +98,18 @@ def main() -> None:
 
     pod = Pod(ModelService)
     app = fast_predict(mf_http.ErrorShape(pod, max_bytes=MAX_BODY_BYTES), pod.answer)
+    uvicorn.run(app, host=args.host, port=args.port, **options(app))
+
+
+def options(app: mf_fast.FastPredict) -> dict:
+    """uvicorn's options for the pod's app, beside host and port."""
+    import mf_protocol
+
     # proxy_headers off: nothing here reads the client's address, and the middleware costs ~3 % of a request.
     # lifespan "on": a model that fails to load stops the server instead of serving without a model.
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning", proxy_headers=False,
-                lifespan="on", timeout_graceful_shutdown=20)
+    # http: uvicorn's httptools protocol, answering POST /predict without an ASGI request (mf_protocol).
+    return {"access_log": False, "log_level": "warning", "proxy_headers": False, "lifespan": "on",
+            "timeout_graceful_shutdown": 20, "http": mf_protocol.protocol(app)}
 
 
 if __name__ == "__main__":
