@@ -2,6 +2,7 @@
 `{"error": {"code": ..., "message": ..., "field": ...}}`.
 
 - bodies over `max_bytes` → 413 before they are parsed (after the rest is read and dropped: `refuse_too_large`);
+  answers that need no body (mf_serve.Pod's) go out once it is read and dropped too (`after_body`);
 - BentoML's validation errors (400) → the JSON path of the first bad field in `field`;
 - overload (mf_batch refusing work, `overloaded()`; BentoML's own "process is overloaded") → 503
   `overloaded` with `Retry-After`;
@@ -25,6 +26,7 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # How much of a body over the limit is read (and dropped) before its 413 goes out; past it the 413 goes out at once
 # and the connection closes, so a client cannot keep the server reading. 16 times the 1 MiB limit.
 DRAIN_BYTES = 16 << 20
+CLOSE = (b"connection", b"close")
 
 
 def error_body(code: str, message: str, field: Optional[str] = None) -> bytes:
@@ -191,20 +193,37 @@ def too_large(max_bytes: int) -> bytes:
 
 
 async def refuse_too_large(scope: dict, receive: Any, send: Any, max_bytes: int, refused: "BodyTooLarge") -> None:
-    """The 413 for a body over `max_bytes`, once the rest of it is read and dropped, as nginx's lingering close
-    does: a connection closed with request bytes unread is reset by the kernel, and the reset destroys the 413
-    before the client reads it (what every client sending `Connection: close` got). A body past DRAIN_BYTES, or
-    one a client holds back until told to continue (`Expect: 100-continue`), is not read: the 413 goes out at once
-    and the connection closes."""
-    headers = dict(scope.get("headers") or [])
-    waiting = refused.seen == 0 and headers.get(b"expect", b"").lower() == b"100-continue"
-    seen, more = refused.seen, refused.more and not waiting
-    while more and max(refused.declared, seen) <= DRAIN_BYTES:
+    """The 413 for a body over `max_bytes`, once the rest of it is read and dropped (`drained`). A body past
+    DRAIN_BYTES, or one a client holds back until told to continue (`Expect: 100-continue`), is not read: the 413
+    goes out at once and the connection closes."""
+    waiting = refused.seen == 0 and _continue_expected(scope)
+    left = await drained(receive, refused.seen, refused.declared, refused.more and not waiting)
+    await ErrorShape._send(send, 413, too_large(max_bytes), [CLOSE] if left or waiting else None)
+
+
+async def after_body(scope: dict, receive: Any) -> tuple:
+    """The headers an answer that needs no body gets once the body is read and dropped (`drained`): none, or
+    `connection: close` when some of it is left unread (past DRAIN_BYTES, or held back for `Expect: 100-continue`)."""
+    if _continue_expected(scope):
+        return (CLOSE,)
+    declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+    return (CLOSE,) if await drained(receive, declared=int(declared) if declared.isdigit() else 0) else ()
+
+
+async def drained(receive: Any, seen: int = 0, declared: int = 0, more: bool = True) -> bool:
+    """Reads and drops the rest of a request's body, as nginx's lingering close does: a connection closed with request
+    bytes unread is reset by the kernel, and the reset destroys the answer before the client reads it (what every
+    client sending `Connection: close` got). Stops past DRAIN_BYTES, declared or read, so a client cannot keep the
+    server reading. Whether some of the body is left unread: the answer must then close the connection."""
+    while more and max(declared, seen) <= DRAIN_BYTES:
         message = await receive()
         seen += len(message.get("body", b""))
         more = message.get("more_body", False)
-    closing = [(b"connection", b"close")] if more or waiting else None
-    await ErrorShape._send(send, 413, too_large(max_bytes), closing)
+    return more
+
+
+def _continue_expected(scope: dict) -> bool:
+    return dict(scope.get("headers") or []).get(b"expect", b"").lower() == b"100-continue"
 
 
 class BodyTooLarge(Exception):

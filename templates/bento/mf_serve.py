@@ -44,7 +44,7 @@ class Pod:
         elif scope["type"] == "http":
             status, code, message = self._route(scope["method"], scope["path"])
             body = b'"ok"' if status == 200 else mf_http.error_body(code, message)
-            await mf_fast._answer(send, mf_http.Reply(status, body))
+            await mf_fast._answer(send, mf_http.Reply(status, body, await mf_http.after_body(scope, receive)))
 
     def _route(self, method: str, path: str) -> tuple[int, str, str]:
         if path in PROBES:
