@@ -3,10 +3,10 @@
 Per request, uvicorn's ASGI path costs a task, a receive and two sends of message dicts, each send's header checks,
 and the awaits between them: ~20-40 µs, as much as a compiled model's one-row predict. Answered inside the protocol,
 one-row requests at 16 connections cost 0.62-0.67x the CPU (`python -m bench.bare --rows 1 --connections 16`,
-BENCHMARKS.md "Session 16"); full batches, whose predict and decode dominate, 0.92-1.0x. Here a JSON POST to the predict path whose declared body fits uvicorn's read buffer goes to
-`mf_fast.FastPredict.reply` as soon as its body is in, on the event loop, and the answer is written straight to the
-transport; a request that queues for the model (a partial batch, a model run in its thread) is answered from its
-future's callback.
+BENCHMARKS.md "Session 16"); full batches, whose predict and decode dominate, 0.92-1.0x. Here a JSON POST to the
+predict path whose declared body fits uvicorn's read buffer goes to `mf_fast.FastPredict.reply` as soon as its body
+is in, on the event loop, and the answer is written straight to the transport; a request that queues for the model
+(a partial batch, a model run in its thread) is answered from its future's callback.
 
 Everything else stays uvicorn's: parsing (llhttp), keep-alive and its timeout, pipelining (a request waits for the
 answer before it), graceful shutdown (a pending answer still goes out, then the connection closes), and every other
