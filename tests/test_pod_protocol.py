@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import pytest
 
-from pod_support import Inputs, mf_fast, mf_http, mf_serve, serving
+from pod_support import Inputs, config as pod_config, mf_fast, mf_http, mf_serve, serving
 
 import mf_batch  # noqa: E402  (pod_support put the Bento templates on sys.path)
 import mf_protocol  # noqa: E402
@@ -259,7 +259,7 @@ def test_a_client_that_does_not_read_its_answers_stops_the_reading_of_requests()
 
     async def scenario() -> Transport:
         app = _app(Answering(lambda rows: [row["x"] for row in rows]))  # answered at once, as a full batch inline
-        config = uvicorn.Config(app, **{**mf_serve.options(app), "lifespan": "off"})
+        config = pod_config(app)
         config.load()
         server_state = uvicorn.server.ServerState()
         protocol = config.http_protocol_class(config=config, server_state=server_state, app_state={})

@@ -141,6 +141,5 @@ def _dumps(outputs: list) -> bytes:
 
 
 async def _answer(send: Any, reply: mf_http.Reply) -> None:
-    await send({"type": "http.response.start", "status": reply.status,
-                "headers": [(b"content-type", JSON), (b"content-length", str(len(reply.body)).encode()), *reply.headers]})
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.framed()})
     await send({"type": "http.response.body", "body": reply.body})

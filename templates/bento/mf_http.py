@@ -53,6 +53,11 @@ class Reply(NamedTuple):
     body: bytes
     headers: tuple = ()
 
+    def framed(self) -> list:
+        """Every header of the answer: its type and length, then its own."""
+        return [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode()),
+                *self.headers]
+
 
 def overloaded(message: str, retry_after_s: int) -> Reply:
     """The 503 a request refused at the door gets: the error shape and when to come back."""

@@ -87,8 +87,7 @@ class PredictProtocol(HttpToolsProtocol):
         if cycle.disconnected or cycle.response_complete or self.transport.is_closing():
             return  # the client left (uvicorn marks only its newest request disconnected), or shutdown closed it
         content = [STATUS_LINE[reply.status]]
-        for name, value in (*self.server_state.default_headers, (b"content-type", mf_fast.JSON),
-                            (b"content-length", str(len(reply.body)).encode()), *reply.headers):
+        for name, value in (*self.server_state.default_headers, *reply.framed()):
             content += [name, b": ", value, b"\r\n"]
         if not cycle.keep_alive:
             content.append(b"connection: close\r\n")

@@ -38,13 +38,18 @@ def pod_app(pod: mf_serve.Pod, max_bytes: int) -> mf_fast.FastPredict:
     return mf_fast.FastPredict(mf_http.ErrorShape(pod, max_bytes=max_bytes), Inputs, pod.answer, max_bytes=max_bytes)
 
 
+def config(app: Any) -> uvicorn.Config:
+    """uvicorn's config for `app` with the pod's options (mf_serve.options), lifespan off: the tests' service exists."""
+    return uvicorn.Config(app, **{**mf_serve.options(app), "lifespan": "off"})
+
+
 @contextlib.contextmanager
 def serving(app: Any) -> Iterator[uvicorn.Server]:
     """`app` under uvicorn with the pod's options (mf_serve.options: its protocol, mf_protocol) on a free port of
     127.0.0.1, in a thread; the server's `port` set. Stopped as SIGTERM stops it (graceful shutdown) on exit."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, **{**mf_serve.options(app), "lifespan": "off"}))
+    server = uvicorn.Server(config(app))
     server.port = listener.getsockname()[1]
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
