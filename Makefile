@@ -114,11 +114,12 @@ demo: venv engine $(REGISTRY)
 test: venv tools engine
 	FACTORY_REQUIRE_ENGINE=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(BIN)/python -m pytest -n 2 -q
 
-# Every benchmark, each printing its side-by-side comparison (see BENCHMARKS.md); ~10 minutes.
+# Every benchmark, each printing its side-by-side comparison (see BENCHMARKS.md); ~14 minutes.
 bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.native
 	$(BIN)/python -m bench.row_costs
 	$(BIN)/python -m bench.flavors
 	$(BIN)/python -m bench.compiled
