@@ -10,25 +10,21 @@ parser, the pod's own decode (mf_decode's shortcut), Predictor.predict and orjso
 parser's callback; no ASGI, no batcher, no error handling, no header checks. Nothing serves like that (it
 answers a bad body by crashing the connection), and it is not a candidate: it bounds what any rework of the
 pod's request path could give. Both run in the model's serving venv on core 1, wrk with full batches at 4
-connections (by default) on core 0, alternating pod, pod-asgi, bare, pod, ..., each run after a floor sample (bench.latency's: the
-same full batch's Predictor.predict in process, on core 1).
+connections (by default) on core 0, alternating pod, pod-asgi, bare, pod, ..., each run after a floor sample
+(bench.latency's: the same full batch's Predictor.predict in process, on core 1).
 
 Usage: python -m bench.bare [--model NAME ...] [--pairs 3] [--rows N] [--connections 4]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench import use_example_registry
-from bench.latency import DEFAULT_MODELS, FULL_BATCH_CONNECTIONS, FULL_BATCH_S, Floor, Loaded, _loaded
+from bench.latency import FULL_BATCH_CONNECTIONS, FULL_BATCH_S, Floor, Loaded, _loaded, example_models, model_arguments
 from bench.serving import ROOT, _pin, complete_rows
 from factory.loader import load_catalog
 from factory.runtime import bento_python, interpreter_environment
@@ -111,16 +107,11 @@ def print_model(name: str, connections: int, measured: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", help=f"repeatable (default: {', '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--pairs", type=int, default=3)
+    parser = model_arguments(__doc__, pairs=3)
     parser.add_argument("--rows", type=int, help="rows a request (default: the model's max_batch_size, a full batch)")
     parser.add_argument("--connections", type=int, default=FULL_BATCH_CONNECTIONS)
     args = parser.parse_args()
-    state = StateDir.from_env().activate()
-    use_example_registry()
-    names = args.model or DEFAULT_MODELS
-    subprocess.run([sys.executable, "-m", "factory.cli", "build", *names, "--no-image"], cwd=ROOT, check=True)
+    state, names = example_models(args)
     logs = Path(tempfile.mkdtemp(prefix="bench-bare-"))
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}

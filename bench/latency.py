@@ -365,21 +365,41 @@ def _line(label: str, ours: float, mlflow: float, fmt: str, note: str = "") -> N
     print(f"{label:32} {fmt.format(ours):>16} {fmt.format(mlflow):>16} {ratio:>14} {note}".rstrip())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_arguments(doc: str, pairs: int) -> argparse.ArgumentParser:
+    """What every full-batch benchmark takes: the models (--model, repeatable) and the floor/served pairs."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--model", action="append", help=f"repeatable (default: {', '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--burst-seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=2, help="fresh servers of ours, each burst once")
-    parser.add_argument("--pairs", type=int, default=5,
-                        help="full-batch runs, each after a floor sample on the same core (the goal's ratio is "
+    parser.add_argument("--pairs", type=int, default=pairs,
+                        help="full-batch runs, each after a floor sample on the same core (a ratio to the floor is "
                              "their median)")
-    parser.add_argument("--full-batch-only", action="store_true",
-                        help="only our idle RSS and full-batch rows/s vs the in-process floor (no mlflow, no latency)")
-    args = parser.parse_args()
+    return parser
+
+
+def built(names: list[str], catalog: Path = ROOT / "models.yaml", state: Optional[StateDir] = None) -> None:
+    """`names` built from `catalog` into `state` (default: FACTORY_STATE's) without images; an unchanged model is
+    skipped. BentoML's store stays this process's (StateDir.activate), so both see every Bento built."""
+    environment = {**os.environ, **({"FACTORY_STATE": str(state.root)} if state else {})}
+    subprocess.run([sys.executable, "-m", "factory.cli", "build", *names, "--no-image", "-f", str(catalog)],
+                   cwd=ROOT, check=True, env=environment)
+
+
+def example_models(args: argparse.Namespace) -> tuple[StateDir, list[str]]:
+    """The state directory, activated, the example registry in use, and the models asked for, built."""
     state = StateDir.from_env().activate()
     use_example_registry()
     names = args.model or DEFAULT_MODELS
-    subprocess.run([sys.executable, "-m", "factory.cli", "build", *names, "--no-image"], cwd=ROOT, check=True)
+    built(names)
+    return state, names
+
+
+def main() -> None:
+    parser = model_arguments(__doc__, pairs=5)
+    parser.add_argument("--burst-seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="fresh servers of ours, each burst once")
+    parser.add_argument("--full-batch-only", action="store_true",
+                        help="only our idle RSS and full-batch rows/s vs the in-process floor (no mlflow, no latency)")
+    args = parser.parse_args()
+    state, names = example_models(args)
     catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}
     logs = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     print(f"load average before: {os.getloadavg()[0]:.1f} (2 cores; above ~1 the machine is shared)")

@@ -20,21 +20,18 @@ Usage: python -m bench.native [--model NAME ...] [--pairs 3]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from bench import use_example_registry
-from bench.latency import DEFAULT_MODELS, FULL_BATCH_CONNECTIONS, FULL_BATCH_S, Floor, Loaded, _loaded
+from bench.latency import (FULL_BATCH_CONNECTIONS, FULL_BATCH_S, Floor, Loaded, _loaded, built, example_models,
+                           model_arguments)
 from bench.serving import ROOT, _pin, complete_rows
 from factory.catalog import ModelSpec
 from factory.loader import load_catalog
@@ -68,12 +65,6 @@ def native_state(state: StateDir) -> tuple[StateDir, Path]:
     catalog = root / "models.yaml"
     catalog.write_text(yaml.safe_dump(raw, sort_keys=True), encoding="utf-8")
     return StateDir(root), catalog
-
-
-def build(names: list[str], catalog: Path, state: StateDir) -> None:
-    environment = {**os.environ, "FACTORY_STATE": str(state.root)}  # BENTOML_HOME stays ours: one Bento store
-    subprocess.run([sys.executable, "-m", "factory.cli", "build", *names, "--no-image", "-f", str(catalog)],
-                   cwd=ROOT, check=True, env=environment)
 
 
 def bench_model(spec: ModelSpec, forms: dict[str, Form], pairs: int, logs: Path) -> None:
@@ -120,16 +111,10 @@ def print_model(spec: ModelSpec, forms: dict[str, Form]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", help=f"repeatable (default: {', '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--pairs", type=int, default=3)
-    args = parser.parse_args()
-    state = StateDir.from_env().activate()
-    use_example_registry()
-    names = args.model or DEFAULT_MODELS
+    args = model_arguments(__doc__, pairs=3).parse_args()
+    state, names = example_models(args)
     native, native_catalog = native_state(state)
-    build(names, ROOT / "models.yaml", state)
-    build(names, native_catalog, native)
+    built(names, native_catalog, native)
     catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}
     logs = Path(tempfile.mkdtemp(prefix="bench-native-"))
     print(f"load average before: {os.getloadavg()[0]:.1f}")
