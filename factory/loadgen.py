@@ -55,6 +55,10 @@ class LoadResult:
     malformed_sheds: int = 0  # 503s without the error shape or Retry-After
     connections: int = 0  # opened, reconnects included
     late_ms: float = 0.0  # open loop: how late the client sent its arrivals (p99; its timer's, not in latencies)
+    slow_over_ms: Optional[float] = None  # open loop with an objective: answers slower than this count as `slow`
+    slow: int = 0
+    sent: int = 0  # open loop: arrivals sent
+    stopped: bool = False  # open loop: it stopped sending once it had missed its objective for certain
 
     @property
     def requests(self) -> int:
@@ -80,6 +84,8 @@ class LoadResult:
     def count(self, status: str, latency_ms: float) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
         self.latencies_ms.append(latency_ms)
+        if self.slow_over_ms is not None and latency_ms > self.slow_over_ms:
+            self.slow += 1
         if status == "200":
             self.answered_ms.append(latency_ms)
 
@@ -93,6 +99,9 @@ class LoadResult:
         self.malformed_sheds += other.malformed_sheds
         self.connections += other.connections
         self.late_ms = max(self.late_ms, other.late_ms)
+        self.slow += other.slow
+        self.sent += other.sent
+        self.stopped = self.stopped or other.stopped
 
 
 def run_load(base_url: str, bodies: list[bytes], concurrency: int, duration_s: float,
@@ -153,22 +162,49 @@ async def _exchange(host: str, port: int, connection, request: bytes, timeout_s:
     return await _closed(connection) if headers.get("connection") == "close" else connection
 
 
+@dataclass(frozen=True)
+class Objective:
+    """When an open-loop load has missed a p99 objective for certain, whatever its remaining arrivals get: a 503, a
+    failure, or more answers slower than `p99_ms` than the nearest-rank p99 of `arrivals` (all it plans) allows.
+    That many slow answers put the p99 of any part of the load over the objective too, so it stops there: a step
+    past a model's capacity no longer runs its course, piling up work (and memory) the verdict does not need."""
+
+    p99_ms: float
+    arrivals: int
+
+    @property
+    def slow_allowed(self) -> int:
+        return self.arrivals - math.ceil(0.99 * self.arrivals)
+
+    def missed(self, result: LoadResult) -> bool:
+        return result.shed > 0 or result.failures > 0 or result.slow > self.slow_allowed
+
+
 def run_open_load(base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int = 0,
-                  timeout_s: float = 30.0, connections: int = OPEN_LOOP_CONNECTIONS) -> LoadResult:
+                  timeout_s: float = 30.0, connections: int = OPEN_LOOP_CONNECTIONS,
+                  slo_p99_ms: Optional[float] = None) -> LoadResult:
     """ceil(`rate` × `duration_s`) requests (POST /predict, cycling through `bodies`) arriving at `rate` per second,
-    from one client process per PROCESS_RPS of the rate (at most one per core), over at most `connections`."""
+    from one client process per PROCESS_RPS of the rate (at most one per core), over at most `connections`. With
+    `slo_p99_ms`, each client stops sending once the load has missed it for certain (`Objective`)."""
     processes = min(os.cpu_count() or 1, math.ceil(rate / PROCESS_RPS))
+    objective = None if slo_p99_ms is None else Objective(slo_p99_ms, _arrivals(rate, duration_s))
     if processes <= 1:
-        return asyncio.run(_open_load(base_url, bodies, rate, duration_s, seed, timeout_s, connections))
-    return _in_processes(processes, base_url, bodies, rate, duration_s, seed, timeout_s, connections)
+        return asyncio.run(_open_load(base_url, bodies, rate, duration_s, seed, timeout_s, connections, objective))
+    return _in_processes(processes, base_url, bodies, rate, duration_s, seed, timeout_s, connections, objective)
+
+
+def _arrivals(rate: float, duration_s: float) -> int:
+    return max(1, math.ceil(rate * duration_s))
 
 
 def _in_processes(processes: int, base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int,
-                  timeout_s: float, connections: int) -> LoadResult:
+                  timeout_s: float, connections: int, objective: Optional[Objective]) -> LoadResult:
     """`processes` clients (`python -m factory.loadgen`), each sending rate / `processes` with a seed of its
-    own, started together once all are ready; their results as one load."""
+    own, started together once all are ready; their results as one load. Each stops on its own answers against
+    the whole load's objective: its slow answers alone past what the whole load allows are a certain miss."""
     share = {"url": base_url, "bodies": [body.decode("latin-1") for body in bodies], "rate": rate / processes,
-             "duration_s": duration_s, "timeout_s": timeout_s, "connections": connections // processes}
+             "duration_s": duration_s, "timeout_s": timeout_s, "connections": connections // processes,
+             "objective": dataclasses.asdict(objective) if objective else None}
     clients = [subprocess.Popen([sys.executable, "-m", "factory.loadgen"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for _ in range(processes)]
     try:
@@ -218,26 +254,33 @@ def _client_process() -> None:
     share = json.loads(sys.stdin.readline())
     bodies = [body.encode("latin-1") for body in share["bodies"]]
     sys.stdin.readline()
+    objective = Objective(**share["objective"]) if share["objective"] else None
     result = asyncio.run(_open_load(share["url"], bodies, share["rate"], share["duration_s"], share["seed"],
-                                    share["timeout_s"], share["connections"]))
+                                    share["timeout_s"], share["connections"], objective))
     print(json.dumps(dataclasses.asdict(result)), flush=True)
 
 
 async def _open_load(base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int,
-                     timeout_s: float, connections: int = OPEN_LOOP_CONNECTIONS) -> LoadResult:
+                     timeout_s: float, connections: int = OPEN_LOOP_CONNECTIONS,
+                     objective: Optional[Objective] = None) -> LoadResult:
     parts = urlsplit(base_url)
     requests = [_request(parts.hostname, parts.port, body) for body in bodies]
     result, idle, sending, slots = LoadResult(), [], [], asyncio.Semaphore(connections)
+    result.slow_over_ms = objective.p99_ms if objective else None
     arrivals = random.Random(seed)
     late_ms = []
     started = arrival = time.perf_counter()
-    for index in range(max(1, math.ceil(rate * duration_s))):
+    for index in range(_arrivals(rate, duration_s)):
+        if objective and objective.missed(result):
+            result.stopped = True
+            break
         arrival += arrivals.expovariate(rate)
         await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
         sent = time.perf_counter()
         late_ms.append((sent - arrival) * 1000)
         sending.append(asyncio.create_task(_pooled(parts.hostname, parts.port, idle, slots, sent,
                                                    requests[index % len(requests)], timeout_s, result)))
+        result.sent += 1
     result.late_ms = nearest_rank(late_ms, 99)
     await asyncio.gather(*sending)
     result.seconds = time.perf_counter() - started

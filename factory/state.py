@@ -125,6 +125,9 @@ class CapacityStep(Record):
     attempts: int = pydantic.Field(1, ge=1, le=2)  # 2: it missed the objective once and was measured again
     offered_rps: Optional[float] = pydantic.Field(None, gt=0)  # open loop: the arrival rate; None: closed loop
     client_late_ms: Optional[float] = pydantic.Field(None, ge=0)  # open loop: how late the client sent (p99)
+    # Open loop: the arrivals sent before the step stopped with its miss already certain (a 503, a failure, or more
+    # answers over the objective than a p99 of all its arrivals allows: loadgen.run_open_load); None: it ran its course.
+    stopped_after: Optional[int] = pydantic.Field(None, ge=1)
 
 
 class CapacityReport(Record):

@@ -97,8 +97,9 @@ def capacity_note(report: TestReport, where: str) -> Optional[str]:
                     f"req/s (its arrivals up to {last.client_late_ms:g} ms late, p99): the machine is too busy to "
                     "confirm any rate, so its capacity is 0 and its HPA keeps the default CPU target (70 %); "
                     "run `factory test` again on a quieter machine")
+        stopped = f", stopped after {last.stopped_after} arrivals" if last.stopped_after else ""
         return (f"note: {where}: holds {slo} one request at a time but not when requests arrive at random, even "
-                f"at {last.offered_rps:g} req/s (p99 {last.p99_ms:.1f} ms, {last.shed} shed): {fix}")
+                f"at {last.offered_rps:g} req/s (p99 {last.p99_ms:.1f} ms, {last.shed} shed{stopped}): {fix}")
     return (f"note: {where}: misses {slo} or sheds even at one connection (p99 {first.p99_ms:.1f} ms, "
             f"{first.shed} shed): {fix}")
 

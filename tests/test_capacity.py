@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from e2e_support.background import serving
 from factory.autoscaling import autoscaling_for
 from factory.capacity import capacity_of
 from factory.catalog import KubernetesSettings, ModelSpec
 from factory.errors import ServeError
+from factory.fuzz_report import nearest_rank
 from factory.loader import parse_catalog
 from factory.loadgen import run_load
 from factory.manifests import model_manifests, sizing_for, validate_manifests
@@ -77,13 +81,14 @@ def test_a_capacity_of_zero_says_whether_errors_or_latency_made_it(first: Capaci
 
 
 class _Answers(BaseHTTPRequestHandler):
-    """200 for `ok`, a well-formed shed for `shed`, a bare 503 for anything else."""
+    """200 for `ok`, 200 after 30 ms for `slow`, a well-formed shed for `shed`, a bare 503 for anything else."""
 
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         kind = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["kind"]
-        if kind == "ok":
+        if kind in ("ok", "slow"):
+            time.sleep(0.03 if kind == "slow" else 0)
             self._answer(200, b"[1.0]", {})
         elif kind == "shed":
             body = json.dumps({"error": {"code": "overloaded", "message": "busy", "field": None}}).encode()
@@ -178,14 +183,14 @@ def test_the_first_step_that_is_only_too_slow_is_measured_once_more(monkeypatch:
     measured = iter([step(1, 100, 900), step(1, 100, 10), step(2, 180, 20), step(4, 200, 300), step(8, 210, 400)])
     offered = []
     monkeypatch.setattr(capacity_module, "_step", lambda *args: next(measured))
-    monkeypatch.setattr(capacity_module, "_open_step", lambda url, bodies, rate, seconds, cpu: offered.append(
-        (rate, seconds)) or open_step(rate, 30))
+    monkeypatch.setattr(capacity_module, "_open_step", lambda url, bodies, rate, seconds, slo, cpu: offered.append(
+        (rate, seconds, slo)) or open_step(rate, 30))
     capacity = capacity_module.find_capacity("http://unused", [], 100, 4, lambda: None, ladder=(1, 2, 4, 8))
     # The stall at one connection was measured again and passed; the miss at 4 is not re-measured.
     assert [(s.connections, s.p99_ms, s.attempts) for s in capacity.steps] == [
         (1, 10, 2), (2, 20, 1), (4, 300, 1), (8, 400, 1)]
     assert (capacity.rps, capacity.connections) == (180, 2)
-    assert offered == [(180, 1)]  # then offered open loop for one step's time: 180 arrivals
+    assert offered == [(180, 1, 100)]  # then offered open loop for one step's time (180 arrivals), against 100 ms
 
 
 @pytest.mark.parametrize("rate, step_s, load_s, seconds", [
@@ -213,12 +218,15 @@ LATE = 10.1  # ms behind schedule: more than a tenth of a 100 ms objective
 
 @pytest.mark.parametrize("capacity, answers, rates, rps, cpu, unconfirmed", [
     (CLOSED, [open_step(31.2, 45)], [31.2], 31.2, 20.0, None),  # holds: the open-loop step's CPU is the HPA's
-    (CLOSED, [open_step(31.2, 61), open_step(15.6, 44)], [31.2, 15.6], 15.6, 20.0, None),  # p99 61 ms open: halved
-    (CLOSED, [open_step(31.2, 40, shed=1), open_step(15.6, 40, failures=1), open_step(7.8, 49)], [31.2, 15.6, 7.8],
-     7.8, 20.0, None),  # a shed or a failure misses too
+    # p99 61 ms open: halved; 15.6 holds, then the rates between are bisected twice: 23.4 holds, 27.3 misses.
+    (CLOSED, [open_step(31.2, 61), open_step(15.6, 44), open_step(23.4, 48, cpu=27.0), open_step(27.3, 55)],
+     [31.2, 15.6, 23.4, 27.3], 23.4, 27.0, None),
+    (CLOSED, [open_step(31.2, 40, shed=1), open_step(15.6, 40, failures=1), open_step(7.8, 49), open_step(11.7, 40,
+     shed=1), open_step(9.8, 45, cpu=15.0)], [31.2, 15.6, 7.8, 11.7, 9.8], 9.8, 15.0, None),  # a shed or failure misses
     (CLOSED, [open_step(31.2, 61), open_step(15.6, 55), open_step(7.8, 51)], [31.2, 15.6, 7.8], 0.0, None, None),
     # The client could not keep to 9,736 req/s: unconfirmed, halved without counting as a try.
-    (FAST, [open_step(9736, 9, late_ms=LATE), open_step(4868, 4, cpu=24.0)], [9736, 4868], 4868, 24.0, 9736),
+    (FAST, [open_step(9736, 9, late_ms=LATE), open_step(4868, 4, cpu=24.0), open_step(7302, 9, late_ms=LATE),
+            open_step(6085, 5, cpu=31.0)], [9736, 4868, 7302, 6085], 6085, 31.0, 9736),  # refined past a late client
     (FAST, [open_step(9736, 9, late_ms=LATE), open_step(4868, 140), open_step(2434, 150), open_step(1217, 120)],
      [9736, 4868, 2434, 1217], 0.0, None, 9736),  # three offered rates missed: 0, whatever could not be offered
     (FAST, [open_step(9736 / 2 ** n, 1, late_ms=LATE) for n in range(8)], [9736, 4868, 2434, 1217, 608.5, 304.2, 152.1, 76.0],
@@ -239,12 +247,12 @@ def test_a_capacity_lost_to_random_arrivals_says_so() -> None:
     from factory.capacity import confirmed
     from factory.test import capacity_note
 
-    lost = confirmed(CLOSED, lambda rate: open_step(rate, 70, shed=2))
+    lost = confirmed(CLOSED, lambda rate: open_step(rate, 70, shed=2).model_copy(update={"stopped_after": 9}))
     report = TestReport(model="m", route="/m/a", passed=True, capacity=lost)
     assert capacity_note(report, "models.yaml:3: model 'm'") == (
         "note: models.yaml:3: model 'm': holds its latency objective (p99 ≤ 50 ms, slo.p99_ms) one request at a time "
-        "but not when requests arrive at random, even at 7.8 req/s (p99 70.0 ms, 2 shed): its capacity is 0, and its "
-        "HPA keeps the default CPU target (70 %); speed the model up or raise slo.p99_ms")
+        "but not when requests arrive at random, even at 7.8 req/s (p99 70.0 ms, 2 shed, stopped after 9 arrivals): "
+        "its capacity is 0, and its HPA keeps the default CPU target (70 %); speed the model up or raise slo.p99_ms")
     assert autoscaling_for(MODEL, lost).source == "capacity 0: see `factory test`"
 
 
@@ -320,6 +328,59 @@ def test_a_rate_above_one_client_process_is_sent_from_several(answering: str, mo
     assert load.statuses == {"200": 8, "503": 12} and len(load.answered_ms) == 8
     assert (load.shed, load.malformed_sheds) == (12, 6)
     assert 0 <= load.late_ms < 1000 and load.connections >= 2
+
+
+@pytest.mark.parametrize("kinds, processes, planned, most_sent", [
+    (["shed"], 1, 100, 5),  # the first 503 decides
+    (["ok", "ok", "bare"], 1, 100, 8),  # so does a failure
+    (["slow"], 1, 100, 15),  # 100 arrivals allow 1 answer over the objective: the second decides
+    (["slow"], 2, 200, 30),  # each process judges its own answers against the whole load's allowance (2)
+])
+def test_an_open_loop_load_stops_once_it_has_missed_its_objective_for_certain(
+        answering: str, monkeypatch, kinds: list[str], processes: int, planned: int, most_sent: int) -> None:
+    from factory import loadgen
+
+    monkeypatch.setattr(loadgen, "PROCESS_RPS", 100.0)
+    monkeypatch.setattr(loadgen.os, "cpu_count", lambda: 2)
+    bodies = [json.dumps({"kind": kind}).encode() for kind in kinds]
+    load = loadgen.run_open_load(answering, bodies, rate=100.0 * processes, duration_s=1.0, slo_p99_ms=10)
+    assert load.stopped and load.sent == load.requests
+    # Stopped at the first arrival after the deciding answer; answers take up to 30 ms at 100-200 arrivals a second.
+    assert load.sent <= most_sent < planned
+
+
+def test_an_open_loop_load_within_its_objective_runs_its_course(answering: str) -> None:
+    from factory.loadgen import run_open_load
+
+    load = run_open_load(answering, [b'{"kind": "ok"}'], rate=200, duration_s=0.1, slo_p99_ms=1000)
+    assert not load.stopped and load.sent == load.requests == 20 and load.slow == 0
+
+
+@given(st.lists(st.floats(0, 200, allow_nan=False), min_size=1, max_size=300), st.integers(0, 300),
+       st.integers(1, 150))
+def test_a_load_stopped_by_its_objective_has_missed_it_whatever_came_after(latencies, more, p99_ms) -> None:
+    """Stopped with more slow answers than `arrivals` allow, the p99 of what it got is over the objective, and so is
+    that of any load of up to `arrivals` holding those answers: stopping never turns a pass into a miss."""
+    from factory.loadgen import LoadResult, Objective
+
+    objective = Objective(p99_ms, arrivals=len(latencies) + more)
+    result = LoadResult(slow_over_ms=p99_ms)
+    for latency in latencies:
+        result.count("200", latency)
+    if objective.missed(result):
+        assert nearest_rank(latencies, 99) > p99_ms
+        assert nearest_rank(latencies + [0.0] * more, 99) > p99_ms
+    else:
+        assert result.slow == sum(latency > p99_ms for latency in latencies) <= objective.slow_allowed
+
+
+def test_a_stopped_open_loop_step_never_holds() -> None:
+    """A step stopped on its slow answers is a miss even where its rounded p99 reads as the objective."""
+    from factory.capacity import confirmed
+
+    stopped = open_step(31.2, 50).model_copy(update={"stopped_after": 12})
+    held = confirmed(CLOSED, lambda rate: stopped if rate == 31.2 else open_step(rate, 40))
+    assert [step.offered_rps for step in held.open_loop] == [31.2, 15.6, 23.4, 27.3] and held.rps == 27.3
 
 
 class _ClosesIdle(_Answers):
