@@ -114,7 +114,7 @@ demo: venv engine $(REGISTRY)
 test: venv tools engine
 	FACTORY_REQUIRE_ENGINE=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(BIN)/python -m pytest -n 2 -q
 
-# Every benchmark, each printing its side-by-side comparison (see BENCHMARKS.md); ~14 minutes.
+# Every benchmark, each printing its side-by-side comparison (see BENCHMARKS.md); ~15 minutes.
 bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.serving
@@ -125,6 +125,7 @@ bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.compiled
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.sizing
+	$(BIN)/python -m bench.early_stop
 	$(BIN)/python -m bench.proxy --duration 3 --runs 7
 	$(BIN)/python -m bench.slowloris --duration 3 --runs 3
 	$(BIN)/python -m bench.proxy_memory

@@ -18,8 +18,9 @@ lasts for OPEN_LOOP_ARRIVALS arrivals, up to OPEN_LOOP_BOUND × the load phase's
 OPEN_LOOP_MIN_S): the p99 of fewer is their slowest, which a lucky few arrivals keep low (a model taking 64
 ms per run, objective 100 ms, held 3.5 req/s over 18 arrivals in 5 s; 116 arrivals at that rate had p99
 121 ms). A step stops early once it has missed for certain (a 503, a failure, or more slow answers than the p99 of
-all its arrivals allows: loadgen.Objective), so a rate past capacity costs a fraction of a step and piles up less
-work in the server, whose memory peak this load phase also measures.
+all its arrivals allows: loadgen.Objective), with the verdict it would have had: a rate well past capacity took
+0.11-0.14 of the time a step that runs its course takes, and the server's peak RSS was the same
+(bench.early_stop).
 
 A rate counts only where the client offered it: its arrivals sent no later behind their schedule (p99) than
 CLIENT_LATE_SHARE of the objective, or CLIENT_LATE_FLOOR_MS, whichever is more. A client that cannot keep up
@@ -90,7 +91,7 @@ def confirmed(capacity: CapacityReport, measure: Callable[[float], CapacityStep]
         tried.append(measure(rate))
         if not offered(tried[-1], capacity.slo_p99_ms):
             unconfirmed = max(unconfirmed or 0.0, rate)
-        elif _within(tried[-1], capacity.slo_p99_ms):
+        elif within(tried[-1], capacity.slo_p99_ms):
             held, unconfirmed = _refined(tried, capacity.slo_p99_ms, measure, unconfirmed)
             return capacity.model_copy(update={"rps": held.offered_rps, "p99_ms": held.p99_ms,
                                                "unconfirmed_rps": unconfirmed, "cpu_percent": held.cpu_percent,
@@ -117,7 +118,7 @@ def _refined(tried: list[CapacityStep], slo_p99_ms: int, measure: Callable[[floa
         tried.append(measure(rate))
         if not offered(tried[-1], slo_p99_ms):
             unconfirmed = max(unconfirmed or 0.0, rate)
-        if offered(tried[-1], slo_p99_ms) and _within(tried[-1], slo_p99_ms):
+        if offered(tried[-1], slo_p99_ms) and within(tried[-1], slo_p99_ms):
             low, held = rate, tried[-1]
         else:
             high = rate
@@ -129,7 +130,8 @@ def offered(step: CapacityStep, slo_p99_ms: int) -> bool:
     return (step.client_late_ms or 0.0) <= max(CLIENT_LATE_SHARE * slo_p99_ms, CLIENT_LATE_FLOOR_MS)
 
 
-def _within(step: CapacityStep, slo_p99_ms: int) -> bool:
+def within(step: CapacityStep, slo_p99_ms: int) -> bool:
+    """Whether a step held: answers, none shed or failed, p99 within the objective, and not stopped for a miss."""
     return (step.requests > 0 and not step.shed and not step.failures and step.p99_ms <= slo_p99_ms
             and step.stopped_after is None)
 
@@ -142,7 +144,7 @@ def capacity_of(steps: list[CapacityStep], slo_p99_ms: int) -> CapacityReport:
     """The best step below the first one that missed the objective, shed, failed or sent nothing."""
     sustained: list[CapacityStep] = []
     for step in steps:
-        if not _within(step, slo_p99_ms):
+        if not within(step, slo_p99_ms):
             break
         sustained.append(step)
     best = max(sustained, key=lambda step: step.rps, default=None)

@@ -167,7 +167,7 @@ class Objective:
     """When an open-loop load has missed a p99 objective for certain, whatever its remaining arrivals get: a 503, a
     failure, or more answers slower than `p99_ms` than the nearest-rank p99 of `arrivals` (all it plans) allows.
     That many slow answers put the p99 of any part of the load over the objective too, so it stops there: a step
-    past a model's capacity no longer runs its course, piling up work (and memory) the verdict does not need."""
+    past a model's capacity no longer runs its course for a verdict already known."""
 
     p99_ms: float
     arrivals: int
