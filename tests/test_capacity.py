@@ -331,10 +331,10 @@ def test_a_rate_above_one_client_process_is_sent_from_several(answering: str, mo
 
 
 @pytest.mark.parametrize("kinds, processes, planned, most_sent", [
-    (["shed"], 1, 100, 5),  # the first 503 decides
-    (["ok", "ok", "bare"], 1, 100, 8),  # so does a failure
-    (["slow"], 1, 100, 15),  # 100 arrivals allow 1 answer over the objective: the second decides
-    (["slow"], 2, 200, 30),  # each process judges its own answers against the whole load's allowance (2)
+    (["shed"], 1, 100, 40),  # the first 503 decides
+    (["ok", "ok", "bare"], 1, 100, 40),  # so does a failure
+    (["slow"], 1, 100, 50),  # 100 arrivals allow 1 answer over the objective: the second decides
+    (["slow"], 2, 200, 100),  # each process judges its own answers against the whole load's allowance (2)
 ])
 def test_an_open_loop_load_stops_once_it_has_missed_its_objective_for_certain(
         answering: str, monkeypatch, kinds: list[str], processes: int, planned: int, most_sent: int) -> None:
@@ -345,7 +345,8 @@ def test_an_open_loop_load_stops_once_it_has_missed_its_objective_for_certain(
     bodies = [json.dumps({"kind": kind}).encode() for kind in kinds]
     load = loadgen.run_open_load(answering, bodies, rate=100.0 * processes, duration_s=1.0, slo_p99_ms=10)
     assert load.stopped and load.sent == load.requests
-    # Stopped at the first arrival after the deciding answer; answers take up to 30 ms at 100-200 arrivals a second.
+    # Stopped at the first arrival after the deciding answer (here 2, 4, 7 and 16 arrivals in; the bound leaves room
+    # for a busy machine's slow answers).
     assert load.sent <= most_sent < planned
 
 
