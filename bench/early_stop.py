@@ -2,11 +2,11 @@
 
 `factory test` offers its closed-loop capacity open loop, and rates above what a model sustains are tried there
 every time (factory/capacity.py). Such a step used to run its course; now it stops as soon as its miss is certain
-(loadgen.Objective). This runs both, alternating, against one pod of each example model (as the pod runs it, on
-core 1): the rate is `--multiple` × what 16 closed-loop connections reach, for `--seconds` of arrivals, against the
-model's slo.p99_ms. Per variant, medians of `--rounds`: the step's wall time, the arrivals it sent, the server's
-peak RSS during it (psutil, every 50 ms), the client's lateness (p99) and whether it missed (capacity.within: it
-must, both ways).
+(loadgen.Objective). This runs both, alternating, against one pod of each example model (as the pod runs it, on core
+1), with `factory test`'s load-phase bodies: the rate is `--multiple` × what 16 closed-loop connections reach, for
+`--seconds` of arrivals, against the model's slo.p99_ms. Per variant, medians of `--rounds`: the step's wall time,
+the arrivals it sent, the server's peak RSS during it (psutil, every 50 ms), the client's lateness (p99) and whether
+it missed (capacity.within: it must, both ways).
 
 Usage: python -m bench.early_stop [--model NAME ...] [--multiple 1.5] [--seconds 3] [--rounds 3]
 """
@@ -14,27 +14,25 @@ Usage: python -m bench.early_stop [--model NAME ...] [--multiple 1.5] [--seconds
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 from bench.latency import example_models
-from bench.serving import ROOT, _pin, complete_rows
-from factory.capacity import step_record, within
+from bench.serving import ROOT, _pin
+from factory.capacity import open_step_record, within
 from factory.loader import load_catalog
 from factory.loadgen import run_load, run_open_load
 from factory.memory import MIB, MemoryProfile
 from factory.runtime import bento_python
 from factory.serve import served
+from factory.test import load_bodies
 
 VARIANTS = {"runs its course": False, "stops once missed": True}
 
 
 def bench_model(state, spec, multiple: float, seconds: float, rounds: int) -> dict:
     record = state.build_record(spec.name)
-    rows = complete_rows(state.golden(spec.name, Path(record.golden)))
-    bodies = [json.dumps({"inputs": rows[index:index + 1 + index % 4]}).encode() for index in range(8)]
+    bodies = load_bodies(state.resolved(spec.name).signature, spec.batching.max_batch_size)
     log = state.root / "bench-early-stop" / f"{spec.name}.log"
     measured: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
     with served(record.bento_tag, log, "single", bento_python(state, spec.name)) as server:
@@ -42,10 +40,9 @@ def bench_model(state, spec, multiple: float, seconds: float, rounds: int) -> di
         closed = run_load(server.url, bodies, concurrency=16, duration_s=2)
         rate = round(closed.rps * multiple, 1)
         for _ in range(rounds):
-            for variant, slo in VARIANTS.items():
+            for variant, stops in VARIANTS.items():
                 time.sleep(1)  # the previous step's backlog drained
-                measured[variant].append(_step(server.pid, server.url, bodies, rate, seconds, spec.slo.p99_ms,
-                                               bool(slo)))
+                measured[variant].append(_step(server.pid, server.url, bodies, rate, seconds, spec.slo.p99_ms, stops))
     return {"closed_rps": closed.rps, "rate": rate, "measured": measured}
 
 
@@ -54,9 +51,7 @@ def _step(pid: int, url: str, bodies: list[bytes], rate: float, seconds: float, 
         started = time.perf_counter()
         load = run_open_load(url, bodies, rate, seconds, slo_p99_ms=slo_p99_ms if stops else None)
         took = time.perf_counter() - started
-    step = step_record(max(1, load.connections), load, None).model_copy(
-        update={"offered_rps": rate, "client_late_ms": round(load.late_ms, 2),
-                "stopped_after": load.sent if load.stopped else None})
+    step = open_step_record(rate, load, None)
     return {"seconds": took, "sent": load.sent, "peak_mib": memory.peak_bytes / MIB, "p99_ms": step.p99_ms,
             "shed": step.shed, "missed": not within(step, slo_p99_ms), "late_ms": step.client_late_ms}
 

@@ -33,7 +33,7 @@ from factory.catalog import Catalog, ModelSpec
 from factory.loader import load_catalog
 from factory.serve import container_served
 from factory.state import StateDir
-from factory.test import LOAD_SECONDS, _load_bodies
+from factory.test import LOAD_SECONDS, load_bodies
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def _container(catalog: Catalog, state: StateDir, model: str) -> Iterator[tuple[
     """The model's container as `factory test` runs it: its URL, the load phase's bodies, its models.yaml entry."""
     spec = next(entry for entry in catalog.models if entry.name == model)
     limit = manifests.sizing_for(spec, manifests.measured_peak(state, model)).memory_limit
-    bodies = _load_bodies(state.resolved(model).signature, spec.batching.max_batch_size)
+    bodies = load_bodies(state.resolved(model).signature, spec.batching.max_batch_size)
     with tempfile.TemporaryDirectory() as scratch, container_served(
             state.build_record(model).image_ref, Path(scratch) / "serve.log", limit,
             cpus=min(spec.resources.cores, dockerapi.cpus())) as served:

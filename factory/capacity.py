@@ -19,7 +19,7 @@ OPEN_LOOP_MIN_S): the p99 of fewer is their slowest, which a lucky few arrivals 
 ms per run, objective 100 ms, held 3.5 req/s over 18 arrivals in 5 s; 116 arrivals at that rate had p99
 121 ms). A step stops early once it has missed for certain (a 503, a failure, or more slow answers than the p99 of
 all its arrivals allows: loadgen.Objective), with the verdict it would have had: a rate well past capacity took
-0.11-0.14 of the time a step that runs its course takes, and the server's peak RSS was the same
+0.12-0.16 of the time a step that runs its course takes, and the server's peak RSS was the same
 (bench.early_stop).
 
 A rate counts only where the client offered it: its arrivals sent no later behind their schedule (p99) than
@@ -115,11 +115,12 @@ def _refined(tried: list[CapacityStep], slo_p99_ms: int, measure: Callable[[floa
     low, high = held.offered_rps, tried[-2].offered_rps
     for _ in range(REFINE_STEPS):
         rate = round((low + high) / 2, 1)
-        tried.append(measure(rate))
-        if not offered(tried[-1], slo_p99_ms):
-            unconfirmed = max(unconfirmed or 0.0, rate)
-        if offered(tried[-1], slo_p99_ms) and within(tried[-1], slo_p99_ms):
-            low, held = rate, tried[-1]
+        step = measure(rate)
+        tried.append(step)
+        if not offered(step, slo_p99_ms):
+            unconfirmed, high = max(unconfirmed or 0.0, rate), rate
+        elif within(step, slo_p99_ms):
+            low, held = rate, step
         else:
             high = rate
     return held, unconfirmed
@@ -183,7 +184,12 @@ def _open_step(url: str, bodies: list[bytes], rate: float, seconds: float, slo_p
                cpu_seconds: CpuClock) -> CapacityStep:
     """Open-loop load at `rate`, stopped as soon as it has missed the objective for certain (loadgen.Objective)."""
     load, cpu = _timed(lambda: run_open_load(url, bodies, rate, seconds, slo_p99_ms=slo_p99_ms), cpu_seconds)
-    return step_record(max(1, load.connections), load, cpu).model_copy(
+    return open_step_record(rate, load, cpu)
+
+
+def open_step_record(rate: float, load: LoadResult, cpu_percent: Optional[float]) -> CapacityStep:
+    """An open-loop load at `rate` as a step: how late its client sent, and where it stopped once it had missed."""
+    return step_record(max(1, load.connections), load, cpu_percent).model_copy(
         update={"offered_rps": rate, "client_late_ms": round(load.late_ms, 2),
                 "stopped_after": load.sent if load.stopped else None})
 

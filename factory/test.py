@@ -140,7 +140,7 @@ def qualify(catalog: Catalog, catalog_path: Path, model: ModelSpec, state: State
             capacity = None  # --load-seconds 0: no load phase, so no capacity: unmeasured, not 0
             if settings.load_seconds:
                 with memory.phase("load"):
-                    capacity = find_capacity(url, _load_bodies(signature, model.batching.max_batch_size),
+                    capacity = find_capacity(url, load_bodies(signature, model.batching.max_batch_size),
                                              model.slo.p99_ms, settings.load_seconds, cpu_seconds).model_copy(
                         update={"cpu_limit": cpu_limit, "cpu_request": model.resources.cpu})
     except OOMKilled as exc:
@@ -202,7 +202,7 @@ def measured_server(record: BuildRecord, log: Path, runtime: Path, memory_limit:
         yield server.url, memory, lambda: tree_cpu_seconds(server.pid), None
 
 
-def _load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:
+def load_bodies(signature: dict, max_batch_size: int) -> list[bytes]:
     """Valid requests from the signature plus one full batch: the largest input accepted, for the memory peak."""
     requests = sample_requests(signature, count=16, batch_size=min(4, max_batch_size), seed=1)
     rows = [row for request in requests for row in request["inputs"]]
