@@ -9,10 +9,12 @@ An arrival's latency counts from when the client sent it, a wait for one of the 
 server's doing), its own timer's lateness not: asyncio's sleep wakes 0.7-0.8 ms late at the median with no server
 at all (p99 1.2-2.6 ms), a third of a 5 ms objective.
 
-asyncio over raw sockets, one pre-encoded request per body: a client built on http.client threads
-spends more CPU per request than the server it measures (FIELD_NOTES), which would cap the capacity
-`factory test` finds at the client's own speed. Every 503 must be an overload answer (the error shape with a
-pod's or the proxy's overload code, SHED_CODES, and a `Retry-After`): anything else is counted as a malformed shed.
+Both go through load_client's pool of keep-alive connections (asyncio protocols parsed by httptools, on uvloop),
+one pre-encoded request per body: a client built on http.client threads spends more CPU per request than the
+server it measures (FIELD_NOTES), and one on asyncio streams 3-5x a compiled pod's (bench.load_client), which capped
+the capacity `factory test` finds at the client's own speed. Every 503 must be an overload answer (the error shape
+with a pod's or the proxy's overload code, load_client.SHED_CODES, and a `Retry-After`): anything else is counted as
+a malformed shed.
 """
 
 from __future__ import annotations
@@ -30,20 +32,20 @@ from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import urlsplit
 
+import uvloop
+
 from factory.errors import ServeError
 from factory.fuzz_report import nearest_rank
+from factory.load_client import Pool, request_bytes
 
-HEAD_LIMIT = 64 * 1024
-# One client process keeps to its schedule up to this rate on the shared 2-core machine (bench/shedding.py).
-PROCESS_RPS = 3000.0
+# One client process keeps to its schedule up to this rate beside a pod on the shared 2-core machine: 1.3 ms late
+# (p99) at 6,000 req/s, 1.4-2.1 at 9,000 (`python -m bench.load_client`, BENCHMARKS.md "Session 19").
+PROCESS_RPS = 6000.0
 # Open loop: at most this many connections (the proxy's max_connections_per_upstream), shared among the client
 # processes; an arrival finding all busy waits for one, and its latency counts from its arrival. Unbounded, a
 # client past a pod's capacity opened a connection per arrival (4,914 in one step), overflowing the pod's listen
 # backlog: answers took seconds of SYN retries, a wait no server can see or refuse.
 OPEN_LOOP_CONNECTIONS = 256
-# The 503 codes that mean "come back later": a pod's queue budget (mf_http), and in front of it the proxy's queue
-# budget for a saturated model and its own buffer budget (proxy/errors.py).
-SHED_CODES = ("overloaded", "upstream_overloaded", "proxy_overloaded")
 
 
 @dataclass
@@ -107,59 +109,29 @@ class LoadResult:
 def run_load(base_url: str, bodies: list[bytes], concurrency: int, duration_s: float,
              max_requests: int = 200_000, timeout_s: float = 30.0) -> LoadResult:
     """`concurrency` connections cycle through `bodies` (POST /predict) until the time or request budget is spent."""
-    return asyncio.run(_load(base_url, bodies, concurrency, duration_s, max_requests, timeout_s))
+    return uvloop.run(_load(base_url, bodies, concurrency, duration_s, max_requests, timeout_s))
 
 
 async def _load(base_url: str, bodies: list[bytes], concurrency: int, duration_s: float, max_requests: int,
                 timeout_s: float) -> LoadResult:
     parts = urlsplit(base_url)
-    requests = [_request(parts.hostname, parts.port, body) for body in bodies]
-    result = LoadResult()
-    budget = iter(range(max_requests))
+    requests = [request_bytes(parts.hostname, parts.port, body) for body in bodies]
+    result, sent = LoadResult(), 0
     started = time.perf_counter()
     deadline = started + duration_s
-    await asyncio.gather(*(_client(parts.hostname, parts.port, requests, budget, deadline, timeout_s, result)
-                           for _ in range(concurrency)))
+
+    def send(_answered: int = 0) -> None:
+        nonlocal sent
+        if sent < max_requests and time.perf_counter() < deadline:
+            pool.submit(requests[sent % len(requests)], time.perf_counter())
+            sent += 1
+
+    pool = Pool(parts.hostname, parts.port, concurrency, result, timeout_s, answered=send)
+    for _ in range(concurrency):
+        send()
+    await pool.drained()
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _request(host: str, port: int, body: bytes) -> bytes:
-    return (f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-async def _client(host: str, port: int, requests: list[bytes], budget, deadline: float, timeout_s: float,
-                  result: LoadResult) -> None:
-    connection = None
-    try:
-        for index in budget:
-            if time.perf_counter() >= deadline:
-                break
-            connection = await _exchange(host, port, connection, requests[index % len(requests)], timeout_s, result)
-    finally:
-        await _closed(connection)
-
-
-async def _exchange(host: str, port: int, connection, request: bytes, timeout_s: float, result: LoadResult,
-                    sent: Optional[float] = None):
-    """One request on `connection` (opened when None), counted in `result` with its latency from `sent` (now
-    when None); the connection to go on with, or None where it failed or the server closed it."""
-    sent = time.perf_counter() if sent is None else sent
-    try:
-        if connection is None:
-            result.connections += 1
-            connection = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-        reader, writer = connection
-        writer.write(request)
-        status, headers, payload = await asyncio.wait_for(_response(reader), timeout_s)
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-        result.count(type(exc).__name__, (time.perf_counter() - sent) * 1000)
-        return await _closed(connection)  # reconnects on the next request
-    result.count(status, (time.perf_counter() - sent) * 1000)
-    if status == "503" and not well_formed_shed(headers, payload):
-        result.malformed_sheds += 1
-    return await _closed(connection) if headers.get("connection") == "close" else connection
 
 
 @dataclass(frozen=True)
@@ -189,7 +161,7 @@ def run_open_load(base_url: str, bodies: list[bytes], rate: float, duration_s: f
     processes = min(os.cpu_count() or 1, math.ceil(rate / PROCESS_RPS))
     objective = None if slo_p99_ms is None else Objective(slo_p99_ms, _arrivals(rate, duration_s))
     if processes <= 1:
-        return asyncio.run(_open_load(base_url, bodies, rate, duration_s, seed, timeout_s, connections, objective))
+        return uvloop.run(_open_load(base_url, bodies, rate, duration_s, seed, timeout_s, connections, objective))
     return _in_processes(processes, base_url, bodies, rate, duration_s, seed, timeout_s, connections, objective)
 
 
@@ -255,18 +227,27 @@ def _client_process() -> None:
     bodies = [body.encode("latin-1") for body in share["bodies"]]
     sys.stdin.readline()
     objective = Objective(**share["objective"]) if share["objective"] else None
-    result = asyncio.run(_open_load(share["url"], bodies, share["rate"], share["duration_s"], share["seed"],
+    result = uvloop.run(_open_load(share["url"], bodies, share["rate"], share["duration_s"], share["seed"],
                                     share["timeout_s"], share["connections"], objective))
-    print(json.dumps(dataclasses.asdict(result)), flush=True)
+    _write_all(sys.stdout.fileno(), (json.dumps(dataclasses.asdict(result)) + "\n").encode())
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data`, however many writes it takes. Under PYTHONUNBUFFERED (as many images set it) print() makes one
+    write(2) and drops what it did not take: a result over the pipe's 64 KiB, written while the parent read another
+    client's, came out cut after 65,536 bytes."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 async def _open_load(base_url: str, bodies: list[bytes], rate: float, duration_s: float, seed: int,
                      timeout_s: float, connections: int = OPEN_LOOP_CONNECTIONS,
                      objective: Optional[Objective] = None) -> LoadResult:
     parts = urlsplit(base_url)
-    requests = [_request(parts.hostname, parts.port, body) for body in bodies]
-    result, idle, sending, slots = LoadResult(), [], [], asyncio.Semaphore(connections)
-    result.slow_over_ms = objective.p99_ms if objective else None
+    requests = [request_bytes(parts.hostname, parts.port, body) for body in bodies]
+    result = LoadResult(slow_over_ms=objective.p99_ms if objective else None)
+    pool = Pool(parts.hostname, parts.port, connections, result, timeout_s)
     arrivals = random.Random(seed)
     late_ms = []
     started = arrival = time.perf_counter()
@@ -278,74 +259,12 @@ async def _open_load(base_url: str, bodies: list[bytes], rate: float, duration_s
         await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
         sent = time.perf_counter()
         late_ms.append((sent - arrival) * 1000)
-        sending.append(asyncio.create_task(_pooled(parts.hostname, parts.port, idle, slots, sent,
-                                                   requests[index % len(requests)], timeout_s, result)))
+        pool.submit(requests[index % len(requests)], sent)
         result.sent += 1
     result.late_ms = nearest_rank(late_ms, 99)
-    await asyncio.gather(*sending)
+    await pool.drained()
     result.seconds = time.perf_counter() - started
-    for connection in idle:
-        await _closed(connection)
     return result
-
-
-async def _pooled(host: str, port: int, idle: list, slots: asyncio.Semaphore, sent: float, request: bytes,
-                  timeout_s: float, result: LoadResult) -> None:
-    """Once one of the `slots` is free: the most recently idle connection (the pool's oldest ones are the ones a
-    server times out), or a new one; the latency counts from `sent`, a wait for a free connection included."""
-    async with slots:
-        connection = await _exchange(host, port, await _live(idle), request, timeout_s, result, sent=sent)
-        if connection is not None:
-            idle.append(connection)
-
-
-async def _live(idle: list):
-    """The most recently idle connection the server has not closed, or None. At a few requests a second a
-    pooled connection sits idle past the server's keep-alive timeout (uvicorn's: 5 s); a client library checks
-    before reusing one (the proxy does too), or its request fails on the closed connection."""
-    while idle:
-        connection = idle.pop()
-        if not connection[0].at_eof():
-            return connection
-        await _closed(connection)
-    return None
-
-
-async def _response(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    if len(head) > HEAD_LIMIT:
-        raise ValueError("response header section too large")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        if name:
-            headers[name.strip().lower()] = value.strip()
-    if "content-length" not in headers:
-        raise ValueError("response without Content-Length")
-    return status_line.split(" ")[1], headers, await reader.readexactly(int(headers["content-length"]))
-
-
-def well_formed_shed(headers: dict[str, str], payload: bytes) -> bool:
-    """A 503 a client can act on: `Retry-After` in whole seconds and the error shape with an overload code."""
-    try:
-        error = json.loads(payload)["error"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    return headers.get("retry-after", "").isdigit() and isinstance(error, dict) and error.get("code") in SHED_CODES
-
-
-async def _closed(connection) -> None:
-    """Closed by the client, and waited for: a server whose keep-alive connections are still open when
-    it stops closes them itself, and its TIME_WAIT then keeps its port from being bound again for a
-    minute (`factory serve --port` replays a failed test on the port the test used)."""
-    if connection is not None:
-        connection[1].close()
-        try:
-            await connection[1].wait_closed()
-        except OSError:
-            pass
-    return None
 
 
 if __name__ == "__main__":

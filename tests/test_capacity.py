@@ -452,7 +452,7 @@ def test_a_load_client_process_that_dies_is_one_clear_error(answering: str, monk
 
 
 def test_the_proxys_overload_answers_are_well_formed_sheds() -> None:
-    from factory.loadgen import well_formed_shed
+    from factory.load_client import well_formed_shed
 
     for code in ("overloaded", "upstream_overloaded", "proxy_overloaded"):
         body = json.dumps({"error": {"code": code, "message": "busy", "field": None}}).encode()
