@@ -6,7 +6,7 @@ that differ only in `queue_ms`, each with `--pod-connections` connections to the
 Usage: python -m bench.shedding_proxy --state STATE --model NAME --capacity RPS [--cpu 0.125] [--multiples 1 3]
        [--queue-ms 200] [--pod-connections 32] [--client-connections 2048] [--seconds 6] [--rounds 2]
 STATE holds a `factory build` of the model with its image pushed (e.g. `make demo`'s factory-state). The rates
-are multiples of --capacity; one client process (factory.loadgen's open loop), so keep them under ~3,000 req/s.
+are multiples of --capacity; one client process (factory.loadgen's open loop), so keep them under ~6,000 req/s.
 """
 
 from __future__ import annotations
