@@ -25,8 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.latency import FULL_BATCH_CONNECTIONS, FULL_BATCH_S, Floor, Loaded, _loaded, example_models, model_arguments
-from bench.serving import ROOT, _pin, complete_rows
-from factory.loader import load_catalog
+from bench.serving import _pin, complete_rows
 from factory.runtime import bento_python, interpreter_environment
 from factory.serve import bento_source, free_port, process_served, served
 from factory.state import StateDir
@@ -111,13 +110,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="rows a request (default: the model's max_batch_size, a full batch)")
     parser.add_argument("--connections", type=int, default=FULL_BATCH_CONNECTIONS)
     args = parser.parse_args()
-    state, names = example_models(args)
+    state, specs = example_models(args)
     logs = Path(tempfile.mkdtemp(prefix="bench-bare-"))
     print(f"load average before: {os.getloadavg()[0]:.1f}")
-    catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}
-    for name in names:
-        rows = args.rows or catalog[name].batching.max_batch_size
-        print_model(name, args.connections, bench_model(state, name, rows, args.connections, args.pairs, logs))
+    for spec in specs:
+        rows = args.rows or spec.batching.max_batch_size
+        print_model(spec.name, args.connections, bench_model(state, spec.name, rows, args.connections, args.pairs,
+                                                             logs))
     print(f"\nload average after: {os.getloadavg()[0]:.1f}; logs in {logs}")
 
 

@@ -18,9 +18,8 @@ import statistics
 import time
 
 from bench.latency import example_models
-from bench.serving import ROOT, _pin
+from bench.serving import _pin
 from factory.capacity import open_step_record, within
-from factory.loader import load_catalog
 from factory.loadgen import run_load, run_open_load
 from factory.memory import MIB, MemoryProfile
 from factory.runtime import bento_python
@@ -81,11 +80,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    state, names = example_models(args)
-    catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}
-    for name in names:
-        spec = catalog[name]
-        print_model(name, spec.slo.p99_ms, bench_model(state, spec, args.multiple, args.seconds, args.rounds))
+    state, specs = example_models(args)
+    for spec in specs:
+        print_model(spec.name, spec.slo.p99_ms, bench_model(state, spec, args.multiple, args.seconds, args.rounds))
 
 
 if __name__ == "__main__":

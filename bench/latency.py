@@ -383,13 +383,15 @@ def built(names: list[str], catalog: Path = ROOT / "models.yaml", state: Optiona
                    cwd=ROOT, check=True, env=environment)
 
 
-def example_models(args: argparse.Namespace) -> tuple[StateDir, list[str]]:
-    """The state directory, activated, the example registry in use, and the models asked for, built."""
+def example_models(args: argparse.Namespace) -> tuple[StateDir, list[ModelSpec]]:
+    """The state directory, activated, the example registry in use, and the models asked for (models.yaml's
+    entries, in the order asked), built."""
     state = StateDir.from_env().activate()
     use_example_registry()
     names = args.model or DEFAULT_MODELS
     built(names)
-    return state, names
+    catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}
+    return state, [catalog[name] for name in names]
 
 
 def main() -> None:
@@ -399,12 +401,11 @@ def main() -> None:
     parser.add_argument("--full-batch-only", action="store_true",
                         help="only our idle RSS and full-batch rows/s vs the in-process floor (no mlflow, no latency)")
     args = parser.parse_args()
-    state, names = example_models(args)
-    catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}
+    state, specs = example_models(args)
     logs = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     print(f"load average before: {os.getloadavg()[0]:.1f} (2 cores; above ~1 the machine is shared)")
-    for name in names:
-        bench_model(state, catalog[name], args.burst_seconds, args.rounds, logs, args.pairs, args.full_batch_only)
+    for spec in specs:
+        bench_model(state, spec, args.burst_seconds, args.rounds, logs, args.pairs, args.full_batch_only)
     print(f"\nload average after: {os.getloadavg()[0]:.1f}; serve logs in {logs}")
 
 

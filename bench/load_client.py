@@ -18,7 +18,6 @@ Usage: python -m bench.load_client [--model NAME ...] [--rates 1000,3000,6000] [
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -30,12 +29,11 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from bench.latency import example_models
-from bench.serving import ROOT, _pin
+from bench.latency import example_models, model_arguments
+from bench.serving import _pin
 from factory import loadgen
 from factory.fuzz_report import nearest_rank
 from factory.load_client import request_bytes, well_formed_shed
-from factory.loader import load_catalog
 from factory.loadgen import LoadResult
 from factory.runtime import bento_python
 from factory.serve import served
@@ -174,18 +172,16 @@ def print_model(name: str, result: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", help="an example model (default: all)")
+    parser = model_arguments(__doc__, pairs=0)  # --model; it takes no floor pairs
     parser.add_argument("--rates", default="1000,3000,6000", help="open-loop rates, comma-separated")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    state, names = example_models(args)
-    catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}
+    state, specs = example_models(args)
     rates = [float(rate) for rate in args.rates.split(",")]
     print(f"load average before: {os.getloadavg()[0]:.1f}")
-    for name in names:
-        print_model(name, bench_model(state, catalog[name], rates, args.seconds, args.rounds))
+    for spec in specs:
+        print_model(spec.name, bench_model(state, spec, rates, args.seconds, args.rounds))
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
 
 

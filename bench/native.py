@@ -34,7 +34,6 @@ from bench.latency import (FULL_BATCH_CONNECTIONS, FULL_BATCH_S, Floor, Loaded, 
                            model_arguments)
 from bench.serving import ROOT, _pin, complete_rows
 from factory.catalog import ModelSpec
-from factory.loader import load_catalog
 from factory.runtime import bento_python
 from factory.serve import bento_source, served
 from factory.state import StateDir
@@ -112,16 +111,15 @@ def print_model(spec: ModelSpec, forms: dict[str, Form]) -> None:
 
 def main() -> None:
     args = model_arguments(__doc__, pairs=3).parse_args()
-    state, names = example_models(args)
+    state, specs = example_models(args)
     native, native_catalog = native_state(state)
-    built(names, native_catalog, native)
-    catalog = {model.name: model for model in load_catalog(ROOT / "models.yaml").models}
+    built([spec.name for spec in specs], native_catalog, native)
     logs = Path(tempfile.mkdtemp(prefix="bench-native-"))
     print(f"load average before: {os.getloadavg()[0]:.1f}")
-    for name in names:
+    for spec in specs:
         forms = {"compiled": Form(state), "native": Form(native)}
-        bench_model(catalog[name], forms, args.pairs, logs)
-        print_model(catalog[name], forms)
+        bench_model(spec, forms, args.pairs, logs)
+        print_model(spec, forms)
     print(f"\nload average after: {os.getloadavg()[0]:.1f}; serve logs in {logs}")
 
 

@@ -14,7 +14,6 @@ import importlib.metadata
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import os
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional
