@@ -233,8 +233,7 @@ def print_model(name: str, measured: dict) -> None:
 
 
 def main() -> None:
-    parser = model_arguments(__doc__, pairs=3)
-    args = parser.parse_args()
+    args = model_arguments(__doc__, pairs=3).parse_args()
     state, specs = example_models(args)
     directory = Path(tempfile.mkdtemp(prefix="bench-native-bound-"))
     binary = compiled(directory)
