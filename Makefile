@@ -126,6 +126,8 @@ bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.sizing
 	$(BIN)/python -m bench.early_stop
+	$(BIN)/python -m bench.load_client
+	$(BIN)/python -m bench.native_bound
 	$(BIN)/python -m bench.proxy --duration 3 --runs 7
 	$(BIN)/python -m bench.slowloris --duration 3 --runs 3
 	$(BIN)/python -m bench.proxy_memory
