@@ -141,11 +141,11 @@ class Connection(asyncio.Protocol):
 
 class Pool:
     """Up to `limit` connections to host:port. `submit` sends a request on the most recently idle connection (the
-    pool's oldest are the ones a server times out), on a new one, or once one is free; `answered(n)` after each
-    answer with the count so far; `drained()` waits for every request submitted, then closes the connections."""
+    pool's oldest are the ones a server times out), on a new one, or once one is free; `answered()` after each
+    answer; `drained()` waits for every request submitted, then closes the connections."""
 
     def __init__(self, host: str, port: int, limit: int, result: "LoadResult", timeout_s: float,
-                 answered: Optional[Callable[[int], None]] = None) -> None:
+                 answered: Optional[Callable[[], None]] = None) -> None:
         self.host, self.port, self.limit = host, port, max(1, limit)
         self.result, self.timeout_s, self.answered = result, timeout_s, answered
         self.idle: list[Connection] = []
@@ -153,7 +153,6 @@ class Pool:
         self.opening = 0
         self.waiting: collections.deque[tuple[bytes, float]] = collections.deque()
         self.outstanding = 0
-        self.done = 0
         self.empty: Optional[asyncio.Future] = None
 
     def submit(self, request: bytes, sent: float) -> None:
@@ -212,13 +211,12 @@ class Pool:
         """One request done: the connection (None when it is gone) goes idle, the oldest waiting request takes it
         (or a new one), and then the caller hears of the answer."""
         self.outstanding -= 1
-        self.done += 1
         if connection is not None:
             self.idle.append(connection)
         if self.waiting and (self.idle or self._room()):
             self._dispatch(*self.waiting.popleft())
         if self.answered is not None:
-            self.answered(self.done)
+            self.answered()
         if not self.outstanding and self.empty is not None and not self.empty.done():
             self.empty.set_result(None)
 

@@ -121,7 +121,7 @@ async def _load(base_url: str, bodies: list[bytes], concurrency: int, duration_s
     started = time.perf_counter()
     deadline = started + duration_s
 
-    def send(_answered: int = 0) -> None:
+    def send() -> None:
         nonlocal sent
         if sent < max_requests and time.perf_counter() < deadline:
             pool.submit(requests[sent % len(requests)], time.perf_counter())
