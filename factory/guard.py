@@ -16,9 +16,13 @@ from typing import Any
 GUARD = "refused_rows"
 
 
+AS_FLOAT32 = "double read as float"  # a double tensor a step casts to float32 before checking it (sklearn's trees)
+
+
 def add(onnx_model: Any, checked: list[tuple[str, str, bool]]) -> str:
-    """Add the guard over `checked` (tensor name, "double" or "float", NaN refused too) to `onnx_model`; its output
-    name, or "" for none. Comparisons only (Abs, Less, Greater, Not: in every opset skl2onnx picks; IsInf needs 10)."""
+    """Add the guard over `checked` (tensor name, "double", "float" or AS_FLOAT32, NaN refused too) to `onnx_model`;
+    its output name, or "" for none. Comparisons only (Abs, Less, Greater, Not: in every opset skl2onnx picks; IsInf
+    needs 10)."""
     import numpy as np
     from onnx import TensorProto, helper
 
@@ -29,7 +33,11 @@ def add(onnx_model: Any, checked: list[tuple[str, str, bool]]) -> str:
         # |x| < inf fails for infinity and NaN; |x| > the largest finite value only for infinity
         bound = math.inf if nan else float(np.finfo(np.float64 if dtype == "double" else np.float32).max)
         graph.initializer.append(helper.make_tensor(f"{guard}_bound{index}", element, [], [bound]))
-        nodes = [helper.make_node("Abs", [name], [f"{guard}_abs{index}"])]
+        nodes = []
+        if dtype == AS_FLOAT32:  # rounded as numpy casts: beyond float32's range is infinity
+            nodes.append(helper.make_node("Cast", [name], [f"{guard}_single{index}"], to=TensorProto.FLOAT))
+            name = f"{guard}_single{index}"
+        nodes.append(helper.make_node("Abs", [name], [f"{guard}_abs{index}"]))
         if nan:
             nodes += [helper.make_node("Less", [f"{guard}_abs{index}", f"{guard}_bound{index}"],
                                        [f"{guard}_ok{index}"]),

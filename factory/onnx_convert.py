@@ -1,8 +1,8 @@
 """Registry models → ONNX candidates: skl2onnx for sklearn, onnxmltools for LightGBM and XGBoost.
 
-Each model is tried in double precision first (what sklearn computes in), then in single precision
-(what tree ensembles compare in: sklearn trees cast inputs to float32, LightGBM/XGBoost converters
-only emit float trees). `factory/compile.py` keeps the first candidate that reproduces the registry
+Each model is tried in double precision first (what sklearn computes in; its tree ensembles as
+factory/onnx_trees.py writes them), then in single precision (what XGBoost compares in; LightGBM/XGBoost
+converters only emit float trees). `factory/compiled.py` keeps the first candidate that reproduces the registry
 model's own predictions. A candidate is the ONNX bytes plus how request rows feed its inputs.
 """
 
@@ -133,18 +133,25 @@ def _sklearn_onnx(model: Any, types: list) -> tuple[Any, str]:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 
+    from factory import onnx_trees  # it names this module's NotConvertible
+
     _register_double_imputer()
+    onnx_trees.register()
     options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
     onnx_model, topology = convert_sklearn(model, initial_types=types, options=options, target_opset=OPSETS,
                                            intermediate=True)
     checked: dict[tuple[str, str], bool] = {}
     for operator in topology.unordered_operator_iterator():
         tags = getattr(operator.raw_operator, "__sklearn_tags__", None)
-        if tags is None:  # the converter's own glue (concatenations), not an sklearn step
+        # The converter's own glue (concatenations) is no sklearn step; a step skipping validation (a
+        # FunctionTransformer, as skl2onnx writes a ColumnTransformer's "passthrough") checks nothing.
+        if tags is None or tags().no_validation:
             continue
         for variable in operator.inputs:
             if isinstance(variable.type, (DoubleTensorType, FloatTensorType)):
-                key = (variable.onnx_name, "double" if isinstance(variable.type, DoubleTensorType) else "float")
+                double = isinstance(variable.type, DoubleTensorType)
+                read = guard.AS_FLOAT32 if onnx_trees.reads_float32(operator.raw_operator) else "double"
+                key = (variable.onnx_name, read if double else "float")
                 checked[key] = checked.get(key, False) or not tags().input_tags.allow_nan
     return onnx_model, guard.add(onnx_model, [(name, dtype, nan) for (name, dtype), nan in sorted(checked.items())])
 

@@ -91,16 +91,23 @@ def test_a_scaled_model_refuses_a_value_its_scaler_overflows_on_as_sklearn_does(
 
 
 def test_a_tree_refuses_values_beyond_float32_as_sklearn_does(tmp_path: Path) -> None:
-    """sklearn trees compare float32: 3.5e38 is infinite there, and sklearn raises; so does the float32 form."""
+    """sklearn trees cast their input to float32: what rounds to infinity there raises, the largest value rounding to
+    a finite float32 is answered; the double form's guard reads its input as float32 too."""
+    import pandas as pd
     from sklearn.tree import DecisionTreeRegressor
 
     features, target = _frame(DOUBLES)
     model = DecisionTreeRegressor(max_depth=5, random_state=0).fit(features, target)
     decision = _decide(model, DOUBLES, tmp_path)
-    assert decision.compiled and decision.flavor["precision"] == "float32", decision.reason
+    assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
     assert "and 9 rows of extreme values" in decision.reason
-    with pytest.raises(ValueError, match="Input X contains NaN, infinity"):
-        _served(decision, tmp_path, {"price": 3.5e38, "hour": 3})
+    overflows = 2.0**128 - 2.0**103  # the midpoint above float32's largest value: rounds (to even) to infinity
+    for price in (overflows, -overflows, 3.5e38):
+        with pytest.raises(ValueError, match="Input X contains NaN, infinity"):
+            _served(decision, tmp_path, {"price": price, "hour": 3})
+    largest = float(np.nextafter(overflows, 0))
+    served = _served(decision, tmp_path, {"price": largest, "hour": 3})
+    assert np.allclose(served, model.predict(pd.DataFrame([{"price": largest, "hour": 3}])), rtol=1e-6)
 
 
 def test_a_float32_form_refusing_what_the_registry_model_answers_serves_natively(tmp_path: Path) -> None:
@@ -176,14 +183,67 @@ def test_the_rtol_advised_for_float32_kernels_is_the_one_they_measured(found, me
         advised and f"{advised} in models.yaml to serve it compiled")
 
 
-@pytest.mark.parametrize("trees, atol", [(20, 1e-4), (1, 0.0)])
-def test_a_forest_compiles_given_an_atol_for_its_leaf_sums_and_one_tree_without(trees, atol, tmp_path: Path) -> None:
-    from sklearn.ensemble import ExtraTreesRegressor
+@pytest.mark.parametrize("kind", ["ExtraTreesRegressor", "RandomForestClassifier", "GradientBoostingRegressor",
+                                  "GradientBoostingClassifier", "HistGradientBoostingRegressor",
+                                  "HistGradientBoostingClassifier"])
+def test_tree_ensembles_compile_in_double_as_sklearn_compares_and_sums(kind, tmp_path: Path) -> None:
+    """skl2onnx wrote double trees' thresholds and leaves as float32 and declared outputs onnxruntime never gives
+    (factory/onnx_trees.py); at double precision they agree near every threshold probed, at the default tolerance."""
+    from sklearn import ensemble
 
     features, target = _frame(DOUBLES)
-    model = ExtraTreesRegressor(n_estimators=trees, random_state=0).fit(features, target - target.mean())
-    decision = _decide(model, DOUBLES, tmp_path, settings=Compile(atol=atol))
-    assert decision.compiled and decision.flavor["precision"] == "float32", decision.reason
+    classifier = kind.endswith("Classifier")
+    model = getattr(ensemble, kind)(random_state=0).fit(features, target > target.median() if classifier
+                                                        else target - target.mean())
+    decision = _decide(model, DOUBLES, tmp_path, "predict_proba" if classifier else "predict")
+    assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
+    assert " rows near its split thresholds " in decision.reason
+
+
+@pytest.mark.parametrize("kind", ["RandomForestRegressor", "HistGradientBoostingRegressor"])
+def test_trees_fit_on_missing_values(kind, tmp_path: Path) -> None:
+    """A forest's tree fit on missing values splits at an infinite threshold, where skl2onnx's double conversion
+    never returned: it is refused at once and the float32 form decides. HistGradientBoosting sends missing values
+    its own way at each split, which its double form keeps: a request without the optional price is answered alike."""
+    import pandas as pd
+    from sklearn import ensemble
+
+    signature = {"inputs": [{**DOUBLES["inputs"][0], "required": False}, DOUBLES["inputs"][1]]}
+    features, target = _frame(signature)
+    features = features.assign(price=features.price.mask(np.arange(len(features)) % 7 == 0))
+    model = getattr(ensemble, kind)(random_state=0).fit(features, target)
+    decision = _decide(model, signature, tmp_path)
+    if kind == "RandomForestRegressor":
+        assert ("ONNX float64: a tree split at an infinite threshold (a tree fit on missing values), which skl2onnx "
+                "converts in single precision only") in decision.reason, decision.reason
+        return
+    assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
+    flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
+    served = bento_module("mf_runtime").Predictor("", {"signature": signature, "flavor": flavor}).run([{"hour": 3}])
+    assert np.allclose(served, model.predict(pd.DataFrame([{"price": np.nan, "hour": 3}])), rtol=1e-6)
+
+
+def test_a_column_passed_through_to_a_model_taking_missing_values_is_not_refused_them(tmp_path: Path) -> None:
+    """skl2onnx writes a ColumnTransformer's "passthrough" as a FunctionTransformer, which checks nothing (sklearn's
+    `no_validation` tag): the guard once refused every row missing the optional price that the model answers."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
+    signature = {"inputs": [{**MIXED["inputs"][0], "required": False}, *MIXED["inputs"][1:]]}
+    features, target = _frame(signature)
+    features = features.assign(price=features.price.mask(np.arange(len(features)) % 5 == 0))
+    codes = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+    encode = ColumnTransformer([("city", codes, ["city"])], remainder="passthrough")
+    model = make_pipeline(encode, HistGradientBoostingRegressor(random_state=0)).fit(features, target)
+    decision = _decide(model, signature, tmp_path)
+    assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
+    flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
+    row = {"hour": 3, "city": "Rome"}
+    served = bento_module("mf_runtime").Predictor("", {"signature": signature, "flavor": flavor}).run([row])
+    assert np.allclose(served, model.predict(pd.DataFrame([{"price": np.nan, **row}])), rtol=1e-6)
 
 
 @pytest.mark.parametrize("trees, loader, answers, atol, refused", [

@@ -211,7 +211,7 @@ def _mixed_decision(model, tmp_path: Path, probed: bool):
 
 def test_a_tree_behind_a_column_transformer_is_probed_at_its_passed_through_columns(tmp_path: Path) -> None:
     """Encoded categories beside numbers passed through: the tree reads a concatenation, not a graph input, so its
-    thresholds went unprobed and a float64 form (double inputs against sklearn's float32 comparisons) served."""
+    thresholds went unprobed (a float64 form comparing double inputs where sklearn compares float32 once served so)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.preprocessing import OrdinalEncoder
     from sklearn.tree import DecisionTreeRegressor
@@ -222,25 +222,21 @@ def test_a_tree_behind_a_column_transformer_is_probed_at_its_passed_through_colu
     from sklearn.pipeline import make_pipeline
 
     model = make_pipeline(encode, DecisionTreeRegressor(random_state=0)).fit(frame, target)
-    golden_only = _mixed_decision(model, tmp_path, probed=False)
-    assert golden_only.flavor["precision"] == "float64", golden_only.reason
-    onnx_bytes = (tmp_path / COMPILED_FILE).read_bytes()
-    found = onnx_columns.thresholds(onnx_bytes, golden_only.flavor["feeds"], MIXED)
-    # price and hour; the city's codes are the encoder's, no request value
-    assert sorted(found) == [0, 1] and all(1 <= value <= 200 for value in found[0])
-    assert onnx_columns.categories(onnx_bytes, golden_only.flavor["feeds"], MIXED) == {2: ["Kyiv", "Lima", "Oslo", "Rome"]}
-    predictor = bento_module("mf_runtime").Predictor("", {"signature": MIXED, "flavor": {
-        **golden_only.flavor, "model_file": str(tmp_path / COMPILED_FILE)}})
-    near = [{"price": value, "hour": 3, "city": "Oslo"} for threshold in found[0] for value in probes.near(threshold)]
-    served = np.asarray(predictor.run(near))
-    assert (served != model.predict(bento_module("mf_inputs").frame(near, MIXED["inputs"]))).any()  # wrong before
-
     probed = _mixed_decision(model, tmp_path, probed=True)
-    assert probed.flavor["precision"] == "float32", probed.reason
-    assert probed.reason.startswith("ONNX float32 reproduces the registry model on 71 golden rows and 1024 rows near "
+    assert probed.reason.startswith("ONNX float64 reproduces the registry model on 71 golden rows and 1024 rows near "
                                     "its split thresholds and at its encoders' categories and 2 rows of its logged "
                                     "input example and 1024 rows around its logged input example and 9 rows of "
                                     "extreme values (max relative error "), probed.reason
+    onnx_bytes = (tmp_path / COMPILED_FILE).read_bytes()
+    found = onnx_columns.thresholds(onnx_bytes, probed.flavor["feeds"], MIXED)
+    # price and hour; the city's codes are the encoder's, no request value
+    assert sorted(found) == [0, 1] and all(1 <= value <= 200 for value in found[0])
+    assert onnx_columns.categories(onnx_bytes, probed.flavor["feeds"], MIXED) == {2: ["Kyiv", "Lima", "Oslo", "Rome"]}
+    predictor = bento_module("mf_runtime").Predictor("", {"signature": MIXED, "flavor": {
+        **probed.flavor, "model_file": str(tmp_path / COMPILED_FILE)}})
+    near = [{"price": value, "hour": 3, "city": "Oslo"} for threshold in found[0] for value in probes.near(threshold)]
+    expected = model.predict(bento_module("mf_inputs").frame(near, MIXED["inputs"]))
+    assert np.allclose(np.asarray(predictor.run(near)).ravel(), expected, rtol=1e-6, atol=0)
 
 
 def test_an_encoders_categories_are_probed(tmp_path: Path) -> None:

@@ -1,0 +1,138 @@
+"""scikit-learn tree ensembles: the compiled form `factory build` now keeps (double precision, factory/onnx_trees.py)
+against the native model, and against the float32 form skl2onnx alone gave, side by side in one run.
+
+Usage: python -m bench.trees [--iterations 300] [--rows 2000]
+Each model is fit in process on a per-city-like table (distance with cents, hour, surge), then decided by
+`factory.compiled.decide` as `factory build` decides it (golden rows, probes near thresholds, extreme rows).
+Printed per model: the decision; `Predictor.run` (what the pod runs) of 1 and 32 rows, native vs compiled, median µs;
+and, on `--rows` ordinary rows drawn like the training data, how many answers of the double (kept) and the float32
+form differ from the registry model's beyond 1e-06 relative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from bench.compiled import median_us
+from factory.catalog import Compile
+from factory.compiled import COMPILED_FILE, decide
+from factory.golden import sample_requests
+from factory.onnx_convert import Candidate, candidates
+from factory.runtime import bento_module
+
+SIGNATURE = {"inputs": [{"type": "double", "name": "distance km", "required": True},
+                        {"type": "long", "name": "hour", "required": True},
+                        {"type": "double", "name": "surge", "required": True}]}
+KINDS = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor", "RandomForestRegressor",
+         "ExtraTreesRegressor", "GradientBoostingRegressor", "RandomForestClassifier")
+RTOL = 1e-6
+
+
+def table(rows: int, seed: int) -> tuple[Any, Any]:
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"distance km": np.round(rng.gamma(2.0, 3.0, rows), 2), "hour": rng.integers(0, 24, rows),
+                          "surge": np.round(rng.uniform(1.0, 3.0, rows), 1)})
+    minutes = 4 + 2.1 * frame["distance km"] * frame["surge"] + 3 * np.sin(frame["hour"] / 4) + rng.normal(0, 1, rows)
+    return frame, minutes - minutes.median()
+
+
+def fitted(kind: str, frame: Any, target: Any) -> tuple[Any, str]:
+    from sklearn import ensemble
+
+    classifier = kind.endswith("Classifier")
+    options = {"max_iter": 100} if kind.startswith("Hist") else {"n_estimators": 50, "max_depth": 10}
+    model = getattr(ensemble, kind)(random_state=0, **options).fit(frame, target > 0 if classifier else target)
+    return model, "predict_proba" if classifier else "predict"
+
+
+def registry_answer(model: Any, predict_fn: str):
+    frame = bento_module("mf_inputs").frame
+
+    def answer(requests: list[dict]) -> list[dict]:
+        return [one(request["inputs"]) for request in requests]
+
+    def one(rows: list[dict]) -> dict:
+        try:
+            return {"outputs": np.asarray(getattr(model, predict_fn)(frame(rows, SIGNATURE["inputs"]))).tolist()}
+        except ValueError as exc:  # sklearn's check_array, on the extreme rows
+            return {"error": str(exc)}
+    return answer
+
+
+def predictors(model: Any, predict_fn: str, flavor: dict, work: Path) -> dict[str, Any]:
+    """The pod's Predictor over the native model (cloudpickle, as mlflow.sklearn saves it) and the compiled one."""
+    runtime = bento_module("mf_runtime")
+    (work / "model.pkl").write_bytes(cloudpickle.dumps(model))
+    native = {"loader": "cloudpickle", "model_file": "model.pkl", "predict_fn": predict_fn}
+    compiled = {**flavor, "model_file": str(work / COMPILED_FILE)}
+    return {form: runtime.Predictor(str(work), {"signature": SIGNATURE, "flavor": chosen})
+            for form, chosen in (("native", native), ("compiled", compiled))}
+
+
+def beyond(expected: Any, actual: Any) -> int:
+    """Rows whose answer differs beyond RTOL (class probabilities: relative to the row's largest)."""
+    expected, actual = np.asarray(expected, float).reshape(len(expected), -1), np.asarray(actual, float)
+    scale = np.abs(expected).max(axis=1, keepdims=True) if expected.shape[1] > 1 else np.abs(expected)
+    return int((np.abs(actual.reshape(expected.shape) - expected) > RTOL * scale).any(axis=1).sum())
+
+
+def float32_beyond(model: Any, predict_fn: str, kept: dict, records: list[dict], expected: Any, work: Path) -> str:
+    """The float32 candidate's count, run as the pod would run it (it is the form skl2onnx alone converted)."""
+    found = [c for c in candidates(model, {"loader": "cloudpickle", "predict_fn": predict_fn}, SIGNATURE)
+             if isinstance(c, Candidate) and c.precision == "float32"]
+    if not found:
+        return "none"
+    (work / "float32.onnx").write_bytes(found[0].onnx)
+    flavor = {**kept, "model_file": str(work / "float32.onnx"), "feeds": found[0].feeds, "output": found[0].output,
+              "guard": found[0].guard, "precision": "float32"}
+    run = bento_module("mf_runtime").Predictor(str(work), {"signature": SIGNATURE, "flavor": flavor}).run
+    return str(beyond(expected, run(records)))
+
+
+def measure(kind: str, args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-trees-{kind}-"))
+    frame, target = table(2000, seed=1)
+    model, predict_fn = fitted(kind, frame, target)
+    answer = registry_answer(model, predict_fn)
+    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(SIGNATURE, 12, 8)]
+    example = frame.head(16).to_dict("records")
+    decision = decide(lambda: model, {"loader": "cloudpickle", "predict_fn": predict_fn}, SIGNATURE, cases, Compile(),
+                      work / COMPILED_FILE, answer, example)
+    print(f"{kind}: serves {decision.path}: {decision.reason[:160]}", flush=True)
+    if not decision.compiled:
+        return
+    ordinary, _ = table(args.rows, seed=2)
+    records = ordinary.to_dict("records")
+    expected = answer([{"inputs": records}])[0]["outputs"]
+    runs = predictors(model, predict_fn, decision.flavor, work)
+    timings = {form: [median_us(lambda: runs[form].run(records[:size]), args.iterations) for size in (1, 32)]
+               for form in runs}
+    (one_native, many_native), (one, many) = timings["native"], timings["compiled"]
+    print(f"  {'':<36} {one:>8.0f} {one_native:>8.0f} {one_native / one:>6.1f} {many:>8.0f} {many_native:>8.0f} "
+          f"{many_native / many:>6.1f} {beyond(expected, runs['compiled'].run(records)):>8} "
+          f"{float32_beyond(model, predict_fn, decision.flavor, records, expected, work):>8}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--rows", type=int, default=2000)
+    args = parser.parse_args()
+    for name in ("mf_http", "mf_inputs", "mf_flavors"):
+        bento_module(name)
+    print(f"per model: its decision, then µs compiled / native / ratio for 1 row and for 32 rows; rows of {args.rows} "
+          f"beyond {RTOL:g}: double (kept) / float32")
+    for kind in KINDS:
+        measure(kind, args)
+
+
+if __name__ == "__main__":
+    main()

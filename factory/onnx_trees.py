@@ -1,0 +1,139 @@
+"""skl2onnx's tree ensembles, made to compute as scikit-learn does.
+
+skl2onnx 1.20 (with onnx 1.23 and onnxruntime 1.32) gets three things wrong for scikit-learn's trees:
+- it writes HistGradientBoosting's missing-value directions as Python booleans, which onnx refuses ("Expected an
+  int, got a boolean"), so no HistGradientBoosting model converted at all;
+- on a double input it still writes thresholds, leaf weights and base values as float32 attributes, so an input
+  between a threshold and its float32 rounding takes the other branch (it computes each threshold as a double,
+  moved where scikit-learn's float32 cast of the input would put it, then rounds it to float32);
+- it declares a double output that onnxruntime's TreeEnsembleRegressor (ai.onnx.ml 3) never produces, so no
+  double form of a tree regression loaded, and forests fell back to float32 leaf sums (an absolute error that
+  leaves answers near zero off by more than any relative tolerance: `factory/precision.py`).
+
+Each tree converter here is skl2onnx's own, writing through a container that changes the one tree node it adds:
+the directions become integers; on a double input the thresholds, weights and base values become double tensors
+(ai.onnx.ml 3's `*_as_tensor` attributes: onnxruntime then compares and sums in double, as scikit-learn does), and
+a double output is cast from the float the operator answers. That float rounding is 2**-24 of each answer, within
+the default `compile.rtol`; a tighter tolerance keeps the model native, as the exactness check decides. Every
+converter is called at ai.onnx.ml 3, which brought those attributes: at version 1, skl2onnx's default, some round
+every attribute to float32 before writing it. skl2onnx's double thresholds already sit where scikit-learn's float32
+cast of the input puts them (`sklearn_threshold`), so the input is compared as it comes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+
+from factory.onnx_convert import NotConvertible
+
+# Estimators scikit-learn casts the input of to float32 (`check_array(X, dtype=DTYPE)`): every tree model but
+# HistGradientBoosting, which compares the float64 input.
+FLOAT32_TREES = tuple(f"{name}{kind}" for name in ("DecisionTree", "ExtraTree", "ExtraTrees", "RandomForest",
+                                                   "GradientBoosting") for kind in ("Classifier", "Regressor"))
+CONVERTERS = tuple(f"Sklearn{name}" for name in (*FLOAT32_TREES, "HistGradientBoostingClassifier",
+                                                 "HistGradientBoostingRegressor"))
+AS_TENSOR = ("nodes_values", "target_weights", "class_weights", "base_values")
+DIRECTIONS = "nodes_missing_value_tracks_true"
+ML_OPSET = 3
+
+
+@functools.cache
+def register() -> None:
+    """Wrap skl2onnx's tree converters (once per process: skl2onnx's registry is global)."""
+    from skl2onnx.common._registration import get_converter, register_converter
+
+    for alias in CONVERTERS:
+        native = get_converter(alias)
+        register_converter(alias, _as_sklearn_computes(native), overwrite=True, options=native.get_allowed_options())
+
+
+def reads_float32(estimator: Any) -> bool:
+    """Whether scikit-learn casts this estimator's input to float32: a finite double beyond float32's range is
+    infinity to it, and raises."""
+    return type(estimator).__name__ in FLOAT32_TREES
+
+
+def _as_sklearn_computes(native: Any) -> Callable:
+    def convert(scope: Any, operator: Any, container: Any) -> None:
+        from skl2onnx.common.data_types import DoubleTensorType
+
+        _refuse_categorical_splits(operator.raw_operator)
+        if isinstance(operator.inputs[0].type, DoubleTensorType):
+            _refuse_unbounded_thresholds(operator.raw_operator)
+        return native._fct(scope, operator, _TreeContainer(scope, operator, container), op_version=ML_OPSET)
+
+    return convert
+
+
+def _refuse_categorical_splits(model: Any) -> None:
+    """skl2onnx reads every HistGradientBoosting split as `value <= threshold`, also a split on a categorical
+    feature (a set of categories), which would answer silently wrong."""
+    predictors = getattr(model, "_predictors", ())
+    if any(tree.nodes["is_categorical"].any() for trees in predictors for tree in trees):
+        raise NotConvertible("a HistGradientBoosting model splitting on categorical features (skl2onnx converts "
+                             "numeric splits only)")
+
+
+def _refuse_unbounded_thresholds(model: Any) -> None:
+    """A tree fit on missing values splits "every value left, missing right" at an infinite threshold, where
+    skl2onnx's double conversion loops forever (its bisection towards float32 neighbours compares NaNs)."""
+    estimators = [model] if hasattr(model, "tree_") else np.asarray(getattr(model, "estimators_", []), dtype=object)
+    trees = [estimator.tree_ for estimator in np.ravel(estimators) if hasattr(estimator, "tree_")]
+    if any(not np.isfinite(tree.threshold).all() for tree in trees):
+        raise NotConvertible("a tree split at an infinite threshold (a tree fit on missing values), which skl2onnx "
+                             "converts in single precision only")
+
+
+class _TreeContainer:
+    """skl2onnx's container as the tree converter sees it: every call passes through, but the tree node it adds is
+    written as scikit-learn computes it."""
+
+    def __init__(self, scope: Any, operator: Any, container: Any) -> None:
+        from skl2onnx.common.data_types import DoubleTensorType
+
+        self._scope, self._container = scope, container
+        self._double = isinstance(operator.inputs[0].type, DoubleTensorType)
+        # Per output position of the tree node, whether the operator declares that output double.
+        self._doubles = [isinstance(variable.type, DoubleTensorType) for variable in operator.outputs]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+    def add_node(self, op_type: str, inputs: Any, outputs: Any, op_domain: str = "", op_version: Any = None,
+                 **attrs: Any) -> Any:
+        if not op_type.startswith("TreeEnsemble"):
+            return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version,
+                                            **attrs)
+        if DIRECTIONS in attrs:
+            attrs[DIRECTIONS] = [int(direction) for direction in attrs[DIRECTIONS]]
+        outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        if self._double:
+            attrs = self._double_attributes(attrs)
+        # A classifier's scores follow its labels; a regression answers scores only. Some converters write the
+        # scores to an intermediate name and pass them on to the declared output, so go by position.
+        score = 1 if op_type == "TreeEnsembleClassifier" else 0
+        if score < min(len(outputs), len(self._doubles)) and self._doubles[score]:
+            outputs[score] = self._from_float(outputs[score])
+        return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version,
+                                        **attrs)
+
+    def _double_attributes(self, attrs: dict) -> dict:
+        from onnx import numpy_helper
+
+        for name in AS_TENSOR:
+            if name in attrs:
+                values = np.asarray(attrs.pop(name), dtype=np.float64).ravel()
+                attrs[f"{name}_as_tensor"] = numpy_helper.from_array(values)
+        return attrs
+
+    def _from_float(self, name: str) -> str:
+        """A float output the tree node writes, cast to the double `name` skl2onnx expects."""
+        from onnx import TensorProto
+
+        answered = self._scope.get_unique_variable_name(f"{name}_float")
+        self._container.add_node("Cast", [answered], [name], to=TensorProto.DOUBLE,
+                                 name=self._scope.get_unique_operator_name("Cast"))
+        return answered
