@@ -20,7 +20,7 @@ from factory.errors import ServeError
 from factory.golden import sample_requests
 from factory.images import ImageStep
 from factory.loader import parse_catalog
-from factory.loadgen import run_load
+from factory.loadgen import OPEN_LOOP_CONNECTIONS, run_load
 from factory.memory import MemoryProfile
 from factory.serve import OOMKilled, container_served
 from factory.state import BuildRecord, StateDir
@@ -83,7 +83,8 @@ def _heavier_load_bodies(signature: dict, batch: int) -> list[bytes]:
 @pytest.mark.parametrize("model", MODELS)
 def test_held_back_heavier_load_stays_within_the_sized_request(imaged: FactoryEnv, model: str,
                                                                tmp_path: Path) -> None:
-    """A load the sizing never saw (other inputs, full batches, more clients), under the manifest's limit."""
+    """A load the sizing never saw (other inputs, full batches, as many clients as the capacity search opens past
+    capacity, where the sizing's peak comes from), under the manifest's limit; and the request not oversized."""
     record = _record(imaged, model)
     resources = _container_spec(_deployment(imaged, record["image"].split("/")[-1].split(":")[0]))["resources"]
     signature = json.loads((imaged.state / "builds" / model / "src" / "resolved.json").read_text())["signature"]
@@ -91,8 +92,8 @@ def test_held_back_heavier_load_stays_within_the_sized_request(imaged: FactoryEn
                                                resources["limits"]["memory"]) as served, \
             MemoryProfile.of_container(served.container) as memory:
         with memory.phase("load"):
-            # More clients only make BentoML shed the excess with 503s (bench/sizing.py): full batches instead.
-            load = run_load(served.url, _heavier_load_bodies(signature, 32), concurrency=8, duration_s=10)
+            load = run_load(served.url, _heavier_load_bodies(signature, 32), concurrency=OPEN_LOOP_CONNECTIONS,
+                            duration_s=10)
     assert load.requests > 0
     peak = memory.peak_bytes
     request = parse_quantity(resources["requests"]["memory"])
