@@ -58,11 +58,11 @@ def add(onnx_model: Any, checked: list[tuple[str, str, bool]]) -> str:
     return guard
 
 
-def unique_name(graph: Any) -> str:
-    """GUARD, or GUARD2, GUARD3, …: the first that neither names anything in `graph` nor begins any of its names
+def unique_name(graph: Any, base: str = GUARD) -> str:
+    """`base`, or base2, base3, …: the first that neither names anything in `graph` nor begins any of its names
     followed by "_" (the guard's own nodes are named so). A request column named "refused_rows" is a graph input of
     that name, and a second definition of it made onnxruntime refuse the whole graph."""
     taken = {*(value.name for value in (*graph.input, *graph.output, *graph.initializer)),
              *(name for node in graph.node for name in (*node.input, *node.output))}
-    names = (GUARD + suffix for suffix in itertools.chain([""], map(str, itertools.count(2))))
+    names = (base + suffix for suffix in itertools.chain([""], map(str, itertools.count(2))))
     return next(name for name in names if not any(used == name or used.startswith(name + "_") for used in taken))

@@ -74,6 +74,8 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
     feeds = [[name, *feed[1:]] for name, feed in zip(names, feeds)]
     output = (_booster_output(onnx_model) if type(model).__name__ == "Booster"
               else _output(onnx_model, flavor.get("predict_fn", "predict")))
+    if output == onnx_model.graph.output[0].name and _boolean_classes(model):
+        output = _as_booleans(onnx_model, output)
     return Candidate(precision, onnx_model.SerializeToString(), feeds, output, guard)
 
 
@@ -164,6 +166,24 @@ def _output(onnx_model: Any, predict_fn: str) -> str:
     if wanted not in names:
         raise NotConvertible(f"predict_fn '{predict_fn}' has no compiled output (outputs: {', '.join(names)})")
     return wanted
+
+
+def _boolean_classes(model: Any) -> bool:
+    """A classifier fit on booleans (`y = frame.converted`) predicts booleans; the converters label classes 0 and 1."""
+    import numpy as np
+
+    classes = getattr(model, "classes_", None)
+    return classes is not None and np.asarray(classes).dtype == np.bool_
+
+
+def _as_booleans(onnx_model: Any, labels: str) -> str:
+    """The int64 labels cast to booleans, as the output the candidate answers with."""
+    from onnx import TensorProto, helper
+
+    booleans = guard.unique_name(onnx_model.graph, f"{labels}_as_booleans")
+    onnx_model.graph.node.append(helper.make_node("Cast", [labels], [booleans], to=TensorProto.BOOL))
+    onnx_model.graph.output.append(helper.make_tensor_value_info(booleans, TensorProto.BOOL, [None]))
+    return booleans
 
 
 def _booster_output(onnx_model: Any) -> str:

@@ -104,6 +104,27 @@ def test_a_probability_pipeline_compiles_in_double(tmp_path: Path) -> None:
     assert (tmp_path / COMPILED_FILE).is_file()
 
 
+@pytest.mark.parametrize("kind", ["LogisticRegression", "HistGradientBoostingClassifier"])
+def test_a_classifier_fit_on_booleans_answers_booleans_compiled(kind: str, tmp_path: Path) -> None:
+    """The converters label a boolean target's classes 0 and 1; the registry model answers false and true."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    frame, target = _training()
+    features = frame[["distance km", "hour"]].to_numpy(dtype=float)
+    model = {"LogisticRegression": LogisticRegression, "HistGradientBoostingClassifier":
+             HistGradientBoostingClassifier}[kind]().fit(features, target > 10)
+    cases = _cases(DOUBLES, model.predict)
+    assert {type(output) for case in cases for output in case["outputs"]} == {bool}
+    decision = _decide(model, DOUBLES, tmp_path, cases)
+    assert decision.compiled and decision.flavor["output"] == "label_as_booleans", decision.reason
+    flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
+    rows = [{"distance km": distance, "hour": 3} for distance in (0.5, 40.0)]
+    served = bento_module("mf_runtime").Predictor("", {"signature": DOUBLES, "flavor": flavor}).run(rows)
+    assert json.dumps(bento_module("mf_inputs").nulled(served)) == json.dumps(model.predict(
+        np.array([[row["distance km"], row["hour"]] for row in rows])).tolist()) == "[false, true]"
+
+
 def test_columns_picked_by_name_compile_with_one_input_per_column(tmp_path: Path) -> None:
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import Ridge
