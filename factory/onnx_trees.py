@@ -10,14 +10,16 @@ skl2onnx 1.20 (with onnx 1.23 and onnxruntime 1.32) gets three things wrong for 
   double form of a tree regression loaded, and forests fell back to float32 leaf sums (an absolute error that
   leaves answers near zero off by more than any relative tolerance: `factory/precision.py`).
 
-Each tree converter here is skl2onnx's own, writing through a container that changes the one tree node it adds:
-the directions become integers; on a double input the thresholds, weights and base values become double tensors
-(ai.onnx.ml 3's `*_as_tensor` attributes: onnxruntime then compares and sums in double, as scikit-learn does), and
-a double output is cast from the float the operator answers. That float rounding is 2**-24 of each answer, within
-the default `compile.rtol`; a tighter tolerance keeps the model native, as the exactness check decides. Every
-converter is called at ai.onnx.ml 3, which brought those attributes: at version 1, skl2onnx's default, some round
-every attribute to float32 before writing it. skl2onnx's double thresholds already sit where scikit-learn's float32
-cast of the input puts them (`sklearn_threshold`), so the input is compared as it comes.
+Each tree converter here is skl2onnx's own, writing through a container that changes the one tree node it adds: the
+directions become integers; on a double input the thresholds, weights and base values become double tensors
+(ai.onnx.ml 3's `*_as_tensor` attributes: onnxruntime then compares and sums in double, as scikit-learn does), and a
+double output is cast from the float the operator answers. That float rounding is 2**-24 of each answer, within the
+default `compile.rtol`; a tighter tolerance keeps the model native, as the exactness check decides. A regression on
+a log link (HistGradientBoosting's poisson and gamma losses, which skl2onnx answered as the raw sum) goes through
+Exp, where the rounding of the sum is 2**-24 of its value in the answer's relative error. Every converter is called
+at ai.onnx.ml 3, which brought those attributes: at version 1, skl2onnx's default, some round every attribute to
+float32 before writing it. skl2onnx's double thresholds already sit where scikit-learn's float32 cast of the input
+puts them (`sklearn_threshold`), so the input is compared as it comes.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class _TreeContainer:
 
         self._scope, self._container = scope, container
         self._double = isinstance(operator.inputs[0].type, DoubleTensorType)
+        # A regression on a log link (HistGradientBoosting's poisson and gamma losses) answers exp of its trees' sum.
+        loss = getattr(operator.raw_operator, "_loss", None)
+        self._exp = type(getattr(loss, "link", None)).__name__ == "LogLink" and not hasattr(operator.raw_operator,
+                                                                                               "classes_")
         # Per output position of the tree node, whether the operator declares that output double.
         self._doubles = [isinstance(variable.type, DoubleTensorType) for variable in operator.outputs]
 
@@ -115,8 +121,10 @@ class _TreeContainer:
         # A classifier's scores follow its labels; a regression answers scores only. Some converters write the
         # scores to an intermediate name and pass them on to the declared output, so go by position.
         score = 1 if op_type == "TreeEnsembleClassifier" else 0
-        if score < min(len(outputs), len(self._doubles)) and self._doubles[score]:
-            outputs[score] = self._from_float(outputs[score])
+        double = score < min(len(outputs), len(self._doubles)) and self._doubles[score]
+        exp = self._exp and op_type == "TreeEnsembleRegressor"
+        if double or exp:
+            outputs[score] = self._answered(outputs[score], double, exp)
         return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version,
                                         **attrs)
 
@@ -129,11 +137,17 @@ class _TreeContainer:
                 attrs[f"{name}_as_tensor"] = numpy_helper.from_array(values)
         return attrs
 
-    def _from_float(self, name: str) -> str:
-        """A float output the tree node writes, cast to the double `name` skl2onnx expects."""
+    def _answered(self, name: str, double: bool, exp: bool) -> str:
+        """The tree node's own output, passed on to `name`: cast from the float the operator gives to the double
+        skl2onnx expects, then through the inverse of a log link."""
         from onnx import TensorProto
 
-        answered = self._scope.get_unique_variable_name(f"{name}_float")
-        self._container.add_node("Cast", [answered], [name], to=TensorProto.DOUBLE,
-                                 name=self._scope.get_unique_operator_name("Cast"))
-        return answered
+        steps = [("Cast", {"to": TensorProto.DOUBLE})] if double else []
+        steps += [("Exp", {})] if exp else []
+        source = written = self._scope.get_unique_variable_name(f"{name}_trees")
+        for index, (op_type, attrs) in enumerate(steps):
+            target = name if index == len(steps) - 1 else self._scope.get_unique_variable_name(f"{name}_{op_type}")
+            self._container.add_node(op_type, [source], [target], name=self._scope.get_unique_operator_name(op_type),
+                                     **attrs)
+            source = target
+        return written
