@@ -1,6 +1,6 @@
 """skl2onnx's tree ensembles, made to compute as scikit-learn does.
 
-skl2onnx 1.20 (with onnx 1.23 and onnxruntime 1.32) gets three things wrong for scikit-learn's trees:
+skl2onnx 1.20 (with onnx 1.23 and onnxruntime 1.32) gets four things wrong for scikit-learn's trees:
 - it writes HistGradientBoosting's missing-value directions as Python booleans, which onnx refuses ("Expected an
   int, got a boolean"), so no HistGradientBoosting model converted at all;
 - on a double input it still writes thresholds, leaf weights and base values as float32 attributes, so an input
@@ -8,18 +8,21 @@ skl2onnx 1.20 (with onnx 1.23 and onnxruntime 1.32) gets three things wrong for 
   moved where scikit-learn's float32 cast of the input would put it, then rounds it to float32);
 - it declares a double output that onnxruntime's TreeEnsembleRegressor (ai.onnx.ml 3) never produces, so no
   double form of a tree regression loaded, and forests fell back to float32 leaf sums (an absolute error that
-  leaves answers near zero off by more than any relative tolerance: `factory/precision.py`).
+  leaves answers near zero off by more than any relative tolerance: `factory/precision.py`);
+- it sends every missing value right in a decision tree or forest, where scikit-learn sends it where the tree learned
+  to (to the larger child where it saw none), so a request missing an optional column was answered otherwise.
 
 Each tree converter here is skl2onnx's own, writing through a container that changes the one tree node it adds: the
-directions become integers; on a double input the thresholds, weights and base values become double tensors
-(ai.onnx.ml 3's `*_as_tensor` attributes: onnxruntime then compares and sums in double, as scikit-learn does), and a
-double output is cast from the float the operator answers. That float rounding is 2**-24 of each answer, within the
-default `compile.rtol`; a tighter tolerance keeps the model native, as the exactness check decides. A regression on
-a log link (HistGradientBoosting's poisson and gamma losses, which skl2onnx answered as the raw sum) goes through
-Exp, where the rounding of the sum is 2**-24 of its value in the answer's relative error. Every converter is called
-at ai.onnx.ml 3, which brought those attributes: at version 1, skl2onnx's default, some round every attribute to
-float32 before writing it. skl2onnx's double thresholds already sit where scikit-learn's float32 cast of the input
-puts them (`sklearn_threshold`), so the input is compared as it comes.
+missing-value directions become integers, a decision tree's or forest's as it learned them; on a double input the
+thresholds, weights and base values become double tensors (ai.onnx.ml 3's `*_as_tensor` attributes: onnxruntime then
+compares and sums in double, as scikit-learn does), and a double output is cast from the float the operator answers.
+That float rounding is 2**-24 of each answer, within the default `compile.rtol`; a tighter tolerance keeps the model
+native, as the exactness check decides. A regression on a log link (HistGradientBoosting's poisson and gamma losses,
+which skl2onnx answered as the raw sum) goes through Exp, where the rounding of the sum is 2**-24 of its value in
+the answer's relative error. Every converter is called at ai.onnx.ml 3, which brought those attributes: at version
+1, skl2onnx's default, some round every attribute to float32 before writing it. skl2onnx's double thresholds already
+sit where scikit-learn's float32 cast of the input puts them (`sklearn_threshold`), so the input is compared as it
+comes.
 """
 
 from __future__ import annotations
@@ -89,6 +92,17 @@ def _refuse_unbounded_thresholds(model: Any) -> None:
                              "converts in single precision only")
 
 
+def _missing_directions(model: Any) -> Any:
+    """Per tree (as skl2onnx numbers them: a forest's estimators in order), per node, whether a missing value goes
+    left: a decision tree or forest sends it where it learned to (to the larger child where it saw none), and takes
+    it at predict time. None for other models (gradient boosting refuses missing values; HistGradientBoosting's
+    directions come from skl2onnx)."""
+    if type(model).__name__ not in FLOAT32_TREES or type(model).__name__.startswith("GradientBoosting"):
+        return None
+    estimators = [model] if hasattr(model, "tree_") else model.estimators_
+    return [estimator.tree_.missing_go_to_left for estimator in estimators]
+
+
 class _TreeContainer:
     """skl2onnx's container as the tree converter sees it: every call passes through, but the tree node it adds is
     written as scikit-learn computes it."""
@@ -97,6 +111,7 @@ class _TreeContainer:
         from skl2onnx.common.data_types import DoubleTensorType
 
         self._scope, self._container = scope, container
+        self._trees = _missing_directions(operator.raw_operator)
         self._double = isinstance(operator.inputs[0].type, DoubleTensorType)
         # A regression on a log link (HistGradientBoosting's poisson and gamma losses) answers exp of its trees' sum.
         loss = getattr(operator.raw_operator, "_loss", None)
@@ -113,7 +128,10 @@ class _TreeContainer:
         if not op_type.startswith("TreeEnsemble"):
             return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version,
                                             **attrs)
-        if DIRECTIONS in attrs:
+        if self._trees is not None:  # skl2onnx writes 0 (missing values go right) for every node of these
+            attrs[DIRECTIONS] = [int(self._trees[tree][node])
+                                 for tree, node in zip(attrs["nodes_treeids"], attrs["nodes_nodeids"])]
+        elif DIRECTIONS in attrs:
             attrs[DIRECTIONS] = [int(direction) for direction in attrs[DIRECTIONS]]
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
         if self._double:

@@ -202,27 +202,39 @@ def test_tree_ensembles_compile_in_double_as_sklearn_compares_and_sums(kind, opt
     assert " rows near its split thresholds " in decision.reason
 
 
-@pytest.mark.parametrize("kind", ["RandomForestRegressor", "HistGradientBoostingRegressor"])
-def test_trees_fit_on_missing_values(kind, tmp_path: Path) -> None:
-    """A forest's tree fit on missing values splits at an infinite threshold, where skl2onnx's double conversion
-    never returned: it is refused at once and the float32 form decides. HistGradientBoosting sends missing values
-    its own way at each split, which its double form keeps: a request without the optional price is answered alike."""
+@pytest.mark.parametrize("kind, fit_on_missing, precision", [
+    ("RandomForestRegressor", False, "float64"),  # a missing value goes to the larger child, as it learned
+    ("RandomForestRegressor", True, None),  # infinite thresholds: float32 only, whose leaf sums are not exact
+    ("RandomForestClassifier", True, "float32"),
+    ("DecisionTreeRegressor", True, "float32"),  # one tree: float32 comparisons as sklearn's, one leaf
+    ("HistGradientBoostingRegressor", True, "float64"),
+])
+def test_trees_and_missing_values(kind, fit_on_missing, precision, tmp_path: Path) -> None:
+    """A tree sends a missing value where it learned to (skl2onnx sent every one right): a request without the
+    optional price is answered alike. A forest's tree fit on missing values splits at an infinite threshold, where
+    skl2onnx's double conversion never returned: it is refused at once and the float32 form decides."""
     import pandas as pd
-    from sklearn import ensemble
+    from sklearn import ensemble, tree
 
     signature = {"inputs": [{**DOUBLES["inputs"][0], "required": False}, DOUBLES["inputs"][1]]}
     features, target = _frame(signature)
-    features = features.assign(price=features.price.mask(np.arange(len(features)) % 7 == 0))
-    model = getattr(ensemble, kind)(random_state=0).fit(features, target)
-    decision = _decide(model, signature, tmp_path)
-    if kind == "RandomForestRegressor":
+    if fit_on_missing:
+        features = features.assign(price=features.price.mask(np.arange(len(features)) % 7 == 0))
+    classifier = kind.endswith("Classifier")
+    model = getattr(ensemble, kind, None) or getattr(tree, kind)
+    model = model(random_state=0).fit(features, target > target.median() if classifier else target)
+    predict_fn = "predict_proba" if classifier else "predict"
+    decision = _decide(model, signature, tmp_path, predict_fn)
+    assert decision.flavor.get("precision") == precision, decision.reason
+    if precision is None:
         assert ("ONNX float64: a tree split at an infinite threshold (a tree fit on missing values), which skl2onnx "
                 "converts in single precision only") in decision.reason, decision.reason
         return
-    assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
     flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
-    served = bento_module("mf_runtime").Predictor("", {"signature": signature, "flavor": flavor}).run([{"hour": 3}])
-    assert np.allclose(served, model.predict(pd.DataFrame([{"price": np.nan, "hour": 3}])), rtol=1e-6)
+    rows = [{"hour": hour} for hour in range(24)]
+    served = bento_module("mf_runtime").Predictor("", {"signature": signature, "flavor": flavor}).run(rows)
+    expected = getattr(model, predict_fn)(pd.DataFrame([{"price": np.nan, **row} for row in rows]))
+    assert np.allclose(served, expected, rtol=1e-6, atol=1e-6 if classifier else 0)
 
 
 def test_a_column_passed_through_to_a_model_taking_missing_values_is_not_refused_them(tmp_path: Path) -> None:
