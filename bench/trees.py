@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.compiled import median_us
 from factory.catalog import Compile
-from factory.compiled import COMPILED_FILE, decide
+from factory.compiled import COMPILED_FILE, compiled_flavor, decide
 from factory.golden import sample_requests
 from factory.onnx_convert import Candidate, candidates
 from factory.runtime import bento_module
@@ -84,15 +84,14 @@ def beyond(expected: Any, actual: Any) -> int:
     return int((np.abs(actual.reshape(expected.shape) - expected) > RTOL * scale).any(axis=1).sum())
 
 
-def float32_beyond(model: Any, predict_fn: str, kept: dict, records: list[dict], expected: Any, work: Path) -> str:
+def float32_beyond(model: Any, predict_fn: str, records: list[dict], expected: Any, work: Path) -> str:
     """The float32 candidate's count, run as the pod would run it (it is the form skl2onnx alone converted)."""
     found = [c for c in candidates(model, {"loader": "cloudpickle", "predict_fn": predict_fn}, SIGNATURE)
              if isinstance(c, Candidate) and c.precision == "float32"]
     if not found:
         return "none"
     (work / "float32.onnx").write_bytes(found[0].onnx)
-    flavor = {**kept, "model_file": str(work / "float32.onnx"), "feeds": found[0].feeds, "output": found[0].output,
-              "guard": found[0].guard, "precision": "float32"}
+    flavor = {**compiled_flavor(found[0], "cloudpickle", expected[0]), "model_file": str(work / "float32.onnx")}
     run = bento_module("mf_runtime").Predictor(str(work), {"signature": SIGNATURE, "flavor": flavor}).run
     return str(beyond(expected, run(records)))
 
@@ -118,7 +117,7 @@ def measure(kind: str, args: argparse.Namespace) -> None:
     (one_native, many_native), (one, many) = timings["native"], timings["compiled"]
     print(f"  {'':<36} {one:>8.0f} {one_native:>8.0f} {one_native / one:>6.1f} {many:>8.0f} {many_native:>8.0f} "
           f"{many_native / many:>6.1f} {beyond(expected, runs['compiled'].run(records)):>8} "
-          f"{float32_beyond(model, predict_fn, decision.flavor, records, expected, work):>8}", flush=True)
+          f"{float32_beyond(model, predict_fn, records, expected, work):>8}", flush=True)
 
 
 def main() -> None:

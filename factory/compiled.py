@@ -93,14 +93,20 @@ def decide(load_native: Callable[[], Any], flavor: dict, signature: dict, cases:
     return Decision("native", "no exact compiled form: " + "; ".join(failures), {}, checked)
 
 
+def compiled_flavor(candidate: Candidate, loader: str, answer: Any) -> dict:
+    """resolved.json's flavor for `candidate` (its ONNX file COMPILED_FILE beside the service), converted from a model
+    of `loader` whose registry form answers a row with `answer`."""
+    return {"loader": "onnx", "model_file": COMPILED_FILE, "compiled_from": loader, "precision": candidate.precision,
+            "feeds": candidate.feeds, "output": candidate.output,
+            # The registry model answers one value per row (a regression, a class): ONNX gives [rows, 1].
+            "flatten": not isinstance(answer, list), **({"guard": candidate.guard} if candidate.guard else {})}
+
+
 def _check(candidate: Candidate, flavor: dict, signature: dict, cases: list[dict], settings: Compile,
            target: Path, answer: Optional[Answer], examples: list[Any]) -> Decision:
     rows = [row for case in cases for row in case["inputs"]]
     expected = [output for case in cases for output in case["outputs"]]
-    compiled = {"loader": "onnx", "model_file": COMPILED_FILE, "compiled_from": flavor["loader"],
-                "precision": candidate.precision, "feeds": candidate.feeds, "output": candidate.output,
-                # The registry model answers one value per row (a regression, a class): ONNX gives [rows, 1].
-                "flatten": not isinstance(expected[0], list), **({"guard": candidate.guard} if candidate.guard else {})}
+    compiled = compiled_flavor(candidate, flavor["loader"], expected[0])
     target.write_bytes(candidate.onnx)
     label = f"ONNX {candidate.precision}"
     kernels = precision.kernels(candidate.onnx, expected[0])

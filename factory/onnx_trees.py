@@ -63,12 +63,11 @@ def reads_float32(estimator: Any) -> bool:
 
 def _as_sklearn_computes(native: Any) -> Callable:
     def convert(scope: Any, operator: Any, container: Any) -> None:
-        from skl2onnx.common.data_types import DoubleTensorType
-
+        trees = _TreeContainer(scope, operator, container)
         _refuse_categorical_splits(operator.raw_operator)
-        if isinstance(operator.inputs[0].type, DoubleTensorType):
+        if trees.double:
             _refuse_unbounded_thresholds(operator.raw_operator)
-        return native._fct(scope, operator, _TreeContainer(scope, operator, container), op_version=ML_OPSET)
+        return native._fct(scope, operator, trees, op_version=ML_OPSET)
 
     return convert
 
@@ -112,7 +111,7 @@ class _TreeContainer:
 
         self._scope, self._container = scope, container
         self._trees = _missing_directions(operator.raw_operator)
-        self._double = isinstance(operator.inputs[0].type, DoubleTensorType)
+        self.double = isinstance(operator.inputs[0].type, DoubleTensorType)
         # A regression on a log link (HistGradientBoosting's poisson and gamma losses) answers exp of its trees' sum.
         loss = getattr(operator.raw_operator, "_loss", None)
         self._exp = type(getattr(loss, "link", None)).__name__ == "LogLink" and not hasattr(operator.raw_operator,
@@ -134,7 +133,7 @@ class _TreeContainer:
         elif DIRECTIONS in attrs:
             attrs[DIRECTIONS] = [int(direction) for direction in attrs[DIRECTIONS]]
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
-        if self._double:
+        if self.double:
             attrs = self._double_attributes(attrs)
         # A classifier's scores follow its labels; a regression answers scores only. Some converters write the
         # scores to an intermediate name and pass them on to the declared output, so go by position.

@@ -59,10 +59,15 @@ def _frame(signature: dict, n: int = 300):
 
 
 def _served(decision, tmp_path: Path, row: dict, guarded: bool = True):
+    return _served_rows(decision, tmp_path, [row], DOUBLES, guarded)
+
+
+def _served_rows(decision, tmp_path: Path, rows: list[dict], signature: dict, guarded: bool = True):
+    """The compiled form the decision kept, run as the pod runs it."""
     flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
     if not guarded:
         flavor.pop("guard")
-    return bento_module("mf_runtime").Predictor("", {"signature": DOUBLES, "flavor": flavor}).run([row])
+    return bento_module("mf_runtime").Predictor("", {"signature": signature, "flavor": flavor}).run(rows)
 
 
 def test_a_scaled_model_refuses_a_value_its_scaler_overflows_on_as_sklearn_does(tmp_path: Path) -> None:
@@ -230,9 +235,8 @@ def test_trees_and_missing_values(kind, fit_on_missing, precision, tmp_path: Pat
         assert ("ONNX float64: a tree split at an infinite threshold (a tree fit on missing values), which skl2onnx "
                 "converts in single precision only") in decision.reason, decision.reason
         return
-    flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
     rows = [{"hour": hour} for hour in range(24)]
-    served = bento_module("mf_runtime").Predictor("", {"signature": signature, "flavor": flavor}).run(rows)
+    served = _served_rows(decision, tmp_path, rows, signature)
     expected = getattr(model, predict_fn)(pd.DataFrame([{"price": np.nan, **row} for row in rows]))
     assert np.allclose(served, expected, rtol=1e-6, atol=1e-6 if classifier else 0)
 
@@ -254,9 +258,8 @@ def test_a_column_passed_through_to_a_model_taking_missing_values_is_not_refused
     model = make_pipeline(encode, HistGradientBoostingRegressor(random_state=0)).fit(features, target)
     decision = _decide(model, signature, tmp_path)
     assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
-    flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
     row = {"hour": 3, "city": "Rome"}
-    served = bento_module("mf_runtime").Predictor("", {"signature": signature, "flavor": flavor}).run([row])
+    served = _served_rows(decision, tmp_path, [row], signature)
     assert np.allclose(served, model.predict(pd.DataFrame([{"price": np.nan, **row}])), rtol=1e-6)
 
 
