@@ -1,5 +1,6 @@
-"""scikit-learn tree ensembles: the compiled form `factory build` now keeps (double precision, factory/onnx_trees.py)
-against the native model, and against the float32 form skl2onnx alone gave, side by side in one run.
+"""Tree ensembles of scikit-learn, LightGBM and XGBoost: the compiled form `factory build` now keeps (double precision,
+factory/onnx_trees.py and factory/onnx_boosters.py) against the native model, and against the float32 form the
+converters alone gave, side by side in one run.
 
 Usage: python -m bench.trees [--iterations 300] [--rows 2000]
 Each model is fit in process on a per-city-like table (distance with cents, hour, surge), then decided by
@@ -30,7 +31,10 @@ SIGNATURE = {"inputs": [{"type": "double", "name": "distance km", "required": Tr
                         {"type": "long", "name": "hour", "required": True},
                         {"type": "double", "name": "surge", "required": True}]}
 KINDS = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor", "RandomForestRegressor",
-         "ExtraTreesRegressor", "GradientBoostingRegressor", "RandomForestClassifier")
+         "ExtraTreesRegressor", "GradientBoostingRegressor", "RandomForestClassifier",
+         # LightGBM as `mlflow.lightgbm` logs it (raw Boosters of `lightgbm.train`, its scikit-learn estimators), and
+         # XGBoost at the end of a scikit-learn pipeline as `mlflow.sklearn` logs it
+         "lightgbm.train regression", "lightgbm.train binary", "LGBMClassifier", "StandardScaler + XGBClassifier")
 RTOL = 1e-6
 
 
@@ -44,13 +48,29 @@ def table(rows: int, seed: int) -> tuple[Any, Any]:
     return frame, minutes - minutes.median()
 
 
-def fitted(kind: str, frame: Any, target: Any) -> tuple[Any, str]:
+def fitted(kind: str, frame: Any, target: Any) -> tuple[Any, str, str]:
+    """The model, the method the registry model answers with, and the loader its MLflow flavor gives it."""
+    import lightgbm
+    import xgboost
     from sklearn import ensemble
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    classifier = kind.endswith("Classifier")
+    classifier = kind.endswith("Classifier") or kind.endswith("binary")
+    label = target > 0 if classifier else target
+    if kind.startswith("lightgbm.train"):
+        objective = kind.split()[1]
+        booster = lightgbm.train({"objective": objective, "verbose": -1}, lightgbm.Dataset(frame, label.astype(float)),
+                                 100)
+        return booster, "predict", "lightgbm"
+    if kind == "LGBMClassifier":  # `mlflow.lightgbm` answers its labels (`predict`), here booleans
+        return lightgbm.LGBMClassifier(n_estimators=100, verbose=-1).fit(frame, label), "predict", "lightgbm"
+    if kind == "StandardScaler + XGBClassifier":
+        model = make_pipeline(StandardScaler(), xgboost.XGBClassifier(n_estimators=100)).fit(frame, label)
+        return model, "predict_proba", "cloudpickle"
     options = {"max_iter": 100} if kind.startswith("Hist") else {"n_estimators": 50, "max_depth": 10}
-    model = getattr(ensemble, kind)(random_state=0, **options).fit(frame, target > 0 if classifier else target)
-    return model, "predict_proba" if classifier else "predict"
+    model = getattr(ensemble, kind)(random_state=0, **options).fit(frame, label)
+    return model, "predict_proba" if classifier else "predict", "cloudpickle"
 
 
 def registry_answer(model: Any, predict_fn: str):
@@ -67,11 +87,23 @@ def registry_answer(model: Any, predict_fn: str):
     return answer
 
 
-def predictors(model: Any, predict_fn: str, flavor: dict, work: Path) -> dict[str, Any]:
-    """The pod's Predictor over the native model (cloudpickle, as mlflow.sklearn saves it) and the compiled one."""
-    runtime = bento_module("mf_runtime")
+def native_flavor(model: Any, predict_fn: str, loader: str, work: Path) -> dict:
+    """The model saved as its MLflow flavor saves it (a Booster's own text file, anything else pickled), and the
+    flavor the pod loads it by."""
+    if type(model).__name__ == "Booster":
+        model.save_model(str(work / "model.txt"))
+        return {"loader": loader, "model_file": "model.txt"}
     (work / "model.pkl").write_bytes(cloudpickle.dumps(model))
-    native = {"loader": "cloudpickle", "model_file": "model.pkl", "predict_fn": predict_fn}
+    if loader == "lightgbm":
+        return {"loader": loader, "model_file": "model.pkl", "serialization": "cloudpickle",
+                "model_class": f"{type(model).__module__}.{type(model).__name__}"}
+    return {"loader": loader, "model_file": "model.pkl", "predict_fn": predict_fn}
+
+
+def predictors(model: Any, predict_fn: str, loader: str, flavor: dict, work: Path) -> dict[str, Any]:
+    """The pod's Predictor over the native model and over the compiled one."""
+    runtime = bento_module("mf_runtime")
+    native = native_flavor(model, predict_fn, loader, work)
     compiled = {**flavor, "model_file": str(work / COMPILED_FILE)}
     return {form: runtime.Predictor(str(work), {"signature": SIGNATURE, "flavor": chosen})
             for form, chosen in (("native", native), ("compiled", compiled))}
@@ -84,14 +116,14 @@ def beyond(expected: Any, actual: Any) -> int:
     return int((np.abs(actual.reshape(expected.shape) - expected) > RTOL * scale).any(axis=1).sum())
 
 
-def float32_beyond(model: Any, predict_fn: str, records: list[dict], expected: Any, work: Path) -> str:
-    """The float32 candidate's count, run as the pod would run it (it is the form skl2onnx alone converted)."""
-    found = [c for c in candidates(model, {"loader": "cloudpickle", "predict_fn": predict_fn}, SIGNATURE)
+def float32_beyond(model: Any, predict_fn: str, loader: str, records: list[dict], expected: Any, work: Path) -> str:
+    """The float32 candidate's count, run as the pod would run it (the form the converters alone gave)."""
+    found = [c for c in candidates(model, {"loader": loader, "predict_fn": predict_fn}, SIGNATURE)
              if isinstance(c, Candidate) and c.precision == "float32"]
     if not found:
         return "none"
     (work / "float32.onnx").write_bytes(found[0].onnx)
-    flavor = {**compiled_flavor(found[0], "cloudpickle", expected[0]), "model_file": str(work / "float32.onnx")}
+    flavor = {**compiled_flavor(found[0], loader, expected[0]), "model_file": str(work / "float32.onnx")}
     run = bento_module("mf_runtime").Predictor(str(work), {"signature": SIGNATURE, "flavor": flavor}).run
     return str(beyond(expected, run(records)))
 
@@ -99,11 +131,11 @@ def float32_beyond(model: Any, predict_fn: str, records: list[dict], expected: A
 def measure(kind: str, args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"bench-trees-{kind}-"))
     frame, target = table(2000, seed=1)
-    model, predict_fn = fitted(kind, frame, target)
+    model, predict_fn, loader = fitted(kind, frame, target)
     answer = registry_answer(model, predict_fn)
     cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(SIGNATURE, 12, 8)]
     example = frame.head(16).to_dict("records")
-    decision = decide(lambda: model, {"loader": "cloudpickle", "predict_fn": predict_fn}, SIGNATURE, cases, Compile(),
+    decision = decide(lambda: model, {"loader": loader, "predict_fn": predict_fn}, SIGNATURE, cases, Compile(),
                       work / COMPILED_FILE, answer, example)
     print(f"{kind}: serves {decision.path}: {decision.reason[:160]}", flush=True)
     if not decision.compiled:
@@ -111,13 +143,13 @@ def measure(kind: str, args: argparse.Namespace) -> None:
     ordinary, _ = table(args.rows, seed=2)
     records = ordinary.to_dict("records")
     expected = answer([{"inputs": records}])[0]["outputs"]
-    runs = predictors(model, predict_fn, decision.flavor, work)
+    runs = predictors(model, predict_fn, loader, decision.flavor, work)
     timings = {form: [median_us(lambda: runs[form].run(records[:size]), args.iterations) for size in (1, 32)]
                for form in runs}
     (one_native, many_native), (one, many) = timings["native"], timings["compiled"]
     print(f"  {'':<36} {one:>8.0f} {one_native:>8.0f} {one_native / one:>6.1f} {many:>8.0f} {many_native:>8.0f} "
           f"{many_native / many:>6.1f} {beyond(expected, runs['compiled'].run(records)):>8} "
-          f"{float32_beyond(model, predict_fn, records, expected, work):>8}", flush=True)
+          f"{float32_beyond(model, predict_fn, loader, records, expected, work):>8}", flush=True)
 
 
 def main() -> None:

@@ -61,12 +61,11 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
         else:
             import onnxmltools
 
-            if loader == "lightgbm":  # class probabilities as a tensor, not ZipMap's list of dicts
-                onnx_model = onnxmltools.convert_lightgbm(model, initial_types=types, target_opset=ONNXMLTOOLS_OPSET,
-                                                          zipmap=False)
-            else:
-                onnx_model = onnxmltools.convert_xgboost(_unnamed(model), initial_types=types,
-                                                         target_opset=ONNXMLTOOLS_OPSET)
+            from factory import onnx_boosters  # it names this module's NotConvertible
+
+            onnx_model = (onnx_boosters.lightgbm_onnx(model, types) if loader == "lightgbm" else
+                          onnxmltools.convert_xgboost(onnx_boosters.unnamed(model), initial_types=types,
+                                                      target_opset=ONNXMLTOOLS_OPSET))
     # Converters may rename inputs ("surge multiplier" → "surge_multiplier"); their order is kept.
     names = [graph_input.name for graph_input in onnx_model.graph.input]
     if len(names) != len(feeds):
@@ -77,17 +76,6 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
     if output == onnx_model.graph.output[0].name and _boolean_classes(model):
         output = _as_booleans(onnx_model, output)
     return Candidate(precision, onnx_model.SerializeToString(), feeds, output, guard)
-
-
-def _unnamed(model: Any) -> Any:
-    """A copy whose features are positional: onnxmltools reads trees only with names f0, f1, …; the
-    feed is in signature order, which is the order the model was fit in."""
-    import copy
-
-    model = copy.deepcopy(model)
-    booster = model if type(model).__name__ == "Booster" else model.get_booster()
-    booster.feature_names = None
-    return model
 
 
 def _feeds(model: Any, inputs: list[dict], precision: str, by_name: bool) -> tuple[list, list]:
@@ -135,10 +123,11 @@ def _sklearn_onnx(model: Any, types: list) -> tuple[Any, str]:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 
-    from factory import onnx_trees  # it names this module's NotConvertible
+    from factory import onnx_boosters, onnx_trees  # they name this module's NotConvertible
 
     _register_double_imputer()
     onnx_trees.register()
+    onnx_boosters.register()
     options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
     onnx_model, topology = convert_sklearn(model, initial_types=types, options=options, target_opset=OPSETS,
                                            intermediate=True)
@@ -146,8 +135,9 @@ def _sklearn_onnx(model: Any, types: list) -> tuple[Any, str]:
     for operator in topology.unordered_operator_iterator():
         tags = getattr(operator.raw_operator, "__sklearn_tags__", None)
         # The converter's own glue (concatenations) is no sklearn step; a step skipping validation (a
-        # FunctionTransformer, as skl2onnx writes a ColumnTransformer's "passthrough") checks nothing.
-        if tags is None or tags().no_validation:
+        # FunctionTransformer, as skl2onnx writes a ColumnTransformer's "passthrough") checks nothing, and nor do
+        # LightGBM's and XGBoost's estimators.
+        if tags is None or tags().no_validation or onnx_boosters.validates_nothing(operator.raw_operator):
             continue
         for variable in operator.inputs:
             if isinstance(variable.type, (DoubleTensorType, FloatTensorType)):

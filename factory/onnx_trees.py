@@ -31,6 +31,7 @@ import functools
 from typing import Any, Callable
 
 import numpy as np
+from onnx import TensorProto
 
 from factory.onnx_convert import NotConvertible
 
@@ -43,6 +44,7 @@ CONVERTERS = tuple(f"Sklearn{name}" for name in (*FLOAT32_TREES, "HistGradientBo
 AS_TENSOR = ("nodes_values", "target_weights", "class_weights", "base_values")
 DIRECTIONS = "nodes_missing_value_tracks_true"
 ML_OPSET = 3
+Rewrite = Callable[[dict], dict]  # a tree node's attributes, as the converter wrote them → as its library reads them
 
 
 @functools.cache
@@ -63,7 +65,7 @@ def reads_float32(estimator: Any) -> bool:
 
 def _as_sklearn_computes(native: Any) -> Callable:
     def convert(scope: Any, operator: Any, container: Any) -> None:
-        trees = _TreeContainer(scope, operator, container)
+        trees = TreeContainer(scope, operator, container, _missing_directions(operator.raw_operator))
         _refuse_categorical_splits(operator.raw_operator)
         if trees.double:
             _refuse_unbounded_thresholds(operator.raw_operator)
@@ -91,59 +93,82 @@ def _refuse_unbounded_thresholds(model: Any) -> None:
                              "converts in single precision only")
 
 
-def _missing_directions(model: Any) -> Any:
-    """Per tree (as skl2onnx numbers them: a forest's estimators in order), per node, whether a missing value goes
-    left: a decision tree or forest sends it where it learned to (to the larger child where it saw none), and takes
-    it at predict time. None for other models (gradient boosting refuses missing values; HistGradientBoosting's
-    directions come from skl2onnx)."""
+def _margin_answered(op_type: str, attrs: dict) -> bool:
+    """Whether a binary classifier's probability is better answered as a sigmoid of its margin in double: onnxruntime's
+    LOGISTIC computes a probability under 0.5 as 1 - p in float32 (2.7e-06 relative off at 0.024). Only where
+    onnxruntime answers the margin m as [-m, m] without a post transform: two labels, one column of weights, some of
+    them negative (all positive, it answers [1 - m, m]), no base values."""
+    labels = attrs.get("classlabels_int64s") or attrs.get("classlabels_strings") or ()
+    return (op_type == "TreeEnsembleClassifier" and attrs.get("post_transform") == "LOGISTIC" and len(labels) == 2
+            and len(set(attrs.get("class_ids", ()))) == 1 and min(attrs.get("class_weights", ()), default=0) < 0
+            and not attrs.get("base_values"))
+
+
+def _missing_directions(model: Any) -> Rewrite | None:
+    """Per node of the tree node's attributes (skl2onnx numbers a forest's trees as its estimators), whether a missing
+    value goes left: a decision tree or forest sends it where it learned to (to the larger child where it saw none),
+    and takes it at predict time. None for other models (gradient boosting refuses missing values;
+    HistGradientBoosting's directions come from skl2onnx)."""
     if type(model).__name__ not in FLOAT32_TREES or type(model).__name__.startswith("GradientBoosting"):
         return None
-    estimators = [model] if hasattr(model, "tree_") else model.estimators_
-    return [estimator.tree_.missing_go_to_left for estimator in estimators]
+    trees = [estimator.tree_.missing_go_to_left for estimator in ([model] if hasattr(model, "tree_")
+                                                                  else model.estimators_)]
+
+    def rewrite(attrs: dict) -> dict:
+        attrs[DIRECTIONS] = [int(trees[tree][node])
+                             for tree, node in zip(attrs["nodes_treeids"], attrs["nodes_nodeids"])]
+        return attrs
+
+    return rewrite
 
 
-class _TreeContainer:
-    """skl2onnx's container as the tree converter sees it: every call passes through, but the tree node it adds is
-    written as scikit-learn computes it."""
+class TreeContainer:
+    """A converter's container (skl2onnx's or onnxmltools') as its tree converter sees it: every call passes through,
+    but the tree node it adds is written as the model's library computes it. `rewrite` gives the node's attributes as
+    that library reads them (where missing values go, thresholds the converter misread); with `float_input`, a
+    double input is cast to float for the node, whose attributes stay float (a library comparing in float32)."""
 
-    def __init__(self, scope: Any, operator: Any, container: Any) -> None:
-        from skl2onnx.common.data_types import DoubleTensorType
-
+    def __init__(self, scope: Any, operator: Any, container: Any, rewrite: Rewrite | None = None,
+                 float_input: bool = False) -> None:
         self._scope, self._container = scope, container
-        self._trees = _missing_directions(operator.raw_operator)
-        self.double = isinstance(operator.inputs[0].type, DoubleTensorType)
+        self._rewrite, self._float_input = rewrite, float_input
+        # skl2onnx and onnxmltools each have their own DoubleTensorType.
+        self.double = type(operator.inputs[0].type).__name__ == "DoubleTensorType"
         # A regression on a log link (HistGradientBoosting's poisson and gamma losses) answers exp of its trees' sum.
         loss = getattr(operator.raw_operator, "_loss", None)
         self._exp = type(getattr(loss, "link", None)).__name__ == "LogLink" and not hasattr(operator.raw_operator,
                                                                                                "classes_")
         # Per output position of the tree node, whether the operator declares that output double.
-        self._doubles = [isinstance(variable.type, DoubleTensorType) for variable in operator.outputs]
+        self._doubles = [type(variable.type).__name__ == "DoubleTensorType" for variable in operator.outputs]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._container, name)
 
-    def add_node(self, op_type: str, inputs: Any, outputs: Any, op_domain: str = "", op_version: Any = None,
-                 **attrs: Any) -> Any:
+    def add_node(self, op_type: str, inputs: Any, outputs: Any, op_domain: str = "", **attrs: Any) -> Any:
         if not op_type.startswith("TreeEnsemble"):
-            return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version,
-                                            **attrs)
-        if self._trees is not None:  # skl2onnx writes 0 (missing values go right) for every node of these
-            attrs[DIRECTIONS] = [int(self._trees[tree][node])
-                                 for tree, node in zip(attrs["nodes_treeids"], attrs["nodes_nodeids"])]
-        elif DIRECTIONS in attrs:
+            return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, **attrs)
+        attrs["op_version"] = ML_OPSET  # which brought the `*_as_tensor` attributes
+        if DIRECTIONS in attrs:
             attrs[DIRECTIONS] = [int(direction) for direction in attrs[DIRECTIONS]]
+        attrs = self._rewrite(attrs) if self._rewrite else attrs
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
-        if self.double:
-            attrs = self._double_attributes(attrs)
         # A classifier's scores follow its labels; a regression answers scores only. Some converters write the
         # scores to an intermediate name and pass them on to the declared output, so go by position.
         score = 1 if op_type == "TreeEnsembleClassifier" else 0
         double = score < min(len(outputs), len(self._doubles)) and self._doubles[score]
-        exp = self._exp and op_type == "TreeEnsembleRegressor"
-        if double or exp:
-            outputs[score] = self._answered(outputs[score], double, exp)
-        return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version,
-                                        **attrs)
+        steps = [("Cast", {"to": TensorProto.DOUBLE})] if double else []
+        steps += [("Exp", {})] if self._exp and op_type == "TreeEnsembleRegressor" else []
+        if self.double and self._float_input:
+            inputs = [self._as_float(inputs if isinstance(inputs, str) else inputs[0])]
+        elif self.double:
+            if _margin_answered(op_type, attrs):
+                attrs["post_transform"] = "NONE"
+                steps = [("Cast", {"to": TensorProto.DOUBLE}), ("Sigmoid", {})]
+                steps += [] if double else [("Cast", {"to": TensorProto.FLOAT})]
+            attrs = self._double_attributes(attrs)
+        if steps:
+            outputs[score] = self._answered(outputs[score], steps)
+        return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, **attrs)
 
     def _double_attributes(self, attrs: dict) -> dict:
         from onnx import numpy_helper
@@ -154,13 +179,17 @@ class _TreeContainer:
                 attrs[f"{name}_as_tensor"] = numpy_helper.from_array(values)
         return attrs
 
-    def _answered(self, name: str, double: bool, exp: bool) -> str:
-        """The tree node's own output, passed on to `name`: cast from the float the operator gives to the double
-        skl2onnx expects, then through the inverse of a log link."""
+    def _as_float(self, name: str) -> str:
         from onnx import TensorProto
 
-        steps = [("Cast", {"to": TensorProto.DOUBLE})] if double else []
-        steps += [("Exp", {})] if exp else []
+        cast = self._scope.get_unique_variable_name(f"{name}_as_float")
+        self._container.add_node("Cast", [name], [cast], name=self._scope.get_unique_operator_name("Cast"),
+                                 to=TensorProto.FLOAT)
+        return cast
+
+    def _answered(self, name: str, steps: list) -> str:
+        """The tree node's own output, passed on to `name` through `steps` (a cast from the float the operator gives
+        to the double the converter declared, the inverse of a log link, a sigmoid in double)."""
         source = written = self._scope.get_unique_variable_name(f"{name}_trees")
         for index, (op_type, attrs) in enumerate(steps):
             target = name if index == len(steps) - 1 else self._scope.get_unique_variable_name(f"{name}_{op_type}")

@@ -149,12 +149,17 @@ def test_probed_rows_join_golden_json_in_requests_of_the_batch_size(tmp_path: Pa
     assert written[1] == {"inputs": [{"x": 0.0}, {"x": 1.0}], "outputs": [0.0, 2.0]}
 
 
-@pytest.mark.parametrize("features, path", [
-    ("integer", "compiled"),  # splits at x.5: float32 holds them exactly
-    ("cents", "native"),  # splits between prices with cents: double thresholds the converter stores as float32
+@pytest.mark.parametrize("features, compiled", [
+    ("integer", True),  # splits at x.5: float32 holds them exactly
+    ("cents", False),  # splits between prices with cents: double thresholds the converter stores as float32
 ])
-def test_a_lightgbm_model_compiles_only_where_its_thresholds_survive_float32(features, path, tmp_path: Path) -> None:
+def test_a_lightgbm_model_compiles_in_double_where_its_float32_thresholds_differ(features, compiled, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """Its float32 form compiles only where the thresholds survive float32, which the probes find out; its double
+    form (factory/onnx_boosters.py) compiles either way."""
     import lightgbm
+
+    from factory import onnx_convert
 
     generator = np.random.default_rng(5)
     first = generator.integers(0, 50, 300).astype(float)
@@ -163,11 +168,16 @@ def test_a_lightgbm_model_compiles_only_where_its_thresholds_survive_float32(fea
     matrix = np.c_[first, generator.integers(0, 24, 300)]
     model = lightgbm.train({"objective": "regression", "verbose": -1, "num_leaves": 8},
                            lightgbm.Dataset(matrix, matrix[:, 0] * 0.7 + np.sin(matrix[:, 1])), 20)
-    decision = decide(lambda: model, {"loader": "lightgbm", "predict_fn": "predict"}, DOUBLES,
-                      _golden_cases(model.predict), Compile(), tmp_path / COMPILED_FILE, _answers(model.predict))
-    assert decision.path == path, decision.reason
+    flavor = {"loader": "lightgbm", "predict_fn": "predict"}
+    decision = decide(lambda: model, flavor, DOUBLES, _golden_cases(model.predict), Compile(),
+                      tmp_path / COMPILED_FILE, _answers(model.predict))
+    assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
     assert len(decision.probes) == probes.MAX_ROWS
-    if path == "native":
+    monkeypatch.setattr(onnx_convert, "PRECISIONS", ("float32",))
+    decision = decide(lambda: model, flavor, DOUBLES, _golden_cases(model.predict), Compile(),
+                      tmp_path / COMPILED_FILE, _answers(model.predict))
+    assert decision.compiled is compiled, decision.reason
+    if not compiled:
         assert "near its split thresholds (the golden rows agree)" in decision.reason
 
 
