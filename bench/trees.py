@@ -34,7 +34,8 @@ KINDS = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor", "Ran
          "ExtraTreesRegressor", "GradientBoostingRegressor", "RandomForestClassifier",
          # LightGBM as `mlflow.lightgbm` logs it (raw Boosters of `lightgbm.train`, its scikit-learn estimators), and
          # XGBoost at the end of a scikit-learn pipeline as `mlflow.sklearn` logs it
-         "lightgbm.train regression", "lightgbm.train binary", "LGBMClassifier", "StandardScaler + XGBClassifier")
+         "lightgbm.train regression", "lightgbm.train binary", "LGBMClassifier", "StandardScaler + XGBClassifier",
+         "XGBRegressor")
 RTOL = 1e-6
 
 
@@ -65,6 +66,8 @@ def fitted(kind: str, frame: Any, target: Any) -> tuple[Any, str, str]:
         return booster, "predict", "lightgbm"
     if kind == "LGBMClassifier":  # `mlflow.lightgbm` answers its labels (`predict`), here booleans
         return lightgbm.LGBMClassifier(n_estimators=100, verbose=-1).fit(frame, label), "predict", "lightgbm"
+    if kind == "XGBRegressor":  # as `mlflow.xgboost` logs it
+        return xgboost.XGBRegressor(n_estimators=100).fit(frame, label), "predict", "xgboost"
     if kind == "StandardScaler + XGBClassifier":
         model = make_pipeline(StandardScaler(), xgboost.XGBClassifier(n_estimators=100)).fit(frame, label)
         return model, "predict_proba", "cloudpickle"
@@ -90,13 +93,16 @@ def registry_answer(model: Any, predict_fn: str):
 def native_flavor(model: Any, predict_fn: str, loader: str, work: Path) -> dict:
     """The model saved as its MLflow flavor saves it (a Booster's own text file, anything else pickled), and the
     flavor the pod loads it by."""
-    if type(model).__name__ == "Booster":
+    if loader == "lightgbm" and type(model).__name__ == "Booster":
         model.save_model(str(work / "model.txt"))
         return {"loader": loader, "model_file": "model.txt"}
+    model_class = f"{type(model).__module__}.{type(model).__name__}"
+    if loader == "xgboost":
+        model.save_model(str(work / "model.json"))
+        return {"loader": loader, "model_file": "model.json", "model_class": model_class}
     (work / "model.pkl").write_bytes(cloudpickle.dumps(model))
     if loader == "lightgbm":
-        return {"loader": loader, "model_file": "model.pkl", "serialization": "cloudpickle",
-                "model_class": f"{type(model).__module__}.{type(model).__name__}"}
+        return {"loader": loader, "model_file": "model.pkl", "serialization": "cloudpickle", "model_class": model_class}
     return {"loader": loader, "model_file": "model.pkl", "predict_fn": predict_fn}
 
 

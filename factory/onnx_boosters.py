@@ -17,9 +17,13 @@ onnxmltools 1.16 (with skl2onnx 1.20, lightgbm 4.7, xgboost 3.2) left these mode
   expresses; linear trees' leaves are linear models; onnxmltools averages a LightGBM random forest as if it had 100
   trees. All three are refused, saying so.
 - skl2onnx knew neither library's scikit-learn estimators, so a pipeline ending in `LGBMClassifier` or
-  `XGBRegressor` (or one logged with `mlflow.sklearn`) never converted. They are registered with it now. XGBoost
-  casts its input to float32 and compares in float32: on a double input (a scaler's output in a pipeline) the tree
-  node gets that cast, so it compares as XGBoost does.
+  `XGBRegressor` (or one logged with `mlflow.sklearn`) never converted. They are registered with it now.
+- XGBoost casts its input to float32 and compares in float32: on a double input (a scaler's output in a pipeline)
+  the tree node gets that cast, so it compares as XGBoost does; onnxmltools' classifiers refused a double input.
+- XGBoost sums a regression from its base score, adding each tree's leaf in float32; onnxruntime adds the base after
+  the trees, which rounds otherwise: an answer near zero was 2.6e-05 relative off, so every XGBoost regression whose
+  answers change sign served natively. The base now goes into the first tree's leaves (bit for bit XGBoost's sums,
+  while onnxruntime runs one thread, as the pod's does).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ DUMPED_INFINITY = 1e300  # what `Booster.dump_model()` writes for an infinite th
 
 # The scikit-learn estimators of both libraries: they take NaN and infinity alike, where sklearn's check_array refuses.
 ESTIMATORS = ("LGBMClassifier", "LGBMRegressor", "XGBClassifier", "XGBRegressor")
+# onnxmltools' names of what it converts
+LIGHTGBM_ALIASES = ("LgbmClassifier", "LgbmRegressor")
+XGBOOST_ALIASES = ("XGBClassifier", "XGBRFClassifier", "XGBRegressor", "XGBRFRegressor")
 CLASSIFIER_OPTIONS = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
 
 
@@ -50,17 +57,27 @@ def lightgbm_onnx(model: Any, types: list) -> Any:
     """A model logged with `mlflow.lightgbm` (a Booster or LightGBM's scikit-learn estimator), as LightGBM computes."""
     import onnxmltools
     from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
-    from onnxmltools.convert.lightgbm.shape_calculators.Classifier import calculate_lightgbm_classifier_output_shapes
 
     converter = _as_lightgbm_computes(convert_lightgbm)
     onnx_model = onnxmltools.convert_lightgbm(
         _integer_labels(model), initial_types=types, target_opset=ONNXMLTOOLS_OPSET, zipmap=False,
-        custom_conversion_functions={"LgbmClassifier": converter, "LgbmRegressor": converter},
-        custom_shape_calculators={"LgbmClassifier": _double_accepted(calculate_lightgbm_classifier_output_shapes)})
+        custom_conversion_functions={alias: converter for alias in LIGHTGBM_ALIASES},
+        custom_shape_calculators=_shape_calculators(LIGHTGBM_ALIASES))
     for output in onnx_model.graph.output:  # onnxmltools declares a classifier's labels as one row: onnxruntime
         for rows in output.type.tensor_type.shape.dim[:1]:  # warned on every run of more
             rows.Clear()
     return onnx_model
+
+
+def xgboost_onnx(model: Any, types: list) -> Any:
+    """A model logged with `mlflow.xgboost` (a Booster or XGBoost's scikit-learn estimator), as XGBoost computes."""
+    import onnxmltools
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+
+    converter = _as_xgboost_computes(convert_xgboost)
+    return onnxmltools.convert_xgboost(unnamed(model), initial_types=types, target_opset=ONNXMLTOOLS_OPSET,
+                                       custom_conversion_functions={alias: converter for alias in XGBOOST_ALIASES},
+                                       custom_shape_calculators=_shape_calculators(XGBOOST_ALIASES))
 
 
 @functools.cache
@@ -97,10 +114,28 @@ def _as_lightgbm_computes(native: Callable) -> Callable:
 
 def _as_xgboost_computes(native: Callable) -> Callable:
     def convert(scope: Any, operator: Any, container: Any) -> None:
-        trees = TreeContainer(scope, operator, container, float_input=True)
+        trees = TreeContainer(scope, operator, container, _base_first, float_input=True)
         return native(scope, _with_model(operator, unnamed(operator.raw_operator)), trees)
 
     return convert
+
+
+def _base_first(attrs: dict) -> dict:
+    """A regression's sum as XGBoost makes it: from its base score, each tree's leaf added in float32, in order.
+    onnxruntime adds the base after the trees, which rounds otherwise (an answer near zero 2.6e-05 relative off):
+    the base goes into the first tree's leaves, where XGBoost's first float32 addition puts it. (A classifier's
+    probabilities are compared relative to the row's largest, where that rounding is no difference.)"""
+    bases = attrs.get("base_values")
+    if "target_weights" not in attrs or not bases or len(bases) != len(set(attrs["target_ids"])):
+        return attrs
+    first = {}
+    for target, tree in zip(attrs["target_ids"], attrs["target_treeids"]):
+        first[target] = min(first.get(target, tree), tree)
+    attrs["target_weights"] = [float(np.float32(bases[target]) + np.float32(weight)) if tree == first[target]
+                               else weight for target, tree, weight in zip(attrs["target_ids"], attrs["target_treeids"],
+                                                                           attrs["target_weights"])]
+    del attrs["base_values"]
+    return attrs
 
 
 def _lightgbm_reading(dumped: dict) -> Rewrite:
@@ -166,9 +201,17 @@ def _with_model(operator: Any, model: Any) -> Any:
     return operator
 
 
+def _shape_calculators(aliases: tuple) -> dict:
+    """onnxmltools' own, for the aliases given a converter here: it infers no output types for an operator with a
+    custom converter unless told how."""
+    from onnxmltools.convert.common._registration import get_shape_calculator
+
+    return {alias: _double_accepted(get_shape_calculator(alias)) for alias in aliases}
+
+
 def _double_accepted(calculate: Callable) -> Callable:
-    """onnxmltools' LightGBM classifier shapes, for a double input too: it refuses one only because its converter
-    wrote float thresholds, which the tree container makes double."""
+    """onnxmltools' shapes, for a double input too: its classifiers refuse one only because their converters write
+    float thresholds, which the tree container makes double (LightGBM) or feeds a float cast of the input (XGBoost)."""
     def shapes(operator: Any) -> None:
         from onnxmltools.convert.common.data_types import FloatTensorType
 

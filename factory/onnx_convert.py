@@ -59,13 +59,10 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
         if sklearn:
             onnx_model, guard = _sklearn_onnx(model, types)
         else:
-            import onnxmltools
-
             from factory import onnx_boosters  # it names this module's NotConvertible
 
-            onnx_model = (onnx_boosters.lightgbm_onnx(model, types) if loader == "lightgbm" else
-                          onnxmltools.convert_xgboost(onnx_boosters.unnamed(model), initial_types=types,
-                                                      target_opset=ONNXMLTOOLS_OPSET))
+            onnx_model = (onnx_boosters.lightgbm_onnx if loader == "lightgbm" else onnx_boosters.xgboost_onnx)(model,
+                                                                                                         types)
     # Converters may rename inputs ("surge multiplier" → "surge_multiplier"); their order is kept.
     names = [graph_input.name for graph_input in onnx_model.graph.input]
     if len(names) != len(feeds):

@@ -155,8 +155,10 @@ def test_an_estimator_fit_on_a_frame_compiles_with_one_matrix(tmp_path: Path) ->
     assert [feed[2] for feed in decision.flavor["feeds"]] == [["a b", "a_b", "größe"]]
 
 
-def test_an_xgboost_sklearn_classifier_compiles_in_single_precision(tmp_path: Path) -> None:
-    """XGBClassifier (the sklearn API) as `mlflow.xgboost` logs it: onnxmltools refused skl2onnx's tensor types."""
+def test_an_xgboost_sklearn_classifier_compiles_comparing_in_single_precision(tmp_path: Path) -> None:
+    """XGBClassifier (the sklearn API) as `mlflow.xgboost` logs it (onnxmltools refused skl2onnx's tensor types): its
+    double form casts the input to float32 in the graph, as XGBoost does."""
+    import onnx
     from xgboost import XGBClassifier
 
     frame, target = _training()
@@ -164,7 +166,11 @@ def test_an_xgboost_sklearn_classifier_compiles_in_single_precision(tmp_path: Pa
     model = XGBClassifier(n_estimators=5, max_depth=3).fit(frame[["distance km", "hour"]], classes)
     decision = _decide(model, DOUBLES, tmp_path, _cases(DOUBLES, model.predict), loader="xgboost")
     assert decision.compiled, decision.reason
-    assert decision.reason.startswith("ONNX float32 reproduces the registry model on ")
+    assert decision.reason.startswith("ONNX float64 reproduces the registry model on ")
+    graph = onnx.load(str(tmp_path / COMPILED_FILE)).graph
+    casts = {node.output[0]: node for node in graph.node if node.op_type == "Cast"}
+    tree = next(node for node in graph.node if node.op_type == "TreeEnsembleClassifier")
+    assert casts[tree.input[0]].input == ["X"] and casts[tree.input[0]].attribute[0].i == onnx.TensorProto.FLOAT
 
 
 def _booster(library: str, objective: str):
@@ -199,7 +205,7 @@ def test_raw_boosters_compile_what_their_predict_answers(library, objective, com
     decision = _decide(model, DOUBLES, tmp_path, _cases(DOUBLES, predict), loader=library)
     assert decision.compiled is compiled, decision.reason
     if not compiled:
-        assert decision.reason.startswith("no exact compiled form: ONNX float64: ") and "; ONNX float32 " in decision.reason
+        assert decision.reason.startswith("no exact compiled form: ONNX float64 ") and "; ONNX float32 " in decision.reason
 
 
 def test_a_tolerance_tighter_than_the_compiled_form_falls_back_naming_the_error_and_input(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory import golden, onnx_columns, probes
+from factory import golden, onnx_columns, onnx_convert, probes
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, decide
 from factory.golden import sample_requests
@@ -21,6 +21,7 @@ from factory.runtime import bento_module
 DOUBLES = {"inputs": [{"type": "double", "name": "price", "required": True},
                       {"type": "long", "name": "hour", "required": True}]}
 XGBOOST = {"loader": "xgboost", "predict_fn": "predict"}
+LIGHTGBM = {"loader": "lightgbm", "predict_fn": "predict"}
 
 
 def _answers(predict, signature: dict = DOUBLES):
@@ -44,34 +45,44 @@ def _priced_model():
     return XGBRegressor(n_estimators=20, max_depth=3).fit(matrix, matrix[:, 0] * 0.7 + np.sin(matrix[:, 1])), matrix
 
 
-def test_a_conversion_wrong_only_near_split_thresholds_is_caught_there(tmp_path: Path) -> None:
-    """The float64 ONNX form of an XGBoost model agrees on every golden row and answers prices the model was fit on
-    differently (XGBoost compares float32 inputs): the golden rows alone served it."""
-    model, matrix = _priced_model()
+def _lightgbm_model(features: str = "cents"):
+    """A LightGBM model fit on prices with cents, as business data holds them (it splits between them, at doubles
+    float32 does not hold), or on whole prices (it splits at x.5, which float32 holds)."""
+    import lightgbm
+
+    generator = np.random.default_rng(5)
+    first = generator.integers(0, 50, 300).astype(float)
+    if features == "cents":
+        first = np.round(generator.uniform(0, 50, 300), 2)
+    matrix = np.c_[first, generator.integers(0, 24, 300)]
+    return lightgbm.train({"objective": "regression", "verbose": -1, "num_leaves": 8},
+                          lightgbm.Dataset(matrix, matrix[:, 0] * 0.7 + np.sin(matrix[:, 1])), 20), matrix
+
+
+def test_a_conversion_wrong_only_near_split_thresholds_is_caught_there(tmp_path: Path, monkeypatch) -> None:
+    """The float32 ONNX form of a LightGBM model agrees on every golden row and answers prices between two the model
+    was fit on (25.265, where it splits) differently (LightGBM compares doubles): the golden rows alone served it.
+    (Its double form is exact.)"""
+    monkeypatch.setattr(onnx_convert, "PRECISIONS", ("float32",))
+    model, _ = _lightgbm_model()
     cases = _golden_cases(model.predict)
-    loose = Compile(rtol=1e-4)
-    golden_only = decide(lambda: model, XGBOOST, DOUBLES, cases, loose, tmp_path / COMPILED_FILE)
-    assert golden_only.flavor["precision"] == "float64", golden_only.reason
+    golden_only = decide(lambda: model, LIGHTGBM, DOUBLES, cases, Compile(), tmp_path / COMPILED_FILE)
+    assert golden_only.flavor["precision"] == "float32", golden_only.reason
     predictor = bento_module("mf_runtime").Predictor("", {"signature": DOUBLES, "flavor": {
         **golden_only.flavor, "model_file": str(tmp_path / COMPILED_FILE)}})
-    realistic = [{"price": float(price), "hour": int(hour)} for price, hour in matrix]
-    served = np.asarray(predictor.run(realistic))
-    assert (np.abs(served - model.predict(matrix)) > 1e-3).any()  # the silent wrong answer, on training rows
+    near = probes.rows((tmp_path / COMPILED_FILE).read_bytes(), golden_only.flavor["feeds"], DOUBLES,
+                       [{"price": 1.5, "hour": 3}])
+    served = np.asarray(predictor.run(near))
+    sent = np.array([[row["price"], row["hour"]] for row in near])
+    assert (np.abs(served - model.predict(sent)) > 1e-3).any()  # the silent wrong answer, on prices a client sends
 
-    probed = decide(lambda: model, XGBOOST, DOUBLES, cases, loose, tmp_path / COMPILED_FILE, _answers(model.predict))
-    assert probed.flavor["precision"] == "float32", probed.reason
-    assert probed.reason.startswith("ONNX float32 reproduces the registry model on 84 golden rows and 1024 rows near "
-                                    "its split thresholds and 9 rows of extreme values (max relative error ")
-    assert len(probed.probes) == probes.MAX_ROWS
-
-    # between the float64 form's error on golden rows (2.7e-06) and the float32 form's (7.2e-06)
-    strict = decide(lambda: model, XGBOOST, DOUBLES, cases, Compile(rtol=5e-6), tmp_path / COMPILED_FILE,
+    probed = decide(lambda: model, LIGHTGBM, DOUBLES, cases, Compile(), tmp_path / COMPILED_FILE,
                     _answers(model.predict))
-    assert strict.path == "native" and not (tmp_path / COMPILED_FILE).exists()
-    assert strict.reason.startswith("no exact compiled form: ONNX float64 differs from the registry model beyond rtol "
-                                    "5e-06, atol 0 near its split thresholds (the golden rows agree): max relative "
-                                    "error "), strict.reason
-    assert len(strict.probes) == probes.MAX_ROWS  # kept for golden.json: `factory test` asks the native model them
+    assert probed.path == "native" and not (tmp_path / COMPILED_FILE).exists()
+    assert probed.reason.startswith("no exact compiled form: ONNX float32 differs from the registry model beyond rtol "
+                                    "1e-06, atol 0 near its split thresholds (the golden rows agree): max relative "
+                                    "error "), probed.reason
+    assert len(probed.probes) == probes.MAX_ROWS  # kept for golden.json: `factory test` asks the native model them
 
 
 def test_thresholds_are_read_per_request_column_and_probed_on_both_sides(tmp_path: Path) -> None:
@@ -157,28 +168,15 @@ def test_a_lightgbm_model_compiles_in_double_where_its_float32_thresholds_differ
                                                                                   monkeypatch) -> None:
     """Its float32 form compiles only where the thresholds survive float32, which the probes find out; its double
     form (factory/onnx_boosters.py) compiles either way."""
-    import lightgbm
-
-    from factory import onnx_convert
-
-    generator = np.random.default_rng(5)
-    first = generator.integers(0, 50, 300).astype(float)
-    if features == "cents":
-        first = np.round(generator.uniform(0, 50, 300), 2)
-    matrix = np.c_[first, generator.integers(0, 24, 300)]
-    model = lightgbm.train({"objective": "regression", "verbose": -1, "num_leaves": 8},
-                           lightgbm.Dataset(matrix, matrix[:, 0] * 0.7 + np.sin(matrix[:, 1])), 20)
-    flavor = {"loader": "lightgbm", "predict_fn": "predict"}
-    decision = decide(lambda: model, flavor, DOUBLES, _golden_cases(model.predict), Compile(),
+    model, _ = _lightgbm_model(features)
+    decision = decide(lambda: model, LIGHTGBM, DOUBLES, _golden_cases(model.predict), Compile(),
                       tmp_path / COMPILED_FILE, _answers(model.predict))
     assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
     assert len(decision.probes) == probes.MAX_ROWS
     monkeypatch.setattr(onnx_convert, "PRECISIONS", ("float32",))
-    decision = decide(lambda: model, flavor, DOUBLES, _golden_cases(model.predict), Compile(),
+    decision = decide(lambda: model, LIGHTGBM, DOUBLES, _golden_cases(model.predict), Compile(),
                       tmp_path / COMPILED_FILE, _answers(model.predict))
     assert decision.compiled is compiled, decision.reason
-    if not compiled:
-        assert "near its split thresholds (the golden rows agree)" in decision.reason
 
 
 MIXED = {"inputs": [{"type": "double", "name": "price", "required": True},
