@@ -17,6 +17,9 @@ GUARD = "refused_rows"
 
 
 AS_FLOAT32 = "double read as float"  # a double tensor a step casts to float32 before checking it (sklearn's trees)
+# Declared for a graph of ai.onnx.ml nodes only (a bare tree ensemble), which imports no default domain: the guard's
+# nodes as written here (ReduceMax's axes attribute) mean the same from opset 9 through 17.
+OPSET = 15
 
 
 def add(onnx_model: Any, checked: list[tuple[str, str, bool]]) -> str:
@@ -53,6 +56,8 @@ def add(onnx_model: Any, checked: list[tuple[str, str, bool]]) -> str:
         flags.append(f"{guard}_row{index}")
     if not flags:
         return ""
+    if not any(opset.domain in ("", "ai.onnx") for opset in onnx_model.opset_import):
+        onnx_model.opset_import.append(helper.make_opsetid("", OPSET))
     graph.node.append(helper.make_node("Max", flags, [guard]))
     graph.output.append(helper.make_tensor_value_info(guard, TensorProto.FLOAT, [None]))
     return guard

@@ -20,10 +20,13 @@ onnxmltools 1.16 (with skl2onnx 1.20, lightgbm 4.7, xgboost 3.2) left these mode
   `XGBRegressor` (or one logged with `mlflow.sklearn`) never converted. They are registered with it now.
 - XGBoost casts its input to float32 and compares in float32: on a double input (a scaler's output in a pipeline)
   the tree node gets that cast, so it compares as XGBoost does; onnxmltools' classifiers refused a double input.
-- XGBoost sums a regression from its base score, adding each tree's leaf in float32; onnxruntime adds the base after
-  the trees, which rounds otherwise: an answer near zero was 2.6e-05 relative off, so every XGBoost regression whose
-  answers change sign served natively. The base now goes into the first tree's leaves (bit for bit XGBoost's sums,
-  while onnxruntime runs one thread, as the pod's does).
+- XGBoost sums from its base score, adding each tree's leaf in float32; onnxruntime adds the base after the trees,
+  which rounds otherwise: a regression's answer near zero was 2.6e-05 relative off, so every XGBoost regression
+  whose answers change sign served natively. The base now goes into each target's first tree's leaves (bit for bit
+  XGBoost's sums, while onnxruntime runs one thread, as the pod's does), which also lets a binary Booster's
+  probability be a sigmoid of its margin in double, as LightGBM's.
+- A Booster predicts on a DMatrix, which refuses infinity, so a double beyond float32's range: its compiled forms
+  refuse those rows too (`dmatrix_guard`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from factory import guard
 from factory.onnx_convert import ONNXMLTOOLS_OPSET, NotConvertible
 from factory.onnx_trees import Rewrite, TreeContainer
 
@@ -80,6 +84,16 @@ def xgboost_onnx(model: Any, types: list) -> Any:
                                        custom_shape_calculators=_shape_calculators(XGBOOST_ALIASES))
 
 
+def dmatrix_guard(model: Any, onnx_model: Any, precision: str) -> str:
+    """The guard output of an XGBoost model's ONNX form, once its outputs are chosen: a Booster predicts on a DMatrix,
+    which refuses infinity, also a double beyond float32's range; XGBoost's estimators predict in place, which takes
+    it."""
+    if type(model).__name__ != "Booster":
+        return ""
+    read = guard.AS_FLOAT32 if precision == "float64" else "float"
+    return guard.add(onnx_model, [(onnx_model.graph.input[0].name, read, False)])
+
+
 @functools.cache
 def register() -> None:
     """skl2onnx: both libraries' scikit-learn estimators, inside a pipeline or on their own (once per process)."""
@@ -121,19 +135,19 @@ def _as_xgboost_computes(native: Callable) -> Callable:
 
 
 def _base_first(attrs: dict) -> dict:
-    """A regression's sum as XGBoost makes it: from its base score, each tree's leaf added in float32, in order.
-    onnxruntime adds the base after the trees, which rounds otherwise (an answer near zero 2.6e-05 relative off):
-    the base goes into the first tree's leaves, where XGBoost's first float32 addition puts it. (A classifier's
-    probabilities are compared relative to the row's largest, where that rounding is no difference.)"""
-    bases = attrs.get("base_values")
-    if "target_weights" not in attrs or not bases or len(bases) != len(set(attrs["target_ids"])):
+    """A sum as XGBoost makes it: from its base score (per class), each tree's leaf added in float32, in order.
+    onnxruntime adds the base after the trees, which rounds otherwise (a regression's answer near zero 2.6e-05 relative
+    off): the base goes into each target's first tree's leaves, where XGBoost's first float32 addition puts it."""
+    kind = "target" if "target_weights" in attrs else "class"
+    ids, trees, weights = attrs[f"{kind}_ids"], attrs[f"{kind}_treeids"], attrs[f"{kind}_weights"]
+    bases = np.asarray(attrs.get("base_values", ()), dtype=np.float32).ravel()
+    if not bases.size or bases.size != len(set(ids)):
         return attrs
     first = {}
-    for target, tree in zip(attrs["target_ids"], attrs["target_treeids"]):
+    for target, tree in zip(ids, trees):
         first[target] = min(first.get(target, tree), tree)
-    attrs["target_weights"] = [float(np.float32(bases[target]) + np.float32(weight)) if tree == first[target]
-                               else weight for target, tree, weight in zip(attrs["target_ids"], attrs["target_treeids"],
-                                                                           attrs["target_weights"])]
+    attrs[f"{kind}_weights"] = [float(bases[target] + np.float32(weight)) if tree == first[target]
+                                else weight for target, tree, weight in zip(ids, trees, weights)]
     del attrs["base_values"]
     return attrs
 

@@ -53,14 +53,14 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
         raise NotConvertible(f"flavor '{loader}' has no ONNX converter (only sklearn, LightGBM and XGBoost do)")
     # Only skl2onnx picks columns by name; the boosters' converters take one matrix in signature order.
     feeds, types = _feeds(model, signature["inputs"], precision, by_name=sklearn)
+    from factory import onnx_boosters  # it names this module's NotConvertible
+
     guard = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if sklearn:
             onnx_model, guard = _sklearn_onnx(model, types)
         else:
-            from factory import onnx_boosters  # it names this module's NotConvertible
-
             onnx_model = (onnx_boosters.lightgbm_onnx if loader == "lightgbm" else onnx_boosters.xgboost_onnx)(model,
                                                                                                          types)
     # Converters may rename inputs ("surge multiplier" → "surge_multiplier"); their order is kept.
@@ -72,6 +72,8 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
               else _output(onnx_model, flavor.get("predict_fn", "predict")))
     if output == onnx_model.graph.output[0].name and _boolean_classes(model):
         output = _as_booleans(onnx_model, output)
+    if loader == "xgboost":
+        guard = onnx_boosters.dmatrix_guard(model, onnx_model, precision)
     return Candidate(precision, onnx_model.SerializeToString(), feeds, output, guard)
 
 

@@ -98,10 +98,10 @@ def _margin_answered(op_type: str, attrs: dict) -> bool:
     LOGISTIC computes a probability under 0.5 as 1 - p in float32 (2.7e-06 relative off at 0.024). Only where
     onnxruntime answers the margin m as [-m, m] without a post transform: two labels, one column of weights, some of
     them negative (all positive, it answers [1 - m, m]), no base values."""
-    labels = attrs.get("classlabels_int64s") or attrs.get("classlabels_strings") or ()
-    return (op_type == "TreeEnsembleClassifier" and attrs.get("post_transform") == "LOGISTIC" and len(labels) == 2
+    labels = len(attrs.get("classlabels_int64s", ())) + len(attrs.get("classlabels_strings", ()))
+    return (op_type == "TreeEnsembleClassifier" and attrs.get("post_transform") == "LOGISTIC" and labels == 2
             and len(set(attrs.get("class_ids", ()))) == 1 and min(attrs.get("class_weights", ()), default=0) < 0
-            and not attrs.get("base_values"))
+            and not len(attrs.get("base_values", ())))
 
 
 def _missing_directions(model: Any) -> Rewrite | None:
@@ -158,13 +158,13 @@ class TreeContainer:
         double = score < min(len(outputs), len(self._doubles)) and self._doubles[score]
         steps = [("Cast", {"to": TensorProto.DOUBLE})] if double else []
         steps += [("Exp", {})] if self._exp and op_type == "TreeEnsembleRegressor" else []
+        if self.double and _margin_answered(op_type, attrs):
+            attrs["post_transform"] = "NONE"
+            steps = [("Cast", {"to": TensorProto.DOUBLE}), ("Sigmoid", {})]
+            steps += [] if double else [("Cast", {"to": TensorProto.FLOAT})]
         if self.double and self._float_input:
             inputs = [self._as_float(inputs if isinstance(inputs, str) else inputs[0])]
         elif self.double:
-            if _margin_answered(op_type, attrs):
-                attrs["post_transform"] = "NONE"
-                steps = [("Cast", {"to": TensorProto.DOUBLE}), ("Sigmoid", {})]
-                steps += [] if double else [("Cast", {"to": TensorProto.FLOAT})]
             attrs = self._double_attributes(attrs)
         if steps:
             outputs[score] = self._answered(outputs[score], steps)
