@@ -187,8 +187,8 @@ def _splits(dumped: dict) -> list[dict]:
 
 
 def _integer_labels(model: Any) -> Any:
-    """A classifier fit on booleans, relabelled 0 and 1 (onnxmltools would encode its labels as strings); the caller
-    casts the labels back to booleans."""
+    """A LightGBM classifier fit on booleans, relabelled 0 and 1 (onnxmltools would encode its labels as strings); the
+    caller casts the labels back to booleans."""
     classes = getattr(model, "classes_", None) if hasattr(model, "predict_proba") else None
     if classes is None or np.asarray(classes).dtype != np.bool_:
         return model

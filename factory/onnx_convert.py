@@ -1,9 +1,10 @@
 """Registry models → ONNX candidates: skl2onnx for sklearn, onnxmltools for LightGBM and XGBoost.
 
-Each model is tried in double precision first (what sklearn computes in; its tree ensembles as
-factory/onnx_trees.py writes them), then in single precision (what XGBoost compares in; LightGBM/XGBoost
-converters only emit float trees). `factory/compiled.py` keeps the first candidate that reproduces the registry
-model's own predictions. A candidate is the ONNX bytes plus how request rows feed its inputs.
+Each model is tried in double precision first (what sklearn and LightGBM compute in; tree ensembles as their
+libraries compute them: scikit-learn's as factory/onnx_trees.py writes them, LightGBM's and XGBoost's as
+factory/onnx_boosters.py does, XGBoost's through a float32 cast), then in single precision.
+`factory/compiled.py` keeps the first candidate that reproduces the registry model's own predictions. A candidate
+is the ONNX bytes plus how request rows feed its inputs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Candidate:
     onnx: bytes
     feeds: list  # [[ONNX input name, numpy dtype, [signature columns] or None for a tensor], ...]
     output: str  # the ONNX output answering the flavor's predict_fn
-    guard: str = ""  # the ONNX output flagging rows the registry model refuses (sklearn's finiteness checks), if any
+    guard: str = ""  # the ONNX output flagging rows the registry model refuses (sklearn's, a DMatrix's checks), if any
 
 
 def candidates(model: Any, flavor: dict, signature: dict) -> Iterator[Candidate | NotConvertible]:

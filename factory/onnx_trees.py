@@ -22,7 +22,7 @@ which skl2onnx answered as the raw sum) goes through Exp, where the rounding of 
 the answer's relative error. Every converter is called at ai.onnx.ml 3, which brought those attributes: at version
 1, skl2onnx's default, some round every attribute to float32 before writing it. skl2onnx's double thresholds already
 sit where scikit-learn's float32 cast of the input puts them (`sklearn_threshold`), so the input is compared as it
-comes.
+comes. factory/onnx_boosters.py writes LightGBM's and XGBoost's trees through the same container.
 """
 
 from __future__ import annotations
