@@ -45,9 +45,9 @@ from factory.onnx_trees import Rewrite, TreeContainer
 DUMPED_INFINITY = 1e300  # what `Booster.dump_model()` writes for an infinite threshold
 
 # The scikit-learn estimators of both libraries: they take NaN and infinity alike, where sklearn's check_array refuses.
-ESTIMATORS = ("LGBMClassifier", "LGBMRegressor", "XGBClassifier", "XGBRegressor")
+ESTIMATORS = ("LGBMClassifier", "LGBMRegressor", "LGBMRanker", "XGBClassifier", "XGBRegressor")
 # onnxmltools' names of what it converts
-LIGHTGBM_ALIASES = ("LgbmClassifier", "LgbmRegressor")
+LIGHTGBM_ALIASES = ("LgbmClassifier", "LgbmRegressor", "LgbmRanker")
 XGBOOST_ALIASES = ("XGBClassifier", "XGBRFClassifier", "XGBRegressor", "XGBRFRegressor")
 CLASSIFIER_OPTIONS = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
 
@@ -97,7 +97,7 @@ def dmatrix_guard(model: Any, onnx_model: Any, precision: str) -> str:
 @functools.cache
 def register() -> None:
     """skl2onnx: both libraries' scikit-learn estimators, inside a pipeline or on their own (once per process)."""
-    from lightgbm import LGBMClassifier, LGBMRegressor
+    from lightgbm import LGBMClassifier, LGBMRanker, LGBMRegressor
     from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
     from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
     from skl2onnx import update_registered_converter
@@ -108,6 +108,7 @@ def register() -> None:
     lightgbm, xgboost = _as_lightgbm_computes(convert_lightgbm), _as_xgboost_computes(convert_xgboost)
     for estimator, alias, convert in ((LGBMClassifier, "LightGbmLGBMClassifier", lightgbm),
                                       (LGBMRegressor, "LightGbmLGBMRegressor", lightgbm),
+                                      (LGBMRanker, "LightGbmLGBMRanker", lightgbm),
                                       (XGBClassifier, "XGBoostXGBClassifier", xgboost),
                                       (XGBRegressor, "XGBoostXGBRegressor", xgboost)):
         classifier = alias.endswith("Classifier")

@@ -40,10 +40,12 @@ def _table(rows: int, seed: int) -> tuple[Any, Any]:
 def _lightgbm_train(objective: str, frame: Any, target: Any) -> Any:
     import lightgbm
 
-    label = {"binary": target > 0, "multiclass": np.digitize(target, [-3, 3])}.get(objective, target)
+    label = {"binary": target > 0, "multiclass": np.digitize(target, [-3, 3]),
+             "lambdarank": np.digitize(target, [-5, 0, 5])}.get(objective, target)
     classes = {"num_class": 3} if objective == "multiclass" else {}
+    groups = {"group": [100] * (len(frame) // 100)} if objective == "lambdarank" else {}  # queries of 100 rows
     return lightgbm.train({"objective": objective, "verbose": -1, **classes},
-                          lightgbm.Dataset(frame, np.asarray(label, dtype=float)), ROUNDS)
+                          lightgbm.Dataset(frame, np.asarray(label, dtype=float), **groups), ROUNDS)
 
 
 def _fitted(kind: str, frame: Any, target: Any) -> tuple[Any, str, str]:
@@ -106,6 +108,7 @@ def _decide(kind: str, tmp_path: Path, seed: int = 1):
     "lightgbm.train regression",  # was: float32 thresholds, off between a threshold and its float32 rounding
     "lightgbm.train binary",  # was: P(class 1) < 0.5 computed as 1 - p in float32, 2.7e-06 off
     "lightgbm.train multiclass",  # was: its infinite thresholds read as 1e300
+    "lightgbm.train lambdarank",  # a ranker's scores
     "LGBMClassifier on booleans",  # was: onnxmltools encoded boolean labels as strings, and refused a double input
     "SimpleImputer + LGBMClassifier",  # was: skl2onnx had no converter for LightGBM's estimators
     "XGBClassifier as mlflow.sklearn logs it",  # was: no converter, and onnxmltools reads trees only as f0, f1, …
