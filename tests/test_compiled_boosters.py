@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from e2e_support.compiled_forms import registry_answers, served_rows
+
 from factory.catalog import Compile
-from factory.compiled import COMPILED_FILE, _runtime, decide
+from factory.compiled import COMPILED_FILE, decide
 from factory.exactness import compare
 from factory.golden import sample_requests
-from factory.runtime import bento_module
 
 SIGNATURE = {"inputs": [{"type": "double", "name": "distance km", "required": True},
                         {"type": "long", "name": "hour", "required": True},
@@ -79,19 +80,13 @@ def _fitted(kind: str, frame: Any, target: Any) -> tuple[Any, str, str]:
 
 
 def _answer(model: Any, predict_fn: str):
+    """The registry model's answers; a raw XGBoost Booster predicts on a DMatrix, as its MLflow flavor hands it one."""
     import xgboost
 
-    frame = bento_module("mf_inputs").frame
     predict = getattr(model, predict_fn)
-    if isinstance(model, xgboost.Booster):  # it predicts on a DMatrix, as its MLflow flavor hands it one
+    if isinstance(model, xgboost.Booster):
         predict = lambda batch: model.predict(xgboost.DMatrix(batch))  # noqa: E731
-
-    def one(rows: list[dict]) -> dict:
-        try:
-            return {"outputs": np.asarray(predict(frame(rows, SIGNATURE["inputs"]))).tolist()}
-        except ValueError as exc:  # scikit-learn's check_array on the extreme rows
-            return {"error": str(exc)}
-    return lambda requests: [one(request["inputs"]) for request in requests]
+    return registry_answers(predict, SIGNATURE)
 
 
 def _decide(kind: str, tmp_path: Path, seed: int = 1):
@@ -123,8 +118,7 @@ def test_boosters_compile_in_double_and_answer_ordinary_rows_as_their_library(ki
     assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
     frame, _ = _table(2000, seed=2)
     rows = [{name: value for name, value in row.items() if value == value} for row in frame.to_dict("records")]
-    flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
-    served = _runtime().Predictor("", {"signature": SIGNATURE, "flavor": flavor}).run(rows)
+    served = served_rows(decision.flavor, tmp_path / COMPILED_FILE, rows, SIGNATURE)
     outcome = compare(answer([{"inputs": rows}])[0]["outputs"], served, 1e-6, 0.0)
     assert outcome.agrees, outcome.describe(rows)
 
@@ -156,8 +150,7 @@ def test_lightgbm_splits_missing_values_from_every_number_at_infinity(tmp_path: 
     assert decision.compiled, decision.reason
     frame, _ = _table(2000, seed=1)
     rows = [{**row, "surge": 1e308} for row in frame.to_dict("records")]
-    flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
-    served = _runtime().Predictor("", {"signature": SIGNATURE, "flavor": flavor}).run(rows)
+    served = served_rows(decision.flavor, tmp_path / COMPILED_FILE, rows, SIGNATURE)
     outcome = compare(answer([{"inputs": rows}])[0]["outputs"], served, 1e-6, 0.0)
     assert outcome.agrees, outcome.describe(rows)
 
@@ -178,10 +171,13 @@ def test_an_xgboost_booster_refuses_what_its_dmatrix_refuses(precision: str, tmp
     assert "error" in _answer(model, "predict")([{"inputs": [{**row, "surge": 3.5e38}]}])[0]
     candidate = _convert(model, {"loader": "xgboost", "predict_fn": "predict"}, SIGNATURE, precision)
     (tmp_path / COMPILED_FILE).write_bytes(candidate.onnx)
-    flavor = {**compiled_flavor(candidate, "xgboost", 0.0), "model_file": str(tmp_path / COMPILED_FILE)}
-    served = _runtime().Predictor("", {"signature": SIGNATURE, "flavor": flavor})
-    assert compare(_answer(model, "predict")([{"inputs": [row]}])[0]["outputs"], served.run([row]), 1e-6, 0.0).agrees
+    flavor = compiled_flavor(candidate, "xgboost", 0.0)
+
+    def served(row: dict) -> Any:
+        return served_rows(flavor, tmp_path / COMPILED_FILE, [row], SIGNATURE)
+
+    assert compare(_answer(model, "predict")([{"inputs": [row]}])[0]["outputs"], served(row), 1e-6, 0.0).agrees
     with pytest.raises(ValueError, match=r"^Input X contains NaN, infinity or a value too large for the model's "):
-        served.run([{**row, "surge": 3.5e38}])
+        served({**row, "surge": 3.5e38})
     largest = {**row, "surge": 3.4e38}  # rounds to a finite float32: answered
-    assert served.run([largest]) == _answer(model, "predict")([{"inputs": [largest]}])[0]["outputs"]
+    assert served(largest) == _answer(model, "predict")([{"inputs": [largest]}])[0]["outputs"]

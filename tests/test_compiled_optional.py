@@ -12,32 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from e2e_support.compiled_forms import registry_answers
+
 from factory import probes
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, MIN_DISTINCT_ROWS, _too_few, decide
-from factory.runtime import bento_module
 
 OPTIONAL = {"inputs": [{"type": "double", "name": "a", "required": False},
                        {"type": "long", "name": "b", "required": False},
                        {"type": "boolean", "name": "c", "required": True}]}
 GOLDEN_ROW = {"b": 245243453663629, "c": False}  # the only row sweep A's registry model answered, 8 times
-
-
-def _registry(predict, signature: dict):
-    """The registry model's answers as golden.answerer gives them: the frame a served request makes (an optional
-    integer column no row holds left out, as `mlflow models serve` leaves it), {"error"} where it raises."""
-    values = bento_module("mf_inputs")
-
-    def answer(requests: list[dict]) -> list[dict]:
-        answered = []
-        for request in requests:
-            try:
-                answered.append({"outputs": values.nulled(np.asarray(predict(
-                    values.frame(request["inputs"], signature["inputs"]))).tolist())})
-            except ValueError as exc:  # sklearn's: feature names missing, or check_array
-                answered.append({"error": f"ValueError: {' '.join(str(exc).split())[:200]}"})
-        return answered
-    return answer
 
 
 def _imputer_model():
@@ -57,7 +41,7 @@ def _imputer_model():
 
 
 def _decide(model, signature: dict, rows: list[dict], tmp_path: Path, examples: tuple = ()):
-    answer = _registry(model.predict_proba, signature)
+    answer = registry_answers(model.predict_proba, signature)
     cases = [{"inputs": rows, "outputs": answer([{"inputs": rows}])[0]["outputs"]}]
     return decide(lambda: model, {"loader": "cloudpickle", "predict_fn": "predict_proba"}, signature, cases,
                   Compile(), tmp_path / COMPILED_FILE, answer, examples)

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from e2e_support.compiled_forms import registry_answers, served_rows
+
 from factory import probes
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, REFUSED, decide
 from factory.golden import sample_requests
-from factory.runtime import bento_module
 
 DOUBLES = {"inputs": [{"type": "double", "name": "price", "required": True},
                       {"type": "long", "name": "hour", "required": True}]}
@@ -24,25 +25,9 @@ MIXED = {"inputs": [*DOUBLES["inputs"], {"type": "string", "name": "city", "requ
 REALISTIC = {"price": 12.5, "hour": 7, "city": "Oslo"}
 
 
-def _registry(predict, signature: dict):
-    """The registry model's answers as golden.answerer gives them: {"outputs"} per request, {"error"} where it raises."""
-    values = bento_module("mf_inputs")
-
-    def answer(requests: list[dict]) -> list[dict]:
-        answered = []
-        for request in requests:
-            try:
-                batch = values.frame(request["inputs"], signature["inputs"])
-                answered.append({"outputs": values.nulled(np.asarray(predict(batch)).tolist())})
-            except ValueError as exc:  # sklearn's check_array
-                answered.append({"error": str(exc)})
-        return answered
-    return answer
-
-
 def _decide(model, signature: dict, tmp_path: Path, predict_fn: str = "predict", settings: Compile = Compile()):
     predict = getattr(model, predict_fn)
-    answer = _registry(predict, signature)
+    answer = registry_answers(predict, signature)
     cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(signature, 12, 8)]
     example = [{name: REALISTIC[name] for name in (spec["name"] for spec in signature["inputs"])}]
     return decide(lambda: model, {"loader": "cloudpickle", "predict_fn": predict_fn}, signature, cases, settings,
@@ -59,15 +44,7 @@ def _frame(signature: dict, n: int = 300):
 
 
 def _served(decision, tmp_path: Path, row: dict, guarded: bool = True):
-    return _served_rows(decision, tmp_path, [row], DOUBLES, guarded)
-
-
-def _served_rows(decision, tmp_path: Path, rows: list[dict], signature: dict, guarded: bool = True):
-    """The compiled form the decision kept, run as the pod runs it."""
-    flavor = {**decision.flavor, "model_file": str(tmp_path / COMPILED_FILE)}
-    if not guarded:
-        flavor.pop("guard")
-    return bento_module("mf_runtime").Predictor("", {"signature": signature, "flavor": flavor}).run(rows)
+    return served_rows(decision.flavor, tmp_path / COMPILED_FILE, [row], DOUBLES, guarded)
 
 
 def test_a_scaled_model_refuses_a_value_its_scaler_overflows_on_as_sklearn_does(tmp_path: Path) -> None:
@@ -243,7 +220,7 @@ def test_trees_and_missing_values(kind, fit_on_missing, precision, tmp_path: Pat
                 "converts in single precision only") in decision.reason, decision.reason
         return
     rows = [{"hour": hour} for hour in range(24)]
-    served = _served_rows(decision, tmp_path, rows, signature)
+    served = served_rows(decision.flavor, tmp_path / COMPILED_FILE, rows, signature)
     expected = getattr(model, predict_fn)(pd.DataFrame([{"price": np.nan, **row} for row in rows]))
     assert np.allclose(served, expected, rtol=1e-6, atol=1e-6 if classifier else 0)
 
@@ -266,7 +243,7 @@ def test_a_column_passed_through_to_a_model_taking_missing_values_is_not_refused
     decision = _decide(model, signature, tmp_path)
     assert decision.compiled and decision.flavor["precision"] == "float64", decision.reason
     row = {"hour": 3, "city": "Rome"}
-    served = _served_rows(decision, tmp_path, [row], signature)
+    served = served_rows(decision.flavor, tmp_path / COMPILED_FILE, [row], signature)
     assert np.allclose(served, model.predict(pd.DataFrame([{"price": np.nan, **row}])), rtol=1e-6)
 
 
@@ -357,7 +334,7 @@ def test_a_request_column_named_like_the_guard_compiles(tmp_path: Path) -> None:
     features = features.rename(columns={"price": "refused_rows"})
     scale = ColumnTransformer([("numbers", StandardScaler(), ["refused_rows", "hour"])])
     model = make_pipeline(scale, LogisticRegression()).fit(features, target > 30)
-    answer = _registry(model.predict_proba, signature)
+    answer = registry_answers(model.predict_proba, signature)
     cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(signature, 12, 8)]
     decision = decide(lambda: model, {"loader": "cloudpickle", "predict_fn": "predict_proba"}, signature, cases,
                       Compile(), tmp_path / COMPILED_FILE, answer, [{"refused_rows": 12.5, "hour": 7}])
