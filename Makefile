@@ -123,7 +123,7 @@ bench: venv tools $(REGISTRY)
 	$(BIN)/python -m bench.row_costs
 	$(BIN)/python -m bench.flavors
 	$(BIN)/python -m bench.compiled
-	$(BIN)/python -m bench.trees
+	$(BIN)/python -m bench.conversions
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.sizing
 	$(BIN)/python -m bench.early_stop

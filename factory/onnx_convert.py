@@ -9,7 +9,6 @@ is the ONNX bytes plus how request rows feed its inputs.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -123,14 +122,13 @@ def _sklearn_onnx(model: Any, types: list) -> tuple[Any, str]:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 
-    from factory import onnx_boosters, onnx_trees  # they name this module's NotConvertible
+    from factory import onnx_boosters, onnx_double, onnx_functions, onnx_trees  # they name this module's NotConvertible
 
-    _register_double_imputer()
-    onnx_trees.register()
-    onnx_boosters.register()
-    options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
-    onnx_model, topology = convert_sklearn(model, initial_types=types, options=options, target_opset=OPSETS,
-                                           intermediate=True)
+    for module in (onnx_double, onnx_functions, onnx_trees, onnx_boosters):
+        module.register()
+    onnx_model, topology = convert_sklearn(model, initial_types=types, options=onnx_double.classifier_options(model),
+                                           target_opset=OPSETS, intermediate=True,
+                                           custom_parsers={**onnx_double.parsers(), **onnx_functions.parsers()})
     checked: dict[tuple[str, str], bool] = {}
     for operator in topology.unordered_operator_iterator():
         tags = getattr(operator.raw_operator, "__sklearn_tags__", None)
@@ -197,37 +195,3 @@ def _booster_output(onnx_model: Any) -> str:
     del onnx_model.graph.output[:]
     onnx_model.graph.output.extend(kept)
     return chosen
-
-
-@functools.cache
-def _register_double_imputer() -> None:
-    """skl2onnx's SimpleImputer emits ai.onnx.ml Imputer, which stores fill values as float32 and which
-    onnxruntime runs only on float32: on double inputs, fill NaNs with IsNaN + Where in double instead."""
-    import numpy as np
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common._registration import get_converter, get_shape_calculator
-    from skl2onnx.common.data_types import DoubleTensorType
-    from skl2onnx.operator_converters.common import concatenate_variables
-    from skl2onnx.proto import onnx_proto
-    from sklearn.impute import SimpleImputer
-
-    native = get_converter("SklearnSimpleImputer")
-
-    def convert(scope: Any, operator: Any, container: Any) -> None:
-        imputer = operator.raw_operator
-        if not isinstance(operator.inputs[0].type, DoubleTensorType):
-            return native(scope, operator, container)
-        statistics = np.asarray(imputer.statistics_, dtype=np.float64)
-        if imputer.add_indicator or not np.isnan(imputer.missing_values) or np.isnan(statistics).any():
-            raise NotConvertible("a SimpleImputer with an indicator, a non-NaN missing value or an empty "
-                                 "feature (double precision)")
-        features = concatenate_variables(scope, operator.inputs, container)
-        fill = scope.get_unique_variable_name("fill")
-        container.add_initializer(fill, onnx_proto.TensorProto.DOUBLE, [len(statistics)], statistics.tolist())
-        missing = scope.get_unique_variable_name("missing")
-        container.add_node("IsNaN", [features], [missing], name=scope.get_unique_operator_name("IsNaN"))
-        container.add_node("Where", [missing, fill, features], [operator.outputs[0].full_name],
-                           name=scope.get_unique_operator_name("Where"))
-
-    update_registered_converter(SimpleImputer, "SklearnSimpleImputer", get_shape_calculator("SklearnSimpleImputer"),
-                                convert, overwrite=True)

@@ -14,7 +14,7 @@ import pytest
 
 from e2e_support.compiled_forms import registry_answers, served_rows
 
-from factory import probes
+from factory import onnx_convert, probes
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, REFUSED, decide
 from factory.golden import sample_requests
@@ -92,9 +92,10 @@ def test_a_tree_refuses_values_beyond_float32_as_sklearn_does(tmp_path: Path) ->
     assert np.allclose(served, model.predict(pd.DataFrame([{"price": largest, "hour": 3}])), rtol=1e-6)
 
 
-def test_a_float32_form_refusing_what_the_registry_model_answers_serves_natively(tmp_path: Path) -> None:
-    """One-hot + scaler + logistic regression: the double form does not run (skl2onnx), the float32 one reads 1e308
-    as infinity where sklearn's float64 scaler does not overflow: neither answering nor refusing would be exact."""
+def test_a_float32_form_refusing_what_the_registry_model_answers_serves_natively(tmp_path: Path, monkeypatch) -> None:
+    """One-hot + scaler + logistic regression in float32 alone (its double form did not run before
+    factory/onnx_double.py): it reads 1e308 as infinity where sklearn's float64 scaler does not overflow, so neither
+    answering nor refusing would be exact."""
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -104,6 +105,7 @@ def test_a_float32_form_refusing_what_the_registry_model_answers_serves_natively
     encode = ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
                                 ("numbers", StandardScaler(), ["price", "hour"])])
     model = make_pipeline(encode, LogisticRegression()).fit(features, target > 30)
+    monkeypatch.setattr(onnx_convert, "PRECISIONS", ("float32",))
     decision = _decide(model, MIXED, tmp_path, "predict_proba")
     assert decision.path == "native"
     assert ('ONNX float32 answers an extreme input otherwise than the registry model (the golden rows agree): a '

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from factory import golden, pyfunc_answers
@@ -225,3 +226,33 @@ def _hour(when) -> int:
         return 0
     stamp = pd.Timestamp(when)  # as served: an aware time in UTC, a naive one as it is
     return (stamp.tz_convert("UTC") if stamp.tzinfo else stamp).hour
+
+
+def test_a_model_answering_rows_it_rarely_meets_does_not_warn_on_each(tmp_path: Path) -> None:
+    """Golden and probe rows hold categories no encoder knows and numbers far from the training data, on purpose: an
+    encoder ignoring unknown categories (and dropping its first) warned once per row, 26 lines in one build of two
+    models, and numpy's log1p of a negative fare once per request."""
+    import warnings
+
+    import mlflow.sklearn
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+
+    from factory.runtime import bento_module
+
+    frame = pd.DataFrame({"zone": ["north", "south", "east", "north"], "fare": [3.0, 4.5, 5.0, 7.25]})
+    model = make_pipeline(ColumnTransformer([("zone", OneHotEncoder(drop="first", handle_unknown="ignore"), ["zone"]),
+                                             ("fare", FunctionTransformer(np.log1p), ["fare"])]),
+                          Ridge()).fit(frame, [1.0, 2.0, 3.0, 4.0])
+    mlflow.sklearn.save_model(model, str(tmp_path / "zones"), serialization_format="cloudpickle")
+    inputs = [{"type": "string", "name": "zone", "required": True},
+              {"type": "double", "name": "fare", "required": True}]
+    rare = [{"inputs": [{"zone": "west", "fare": 2.0}]}, {"inputs": [{"zone": "north", "fare": -5.0}]}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answered = pyfunc_answers.answers(str(tmp_path / "zones"), inputs, rare, bento_module("mf_inputs"), True)
+    assert "outputs" in answered[0] and answered[1]["error"].startswith("ValueError: Input X contains NaN"), answered
+    assert not [str(warning.message) for warning in caught], [str(warning.message) for warning in caught]

@@ -247,10 +247,11 @@ def test_a_tree_behind_a_column_transformer_is_probed_at_its_passed_through_colu
     assert np.allclose(np.asarray(predictor.run(near)).ravel(), expected, rtol=1e-6, atol=0)
 
 
-def test_an_encoders_categories_are_probed(tmp_path: Path) -> None:
-    """TargetEncoder's encodings become float32 constants in the ONNX graph. Golden rows hold made-up cities, which
-    all get the mean, beside numbers up to 1e12 that drown the rounding; ordinary rows of known cities whose answer
-    is near zero show it (the stranger sweep: 17 of 2,000 realistic rows beyond 1e-06, every golden row within)."""
+def test_an_encoders_categories_are_probed(tmp_path: Path, monkeypatch) -> None:
+    """TargetEncoder's encodings are float32 constants in its float32 form (and were in its double form too, until
+    factory/onnx_double.py). Golden rows hold made-up cities, which all get the mean, beside numbers up to 1e12 that
+    drown the rounding; ordinary rows of known cities whose answer is near zero show it (the stranger sweep: 17 of
+    2,000 realistic rows beyond 1e-06, every golden row within)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
@@ -262,11 +263,12 @@ def test_an_encoders_categories_are_probed(tmp_path: Path) -> None:
     encode = ColumnTransformer([("city", TargetEncoder(random_state=0), ["city"]),
                                 ("numbers", StandardScaler(), ["price", "hour"])])
     model = make_pipeline(encode, Ridge()).fit(frame, target)
+    monkeypatch.setattr(onnx_convert, "PRECISIONS", ("float32",))
     assert _mixed_decision(model, tmp_path, probed=False).compiled
     decision = _mixed_decision(model, tmp_path, probed=True)
     assert decision.path == "native", decision.reason
     assert decision.reason.startswith(
-        "no exact compiled form: ONNX float64 differs from the registry model beyond rtol 1e-06, atol 0 at its "
+        "no exact compiled form: ONNX float32 differs from the registry model beyond rtol 1e-06, atol 0 at its "
         "encoders' categories or on its logged input example or around its logged input example (the golden rows "
         "agree): max relative error "), decision.reason
 
