@@ -68,9 +68,10 @@ def _column_transformer(scope: Any, model: Any, inputs: list, custom_parsers: An
     from skl2onnx.common.data_types import DoubleTensorType
 
     outputs = _parse_sklearn_column_transformer(scope, model, inputs, custom_parsers=custom_parsers)
-    parts = [part for operator in scope.operators.values() if outputs[0] in operator.outputs
-             for part in operator.inputs]
-    if len(outputs) == 1 and any(isinstance(part.type, DoubleTensorType) for part in parts):
+    # Only the concatenation of several parts: a lone part (a OneHotEncoder's float32) is its own output.
+    parts = [part for operator in scope.operators.values()
+             if operator.type == "SklearnConcat" and outputs[0] in operator.outputs for part in operator.inputs]
+    if any(isinstance(part.type, DoubleTensorType) for part in parts):
         outputs[0].type = DoubleTensorType(outputs[0].type.shape)
     return outputs
 

@@ -78,15 +78,13 @@ def _function_transformer(native: Any) -> Callable:
 
 def _function_shapes(native: Callable) -> Callable:
     def calculate(operator: Any) -> None:
-        function = operator.raw_operator.func
-        if function is None:
+        if operator.raw_operator.func is None:
             return native(operator)
-        _name(function, "a FunctionTransformer of")
-        operator.raw_operator.func = None  # skl2onnx's calculator refuses any function; the shapes are the same
-        try:
-            native(operator)
-        finally:
-            operator.raw_operator.func = function
+        _name(operator.raw_operator.func, "a FunctionTransformer of")
+        widths = [variable.type.shape[1] for variable in operator.inputs]  # elementwise: the inputs side by side
+        first = operator.inputs[0]
+        operator.outputs[0].type = type(first.type)([first.get_first_dimension(), None if None in widths else
+                                                     sum(widths)])
     return calculate
 
 
