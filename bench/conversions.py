@@ -44,7 +44,8 @@ KINDS = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor", "Ran
          "PolynomialFeatures + Ridge", "OneHotEncoder first + StandardScaler + LogisticRegression",
          "TargetEncoder + Ridge",
          # numpy functions in a scikit-learn model, which skl2onnx did not convert (factory/onnx_functions.py)
-         "FunctionTransformer(np.log1p) + Ridge", "TransformedTargetRegressor(Ridge, np.log, np.exp)")
+         "FunctionTransformer(np.log1p) + Ridge", "TransformedTargetRegressor(Ridge, np.log, np.exp)",
+         "PowerTransformer + Ridge")
 MIXED_KINDS = {"OneHotEncoder first + StandardScaler + LogisticRegression", "TargetEncoder + Ridge"}
 RTOL = 1e-6
 
@@ -110,8 +111,8 @@ def _sklearn_steps() -> dict:
     from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
     from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import (FunctionTransformer, OneHotEncoder, PolynomialFeatures, StandardScaler,
-                                       TargetEncoder)
+    from sklearn.preprocessing import (FunctionTransformer, OneHotEncoder, PolynomialFeatures, PowerTransformer,
+                                       StandardScaler, TargetEncoder)
     from sklearn.svm import LinearSVC
 
     def first(encoder: Any) -> Any:
@@ -130,6 +131,7 @@ def _sklearn_steps() -> dict:
                                                           "predict"),
         "TransformedTargetRegressor(Ridge, np.log, np.exp)": lambda: (TransformedTargetRegressor(
             Ridge(), func=np.log, inverse_func=np.exp), "predict"),
+        "PowerTransformer + Ridge": lambda: (make_pipeline(PowerTransformer(), Ridge()), "predict"),
     }
 
 

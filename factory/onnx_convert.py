@@ -129,6 +129,7 @@ def _sklearn_onnx(model: Any, types: list) -> tuple[Any, str]:
     onnx_model, topology = convert_sklearn(model, initial_types=types, options=onnx_double.classifier_options(model),
                                            target_opset=OPSETS, intermediate=True,
                                            custom_parsers={**onnx_double.parsers(), **onnx_functions.parsers()})
+    onnx_functions.refuse_trees_after_logarithms(onnx_model)
     checked: dict[tuple[str, str], bool] = {}
     for operator in topology.unordered_operator_iterator():
         tags = getattr(operator.raw_operator, "__sklearn_tags__", None)
