@@ -35,7 +35,8 @@ def ufunc_names() -> dict[Any, str]:
 
 @functools.cache
 def register() -> None:
-    """The FunctionTransformer converter and shape calculator, and the inverse operator's (once per process)."""
+    """The FunctionTransformer converter and shape calculator, and the inverse and Yeo-Johnson operators' (once per
+    process: skl2onnx's registry is global)."""
     from skl2onnx.common._registration import (get_converter, get_shape_calculator, register_converter,
                                                register_shape_calculator)
 
