@@ -33,19 +33,12 @@ NUMBERS = {"inputs": [{"type": "double", "name": "distance km", "required": True
                       {"type": "long", "name": "hour", "required": True},
                       {"type": "double", "name": "surge", "required": True}]}
 MIXED = {"inputs": [*NUMBERS["inputs"], {"type": "string", "name": "vehicle", "required": True}]}
-KINDS = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor", "RandomForestRegressor",
-         "ExtraTreesRegressor", "GradientBoostingRegressor", "RandomForestClassifier",
-         # LightGBM as `mlflow.lightgbm` logs it (raw Boosters of `lightgbm.train`, its scikit-learn estimators), and
-         # XGBoost at the end of a scikit-learn pipeline as `mlflow.sklearn` logs it
-         "lightgbm.train regression", "lightgbm.train binary", "LGBMClassifier", "StandardScaler + XGBClassifier",
-         "XGBRegressor",
-         # scikit-learn steps skl2onnx converted for float32 only, or not at all
-         "StandardScaler + LinearSVC", "StandardScaler + RidgeClassifier", "StandardScaler + SGDClassifier (hinge)",
-         "PolynomialFeatures + Ridge", "OneHotEncoder first + StandardScaler + LogisticRegression",
-         "TargetEncoder + Ridge",
-         # numpy functions in a scikit-learn model, which skl2onnx did not convert (factory/onnx_functions.py)
-         "FunctionTransformer(np.log1p) + Ridge", "TransformedTargetRegressor(Ridge, np.log, np.exp)",
-         "PowerTransformer + Ridge")
+TREE_KINDS = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor", "RandomForestRegressor",
+              "ExtraTreesRegressor", "GradientBoostingRegressor", "RandomForestClassifier",
+              # LightGBM as `mlflow.lightgbm` logs it (raw Boosters of `lightgbm.train`, its scikit-learn estimators),
+              # and XGBoost at the end of a scikit-learn pipeline as `mlflow.sklearn` logs it
+              "lightgbm.train regression", "lightgbm.train binary", "LGBMClassifier", "StandardScaler + XGBClassifier",
+              "XGBRegressor")
 MIXED_KINDS = {"OneHotEncoder first + StandardScaler + LogisticRegression", "TargetEncoder + Ridge"}
 RTOL = 1e-6
 
@@ -75,10 +68,9 @@ def fitted(kind: str, frame: Any, target: Any) -> tuple[Any, str, str]:
     import lightgbm
     import xgboost
     from sklearn import ensemble
+    from sklearn.base import is_classifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from sklearn.base import is_classifier
 
     frame = frame[columns(kind)]
     if kind in SKLEARN_STEPS:
@@ -135,7 +127,8 @@ def _sklearn_steps() -> dict:
     }
 
 
-SKLEARN_STEPS = _sklearn_steps()
+SKLEARN_STEPS = _sklearn_steps()  # then the steps skl2onnx converted for float32 only, or not at all
+KINDS = TREE_KINDS + tuple(SKLEARN_STEPS)
 
 
 def registry_answer(model: Any, predict_fn: str, kind: str):

@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from e2e_support.compiled_forms import registry_answers, served_rows
+from e2e_support.compiled_forms import golden_cases, registry_answers, served_rows
 
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, decide
 from factory.exactness import compare
-from factory.golden import sample_requests
 
 SIGNATURE = {"inputs": [{"type": "double", "name": "distance km", "required": True},
                         {"type": "long", "name": "hour", "required": True},
@@ -93,7 +92,7 @@ def _decide(kind: str, tmp_path: Path, seed: int = 1):
     frame, target = _table(2000, seed)
     model, loader, predict_fn = _fitted(kind, frame, target)
     answer = _answer(model, predict_fn)
-    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(SIGNATURE, 12, 8)]
+    cases = golden_cases(answer, SIGNATURE)
     decision = decide(lambda: model, {"loader": loader, "predict_fn": predict_fn}, SIGNATURE, cases, Compile(),
                       tmp_path / COMPILED_FILE, answer, frame.head(16).to_dict("records"))
     return decision, answer
@@ -136,7 +135,7 @@ def test_lightgbm_models_no_onnx_tree_computes_serve_natively_saying_why(params,
     frame, target = _table(500, seed=1)
     model = lightgbm.LGBMRegressor(n_estimators=10, verbose=-1, **params).fit(frame, target)
     answer = _answer(model, "predict")
-    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(SIGNATURE, 12, 8)]
+    cases = golden_cases(answer, SIGNATURE)
     decision = decide(lambda: model, {"loader": "lightgbm", "predict_fn": "predict"}, SIGNATURE, cases, Compile(),
                       tmp_path / COMPILED_FILE, answer)
     assert decision.reason == f"no exact compiled form: ONNX float64: {refusal}; ONNX float32: {refusal}"

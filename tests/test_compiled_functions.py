@@ -14,12 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e2e_support.compiled_forms import registry_answers, served_rows
+from e2e_support.compiled_forms import golden_cases, registry_answers, served_rows
 
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, decide
 from factory.exactness import compare
-from factory.golden import sample_requests
 from factory.onnx_convert import Candidate, candidates
 from factory.onnx_functions import ufunc_names
 
@@ -75,8 +74,7 @@ def _decide(kind: str, tmp_path: Path):
     frame, fare = _table(2000, seed=1)
     model = _model(kind).fit(frame, fare)
     answer = registry_answers(model.predict, SIGNATURE)
-    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(SIGNATURE, 12, 8)
-             if "outputs" in answer([request])[0]]
+    cases = golden_cases(answer, SIGNATURE)
     decision = decide(lambda: model, {"loader": "cloudpickle", "predict_fn": "predict"}, SIGNATURE, cases, Compile(),
                       tmp_path / COMPILED_FILE, answer, frame.head(16).to_dict("records"))
     return decision, answer

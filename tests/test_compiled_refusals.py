@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2e_support.compiled_forms import registry_answers, served_rows
+from e2e_support.compiled_forms import golden_cases, registry_answers, served_rows
 
 from factory import onnx_convert, probes
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, REFUSED, decide
-from factory.golden import sample_requests
 
 DOUBLES = {"inputs": [{"type": "double", "name": "price", "required": True},
                       {"type": "long", "name": "hour", "required": True}]}
@@ -28,7 +27,7 @@ REALISTIC = {"price": 12.5, "hour": 7, "city": "Oslo"}
 def _decide(model, signature: dict, tmp_path: Path, predict_fn: str = "predict", settings: Compile = Compile()):
     predict = getattr(model, predict_fn)
     answer = registry_answers(predict, signature)
-    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(signature, 12, 8)]
+    cases = golden_cases(answer, signature)
     example = [{name: REALISTIC[name] for name in (spec["name"] for spec in signature["inputs"])}]
     return decide(lambda: model, {"loader": "cloudpickle", "predict_fn": predict_fn}, signature, cases, settings,
                   tmp_path / COMPILED_FILE, answer, example)
@@ -337,7 +336,7 @@ def test_a_request_column_named_like_the_guard_compiles(tmp_path: Path) -> None:
     scale = ColumnTransformer([("numbers", StandardScaler(), ["refused_rows", "hour"])])
     model = make_pipeline(scale, LogisticRegression()).fit(features, target > 30)
     answer = registry_answers(model.predict_proba, signature)
-    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(signature, 12, 8)]
+    cases = golden_cases(answer, signature)
     decision = decide(lambda: model, {"loader": "cloudpickle", "predict_fn": "predict_proba"}, signature, cases,
                       Compile(), tmp_path / COMPILED_FILE, answer, [{"refused_rows": 12.5, "hour": 7}])
     assert decision.compiled and decision.flavor["guard"] == "refused_rows2", decision.reason

@@ -12,12 +12,11 @@ import numpy as np
 import onnx
 import pytest
 
-from e2e_support.compiled_forms import registry_answers, served_rows
+from e2e_support.compiled_forms import golden_cases, registry_answers, served_rows
 
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, decide
 from factory.exactness import compare
-from factory.golden import sample_requests
 
 NUMBERS = {"inputs": [{"type": "double", "name": "distance km", "required": True},
                       {"type": "long", "name": "hour", "required": True},
@@ -88,7 +87,7 @@ def test_models_skl2onnx_left_in_float32_compile_in_double(kind: str, tmp_path: 
     frame, target = _table(2000, seed=1)
     model, signature, predict_fn = _fitted(kind, frame, target)
     answer = registry_answers(getattr(model, predict_fn), signature)
-    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(signature, 12, 8)]
+    cases = golden_cases(answer, signature)
     columns = [spec["name"] for spec in signature["inputs"]]
     decision = decide(lambda: model, {"loader": "cloudpickle", "predict_fn": predict_fn}, signature, cases, Compile(),
                       tmp_path / COMPILED_FILE, answer, frame[columns].head(16).to_dict("records"))

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from e2e_support.compiled_forms import golden_cases
+
 from factory import golden, onnx_columns, onnx_convert, probes
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, decide
-from factory.golden import sample_requests
 from factory.runtime import bento_module
 
 DOUBLES = {"inputs": [{"type": "double", "name": "price", "required": True},
@@ -33,7 +34,7 @@ def _answers(predict, signature: dict = DOUBLES):
 
 def _golden_cases(predict) -> list[dict]:
     answer = _answers(predict)
-    return [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(DOUBLES, 12, 8)]
+    return golden_cases(answer, DOUBLES)
 
 
 def _priced_model():
@@ -211,7 +212,7 @@ def _mixed_answers(predict):
 
 def _mixed_decision(model, tmp_path: Path, probed: bool):
     answer = _mixed_answers(model.predict)
-    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(MIXED, 12, 8)]
+    cases = golden_cases(answer, MIXED)
     example = [{"price": 1.5, "hour": 0, "city": "Oslo"}, {"price": 199.99, "hour": 23, "city": "Rome"}]
     return decide(lambda: model, {"loader": "cloudpickle", "predict_fn": "predict"}, MIXED, cases, Compile(),
                   tmp_path / COMPILED_FILE, answer if probed else None, example if probed else ())
@@ -303,7 +304,7 @@ def test_a_binarizers_threshold_is_probed(tmp_path: Path) -> None:
     binarize = ColumnTransformer([("ratio", Binarizer(threshold=0.37), [0]), ("hour", "passthrough", [1])])
     model = make_pipeline(binarize, Ridge()).fit(matrix, (matrix[:, 0] > 0.37) * 50.0 + matrix[:, 1])
     answer = _answers(model.predict, RATIOS)
-    cases = [{**request, "outputs": answer([request])[0]["outputs"]} for request in sample_requests(RATIOS, 12, 8)]
+    cases = golden_cases(answer, RATIOS)
     golden_only = decide(lambda: model, {"loader": "cloudpickle"}, RATIOS, cases, Compile(), tmp_path / COMPILED_FILE)
     assert golden_only.compiled, golden_only.reason
     assert onnx_columns.thresholds((tmp_path / COMPILED_FILE).read_bytes(), golden_only.flavor["feeds"], RATIOS) == {

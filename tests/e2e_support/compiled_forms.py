@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from factory.compiled import _runtime
+from factory.golden import sample_requests
 from factory.runtime import bento_module
 
 
@@ -35,3 +36,11 @@ def served_rows(flavor: dict, model_file: Path, rows: list[dict], signature: dic
     if not guarded:
         flavor.pop("guard")
     return _runtime().Predictor("", {"signature": signature, "flavor": flavor}).run(rows)
+
+
+def golden_cases(answer: Callable[[list[dict]], list[dict]], signature: dict) -> list[dict]:
+    """Golden cases as the build records them: twelve sampled requests of up to eight rows, with the registry model's
+    outputs for those it answers (`answer`: registry_answers' or golden.answerer's)."""
+    requests = sample_requests(signature, 12, 8)
+    return [{**request, "outputs": reply["outputs"]} for request, reply in zip(requests, answer(requests))
+            if "outputs" in reply]
