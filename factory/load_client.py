@@ -12,6 +12,12 @@ connection is counted (the server's doing). An answer that does not come is coun
 wrong, as the statuses of answers are: TimeoutError (none within `timeout_s`), IncompleteReadError (the connection
 closed before the whole answer), ValueError (an answer HTTP cannot parse, or one without Content-Length or chunked
 framing), or the connect error's own name (ConnectionRefusedError, ...).
+
+A reused connection that closes before any byte of its answer came back is not a failure of the server: it closed
+the connection while idle (uvicorn after 5 s) just as the request went out, so the request never reached the model.
+It is sent again, as the proxy's pool does (proxy/forward.py), its latency still counted from `sent`. Each such
+connection is dropped, and a new connection is never resent on, so a request goes out at most once per pooled
+connection plus once more.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ HEAD_LIMIT = 64 * 1024
 # budget for a saturated model and its own buffer budget (proxy/errors.py).
 SHED_CODES = ("overloaded", "upstream_overloaded", "proxy_overloaded")
 Released = Callable[["Connection", bool], None]
+Resend = Callable[["Connection", bytes, float], None]
 
 
 def request_bytes(host: str, port: int, body: bytes) -> bytes:
@@ -51,16 +58,21 @@ def well_formed_shed(headers: dict[str, str], payload: bytes) -> bool:
 
 class Connection(asyncio.Protocol):
     """One keep-alive connection, one request at a time; `released(connection, reusable)` once it is answered or
-    has failed (counted in `result` either way)."""
+    has failed (counted in `result` either way), or `resend(connection, request, sent)` when it was closed under a
+    request that never reached the server."""
 
-    def __init__(self, result: "LoadResult", released: Released, timeout_s: float) -> None:
+    def __init__(self, result: "LoadResult", released: Released, resend: Resend, timeout_s: float) -> None:
         self.result = result
         self.released = released
+        self.resend = resend
         self.timeout_s = timeout_s
         self.parser = httptools.HttpResponseParser(self)
         self.transport: Optional[asyncio.Transport] = None
         self.lost = asyncio.get_running_loop().create_future()
+        self.request = b""
         self.sent: Optional[float] = None  # the request in flight's arrival; None while idle
+        self.answers = 0  # answers this connection gave: a request on it after one reuses it
+        self.replied = False  # a byte came back for the request in flight
         self.timer: Optional[asyncio.TimerHandle] = None
         self.head = 0
         self.framed = False
@@ -68,7 +80,7 @@ class Connection(asyncio.Protocol):
         self.body: list[bytes] = []
 
     def send(self, request: bytes, sent: float) -> None:
-        self.sent = sent
+        self.request, self.sent, self.replied = request, sent, False
         self.timer = asyncio.get_running_loop().call_later(self.timeout_s, self.failed, "TimeoutError")
         self.transport.write(request)
 
@@ -89,6 +101,7 @@ class Connection(asyncio.Protocol):
         if self.sent is None:
             self.close()  # bytes no request asked for: nothing on this connection can be trusted
             return
+        self.replied = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -97,6 +110,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
+        if self.sent is not None and self.answers and not self.replied:
+            self.timer.cancel()
+            sent, self.sent = self.sent, None
+            self.resend(self, self.request, sent)
+            return
         self.failed("IncompleteReadError")
 
     # httptools' callbacks
@@ -119,6 +137,7 @@ class Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.answers += 1
         status = str(self.parser.get_status_code())
         if status == "503" and not well_formed_shed({"retry-after": self.retry_after}, b"".join(self.body)):
             self.result.malformed_sheds += 1
@@ -191,7 +210,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(loop.create_connection(
-                lambda: Connection(self.result, self._released, self.timeout_s), self.host, self.port),
+                lambda: Connection(self.result, self._released, self._resend, self.timeout_s), self.host, self.port),
                 self.timeout_s)
         except (OSError, asyncio.TimeoutError) as exc:
             self.opening -= 1
@@ -206,6 +225,10 @@ class Pool:
         if not reusable:
             self._forget(connection)
         self._next(connection if reusable else None)
+
+    def _resend(self, connection: Connection, request: bytes, sent: float) -> None:
+        self._forget(connection)
+        self._dispatch(request, sent)
 
     def _next(self, connection: Optional[Connection]) -> None:
         """One request done: the connection (None when it is gone) goes idle, the oldest waiting request takes it

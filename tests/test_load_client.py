@@ -3,10 +3,11 @@ sockets on 127.0.0.1: every request is counted once, as its status or as what we
 
 from __future__ import annotations
 
+import itertools
 import socket
 import socketserver
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 import uvloop
@@ -23,7 +24,7 @@ CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[1\r\n3\r\
 
 class _Raw(socketserver.BaseRequestHandler):
     """Reads requests and answers each with the server's `answer` bytes (after `delay_s`); `close` ends the
-    connection after the first answer."""
+    connection after the first answer, `hang_up_after` closes it unanswered under the request after that many."""
 
     def handle(self) -> None:
         self.server.opened += 1
@@ -34,7 +35,7 @@ class _Raw(socketserver.BaseRequestHandler):
 
     def _answer_each(self) -> None:
         buffered = b""
-        while True:
+        for answered in itertools.count():
             while b"\r\n\r\n" not in buffered:
                 chunk = self.request.recv(65536)
                 if not chunk:
@@ -45,6 +46,9 @@ class _Raw(socketserver.BaseRequestHandler):
             while len(buffered) < length:
                 buffered += self.request.recv(65536)
             buffered = buffered[length:]
+            if answered == self.server.hang_up_after:
+                self.server.hung_up += 1
+                return
             time.sleep(self.server.delay_s)
             self.request.sendall(self.server.answer)
             if self.server.close:
@@ -55,10 +59,11 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, answer: bytes, delay_s: float = 0.0, close: bool = False) -> None:
+    def __init__(self, answer: bytes, delay_s: float = 0.0, close: bool = False,
+                 hang_up_after: Optional[int] = None) -> None:
         super().__init__(("127.0.0.1", 0), _Raw)
-        self.answer, self.delay_s, self.close = answer, delay_s, close
-        self.opened = self.closed = 0
+        self.answer, self.delay_s, self.close, self.hang_up_after = answer, delay_s, close, hang_up_after
+        self.opened = self.closed = self.hung_up = 0
 
 
 def _load(port: int, requests: int, limit: int = 4, timeout_s: float = 5.0) -> LoadResult:
@@ -106,6 +111,23 @@ def test_an_answer_that_does_not_come_is_a_timeout_and_its_connection_is_not_reu
     # One at a time, each given up at 200 ms (the server would answer at 1 s), the later ones' wait counted.
     waited = sorted(load.latencies_ms)
     assert waited[0] < 900 and all(latency >= 190 * (index + 1) for index, latency in enumerate(waited))
+
+
+@pytest.mark.parametrize("limit", [1, 4])
+def test_a_request_on_a_reused_connection_the_server_closed_unanswered_is_sent_again(limit: int) -> None:
+    """The race a keep-alive timeout makes: the server closes an idle connection as the next request goes out on
+    it. The request never reached the model (nothing came back), so it is not the server's failure."""
+    with serving(_Server(OK, hang_up_after=1)) as server:
+        load = _load(server.server_address[1], 12, limit=limit)
+    assert load.statuses == {"200": 12} and len(load.latencies_ms) == 12
+    assert server.hung_up >= 1 and load.connections == server.opened
+
+
+def test_a_new_connection_closed_under_its_first_request_is_counted_not_sent_again() -> None:
+    """Sent again only on a reused connection: on a new one nothing suggests the request did not reach the model."""
+    with serving(_Server(OK, hang_up_after=0)) as server:
+        load = _load(server.server_address[1], 6, limit=1)
+    assert load.statuses == {"IncompleteReadError": 6} and load.connections == 6 == server.hung_up
 
 
 def test_a_refused_connection_is_counted_under_its_error(free_port: int) -> None:

@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
-from factory.errors import BuildError
 from factory.runtime import BENTO_TEMPLATES, PYCACHE, interpreter_environment, lock_pins, resolve_requirements
 
 sys.path.insert(0, str(BENTO_TEMPLATES))
