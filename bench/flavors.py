@@ -22,7 +22,7 @@ from factory.serve import served
 from factory.state import StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("flavor_sklearn_columns", "flavor_lightgbm", "flavor_xgboost", "flavor_tensor_pickle",
+MODELS = ("flavor_sklearn_columns", "flavor_lightgbm", "flavor_xgboost", "flavor_tensor_pickle", "flavor_onnx",
           "flavor_custom_pyfunc")
 
 

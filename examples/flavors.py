@@ -19,13 +19,14 @@ COLUMNS_MODEL = "flavor_sklearn_columns"     # ColumnTransformer selecting by na
 LIGHTGBM_MODEL = "flavor_lightgbm"           # lightgbm.Booster
 XGBOOST_MODEL = "flavor_xgboost"             # xgboost.XGBRegressor, sklearn API
 TENSOR_MODEL = "flavor_tensor_pickle"        # tensor signature, sklearn saved with pickle
+ONNX_MODEL = "flavor_onnx"                   # mlflow.onnx: a scikit-learn pipeline skl2onnx converted
 CUSTOM_MODEL = "flavor_custom_pyfunc"        # PythonModel needing a package the runtime lacks
 RAISING_MODEL = "planted_raises"             # PythonModel raising on one input class
 NAN_MODEL = "planted_nan"                    # PythonModel answering NaN for some valid inputs
 NO_START_MODEL = "planted_no_start"          # PythonModel whose load_context fails where it is served
 NESTED_MODEL = "flavor_nested_params"        # PythonModel with array, object and map columns and inference params
 RAISING_KIND = "BUS"                         # an input class RAISING_MODEL raises on: any unseen segment
-WORKING_MODELS = (COLUMNS_MODEL, LIGHTGBM_MODEL, XGBOOST_MODEL, TENSOR_MODEL, CUSTOM_MODEL, NESTED_MODEL)
+WORKING_MODELS = (COLUMNS_MODEL, LIGHTGBM_MODEL, XGBOOST_MODEL, TENSOR_MODEL, ONNX_MODEL, CUSTOM_MODEL, NESTED_MODEL)
 
 
 def _pins(*names: str) -> list[str]:
@@ -34,6 +35,7 @@ def _pins(*names: str) -> list[str]:
 
 NATIVE_REQUIREMENTS = _pins("scikit-learn", "cloudpickle", "lightgbm", "xgboost-cpu", "pandas")
 PYFUNC_REQUIREMENTS = _pins("mlflow", "cloudpickle", "pandas", "sortedcontainers")
+ONNX_REQUIREMENTS = _pins("onnx", "onnxruntime")
 
 
 def _frame(rng: np.random.Generator, n: int = 400) -> pd.DataFrame:
@@ -116,9 +118,13 @@ def _nested_model():
 def register_flavors(registry: Path) -> None:
     import lightgbm
     import mlflow
+    import mlflow.onnx
     import xgboost
     from mlflow.models import infer_signature
+    from skl2onnx import to_onnx
     from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     mlflow.set_tracking_uri(f"sqlite:///{registry.resolve() / 'mlflow.db'}")
     artifacts = (registry / "artifacts").resolve().as_uri()
@@ -146,6 +152,9 @@ def register_flavors(registry: Path) -> None:
     tensor = numeric.to_numpy()
     log(TENSOR_MODEL, mlflow.sklearn, LinearRegression().fit(tensor, target), infer_signature(tensor, target),
         NATIVE_REQUIREMENTS, serialization_format="pickle")
+    scaled = make_pipeline(StandardScaler(), LinearRegression()).fit(numeric, target)
+    log(ONNX_MODEL, mlflow.onnx, to_onnx(scaled, numeric.to_numpy()[:1]), infer_signature(numeric, target),
+        ONNX_REQUIREMENTS)
     for name, kind in ((CUSTOM_MODEL, "custom"), (RAISING_MODEL, "raises"), (NAN_MODEL, "nan"),
                        (NO_START_MODEL, "no_start")):
         log(name, mlflow.pyfunc, _python_model(kind), infer_signature(frame, target), PYFUNC_REQUIREMENTS)

@@ -137,6 +137,10 @@ class Builder:
             if pushed_here:
                 self.progress(f"{model.name}: its image {previous.image_ref} is gone from its registry; building it again")
             return self._with_image(model, previous, started, skipped=True)
+        if resolved.unsigned:
+            spec = resolved.signature["inputs"][0]
+            self.progress(f"{model.name}: no signature was logged; it takes its ONNX graph's input {spec['name']!r}, "
+                          f"a {spec['tensor-spec']['dtype']} tensor of shape {spec['tensor-spec']['shape']}")
         bento_model_tag = self._import(model, resolved)
         model_dir = bento_store.model_dir(bento_model_tag)
         recorded = self._recorded(model, resolved, model_dir)  # a refused line stops the build before any file

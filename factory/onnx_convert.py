@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from factory import guard
+from factory.registry import ONNX_MODEL
 
 # ai.onnx.ml 3 holds the tree operators every converter here emits; onnxruntime 1.32 runs both.
 OPSETS = {"": 17, "ai.onnx.ml": 3}
@@ -33,10 +34,27 @@ class Candidate:
     feeds: list  # [[ONNX input name, numpy dtype, [signature columns] or None for a tensor], ...]
     output: str  # the ONNX output answering the flavor's predict_fn
     guard: str = ""  # the ONNX output flagging rows the registry model refuses (sklearn's, a DMatrix's checks), if any
+    outputs: tuple = ()  # instead of `output`: every output, one {name: value} record per row (factory/onnx_graph.py)
+    flat: bool = False  # those outputs reshaped to one value per row
+    converted: bool = True  # False: the registry model's own graph
+
+    @property
+    def label(self) -> str:
+        """How the build output names it."""
+        return f"ONNX {self.precision}" if self.converted else "its own ONNX graph"
 
 
 def candidates(model: Any, flavor: dict, signature: dict) -> Iterator[Candidate | NotConvertible]:
-    """Per precision: a Candidate, or the NotConvertible saying why that precision has none."""
+    """Per precision: a Candidate, or the NotConvertible saying why that precision has none. An mlflow.onnx model
+    has one: its own graph."""
+    if flavor.get("model_class") == ONNX_MODEL:
+        from factory import onnx_graph  # it names this module's Candidate
+
+        try:
+            yield onnx_graph.candidate(model, signature)
+        except NotConvertible as exc:
+            yield NotConvertible(f"its own ONNX graph: {exc}")
+        return
     for precision in PRECISIONS:
         try:
             yield _convert(model, flavor, signature, precision)

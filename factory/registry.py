@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +25,7 @@ PYFUNC_PACKAGES = ("mlflow", "pandas")
 REGISTRY_DIR = "registry"
 SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")
 LIGHTGBM_BOOSTER = "lightgbm.basic.Booster"
+ONNX_MODEL = "onnx.ModelProto"  # an mlflow.onnx model's graph, which `factory build` may serve without MLflow
 _SERIALIZER_PACKAGES = {"skops": ["skops"], "cloudpickle": ["cloudpickle"], "pickle": []}
 
 
@@ -37,6 +39,7 @@ class ResolvedModel:
     model_uri: str
     signature: dict
     flavor: dict
+    unsigned: bool = False  # no signature was logged: `signature` is its ONNX graph's input (factory/onnx_graph.py)
 
     @property
     def fingerprint(self) -> str:
@@ -117,16 +120,43 @@ class Registry:
                 raise
             raise RegistryError(failure or f"{where}: the registry at {self.uri} failed: {exc.message}; check "
                                 "MLFLOW_TRACKING_URI and that the server is up") from exc
-        if info.signature is None or info.signature.inputs is None:
-            raise RegistryError(f"{where}: {model.registered_as} version {version} has no input signature; "
-                                "log it with `signature=infer_signature(X, y)` and register a new version")
-        signature = _signature(info.signature)
+        unsigned = info.signature is None or info.signature.inputs is None
+        signature = (self._graph_signature(model, version, info.flavors, where) if unsigned
+                     else _signature(info.signature))
         _answers_rows(info.flavors, f"{where}: {model.registered_as} version {version}")
         _servable(signature, f"{where}: {model.registered_as} version {version}")
         _pyfunc_loadable(info.flavors, f"{where}: {model.registered_as} version {version}")
         return ResolvedModel(registered_as=model.registered_as, version=version, run_id=info.run_id or "",
                              model_uri=f"models:/{model.registered_as}/{version}", signature=signature,
-                             flavor=_flavor(info.flavors, signature))
+                             flavor=_flavor(info.flavors, signature), unsigned=unsigned)
+
+    def _graph_signature(self, model: ModelSpec, version: int, flavors: dict, where: str) -> dict:
+        """A model logged without a signature has none to serve by, unless it is an mlflow.onnx model (which infers
+        none): its graph's one input then is its tensor signature (factory/onnx_graph.py)."""
+        from factory.onnx_graph import input_signature
+        from factory.onnx_convert import NotConvertible
+
+        what = f"{where}: {model.registered_as} version {version} has no input signature"
+        fix = "log it with `signature=infer_signature(X, y)` and register a new version"
+        graph = (flavors.get("onnx") or {}).get("data")
+        if flavors.get("python_function", {}).get("loader_module") != "mlflow.onnx" or not graph:
+            raise RegistryError(f"{what}; {fix}")
+        from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+        with tempfile.TemporaryDirectory(prefix="factory-graph-") as folder:
+            try:
+                path = ModelsArtifactRepository(f"models:/{model.registered_as}/{version}").download_artifacts(
+                    graph, folder)
+            except Exception as exc:  # MLflow's, or the artifact store's
+                raise RegistryError(f"{what}, and its ONNX graph {graph} did not download to read one from: "
+                                    f"{type(exc).__name__}: {str(exc)[:200]}; {fix}") from exc
+            try:
+                return input_signature(path)
+            except NotConvertible as exc:
+                raise RegistryError(f"{what}, and its ONNX graph gives none: {exc}; {fix}") from exc
+            except Exception as exc:  # onnx's own, on a file it cannot parse
+                raise RegistryError(f"{what}, and its ONNX graph {graph} does not load ({type(exc).__name__}: "
+                                    f"{str(exc)[:200]}); {fix}") from exc
 
     def _version(self, model: ModelSpec, where: str) -> int:
         from mlflow.exceptions import MlflowException
@@ -276,6 +306,11 @@ def _flavor(flavors: dict, signature: dict) -> dict:
         # The xgboost distribution (xgboost or xgboost-cpu) comes from the model's own requirements.
         return {**base, "loader": "xgboost", "model_file": xgb["data"],
                 "model_class": xgb.get("model_class", "xgboost.core.Booster"), "packages": []}
+    onnx = flavors.get("onnx", {})
+    if loader_module == "mlflow.onnx" and onnx.get("data"):
+        # MLflow's pyfunc serves it, unless its graph run as that pyfunc runs it is exact (factory/onnx_graph.py).
+        return {**base, "loader": "pyfunc", "model_file": onnx["data"], "model_class": ONNX_MODEL,
+                "packages": list(PYFUNC_PACKAGES)}
     return {**base, "loader": "pyfunc", "packages": list(PYFUNC_PACKAGES)}
 
 

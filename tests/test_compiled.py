@@ -241,7 +241,8 @@ def test_an_estimator_skl2onnx_does_not_support_serves_natively_and_says_why(tmp
 
 @pytest.mark.parametrize("loader, settings, cases, reason", [
     ("pyfunc", Compile(), [{"inputs": [], "outputs": []}],
-     "an mlflow.pyfunc model has no ONNX converter (only sklearn, LightGBM and XGBoost do)"),
+     "an mlflow.pyfunc model has no ONNX converter (only sklearn, LightGBM and XGBoost do, and an "
+     "mlflow.onnx model is one)"),
     ("skops", Compile(enabled=False), [{"inputs": [], "outputs": []}], "compile.enabled is false in models.yaml"),
     ("skops", Compile(), [], "no golden predictions to check a compiled form against"),
 ])

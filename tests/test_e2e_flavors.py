@@ -30,7 +30,7 @@ RANKS = [1.0, 2.5, 4.0, 8.0, 15.0]
 # distances, in double as LightGBM splits); these keep the native paths (sklearn on a DataFrame with pandas, on a
 # tensor; a LightGBM Booster) served and checked end to end.
 NATIVE_BY_CHOICE = (COLUMNS_MODEL, FLAVORS.TENSOR_MODEL, LIGHTGBM_NATIVE)
-COMPILED_MODELS = (FLAVORS.XGBOOST_MODEL, FLAVORS.LIGHTGBM_MODEL)
+COMPILED_MODELS = (FLAVORS.XGBOOST_MODEL, FLAVORS.LIGHTGBM_MODEL, FLAVORS.ONNX_MODEL)
 
 
 def _catalog(path: Path) -> Path:
@@ -51,7 +51,7 @@ def flavors(factory_env: FactoryEnv, tmp_path_factory: pytest.TempPathFactory) -
     built = factory_env.run("build", "-f", str(catalog), "--all", "--no-image", timeout=900)
     assert f"warning: {NAN_MODEL}: the registry's own model answered NaN" in built.stdout
     assert (f"{CUSTOM_MODEL}: serves pyfunc: an mlflow.pyfunc model has no ONNX converter (only sklearn, "
-            "LightGBM and XGBoost do)\n") in built.stdout
+            "LightGBM and XGBoost do, and an mlflow.onnx model is one)\n") in built.stdout
     return factory_env, catalog
 
 
@@ -87,11 +87,12 @@ def test_boosters_serve_compiled_and_the_rest_natively_saying_why(tested_all) ->
              for model in WORKING_MODELS}
     for model in COMPILED_MODELS:
         assert paths[model]["serving_path"] == "compiled", paths[model]["serving_reason"]
-        assert paths[model]["serving_reason"].startswith("ONNX float")
+        assert paths[model]["serving_reason"].startswith("its own ONNX graph" if model == FLAVORS.ONNX_MODEL
+                                                         else "ONNX float")
         resolved = json.loads((env.state / "builds" / model / "src" / "resolved.json").read_text())
         assert resolved["flavor"]["loader"] == "onnx"
         assert not [line for line in resolved["requirements"] if line.split("==")[0] in
-                    ("lightgbm", "xgboost-cpu", "scikit-learn", "pandas", "mlflow")]
+                    ("lightgbm", "xgboost-cpu", "scikit-learn", "pandas", "mlflow", "onnx")]
     for model in NATIVE_BY_CHOICE:
         assert (paths[model]["serving_path"], paths[model]["serving_reason"]) == (
             "native", "compile.enabled is false in models.yaml")

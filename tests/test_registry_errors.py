@@ -64,6 +64,58 @@ def test_model_without_signature_is_refused(factory_env: FactoryEnv, registry) -
                                  "signature; log it with `signature=infer_signature(X, y)` and register a new version")
 
 
+def _unsigned_onnx(name: str, graph) -> None:
+    import mlflow
+    import mlflow.onnx
+
+    with mlflow.start_run():
+        mlflow.onnx.log_model(graph, name="model", registered_model_name=name, pip_requirements=["onnxruntime"])
+
+
+def _graph(inputs: list, outputs: list):
+    from onnx import helper
+
+    nodes = [helper.make_node("Identity", [inputs[0].name], [outputs[0].name])]
+    return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_mlflow_onnx_model_logged_without_a_signature_is_served_by_its_graphs_input(factory_env: FactoryEnv,
+                                                                                      registry) -> None:
+    """mlflow.onnx infers no signature, even from an input example: the graph's one input is its tensor signature,
+    which `mlflow models serve` feeds an `inputs` array by."""
+    import mlflow
+    import numpy as np
+    from onnx import TensorProto, helper
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LinearRegression
+
+    mlflow.set_tracking_uri(factory_env.env["MLFLOW_TRACKING_URI"])
+    model = LinearRegression().fit(np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]], dtype=np.float32), [0.0, 1.0, 3.0])
+    _unsigned_onnx("unsigned_onnx", to_onnx(model, np.zeros((1, 2), dtype=np.float32)))
+    resolved = registry("{name: unsigned_onnx, version: 1, endpoint: u}")
+    assert resolved.signature == {"inputs": [{"type": "tensor", "name": "X", "tensor-spec": {
+        "dtype": "float32", "shape": [-1, 2]}}], "outputs": None}
+    assert (resolved.flavor["loader"], resolved.flavor["model_class"]) == ("pyfunc", "onnx.ModelProto")
+    values = helper.make_tensor_value_info
+    refused = {
+        "fixed_batch": (_graph([values("x", TensorProto.DOUBLE, [1, 3])], [values("y", TensorProto.DOUBLE, [1, 3])]),
+                        "its input 'x' takes a fixed batch of 1 row (shape [1, 3]) where a served batch holds any "
+                        "number (or export the graph with a dynamic first dimension)"),
+        "strings": (_graph([values("x", TensorProto.STRING, ["N", 1])], [values("y", TensorProto.STRING, ["N", 1])]),
+                    "its input 'x' is a STRING tensor, not a numeric one"),
+        "two_inputs": (_graph([values("a", TensorProto.FLOAT, ["N"]), values("b", TensorProto.FLOAT, ["N"])],
+                              [values("y", TensorProto.FLOAT, ["N"])]), "the graph takes 2 inputs (a, b)"),
+    }
+    for kind, (graph, why) in refused.items():
+        _unsigned_onnx(f"unsigned_onnx_{kind}", graph)
+        with pytest.raises(RegistryError) as caught:
+            registry(f"{{name: unsigned_onnx_{kind}, version: 1, endpoint: u}}")
+        assert str(caught.value) == (f"models.yaml:1: model 'unsigned_onnx_{kind}': unsigned_onnx_{kind} version 1 "
+                                     f"has no input signature, and its ONNX graph gives none: {why}; log it with "
+                                     "`signature=infer_signature(X, y)` and register a new version")
+
+
 def test_nested_columns_resolve_to_pyfunc_and_an_any_column_is_refused(factory_env: FactoryEnv, registry) -> None:
     import mlflow
     from mlflow.models import ModelSignature

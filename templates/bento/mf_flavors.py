@@ -1,8 +1,9 @@
 """Model-kind dispatch: load a registered MLflow model the leanest way its flavor allows.
 
-The compiled form comes first: `factory build` converts a model to ONNX where its flavor allows and
-keeps it only when it reproduces the registry model's golden predictions (`factory/compile.py`); it
-then runs on onnxruntime alone, with no sklearn, pandas or mlflow in the serving venv or the process.
+The compiled form comes first: `factory build` converts a model to ONNX where its flavor allows (an mlflow.onnx
+model's own graph needs no conversion) and keeps it only when it reproduces the registry model's golden predictions
+(`factory/compiled.py`); it then runs on onnxruntime alone, with no sklearn, pandas or mlflow in the serving venv or
+the process.
 Native loaders (sklearn from skops/pickle/cloudpickle, LightGBM, XGBoost) skip `import mlflow` and,
 for models fit on arrays, pandas (~110 MiB per process, FIELD_NOTES). Everything else, custom
 `PythonModel`s and models-from-code included, loads through `mlflow.pyfunc` inside the Bento.
@@ -73,6 +74,10 @@ def native_model(model_dir: Path, flavor: dict) -> Any:
         sys.path.insert(0, str(model_dir / flavor["code"]))
     if flavor["loader"] in SKLEARN_FORMATS:
         return _unpickle(path, flavor["loader"], flavor.get("trusted_types", []))
+    if flavor.get("model_class") == "onnx.ModelProto":  # an mlflow.onnx model: the graph is the model
+        import onnx
+
+        return onnx.load(str(path))
     if flavor["loader"] == "lightgbm":
         if flavor.get("model_class", "lightgbm.basic.Booster") == "lightgbm.basic.Booster":
             import lightgbm
@@ -130,13 +135,17 @@ def _onnx(flavor: dict) -> LoadedModel:
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path if path.is_absolute() else Path(__file__).parent / path),
                                            options, providers=["CPUExecutionProvider"])
-    outputs, flatten, guard = [flavor["output"]], flavor["flatten"], flavor.get("guard")
+    # "outputs": every output, one record per row, as an mlflow.onnx model's pyfunc answers (factory/onnx_graph.py)
+    records = "outputs" in flavor
+    outputs = flavor["outputs"] if records else [flavor["output"]]
+    flatten, guard = flavor["flatten"], flavor.get("guard")
 
     def predict(feeds: dict) -> Any:
         results = session.run(outputs + ([guard] if guard else []), feeds)
-        if guard and results[1].any():  # factory/guard.py: rows the registry model's sklearn raises on
+        if guard and results[-1].any():  # factory/guard.py: rows the registry model's sklearn raises on
             raise ValueError("Input X contains NaN, infinity or a value too large for the model's arithmetic, as "
                              "scikit-learn checks each step's input (the registry model raises on this row too)")
-        return results[0].reshape(-1) if flatten else results[0]
+        shaped = [result.reshape(-1) if flatten else result for result in results[:len(outputs)]]
+        return dict(zip(outputs, shaped)) if records else shaped[0]
 
     return LoadedModel(predict, "feeds", feeds=tuple(tuple(feed) for feed in flavor["feeds"]))
