@@ -10,6 +10,7 @@ mlflow, numpy and that module, reads a job as JSON on stdin and writes the answe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -35,6 +36,7 @@ def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs:
     step("load")
     import mlflow.pyfunc
 
+    _errors_only_from_onnxruntime(model_dir)
     try:
         model = mlflow.pyfunc.load_model(model_dir)
     except ImportError as exc:
@@ -68,6 +70,23 @@ def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs:
         except Exception as exc:  # the registry model's own failure, whatever its type
             found.append({"error": _summary(exc)})
     return found
+
+
+def _errors_only_from_onnxruntime(model_dir: str) -> None:
+    """An mlflow.onnx graph declaring a fixed output shape (onnxmltools' LightGBM label: [1]) has onnxruntime warn on
+    every run, 13 lines in the build of one model; the session MLflow opens takes the process's default severity.
+    And mlflow.onnx logs CUDA first among a model's providers by default, so its every load on a CPU warns that
+    CUDA is missing: these answers are computed on the CPU, as the compiled form's are."""
+    from mlflow.models import Model
+
+    if "onnx" not in Model.load(model_dir).flavors:
+        return
+    logging.getLogger("mlflow.onnx").setLevel(logging.ERROR)
+    try:
+        import onnxruntime
+    except ImportError:  # the load that follows fails, saying so
+        return
+    onnxruntime.set_default_logger_severity(3)
 
 
 def _missing_here(exc: ImportError, here: bool) -> None:

@@ -127,3 +127,33 @@ def test_an_mlflow_onnx_graph_of_several_inputs_stays_on_the_pyfunc_saying_why(t
     assert (decision.path, decision.reason) == (
         "native", "no exact compiled form: its own ONNX graph: the graph takes 2 inputs (a, b): MLflow's pyfunc feeds "
                   "each one column's values, so it serves them")
+
+
+def test_a_graph_declaring_a_fixed_output_shape_builds_and_serves_without_a_warning_per_run(tmp_path: Path,
+                                                                                            capfd) -> None:
+    """onnxmltools' LightGBM classifier declares its label [1]: onnxruntime warned on every run at its default
+    severity (a line per request in the pod's log), and MLflow's provider list (CUDA first) at every load."""
+    import onnxruntime
+    import pandas as pd
+    from onnx import TensorProto, helper
+
+    graph = helper.make_model(helper.make_graph(
+        [helper.make_node("Mul", ["X", "X"], ["squared"])], "square",
+        [helper.make_tensor_value_info("X", TensorProto.DOUBLE, ["N", 2])],
+        [helper.make_tensor_value_info("squared", TensorProto.DOUBLE, [1, 2])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    example = pd.DataFrame({"a": [1.0, 2.0, 3.5], "b": [0.5, 0.25, 4.0]}).to_numpy()
+    folder, signature, flavor = _saved(tmp_path, graph, example, example ** 2, signed=False)
+    native = {key: value for key, value in flavor.items() if key != "packages"}
+    answer = golden.answerer(folder, signature["inputs"])
+    decision = decide(lambda: bento_module("mf_flavors").native_model(folder, native), native, signature,
+                      golden_cases(answer, signature), Compile(), tmp_path / COMPILED_FILE, answer,
+                      probes.example_rows(folder, signature))
+    assert decision.compiled, decision.reason
+    built = capfd.readouterr()
+    assert "VerifyOutputSizes" not in built.err + built.out and "CUDAExecutionProvider" not in built.err
+    onnxruntime.set_default_logger_severity(2)  # the pod's: the build's answers set the process's to errors only
+    rows = [[float(value), float(value) / 2] for value in range(16)]
+    assert served_rows(decision.flavor, tmp_path / COMPILED_FILE, rows, signature)[3] == {"squared": [9.0, 2.25]}
+    served = capfd.readouterr()
+    assert "VerifyOutputSizes" not in served.err + served.out

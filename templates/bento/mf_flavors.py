@@ -133,6 +133,9 @@ def _onnx(flavor: dict) -> LoadedModel:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    # Errors only: a graph declaring a fixed output shape (onnxmltools' LightGBM label: [1]) has onnxruntime warn on
+    # every run, a line in the pod's log per request.
+    options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path if path.is_absolute() else Path(__file__).parent / path),
                                            options, providers=["CPUExecutionProvider"])
     # "outputs": every output, one record per row, as an mlflow.onnx model's pyfunc answers (factory/onnx_graph.py)
