@@ -23,8 +23,8 @@ from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
 from factory.loader import load_catalog, select_models
-from factory.model_env import foreign_versions, loadable_bytecode, recorded_requirements
-from factory.registry import PYFUNC_PACKAGES, Registry, ResolvedModel, registry_uris
+from factory.model_env import foreign_versions, graph_runtimes_only, loadable_bytecode, recorded_requirements
+from factory.registry import ONNX_MODEL, PYFUNC_PACKAGES, Registry, ResolvedModel, registry_uris
 from factory.render import RUNTIME_DIR, render_catalog
 from factory.runtime import bento_module, resolve_requirements, runtime_python
 from factory.settings import Settings
@@ -231,15 +231,19 @@ class Builder:
         packages = list(flavor.pop("packages"))
         native = bento_module("mf_flavors").native_model
         foreign = foreign_versions(recorded)
-        if foreign:  # neither converted nor probed under the factory's versions (factory/model_env.py)
-            decision = compiled.Decision("native", f"logged with {', '.join(foreign)}: served in its own versions, "
-                                                   "not converted under the factory's", {})
+        graph = flavor.get("model_class") == ONNX_MODEL and graph_runtimes_only(recorded)
+        if foreign and not graph:  # neither converted nor probed under the factory's versions (factory/model_env.py)
+            decision = compiled.Decision("pyfunc" if flavor["loader"] == "pyfunc" else "native",
+                                         f"logged with {', '.join(foreign)}: served in its own versions, not "
+                                         "converted under the factory's", {})
             if flavor["loader"] != "pyfunc":
                 packages.append("pandas")  # the pod picks frame or array when it loads the model
             return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
+        # A graph logged under another onnxruntime: its golden rows, answered in the model's own versions, are the
+        # check; this process's answers come from the factory's onnxruntime, which the candidate runs on too.
+        answer = None if foreign else golden.answerer(model_dir, resolved.signature["inputs"])
         decision = compiled.decide(lambda: native(model_dir, flavor), flavor, resolved.signature, cases,
-                                  model.compile, source / compiled.COMPILED_FILE,
-                                  golden.answerer(model_dir, resolved.signature["inputs"]),
+                                  model.compile, source / compiled.COMPILED_FILE, answer,
                                   probes.example_rows(model_dir, resolved.signature))
         if decision.compiled:
             requirements = resolve_requirements([], compiled.COMPILED_PACKAGES, model.serving.packages, True,

@@ -16,6 +16,7 @@ import importlib.metadata
 import pickletools
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 from packaging.requirements import Requirement
@@ -26,6 +27,9 @@ from factory.modelreqs import model_requirements
 
 # The factory reads MLmodel files of any MLflow; which MLflow logged a model never changes its answers.
 NOT_COMPARED = frozenset({"mlflow", "mlflow-skinny"})
+# What an mlflow.onnx model needs to answer: its graph, then the runtime. Logged in other versions of these alone,
+# its graph may still serve compiled, on the factory's onnxruntime (factory/build.py).
+GRAPH_RUNTIMES = frozenset({"onnx", "onnxruntime", "onnxruntime-gpu"})
 
 
 def recorded_requirements(model_dir: Path, where: str) -> list[Requirement]:
@@ -44,7 +48,15 @@ def recorded_requirements(model_dir: Path, where: str) -> list[Requirement]:
 def foreign_versions(recorded: list[Requirement]) -> list[str]:
     """The model's requirements the factory's own process does not satisfy, each as `pin (the factory has X)`;
     a package the factory lacks altogether is no mismatch here (loading it fails loudly instead)."""
-    found = []
+    return [f"{requirement} (the factory has {installed})" for requirement, installed in _foreign(recorded)]
+
+
+def graph_runtimes_only(recorded: list[Requirement]) -> bool:
+    """Whether every requirement the factory does not satisfy is onnx's or onnxruntime's (GRAPH_RUNTIMES)."""
+    return all(canonicalize_name(requirement.name) in GRAPH_RUNTIMES for requirement, _ in _foreign(recorded))
+
+
+def _foreign(recorded: list[Requirement]) -> Iterator[tuple[Requirement, str]]:
     for requirement in recorded:
         name = canonicalize_name(requirement.name)
         if name in NOT_COMPARED or (requirement.marker is not None and not requirement.marker.evaluate()):
@@ -54,8 +66,7 @@ def foreign_versions(recorded: list[Requirement]) -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             continue
         if not requirement.specifier.contains(installed, prereleases=True):
-            found.append(f"{requirement} (the factory has {installed})")
-    return found
+            yield requirement, installed
 
 
 def loadable_bytecode(model_dir: Path, where: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from factory.errors import BuildError, RegistryError
-from factory.model_env import foreign_versions, loadable_bytecode, recorded_requirements
+from factory.model_env import foreign_versions, graph_runtimes_only, loadable_bytecode, recorded_requirements
 from factory.registry import _pyfunc_loadable
 from factory.runtime import lock_pins, own_versions, resolve_requirements, venv_constraints
 
@@ -93,6 +93,16 @@ def test_a_refused_conda_pip_entry_names_the_file_and_entry(saved: Path, tmp_pat
 ])
 def test_foreign_versions_are_the_model_pins_the_factory_does_not_have(recorded, foreign) -> None:
     assert foreign_versions([Requirement(line) for line in recorded]) == foreign
+
+
+@pytest.mark.parametrize("recorded, only", [
+    (["onnx==1.23.1", "onnxruntime==1.30.0", "mlflow==2.9.2"], True),  # mlflow.onnx's own, from another machine
+    (["onnxruntime-gpu==1.30.0"], True),
+    (["onnxruntime==1.30.0", "numpy==1.26.4"], False),  # numpy's arithmetic may answer otherwise
+    ([f"onnxruntime=={importlib.metadata.version('onnxruntime')}"], True),  # nothing foreign at all
+])
+def test_an_onnx_graph_logged_under_other_onnx_runtimes_alone_may_compile(recorded: list[str], only: bool) -> None:
+    assert graph_runtimes_only([Requirement(line) for line in recorded]) == only
 
 
 def test_a_model_of_older_versions_is_served_in_them() -> None:
