@@ -54,6 +54,8 @@ def candidates(model: Any, flavor: dict, signature: dict) -> Iterator[Candidate 
             yield onnx_graph.candidate(model, signature)
         except NotConvertible as exc:
             yield NotConvertible(f"its own ONNX graph: {exc}")
+        except Exception as exc:  # protobuf's, on a graph it cannot serialize (over 2 GB)
+            yield NotConvertible(f"its own ONNX graph: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
         return
     for precision in PRECISIONS:
         try:
