@@ -231,8 +231,8 @@ class Builder:
         packages = list(flavor.pop("packages"))
         native = bento_module("mf_flavors").native_model
         foreign = foreign_versions(recorded)
-        graph = flavor.get("model_class") == ONNX_MODEL and graph_runtimes_only(recorded)
-        if foreign and not graph:  # neither converted nor probed under the factory's versions (factory/model_env.py)
+        runtimes_only = flavor.get("model_class") == ONNX_MODEL and graph_runtimes_only(recorded)
+        if foreign and not runtimes_only:  # neither converted nor probed under the factory's versions (factory/model_env.py)
             decision = compiled.Decision("pyfunc" if flavor["loader"] == "pyfunc" else "native",
                                          f"logged with {', '.join(foreign)}: served in its own versions, not "
                                          "converted under the factory's", {})
