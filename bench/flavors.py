@@ -23,7 +23,7 @@ from factory.state import StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("flavor_sklearn_columns", "flavor_lightgbm", "flavor_xgboost", "flavor_tensor_pickle", "flavor_onnx",
-          "flavor_custom_pyfunc")
+          "flavor_onnx_classifier", "flavor_custom_pyfunc")
 
 
 def prepare(work: Path) -> Path:

@@ -20,13 +20,15 @@ LIGHTGBM_MODEL = "flavor_lightgbm"           # lightgbm.Booster
 XGBOOST_MODEL = "flavor_xgboost"             # xgboost.XGBRegressor, sklearn API
 TENSOR_MODEL = "flavor_tensor_pickle"        # tensor signature, sklearn saved with pickle
 ONNX_MODEL = "flavor_onnx"                   # mlflow.onnx: a scikit-learn pipeline skl2onnx converted
+ONNX_CLASSIFIER_MODEL = "flavor_onnx_classifier"  # mlflow.onnx: a forest skl2onnx converted, with its ZipMap
 CUSTOM_MODEL = "flavor_custom_pyfunc"        # PythonModel needing a package the runtime lacks
 RAISING_MODEL = "planted_raises"             # PythonModel raising on one input class
 NAN_MODEL = "planted_nan"                    # PythonModel answering NaN for some valid inputs
 NO_START_MODEL = "planted_no_start"          # PythonModel whose load_context fails where it is served
 NESTED_MODEL = "flavor_nested_params"        # PythonModel with array, object and map columns and inference params
 RAISING_KIND = "BUS"                         # an input class RAISING_MODEL raises on: any unseen segment
-WORKING_MODELS = (COLUMNS_MODEL, LIGHTGBM_MODEL, XGBOOST_MODEL, TENSOR_MODEL, ONNX_MODEL, CUSTOM_MODEL, NESTED_MODEL)
+WORKING_MODELS = (COLUMNS_MODEL, LIGHTGBM_MODEL, XGBOOST_MODEL, TENSOR_MODEL, ONNX_MODEL, ONNX_CLASSIFIER_MODEL,
+                  CUSTOM_MODEL, NESTED_MODEL)
 
 
 def _pins(*names: str) -> list[str]:
@@ -122,6 +124,7 @@ def register_flavors(registry: Path) -> None:
     import xgboost
     from mlflow.models import infer_signature
     from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LinearRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -155,6 +158,12 @@ def register_flavors(registry: Path) -> None:
     scaled = make_pipeline(StandardScaler(), LinearRegression()).fit(numeric, target)
     log(ONNX_MODEL, mlflow.onnx, to_onnx(scaled, numeric.to_numpy()[:1]), infer_signature(numeric, target),
         ONNX_REQUIREMENTS)
+    # skl2onnx's default output for a classifier: a ZipMap's {class: probability} per row, the float32 graph fed the
+    # signature's double columns (MLflow's pyfunc casts them)
+    trip = np.array(["short", "medium", "long"])[np.digitize(frame["distance km"], [4.0, 9.0])]
+    forest = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(numeric.to_numpy(), trip)
+    log(ONNX_CLASSIFIER_MODEL, mlflow.onnx, to_onnx(forest, numeric.to_numpy()[:1].astype(np.float32)),
+        infer_signature(numeric, forest.predict_proba(numeric.to_numpy())), ONNX_REQUIREMENTS)
     for name, kind in ((CUSTOM_MODEL, "custom"), (RAISING_MODEL, "raises"), (NAN_MODEL, "nan"),
                        (NO_START_MODEL, "no_start")):
         log(name, mlflow.pyfunc, _python_model(kind), infer_signature(frame, target), PYFUNC_REQUIREMENTS)

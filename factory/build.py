@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional
 
 from packaging.requirements import Requirement
 
-from factory import atomic, bento_store, categorical, compiled, dockerapi, golden, probes
+from factory import atomic, bento_store, categorical, compiled, dockerapi, golden, onnx_graph, probes
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import BuildError, FactoryError, StateError
 from factory.images import ImageStep
@@ -143,6 +143,8 @@ class Builder:
                           f"a {spec['tensor-spec']['dtype']} tensor of shape {spec['tensor-spec']['shape']}")
         bento_model_tag = self._import(model, resolved)
         model_dir = bento_store.model_dir(bento_model_tag)
+        if resolved.flavor.get("model_class") == ONNX_MODEL:  # before anything runs it
+            onnx_graph.single_threaded(model_dir)
         recorded = self._recorded(model, resolved, model_dir)  # a refused line stops the build before any file
         resolved = self._categorized(model, resolved, model_dir, recorded)  # before golden requests are drawn
         # One build's files (golden, source, resolved signature, Bento export, record) land together: a failure

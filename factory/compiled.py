@@ -99,8 +99,9 @@ def compiled_flavor(candidate: Candidate, loader: str, answer: Any) -> dict:
     """resolved.json's flavor for `candidate` (its ONNX file COMPILED_FILE beside the service), converted from a model
     of `loader` whose registry form answers a row with `answer`."""
     # The registry model answers one value per row (a regression, a class): ONNX gives [rows, 1].
-    answers = ({"outputs": list(candidate.outputs), "flatten": candidate.flat} if candidate.outputs
-               else {"output": candidate.output, "flatten": not isinstance(answer, list)})
+    answers = ({"outputs": list(candidate.outputs), "flatten": candidate.flat,
+                **({"maps": {name: labels for name, labels in candidate.maps}} if candidate.maps else {})}
+               if candidate.outputs else {"output": candidate.output, "flatten": not isinstance(answer, list)})
     return {"loader": "onnx", "model_file": COMPILED_FILE, "compiled_from": loader, "precision": candidate.precision,
             "feeds": candidate.feeds, **answers, **({"guard": candidate.guard} if candidate.guard else {})}
 

@@ -37,6 +37,7 @@ class Candidate:
     outputs: tuple = ()  # instead of `output`: every output, one {name: value} record per row (factory/onnx_graph.py)
     flat: bool = False  # those outputs reshaped to one value per row
     converted: bool = True  # False: the registry model's own graph
+    maps: tuple = ()  # (output, class labels) per output answered as one {label: probability} map per row
 
     @property
     def label(self) -> str:

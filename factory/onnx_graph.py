@@ -8,9 +8,19 @@ mlflow/onnx/__init__.py (`_OnnxModelWrapper.predict`), for a graph of one input:
   signature's array as it is, cast from float64 to float32 where the input is a float tensor;
 - runs every output, and answers a frame of them for a column signature, each output reshaped to one value per row
   (a frame cannot hold outputs of other lengths: it raises), or a dict of the arrays for a tensor signature.
+A classifier's ZipMap output (skl2onnx's default: a sequence of one {class: probability} map per row, which the pyfunc
+answers as it is) is served from the probabilities it maps: the ZipMap becomes an Identity, and the pod builds the
+same maps from the rows of that tensor and the class labels kept in the flavor (`maps`), Python ints or strings
+mapped to Python floats, as onnxruntime builds them.
 Models this module does not take stay on the pyfunc, saying why: a graph of several inputs (the pyfunc feeds each a
-column's 1-D values, which a converter's [rows, 1] inputs refuse), and outputs that are not tensors (a ZipMap's
-sequence of maps).
+column's 1-D values, which a converter's [rows, 1] inputs refuse), and other outputs that are not tensors.
+
+MLflow's pyfunc opens its session with onnxruntime's default of a thread per core, and a tree ensemble's sums then
+depend on the batch a row comes in (of 2,000 rows a 20-tree forest answered alone, 1,124 were answered 1 ulp otherwise
+in batches of 64 on 2 cores, none on one thread), so a tie of probabilities (0.5 against 0.5) came out a different
+class in the pod than in golden.json, and on a node of 32 cores each pod would run 32 threads on its fraction of one.
+`single_threaded` has the pyfunc open it on one thread (`onnx_session_options` in the model's MLmodel, unless the model
+sets its own), as the compiled form runs: the golden answers, the pod and the compiled form then answer a row alike.
 
 mlflow.onnx logs no signature unless given one (it infers none, even from an input example), and `mlflow models
 serve` then feeds the graph whatever array a request holds. Such a model is served by its graph's one input, as the
@@ -19,8 +29,11 @@ tensor signature `input_signature` reads from it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from factory import atomic
+from factory.guard import OPSET
 from factory.onnx_convert import Candidate, NotConvertible
 
 # ONNX TensorProto element types the served feeds hold (mf_inputs.feeds: a numpy array of this dtype).
@@ -52,6 +65,20 @@ def input_signature(path: str) -> dict:
             "outputs": None}
 
 
+def single_threaded(model_dir: Path) -> None:
+    """Have MLflow's pyfunc run the mlflow.onnx model in `model_dir` on one intra-op thread, unless its MLmodel names
+    a thread count of its own."""
+    import yaml
+
+    path = model_dir / "MLmodel"
+    meta = yaml.safe_load(path.read_text())
+    options = meta["flavors"]["onnx"].get("onnx_session_options") or {}
+    if options.get("intra_op_num_threads"):
+        return
+    meta["flavors"]["onnx"]["onnx_session_options"] = {**options, "intra_op_num_threads": 1}
+    atomic.write_file(path, yaml.safe_dump(meta, sort_keys=False), "point BENTOML_HOME at a writable disk")
+
+
 def candidate(model: Any, signature: dict) -> Candidate:
     """The graph of `model` (an onnx.ModelProto) fed and answered as MLflow's pyfunc feeds and answers it."""
     graph_input = _only_input(model, ": MLflow's pyfunc feeds each one column's values, so it serves them")
@@ -59,17 +86,43 @@ def candidate(model: Any, signature: dict) -> Candidate:
     if dtype is None:
         raise NotConvertible(f"input {graph_input.name!r} is {_described(graph_input)}, which no request feeds "
                              "here")
-    outputs = []
-    for graph_output in model.graph.output:
-        if not graph_output.type.HasField("tensor_type"):
-            raise NotConvertible(f"output {graph_output.name!r} is {_described(graph_output)}, not a tensor (convert "
-                                 "classifiers with skl2onnx's zipmap=False)")
-        outputs.append(graph_output.name)
+    served, maps = _without_zipmaps(model)
     tensor = bool(signature["inputs"]) and signature["inputs"][0].get("type") == "tensor"
     columns = None if tensor else [spec.get("name", f"c{index}") for index, spec in enumerate(signature["inputs"])]
     precision = "float32" if dtype == "float32" else "float64"
-    return Candidate(precision, model.SerializeToString(), [[graph_input.name, dtype, columns]], "",
-                     outputs=tuple(outputs), flat=not tensor, converted=False)
+    return Candidate(precision, served.SerializeToString(), [[graph_input.name, dtype, columns]], "",
+                     outputs=tuple(output.name for output in model.graph.output), flat=not tensor, converted=False,
+                     maps=maps)
+
+
+def _without_zipmaps(model: Any) -> tuple[Any, tuple]:
+    """A copy of the graph answering each ZipMap output as the probabilities it maps, and (output, class labels) per
+    such output. NotConvertible names an output that is neither a tensor nor a ZipMap's."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    served = onnx.ModelProto()
+    served.CopyFrom(model)
+    producers = {name: node for node in served.graph.node for name in node.output}
+    maps = []
+    for graph_output in served.graph.output:
+        if graph_output.type.HasField("tensor_type"):
+            continue
+        node = producers.get(graph_output.name)
+        if node is None or (node.op_type, node.domain) != ("ZipMap", "ai.onnx.ml"):
+            raise NotConvertible(f"output {graph_output.name!r} is {_described(graph_output)}, neither a tensor nor "
+                                 "a ZipMap's maps")
+        attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+        labels = (list(attributes["classlabels_int64s"]) if "classlabels_int64s" in attributes
+                  else [label.decode() for label in attributes.get("classlabels_strings", [])])
+        maps.append((graph_output.name, labels))
+        node.op_type, node.domain = "Identity", ""
+        del node.attribute[:]
+        # ZipMap takes float probabilities only; the rank is left unstated, as ZipMap's [rows, classes] or [classes]
+        graph_output.CopyFrom(helper.make_tensor_value_info(graph_output.name, TensorProto.FLOAT, None))
+    if maps and not any(opset.domain in ("", "ai.onnx") for opset in served.opset_import):
+        served.opset_import.append(helper.make_opsetid("", OPSET))
+    return served, tuple(maps)
 
 
 def _only_input(model: Any, otherwise: str) -> Any:

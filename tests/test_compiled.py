@@ -48,6 +48,10 @@ MIXED = {"inputs": [*DOUBLES["inputs"], {"type": "string", "name": "segment", "r
     ([1.0, 2.0], [1.0], 1e-6, 0.0, False, math.inf),
     ([{"p": 1.0, "class": 2}], [{"p": 1.0 + 1e-7, "class": 2}], 1e-6, 0.0, True, 1e-7),  # objects, key by key
     ([{"p": 1.0}], [{"q": 1.0}], 1e-6, 0.0, False, math.inf),
+    # a ZipMap's classes answered here, and read back from JSON (a model answered in its own venv): one answer
+    ([{0: 0.25, 1: 0.75}], [{"0": 0.25, "1": 0.75 + 1e-7}], 1e-6, 0.0, True, 1e-7 / 0.75),
+    ([{True: 1.0}], [{"true": 1.0}], 1e-6, 0.0, True, 0.0),
+    ([{0: 0.25, 1: 0.75}], [{"0": 0.25, "2": 0.75}], 1e-6, 0.0, False, math.inf),
     ([True], [1], 1e-6, 0.0, False, math.inf),
 ])
 def test_exactness_table(expected, actual, rtol, atol, agrees, error) -> None:

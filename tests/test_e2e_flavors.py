@@ -30,7 +30,8 @@ RANKS = [1.0, 2.5, 4.0, 8.0, 15.0]
 # distances, in double as LightGBM splits); these keep the native paths (sklearn on a DataFrame with pandas, on a
 # tensor; a LightGBM Booster) served and checked end to end.
 NATIVE_BY_CHOICE = (COLUMNS_MODEL, FLAVORS.TENSOR_MODEL, LIGHTGBM_NATIVE)
-COMPILED_MODELS = (FLAVORS.XGBOOST_MODEL, FLAVORS.LIGHTGBM_MODEL, FLAVORS.ONNX_MODEL)
+ONNX_MODELS = (FLAVORS.ONNX_MODEL, FLAVORS.ONNX_CLASSIFIER_MODEL)
+COMPILED_MODELS = (FLAVORS.XGBOOST_MODEL, FLAVORS.LIGHTGBM_MODEL, *ONNX_MODELS)
 
 
 def _catalog(path: Path) -> Path:
@@ -87,12 +88,15 @@ def test_boosters_serve_compiled_and_the_rest_natively_saying_why(tested_all) ->
              for model in WORKING_MODELS}
     for model in COMPILED_MODELS:
         assert paths[model]["serving_path"] == "compiled", paths[model]["serving_reason"]
-        assert paths[model]["serving_reason"].startswith("its own ONNX graph" if model == FLAVORS.ONNX_MODEL
+        assert paths[model]["serving_reason"].startswith("its own ONNX graph" if model in ONNX_MODELS
                                                          else "ONNX float")
         resolved = json.loads((env.state / "builds" / model / "src" / "resolved.json").read_text())
         assert resolved["flavor"]["loader"] == "onnx"
         assert not [line for line in resolved["requirements"] if line.split("==")[0] in
                     ("lightgbm", "xgboost-cpu", "scikit-learn", "pandas", "mlflow", "onnx")]
+    for model in ONNX_MODELS:  # MLflow's pyfunc answered golden.json on one thread, as the graph is served
+        stored = env.state / "bentoml" / "models" / model / paths[model]["bento_model_tag"].split(":")[1]
+        assert "intra_op_num_threads: 1" in (stored / "mlflow_model" / "MLmodel").read_text()
     for model in NATIVE_BY_CHOICE:
         assert (paths[model]["serving_path"], paths[model]["serving_reason"]) == (
             "native", "compile.enabled is false in models.yaml")

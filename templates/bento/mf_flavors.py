@@ -141,14 +141,20 @@ def _onnx(flavor: dict) -> LoadedModel:
     # "outputs": every output, one record per row, as an mlflow.onnx model's pyfunc answers (factory/onnx_graph.py)
     records = "outputs" in flavor
     outputs = flavor["outputs"] if records else [flavor["output"]]
-    flatten, guard = flavor["flatten"], flavor.get("guard")
+    flatten, guard, maps = flavor["flatten"], flavor.get("guard"), flavor.get("maps", {})
 
     def predict(feeds: dict) -> Any:
         results = session.run(outputs + ([guard] if guard else []), feeds)
         if guard and results[-1].any():  # factory/guard.py: rows the registry model's sklearn raises on
             raise ValueError("Input X contains NaN, infinity or a value too large for the model's arithmetic, as "
                              "scikit-learn checks each step's input (the registry model raises on this row too)")
-        shaped = [result.reshape(-1) if flatten else result for result in results[:len(outputs)]]
+        shaped = [_mapped(result, maps[name]) if name in maps else result.reshape(-1) if flatten else result
+                  for name, result in zip(outputs, results)]
         return dict(zip(outputs, shaped)) if records else shaped[0]
 
     return LoadedModel(predict, "feeds", feeds=tuple(tuple(feed) for feed in flavor["feeds"]))
+
+
+def _mapped(probabilities: Any, labels: list) -> list:
+    """What the ZipMap the graph had answered (factory/onnx_graph.py): one {label: probability} map per row."""
+    return [dict(zip(labels, row)) for row in probabilities.tolist()]
