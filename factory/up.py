@@ -9,7 +9,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from factory import manifests
 from factory.bento_store import ensure_in_store
@@ -156,9 +156,16 @@ def example_commands(catalog: Catalog, proxy_url: str, state: StateDir) -> list[
 
 
 def _example_body(state: StateDir, model: str) -> dict:
-    golden = state.golden(model)
-    rows = [row for case in golden for row in case["inputs"] if None not in row.values()]
-    return {"inputs": [min(rows, key=lambda row: len(json.dumps(row)))]}
+    """The shortest golden row, one with every value present where there is one: a row of columns (an object, or a
+    list or the value itself for unnamed columns) or a tensor's row (a list), as the model's golden.json holds it."""
+    rows = [row for case in state.golden(model) for row in case["inputs"]]
+    complete = [row for row in rows if not _missing_value(row)]
+    return {"inputs": [min(complete or rows, key=lambda row: len(json.dumps(row)))] if rows else []}
+
+
+def _missing_value(row: Any) -> bool:
+    values = row.values() if isinstance(row, dict) else row if isinstance(row, list) else [row]
+    return any(value is None for value in values)
 
 
 def _curl(url: str, body: dict, headers: list[str] | None = None) -> str:
