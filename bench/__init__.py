@@ -16,3 +16,17 @@ def use_example_registry() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(Path(__file__).resolve().parent.parent)
     except RegistryError as exc:
         sys.exit(str(exc))
+
+
+def load_arguments(doc: str, work: str, repeats: int):
+    """The options of a bench that serves models of its own registry under wrk: --seconds, --connections,
+    --repeats and --work (its registry and state, factory-state/`work` by default, reused by the next run)."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent.parent / "factory-state" / work)
+    return parser.parse_args()

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import load_arguments
 from bench.serving import Measured, measure, mlflow_served
 from factory.runtime import bento_python
 from factory.serve import served
@@ -55,12 +56,7 @@ def bench_model(model: str, state: StateDir, args: argparse.Namespace, logs: Pat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=ROOT / "factory-state" / "bench-flavors")
-    args = parser.parse_args()
+    args = load_arguments(__doc__, "bench-flavors", 2)
     prepare(args.work.resolve())
     state = StateDir.from_env().activate()
     logs = Path(tempfile.mkdtemp(prefix="bench-flavors-"))

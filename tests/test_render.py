@@ -221,10 +221,14 @@ def test_native_thread_pools_are_sized_from_the_cpu_budget_before_any_library_lo
         service = files[f"models/{name}/service.py"]
         prelude = service[:service.index("from typing import")]
         assert f'os.environ.setdefault(_threads, "{threads}")' in prelude and "import bentoml" not in prelude
-    # 3 threads, which no 2-core CI machine would start by itself.
-    probe = (files["models/m_three/service.py"].split("from typing import")[0]
-             + "import sklearn.utils._openmp_helpers, threadpoolctl\n"
-             "print([pool['num_threads'] for pool in threadpoolctl.threadpool_info() if pool['user_api'] == 'openmp'])\n")
-    environment = {key: value for key, value in os.environ.items() if not key.endswith("_NUM_THREADS")}
-    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=environment, check=True)
-    assert ran.stdout.strip() == "[3]"
+    # 3 threads, which no 2-core CI machine would start by itself; joblib's n_jobs=-1 as many workers, at most one per
+    # core (LOKY_MAX_CPU_COUNT only lowers its count): 1 at 500m, where a 2-core machine would give 2.
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.endswith("_NUM_THREADS") and key != "LOKY_MAX_CPU_COUNT"}
+    for name, pools in (("m_three", f"[3] {min(3, os.cpu_count())}"), ("m_half", "[1] 1")):
+        probe = (files[f"models/{name}/service.py"].split("from typing import")[0]
+                 + "import joblib, sklearn.utils._openmp_helpers, threadpoolctl\n"
+                 "print([pool['num_threads'] for pool in threadpoolctl.threadpool_info()"
+                 " if pool['user_api'] == 'openmp'], joblib.effective_n_jobs(-1))\n")
+        ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=environment, check=True)
+        assert ran.stdout.strip() == pools
