@@ -30,3 +30,16 @@ def load_arguments(doc: str, work: str, repeats: int):
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent.parent / "factory-state" / work)
     return parser.parse_args()
+
+
+def use_work_dir(work, register) -> None:
+    """Point MLflow, the factory's state and BentoML's stores into `work` (work/registry, work/state); `register`
+    fills work/registry on the first run only, and later runs reuse it."""
+    import os
+
+    registry = work / "registry"
+    os.environ.update({"MLFLOW_TRACKING_URI": f"sqlite:///{registry / 'mlflow.db'}",
+                       "FACTORY_STATE": str(work / "state"), "BENTOML_HOME": str(work / "state" / "bentoml")})
+    if not (registry / "mlflow.db").is_file():
+        registry.mkdir(parents=True, exist_ok=True)
+        register(registry)

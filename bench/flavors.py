@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import load_arguments
+from bench import load_arguments, use_work_dir
 from bench.serving import Measured, measure, mlflow_served
 from factory.runtime import bento_python
 from factory.serve import served
@@ -29,13 +28,8 @@ MODELS = ("flavor_sklearn_columns", "flavor_lightgbm", "flavor_xgboost", "flavor
 
 def prepare(work: Path) -> Path:
     """The flavor registry and a catalog of its working models, built (both reused on the next run)."""
-    registry = work / "registry"
-    os.environ.update({"MLFLOW_TRACKING_URI": f"sqlite:///{registry / 'mlflow.db'}",
-                       "FACTORY_STATE": str(work / "state"), "BENTOML_HOME": str(work / "state" / "bentoml")})
-    if not (registry / "mlflow.db").is_file():
-        registry.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(ROOT / "examples" / "flavors.py"), str(registry)], check=True,
-                       capture_output=True)
+    use_work_dir(work, lambda registry: subprocess.run([sys.executable, str(ROOT / "examples" / "flavors.py"),
+                                                        str(registry)], check=True, capture_output=True))
     catalog = work / "models.yaml"
     catalog.write_text("models:\n" + "".join(f"  - {{name: {name}, version: 1, endpoint: {name.replace('_', '-')}}}\n"
                                              for name in MODELS))

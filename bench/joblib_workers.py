@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import load_arguments
+from bench import load_arguments, use_work_dir
 from bench.wrk import WrkResult, run_wrk
 from factory.runtime import bento_python
 from factory.serve import served
@@ -41,13 +41,9 @@ mlflow.sklearn.log_model(forest, name="model", registered_model_name="{MODEL}", 
 
 
 def prepare(work: Path) -> None:
-    registry = work / "registry"
-    uri = f"sqlite:///{registry / 'mlflow.db'}"
-    os.environ.update({"MLFLOW_TRACKING_URI": uri, "FACTORY_STATE": str(work / "state"),
-                       "BENTOML_HOME": str(work / "state" / "bentoml")})
-    if not (registry / "mlflow.db").is_file():
-        registry.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-c", REGISTER, uri], cwd=registry, check=True, capture_output=True)
+    use_work_dir(work, lambda registry: subprocess.run(
+        [sys.executable, "-c", REGISTER, os.environ["MLFLOW_TRACKING_URI"]], cwd=registry, check=True,
+        capture_output=True))
     catalog = work / "models.yaml"
     catalog.write_text(f"models:\n  - {{name: {MODEL}, version: 1, endpoint: forest, compile: {{enabled: false}}}}\n")
     subprocess.run([sys.executable, "-m", "factory.cli", "build", "-f", str(catalog), MODEL, "--no-image"], cwd=ROOT,

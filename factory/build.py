@@ -144,7 +144,7 @@ class Builder:
         bento_model_tag = self._import(model, resolved)
         model_dir = bento_store.model_dir(bento_model_tag)
         if resolved.flavor.get("model_class") == ONNX_MODEL:  # before anything runs it
-            onnx_graph.single_threaded(model_dir)
+            onnx_graph.single_threaded(model_dir, self.catalog.where(model.name))
         recorded = self._recorded(model, resolved, model_dir)  # a refused line stops the build before any file
         resolved = self._categorized(model, resolved, model_dir, recorded)  # before golden requests are drawn
         # One build's files (golden, source, resolved signature, Bento export, record) land together: a failure

@@ -56,8 +56,7 @@ def add(onnx_model: Any, checked: list[tuple[str, str, bool]]) -> str:
         flags.append(f"{guard}_row{index}")
     if not flags:
         return ""
-    if not any(opset.domain in ("", "ai.onnx") for opset in onnx_model.opset_import):
-        onnx_model.opset_import.append(helper.make_opsetid("", OPSET))
+    with_default_opset(onnx_model)
     graph.node.append(helper.make_node("Max", flags, [guard]))
     graph.output.append(helper.make_tensor_value_info(guard, TensorProto.FLOAT, [None]))
     return guard
@@ -71,3 +70,12 @@ def unique_name(graph: Any, base: str = GUARD) -> str:
              *(name for node in graph.node for name in (*node.input, *node.output))}
     names = (base + suffix for suffix in itertools.chain([""], map(str, itertools.count(2))))
     return next(name for name in names if not any(used == name or used.startswith(name + "_") for used in taken))
+
+
+def with_default_opset(onnx_model: Any) -> None:
+    """Declare the default ONNX domain (at OPSET) in a graph that imports none, before nodes of it are added: a graph
+    of bare trees or a ZipMap imports only ai.onnx.ml."""
+    from onnx import helper
+
+    if not any(opset.domain in ("", "ai.onnx") for opset in onnx_model.opset_import):
+        onnx_model.opset_import.append(helper.make_opsetid("", OPSET))

@@ -74,7 +74,7 @@ def loadable_bytecode(model_dir: Path, where: str) -> None:
     class or function defined in a notebook or `__main__` by value, as bytecode of the Python that logged it; a
     PythonModel logged from Python 3.12 and loaded by 3.11 crashed the factory's process (a segfault, no message).
     Found by reading the pickles' opcodes (pickletools: nothing is loaded); other pickles load across versions."""
-    flavors = _mlmodel(model_dir, where).get("flavors") or {}
+    flavors = read_mlmodel(model_dir, where).get("flavors") or {}
     logged = str((flavors.get("python_function") or {}).get("python_version") or "")
     ours = f"{sys.version_info.major}.{sys.version_info.minor}"
     if not logged or logged.split(".")[:2] == ours.split("."):
@@ -107,7 +107,8 @@ def _carries_code(pickle: Path) -> bool:
         return False
 
 
-def _mlmodel(model_dir: Path, where: str) -> dict:
+def read_mlmodel(model_dir: Path, where: str) -> dict:
+    """The model's MLmodel file as a dict; `where` names the models.yaml entry in a BuildError."""
     try:
         mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -116,7 +117,7 @@ def _mlmodel(model_dir: Path, where: str) -> dict:
 
 
 def _conda_file(model_dir: Path, where: str) -> Path | None:
-    mlmodel = _mlmodel(model_dir, where)
+    mlmodel = read_mlmodel(model_dir, where)
     env = ((mlmodel.get("flavors") or {}).get("python_function") or {}).get("env")
     name = env.get("conda") if isinstance(env, dict) else env  # MLflow < 2.0 wrote the file name alone
     if not isinstance(name, str) or not (model_dir / name).is_file():

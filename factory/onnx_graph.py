@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from factory import atomic
-from factory.guard import OPSET
+from factory.guard import with_default_opset
+from factory.model_env import read_mlmodel
 from factory.onnx_convert import Candidate, NotConvertible
 
 # ONNX TensorProto element types the served feeds hold (mf_inputs.feeds: a numpy array of this dtype).
@@ -65,13 +66,13 @@ def input_signature(path: str) -> dict:
             "outputs": None}
 
 
-def single_threaded(model_dir: Path) -> None:
+def single_threaded(model_dir: Path, where: str) -> None:
     """Have MLflow's pyfunc run the mlflow.onnx model in `model_dir` on one intra-op thread, unless its MLmodel names
     a thread count of its own."""
     import yaml
 
     path = model_dir / "MLmodel"
-    meta = yaml.safe_load(path.read_text())
+    meta = read_mlmodel(model_dir, where)
     options = meta["flavors"]["onnx"].get("onnx_session_options") or {}
     if options.get("intra_op_num_threads"):
         return
@@ -120,8 +121,8 @@ def _without_zipmaps(model: Any) -> tuple[Any, tuple]:
         del node.attribute[:]
         # ZipMap takes float probabilities only; the rank is left unstated, as ZipMap's [rows, classes] or [classes]
         graph_output.CopyFrom(helper.make_tensor_value_info(graph_output.name, TensorProto.FLOAT, None))
-    if maps and not any(opset.domain in ("", "ai.onnx") for opset in served.opset_import):
-        served.opset_import.append(helper.make_opsetid("", OPSET))
+    if maps:
+        with_default_opset(served)  # the Identity's
     return served, tuple(maps)
 
 

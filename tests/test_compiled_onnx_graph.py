@@ -181,7 +181,7 @@ def test_the_pyfunc_answers_a_forest_graphs_row_alike_alone_and_in_a_batch_once_
     rows = np.random.default_rng(5).uniform([18, 5000, -3], [90, 200000, 3], (320, 3)).astype(np.float32)
     forest = RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0).fit(rows, rows[:, 1] > 100000)
     folder, _, _ = _saved(tmp_path, to_onnx(forest, rows[:1]), rows, None, signed=False)
-    single_threaded(folder)
+    single_threaded(folder, "models.yaml:1")
     model = mlflow.pyfunc.load_model(str(folder))
     alone = [model.predict(rows[index:index + 1])["output_probability"][0] for index in range(len(rows))]
     batched = [answer for start in range(0, len(rows), 64)
@@ -201,5 +201,5 @@ def test_single_threaded_pins_one_thread_unless_the_model_names_its_own(tmp_path
 
     graph, example, _ = _onnx_model("Ridge, float64, columns")
     mlflow.onnx.save_model(graph, str(tmp_path / "model"), onnx_session_options=logged)
-    single_threaded(tmp_path / "model")
+    single_threaded(tmp_path / "model", "models.yaml:1")
     assert Model.load(str(tmp_path / "model")).flavors["onnx"]["onnx_session_options"] == pinned
