@@ -21,6 +21,7 @@ XGBOOST_MODEL = "flavor_xgboost"             # xgboost.XGBRegressor, sklearn API
 TENSOR_MODEL = "flavor_tensor_pickle"        # tensor signature, sklearn saved with pickle
 ONNX_MODEL = "flavor_onnx"                   # mlflow.onnx: a scikit-learn pipeline skl2onnx converted
 ONNX_CLASSIFIER_MODEL = "flavor_onnx_classifier"  # mlflow.onnx: a forest skl2onnx converted, with its ZipMap
+ONNX_COLUMNS_MODEL = "flavor_onnx_columns"   # mlflow.onnx: a mixed-type pipeline, one [N, 1] input per column
 CUSTOM_MODEL = "flavor_custom_pyfunc"        # PythonModel needing a package the runtime lacks
 RAISING_MODEL = "planted_raises"             # PythonModel raising on one input class
 NAN_MODEL = "planted_nan"                    # PythonModel answering NaN for some valid inputs
@@ -28,7 +29,7 @@ NO_START_MODEL = "planted_no_start"          # PythonModel whose load_context fa
 NESTED_MODEL = "flavor_nested_params"        # PythonModel with array, object and map columns and inference params
 RAISING_KIND = "BUS"                         # an input class RAISING_MODEL raises on: any unseen segment
 WORKING_MODELS = (COLUMNS_MODEL, LIGHTGBM_MODEL, XGBOOST_MODEL, TENSOR_MODEL, ONNX_MODEL, ONNX_CLASSIFIER_MODEL,
-                  CUSTOM_MODEL, NESTED_MODEL)
+                  ONNX_COLUMNS_MODEL, CUSTOM_MODEL, NESTED_MODEL)
 
 
 def _pins(*names: str) -> list[str]:
@@ -117,6 +118,15 @@ def _nested_model():
     return TripScorer(), signature
 
 
+def _columns_graph(pipeline):
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType, Int64TensorType, StringTensorType
+
+    return convert_sklearn(pipeline, initial_types=[("distance km", DoubleTensorType([None, 1])),
+                                                    ("hour", Int64TensorType([None, 1])),
+                                                    ("segment", StringTensorType([None, 1]))])
+
+
 def register_flavors(registry: Path) -> None:
     import lightgbm
     import mlflow
@@ -164,6 +174,10 @@ def register_flavors(registry: Path) -> None:
     forest = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(numeric.to_numpy(), trip)
     log(ONNX_CLASSIFIER_MODEL, mlflow.onnx, to_onnx(forest, numeric.to_numpy()[:1].astype(np.float32)),
         infer_signature(numeric, forest.predict_proba(numeric.to_numpy())), ONNX_REQUIREMENTS)
+    # A table of mixed types converts to one [N, 1] input per column (a string tensor beside number tensors), logged
+    # with the signature of the frame it was fit on, as a table model usually is: MLflow's own pyfunc raises on every
+    # frame such a model is given (factory/tensor_columns.py).
+    log(ONNX_COLUMNS_MODEL, mlflow.onnx, _columns_graph(_columns_model(frame, target)), signature, ONNX_REQUIREMENTS)
     for name, kind in ((CUSTOM_MODEL, "custom"), (RAISING_MODEL, "raises"), (NAN_MODEL, "nan"),
                        (NO_START_MODEL, "no_start")):
         log(name, mlflow.pyfunc, _python_model(kind), infer_signature(frame, target), PYFUNC_REQUIREMENTS)

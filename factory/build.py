@@ -138,13 +138,12 @@ class Builder:
                 self.progress(f"{model.name}: its image {previous.image_ref} is gone from its registry; building it again")
             return self._with_image(model, previous, started, skipped=True)
         if resolved.unsigned:
-            spec = resolved.signature["inputs"][0]
-            self.progress(f"{model.name}: no signature was logged; it takes its ONNX graph's input {spec['name']!r}, "
-                          f"a {spec['tensor-spec']['dtype']} tensor of shape {spec['tensor-spec']['shape']}")
+            self.progress(f"{model.name}: no signature was logged; {onnx_graph.graph_inputs(resolved.signature)}")
         bento_model_tag = self._import(model, resolved)
         model_dir = bento_store.model_dir(bento_model_tag)
         if resolved.flavor.get("model_class") == ONNX_MODEL:  # before anything runs it
-            onnx_graph.single_threaded(model_dir, self.catalog.where(model.name))
+            resolved = onnx_graph.prepared(model_dir, resolved, self.catalog.where(model.name),
+                                           lambda line: self.progress(f"{model.name}: {line}"))
         recorded = self._recorded(model, resolved, model_dir)  # a refused line stops the build before any file
         resolved = self._categorized(model, resolved, model_dir, recorded)  # before golden requests are drawn
         # One build's files (golden, source, resolved signature, Bento export, record) land together: a failure
@@ -243,7 +242,7 @@ class Builder:
             return flavor, self._requirements(model, recorded, packages, flavor["loader"] != "pyfunc"), decision
         # A graph logged under another onnxruntime: its golden rows, answered in the model's own versions, are the
         # check; this process's answers come from the factory's onnxruntime, which the candidate runs on too.
-        answer = None if foreign else golden.answerer(model_dir, resolved.signature["inputs"])
+        answer = None if foreign else golden.answerer(model_dir, resolved.signature["inputs"], flavor.get("feeds"))
         decision = compiled.decide(lambda: native(model_dir, flavor), flavor, resolved.signature, cases,
                                   model.compile, source / compiled.COMPILED_FILE, answer,
                                   probes.example_rows(model_dir, resolved.signature))
@@ -272,9 +271,9 @@ class Builder:
         if foreign_versions(recorded):
             return resolved
         flavor = {key: value for key, value in resolved.flavor.items() if key != "packages"}
+        answer = golden.answerer(model_dir, resolved.signature["inputs"], flavor.get("feeds"))
         found = categorical.find(lambda: bento_module("mf_flavors").native_model(model_dir, flavor), flavor,
-                                 resolved.signature, golden.answerer(model_dir, resolved.signature["inputs"]),
-                                 probes.example_rows(model_dir, resolved.signature))
+                                 resolved.signature, answer, probes.example_rows(model_dir, resolved.signature))
         if not found:
             return resolved
         self.progress(f"{model.name}: {categorical.described(found)}")

@@ -10,7 +10,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as fixed_seed
@@ -61,7 +61,7 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
     requirements, for a model whose library the factory's process lacks, or (`here` false) whose library
     versions differ from the factory's."""
     requests = sample_requests(resolved.signature, count, batch_size)
-    inputs = resolved.signature["inputs"]
+    inputs, feeds = resolved.signature["inputs"], resolved.flavor.get("feeds")
     values = bento_module("mf_inputs")
     venv: list[Path] = []
 
@@ -70,7 +70,7 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
         if answered is None:
             if not venv:
                 venv.append(model_venv())  # made once: a second question goes to the same venv
-            answered = _answers_in(venv[0], model_dir, inputs, asked, where)
+            answered = _answers_in(venv[0], model_dir, inputs, asked, where, feeds)
         return answered
 
     answered = ask(requests)
@@ -91,12 +91,14 @@ def record_golden(resolved: ResolvedModel, model_dir: Path, batch_size: int, mod
 Answer = Callable[[list[dict]], list[dict]]
 
 
-def answerer(model_dir: Path, inputs: list[dict]) -> Answer:
+def answerer(model_dir: Path, inputs: list[dict], feeds: Optional[list] = None) -> Answer:
     """The registry model's answers in the factory's process, to more requests than the golden ones (the rows a
-    compiled form is probed on, compiled.decide); a model this process cannot load answers none of them."""
+    compiled form is probed on, compiled.decide); a model this process cannot load answers none of them. `feeds`:
+    the flavor's, if any (pyfunc_answers.answers)."""
     def answer(requests: list[dict]) -> list[dict]:
         try:
-            return pyfunc_answers.answers(str(model_dir), inputs, requests, bento_module("mf_inputs"), here=True)
+            return pyfunc_answers.answers(str(model_dir), inputs, requests, bento_module("mf_inputs"), here=True,
+                                          feeds=feeds)
         except pyfunc_answers.MissingLibrary as exc:
             return [{"error": str(exc)} for _ in requests]
     return answer
@@ -136,7 +138,8 @@ def _answers_here(resolved: ResolvedModel, model_dir: Path, inputs: list[dict], 
                   where: str) -> list[dict] | None:
     """The answers in the factory's process; None when it lacks a library the model imports."""
     try:
-        return pyfunc_answers.answers(str(model_dir), inputs, requests, bento_module("mf_inputs"), here=True)
+        return pyfunc_answers.answers(str(model_dir), inputs, requests, bento_module("mf_inputs"), here=True,
+                                      feeds=resolved.flavor.get("feeds"))
     except pyfunc_answers.MissingLibrary:
         return None
     except Exception as exc:  # MLflow refusing the model as it loads it: `mlflow models serve` could not serve it
@@ -145,8 +148,9 @@ def _answers_here(resolved: ResolvedModel, model_dir: Path, inputs: list[dict], 
                          "serve it; fix the model as that error says and register a new version") from exc
 
 
-def _answers_in(python: Path, model_dir: Path, inputs: list[dict], requests: list[dict], where: str) -> list[dict]:
-    job = json.dumps({"model_dir": str(model_dir), "inputs": inputs, "requests": requests})
+def _answers_in(python: Path, model_dir: Path, inputs: list[dict], requests: list[dict], where: str,
+                feeds: Optional[list]) -> list[dict]:
+    job = json.dumps({"model_dir": str(model_dir), "inputs": inputs, "requests": requests, "feeds": feeds})
     try:
         result = subprocess.run([str(python), pyfunc_answers.__file__], input=job, capture_output=True, text=True,
                                 env=interpreter_environment(python),

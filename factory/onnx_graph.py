@@ -12,8 +12,10 @@ A classifier's ZipMap output (skl2onnx's default: a sequence of one {class: prob
 answers as it is) is served from the probabilities it maps: the ZipMap becomes an Identity, and the pod builds the
 same maps from the rows of that tensor and the class labels kept in the flavor (`maps`), Python ints or strings
 mapped to Python floats, as onnxruntime builds them.
-Models this module does not take stay on the pyfunc, saying why: a graph of several inputs (the pyfunc feeds each a
-column's 1-D values, which a converter's [rows, 1] inputs refuse), and other outputs that are not tensors.
+A graph of several one-column inputs (skl2onnx's form of a table of mixed types) is fed a [rows, 1] array per input
+and answered as the pyfunc answers such a dict of arrays, every output as the graph gives it
+(factory/tensor_columns.py). Models this module does not take stay on the pyfunc, saying why: other graphs of several
+inputs, and outputs that are neither tensors nor a ZipMap's maps.
 
 MLflow's pyfunc opens its session with onnxruntime's default of a thread per core, and a tree ensemble's sums then
 depend on the batch a row comes in (of 2,000 rows a 20-tree forest answered alone, 1,124 were answered 1 ulp otherwise
@@ -24,18 +26,21 @@ sets its own), as the compiled form runs: the golden answers, the pod and the co
 
 mlflow.onnx logs no signature unless given one (it infers none, even from an input example), and `mlflow models
 serve` then feeds the graph whatever array a request holds. Such a model is served by its graph's one input, as the
-tensor signature `input_signature` reads from it.
+tensor signature `input_signature` reads from it, or by its one-column inputs, as columns.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from factory import atomic
+from factory import atomic, tensor_columns
 from factory.guard import with_default_opset
 from factory.model_env import read_mlmodel
 from factory.onnx_convert import Candidate, NotConvertible
+from factory.registry import ResolvedModel
 
 # ONNX TensorProto element types the served feeds hold (mf_inputs.feeds: a numpy array of this dtype).
 DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 8: "object"}
@@ -46,10 +51,15 @@ TENSOR_DTYPES = {1: "float32", 11: "float64", 10: "float16", 7: "int64", 6: "int
 
 def input_signature(path: str) -> dict:
     """The tensor signature of the graph at `path`: its one input's dtype and shape, -1 where a dimension is named
-    or unknown. NotConvertible says why a graph has none (the model then needs a logged signature)."""
+    or unknown, or its one-column inputs' (factory/tensor_columns.py serves those as columns). NotConvertible says
+    why a graph has none (the model then needs a logged signature)."""
     import onnx
 
     model = onnx.load(path, load_external_data=False)  # the weights are not needed to read the inputs
+    columns = _column_inputs(model)
+    if columns:
+        return {"inputs": [{"type": "tensor", "name": name, "tensor-spec": {"dtype": dtype, "shape": [-1, 1]}}
+                           for name, dtype in columns], "outputs": None}
     graph_input = _only_input(model, "")
     tensor = graph_input.type.tensor_type
     dtype = TENSOR_DTYPES.get(tensor.elem_type) if graph_input.type.HasField("tensor_type") else None
@@ -66,6 +76,29 @@ def input_signature(path: str) -> dict:
             "outputs": None}
 
 
+def graph_inputs(signature: dict) -> str:
+    """What an unsigned model is served by (`input_signature`), for the build's output."""
+    specs = signature["inputs"]
+    if specs[0].get("type") != "tensor":
+        return ("it takes its ONNX graph's inputs as columns: "
+                + ", ".join(f"{spec['name']!r} ({spec['type']})" for spec in specs))
+    tensor = specs[0]["tensor-spec"]
+    return (f"it takes its ONNX graph's input {specs[0]['name']!r}, a {tensor['dtype']} tensor of shape "
+            f"{tensor['shape']}")
+
+
+def prepared(model_dir: Path, resolved: ResolvedModel, where: str, progress: Callable[[str], None]) -> ResolvedModel:
+    """The imported mlflow.onnx model in `model_dir`, made ready before anything runs it: single-threaded, and fed
+    its one-column inputs as tensors where it was logged with columns (`fed_as_tensors`, said in `progress`)."""
+    single_threaded(model_dir, where)
+    feeds = fed_as_tensors(model_dir, resolved.flavor, resolved.signature, where)
+    if not feeds:
+        return resolved
+    progress("its ONNX graph takes each column as a [rows, 1] tensor, which MLflow's pyfunc does not feed from a "
+             "DataFrame: the imported model's signature names those tensors, and the served rows keep the columns")
+    return dataclasses.replace(resolved, flavor={**resolved.flavor, "feeds": feeds})
+
+
 def single_threaded(model_dir: Path, where: str) -> None:
     """Have MLflow's pyfunc run the mlflow.onnx model in `model_dir` on one intra-op thread, unless its MLmodel names
     a thread count of its own."""
@@ -80,8 +113,29 @@ def single_threaded(model_dir: Path, where: str) -> None:
     atomic.write_file(path, yaml.safe_dump(meta, sort_keys=False), "point BENTOML_HOME at a writable disk")
 
 
+def fed_as_tensors(model_dir: Path, flavor: dict, signature: dict, where: str) -> list | None:
+    """For a graph of one-column inputs logged with a column signature (factory/tensor_columns.py, the first way):
+    the feeds layout of those inputs, once the imported copy's MLmodel states them as its signature's inputs, so that
+    MLflow's pyfunc takes them. None for any other model, left as it is."""
+    import onnx
+    import yaml
+
+    if flavor.get("feeds") or (signature["inputs"] and signature["inputs"][0].get("type") == "tensor"):
+        return None
+    layout = _fed_columns(onnx.load(str(model_dir / flavor["model_file"]), load_external_data=False), signature)
+    if layout is None:
+        return None
+    meta = read_mlmodel(model_dir, where)
+    meta["signature"]["inputs"] = tensor_columns.tensor_inputs(layout)
+    atomic.write_file(model_dir / "MLmodel", yaml.safe_dump(meta, sort_keys=False),
+                      "point BENTOML_HOME at a writable disk")
+    return layout
+
+
 def candidate(model: Any, signature: dict) -> Candidate:
     """The graph of `model` (an onnx.ModelProto) fed and answered as MLflow's pyfunc feeds and answers it."""
+    if _column_inputs(model):
+        return _columns_candidate(model, signature)
     graph_input = _only_input(model, ": MLflow's pyfunc feeds each one column's values, so it serves them")
     dtype = DTYPES.get(graph_input.type.tensor_type.elem_type) if graph_input.type.HasField("tensor_type") else None
     if dtype is None:
@@ -94,6 +148,62 @@ def candidate(model: Any, signature: dict) -> Candidate:
     return Candidate(precision, served.SerializeToString(), [[graph_input.name, dtype, columns]], "",
                      outputs=tuple(output.name for output in model.graph.output), flat=not tensor, converted=False,
                      maps=maps)
+
+
+def _columns_candidate(model: Any, signature: dict) -> Candidate:
+    """A graph of one-column inputs, each fed its signature column as [rows, 1], answered as the pyfunc answers a
+    dict: every output as the graph answers it, not reshaped."""
+    layout = _fed_columns(model, signature)
+    if layout is None:
+        columns = ", ".join(str(spec.get("name")) for spec in signature["inputs"])
+        raise NotConvertible(f"its inputs ({', '.join(name for name, _ in _column_inputs(model))}) are not the "
+                             f"signature's columns ({columns})")
+    served, maps = _without_zipmaps(model)
+    precision = "float32" if any(dtype == "float32" for _, dtype, _ in layout) else "float64"
+    return Candidate(precision, served.SerializeToString(), layout, "",
+                     outputs=tuple(output.name for output in model.graph.output), flat=False, converted=False,
+                     maps=maps)
+
+
+def _fed_columns(model: Any, signature: dict) -> list | None:
+    """The feeds layout (factory/tensor_columns.py) of a graph of one-column inputs: each input fed the signature
+    column of its name, or the one skl2onnx named it after (`_converter_name`: column 'distance km' is input
+    'distance_km'). None for any other graph, or when an input has no one column."""
+    inputs = _column_inputs(model)
+    names = [spec["name"] for spec in signature["inputs"] if isinstance(spec.get("name"), str)]
+    exact = {name for name, _ in inputs or ()} & set(names)
+    layout = []
+    for name, dtype in inputs or ():
+        columns = [name] if name in exact else [column for column in names
+                                                if column not in exact and _converter_name(column) == name]
+        if len(columns) != 1:
+            return None
+        layout.append([name, dtype, columns])
+    return layout if inputs and len({column for _, _, (column,) in layout}) == len(layout) else None
+
+
+def _converter_name(column: str) -> str:
+    """The input name skl2onnx makes of a column name (Topology._generate_unique_name, less the suffix it adds to a
+    name already taken)."""
+    name = re.sub(r"[^\w+]", "_", column)
+    return "_" + name if re.match("[0-9]", name) else name
+
+
+def _column_inputs(model: Any) -> list | None:
+    """(name, numpy dtype) of each input of a graph whose two or more inputs each take one column of a fed dtype
+    ([rows, 1]), else None."""
+    constants = {tensor.name for tensor in model.graph.initializer}
+    inputs = [graph_input for graph_input in model.graph.input if graph_input.name not in constants]
+    found = []
+    for graph_input in inputs:
+        tensor = graph_input.type.tensor_type
+        dims = list(tensor.shape.dim) if graph_input.type.HasField("tensor_type") else []
+        dtype = DTYPES.get(tensor.elem_type)
+        if (dtype is None or len(dims) != 2 or (dims[0].HasField("dim_value") and dims[0].dim_value > 0)
+                or dims[1].dim_value != 1):
+            return None
+        found.append((graph_input.name, dtype))
+    return found if len(found) >= 2 else None
 
 
 def _without_zipmaps(model: Any) -> tuple[Any, tuple]:

@@ -15,7 +15,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 BENTO_TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "bento"
 # Run as a script, each step is announced on stderr before it starts: when the process dies (an exception, an
@@ -28,11 +28,12 @@ class MissingLibrary(Exception):
 
 
 def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs: Any, here: bool,
-            step: Callable[[str], None] = lambda name: None) -> list[dict]:
+            step: Callable[[str], None] = lambda name: None, feeds: Optional[list] = None) -> list[dict]:
     """One `{"outputs": [...]}` or `{"error": "Type: message"}` per request (`{"inputs": rows}`, maybe with
     `"params"`, passed on as the served model passes them). `here`: in the factory's own
     process, where an ImportError means a library missing from it (MissingLibrary), not a model failure.
-    `step` hears "load" and "predict" as each begins."""
+    `step` hears "load" and "predict" as each begins. `feeds`: the flavor's layout of one-column tensors the model
+    takes (factory/tensor_columns.py), if any."""
     step("load")
     import mlflow.pyfunc
 
@@ -55,7 +56,8 @@ def answers(model_dir: str, inputs: list[dict], requests: list[dict], mf_inputs:
                 warnings.filterwarnings("ignore", message="X has feature names")
                 warnings.filterwarnings("ignore", message="Found unknown categories")
                 warnings.filterwarnings("ignore", category=RuntimeWarning)
-                batch = mf_inputs.tensor(rows, inputs) if mf_inputs.is_tensor(inputs) else mf_inputs.frame(rows, inputs)
+                batch = (mf_inputs.feeds(rows, inputs, feeds) if feeds else mf_inputs.tensor(rows, inputs)
+                         if mf_inputs.is_tensor(inputs) else mf_inputs.frame(rows, inputs))
                 outputs = mf_inputs.as_outputs(model.predict(batch, params=params))
             if not isinstance(outputs, list) or len(outputs) != len(rows):
                 # Worded as the pod says it (mf_runtime); a text pipeline handed a DataFrame vectorizes its columns.
@@ -112,7 +114,8 @@ def main() -> None:
     # the answers go to stdout; the rest goes to stderr, whether Python or native code writes it.
     answers_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    found = answers(job["model_dir"], job["inputs"], job["requests"], mf_inputs, here=False, step=_announce)
+    found = answers(job["model_dir"], job["inputs"], job["requests"], mf_inputs, here=False, step=_announce,
+                    feeds=job.get("feeds"))
     sys.stdout.flush()
     _announce("encode")
     json.dump(found, answers_out)

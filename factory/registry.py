@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
 
-from factory import registry_access
+from factory import registry_access, tensor_columns
 from factory.catalog import Catalog, ModelSpec
 from factory.errors import RegistryError, ServeError
 from factory.settings import PINNED_VERSIONS_ENV, Settings, public_url
@@ -39,7 +39,7 @@ class ResolvedModel:
     model_uri: str
     signature: dict
     flavor: dict
-    unsigned: bool = False  # no signature was logged: `signature` is its ONNX graph's input (factory/onnx_graph.py)
+    unsigned: bool = False  # no signature was logged: `signature` is its ONNX graph's inputs' (factory/onnx_graph.py)
 
     @property
     def fingerprint(self) -> str:
@@ -124,15 +124,16 @@ class Registry:
         signature = (self._graph_signature(model, version, info.flavors, where) if unsigned
                      else _signature(info.signature))
         _answers_rows(info.flavors, f"{where}: {model.registered_as} version {version}")
+        signature, flavor = served(info.flavors, signature)
         _servable(signature, f"{where}: {model.registered_as} version {version}")
         _pyfunc_loadable(info.flavors, f"{where}: {model.registered_as} version {version}")
         return ResolvedModel(registered_as=model.registered_as, version=version, run_id=info.run_id or "",
                              model_uri=f"models:/{model.registered_as}/{version}", signature=signature,
-                             flavor=_flavor(info.flavors, signature), unsigned=unsigned)
+                             flavor=flavor, unsigned=unsigned)
 
     def _graph_signature(self, model: ModelSpec, version: int, flavors: dict, where: str) -> dict:
         """A model logged without a signature has none to serve by, unless it is an mlflow.onnx model (which infers
-        none): its graph's one input then is its tensor signature (factory/onnx_graph.py)."""
+        none): its graph's inputs then are its tensor signature (factory/onnx_graph.py)."""
         from factory.onnx_graph import input_signature
         from factory.onnx_convert import NotConvertible
 
@@ -274,6 +275,14 @@ def _pyfunc_loadable(flavors: dict, what: str) -> None:
                             f"cannot load (it serves {', '.join(served)}), so neither `mlflow models serve` nor the "
                             f"factory can serve it; log it with one of those, or as an mlflow.pyfunc.PythonModel whose "
                             f"predict calls the estimator's {predict_fn}, and register a new version")
+
+
+def served(flavors: dict, signature: dict) -> tuple[dict, dict]:
+    """The signature a model is served by, and how it loads (`_flavor`). One-column tensors are served as columns,
+    and fed to a pyfunc model as the tensors (factory/tensor_columns.py)."""
+    flavor = _flavor(flavors, signature)
+    fed = tensor_columns.as_columns(signature) if flavor["loader"] == "pyfunc" else None
+    return (fed[0], {**flavor, "feeds": fed[1]}) if fed else (signature, flavor)
 
 
 def _flavor(flavors: dict, signature: dict) -> dict:

@@ -14,10 +14,10 @@ from e2e_support.compiled_forms import golden_cases, served_rows
 
 from factory import golden, probes
 from factory.catalog import Compile
-from factory.compiled import COMPILED_FILE, Decision, decide
+from factory.compiled import COMPILED_FILE, Decision, _runtime, decide
 from factory.exactness import compare
-from factory.onnx_graph import input_signature, single_threaded
-from factory.registry import _flavor, _signature
+from factory.onnx_graph import fed_as_tensors, input_signature, single_threaded
+from factory.registry import _signature, served
 from factory.runtime import bento_module
 
 
@@ -56,27 +56,30 @@ def _saved(tmp_path: Path, graph: Any, example: Any, outputs: Any, signed: bool 
 
     folder = tmp_path / "model"
     mlflow.onnx.save_model(graph, str(folder), signature=infer_signature(example, outputs) if signed else None,
-                           input_example=example[:3])
+                           input_example={name: column[:3] for name, column in example.items()}
+                           if isinstance(example, dict) else example[:3])
     info = Model.load(str(folder))
-    signature = _signature(info.signature) if signed else input_signature(str(folder / "model.onnx"))
-    return folder, signature, _flavor(info.flavors, signature)
+    return (folder, *served(info.flavors, _signature(info.signature) if signed
+                            else input_signature(str(folder / "model.onnx"))))
 
 
-def _decided(tmp_path: Path, kind: str) -> tuple[Decision, Path, dict]:
+def _decided(tmp_path: Path, kind: str) -> tuple[Decision, Path, dict, dict]:
     return _graph_decided(tmp_path, *_onnx_model(kind), signed="no signature" not in kind)
 
 
 def _graph_decided(tmp_path: Path, graph: Any, example: Any, outputs: Any,
-                   signed: bool = True) -> tuple[Decision, Path, dict]:
-    """`graph` saved by mlflow.onnx and decided as `factory build` decides: the decision, the model's folder and its
-    signature."""
+                   signed: bool = True) -> tuple[Decision, Path, dict, dict]:
+    """`graph` saved by mlflow.onnx and decided as `factory build` decides: the decision, the model's folder, its
+    signature and the flavor its pyfunc is served by."""
     folder, signature, flavor = _saved(tmp_path, graph, example, outputs, signed)
-    answer = golden.answerer(folder, signature["inputs"])
+    feeds = fed_as_tensors(folder, flavor, signature, "models.yaml:1")  # as `factory build` does once it is imported
+    flavor = {**flavor, "feeds": feeds} if feeds else flavor
+    answer = golden.answerer(folder, signature["inputs"], flavor.get("feeds"))
     native = {key: value for key, value in flavor.items() if key != "packages"}
     decision = decide(lambda: bento_module("mf_flavors").native_model(folder, native), native, signature,
                       golden_cases(answer, signature), Compile(), tmp_path / COMPILED_FILE, answer,
                       probes.example_rows(folder, signature))
-    return decision, folder, signature
+    return decision, folder, signature, flavor
 
 
 @pytest.mark.parametrize("kind, first", [
@@ -92,7 +95,7 @@ def _graph_decided(tmp_path: Path, graph: Any, example: Any, outputs: Any,
 ])
 def test_an_mlflow_onnx_models_own_graph_serves_compiled_and_answers_as_its_pyfunc(tmp_path: Path, kind: str,
                                                                                   first: dict) -> None:
-    decision, folder, signature = _decided(tmp_path, kind)
+    decision, folder, signature, _ = _decided(tmp_path, kind)
     assert decision.compiled, decision.reason
     assert decision.reason.startswith("its own ONNX graph reproduces the registry model on ")
     assert decision.flavor["compiled_from"] == "pyfunc" and "output" not in decision.flavor
@@ -126,7 +129,7 @@ def test_an_mlflow_onnx_graph_of_several_inputs_stays_on_the_pyfunc_saying_why(t
                    [helper.make_tensor_value_info(name, TensorProto.DOUBLE, [None]) for name in ("a", "b")],
                    [helper.make_tensor_value_info("total", TensorProto.DOUBLE, [None])])
     example = pd.DataFrame({"a": [1.0, 2.0, 3.5], "b": [0.5, 0.25, 4.0]})
-    decision, _, _ = _graph_decided(tmp_path, graph, example, example.a + example.b)
+    decision, _, _, _ = _graph_decided(tmp_path, graph, example, example.a + example.b)
     assert (decision.path, decision.reason) == (
         "native", "no exact compiled form: its own ONNX graph: the graph takes 2 inputs (a, b): MLflow's pyfunc feeds "
                   "each one column's values, so it serves them")
@@ -141,7 +144,7 @@ def test_an_mlflow_onnx_graph_answering_a_sequence_no_zipmap_made_stays_on_the_p
                    [helper.make_tensor_value_info("X", TensorProto.DOUBLE, ["N", 2])],
                    [helper.make_tensor_sequence_value_info("rows", TensorProto.DOUBLE, None)])
     example = np.array([[1.0, 2.0], [3.5, 0.5], [0.25, 4.0]])
-    decision, _, _ = _graph_decided(tmp_path, graph, example, example, signed=False)
+    decision, _, _, _ = _graph_decided(tmp_path, graph, example, example, signed=False)
     assert (decision.path, decision.reason) == (
         "native", "no exact compiled form: its own ONNX graph: output 'rows' is a sequence, neither a tensor nor a "
                   "ZipMap's maps")
@@ -159,7 +162,7 @@ def test_a_graph_declaring_a_fixed_output_shape_builds_and_serves_without_a_warn
                    [helper.make_tensor_value_info("X", TensorProto.DOUBLE, ["N", 2])],
                    [helper.make_tensor_value_info("squared", TensorProto.DOUBLE, [1, 2])])
     example = pd.DataFrame({"a": [1.0, 2.0, 3.5], "b": [0.5, 0.25, 4.0]}).to_numpy()
-    decision, _, signature = _graph_decided(tmp_path, graph, example, example ** 2, signed=False)
+    decision, _, signature, _ = _graph_decided(tmp_path, graph, example, example ** 2, signed=False)
     assert decision.compiled, decision.reason
     built = capfd.readouterr()
     assert "VerifyOutputSizes" not in built.err + built.out and "CUDAExecutionProvider" not in built.err
@@ -203,3 +206,101 @@ def test_single_threaded_pins_one_thread_unless_the_model_names_its_own(tmp_path
     mlflow.onnx.save_model(graph, str(tmp_path / "model"), onnx_session_options=logged)
     single_threaded(tmp_path / "model", "models.yaml:1")
     assert Model.load(str(tmp_path / "model")).flavors["onnx"]["onnx_session_options"] == pinned
+
+
+def _mixed_graph(zipmap: bool) -> tuple[Any, Any]:
+    """skl2onnx's form of a table of mixed types: one [None, 1] input per column, a string beside numbers. (The graph,
+    the frame it was fit on.)"""
+    import pandas as pd
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({"city": rng.choice(["paris", "lyon", "nice"], 300).astype(object),
+                          "distance": rng.gamma(2, 3, 300).astype(np.float32),
+                          "hour": rng.integers(0, 24, 300).astype(np.int64)})
+    late = np.where(frame.distance * (1 + (frame.city == "paris")) > 8, "late", "on time")
+    encode = ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                                ("numbers", StandardScaler(), ["distance", "hour"])])
+    model = make_pipeline(encode, LogisticRegression()).fit(frame, late)
+    types = [("city", StringTensorType([None, 1])), ("distance", FloatTensorType([None, 1])),
+             ("hour", Int64TensorType([None, 1]))]
+    return convert_sklearn(model, initial_types=types, options={id(model): {"zipmap": zipmap}}), frame
+
+
+def _logged(frame: Any, how: str) -> Any:
+    """The input example a user logs the mixed graph with: its frame (a column signature), or a dict of its columns
+    as [rows, 1] arrays (a signature of one-column tensors; "unicode": numpy strings, whose TensorSpec is 'str')."""
+    if how == "columns":
+        return frame
+    columns = {name: np.asarray(frame[name].to_numpy()).reshape(-1, 1) for name in frame.columns}
+    return {**columns, "city": columns["city"].astype(str if how == "unicode tensors" else object)}
+
+
+MIXED_ROWS = [{"city": city, "distance": distance, "hour": hour}
+              for city in ("paris", "lyon", "", "Paris ", "nice") for distance in (0.0, 2.5, 7.75, 30.0, 1e6)
+              for hour in (0, 8, 23, -1)]
+
+
+@pytest.mark.parametrize("how, zipmap", [("columns", False), ("columns", True), ("tensors", False),
+                                         ("unicode tensors", True), ("no signature", False)])
+def test_a_graph_of_one_column_inputs_serves_as_columns_however_it_was_logged(tmp_path: Path, how: str,
+                                                                             zipmap: bool) -> None:
+    """MLflow's pyfunc raised on every request of a frame logged so ("Input must be a list of dictionaries or a single
+    numpy array for input 'city'"), and the factory refused the other two ways. Each is served as rows of columns now,
+    compiled and through the pyfunc, answering alike to the last bit."""
+    import mlflow.pyfunc
+
+    graph, frame = _mixed_graph(zipmap)
+    example = _logged(frame, how)
+    if how == "columns":
+        with pytest.raises(RuntimeError, match="Input must be a list of dictionaries or a single numpy array"):
+            mlflow.pyfunc.load_model(str(_saved(tmp_path / "as logged", graph, example, None)[0])).predict(frame[:3])
+    decision, folder, signature, flavor = _graph_decided(tmp_path, graph, example, None,
+                                                         signed=how != "no signature")
+    assert decision.compiled, decision.reason
+    assert [(spec["name"], spec["type"]) for spec in signature["inputs"]] == [
+        ("city", "string"), ("distance", "float"), ("hour", "long")]
+    assert decision.flavor["feeds"] == [["city", "object", ["city"]], ["distance", "float32", ["distance"]],
+                                        ["hour", "int64", ["hour"]]]
+    assert flavor["feeds"][0] == ["city", "str" if how == "unicode tensors" else "object", ["city"]]
+    expected = golden.answerer(folder, signature["inputs"], flavor["feeds"])([{"inputs": MIXED_ROWS}])[0]["outputs"]
+    compiled = served_rows(decision.flavor, tmp_path / COMPILED_FILE, MIXED_ROWS, signature)
+    through_pyfunc = _runtime().Predictor(str(folder), {"signature": signature, "flavor": flavor}).run(MIXED_ROWS)
+    assert compare(expected, compiled, 0.0, 0.0).agrees
+    assert compare(expected, through_pyfunc, 0.0, 0.0).agrees
+    assert {type(value) for value in compiled[0].values()} == ({str, dict} if zipmap else {str, list})
+
+
+def _columns(*names: str) -> dict:
+    return {"inputs": [{"type": "double", "name": name, "required": True} for name in names], "outputs": None}
+
+
+@pytest.mark.parametrize("inputs, signature, fed", [
+    (["a", "b"], _columns("b", "a"), [["a", "float64", ["a"]], ["b", "float64", ["b"]]]),
+    # skl2onnx names an input after its column, C-style (its Topology._generate_unique_name)
+    (["distance_km", "_1st_hour"], _columns("distance km", "1st hour"),
+     [["distance_km", "float64", ["distance km"]], ["_1st_hour", "float64", ["1st hour"]]]),
+    (["a_b", "c"], _columns("a_b", "a b", "c"), [["a_b", "float64", ["a_b"]], ["c", "float64", ["c"]]]),
+    (["a_b", "c"], _columns("a b", "a-b", "c"), "its inputs (a_b, c) are not the signature's columns (a b, a-b, c)"),
+    (["a", "b"], _columns("a"), "its inputs (a, b) are not the signature's columns (a)"),
+], ids=["by name", "as skl2onnx names them", "a name before a likeness", "two alike", "a column missing"])
+def test_a_graph_of_one_column_inputs_is_fed_each_its_column(inputs: list, signature: dict, fed: Any) -> None:
+    from onnx import TensorProto, helper
+
+    from factory.onnx_convert import NotConvertible
+    from factory.onnx_graph import candidate
+
+    graph = _graph([helper.make_node("Concat", inputs, ["both"], axis=1)],
+                   [helper.make_tensor_value_info(name, TensorProto.DOUBLE, ["N", 1]) for name in inputs],
+                   [helper.make_tensor_value_info("both", TensorProto.DOUBLE, ["N", 2])])
+    if isinstance(fed, str):
+        with pytest.raises(NotConvertible) as caught:
+            candidate(graph, signature)
+        assert str(caught.value) == fed
+    else:
+        assert candidate(graph, signature).feeds == fed

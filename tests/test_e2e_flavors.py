@@ -19,7 +19,10 @@ COLUMNS_MODEL, CUSTOM_MODEL, NAN_MODEL = FLAVORS.COLUMNS_MODEL, FLAVORS.CUSTOM_M
 NO_START_MODEL, RAISING_MODEL, RAISING_KIND = FLAVORS.NO_START_MODEL, FLAVORS.RAISING_MODEL, FLAVORS.RAISING_KIND
 # The LightGBM Booster served twice: compiled, and natively by choice (its own registered version under another name).
 LIGHTGBM_NATIVE = f"{FLAVORS.LIGHTGBM_MODEL}_native"
-WORKING_MODELS = (*FLAVORS.WORKING_MODELS, LIGHTGBM_NATIVE)
+# The mixed-type ONNX graph served twice: compiled, and through MLflow's pyfunc fed its one-column tensors.
+ONNX_COLUMNS_PYFUNC = f"{FLAVORS.ONNX_COLUMNS_MODEL}_pyfunc"
+TWINS = {LIGHTGBM_NATIVE: FLAVORS.LIGHTGBM_MODEL, ONNX_COLUMNS_PYFUNC: FLAVORS.ONNX_COLUMNS_MODEL}
+WORKING_MODELS = (*FLAVORS.WORKING_MODELS, *TWINS)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("registry")]  # needs only factory_env: the other worker
 ALL_MODELS = (*WORKING_MODELS, RAISING_MODEL, NAN_MODEL, NO_START_MODEL)
@@ -30,14 +33,15 @@ RANKS = [1.0, 2.5, 4.0, 8.0, 15.0]
 # distances, in double as LightGBM splits); these keep the native paths (sklearn on a DataFrame with pandas, on a
 # tensor; a LightGBM Booster) served and checked end to end.
 NATIVE_BY_CHOICE = (COLUMNS_MODEL, FLAVORS.TENSOR_MODEL, LIGHTGBM_NATIVE)
-ONNX_MODELS = (FLAVORS.ONNX_MODEL, FLAVORS.ONNX_CLASSIFIER_MODEL)
+ONNX_MODELS = (FLAVORS.ONNX_MODEL, FLAVORS.ONNX_CLASSIFIER_MODEL, FLAVORS.ONNX_COLUMNS_MODEL)
 COMPILED_MODELS = (FLAVORS.XGBOOST_MODEL, FLAVORS.LIGHTGBM_MODEL, *ONNX_MODELS)
 
 
 def _catalog(path: Path) -> Path:
     entries = [f"  - {{name: {name}, version: 1, endpoint: {name.replace('_', '-')}"
-               + (f", registry_name: {FLAVORS.LIGHTGBM_MODEL}" if name == LIGHTGBM_NATIVE else "")
-               + (", compile: {enabled: false}}" if name in NATIVE_BY_CHOICE else "}") for name in ALL_MODELS]
+               + (f", registry_name: {TWINS[name]}" if name in TWINS else "")
+               + (", compile: {enabled: false}}" if name in (*NATIVE_BY_CHOICE, ONNX_COLUMNS_PYFUNC) else "}")
+               for name in ALL_MODELS]
     path.write_text("defaults:\n  batching: {max_batch_size: 16, max_latency_ms: 1000}\nmodels:\n"
                     + "\n".join(entries) + "\n")
     return path
@@ -105,6 +109,12 @@ def test_boosters_serve_compiled_and_the_rest_natively_saying_why(tested_all) ->
     golden = json.loads((env.state / "builds" / FLAVORS.LIGHTGBM_MODEL / "golden.json").read_text())
     assert sum(len(case["inputs"]) for case in golden) > 1000
     assert paths[CUSTOM_MODEL]["serving_path"] == "pyfunc"
+    # MLflow's pyfunc raised on every frame of it: fed its one-column tensors, it answered golden.json's rows (the
+    # test above) and served them
+    assert paths[ONNX_COLUMNS_PYFUNC]["serving_path"] == "pyfunc"
+    resolved = json.loads((env.state / "builds" / ONNX_COLUMNS_PYFUNC / "src" / "resolved.json").read_text())
+    assert resolved["flavor"]["feeds"] == [["distance_km", "float64", ["distance km"]], ["hour", "int64", ["hour"]],
+                                           ["segment", "object", ["segment"]]]
     assert (paths[FLAVORS.NESTED_MODEL]["serving_path"], paths[FLAVORS.NESTED_MODEL]["serving_reason"]) == (
         "pyfunc", "input column 'history' is an array: a compiled form takes flat numeric columns only, so "
                   "MLflow's pyfunc serves it")

@@ -77,9 +77,10 @@ def test_a_model_of_other_library_versions_is_answered_only_in_its_own_venv(mode
     answers = pyfunc_answers.answers
     asked: list[Path] = []
 
-    def in_venv(python: Path, model: Path, inputs: list[dict], requests: list[dict], where: str) -> list[dict]:
+    def in_venv(python: Path, model: Path, inputs: list[dict], requests: list[dict], where: str,
+                feeds: list | None) -> list[dict]:
         asked.append(python)
-        return answers(str(model), inputs, requests, golden.bento_module("mf_inputs"), here=False)
+        return answers(str(model), inputs, requests, golden.bento_module("mf_inputs"), here=False, feeds=feeds)
 
     monkeypatch.setattr(golden, "_answers_in", in_venv)
     monkeypatch.setattr(pyfunc_answers, "answers", lambda *args, **kwargs: pytest.fail("answered in the factory"))

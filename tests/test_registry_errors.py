@@ -98,6 +98,14 @@ def test_an_mlflow_onnx_model_logged_without_a_signature_is_served_by_its_graphs
         "dtype": "float32", "shape": [-1, 2]}}], "outputs": None}
     assert (resolved.flavor["loader"], resolved.flavor["model_class"]) == ("pyfunc", "onnx.ModelProto")
     values = helper.make_tensor_value_info
+    # skl2onnx's form of a table of mixed types: one [N, 1] input per column, served as those columns
+    _unsigned_onnx("unsigned_onnx_columns", _graph([values("city", TensorProto.STRING, ["N", 1]),
+                                                    values("km", TensorProto.FLOAT, ["N", 1])],
+                                                   [values("y", TensorProto.STRING, ["N", 1])]))
+    resolved = registry("{name: unsigned_onnx_columns, version: 1, endpoint: u}")
+    assert resolved.signature == {"inputs": [{"type": "string", "name": "city", "required": True},
+                                             {"type": "float", "name": "km", "required": True}], "outputs": None}
+    assert resolved.flavor["feeds"] == [["city", "object", ["city"]], ["km", "float32", ["km"]]]
     refused = {
         "fixed_batch": (_graph([values("x", TensorProto.DOUBLE, [1, 3])], [values("y", TensorProto.DOUBLE, [1, 3])]),
                         "its input 'x' takes a fixed batch of 1 row (shape [1, 3]) where a served batch holds any "
@@ -114,6 +122,40 @@ def test_an_mlflow_onnx_model_logged_without_a_signature_is_served_by_its_graphs
         assert str(caught.value) == (f"models.yaml:1: model 'unsigned_onnx_{kind}': unsigned_onnx_{kind} version 1 "
                                      f"has no input signature, and its ONNX graph gives none: {why}; log it with "
                                      "`signature=infer_signature(X, y)` and register a new version")
+
+
+def test_a_signature_of_one_column_tensors_is_served_as_columns_when_a_pyfunc_takes_them(factory_env: FactoryEnv,
+                                                                                        registry) -> None:
+    """MLflow infers it from a dict of [rows, 1] arrays; its pyfunc takes such a dict (factory/tensor_columns.py). A
+    native sklearn model is handed no dict, so it stays refused."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LinearRegression
+
+    class Length(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return np.char.str_len(model_input["city"].astype(str)).reshape(-1) + model_input["km"].reshape(-1)
+
+    mlflow.set_tracking_uri(factory_env.env["MLFLOW_TRACKING_URI"])
+    example = {"city": np.array([["paris"], ["lyon"]], dtype=object), "km": np.array([[1.5], [2.0]])}
+    signature = infer_signature(example, np.array([6.5, 6.0]))
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=Length(), signature=signature,
+                                registered_model_name="tensor_columns_pyfunc", pip_requirements=["mlflow"])
+        mlflow.sklearn.log_model(LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]), name="sklearn",
+                                 signature=signature, registered_model_name="tensor_columns_sklearn",
+                                 pip_requirements=["scikit-learn"])
+    resolved = registry("{name: tensor_columns_pyfunc, version: 1, endpoint: t}")
+    assert resolved.signature["inputs"] == [{"type": "string", "name": "city", "required": True},
+                                            {"type": "double", "name": "km", "required": True}]
+    assert (resolved.flavor["loader"], resolved.flavor["feeds"]) == (
+        "pyfunc", [["city", "object", ["city"]], ["km", "float64", ["km"]]])
+    with pytest.raises(RegistryError) as caught:
+        registry("{name: tensor_columns_sklearn, version: 1, endpoint: t}")
+    assert str(caught.value).startswith("models.yaml:1: model 'tensor_columns_sklearn': tensor_columns_sklearn version "
+                                        "1: the signature has 2 inputs including a tensor: only a single tensor input "
+                                        "is supported; ")
 
 
 def test_nested_columns_resolve_to_pyfunc_and_an_any_column_is_refused(factory_env: FactoryEnv, registry) -> None:

@@ -50,6 +50,8 @@ def load(model_dir: Path, flavor: dict) -> LoadedModel:
     import mlflow.pyfunc  # the general case, at mlflow's memory cost
 
     model = mlflow.pyfunc.load_model(str(model_dir))
+    if flavor.get("feeds"):  # one-column tensors served as columns (factory/tensor_columns.py): fed as the tensors
+        return LoadedModel(model.predict, "feeds", feeds=tuple(tuple(feed) for feed in flavor["feeds"]))
     return LoadedModel(model.predict, "frame")
 
 

@@ -127,7 +127,10 @@ def feeds(rows: list[dict], inputs: list[dict], layout: tuple) -> dict:
 def _feed(np: Any, rows: list[dict], columns: list[str], dtype: str) -> Any:
     """A (rows, columns) array filled a column at a time from plain lists: numpy reads None as NaN under a float
     dtype and a boolean as 0/1, as the model takes them. A function call per cell and a list per row took 4x as
-    long (61 against 15 µs for a full batch of trafficaware's 32 rows of 6 columns: BENCHMARKS.md)."""
+    long (61 against 15 µs for a full batch of trafficaware's 32 rows of 6 columns: BENCHMARKS.md). A "str" feed
+    (factory/tensor_columns.py) is numpy's unicode, as wide as its longest value."""
+    if dtype == "str":
+        return np.array([[row.get(column) for column in columns] for row in rows], dtype=str).reshape(len(rows), -1)
     matrix = np.empty((len(rows), len(columns)), dtype=dtype)
     for index, column in enumerate(columns):
         matrix[:, index] = [row.get(column) for row in rows]
