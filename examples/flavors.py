@@ -22,6 +22,7 @@ TENSOR_MODEL = "flavor_tensor_pickle"        # tensor signature, sklearn saved w
 ONNX_MODEL = "flavor_onnx"                   # mlflow.onnx: a scikit-learn pipeline skl2onnx converted
 ONNX_CLASSIFIER_MODEL = "flavor_onnx_classifier"  # mlflow.onnx: a forest skl2onnx converted, with its ZipMap
 ONNX_COLUMNS_MODEL = "flavor_onnx_columns"   # mlflow.onnx: a mixed-type pipeline, one [N, 1] input per column
+ONNX_TEXT_MODEL = "flavor_onnx_text"         # mlflow.onnx: TF-IDF + LogisticRegression, lowercasing its text
 CUSTOM_MODEL = "flavor_custom_pyfunc"        # PythonModel needing a package the runtime lacks
 RAISING_MODEL = "planted_raises"             # PythonModel raising on one input class
 NAN_MODEL = "planted_nan"                    # PythonModel answering NaN for some valid inputs
@@ -29,7 +30,7 @@ NO_START_MODEL = "planted_no_start"          # PythonModel whose load_context fa
 NESTED_MODEL = "flavor_nested_params"        # PythonModel with array, object and map columns and inference params
 RAISING_KIND = "BUS"                         # an input class RAISING_MODEL raises on: any unseen segment
 WORKING_MODELS = (COLUMNS_MODEL, LIGHTGBM_MODEL, XGBOOST_MODEL, TENSOR_MODEL, ONNX_MODEL, ONNX_CLASSIFIER_MODEL,
-                  ONNX_COLUMNS_MODEL, CUSTOM_MODEL, NESTED_MODEL)
+                  ONNX_COLUMNS_MODEL, ONNX_TEXT_MODEL, CUSTOM_MODEL, NESTED_MODEL)
 
 
 def _pins(*names: str) -> list[str]:
@@ -127,6 +128,20 @@ def _columns_graph(pipeline):
                                                     ("segment", StringTensorType([None, 1]))])
 
 
+def _text_graph(rng: np.random.Generator):
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    words = np.array(["Fast", "slow", "CLEAN", "late", "friendly", "Café", "driver", "car"])
+    reviews = [" ".join(rng.choice(words, rng.integers(1, 6))) for _ in range(300)]
+    liked = ["fast" in review.lower() or "friendly" in review for review in reviews]
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(reviews, liked)
+    return to_onnx(pipeline, initial_types=[("review", StringTensorType([None, 1]))])
+
+
 def register_flavors(registry: Path) -> None:
     import lightgbm
     import mlflow
@@ -178,6 +193,9 @@ def register_flavors(registry: Path) -> None:
     # with the signature of the frame it was fit on, as a table model usually is: MLflow's own pyfunc raises on every
     # frame such a model is given (factory/tensor_columns.py).
     log(ONNX_COLUMNS_MODEL, mlflow.onnx, _columns_graph(_columns_model(frame, target)), signature, ONNX_REQUIREMENTS)
+    # A vectorizer's lowercasing converts to a StringNormalizer naming no locale, which onnxruntime opens as en_US.UTF-8
+    # (factory/onnx_locale.py); unsigned, its one string input is its column.
+    log(ONNX_TEXT_MODEL, mlflow.onnx, _text_graph(rng), None, ONNX_REQUIREMENTS)
     for name, kind in ((CUSTOM_MODEL, "custom"), (RAISING_MODEL, "raises"), (NAN_MODEL, "nan"),
                        (NO_START_MODEL, "no_start")):
         log(name, mlflow.pyfunc, _python_model(kind), infer_signature(frame, target), PYFUNC_REQUIREMENTS)

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from factory import guard
+from factory import guard, onnx_locale
 from factory.registry import ONNX_MODEL
 
 # ai.onnx.ml 3 holds the tree operators every converter here emits; onnxruntime 1.32 runs both.
@@ -52,7 +52,7 @@ def candidates(model: Any, flavor: dict, signature: dict) -> Iterator[Candidate 
         from factory import onnx_graph  # it names this module's Candidate
 
         try:
-            yield onnx_graph.candidate(model, signature)
+            yield onnx_graph.candidate(model, signature, bool(flavor.get("feeds")))
         except NotConvertible as exc:
             yield NotConvertible(f"its own ONNX graph: {exc}")
         except Exception as exc:  # protobuf's, on a graph it cannot serialize (over 2 GB)
@@ -95,6 +95,7 @@ def _convert(model: Any, flavor: dict, signature: dict, precision: str) -> Candi
         output = _as_booleans(onnx_model, output)
     if loader == "xgboost":
         guard = onnx_boosters.dmatrix_guard(model, onnx_model, precision)
+    onnx_locale.portable(onnx_model)  # a vectorizer's lowercasing opens without en_US.UTF-8
     return Candidate(precision, onnx_model.SerializeToString(), feeds, output, guard)
 
 

@@ -36,7 +36,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from factory import atomic, tensor_columns
+from factory import atomic, onnx_locale, tensor_columns
 from factory.guard import with_default_opset
 from factory.model_env import read_mlmodel
 from factory.onnx_convert import Candidate, NotConvertible
@@ -56,8 +56,8 @@ def input_signature(path: str) -> dict:
     import onnx
 
     model = onnx.load(path, load_external_data=False)  # the weights are not needed to read the inputs
-    columns = _column_inputs(model)
-    if columns:
+    columns = _column_inputs(model, 1)
+    if columns and (len(columns) > 1 or columns[0][1] == "object"):  # a string column; one number is a tensor
         return {"inputs": [{"type": "tensor", "name": name, "tensor-spec": {"dtype": dtype, "shape": [-1, 1]}}
                            for name, dtype in columns], "outputs": None}
     graph_input = _only_input(model, "")
@@ -80,7 +80,7 @@ def graph_inputs(signature: dict) -> str:
     """What an unsigned model is served by (`input_signature`), for the build's output."""
     specs = signature["inputs"]
     if specs[0].get("type") != "tensor":
-        return ("it takes its ONNX graph's inputs as columns: "
+        return (f"it takes its ONNX graph's {'inputs as columns' if len(specs) > 1 else 'input as a column'}: "
                 + ", ".join(f"{spec['name']!r} ({spec['type']})" for spec in specs))
     tensor = specs[0]["tensor-spec"]
     return (f"it takes its ONNX graph's input {specs[0]['name']!r}, a {tensor['dtype']} tensor of shape "
@@ -88,9 +88,11 @@ def graph_inputs(signature: dict) -> str:
 
 
 def prepared(model_dir: Path, resolved: ResolvedModel, where: str, progress: Callable[[str], None]) -> ResolvedModel:
-    """The imported mlflow.onnx model in `model_dir`, made ready before anything runs it: single-threaded, and fed
-    its one-column inputs as tensors where it was logged with columns (`fed_as_tensors`, said in `progress`)."""
+    """The imported mlflow.onnx model in `model_dir`, made ready before anything runs it: single-threaded, its text
+    nodes opening without en_US.UTF-8 (factory/onnx_locale.py), and fed its one-column inputs as tensors where it was
+    logged with columns (`fed_as_tensors`, said in `progress`)."""
     single_threaded(model_dir, where)
+    onnx_locale.portable_file(model_dir / resolved.flavor["model_file"])
     feeds = fed_as_tensors(model_dir, resolved.flavor, resolved.signature, where)
     if not feeds:
         return resolved
@@ -123,7 +125,7 @@ def fed_as_tensors(model_dir: Path, flavor: dict, signature: dict, where: str) -
     if flavor.get("feeds") or (signature["inputs"] and signature["inputs"][0].get("type") == "tensor"):
         return None
     layout = _fed_columns(onnx.load(str(model_dir / flavor["model_file"]), load_external_data=False), signature)
-    if layout is None:
+    if layout is None or len(layout) < 2:  # one input takes the frame's matrix, as the pyfunc feeds it
         return None
     meta = read_mlmodel(model_dir, where)
     meta["signature"]["inputs"] = tensor_columns.tensor_inputs(layout)
@@ -132,9 +134,10 @@ def fed_as_tensors(model_dir: Path, flavor: dict, signature: dict, where: str) -
     return layout
 
 
-def candidate(model: Any, signature: dict) -> Candidate:
-    """The graph of `model` (an onnx.ModelProto) fed and answered as MLflow's pyfunc feeds and answers it."""
-    if _column_inputs(model):
+def candidate(model: Any, signature: dict, fed: bool) -> Candidate:
+    """The graph of `model` (an onnx.ModelProto) fed and answered as MLflow's pyfunc feeds and answers it: `fed`, a
+    dict of one-column tensors (the flavor's `feeds`), which a graph of several one-column inputs is always fed."""
+    if _column_inputs(model, 1 if fed else 2):
         return _columns_candidate(model, signature)
     graph_input = _only_input(model, ": MLflow's pyfunc feeds each one column's values, so it serves them")
     dtype = DTYPES.get(graph_input.type.tensor_type.elem_type) if graph_input.type.HasField("tensor_type") else None
@@ -156,7 +159,7 @@ def _columns_candidate(model: Any, signature: dict) -> Candidate:
     layout = _fed_columns(model, signature)
     if layout is None:
         columns = ", ".join(str(spec.get("name")) for spec in signature["inputs"])
-        raise NotConvertible(f"its inputs ({', '.join(name for name, _ in _column_inputs(model))}) are not the "
+        raise NotConvertible(f"its inputs ({', '.join(name for name, _ in _column_inputs(model, 1))}) are not the "
                              f"signature's columns ({columns})")
     served, maps = _without_zipmaps(model)
     precision = "float32" if any(dtype == "float32" for _, dtype, _ in layout) else "float64"
@@ -169,7 +172,7 @@ def _fed_columns(model: Any, signature: dict) -> list | None:
     """The feeds layout (factory/tensor_columns.py) of a graph of one-column inputs: each input fed the signature
     column of its name, or the one skl2onnx named it after (`_converter_name`: column 'distance km' is input
     'distance_km'). None for any other graph, or when an input has no one column."""
-    inputs = _column_inputs(model)
+    inputs = _column_inputs(model, 1)
     names = [spec["name"] for spec in signature["inputs"] if isinstance(spec.get("name"), str)]
     exact = {name for name, _ in inputs or ()} & set(names)
     layout = []
@@ -189,8 +192,8 @@ def _converter_name(column: str) -> str:
     return "_" + name if re.match("[0-9]", name) else name
 
 
-def _column_inputs(model: Any) -> list | None:
-    """(name, numpy dtype) of each input of a graph whose two or more inputs each take one column of a fed dtype
+def _column_inputs(model: Any, least: int) -> list | None:
+    """(name, numpy dtype) of each input of a graph whose `least` or more inputs each take one column of a fed dtype
     ([rows, 1]), else None."""
     constants = {tensor.name for tensor in model.graph.initializer}
     inputs = [graph_input for graph_input in model.graph.input if graph_input.name not in constants]
@@ -203,7 +206,7 @@ def _column_inputs(model: Any) -> list | None:
                 or dims[1].dim_value != 1):
             return None
         found.append((graph_input.name, dtype))
-    return found if len(found) >= 2 else None
+    return found if len(found) >= least else None
 
 
 def _without_zipmaps(model: Any) -> tuple[Any, tuple]:

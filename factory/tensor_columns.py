@@ -9,6 +9,8 @@ row of columns:
 - with a signature of those tensors (`infer_signature({"city": x[:, :1], ...}, y)`): the pyfunc takes a dict of
   [rows, 1] arrays, and `mlflow models serve` a request of `{"inputs": {"city": [["paris"], ...], ...}}`;
 - with none (mlflow.onnx infers none): the graph's inputs are all there is.
+A text model's graph taking one string column ([None, 1]) is the same case of one: the factory refused it unsigned
+or with a signature of that tensor (a tensor of strings), and its pyfunc takes that dict too.
 Each is served here as rows of columns, one column per tensor, of its type (string for a STRING tensor, float for a
 FLOAT one), and the model is fed a dict of the [rows, 1] arrays its tensors are (templates/bento/mf_inputs.feeds, by
 the layout the flavor keeps as `feeds`), through MLflow's pyfunc as through the compiled graph. For the first way the
@@ -30,11 +32,13 @@ COLUMN_TYPES = {"float32": ("float", "float32"), "float64": ("double", "float64"
 
 
 def as_columns(signature: dict) -> Optional[tuple[dict, list]]:
-    """For a signature of two or more named [-1, 1] tensors of COLUMN_TYPES: the column signature it is served by
-    (outputs and params kept), and the feeds layout `[[tensor name, numpy dtype, [column]], ...]`. None otherwise
-    (one tensor is served as a tensor; other shapes and dtypes are refused where the signature is checked)."""
+    """For a signature of two or more named [-1, 1] tensors of COLUMN_TYPES, or of one string tensor: the column
+    signature it is served by (outputs and params kept), and the feeds layout `[[tensor name, numpy dtype, [column]],
+    ...]`. None otherwise (one number tensor is served as a tensor; other shapes and dtypes are refused where the
+    signature is checked, a tensor of strings among them)."""
     specs = signature.get("inputs") or []
-    if len(specs) < 2 or not all(_one_column(spec) for spec in specs):
+    if not specs or not all(_one_column(spec) for spec in specs) or (
+            len(specs) == 1 and COLUMN_TYPES[specs[0]["tensor-spec"]["dtype"]][0] != "string"):
         return None
     columns, layout = [], []
     for spec in specs:

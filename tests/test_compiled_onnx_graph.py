@@ -16,8 +16,8 @@ from factory import golden, probes
 from factory.catalog import Compile
 from factory.compiled import COMPILED_FILE, Decision, _runtime, decide
 from factory.exactness import compare
-from factory.onnx_graph import fed_as_tensors, input_signature, single_threaded
-from factory.registry import _signature, served
+from factory.onnx_graph import input_signature, prepared, single_threaded
+from factory.registry import ResolvedModel, _signature, served
 from factory.runtime import bento_module
 
 
@@ -72,8 +72,9 @@ def _graph_decided(tmp_path: Path, graph: Any, example: Any, outputs: Any,
     """`graph` saved by mlflow.onnx and decided as `factory build` decides: the decision, the model's folder, its
     signature and the flavor its pyfunc is served by."""
     folder, signature, flavor = _saved(tmp_path, graph, example, outputs, signed)
-    feeds = fed_as_tensors(folder, flavor, signature, "models.yaml:1")  # as `factory build` does once it is imported
-    flavor = {**flavor, "feeds": feeds} if feeds else flavor
+    # as `factory build` makes the imported model ready
+    flavor = prepared(folder, ResolvedModel("m", 1, "", "models:/m/1", signature, flavor), "models.yaml:1",
+                      lambda line: None).flavor
     answer = golden.answerer(folder, signature["inputs"], flavor.get("feeds"))
     native = {key: value for key, value in flavor.items() if key != "packages"}
     decision = decide(lambda: bento_module("mf_flavors").native_model(folder, native), native, signature,
@@ -300,7 +301,32 @@ def test_a_graph_of_one_column_inputs_is_fed_each_its_column(inputs: list, signa
                    [helper.make_tensor_value_info("both", TensorProto.DOUBLE, ["N", 2])])
     if isinstance(fed, str):
         with pytest.raises(NotConvertible) as caught:
-            candidate(graph, signature)
+            candidate(graph, signature, False)
         assert str(caught.value) == fed
     else:
-        assert candidate(graph, signature).feeds == fed
+        assert candidate(graph, signature, False).feeds == fed
+
+
+@pytest.mark.parametrize("how", ["columns", "no signature"])
+def test_a_text_models_graph_opens_without_en_us_and_serves_compiled(tmp_path: Path, how: str) -> None:
+    """skl2onnx lowers a vectorizer's text with a StringNormalizer naming no locale, which onnxruntime takes for
+    en_US.UTF-8: on a machine without it (this one, the base image), MLflow's pyfunc could not open the graph at all.
+    The build names C.UTF-8 in the imported model (factory/onnx_locale.py)."""
+    import pandas as pd
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    words = np.array(["Good", "bad", "GREAT", "awful", "Café", "ÉTÉ", "service", "day"])
+    rng = np.random.default_rng(2)
+    texts = [" ".join(rng.choice(words, rng.integers(1, 5))) for _ in range(200)]
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, [("good" in t.lower()) for t in texts])
+    graph = to_onnx(pipeline, initial_types=[("review", StringTensorType([None, 1]))])
+    decision, folder, signature, flavor = _graph_decided(tmp_path, graph, pd.DataFrame({"review": texts}), None,
+                                                         signed=how == "columns")
+    assert decision.compiled, decision.reason
+    rows = [{"review": text} for text in ["café GOOD", "Été", "", "unknown words", "BAD bad"]]
+    expected = golden.answerer(folder, signature["inputs"], flavor.get("feeds"))([{"inputs": rows}])[0]["outputs"]
+    assert compare(expected, served_rows(decision.flavor, tmp_path / COMPILED_FILE, rows, signature), 0.0, 0.0).agrees

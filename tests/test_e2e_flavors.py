@@ -33,7 +33,7 @@ RANKS = [1.0, 2.5, 4.0, 8.0, 15.0]
 # distances, in double as LightGBM splits); these keep the native paths (sklearn on a DataFrame with pandas, on a
 # tensor; a LightGBM Booster) served and checked end to end.
 NATIVE_BY_CHOICE = (COLUMNS_MODEL, FLAVORS.TENSOR_MODEL, LIGHTGBM_NATIVE)
-ONNX_MODELS = (FLAVORS.ONNX_MODEL, FLAVORS.ONNX_CLASSIFIER_MODEL, FLAVORS.ONNX_COLUMNS_MODEL)
+ONNX_MODELS = (FLAVORS.ONNX_MODEL, FLAVORS.ONNX_CLASSIFIER_MODEL, FLAVORS.ONNX_COLUMNS_MODEL, FLAVORS.ONNX_TEXT_MODEL)
 COMPILED_MODELS = (FLAVORS.XGBOOST_MODEL, FLAVORS.LIGHTGBM_MODEL, *ONNX_MODELS)
 
 
@@ -101,6 +101,10 @@ def test_boosters_serve_compiled_and_the_rest_natively_saying_why(tested_all) ->
     for model in ONNX_MODELS:  # MLflow's pyfunc answered golden.json on one thread, as the graph is served
         stored = env.state / "bentoml" / "models" / model / paths[model]["bento_model_tag"].split(":")[1]
         assert "intra_op_num_threads: 1" in (stored / "mlflow_model" / "MLmodel").read_text()
+    # opened without en_US.UTF-8, which neither this machine nor the base image has (factory/onnx_locale.py)
+    stored = env.state / "bentoml" / "models" / FLAVORS.ONNX_TEXT_MODEL / paths[FLAVORS.ONNX_TEXT_MODEL][
+        "bento_model_tag"].split(":")[1]
+    assert b"C.UTF-8" in (stored / "mlflow_model" / "model.onnx").read_bytes()
     for model in NATIVE_BY_CHOICE:
         assert (paths[model]["serving_path"], paths[model]["serving_reason"]) == (
             "native", "compile.enabled is false in models.yaml")

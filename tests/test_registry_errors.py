@@ -106,11 +106,17 @@ def test_an_mlflow_onnx_model_logged_without_a_signature_is_served_by_its_graphs
     assert resolved.signature == {"inputs": [{"type": "string", "name": "city", "required": True},
                                              {"type": "float", "name": "km", "required": True}], "outputs": None}
     assert resolved.flavor["feeds"] == [["city", "object", ["city"]], ["km", "float32", ["km"]]]
+    # a text model's graph: one string column
+    _unsigned_onnx("unsigned_onnx_text", _graph([values("review", TensorProto.STRING, ["N", 1])],
+                                                [values("y", TensorProto.STRING, ["N", 1])]))
+    resolved = registry("{name: unsigned_onnx_text, version: 1, endpoint: u}")
+    assert (resolved.signature["inputs"], resolved.flavor["feeds"]) == (
+        [{"type": "string", "name": "review", "required": True}], [["review", "object", ["review"]]])
     refused = {
         "fixed_batch": (_graph([values("x", TensorProto.DOUBLE, [1, 3])], [values("y", TensorProto.DOUBLE, [1, 3])]),
                         "its input 'x' takes a fixed batch of 1 row (shape [1, 3]) where a served batch holds any "
                         "number (or export the graph with a dynamic first dimension)"),
-        "strings": (_graph([values("x", TensorProto.STRING, ["N", 1])], [values("y", TensorProto.STRING, ["N", 1])]),
+        "strings": (_graph([values("x", TensorProto.STRING, ["N", 2])], [values("y", TensorProto.STRING, ["N", 2])]),
                     "its input 'x' is a STRING tensor, not a numeric one"),
         "two_inputs": (_graph([values("a", TensorProto.FLOAT, ["N"]), values("b", TensorProto.FLOAT, ["N"])],
                               [values("y", TensorProto.FLOAT, ["N"])]), "the graph takes 2 inputs (a, b)"),

@@ -30,9 +30,17 @@ def test_named_one_column_tensors_are_columns_fed_as_those_tensors() -> None:
                       ["vip", "bool", ["vip"]], ["zone", "str", ["zone"]]]
 
 
+@pytest.mark.parametrize("dtype", ["object", "str"])
+def test_one_string_tensor_is_a_string_column(dtype: str) -> None:
+    """A text model's graph takes one [None, 1] string input; a tensor of strings is served as no tensor."""
+    assert as_columns({"inputs": [_tensor("review", dtype)], "outputs": None}) == (
+        {"inputs": [{"type": "string", "name": "review", "required": True}], "outputs": None},
+        [["review", dtype, ["review"]]])
+
+
 @pytest.mark.parametrize("inputs", [
     [_tensor("x", shape=[-1, 3])],  # one tensor: served as a tensor
-    [_tensor("a")],  # one column alone is a tensor as MLflow serves it
+    [_tensor("a")],  # one number column alone is a tensor as MLflow serves it
     [_tensor("a"), _tensor("b", shape=[-1])],  # 1-D: MLflow's pyfunc feeds a frame's columns so
     [_tensor("a"), _tensor("b", shape=[-1, 2])],
     [_tensor("a"), _tensor("b", shape=[3, 1])],
