@@ -104,15 +104,20 @@ def prepared(model_dir: Path, resolved: ResolvedModel, where: str, progress: Cal
 def single_threaded(model_dir: Path, where: str) -> None:
     """Have MLflow's pyfunc run the mlflow.onnx model in `model_dir` on one intra-op thread, unless its MLmodel names
     a thread count of its own."""
-    import yaml
-
-    path = model_dir / "MLmodel"
     meta = read_mlmodel(model_dir, where)
     options = meta["flavors"]["onnx"].get("onnx_session_options") or {}
     if options.get("intra_op_num_threads"):
         return
     meta["flavors"]["onnx"]["onnx_session_options"] = {**options, "intra_op_num_threads": 1}
-    atomic.write_file(path, yaml.safe_dump(meta, sort_keys=False), "point BENTOML_HOME at a writable disk")
+    _write_mlmodel(model_dir, meta)
+
+
+def _write_mlmodel(model_dir: Path, meta: dict) -> None:
+    """The imported copy's MLmodel, as `read_mlmodel` read it and this module changed it."""
+    import yaml
+
+    atomic.write_file(model_dir / "MLmodel", yaml.safe_dump(meta, sort_keys=False),
+                      "point BENTOML_HOME at a writable disk")
 
 
 def fed_as_tensors(model_dir: Path, flavor: dict, signature: dict, where: str) -> list | None:
@@ -120,7 +125,6 @@ def fed_as_tensors(model_dir: Path, flavor: dict, signature: dict, where: str) -
     the feeds layout of those inputs, once the imported copy's MLmodel states them as its signature's inputs, so that
     MLflow's pyfunc takes them. None for any other model, left as it is."""
     import onnx
-    import yaml
 
     if flavor.get("feeds") or (signature["inputs"] and signature["inputs"][0].get("type") == "tensor"):
         return None
@@ -129,8 +133,7 @@ def fed_as_tensors(model_dir: Path, flavor: dict, signature: dict, where: str) -
         return None
     meta = read_mlmodel(model_dir, where)
     meta["signature"]["inputs"] = tensor_columns.tensor_inputs(layout)
-    atomic.write_file(model_dir / "MLmodel", yaml.safe_dump(meta, sort_keys=False),
-                      "point BENTOML_HOME at a writable disk")
+    _write_mlmodel(model_dir, meta)
     return layout
 
 
@@ -195,10 +198,8 @@ def _converter_name(column: str) -> str:
 def _column_inputs(model: Any, least: int) -> list | None:
     """(name, numpy dtype) of each input of a graph whose `least` or more inputs each take one column of a fed dtype
     ([rows, 1]), else None."""
-    constants = {tensor.name for tensor in model.graph.initializer}
-    inputs = [graph_input for graph_input in model.graph.input if graph_input.name not in constants]
     found = []
-    for graph_input in inputs:
+    for graph_input in _fed_inputs(model):
         tensor = graph_input.type.tensor_type
         dims = list(tensor.shape.dim) if graph_input.type.HasField("tensor_type") else []
         dtype = DTYPES.get(tensor.elem_type)
@@ -241,11 +242,16 @@ def _without_zipmaps(model: Any) -> tuple[Any, tuple]:
 
 def _only_input(model: Any, otherwise: str) -> Any:
     """The graph's one input (its initializers aside), or NotConvertible naming them all, then `otherwise`."""
-    constants = {tensor.name for tensor in model.graph.initializer}
-    inputs = [graph_input for graph_input in model.graph.input if graph_input.name not in constants]
+    inputs = _fed_inputs(model)
     if len(inputs) != 1:
         raise NotConvertible(f"the graph takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}){otherwise}")
     return inputs[0]
+
+
+def _fed_inputs(model: Any) -> list:
+    """The graph's inputs a request feeds: its initializers (constants an old opset lists as inputs) aside."""
+    constants = {tensor.name for tensor in model.graph.initializer}
+    return [graph_input for graph_input in model.graph.input if graph_input.name not in constants]
 
 
 def _described(value: Any) -> str:
